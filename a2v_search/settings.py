@@ -1,0 +1,71 @@
+"""Settings in one place. Precedence: explicit argument (CLI flag) > environment variable > default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_DATA_DIR = "a2v_data"
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
+DEFAULT_TEXT_MODEL = "bert-base-uncased"
+#: A COCO detector that transformers runs natively (RT-DETR, ResNet-50 backbone, no timm needed).
+DEFAULT_DETECTOR_MODEL = "PekingU/rtdetr_r50vd"
+DEVICES = ("auto", "cpu", "cuda")
+
+#: field -> environment variable
+ENV = {
+    "data_dir": "A2V_DATA_DIR",
+    "model": "A2V_MODEL",
+    "text_model": "A2V_TEXT_MODEL",
+    "detector": "A2V_DETECTOR",
+    "device": "A2V_DEVICE",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with :meth:`Settings.resolve`."""
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    model: str = DEFAULT_CLIP_MODEL
+    text_model: str = DEFAULT_TEXT_MODEL
+    detector: str = DEFAULT_DETECTOR_MODEL
+    device: str = "auto"
+
+    @classmethod
+    def resolve(cls, **given: object) -> Settings:
+        """Settings from explicit values (``None`` = not given), then ``A2V_*`` variables, then defaults."""
+        unknown = set(given) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            value = given.get(f.name)
+            if value is None:
+                value = os.environ.get(ENV[f.name]) or None
+            if value is not None:
+                values[f.name] = value
+        if "data_dir" in values:
+            values["data_dir"] = Path(str(values["data_dir"])).expanduser()
+        device = str(values.get("device", "auto")).lower()
+        if device not in DEVICES and not device.startswith("cuda:"):
+            raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+        values["device"] = device
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def get_device(name: str = "auto"):
+    """The torch device for ``auto|cpu|cuda|cuda:N``; ``auto`` takes CUDA when present. Nothing else picks one."""
+    import torch
+
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
