@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 from .errors import UnknownNameError
 
@@ -29,7 +29,7 @@ NO_INTERACTION_VERB: int = 57
 
 
 def _read_list(name: str) -> tuple[str, ...]:
-    text = resources.files("a2v_search").joinpath("data", name).read_text(encoding="utf-8")
+    text = (Path(__file__).parent / "data" / name).read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 

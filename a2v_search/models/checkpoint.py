@@ -1,0 +1,334 @@
+"""Checkpoints: safe reading of pickled files, the official CLIP-Activity2Vec layout, OpenAI ``visual.*`` state
+dicts, and the project's own format (safetensors + JSON, no pickle).
+
+Own format, a folder:
+    a2v_config.json      {"format": "a2v-checkpoint", "version": 1, "heads": {...}, "backbone": ..., "preprocess": ...}
+    heads.safetensors    the eight heads (PastaHeads state dict)
+    backbone/            optional: a transformers CLIPVisionModelWithProjection (config.json + model.safetensors)
+When ``backbone`` is absent, ``a2v_config.json`` names the CLIP model the heads were trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers.initialization import no_init_weights
+
+from ..errors import CheckpointError
+from .heads import HEAD_SIZES, PastaHeads
+
+FORMAT = "a2v-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_NAME = "a2v_config.json"
+HEADS_NAME = "heads.safetensors"
+BACKBONE_DIR = "backbone"
+#: Globals a safe load may construct besides tensors and containers: the reference stores its argparse args.
+SAFE_GLOBALS = [argparse.Namespace]
+OFFICIAL_PREFIX = "backbone.image_model."
+
+
+def file_sha256(path: Path, limit: int | None = None) -> str:
+    """Hex sha256 of a file (of its first ``limit`` bytes when given)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = limit
+        while chunk := f.read(1 << 20 if left is None else min(1 << 20, left)):
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+                if left <= 0:
+                    break
+    return h.hexdigest()
+
+
+def read_torch_file(path: Path, trust: bool = False) -> object:
+    """Load a ``torch.save`` file. Without ``trust`` no pickled code can run: only tensors, containers and
+    ``argparse.Namespace`` are allowed, and anything else is refused with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); download it again")
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("\n")[0] if trust else _unsafe_reason(e)
+        if trust:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {reason}") from e
+        raise CheckpointError(
+            f"checkpoint {path} needs more than tensors to load ({reason}), which could run code from the file. "
+            "Pass --trust-checkpoint only if you trust its source, or convert it once with "
+            "`manage.py convert-checkpoint IN OUT --trust-checkpoint`") from e
+    except Exception as e:  # torch raises many types (RuntimeError, EOFError, IndexError...) for bad files
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+
+
+def _unsafe_reason(e: Exception) -> str:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if m:
+        return f"it pickles the global {m.group(1)}, which is not on the allow-list"
+    m = re.search(r"Unsupported operand \d+", str(e))
+    return m.group(0) if m else str(e).strip().splitlines()[-1][:200]
+
+
+def _clean_keys(sd: dict) -> dict[str, torch.Tensor]:
+    """Drop a DataParallel ``module.`` prefix; keep tensors only."""
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            out[k[7:] if k.startswith("module.") else k] = v
+    return out
+
+
+def state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint object (``{"model": sd, ...}``, ``{"state_dict": sd}`` or sd)."""
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                return _clean_keys(obj[key])
+        sd = _clean_keys(obj)
+        if sd:
+            return sd
+    raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors or {{'model': state_dict}})")
+
+
+# ---------------------------------------------------------------- OpenAI layout -> transformers layout
+
+
+def openai_visual_to_hf(sd: dict[str, torch.Tensor], prefix: str, source: str
+                        ) -> tuple[CLIPVisionConfig, dict[str, torch.Tensor]]:
+    """Convert an OpenAI CLIP image tower (keys ``{prefix}conv1.weight``...) into a transformers
+    ``CLIPVisionModelWithProjection`` config and state dict, exactly. Dimensions come from the weights."""
+    def get(key: str) -> torch.Tensor:
+        return sd[prefix + key]
+
+    required = ["class_embedding", "positional_embedding", "proj", "conv1.weight", "ln_pre.weight", "ln_pre.bias",
+                "ln_post.weight", "ln_post.bias"]
+    missing = [prefix + k for k in required if prefix + k not in sd]
+    block = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+    layers = sorted({int(m.group(1)) for k in sd if (m := block.match(k))})
+    if missing or not layers:
+        raise CheckpointError(f"{source}: not a CLIP image tower in the OpenAI layout; missing "
+                              f"{', '.join(missing[:6]) or prefix + 'transformer.resblocks.*'}")
+    if layers != list(range(len(layers))):
+        raise CheckpointError(f"{source}: resblocks are not numbered 0..{len(layers) - 1}: {layers}")
+    conv = get("conv1.weight")  # (width, 3, patch, patch)
+    width, patch = conv.shape[0], conv.shape[-1]
+    n_pos = get("positional_embedding").shape[0]
+    grid = math.isqrt(n_pos - 1)
+    if grid * grid != n_pos - 1:
+        raise CheckpointError(f"{source}: positional_embedding has {n_pos} rows, not 1 + a square grid")
+    proj = get("proj")  # (width, out)
+    if proj.shape[0] != width:
+        raise CheckpointError(f"{source}: proj is {tuple(proj.shape)}, expected ({width}, output_dim)")
+    mlp = get("transformer.resblocks.0.mlp.c_fc.weight").shape[0] if (
+        prefix + "transformer.resblocks.0.mlp.c_fc.weight") in sd else 4 * width
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=mlp, projection_dim=proj.shape[1],
+                              num_hidden_layers=len(layers), num_attention_heads=max(1, width // 64),
+                              image_size=grid * patch, patch_size=patch, hidden_act="quick_gelu",
+                              layer_norm_eps=1e-5)
+    out = {
+        "vision_model.embeddings.class_embedding": get("class_embedding"),
+        "vision_model.embeddings.position_embedding.weight": get("positional_embedding"),
+        "vision_model.embeddings.patch_embedding.weight": conv,
+        "vision_model.pre_layrnorm.weight": get("ln_pre.weight"),
+        "vision_model.pre_layrnorm.bias": get("ln_pre.bias"),
+        "vision_model.post_layernorm.weight": get("ln_post.weight"),
+        "vision_model.post_layernorm.bias": get("ln_post.bias"),
+        "visual_projection.weight": proj.T.contiguous(),
+    }
+    names = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for i in layers:
+        src, dst = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        keys = ["attn.in_proj_weight", "attn.in_proj_bias", *(f"{n}.{p}" for n in names for p in ("weight", "bias"))]
+        block_missing = [prefix + src + k for k in keys if prefix + src + k not in sd]
+        if block_missing:
+            raise CheckpointError(f"{source}: missing {', '.join(block_missing[:4])}")
+        for part, t in zip(("q", "k", "v"), get(src + "attn.in_proj_weight").chunk(3, dim=0), strict=True):
+            out[f"{dst}self_attn.{part}_proj.weight"] = t.contiguous()
+        for part, t in zip(("q", "k", "v"), get(src + "attn.in_proj_bias").chunk(3, dim=0), strict=True):
+            out[f"{dst}self_attn.{part}_proj.bias"] = t.contiguous()
+        for a, b in names.items():
+            for p in ("weight", "bias"):
+                out[f"{dst}{b}.{p}"] = get(f"{src}{a}.{p}")
+    return config, {k: v.float() for k, v in out.items()}
+
+
+def build_vision(config: CLIPVisionConfig, state_dict: dict[str, torch.Tensor], source: str
+                 ) -> CLIPVisionModelWithProjection:
+    """A CLIPVisionModelWithProjection with exactly ``state_dict``; shape errors name the tensor."""
+    with no_init_weights():  # every weight is loaded below (strictly), so skip the random init
+        model = CLIPVisionModelWithProjection(config)
+    expected = model.state_dict()
+    for k, v in state_dict.items():
+        if k in expected and expected[k].shape != v.shape:
+            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: image tower does not match; missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    return model.eval()
+
+
+def build_heads(state_dict: dict[str, torch.Tensor], source: str) -> PastaHeads:
+    """PastaHeads from a state dict with keys ``{head}_fc.layers.{0,1,2}.*``; dims come from the weights."""
+    missing = [f"{h}_fc.layers.{i}.{p}" for h in HEAD_SIZES for i in range(3) for p in ("weight", "bias")
+               if f"{h}_fc.layers.{i}.{p}" not in state_dict]
+    if missing:
+        raise CheckpointError(f"{source}: PaSta heads incomplete; missing {', '.join(missing[:6])}"
+                              + (f" and {len(missing) - 6} more" if len(missing) > 6 else ""))
+    w0 = state_dict["verb_fc.layers.0.weight"]  # (hidden, d)
+    heads = PastaHeads(dim_in=w0.shape[1], dim_hidden=w0.shape[0])
+    for h, n in HEAD_SIZES.items():
+        got = state_dict[f"{h}_fc.layers.2.weight"].shape[0]
+        if got != n:
+            raise CheckpointError(f"{source}: head {h} has {got} classes, expected {n} (93-state / 157-verb setting)")
+    expected = heads.state_dict()
+    for k, v in state_dict.items():
+        if k in expected and expected[k].shape != v.shape:
+            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    heads.load_state_dict({k: state_dict[k].float() for k in expected})
+    return heads.eval()
+
+
+def load_official(path: Path, trust: bool = False
+                  ) -> tuple[CLIPVisionModelWithProjection, PastaHeads, dict]:
+    """The published CLIP-Activity2Vec checkpoint (``ckpt_4.pth``): its image tower and heads."""
+    obj = read_torch_file(path, trust)
+    sd = state_dict_of(obj, path)
+    if not any(k.startswith(OFFICIAL_PREFIX) for k in sd):
+        raise CheckpointError(f"{path}: not a CLIP-Activity2Vec checkpoint (no '{OFFICIAL_PREFIX}*' keys); "
+                              "for an OpenAI CLIP state dict use --model instead")
+    config, vision_sd = openai_visual_to_hf(sd, OFFICIAL_PREFIX, str(path))
+    heads_sd = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
+    vision = build_vision(config, vision_sd, str(path))
+    heads = build_heads(heads_sd, str(path))
+    if heads.dim_in != config.projection_dim:
+        raise CheckpointError(f"{path}: heads take {heads.dim_in}-d input but the image tower outputs "
+                              f"{config.projection_dim}-d")
+    info = {"source": "official", "epoch": obj.get("epoch") if isinstance(obj, dict) else None}
+    return vision, heads, info
+
+
+def load_openai_visual(path: Path, trust: bool = False) -> CLIPVisionModelWithProjection:
+    """The image tower of an OpenAI CLIP state dict (``visual.*`` keys; .pt/.pth/.bin or .safetensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sd = load_file(str(path))
+    else:
+        try:
+            obj = read_torch_file(path, trust)
+        except CheckpointError:
+            if not trust and zipfile.is_zipfile(path) and _is_torchscript(path):
+                raise CheckpointError(f"{path} is a TorchScript archive (it carries code); pass --trust-checkpoint "
+                                      "to read its weights") from None
+            raise
+        sd = state_dict_of(obj, path)
+    if not any(k.startswith("visual.") for k in sd):
+        raise CheckpointError(f"{path}: no 'visual.*' keys; expected an OpenAI CLIP state dict")
+    config, vision_sd = openai_visual_to_hf(sd, "visual.", str(path))
+    return build_vision(config, vision_sd, str(path))
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+# ---------------------------------------------------------------- own format
+
+
+def is_own_checkpoint(path: Path) -> bool:
+    """True for a folder in the project's own checkpoint format."""
+    return Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file()
+
+
+def save_checkpoint(folder: Path, heads: PastaHeads, vision: CLIPVisionModelWithProjection | None = None,
+                    backbone_ref: str | None = None, extra: dict | None = None) -> Path:
+    """Write heads (and the image tower, when given) in the own format. ``backbone_ref`` names the CLIP model
+    the heads were trained on when the tower is not included."""
+    if vision is None and not backbone_ref:
+        raise CheckpointError("a checkpoint without its image tower must name the CLIP model it belongs to")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.state_dict().items()},
+              str(folder / HEADS_NAME))
+    if vision is not None:
+        vision.save_pretrained(folder / BACKBONE_DIR)
+    config = {"format": FORMAT, "version": FORMAT_VERSION,
+              "heads": {"dim_in": heads.dim_in, "dim_hidden": heads.dim_hidden, "sizes": HEAD_SIZES},
+              "backbone": BACKBONE_DIR if vision is not None else None, "backbone_ref": backbone_ref,
+              **(extra or {})}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def load_checkpoint(folder: Path) -> tuple[CLIPVisionModelWithProjection | None, PastaHeads, dict]:
+    """Read an own-format checkpoint: (image tower or None, heads, config). No pickle is involved."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_NAME} is unreadable: {e}") from e
+    if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: format {config.get('format')} v{config.get('version')} is not "
+                              f"{FORMAT} v{FORMAT_VERSION}")
+    try:
+        heads_sd = load_file(str(folder / HEADS_NAME))
+    except Exception as e:  # safetensors raises several types for bad files
+        raise CheckpointError(f"{folder / HEADS_NAME} is missing or corrupt: {e}") from e
+    heads = build_heads(heads_sd, str(folder))
+    vision = None
+    if config.get("backbone"):
+        try:
+            vision = CLIPVisionModelWithProjection.from_pretrained(folder / config["backbone"]).eval()
+        except Exception as e:  # transformers raises OSError/ValueError/RuntimeError for bad folders
+            raise CheckpointError(f"{folder / config['backbone']}: image tower unreadable: {e}") from e
+        if vision.config.projection_dim != heads.dim_in:
+            raise CheckpointError(f"{folder}: heads take {heads.dim_in}-d input, image tower outputs "
+                                  f"{vision.config.projection_dim}-d")
+    return vision, heads, config
+
+
+def convert_checkpoint(src: Path, out: Path, trust: bool = False) -> Path:
+    """Convert the published ``ckpt_4.pth`` once into the own format (image tower included), loadable without pickle."""
+    vision, heads, info = load_official(Path(src), trust)
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise CheckpointError(f"{out} exists and is not empty; choose a new output folder")
+    return save_checkpoint(out, heads, vision, extra={"converted_from": Path(src).name, "epoch": info.get("epoch"),
+                                                      "identity": checkpoint_identity(Path(src)),
+                                                      "preprocess": {"size": int(vision.config.image_size)}})
+
+
+def checkpoint_identity(path: Path) -> str:
+    """A short stable identity of a checkpoint's content (sha256 of its heads and tower files). A converted
+    checkpoint keeps the identity of its source: same weights, same vector space."""
+    path = Path(path)
+    if is_own_checkpoint(path):
+        recorded = json.loads((path / CONFIG_NAME).read_text()).get("identity")
+        if recorded:
+            return str(recorded)
+        h = hashlib.sha256(file_sha256(path / HEADS_NAME).encode())
+        backbone = path / BACKBONE_DIR
+        for f in sorted(backbone.glob("*.safetensors")) if backbone.is_dir() else []:
+            h.update(file_sha256(f).encode())
+        return h.hexdigest()[:16]
+    return file_sha256(path)[:16]

@@ -1,0 +1,113 @@
+"""Batch encoding: persons (image + box) -> visual, PaSta, verb, part and language vectors as numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .language import LanguageSpace
+from .network import ActivityModel
+from .preprocess import Box, Preprocess
+
+
+@dataclass
+class PersonVectors:
+    """Per-person outputs, row i = person i, float32."""
+
+    visual: np.ndarray  # (N, P) unit length
+    pasta: np.ndarray  # (N, 93)
+    verbs: np.ndarray  # (N, 157)
+    parts: np.ndarray  # (N, 6)
+    language: np.ndarray | None = None  # (N, 2D) unit length
+
+    def __len__(self) -> int:
+        return len(self.visual)
+
+
+class ActivityEncoder:
+    """The activity model with its preprocessing, device and language space: everything ingest and search use.
+
+    Build it with :func:`a2v_search.models.load_encoder`.
+    """
+
+    def __init__(self, model: ActivityModel, preprocess: Preprocess, device: torch.device,
+                 language: LanguageSpace | None = None, space: dict | None = None, precision: str = "auto",
+                 clip_text_loader: Callable[[], tuple] | None = None):
+        self.model = model.eval().to(device)
+        self.preprocess = preprocess
+        self.device = device
+        self.language = language
+        self.space = dict(space or {})
+        self._clip_text_loader = clip_text_loader
+        self._clip_text = None
+        self.amp_dtype = _amp_dtype(device, precision)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.size
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> PersonVectors:
+        """uint8 (N, S, S, 3) preprocessed persons -> PersonVectors (language included when a space is set).
+
+        Eval and inference mode; autocast (bf16/fp16) on CUDA; rows do not depend on batch size or order.
+        """
+        n = len(pixels)
+        outs: dict[str, list[np.ndarray]] = {"visual": [], "pasta": [], "verbs": [], "parts": []}
+        for i in range(0, n, max(1, batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch_size]))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = self.preprocess.to_tensor(x)  # (B, 3, S, S) float32 on the device
+            ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+            with ctx:
+                out = self.model(x)
+            for k in outs:
+                outs[k].append(out[k].float().cpu().numpy())
+        empty = {"visual": self.model.visual_dim, "pasta": 93, "verbs": 157, "parts": 6}
+        arrays = {k: np.concatenate(v) if v else np.zeros((0, empty[k]), np.float32) for k, v in outs.items()}
+        vectors = PersonVectors(**arrays)
+        if self.language is not None:
+            vectors.language = self.language.embed(vectors.pasta, vectors.verbs)
+        return vectors
+
+    def encode_persons(self, images: Sequence[Image.Image], boxes: Sequence[Box | None],
+                       batch_size: int = 32) -> PersonVectors:
+        """One person per (image, box); ``box=None`` means whole-image mode (the reference transform)."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+        size = self.preprocess.size
+        pixels = np.stack([self.preprocess.pixels(im, b) for im, b in zip(images, boxes, strict=True)]) if images \
+            else np.zeros((0, size, size, 3), np.uint8)
+        return self.encode_pixels(pixels, batch_size)
+
+    @torch.inference_mode()
+    def clip_text(self, texts: Sequence[str]) -> np.ndarray:
+        """CLIP text-tower embeddings (N, P), unit length, comparable with the visual vectors."""
+        if self._clip_text is None:
+            if self._clip_text_loader is None:
+                from ..errors import ModelError
+                raise ModelError("this model has no CLIP text tower; pass --model with a full CLIP model "
+                                 "(e.g. openai/clip-vit-base-patch16) whose image tower matches")
+            self._clip_text = self._clip_text_loader()
+        text_model, tokenizer = self._clip_text
+        batch = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        emb = text_model(**batch).text_embeds.float()
+        return F.normalize(emb, dim=-1).cpu().numpy()
+
+
+def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Autocast dtype: None on CPU or for ``fp32``; bf16 where supported, else fp16, on CUDA."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

@@ -1,0 +1,203 @@
+"""One factory: model flags -> a ready :class:`ActivityEncoder` (image tower, heads, preprocessing, language space).
+
+``model``      a transformers CLIP model (hub id or local folder), or a file with an OpenAI CLIP state dict
+               (``visual.*`` keys) for the image tower alone.
+``checkpoint`` trained heads: the published CLIP-Activity2Vec ``ckpt_4.pth`` (image tower + heads) or a folder in
+               the project's own format. Without one, PaSta heads are zero-shot from CLIP's text tower.
+``text_model`` the BERT-family model of the language space.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+from transformers.initialization import no_init_weights
+
+from .. import taxonomy as tx
+from ..errors import CheckpointError, ModelError
+from ..settings import DEFAULT_CLIP_MODEL, DEFAULT_TEXT_MODEL, get_device
+from . import checkpoint as ckpt
+from . import prompts
+from .encoder import ActivityEncoder
+from .heads import PastaHeads, ZeroShotHeads
+from .language import LanguageSpace
+from .network import ActivityModel
+from .preprocess import CLIP_MEAN, CLIP_STD, Preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. ``model=None`` means the default CLIP model (or the one a heads-only checkpoint names)."""
+
+    model: str | None = None
+    checkpoint: str | None = None
+    trust_checkpoint: bool = False
+    text_model: str = DEFAULT_TEXT_MODEL
+
+
+def model_ref(name: str) -> str:
+    """How a model is recorded: a hub id as given, a local path made absolute."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _load_clip(name: str) -> tuple[CLIPModel, object, Preprocess]:
+    """A full CLIP model with its tokenizer and preprocessing."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as e:  # OSError (not found / offline), ValueError (unknown type)
+        raise ModelError(f"cannot load CLIP model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}. "
+                         "Give a hub id (downloaded on first use), a local folder, or an OpenAI CLIP state dict file "
+                         "(--model)") from e
+    if config.model_type != "clip":
+        raise ModelError(f"{name!r} is a {config.model_type!r} model, not CLIP; --model takes a CLIP model such as "
+                         f"{DEFAULT_CLIP_MODEL}")
+    try:
+        clip = CLIPModel.from_pretrained(name).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise ModelError(f"cannot load CLIP model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}") from e
+    return clip, tokenizer, Preprocess(size=int(config.vision_config.image_size), **_mean_std(name))
+
+
+def _mean_std(name: str) -> dict:
+    """Normalisation from the model's preprocessor_config.json when it has one, else CLIP's."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(name, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except Exception:  # offline without the file: CLIP's constants
+        path = None
+    if path:
+        cfg = json.loads(Path(path).read_text())
+        if "image_mean" in cfg and "image_std" in cfg:
+            return {"mean": tuple(cfg["image_mean"]), "std": tuple(cfg["image_std"])}
+    return {"mean": CLIP_MEAN, "std": CLIP_STD}
+
+
+def split_clip(clip: CLIPModel) -> tuple[CLIPVisionModelWithProjection, CLIPTextModelWithProjection]:
+    """The two towers of a CLIPModel as standalone modules sharing its weights."""
+    vcfg, tcfg = clip.config.vision_config, clip.config.text_config
+    vcfg.projection_dim = tcfg.projection_dim = clip.config.projection_dim
+    with no_init_weights():  # the modules are replaced by the CLIP model's own right below
+        vision = CLIPVisionModelWithProjection(vcfg)
+        text = CLIPTextModelWithProjection(tcfg)
+    vision.vision_model, vision.visual_projection = clip.vision_model, clip.visual_projection
+    text.text_model, text.text_projection = clip.text_model, clip.text_projection
+    return vision.eval(), text.eval()
+
+
+@torch.inference_mode()
+def zero_shot_heads(text: CLIPTextModelWithProjection, tokenizer, logit_scale: float) -> ZeroShotHeads:
+    """Zero-shot PaSta/verb heads: each class is the normalised mean of its prompt embeddings (prompts.py)."""
+    def embed(groups: list[list[str]]) -> torch.Tensor:
+        flat = [p for g in groups for p in g]
+        embs = []
+        for i in range(0, len(flat), 128):
+            batch = tokenizer(flat[i:i + 128], padding=True, truncation=True, return_tensors="pt")
+            embs.append(torch.nn.functional.normalize(text(**batch).text_embeds.float(), dim=-1))
+        e = torch.cat(embs)
+        out, start = [], 0
+        for g in groups:
+            out.append(torch.nn.functional.normalize(e[start:start + len(g)].mean(0), dim=-1))
+            start += len(g)
+        return torch.stack(out)
+
+    pasta = embed([prompts.pasta_prompts(i) for i in range(len(tx.PASTA_NAMES))])  # (93, P)
+    verbs = embed([prompts.verb_prompts(i) for i in range(len(tx.VERB_NAMES))])  # (157, P)
+    return ZeroShotHeads(pasta, verbs, logit_scale)
+
+
+def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "auto", with_language: bool = True,
+                 language: LanguageSpace | None = None, precision: str = "auto") -> ActivityEncoder:
+    """Load everything the spec names and return a ready encoder on ``device``.
+
+    ``language`` reuses an existing language space (e.g. the matrices stored with a store) instead of embedding
+    the phrases again; ``with_language=False`` skips the text model entirely.
+    """
+    _quiet_transformers()
+    spec = spec or ModelSpec()
+    dev = device if isinstance(device, torch.device) else get_device(device)
+    vision = heads = None
+    preprocess: Preprocess | None = None
+    visual_ref = heads_ref = None
+    clip_name = spec.model
+    if spec.checkpoint:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        ident = ckpt.checkpoint_identity(path)
+        if ckpt.is_own_checkpoint(path):
+            vision, heads, config = ckpt.load_checkpoint(path)
+            clip_name = clip_name or config.get("backbone_ref")
+            if config.get("preprocess"):
+                preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in config["preprocess"].items()})
+        elif path.is_dir():
+            raise CheckpointError(f"{path} is a folder without {ckpt.CONFIG_NAME}; --checkpoint takes ckpt_4.pth or "
+                                  "a folder written by `manage.py convert-checkpoint` or `train-heads`")
+        else:
+            vision, heads, _ = ckpt.load_official(path, spec.trust_checkpoint)
+        heads_ref = f"checkpoint:{ident}"
+        if vision is not None:
+            visual_ref = f"checkpoint:{ident}"
+            preprocess = preprocess or Preprocess(size=int(vision.config.image_size))
+    clip_name = clip_name or DEFAULT_CLIP_MODEL
+    clip_text_loader = None
+    model_path = Path(clip_name).expanduser()
+    if model_path.is_file():  # an OpenAI CLIP state dict: image tower only
+        if vision is None:
+            vision = ckpt.load_openai_visual(model_path, spec.trust_checkpoint)
+            visual_ref = f"openai-state-dict:{ckpt.checkpoint_identity(model_path)}"
+            preprocess = Preprocess(size=int(vision.config.image_size))
+    else:
+        needs_tower = vision is None or heads is None
+
+        def clip_text_loader():
+            clip, tokenizer, _ = _load_clip(clip_name)
+            return split_clip(clip)[1].to(dev), tokenizer
+
+        if needs_tower:
+            clip, tokenizer, clip_pre = _load_clip(clip_name)
+            clip_vision, clip_text = split_clip(clip)
+            if vision is None:
+                vision, preprocess, visual_ref = clip_vision, clip_pre, model_ref(clip_name)
+            if heads is None:
+                heads = zero_shot_heads(clip_text, tokenizer, float(clip.logit_scale.detach().exp()))
+                heads_ref = f"zero-shot:{prompts.PROMPTS_VERSION}:{model_ref(clip_name)}"
+            text_tower = (clip_text.to(dev), tokenizer)
+            clip_text_loader = lambda: text_tower  # noqa: E731
+    if heads is None:
+        raise ModelError("zero-shot PaSta needs CLIP's text tower, which an OpenAI image-tower state dict lacks; "
+                         "pass --checkpoint with trained heads or a full CLIP model with --model")
+    if isinstance(heads, PastaHeads) and heads.dim_in != vision.config.projection_dim:
+        raise CheckpointError(f"the heads take {heads.dim_in}-d features but the image tower outputs "
+                              f"{vision.config.projection_dim}-d; use the CLIP model the heads were trained on")
+    if language is None and with_language:
+        language = LanguageSpace.from_text_model(spec.text_model, dev)
+    model = ActivityModel(vision, heads)
+    space = {
+        "visual_model": visual_ref, "heads": heads_ref,
+        "text_model": model_ref(language.text_model) if language else model_ref(spec.text_model),
+        "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
+        "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
+        "image_size": preprocess.size, "spec": asdict(spec),
+    }
+    return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,
+                           clip_text_loader=clip_text_loader)

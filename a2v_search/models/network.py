@@ -1,0 +1,42 @@
+"""The CLIP-A2V network: CLIP image tower -> (visual embedding, PaSta / verb / part probabilities)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionModelWithProjection
+
+from .heads import PastaHeads, ZeroShotHeads
+
+
+class ActivityModel(nn.Module):
+    """Image tower plus PaSta heads (trained or zero-shot).
+
+    forward(pixel_values (B, 3, S, S)) -> {"visual": (B, P) L2-normalised projection output,
+    "pasta": (B, 93), "verbs": (B, 157), "parts": (B, 6)} probabilities. Trained heads see the unnormalised
+    projection output, as in the reference.
+    """
+
+    def __init__(self, vision: CLIPVisionModelWithProjection, heads: PastaHeads | ZeroShotHeads):
+        super().__init__()
+        self.vision = vision
+        self.heads = heads
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision.config.image_size)
+
+    @property
+    def visual_dim(self) -> int:
+        return int(self.vision.config.projection_dim)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, P) unnormalised projection output (the reference's 512-d feature)."""
+        return self.vision(pixel_values=pixel_values).image_embeds
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        feat = self.features(pixel_values).float()  # (B, P)
+        out = self.heads(feat)
+        out["visual"] = F.normalize(feat, dim=-1)
+        return out

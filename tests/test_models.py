@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from reference_clip_a2v import (
+    official_checkpoint,
+    random_official_state_dict,
+    reference_forward,
+    reference_transform,
+)
+
+from a2v_search import taxonomy as tx
+from a2v_search.errors import CheckpointError, InputError, ModelError
+from a2v_search.models import LanguageSpace, ModelSpec, Preprocess, load_encoder
+from a2v_search.models.checkpoint import convert_checkpoint, read_torch_file
+
+
+def noise_image(seed: int, w: int = 96, h: int = 72) -> Image.Image:
+    return Image.fromarray(np.random.RandomState(seed).randint(0, 256, (h, w, 3), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir, tiny_bert_dir):
+    return load_encoder(ModelSpec(model=str(tiny_clip_dir), text_model=str(tiny_bert_dir)), device="cpu")
+
+
+# ------------------------------------------------------------------ official checkpoint, ViT-B/16 shapes
+
+
+@pytest.fixture(scope="module")
+def official_ckpt(tmp_path_factory):
+    sd = random_official_state_dict()
+    path = tmp_path_factory.mktemp("official") / "ckpt_4.pth"
+    torch.save(official_checkpoint(sd), path)
+    return path, sd
+
+
+def test_official_checkpoint_matches_independent_forward(official_ckpt):
+    path, sd = official_ckpt
+    enc = load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)  # safe load, no trust
+    assert enc.image_size == 224 and enc.model.visual_dim == 512
+    image = noise_image(1, 320, 240)
+    ours = enc.encode_persons([image], [None])
+    ref = reference_forward(sd, reference_transform(image))
+    pasta_ref = torch.cat([ref[p] for p in tx.PARTS], -1).numpy()
+    assert np.abs(ours.pasta - pasta_ref).max() < 1e-4
+    assert np.abs(ours.verbs - ref["verb"].numpy()).max() < 1e-4
+    assert np.abs(ours.parts - ref["pasta_binary"].numpy()).max() < 1e-4
+    feat = torch.nn.functional.normalize(ref["feature"], dim=-1).numpy()
+    assert np.abs(ours.visual - feat).max() < 1e-4
+    assert ours.pasta.std() > 0.01  # not a degenerate constant output
+
+
+def test_converted_checkpoint_reproduces_and_loads_without_pickle(official_ckpt, tmp_path, monkeypatch):
+    path, sd = official_ckpt
+    out = convert_checkpoint(path, tmp_path / "converted")
+    assert (out / "heads.safetensors").is_file() and (out / "a2v_config.json").is_file()
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("own format must not unpickle"))
+    enc = load_encoder(ModelSpec(checkpoint=str(out)), device="cpu", with_language=False)
+    image = noise_image(2)
+    ref = reference_forward(sd, reference_transform(image))
+    assert np.abs(enc.encode_persons([image], [None]).verbs - ref["verb"].numpy()).max() < 1e-4
+    assert enc.space["heads"] == load_encoder(ModelSpec(checkpoint=str(out)), device="cpu",
+                                              with_language=False).space["heads"]
+
+
+# ------------------------------------------------------------------ checkpoint errors
+
+
+class NotAllowed:
+    """A class a safe load must refuse to construct."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def test_pickle_needing_code_is_refused_without_trust(tmp_path):
+    sd = random_official_state_dict(width=64, layers=1, patch=8, image=32, out=16, hidden=16)
+    path = tmp_path / "evil.pth"
+    torch.save({"model": sd, "args": NotAllowed()}, path)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint") as err:
+        load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)
+    assert "NotAllowed" in str(err.value)
+    enc = load_encoder(ModelSpec(checkpoint=str(path), trust_checkpoint=True), device="cpu", with_language=False)
+    assert enc.model.visual_dim == 16 and enc.image_size == 32
+
+
+def test_malicious_reduce_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil2.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    with pytest.raises(CheckpointError):
+        read_torch_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "empty"),
+    (b"this is not a checkpoint at all", "not a readable torch file|needs more"),
+])
+def test_corrupt_files_named(tmp_path, content, match):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)
+
+
+def test_truncated_checkpoint(official_ckpt, tmp_path):
+    data = official_ckpt[0].read_bytes()
+    path = tmp_path / "trunc.pth"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)
+
+
+def test_partial_and_mismatched_checkpoints(tmp_path):
+    sd = random_official_state_dict(width=64, layers=2, patch=8, image=32, out=16, hidden=16)
+    partial = {k: v for k, v in sd.items() if not k.startswith("head.hand_fc")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="hand_fc.layers.0.weight"):
+        load_encoder(ModelSpec(checkpoint=str(tmp_path / "partial.pth")), device="cpu", with_language=False)
+    no_block = {k: v for k, v in sd.items() if "resblocks.1.mlp.c_fc.weight" not in k}
+    torch.save({"model": no_block}, tmp_path / "noblock.pth")
+    with pytest.raises(CheckpointError, match=r"resblocks\.1\.mlp\.c_fc\.weight"):
+        load_encoder(ModelSpec(checkpoint=str(tmp_path / "noblock.pth")), device="cpu", with_language=False)
+    wrong = dict(sd)
+    wrong["head.foot_fc.layers.2.weight"] = torch.zeros(12, 16)
+    wrong["head.foot_fc.layers.2.bias"] = torch.zeros(12)
+    torch.save({"model": wrong}, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="foot has 12 classes, expected 16"):
+        load_encoder(ModelSpec(checkpoint=str(tmp_path / "wrong.pth")), device="cpu", with_language=False)
+    torch.save({"model": {"something.else": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a CLIP-Activity2Vec checkpoint"):
+        load_encoder(ModelSpec(checkpoint=str(tmp_path / "other.pth")), device="cpu", with_language=False)
+
+
+def test_openai_visual_state_dict_as_model(tmp_path, tiny_bert_dir):
+    sd = random_official_state_dict(width=64, layers=2, patch=8, image=32, out=16, hidden=16)
+    visual = {"visual." + k[len("backbone.image_model."):]: v for k, v in sd.items()
+              if k.startswith("backbone.image_model.")}
+    torch.save(visual, tmp_path / "openai.pt")
+    heads_ckpt = tmp_path / "heads.pth"
+    torch.save({"model": sd}, heads_ckpt)
+    with pytest.raises(ModelError, match="text tower"):
+        load_encoder(ModelSpec(model=str(tmp_path / "openai.pt")), device="cpu", with_language=False)
+    a = load_encoder(ModelSpec(model=str(tmp_path / "openai.pt"), checkpoint=str(heads_ckpt)), device="cpu",
+                     with_language=False)
+    image = noise_image(3)
+    ref = reference_forward(sd, torch.from_numpy(a.preprocess.to_tensor(a.preprocess.whole(image)[None]).numpy()))
+    assert np.abs(a.encode_persons([image], [None]).visual
+                  - torch.nn.functional.normalize(ref["feature"], dim=-1).numpy()).max() < 1e-5
+
+
+def test_wrong_model_kind_is_named(tiny_bert_dir, tmp_path):
+    with pytest.raises(ModelError, match="not CLIP"):
+        load_encoder(ModelSpec(model=str(tiny_bert_dir)), device="cpu", with_language=False)
+    with pytest.raises(ModelError, match="cannot load CLIP model"):
+        load_encoder(ModelSpec(model=str(tmp_path / "nope")), device="cpu", with_language=False)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_encoder(ModelSpec(checkpoint=str(tmp_path / "nope.pth")), device="cpu", with_language=False)
+
+
+# ------------------------------------------------------------------ tiny model behaviour
+
+
+def test_batch_size_and_order_invariance(encoder):
+    images = [noise_image(i) for i in range(7)]
+    boxes = [None, (10, 5, 50, 70), None, (0, 0, 96, 72), (30, 20, 40, 60), None, (-10, -10, 20, 20)]
+    a = encoder.encode_persons(images, boxes, batch_size=1)
+    b = encoder.encode_persons(images, boxes, batch_size=7)
+    perm = [3, 6, 0, 5, 1, 4, 2]
+    c = encoder.encode_persons([images[i] for i in perm], [boxes[i] for i in perm], batch_size=3)
+    for field in ("visual", "pasta", "verbs", "parts", "language"):
+        x, y, z = getattr(a, field), getattr(b, field), getattr(c, field)
+        assert np.abs(x - y).max() < 1e-5
+        assert np.abs(x[perm] - z).max() < 1e-5
+    assert len({tuple(np.round(r, 4)) for r in a.visual}) == 7  # distinct inputs, distinct outputs
+
+
+def test_zero_shot_is_a_distribution_per_part(encoder):
+    v = encoder.encode_persons([noise_image(i) for i in range(4)], [None] * 4)
+    for rng in tx.PART_RANGES.values():
+        np.testing.assert_allclose(v.pasta[:, rng.start:rng.stop].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(v.verbs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(v.parts, 1.0 - v.pasta[:, list(tx.NO_INTERACTION_PASTA)], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(v.visual, axis=1), 1.0, atol=1e-5)
+
+
+def test_language_vectors_are_unit_and_equal_normalised_p_at_m(encoder):
+    v = encoder.encode_persons([noise_image(i) for i in range(3)], [None] * 3)
+    lang = encoder.language
+    np.testing.assert_allclose(np.linalg.norm(v.language, axis=1), 1.0, atol=1e-5)
+
+    def norm(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    expected = norm(np.concatenate([norm(v.pasta @ lang.m_pasta), norm(v.verbs @ lang.m_verb)], -1))
+    np.testing.assert_allclose(v.language, expected, atol=1e-5)
+    assert not lang.m_pasta[list(tx.NO_INTERACTION_PASTA)].any() and not lang.m_verb[57].any()
+
+
+def test_language_space_from_sentence_transformers_folder(minilm_dir):
+    space = LanguageSpace.from_text_model(str(minilm_dir))
+    assert space.dim == 2 * 384
+    q = space.interpret("kicking a ball")
+    assert q.mode == "free" and next(iter(q.pasta)) == "foot: kick" and next(iter(q.verbs)) == "kick"
+    s = space.interpret("Hand: Hold=2; head:drink with; verb: drink_with")
+    assert s.mode == "structured" and s.pasta == {"hand: hold": 2.0, "head: drink with": 1.0}
+    assert s.verbs == {"drink_with": 1.0}
+
+
+def test_clip_text_tower(encoder):
+    t = encoder.clip_text(["a person kicking a ball", "a person"])
+    assert t.shape == (2, encoder.model.visual_dim)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+def test_whole_image_mode_is_the_reference_transform():
+    pre = Preprocess(size=224)
+    image = noise_image(5, 300, 200)
+    ours = pre.to_tensor(pre.whole(image)[None])
+    assert torch.allclose(ours, reference_transform(image), atol=1e-6)
+
+
+def test_crop_policy_keeps_head_and_feet_square_with_context():
+    pre = Preprocess(size=64, context=0.1)
+    box = (40, 10, 60, 110)  # a tall person 20x100
+    left, top, right, bottom = pre.crop_region(box, 200, 120)
+    assert right - left == bottom - top  # square
+    assert left <= 40 and right >= 60 and top <= 10 - 10 and bottom >= 110 + 10  # box + 10% of its long side
+    # a red head row and a blue feet row survive the crop
+    arr = np.zeros((120, 200, 3), np.uint8)
+    arr[10:12, 40:60] = (255, 0, 0)
+    arr[108:110, 40:60] = (0, 0, 255)
+    crop = pre.crop(Image.fromarray(arr), box)
+    assert crop.shape == (64, 64, 3)
+    assert (crop[..., 0] > 100).any() and (crop[..., 2] > 100).any()
+    # outside the image is the mean colour (zero after normalisation)
+    corner = pre.crop(Image.fromarray(arr), (0, 0, 10, 10))[0, 0]
+    assert np.abs(corner.astype(int) - np.round(np.array(pre.mean) * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("box", [(10, 10, 5, 20), (500, 500, 600, 600), (1, 2, 3), (0, 0, float("nan"), 5)])
+def test_bad_boxes_are_named(box):
+    with pytest.raises(InputError):
+        Preprocess(size=32).crop(noise_image(0), box)
