@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..preprocess import Box, Preprocess
 from .language import LanguageSpace
 from .network import ActivityModel
-from .preprocess import Box, Preprocess
 
 
 @dataclass

@@ -20,6 +20,7 @@ from transformers.initialization import no_init_weights
 
 from .. import taxonomy as tx
 from ..errors import CheckpointError, ModelError
+from ..preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from ..settings import DEFAULT_CLIP_MODEL, DEFAULT_TEXT_MODEL, get_device
 from . import checkpoint as ckpt
 from . import prompts
@@ -27,7 +28,6 @@ from .encoder import ActivityEncoder
 from .heads import PastaHeads, ZeroShotHeads
 from .language import LanguageSpace
 from .network import ActivityModel
-from .preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,12 @@
 M_pasta (93, D) holds the text-model embedding of each PaSta phrase (``prompts.PASTA_PHRASE``), M_verb (157, D)
 that of each verb phrase; no_interaction rows are zero. A person's language vector is
 
-    concat(normalise(p_pasta @ M_pasta), normalise(p_verb @ M_verb)) / sqrt(2)        # (2D,), unit length
+    concat(normalise(p_pasta @ M_pasta), normalise(p_verb @ M_verb)) / sqrt(2)        # unit length
 
-so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. The verb block is there because
+so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. Each block lies in the span of
+its phrase rows, so vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D),
+``basis_verb`` (r_v, D), from an SVD): the same cosines exactly, in r_p + r_v <= 243 dimensions instead of 2D
+(1536 for bert-base). The verb block is there because
 many activities have no PaSta of their own ("riding a bike" is a verb, not a part state); see docs/design.md.
 Pooling: the pooling of a sentence-transformers model folder (``1_Pooling/config.json``) when there is one,
 else the attention-masked mean of the last hidden states; embeddings are L2-normalised.
@@ -22,14 +25,16 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .. import taxonomy as tx
 from ..errors import ModelError, QueryError, UnknownNameError
 from . import prompts
+
+if TYPE_CHECKING:  # torch loads only when a text model is used: structured queries need numpy alone
+    import torch
 
 FREE_TEXT_TEMPERATURE = 0.05
 FREE_TEXT_TOP = 5
@@ -41,6 +46,7 @@ class TextEncoder:
     """A BERT-family model (hub id or folder) that turns texts into L2-normalised vectors."""
 
     def __init__(self, name: str, device: torch.device | str = "cpu"):
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name
@@ -58,9 +64,16 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """(N,) texts -> (N, D) float32 unit vectors, in input order."""
+        import torch
+
+        with torch.inference_mode():
+            return self._encode(texts, batch_size)
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+        import torch.nn.functional as F
+
         out = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=128,
@@ -102,6 +115,13 @@ def build_matrices(encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
     return m_pasta.astype(np.float32), m_verb.astype(np.float32)
 
 
+def _row_basis(m: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
+    """Orthonormal basis (r, D) of the row space of ``m`` (float64 SVD, singular values above ``rtol * max``)."""
+    _, s, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
+    r = int((s > rtol * s.max()).sum()) if s.size and s.max() > 0 else 0
+    return vt[:max(r, 1)].astype(np.float32)
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.where(n > 1e-12, x / np.maximum(n, 1e-12), 0.0).astype(np.float32)
@@ -133,6 +153,10 @@ class LanguageSpace:
         if self.m_pasta.shape[0] != len(tx.PASTA_NAMES) or self.m_verb.shape[0] != len(tx.VERB_NAMES):
             raise ModelError(f"language matrices have {self.m_pasta.shape[0]}/{self.m_verb.shape[0]} rows, "
                              "expected 93/157")
+        self.basis_pasta = _row_basis(self.m_pasta)  # (r_p, D) orthonormal rows
+        self.basis_verb = _row_basis(self.m_verb)  # (r_v, D)
+        self._red_pasta = self.m_pasta @ self.basis_pasta.T  # (93, r_p): M_pasta in that basis
+        self._red_verb = self.m_verb @ self.basis_verb.T  # (157, r_v)
 
     @classmethod
     def from_text_model(cls, name: str, device: torch.device | str = "cpu") -> LanguageSpace:
@@ -142,8 +166,8 @@ class LanguageSpace:
 
     @property
     def dim(self) -> int:
-        """Dimension of a language vector: two blocks of the text model's width."""
-        return 2 * self.m_pasta.shape[1]
+        """Dimension of a language vector: the ranks of the two phrase blocks."""
+        return self.basis_pasta.shape[0] + self.basis_verb.shape[0]
 
     def encoder(self) -> TextEncoder:
         """The text model, loaded on first use (only free-text queries need it)."""
@@ -152,10 +176,16 @@ class LanguageSpace:
         return self._encoder
 
     def embed(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
-        """Probabilities pasta (N, 93), verbs (N, 157) -> language vectors (N, 2D), unit length (zero if empty)."""
-        a = _normalise(np.asarray(pasta, np.float32) @ self.m_pasta)  # (N, D)
-        b = _normalise(np.asarray(verbs, np.float32) @ self.m_verb)  # (N, D)
+        """Probabilities pasta (N, 93), verbs (N, 157) -> language vectors (N, r_p + r_v), unit length (zero if
+        empty). ``to_full`` maps them back to the (N, 2D) form of the module docstring."""
+        a = _normalise(np.asarray(pasta, np.float32) @ self._red_pasta)  # (N, r_p)
+        b = _normalise(np.asarray(verbs, np.float32) @ self._red_verb)  # (N, r_v)
         return _normalise(np.concatenate([a, b], axis=-1))
+
+    def to_full(self, vectors: np.ndarray) -> np.ndarray:
+        """Language vectors (N, r_p + r_v) -> (N, 2D) in the text model's own coordinates (same inner products)."""
+        r = self.basis_pasta.shape[0]
+        return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:] @ self.basis_verb], axis=-1)
 
     def embed_query(self, query: TextQuery) -> np.ndarray:
         """The (2D,) language vector of an interpreted query."""

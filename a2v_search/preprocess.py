@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..errors import InputError
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily: decode workers use this module without it
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -65,6 +68,8 @@ class Preprocess:
 
     def to_tensor(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), on the device of ``batch`` when a tensor."""
+        import torch
+
         if isinstance(batch, np.ndarray) and not batch.flags.writeable:
             batch = batch.copy()
         x = torch.as_tensor(batch)
