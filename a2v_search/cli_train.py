@@ -1,0 +1,136 @@
+"""CLI commands ``train-heads`` and ``evaluate``: PaSta heads on HAKE annotations (see docs/training.md).
+
+Heavy imports (torch, transformers) happen inside the commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
+    from .hake_data import HakeData
+
+#: Problems printed one per line before the count.
+MAX_PROBLEMS_SHOWN = 20
+
+AnnotationsArg = Annotated[Path, typer.Argument(help="HAKE annotation JSON: CLIP-Activity2Vec or instance-level.")]
+ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder the annotation's image paths are relative to.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="CLIP model: hub id or folder (default: settings).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; features are cached in it.")]
+
+
+def _load_data(annotations: Path, images: Path) -> HakeData:
+    """Load the annotations; report skipped entries on stderr; fail when nothing is usable."""
+    from .errors import InputError
+    from .hake_data import load_annotations
+
+    data = load_annotations(annotations, images)
+    for p in data.problems[:MAX_PROBLEMS_SHOWN]:
+        typer.echo(f"warning: skipped {p}", err=True)
+    if len(data.problems) > MAX_PROBLEMS_SHOWN:
+        typer.echo(f"warning: ... and {len(data.problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+    if data.problems:
+        typer.echo(f"warning: {len(data.problems)} annotation entries skipped in {annotations}", err=True)
+    if len(data) == 0:
+        raise InputError(f"no usable samples in {annotations} ({len(data.problems)} entries skipped); "
+                         "check --images and the file format (docs/training.md)")
+    return data
+
+
+def train_heads_command(
+    annotations: AnnotationsArg,
+    images: ImagesOpt,
+    model: ModelOpt = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Batch size (training and feature extraction).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine to 1e-6).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
+    hidden: Annotated[int, typer.Option(help="Hidden width of the head MLPs.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the head init and the shuffling.")] = 0,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default <data-dir>/checkpoints/heads-<time>).")
+                   ] = None,
+) -> None:
+    """Train the eight PaSta heads on a frozen CLIP image tower (features cached) and save a checkpoint."""
+    from .models import ModelSpec, load_encoder
+    from .models.factory import model_ref
+    from .settings import Settings
+    from .train import cached_features, save_heads, train_heads
+
+    settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
+    out = out or settings.data_dir / "checkpoints" / f"heads-{datetime.now():%Y%m%d-%H%M%S}"
+    data = _load_data(annotations, images)
+    encoder = load_encoder(ModelSpec(model=settings.model), device=settings.device, with_language=False)
+    features, cache, hit = cached_features(encoder, data, images, settings.data_dir, batch_size, progress=True)
+    typer.echo(f"features of {len(data)} samples ({data.n_images} images): {'read from' if hit else 'written to'} "
+               f"{cache}", err=True)
+    result = train_heads(features, data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         hidden=hidden, seed=seed, device=encoder.device, progress=True)
+    info = {"annotations": str(annotations), "format": data.format, "samples": len(data), "images": data.n_images,
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "min_lr": 1e-6, "weight_decay": weight_decay,
+            "seed": seed, "epoch_losses": [round(v, 6) for v in result.epoch_losses],
+            "trained_at": datetime.now().isoformat(timespec="seconds")}
+    save_heads(out, result.heads, model_ref(settings.model), features, info)
+    typer.echo(f"trained {epochs} epochs on {len(data)} samples, loss {result.epoch_losses[0]:.4f} -> "
+               f"{result.epoch_losses[-1]:.4f}")
+    typer.echo(f"wrote {out} (use it with --checkpoint {out})")
+
+
+def evaluate_command(
+    annotations: AnnotationsArg,
+    images: ImagesOpt,
+    model: ModelOpt = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Trained heads (own folder or ckpt_4.pth); "
+                                                        "none: zero-shot heads.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        "--trust-checkpoint", help="Allow pickled code in --checkpoint (trusted files only).")] = False,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document of the mAPs.")] = False,
+) -> None:
+    """Per-head mAP (11-point reference protocol and all-point AP) of trained or zero-shot heads."""
+    from .evaluate import evaluate
+    from .models import ModelSpec, load_encoder
+    from .settings import Settings
+
+    settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
+    data = _load_data(annotations, images)
+    spec = ModelSpec(model=model if checkpoint else settings.model, checkpoint=checkpoint,
+                     trust_checkpoint=trust_checkpoint)
+    encoder = load_encoder(spec, device=settings.device, with_language=False)
+    result = evaluate(encoder, data, images, settings.data_dir, batch_size, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    _print_table(result, f"heads of {checkpoint}" if checkpoint else "zero-shot heads")
+
+
+def _print_table(result: Evaluation, heads: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    table = Table(title="mAP (%)", caption=f"{result.samples} samples, {result.images} images; {heads}")
+    table.add_column("head")
+    table.add_column("11-point AP (reference)", justify="right")
+    table.add_column("all-point AP", justify="right")
+    for head in result.ap11:
+        table.add_row(head, pct(result.ap11[head]), pct(result.ap_all[head]))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train-heads`` and ``evaluate`` to the CLI app."""
+    app.command("train-heads")(train_heads_command)
+    app.command("evaluate")(evaluate_command)
