@@ -1,0 +1,598 @@
+"""`VectorIndex`: a FAISS index of L2-normalised float32 vectors keyed by int64 person ids.
+
+Pure numpy + faiss. The caller keeps the truth (SQLite) and uses this to add/remove/search/save/load.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from a2v_search.errors import InputError
+from a2v_search.faults import fault_point
+
+from .errors import REINDEX_HINT, IndexCorruptError, IndexMissingError, IndexSpecError, UnknownIdError
+from .files import (
+    TMP_SUFFIX,
+    check_name,
+    file_sha256,
+    fsync_and_hash,
+    fsync_dir,
+    generation_file_name,
+    generation_of,
+    manifest_path,
+    next_generation,
+    orphan_files,
+    read_manifest_file,
+    write_json_atomic,
+)
+from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST, choose_spec, default_nprobe
+
+MANIFEST_FORMAT = 1
+# Keys `save` writes into the manifest (they replace caller keys of the same name).
+MANIFEST_KEYS = ("format", "count", "max_id", "dim", "spec", "file", "size", "sha256", "faiss_version", "saved_at",
+                 "nprobe", "buffered")
+# An allow-list with at most this many ids present is scored exactly (reconstruct + faiss.knn), whatever the index;
+# larger ones are filtered inside the FAISS search, which is cheaper from a few thousand ids on (~1 us per id to
+# reconstruct vs a few ns per scanned id to check a bitmap), see docs/index.md.
+EXACT_ALLOW_MAX = 2_048
+# Training sample for indexes that need training but are not IVF (e.g. "SQ8", "HNSW32,SQ8").
+MIN_TRAIN_OTHER = 1_000
+# Candidates scored per block by exact search (bounds its memory: queries x EXACT_BLOCK floats).
+EXACT_BLOCK = 16_384
+HNSW_EF_SEARCH = 64
+_GPU_MAX_K = 2048
+
+
+def _try_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IndexIVF inside `index` (through IndexPreTransform/IDMap wrappers), or None."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def _resolve_spec(spec: str) -> str:
+    spec = spec.strip().replace(" ", "")
+    if spec.lower() == "flat":
+        return "Flat"
+    for prefix in ("IDMap2,", "IDMap,"):  # ids are always handled by VectorIndex
+        if spec.startswith(prefix):
+            spec = spec[len(prefix):]
+    return spec
+
+
+def _build_index(dim: int, spec: str, nprobe: int | None = None) -> faiss.Index:
+    """A new, empty faiss index for `spec` that takes ids: IVF types natively (with a hash-table direct map for
+    remove/reconstruct), everything else wrapped in IndexIDMap2."""
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise IndexSpecError(
+            f"invalid FAISS index spec {spec!r} ({first_line}); use 'auto', 'flat' or a FAISS factory string "
+            "such as 'IVF1024,Flat', 'IVF4096,SQ8' or 'HNSW32'") from None
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise IndexSpecError(f"index spec {spec!r} does not support inner-product search; use e.g. 'IVF1024,Flat'")
+    ivf = _try_ivf(index)
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.nprobe = max(1, min(ivf.nlist, nprobe)) if nprobe is not None else default_nprobe(ivf.nlist)
+        return index
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    return faiss.IndexIDMap2(index)  # the wrapper keeps a Python reference to `index`
+
+
+def _staging_index(dim: int) -> faiss.Index:
+    """Exact index that holds vectors until the real index has enough of them to train."""
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _index_ids(index: faiss.Index) -> np.ndarray:
+    """All ids stored in `index` (int64, unsorted): the IDMap's id_map or the IVF inverted lists."""
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    ivf = _try_ivf(index)
+    if ivf is None:
+        raise TypeError(f"{type(index).__name__} stores no ids")
+    invlists = ivf.invlists
+    parts = [np.empty(0, np.int64)]
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ptr = invlists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+            invlists.release_ids(list_no, ptr)
+    return np.concatenate(parts)
+
+
+def gpu_available() -> bool:
+    """Whether the installed faiss has GPU support and sees at least one GPU."""
+    if not all(hasattr(faiss, a) for a in ("get_num_gpus", "index_cpu_to_gpu", "StandardGpuResources")):
+        return False
+    try:
+        return faiss.get_num_gpus() > 0
+    except Exception:  # a broken CUDA setup means no GPU
+        return False
+
+
+_gpu_resources = None
+
+
+def _gpu_resources_shared():
+    global _gpu_resources
+    if _gpu_resources is None:
+        _gpu_resources = faiss.StandardGpuResources()
+    return _gpu_resources
+
+
+class VectorIndex:
+    """FAISS index of L2-normalised float32 vectors scored by inner product (= cosine); ids are int64 person ids
+    (never row positions).
+
+    Adding an id that is present replaces its vector (upsert). Index types that need training (IVF, PQ, SQ) keep
+    added vectors in an exact staging index until `min_train` vectors are there, then train on them and move them
+    in (`needs_training` is True until then); search, remove, save and load work the same in both states.
+    One writer at a time; searches may run concurrently with each other but not with a write.
+    """
+
+    def __init__(self, dim: int, spec: str, index: faiss.Index, pending: faiss.Index | None = None,
+                 use_gpu: bool | None = None) -> None:
+        # Use `create` or `load`. `index` is the live index; `pending` the untrained target while buffering.
+        self.dim = dim
+        self.spec = spec
+        self._index = index
+        self._pending = pending
+        self._ids_sorted = np.sort(_index_ids(index))
+        if use_gpu and not gpu_available():
+            raise InputError("use_gpu=True but faiss has no GPU support or sees no GPU; install the `gpu` extra "
+                             "(faiss-gpu) on a GPU machine or leave use_gpu unset")
+        self._use_gpu = gpu_available() if use_gpu is None else use_gpu
+        self._gpu_index: faiss.Index | None = None
+        self._gpu_unsupported = False
+        self.exact_allow_max = EXACT_ALLOW_MAX
+
+    # ----------------------------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, dim: int, spec: str = "auto", expected_n: int = 0, memory_budget_mb: int | None = None,
+               use_gpu: bool | None = None, nprobe: int | None = None) -> VectorIndex:
+        """Empty index. spec: "auto" (choose_spec(expected_n, dim, memory_budget_mb)), "flat" (exact) or a FAISS
+        factory string ("IVF1024,Flat", "IVF4096,SQ8", "HNSW32", "OPQ16,IVF4096,PQ16"...), metric inner product.
+        nprobe: lists probed per query for IVF types (default: default_nprobe(nlist))."""
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InputError(f"index dimension must be a positive integer, got {dim!r}")
+        if not isinstance(spec, str) or not spec.strip():
+            raise IndexSpecError(f"index spec must be a non-empty string such as 'auto' or 'IVF1024,Flat', "
+                                 f"not {spec!r}")
+        resolved = choose_spec(expected_n, int(dim), memory_budget_mb) if spec.strip().lower() == "auto" \
+            else _resolve_spec(spec)
+        index = _build_index(int(dim), resolved, nprobe)
+        if index.is_trained:
+            return cls(int(dim), resolved, index, use_gpu=use_gpu)
+        return cls(int(dim), resolved, _staging_index(int(dim)), pending=index, use_gpu=use_gpu)
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors in the index (staged ones included)."""
+        return int(self._index.ntotal)
+
+    @property
+    def needs_training(self) -> bool:
+        """True while vectors are staged because the index type needs training and has not been trained."""
+        return self._pending is not None
+
+    @property
+    def min_train(self) -> int:
+        """Vectors needed before the index trains itself on add (0 for types without training)."""
+        target = self._pending
+        if target is None:
+            return 0
+        ivf = _try_ivf(target)
+        need = TRAIN_POINTS_PER_LIST * ivf.nlist if ivf is not None else MIN_TRAIN_OTHER
+        return max(need, PQ_MIN_TRAIN) if "PQ" in self.spec else need
+
+    @property
+    def nprobe(self) -> int | None:
+        """Lists probed per query (IVF types), None for other types. Settable; saved with the index."""
+        ivf = _try_ivf(self._pending if self._pending is not None else self._index)
+        return None if ivf is None else int(ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = _try_ivf(self._pending if self._pending is not None else self._index)
+        if ivf is None:
+            raise InputError(f"nprobe applies to IVF indexes only; this index is {self.spec!r}")
+        ivf.nprobe = max(1, min(int(value), ivf.nlist))
+        self._gpu_index = None
+
+    def __repr__(self) -> str:
+        state = ", staging" if self.needs_training else ""
+        return f"VectorIndex(dim={self.dim}, spec={self.spec!r}, ntotal={self.ntotal}{state})"
+
+    # ----------------------------------------------------------------------------------------------- input checks
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise InputError(f"ids must be a 1-d array, got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"ids must be integers (int64 person ids), got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if arr.size and arr.min() < 0:
+            raise InputError("ids must be >= 0 (-1 marks 'no result' in search output)")
+        return arr
+
+    def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
+        """(n, dim) float32, C-contiguous, rows L2-normalised (a copy only when they were not)."""
+        arr = np.asarray(vectors)
+        if arr.ndim == 1 and arr.size == self.dim:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != self.dim:
+            raise InputError(f"{what} must have shape (n, {self.dim}), got {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        norms = np.linalg.norm(arr, axis=1)  # (n,)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+            raise InputError(f"{what} contain zero, NaN or infinite rows; every row must be a non-zero finite vector")
+        if np.any(np.abs(norms - 1) > 1e-4):
+            arr = arr / norms[:, None]
+        return arr
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask (len(ids),) of ids that are in the index."""
+        pos = np.searchsorted(self._ids_sorted, ids)
+        pos[pos == len(self._ids_sorted)] = 0
+        return self._ids_sorted[pos] == ids if len(self._ids_sorted) else np.zeros(len(ids), bool)
+
+    # ----------------------------------------------------------------------------------------------- writes
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors (n, dim) under ids (n,). An id already present is replaced (no duplicate); an id given twice
+        in one call is an error. Rows are L2-normalised if they are not. Index types that need training stage the
+        vectors (exact search) until `min_train` are there, then train on them (see the class docstring)."""
+        ids = self._check_ids(ids)
+        vectors = self._check_vectors(vectors, "vectors")
+        if len(ids) != len(vectors):
+            raise InputError(f"add got {len(ids)} ids for {len(vectors)} vectors; give one id per vector")
+        if len(ids) == 0:
+            return
+        uniq = _sorted_unique(ids)
+        if len(uniq) != len(ids):
+            raise InputError("add got the same id twice in one call; give each person id once")
+        present = self._present(ids)
+        if present.any():
+            self.remove(ids[present])
+        if self._pending is not None and self.ntotal + len(ids) >= self.min_train:
+            self._train_and_move(None, ids, vectors)
+        else:
+            self._index.add_with_ids(vectors, ids)
+        self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, uniq), uniq)
+        self._gpu_index = None
+
+    def train(self, vectors: np.ndarray | None = None) -> None:
+        """Train now (instead of waiting for `min_train` staged vectors) on `vectors` (n, dim), or on the staged
+        vectors when None, then move the staged vectors into the trained index. k-means needs at least nlist
+        vectors (FAISS warns below 39 per list). No-op when the index needs no training."""
+        if self._pending is None:
+            return
+        sample = None if vectors is None else self._check_vectors(vectors, "training vectors")
+        self._train_and_move(sample, np.empty(0, np.int64), np.empty((0, self.dim), np.float32))
+        self._gpu_index = None
+
+    def _train_cap(self) -> int:
+        """Most vectors used to train the pending index (a random sample is drawn above that)."""
+        ivf = _try_ivf(self._pending)
+        cap = TRAIN_MAX_POINTS_PER_LIST * ivf.nlist if ivf is not None else 100_000
+        return max(cap, PQ_MIN_TRAIN) if "PQ" in self.spec else cap
+
+    def _train_and_move(self, sample: np.ndarray | None, new_ids: np.ndarray, new_vectors: np.ndarray) -> None:
+        """Train the pending index on `sample` (default: a sample of the staged + new vectors), then add the
+        staged and the new vectors to it and make it the live index."""
+        target = self._pending
+        staged_ids = _index_ids(self._index)
+        staged = self._index.reconstruct_batch(staged_ids)  # (s, dim), s < min_train
+        if sample is None:
+            total = len(staged) + len(new_vectors)
+            pick = np.arange(total)
+            if total > self._train_cap():
+                pick = np.sort(np.random.default_rng(0).choice(total, self._train_cap(), replace=False))
+            from_staged = pick[pick < len(staged)]
+            sample = np.concatenate([staged[from_staged], new_vectors[pick[len(from_staged):] - len(staged)]])
+        elif len(sample) > self._train_cap():
+            sample = sample[np.random.default_rng(0).choice(len(sample), self._train_cap(), replace=False)]
+        ivf = _try_ivf(target)
+        if ivf is not None and len(sample) < ivf.nlist:
+            raise InputError(f"training {self.spec!r} needs at least {ivf.nlist} vectors, got {len(sample)}; add more "
+                             f"vectors first or use a smaller nlist (e.g. 'IVF{max(1, len(sample) // 39)},Flat')")
+        try:
+            target.train(np.ascontiguousarray(sample))
+        except RuntimeError as exc:
+            raise InputError(f"training {self.spec!r} on {len(sample)} vectors failed: {exc}".strip()) from None
+        for ids, vectors in ((staged_ids, staged), (new_ids, new_vectors)):
+            if len(ids):
+                target.add_with_ids(vectors, ids)
+        self._index, self._pending = target, None
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ids (absent ones are ignored); returns how many were removed. Types without remove_ids (HNSW)
+        are rebuilt from their remaining vectors (O(n))."""
+        ids = _sorted_unique(self._check_ids(ids))
+        gone = ids[self._present(ids)]
+        if len(gone) == 0:
+            return 0
+        try:
+            removed = self._index.remove_ids(gone)
+        except RuntimeError:  # not implemented for this type: the index is unchanged, rebuild it
+            removed = self._rebuild_without(gone)
+        if removed != len(gone):
+            raise IndexCorruptError(f"removing {len(gone)} ids removed {removed} vectors: the in-memory index is "
+                                    f"inconsistent; {REINDEX_HINT}")
+        self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
+        self._gpu_index = None
+        return len(gone)
+
+    def _rebuild_without(self, gone: np.ndarray) -> int:
+        keep = np.setdiff1d(self._ids_sorted, gone, assume_unique=True)
+        vectors = self._index.reconstruct_batch(keep)  # (len(keep), dim)
+        fresh = faiss.clone_index(self._index)
+        fresh.reset()  # keeps training and search parameters
+        if len(keep):
+            fresh.add_with_ids(vectors, keep)
+        before = self.ntotal
+        self._index = fresh
+        return before - self.ntotal
+
+    # ----------------------------------------------------------------------------------------------- reads
+    def ids(self) -> np.ndarray:
+        """All ids in the index, sorted (int64, (ntotal,))."""
+        return self._ids_sorted.copy()
+
+    def __contains__(self, person_id: int) -> bool:
+        return bool(self._present(np.array([person_id], np.int64))[0])
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors (n, dim) float32 for ids, in the given order (approximate for SQ/PQ codes)."""
+        ids = self._check_ids(ids)
+        missing = ids[~self._present(ids)]
+        if len(missing):
+            shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise UnknownIdError(f"{len(missing)} id(s) not in the index: {shown}; check the ids against the store "
+                                 "or run `python manage.py doctor`")
+        if len(ids) == 0:
+            return np.empty((0, self.dim), np.float32)
+        return self._index.reconstruct_batch(ids)
+
+    def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product for queries (q, dim) -> (scores float32 (q, k), ids int64 (q, k)), best first,
+        padded with -inf / -1 when fewer than k exist. allow: only these ids may come back; k results whenever at
+        least k of them are in the index (small allow-lists are scored exactly, large ones filtered inside FAISS
+        with nprobe escalation for IVF)."""
+        queries = self._check_vectors(queries, "queries")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        k = int(k)
+        if allow is None:
+            if self.ntotal == 0 or len(queries) == 0:
+                return _padded(len(queries), k)
+            return self._search_faiss(queries, k, None, want=min(k, self.ntotal))
+        allow = _sorted_unique(self._check_ids(np.asarray(allow).ravel()))
+        allowed = allow[self._present(allow)]
+        if len(allowed) == 0 or len(queries) == 0:
+            return _padded(len(queries), k)
+        if len(allowed) <= self.exact_allow_max:
+            return self._search_exact(queries, k, allowed)
+        if len(allowed) == self.ntotal:  # everything is allowed
+            return self._search_faiss(queries, k, None, want=min(k, self.ntotal))
+        return self._search_faiss(queries, k, allowed, want=min(k, len(allowed)))
+
+    def _search_exact(self, queries: np.ndarray, k: int, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of queries (q, dim) against the stored vectors of the ids `cand` (m,), in blocks. Scoring
+        uses faiss.knn (single-threaded for one query, unlike numpy's BLAS, which is slow on a busy machine)."""
+        scores, ids = _padded(len(queries), k)  # running top-k, (q, k)
+        for start in range(0, len(cand), EXACT_BLOCK):
+            block = cand[start:start + EXACT_BLOCK]  # (b,)
+            vectors = self._index.reconstruct_batch(block)  # (b, dim)
+            block_scores, pos = faiss.knn(queries, vectors, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+            if start == 0 and block_scores.shape[1] == k:
+                scores, ids = block_scores, block[pos]
+                continue
+            all_scores = np.concatenate([scores, block_scores], axis=1)  # (q, k + kb)
+            all_ids = np.concatenate([ids, block[pos]], axis=1)
+            top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]  # (q, k)
+            scores, ids = np.take_along_axis(all_scores, top, axis=1), np.take_along_axis(all_ids, top, axis=1)
+        return scores, ids
+
+    def _search_faiss(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                      want: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search (GPU when available and unfiltered). With an allow-list covering a fraction f of the index,
+        IVF types probe nprobe / f lists. Rows that found fewer than `want` results are searched again with 4x
+        nprobe until nprobe = nlist, then exactly."""
+        ivf = _try_ivf(self._index)
+        scores = ids = None
+        if allowed is None:
+            gpu_result = self._search_gpu(queries, k)
+            if gpu_result is not None:
+                scores, ids = gpu_result
+        sel = None if allowed is None else _selector(allowed)
+        nprobe = None if ivf is None else int(ivf.nprobe)
+        if nprobe is not None and allowed is not None:
+            # probe 1/fraction more lists, so that as many allowed vectors are scored as in an unfiltered search
+            nprobe = min(ivf.nlist, -(-nprobe * self.ntotal // len(allowed)))
+        if scores is None:
+            scores, ids = self._search_cpu(queries, k, sel, nprobe)
+        short = (ids >= 0).sum(axis=1) < want  # (q,)
+        while short.any() and ivf is not None and nprobe < ivf.nlist:
+            nprobe = min(ivf.nlist, nprobe * 4)
+            scores[short], ids[short] = self._search_cpu(queries[short], k, sel, nprobe)
+            short[short] = (ids[short] >= 0).sum(axis=1) < want
+        if short.any():
+            cand = self._ids_sorted if allowed is None else allowed
+            scores[short], ids[short] = self._search_exact(queries[short], k, cand)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    def _search_cpu(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,
+                    nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        if sel is None and nprobe is None:
+            return self._index.search(queries, k)
+        if nprobe is not None:
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None \
+                else faiss.SearchParametersIVF(nprobe=nprobe)
+        elif self._is_hnsw():
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        try:
+            return self._index.search(queries, k, params=params)
+        except RuntimeError:  # this type does not take search parameters: let the caller fall back to exact
+            return _padded(len(queries), k)
+
+    def _is_hnsw(self) -> bool:
+        sub = self._index.index if isinstance(self._index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else self._index
+        return isinstance(faiss.downcast_index(sub), faiss.IndexHNSW)
+
+    def _search_gpu(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Search a GPU copy of the index; None when no GPU is used (disabled, absent, type unsupported, k too big)."""
+        if not self._use_gpu or self._gpu_unsupported or k > _GPU_MAX_K:
+            return None
+        if self._gpu_index is None:
+            try:
+                self._gpu_index = faiss.index_cpu_to_gpu(_gpu_resources_shared(), 0, self._index)
+            except (RuntimeError, AttributeError):
+                self._gpu_unsupported = True  # e.g. HNSW has no GPU version: search on the CPU
+                return None
+        try:
+            return self._gpu_index.search(queries, k)
+        except RuntimeError:
+            return None
+
+    # ----------------------------------------------------------------------------------------------- persistence
+    def save(self, folder: Path | str, name: str, manifest: dict) -> None:
+        """Atomically save to `folder`: the index goes to a new generation file `{name}.{gen}.faiss` (temp file +
+        fsync + rename), then the manifest `{name}.json` (temp file + fsync + os.replace + fsync of the folder),
+        then older generation files are deleted. A crash leaves the old (manifest, index) pair or the new one.
+        The manifest written is `manifest` plus MANIFEST_KEYS (count, max_id, dim, spec, file, size, sha256,
+        faiss_version, saved_at, nprobe, buffered, format), which replace caller keys of the same name."""
+        check_name(name)
+        if not isinstance(manifest, dict):
+            raise InputError(f"manifest must be a dict, got {type(manifest).__name__}")
+        try:
+            json.dumps(manifest)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"manifest must be JSON-serialisable: {exc}") from None
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        gen = next_generation(folder, name)
+        final = folder / generation_file_name(name, gen)
+        tmp = final.with_name(final.name + TMP_SUFFIX)
+        try:
+            faiss.write_index(self._index, str(tmp))  # always the CPU index (staging index while untrained)
+            size, sha = fsync_and_hash(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(folder)
+        fault_point("index_save")  # reliability tests kill the process here: new file written, manifest not yet
+        doc = dict(manifest)
+        doc.update(format=MANIFEST_FORMAT, count=self.ntotal,
+                   max_id=int(self._ids_sorted[-1]) if self.ntotal else -1, dim=self.dim, spec=self.spec,
+                   file=final.name, size=size, sha256=sha, faiss_version=faiss.__version__,
+                   saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), nprobe=self.nprobe,
+                   buffered=self.needs_training)
+        write_json_atomic(manifest_path(folder, name), doc)
+        for path in orphan_files(folder, name):
+            gen_of = generation_of(path.name, name)
+            if gen_of is not None and gen_of < gen:  # older generations only; never a concurrent writer's newer file
+                path.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, folder: Path | str, name: str, use_gpu: bool | None = None,
+             verify_hash: bool = True) -> tuple[VectorIndex, dict]:
+        """Load the (index, manifest) saved under `name` in `folder`. Raises IndexMissingError when there is no
+        manifest, IndexCorruptError when the manifest is unreadable, or the index file is missing, truncated,
+        corrupt or does not match the manifest (size, sha256 unless verify_hash=False, count, dim, ids)."""
+        check_name(name)
+        folder = Path(folder)
+        mpath = manifest_path(folder, name)
+
+        def corrupt(why: str) -> IndexCorruptError:
+            return IndexCorruptError(f"FAISS index {name!r} in {folder} is corrupt: {why}; {REINDEX_HINT}")
+
+        try:
+            doc = read_manifest_file(folder, name)
+        except (OSError, ValueError) as exc:
+            raise corrupt(f"manifest {mpath.name} is unreadable ({exc})") from None
+        if doc is None:
+            raise IndexMissingError(f"no FAISS index {name!r} in {folder} ({mpath.name} not found); {REINDEX_HINT}")
+        types = {"file": str, "size": int, "sha256": str, "count": int, "dim": int, "spec": str, "max_id": int}
+        for key, typ in types.items():
+            if not isinstance(doc.get(key), typ) or isinstance(doc.get(key), bool):
+                raise corrupt(f"manifest {mpath.name} lacks a valid {key!r}")
+        if generation_of(doc["file"], name) is None or doc["file"].endswith(TMP_SUFFIX):
+            raise corrupt(f"manifest names {doc['file']!r}, not a generation file of {name!r}")
+        fpath = folder / doc["file"]
+        if not fpath.is_file():
+            raise corrupt(f"manifest names {doc['file']} which does not exist")
+        size = fpath.stat().st_size
+        if size != doc["size"]:
+            raise corrupt(f"{doc['file']} has {size} bytes, manifest says {doc['size']} (truncated or replaced)")
+        if verify_hash and file_sha256(fpath) != doc["sha256"]:
+            raise corrupt(f"{doc['file']} does not match the sha256 in the manifest")
+        try:
+            index = faiss.read_index(str(fpath))
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
+            raise corrupt(f"FAISS cannot read {doc['file']} ({reason})") from None
+        if index.d != doc["dim"] or index.ntotal != doc["count"]:
+            raise corrupt(f"{doc['file']} holds {index.ntotal} vectors of dim {index.d}, manifest says "
+                          f"{doc['count']} of dim {doc['dim']}")
+        if not index.is_trained:
+            raise corrupt(f"{doc['file']} holds an untrained index")
+        pending = None
+        if doc.get("buffered"):
+            try:
+                pending = _build_index(doc["dim"], doc["spec"], doc.get("nprobe"))
+            except IndexSpecError as exc:
+                raise corrupt(f"manifest spec {doc['spec']!r} cannot be built ({exc})") from None
+        try:
+            vi = cls(doc["dim"], doc["spec"], index, pending=pending, use_gpu=use_gpu)
+        except TypeError:
+            raise corrupt(f"{doc['file']} holds a {type(index).__name__}, which stores no ids") from None
+        max_id = int(vi._ids_sorted[-1]) if vi.ntotal else -1
+        if max_id != doc["max_id"] or (vi.ntotal > 1 and np.any(vi._ids_sorted[1:] == vi._ids_sorted[:-1])):
+            raise corrupt(f"{doc['file']} ids do not match the manifest (max id {max_id} vs {doc['max_id']}, or "
+                          "duplicate ids)")
+        return vi, doc
+
+
+def _selector(allowed: np.ndarray) -> faiss.IDSelector:
+    """FAISS selector for sorted distinct ids >= 0: a bitmap over 0..max id when it takes at most 2 MiB or no more
+    than the id array itself (ids are SQLite row ids, so it usually does), else the hash set of IDSelectorBatch,
+    which is ~20x slower to build."""
+    top = int(allowed[-1])
+    if top // 8 < max(8 * len(allowed), 2**21):
+        flags = np.zeros(top + 1, bool)
+        flags[allowed] = True
+        bitmap = np.packbits(flags, bitorder="little")  # FAISS reads bit (id & 7) of byte (id >> 3)
+        sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        sel.keep_alive = bitmap  # the selector points into the array
+        return sel
+    return faiss.IDSelectorBatch(allowed)
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a 1-d int64 array (np.unique is several times slower on numpy 2.x)."""
+    if len(ids) < 2 or np.all(ids[1:] > ids[:-1]):  # already sorted and distinct, e.g. ids from SQLite
+        return ids
+    ids = np.sort(ids)
+    return ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids
+
+
+def _padded(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (nq, k) = -inf, ids (nq, k) = -1)."""
+    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)

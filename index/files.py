@@ -1,0 +1,137 @@
+"""On-disk layout of a saved index: generation files `{name}.{gen}.faiss` and the manifest `{name}.json`.
+
+The manifest is the commit point: it names the one generation file that belongs to it. Files are written to
+`*.tmp` names, fsynced, then renamed, so a final name never holds a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def manifest_path(folder: Path, name: str) -> Path:
+    return Path(folder) / f"{name}.json"
+
+
+def generation_file_name(name: str, gen: int) -> str:
+    return f"{name}.{gen}.faiss"
+
+
+def _generation_re(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name) + r"\.(\d+)\.faiss(" + re.escape(TMP_SUFFIX) + ")?")
+
+
+def check_name(name: str) -> None:
+    """Index names become file names: no separators, no leading dot, not empty."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"invalid index name {name!r}: use a plain file name such as 'visual'")
+
+
+def generation_of(file_name: str, name: str) -> int | None:
+    """Generation number of `{name}.{gen}.faiss` (or its .tmp), None for any other file name."""
+    match = _generation_re(name).fullmatch(file_name)
+    return int(match.group(1)) if match else None
+
+
+def read_manifest_file(folder: Path, name: str) -> dict | None:
+    """The manifest as a dict; None when absent. Raises ValueError/OSError when unreadable."""
+    path = manifest_path(folder, name)
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict):
+        raise ValueError("manifest is not a JSON object")
+    return doc
+
+
+def _referenced_file(folder: Path, name: str) -> str | None:
+    try:
+        doc = read_manifest_file(folder, name)
+    except (OSError, ValueError):
+        return None
+    file = doc.get("file") if doc else None
+    return file if isinstance(file, str) else None
+
+
+def orphan_files(folder: Path | str, name: str) -> list[Path]:
+    """Generation files (and temp files) of index `name` in `folder` that the manifest does not reference.
+
+    They are left by a crash during save (or by a manifest that is missing or unreadable) and can be deleted.
+    """
+    folder = Path(folder)
+    check_name(name)
+    if not folder.is_dir():
+        return []
+    keep = _referenced_file(folder, name)
+    pattern = _generation_re(name)
+    orphans = [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.name != keep]
+    manifest_tmp = manifest_path(folder, name).with_name(f"{name}.json{TMP_SUFFIX}")
+    if manifest_tmp.exists():
+        orphans.append(manifest_tmp)
+    return sorted(orphans)
+
+
+def next_generation(folder: Path, name: str) -> int:
+    """One more than any generation present (referenced or not), so no existing file is ever overwritten."""
+    gens = [generation_of(p.name, name) for p in folder.iterdir()]
+    referenced = _referenced_file(folder, name)
+    if referenced is not None:
+        gens.append(generation_of(referenced, name))
+    return max([g for g in gens if g is not None], default=0) + 1
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames in `folder` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_and_hash(path: Path, chunk: int = 1 << 22) -> tuple[int, str]:
+    """fsync a written file; return (size in bytes, sha256 hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+        while block := f.read(chunk):
+            digest.update(block)
+        size = f.tell()
+    return size, digest.hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """Write JSON through `path.tmp` + fsync + os.replace + fsync of the directory."""
+    text = json.dumps(doc, indent=2, sort_keys=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)

@@ -1,0 +1,548 @@
+"""Known-answer tests of the FAISS vector store (index/): small dims and sizes, no wall-clock assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+import index.faiss_index as faiss_index
+from a2v_search.errors import A2VError, InputError, StoreError
+from index import (
+    IndexCorruptError,
+    IndexMissingError,
+    IndexSpecError,
+    UnknownIdError,
+    VectorIndex,
+    choose_spec,
+    orphan_files,
+)
+
+DIM = 32
+ODD_IDS = np.array([1000, 7, 123456789], np.int64)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((n, dim), dtype=np.float32))
+
+
+def clustered(n: int, dim: int, n_centres: int, seed: int = 0, noise: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """(base (n, dim), queries (200, dim)) drawn around the same random centres."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.standard_normal((n_centres, dim), dtype=np.float32))
+
+    def draw(m: int) -> np.ndarray:
+        c = centres[rng.integers(0, n_centres, m)]
+        return unit(c + noise * unit(rng.standard_normal((m, dim), dtype=np.float32)))
+
+    return draw(n), draw(200)
+
+
+def spread_ids(n: int, seed: int = 1) -> np.ndarray:
+    """n distinct, non-contiguous, unsorted int64 ids."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(10**9, size=n, replace=False).astype(np.int64)
+
+
+def brute_force(queries: np.ndarray, base: np.ndarray, base_ids: np.ndarray, k: int,
+                allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k ids and scores with numpy, restricted to `allow` when given."""
+    if allow is not None:
+        keep = np.isin(base_ids, allow)
+        base, base_ids = base[keep], base_ids[keep]
+    sims = queries @ base.T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), base_ids[order]
+
+
+@pytest.fixture(scope="module")
+def clustered_20k() -> tuple[np.ndarray, np.ndarray]:
+    return clustered(20_000, 64, 200)
+
+
+# ------------------------------------------------------------------------------------------------- basics
+@pytest.mark.parametrize("spec", ["flat", "IVF16,Flat", "IVF16,SQ8", "HNSW32"])
+def test_vector_searched_by_itself_comes_first(spec: str) -> None:
+    x = random_unit(2000)
+    ids = spread_ids(2000)
+    vi = VectorIndex.create(DIM, spec)
+    vi.add(ids, x)
+    assert not vi.needs_training and vi.ntotal == 2000
+    scores, found = vi.search(x[:20], 5)
+    assert scores.shape == found.shape == (20, 5) and scores.dtype == np.float32 and found.dtype == np.int64
+    np.testing.assert_array_equal(found[:, 0], ids[:20])
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=0.02)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+def test_ids_are_the_given_ids_and_round_trip() -> None:
+    x = random_unit(3)
+    vi = VectorIndex.create(DIM)
+    assert vi.spec == "Flat"
+    vi.add(ODD_IDS, x)
+    np.testing.assert_array_equal(vi.ids(), np.sort(ODD_IDS))
+    assert 123456789 in vi and 8 not in vi
+    scores, found = vi.search(x, 3)
+    np.testing.assert_array_equal(found[:, 0], ODD_IDS)
+    np.testing.assert_allclose(vi.reconstruct(ODD_IDS[::-1]), x[::-1], atol=1e-6)
+
+    assert vi.remove(np.array([7, 424242])) == 1
+    np.testing.assert_array_equal(vi.ids(), [1000, 123456789])
+    scores, found = vi.search(x, 3)
+    assert 7 not in found
+    np.testing.assert_array_equal(found[:, 2], [-1, -1, -1])  # only 2 left: padded
+    assert np.all(np.isneginf(scores[:, 2]))
+    with pytest.raises(UnknownIdError, match="7"):
+        vi.reconstruct(np.array([7]))
+    assert vi.remove(np.array([7])) == 0
+
+
+def test_search_pads_when_fewer_than_k_and_when_empty() -> None:
+    vi = VectorIndex.create(DIM, "flat")
+    scores, found = vi.search(random_unit(2), 4)
+    assert found.shape == (2, 4) and np.all(found == -1) and np.all(np.isneginf(scores))
+    vi.add(np.array([5]), random_unit(1))
+    scores, found = vi.search(random_unit(2, seed=3), 4)
+    np.testing.assert_array_equal(found[:, 0], [5, 5])
+    assert np.all(found[:, 1:] == -1) and np.all(np.isneginf(scores[:, 1:]))
+
+
+def test_unnormalised_vectors_are_normalised_and_bad_input_rejected() -> None:
+    vi = VectorIndex.create(DIM, "flat")
+    x = random_unit(4)
+    vi.add(np.arange(4), 3 * x)
+    scores, _ = vi.search(5 * x[:1], 1)
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(InputError):
+        vi.add(np.arange(2), np.zeros((2, DIM), np.float32))
+    with pytest.raises(InputError):
+        vi.add(np.arange(3), x)  # 3 ids, 4 vectors
+    with pytest.raises(InputError):
+        vi.add(np.array([-1]), x[:1])
+    with pytest.raises(InputError):
+        vi.search(x[:, :5], 1)
+    with pytest.raises(InputError):
+        vi.search(x, 0)
+
+
+@pytest.mark.parametrize("spec", ["flat", "IVF16,Flat", "HNSW32"])
+def test_re_adding_an_id_replaces_it_without_duplicate(spec: str) -> None:
+    x = random_unit(1000)
+    ids = spread_ids(1000)
+    vi = VectorIndex.create(DIM, spec)
+    vi.add(ids, x)
+    new = random_unit(1, seed=9)
+    vi.add(ids[:1], new)
+    assert vi.ntotal == 1000 and len(np.unique(vi.ids())) == 1000
+    _, found = vi.search(new, 3)
+    assert found[0, 0] == ids[0] and ids[0] not in found[0, 1:]
+    np.testing.assert_allclose(vi.reconstruct(ids[:1]), new, atol=1e-6)
+    with pytest.raises(InputError, match="same id twice"):
+        vi.add(np.array([1, 1]), random_unit(2))
+
+
+@pytest.mark.parametrize("spec", ["flat", "IVF16,SQ8", "HNSW32"])
+def test_removing_ids_removes_them_from_search_and_ids(spec: str) -> None:
+    x = random_unit(1500)
+    ids = spread_ids(1500)
+    vi = VectorIndex.create(DIM, spec)
+    vi.add(ids, x)
+    gone = ids[:300]
+    assert vi.remove(np.concatenate([gone, gone[:5]])) == 300
+    assert vi.ntotal == 1200
+    np.testing.assert_array_equal(vi.ids(), np.sort(ids[300:]))
+    _, found = vi.search(x[:300], 10)
+    assert not np.isin(found, gone).any()
+    _, found = vi.search(x[300:320], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[300:320])
+
+
+def test_omp_thread_count_set_by_caller_is_respected() -> None:
+    before = faiss.omp_get_max_threads()
+    try:
+        faiss.omp_set_num_threads(1)
+        vi = VectorIndex.create(DIM, "IVF8,Flat")
+        x = random_unit(500)
+        vi.add(np.arange(500), x)
+        _, found = vi.search(x[:5], 1, allow=np.arange(100))
+        np.testing.assert_array_equal(found[:, 0], np.arange(5))
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------- filtered search
+@pytest.mark.parametrize("exact_allow_max", [0, 10**6])  # filtered inside FAISS / exact scoring of the allow-list
+@pytest.mark.parametrize("dense_ids", [True, False])  # bitmap / hash-set selector
+def test_filtered_search_flat_equals_brute_force(exact_allow_max: int, dense_ids: bool) -> None:
+    x = random_unit(3000)
+    ids = np.random.default_rng(3).permutation(3000) * 2 + 5 if dense_ids else spread_ids(3000)
+    vi = VectorIndex.create(DIM, "flat")
+    vi.add(ids, x)
+    vi.exact_allow_max = exact_allow_max
+    absent = np.array([124, 456])
+    assert not np.isin(absent, ids).any()
+    allow = np.concatenate([ids[::7], absent])  # plus ids that are not in the index
+    queries = random_unit(30, seed=5)
+    scores, found = vi.search(queries, 10, allow=allow)
+    assert np.isin(found, ids[::7]).all() and (found >= 0).all()
+    want_scores, want_ids = brute_force(queries, x, ids, 10, allow)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_filtered_search_with_fewer_allowed_than_k_pads() -> None:
+    x = random_unit(500)
+    vi = VectorIndex.create(DIM, "flat")
+    vi.add(np.arange(500), x)
+    scores, found = vi.search(x[:2], 5, allow=np.array([3, 4, 999]))
+    np.testing.assert_array_equal(np.sort(found[:, :2], axis=1), [[3, 4], [3, 4]])
+    assert np.all(found[:, 2:] == -1) and np.all(np.isneginf(scores[:, 2:]))
+    _, found = vi.search(x[:2], 5, allow=np.array([], np.int64))
+    assert np.all(found == -1)
+
+
+@pytest.mark.parametrize("spec", ["IVF64,Flat", "IVF64,SQ8"])
+def test_very_selective_allow_list_with_ivf_returns_k_allowed(spec: str) -> None:
+    base, queries = clustered(5000, DIM, 50)
+    ids = spread_ids(5000)
+    vi = VectorIndex.create(DIM, spec, nprobe=1)
+    vi.add(ids, base)
+    assert not vi.needs_training
+    vi.exact_allow_max = 0  # force the FAISS selector path with nprobe escalation
+    allow = ids[np.random.default_rng(2).choice(5000, 15, replace=False)]  # 0.3% of the store
+    scores, found = vi.search(queries[:20], 10, allow=allow)
+    assert (found >= 0).all() and np.isin(found, allow).all()
+    want_scores, want_ids = brute_force(queries[:20], base, ids, 10, allow)
+    if spec.endswith("Flat"):  # nprobe / (allowed fraction) >= nlist: every list is probed, so exact
+        np.testing.assert_array_equal(found, want_ids)
+    else:  # SQ8 codes: nearly the same
+        assert np.mean([len(set(a) & set(b)) for a, b in zip(found, want_ids, strict=True)]) >= 9
+    assert vi.nprobe == 1  # escalation is per call, the default is unchanged
+
+
+def test_ivf_search_escalates_nprobe_until_k_found() -> None:
+    base, queries = clustered(2000, DIM, 20)
+    vi = VectorIndex.create(DIM, "IVF32,Flat", nprobe=1)
+    vi.add(np.arange(2000), base)
+    _, found = vi.search(queries[:5], 500)  # far more than one list holds
+    assert (found >= 0).all() and all(len(np.unique(row)) == 500 for row in found)
+
+
+def test_filtered_search_ivf_large_allow_list_matches_brute_force(clustered_20k) -> None:
+    base, queries = clustered_20k
+    ids = np.arange(20_000, dtype=np.int64) * 3
+    vi = VectorIndex.create(64, "IVF128,Flat", nprobe=16)
+    vi.add(ids, base)
+    allow = ids[::2]
+    vi.exact_allow_max = 0
+    _, found = vi.search(queries, 10, allow=allow)
+    assert np.isin(found, allow).all() and (found >= 0).all()
+    _, want = brute_force(queries, base, ids, 10, allow)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want, strict=True)])
+    assert recall >= 0.9
+
+
+# ------------------------------------------------------------------------------------------------- index types
+def test_ivf_from_factory_string_trains_and_has_good_recall(clustered_20k) -> None:
+    base, queries = clustered_20k
+    ids = spread_ids(20_000)
+    vi = VectorIndex.create(64, "IVF128,Flat")
+    assert vi.spec == "IVF128,Flat" and vi.needs_training and vi.min_train == 39 * 128
+    vi.add(ids, base)
+    assert not vi.needs_training and vi.ntotal == 20_000
+    _, found = vi.search(queries, 10)
+    _, want = brute_force(queries, base, ids, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, want, strict=True)])
+    assert recall >= 0.9
+
+
+def test_untrained_index_stages_vectors_exactly_until_enough_to_train(tmp_path) -> None:
+    x = random_unit(1200)
+    ids = spread_ids(1200)
+    vi = VectorIndex.create(DIM, "IVF16,Flat")
+    assert vi.min_train == 39 * 16
+    vi.add(ids[:300], x[:300])
+    assert vi.needs_training and vi.ntotal == 300
+    scores, found = vi.search(x[:5], 3)
+    np.testing.assert_array_equal(found[:, 0], ids[:5])
+    assert vi.remove(ids[:1]) == 1 and vi.ntotal == 299
+    vi.save(tmp_path, "v", {})
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["buffered"] is True and loaded.needs_training and loaded.spec == "IVF16,Flat"
+    loaded.add(ids[300:], x[300:])  # 1199 >= 624: trains now
+    assert not loaded.needs_training and loaded.ntotal == 1199
+    _, found = loaded.search(x[1:50], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[1:50])
+
+
+def test_explicit_train_on_a_sample() -> None:
+    vi = VectorIndex.create(DIM, "IVF16,Flat")
+    vi.add(np.arange(20), random_unit(20))
+    vi.train(random_unit(800, seed=4))
+    assert not vi.needs_training and vi.ntotal == 20
+    with pytest.raises(InputError, match="at least 16"):
+        other = VectorIndex.create(DIM, "IVF16,Flat")
+        other.add(np.arange(5), random_unit(5))
+        other.train()
+
+
+def test_invalid_factory_string_is_a_clear_error() -> None:
+    with pytest.raises(IndexSpecError, match="IVF1024,Flat") as err:
+        VectorIndex.create(DIM, "IVF-nonsense,Blah")
+    assert isinstance(err.value, InputError) and isinstance(err.value, A2VError)
+    with pytest.raises(IndexSpecError):
+        VectorIndex.create(DIM, "")
+
+
+def test_choose_spec_flat_for_small_and_approximate_for_large() -> None:
+    assert choose_spec(0, 768) == "Flat"
+    assert choose_spec(10_000, 512) == "Flat"
+    assert choose_spec(100_000, 93) == "Flat"  # small vectors: exact for longer
+    assert choose_spec(100_000, 768) == "IVF512,Flat"
+    assert choose_spec(100_000, 768, memory_budget_mb=100) == "IVF512,SQ8"
+    assert choose_spec(1_000_000, 768) == "IVF2048,SQ8"
+    large = choose_spec(1_000_000, 768)
+    assert large.startswith("IVF") and "Flat" not in large
+    assert choose_spec(1_000_000, 768, memory_budget_mb=300).startswith("IVF")
+    assert "PQ" in choose_spec(1_000_000, 768, memory_budget_mb=60)
+    for n in (0, 5_000, 60_000, 150_000, 1_000_000, 5_000_000):
+        for budget in (None, 50, 1000):
+            VectorIndex.create(64, choose_spec(n, 64, budget))  # every choice builds
+    assert VectorIndex.create(768, "auto", expected_n=2_000_000).spec.startswith("IVF")
+
+
+# ------------------------------------------------------------------------------------------------- save / load
+@pytest.mark.parametrize("spec", ["flat", "IVF16,SQ8", "HNSW32"])
+def test_save_load_round_trip(tmp_path, spec: str) -> None:
+    x = random_unit(1000)
+    ids = spread_ids(1000)
+    vi = VectorIndex.create(DIM, spec)
+    vi.add(ids, x)
+    vi.save(tmp_path, "visual", {"space": "clip-b32", "count": "ignored"})
+    loaded, manifest = VectorIndex.load(tmp_path, "visual")
+    assert manifest["space"] == "clip-b32" and manifest["count"] == 1000 and manifest["dim"] == DIM
+    assert manifest["max_id"] == ids.max() and manifest["spec"] == vi.spec and manifest["file"] == "visual.1.faiss"
+    assert manifest["faiss_version"] == faiss.__version__ and manifest["size"] > 0 and len(manifest["sha256"]) == 64
+    assert json.loads((tmp_path / "visual.json").read_text()) == manifest
+    np.testing.assert_array_equal(loaded.ids(), vi.ids())
+    queries = random_unit(20, seed=7)
+    for allow in (None, ids[::3]):
+        a, b = vi.search(queries, 10, allow=allow), loaded.search(queries, 10, allow=allow)
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    assert loaded.nprobe == vi.nprobe
+
+
+def test_save_keeps_only_the_latest_generation(tmp_path) -> None:
+    vi = VectorIndex.create(DIM, "flat")
+    vi.add(ODD_IDS, random_unit(3))
+    vi.save(tmp_path, "v", {})
+    vi.remove(ODD_IDS[:1])
+    vi.save(tmp_path, "v", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.2.faiss", "v.json"]
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["count"] == 2 and loaded.ntotal == 2 and orphan_files(tmp_path, "v") == []
+
+
+def test_empty_index_round_trip(tmp_path) -> None:
+    VectorIndex.create(DIM).save(tmp_path, "v", {})
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert loaded.ntotal == 0 and manifest["max_id"] == -1 and manifest["count"] == 0
+
+
+def test_missing_index_raises_missing(tmp_path) -> None:
+    with pytest.raises(IndexMissingError, match="reindex") as err:
+        VectorIndex.load(tmp_path, "visual")
+    assert isinstance(err.value, StoreError)
+    with pytest.raises(IndexMissingError):
+        VectorIndex.load(tmp_path / "nowhere", "visual")
+
+
+def _saved(tmp_path, n: int = 500) -> VectorIndex:
+    vi = VectorIndex.create(DIM, "flat")
+    vi.add(spread_ids(n), random_unit(n))
+    vi.save(tmp_path, "v", {"note": "first"})
+    return vi
+
+
+def test_truncated_index_file_is_corrupt(tmp_path) -> None:
+    _saved(tmp_path)
+    path = tmp_path / "v.1.faiss"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexCorruptError, match="reindex"):
+        VectorIndex.load(tmp_path, "v")
+    with pytest.raises(IndexCorruptError):
+        VectorIndex.load(tmp_path, "v", verify_hash=False)
+
+
+def test_truncated_file_matching_a_forged_manifest_is_still_corrupt(tmp_path) -> None:
+    _saved(tmp_path)
+    path, mpath = tmp_path / "v.1.faiss", tmp_path / "v.json"
+    path.write_bytes(path.read_bytes()[:100])
+    manifest = json.loads(mpath.read_text())
+    manifest["size"] = 100
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        VectorIndex.load(tmp_path, "v")
+    with pytest.raises(IndexCorruptError, match="cannot read"):
+        VectorIndex.load(tmp_path, "v", verify_hash=False)
+
+
+def test_flipped_bytes_and_mismatched_manifest_are_corrupt(tmp_path) -> None:
+    _saved(tmp_path)
+    path, mpath = tmp_path / "v.1.faiss", tmp_path / "v.json"
+    good_manifest = mpath.read_text()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexCorruptError, match="sha256"):
+        VectorIndex.load(tmp_path, "v")
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for key, value in (("count", 499), ("dim", 64), ("max_id", 5)):
+        manifest = json.loads(good_manifest)
+        manifest[key] = value
+        mpath.write_text(json.dumps(manifest))
+        with pytest.raises(IndexCorruptError):
+            VectorIndex.load(tmp_path, "v")
+    mpath.write_text("{not json")
+    with pytest.raises(IndexCorruptError, match="unreadable"):
+        VectorIndex.load(tmp_path, "v")
+
+
+def test_manifest_pointing_to_a_missing_file_is_corrupt(tmp_path) -> None:
+    _saved(tmp_path)
+    (tmp_path / "v.1.faiss").unlink()
+    with pytest.raises(IndexCorruptError, match="does not exist"):
+        VectorIndex.load(tmp_path, "v")
+    manifest = json.loads((tmp_path / "v.json").read_text())
+    manifest["file"] = "../elsewhere.faiss"
+    (tmp_path / "v.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="not a generation file"):
+        VectorIndex.load(tmp_path, "v")
+
+
+def test_crash_before_manifest_replace_leaves_old_pair_loadable(tmp_path, monkeypatch) -> None:
+    old = _saved(tmp_path)
+    new = VectorIndex.create(DIM, "flat")
+    new.add(np.array([1, 2]), random_unit(2))
+    real_replace = os.replace
+
+    def crash_on_manifest(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_manifest)
+    with pytest.raises(OSError, match="simulated crash"):
+        new.save(tmp_path, "v", {"note": "second"})
+    monkeypatch.undo()
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["note"] == "first" and loaded.ntotal == old.ntotal
+    np.testing.assert_array_equal(loaded.ids(), old.ids())
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert orphan_files(tmp_path, "v") == [tmp_path / "v.2.faiss"]  # complete but never committed
+    new.save(tmp_path, "v", {"note": "third"})  # the next save commits and cleans up
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["file"] == "v.3.faiss" and loaded.ntotal == 2 and orphan_files(tmp_path, "v") == []
+
+
+def test_process_killed_between_index_file_and_manifest(tmp_path) -> None:
+    from a2v_search import faults
+
+    old = _saved(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # child: SIGKILLed by the fault point inside save
+        faults._PLAN["index_save"] = 1
+        faults._hits.clear()
+        try:
+            new = VectorIndex.create(DIM, "flat")
+            new.add(np.array([1, 2]), random_unit(2))
+            new.save(tmp_path, "v", {"note": "second"})
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -9
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["note"] == "first" and loaded.ntotal == old.ntotal
+    assert orphan_files(tmp_path, "v") == [tmp_path / "v.2.faiss"]
+
+
+def test_crash_while_writing_index_leaves_no_half_file(tmp_path, monkeypatch) -> None:
+    _saved(tmp_path)
+    real_write = faiss.write_index
+
+    def half_write(index, path):
+        real_write(index, path)
+        with open(path, "r+b") as f:
+            f.truncate(10)
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(faiss, "write_index", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        _saved(tmp_path, n=50)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.1.faiss", "v.json"]
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert loaded.ntotal == 500
+
+
+def test_orphan_files_reports_leftovers(tmp_path) -> None:
+    _saved(tmp_path)
+    (tmp_path / "v.7.faiss").write_bytes(b"x")
+    (tmp_path / "v.8.faiss.tmp").write_bytes(b"x")
+    (tmp_path / "v.json.tmp").write_text("{")
+    (tmp_path / "other.3.faiss").write_bytes(b"x")
+    assert [p.name for p in orphan_files(tmp_path, "v")] == ["v.7.faiss", "v.8.faiss.tmp", "v.json.tmp"]
+    VectorIndex.load(tmp_path, "v")  # leftovers do not disturb loading
+
+
+def test_unserialisable_manifest_is_rejected_before_writing(tmp_path) -> None:
+    vi = VectorIndex.create(DIM)
+    with pytest.raises(InputError, match="JSON"):
+        vi.save(tmp_path, "v", {"bad": object()})
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- GPU (simulated)
+def test_gpu_copy_is_used_for_unfiltered_search_when_available(tmp_path, monkeypatch) -> None:
+    clones = []
+
+    def fake_cpu_to_gpu(resources, device, index):
+        clones.append(index)
+        return faiss.clone_index(index)
+
+    monkeypatch.setattr(faiss_index, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", fake_cpu_to_gpu, raising=False)
+    monkeypatch.setattr(faiss_index, "_gpu_resources", None)
+    x = random_unit(300)
+    vi = VectorIndex.create(DIM, "IVF8,Flat")
+    vi.add(np.arange(300), x)
+    _, found = vi.search(x[:3], 1)
+    np.testing.assert_array_equal(found[:, 0], [0, 1, 2])
+    assert len(clones) == 1
+    vi.search(x[:3], 1, allow=np.arange(200))  # filtered: CPU
+    vi.search(x[:3], 1)
+    assert len(clones) == 1  # copy reused
+    vi.add(np.array([1000]), random_unit(1, seed=3))
+    vi.search(x[:3], 1)
+    assert len(clones) == 2  # refreshed after a write
+    vi.save(tmp_path, "v", {})
+    loaded, _ = VectorIndex.load(tmp_path, "v", use_gpu=False)
+    assert loaded.ntotal == 301 and len(clones) == 2
+
+
+def test_gpu_requested_without_gpu_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(faiss_index, "gpu_available", lambda: False)
+    with pytest.raises(InputError, match="gpu"):
+        VectorIndex.create(DIM, use_gpu=True)
+    assert VectorIndex.create(DIM).ntotal == 0
