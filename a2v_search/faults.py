@@ -1,0 +1,29 @@
+"""Fault points for the reliability tests: ``A2V_FAULT=point:N`` kills the process (SIGKILL) the N-th time the
+named point is reached. Unset (always, outside tests), a fault point is one dictionary lookup."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def _plan() -> dict[str, int]:
+    plan = {}
+    for item in filter(None, os.environ.get("A2V_FAULT", "").split(",")):
+        point, _, n = item.partition(":")
+        plan[point.strip()] = int(n or 1)
+    return plan
+
+
+_PLAN = _plan()
+
+
+def fault_point(point: str) -> None:
+    """Kill this process here if ``A2V_FAULT`` asks for it (test harness only)."""
+    if point not in _PLAN:
+        return
+    _hits[point] = _hits.get(point, 0) + 1
+    if _hits[point] == _PLAN[point]:
+        os.kill(os.getpid(), signal.SIGKILL)

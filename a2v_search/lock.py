@@ -1,0 +1,59 @@
+"""One writer at a time: an advisory lock file in the data directory (released by the OS if the process dies)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from .errors import StoreError, StoreLockedError
+
+
+class WriteLock:
+    """``with WriteLock(data_dir, "ingest"):`` holds the store's write lock; a second writer gets a clear error."""
+
+    def __init__(self, data_dir: Path, what: str):
+        self.path = Path(data_dir) / "write.lock"
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> WriteLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"cannot create the lock file {self.path}: {e.strerror}; is the data directory "
+                             "writable?") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise StoreLockedError(f"store {self.path.parent} is locked by {holder}; wait for it to finish "
+                                   "(searches can run meanwhile)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n{self.what}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriteLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        lines = os.pread(fd, 4096, 0).decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    if len(lines) >= 3:
+        return f"PID {lines[0]} ({lines[1]}, since {lines[2]})"
+    return "another process"

@@ -1,0 +1,410 @@
+"""A data directory: SQLite metadata (the truth) + FAISS indexes derived from it + the write lock.
+
+Write protocol: one SQLite transaction per batch of whole media, then the FAISS add in memory; indexes are saved
+atomically from time to time and at the end, with a manifest (count, max id, space fingerprint). Opening catches
+up: rows newer than the manifest are added, rows deleted since are removed; a missing or corrupt index is rebuilt
+from SQLite with a warning. Layout::
+
+    a2v.sqlite          metadata (WAL)
+    index/              visual.N.faiss + visual.json, language.N.faiss + language.json
+    write.lock          held by the one writer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from db import repo
+from db.repo import Database, NewMedia
+from db.schema import Space
+from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
+
+from .errors import SpaceMismatchError, StoreError
+from .faults import fault_point
+from .lock import WriteLock
+from .models.language import LanguageSpace
+
+log = logging.getLogger("a2v_search")
+
+INDEX_NAMES = ("visual", "language")
+DB_NAME = "a2v.sqlite"
+INDEX_DIR = "index"
+#: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
+#: values produce comparable vectors.
+SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim")
+
+
+def space_fingerprint(space: dict) -> str:
+    """A short hash of the fields that identify a vector space."""
+    key = json.dumps({k: space.get(k) for k in SPACE_FIELDS}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def describe_space(space: dict) -> str:
+    return (f"model {space.get('visual_model')}, heads {space.get('heads')}, text model {space.get('text_model')}")
+
+
+@dataclass
+class Problem:
+    """One inconsistency found by :meth:`Store.check`."""
+
+    what: str
+    detail: str
+    fixed: bool = False
+
+    def as_dict(self) -> dict:
+        return {"what": self.what, "detail": self.detail, "fixed": self.fixed}
+
+
+@dataclass
+class CheckReport:
+    problems: list[Problem] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.fixed for p in self.problems)
+
+
+class Store:
+    """Open a data directory. ``create`` makes it if needed (writers); readers open an existing one."""
+
+    def __init__(self, data_dir: Path | str, create: bool = False):
+        self.data_dir = Path(data_dir).expanduser()
+        if create:
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create data directory {self.data_dir}: {e.strerror}") from e
+        elif not (self.data_dir / DB_NAME).is_file():
+            raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
+                             f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
+        self.db = Database(self.data_dir / DB_NAME, create=create)
+        self.index_dir = self.data_dir / INDEX_DIR
+        self._indexes: dict[str, VectorIndex] | None = None
+        self._dirty: set[str] = set()
+        self._language: LanguageSpace | None = None
+        self._space: Space | None = None
+        self._lock: WriteLock | None = None
+        self._last_save = time.monotonic()
+
+    # ------------------------------------------------------------------ lock
+
+    def lock(self, what: str) -> Store:
+        """Take the write lock (StoreLockedError if another writer holds it)."""
+        if self._lock is None:
+            self._lock = WriteLock(self.data_dir, what).acquire()
+        return self
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def close(self, save: bool = True) -> None:
+        """Save dirty indexes (writers, unless ``save=False``), release the lock, close the database."""
+        try:
+            if save and self.writable and self._dirty:
+                self.save()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ space
+
+    def space_row(self) -> Space | None:
+        """The store's vector space (read once; a space never changes once written)."""
+        if self._space is None:
+            with self.db.session() as s:
+                rows = repo.spaces(s)
+            if len(rows) > 1:
+                raise StoreError(f"store {self.data_dir} holds {len(rows)} vector spaces; this version supports one")
+            self._space = rows[0] if rows else None
+        return self._space
+
+    def space(self) -> dict | None:
+        """The recorded space (models, dims, model flags) or None for an empty store."""
+        row = self.space_row()
+        return json.loads(row.config) if row else None
+
+    @property
+    def fingerprint(self) -> str | None:
+        row = self.space_row()
+        return row.fingerprint if row else None
+
+    def check_space(self, space: dict) -> None:
+        """Raise SpaceMismatchError when ``space`` (from loaded models) differs from the store's space."""
+        stored = self.space()
+        if stored is None or space_fingerprint(space) == space_fingerprint(stored):
+            return
+        diffs = [f"{k}: store has {stored.get(k)!r}, asked for {space.get(k)!r}"
+                 for k in SPACE_FIELDS if stored.get(k) != space.get(k)]
+        raise SpaceMismatchError(
+            f"the models asked for differ from the ones this store's vectors were made with ({'; '.join(diffs)}). "
+            f"Omit the model flags to use the store's models, or use another --data-dir for these models")
+
+    def ensure_space(self, space: dict, language: LanguageSpace) -> Space:
+        """Register the space on first write, or check it matches."""
+        row = self.space_row()
+        if row is not None:
+            self.check_space(space)
+            return row
+        config = {**space, "language_dim": language.dim}
+        with self.db.session() as s:
+            row = repo.add_space(s, space_fingerprint(config), config, language.m_pasta, language.m_verb)
+        self._language, self._space = language, row
+        return row
+
+    def language(self) -> LanguageSpace:
+        """The store's language space, from its stored matrices (the text model loads only for free text)."""
+        if self._language is None:
+            row = self.space_row()
+            if row is None:
+                raise StoreError(f"store {self.data_dir} is empty; ingest something first")
+            m_pasta, m_verb = repo.space_matrices(row)
+            self._language = LanguageSpace(m_pasta.copy(), m_verb.copy(), text_model=row.text_model)
+        return self._language
+
+    def set_language(self, language: LanguageSpace) -> None:
+        """Use an already-loaded language space (same matrices) so its text model is not loaded twice."""
+        self._language = language
+
+    # ------------------------------------------------------------------ vectors
+
+    def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray) -> dict[str, np.ndarray]:
+        """The FAISS vectors of persons, computed from the float16 values SQLite stores, so that an index built
+        at ingest and one rebuilt from SQLite are identical."""
+        v = repo.unf16(repo.f16(visual)).reshape(len(visual), -1) if len(visual) else np.asarray(visual, np.float32)
+        p = np.asarray(pasta, np.float16).astype(np.float32)
+        b = np.asarray(verbs, np.float16).astype(np.float32)
+        return {"visual": np.ascontiguousarray(v, np.float32), "language": self.language().embed(p, b)}
+
+    def _space_dims(self) -> dict[str, int]:
+        row = self.space_row()
+        return {"visual": row.visual_dim, "language": row.language_dim}
+
+    def _index_spec(self) -> tuple[str, int | None]:
+        with self.db.session() as s:
+            spec = repo.get_meta(s, "index_spec", "auto")
+            budget = repo.get_meta(s, "index_memory_mb")
+        return spec or "auto", int(budget) if budget else None
+
+    def indexes(self) -> dict[str, VectorIndex]:
+        """Both FAISS indexes, loaded and caught up with SQLite (rebuilt with a warning if missing or corrupt)."""
+        if self._indexes is None:
+            if self.space_row() is None:
+                raise StoreError(f"store {self.data_dir} is empty; ingest something first")
+            self._indexes = {name: self._load_index(name) for name in INDEX_NAMES}
+        return self._indexes
+
+    def _load_index(self, name: str) -> VectorIndex:
+        fp = self.fingerprint
+        try:
+            idx, manifest = _load_retrying(self.index_dir, name)
+        except IndexMissingError:
+            with self.db.session() as s:
+                n = repo.counts(s)["persons"]
+            if n:
+                log.warning("FAISS index %r is missing: rebuilding it from SQLite (%d persons)", name, n)
+            return self._build_index(name)
+        except IndexCorruptError as e:
+            log.warning("%s; rebuilding it from SQLite", e)
+            return self._build_index(name)
+        if manifest.get("space") != fp:
+            raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
+                                     f"{manifest.get('space')}, but this store's space is {fp}; rebuild it with "
+                                     f"`python manage.py reindex --data-dir {self.data_dir}`")
+        self._catch_up(name, idx, int(manifest["max_id"]))
+        return idx
+
+    def _catch_up(self, name: str, idx: VectorIndex, max_id: int) -> None:
+        """Remove persons deleted since the index was saved; add persons newer than it."""
+        with self.db.session() as s:
+            db_ids = repo.person_ids(s, upto_id=max_id)
+            if len(db_ids) != idx.ntotal or (len(db_ids) and db_ids[-1] != max_id):
+                have = idx.ids()
+                stale = np.setdiff1d(have, db_ids)
+                if len(stale):
+                    idx.remove(stale)
+                    log.info("index %s: removed %d persons deleted since it was saved", name, len(stale))
+                missing = np.setdiff1d(db_ids, have)
+                if len(missing):
+                    self._add_from_db(s, name, idx, ids=missing)
+                self._dirty.add(name)
+            added = self._add_from_db(s, name, idx, after_id=max_id)
+        if added:
+            log.info("index %s: caught up %d persons newer than its last save", name, added)
+            self._dirty.add(name)
+
+    def _add_from_db(self, s, name: str, idx: VectorIndex, after_id: int = -1, ids=None) -> int:
+        n = 0
+        for pids, visual, pasta, verbs in repo.iter_vectors(s, after_id=after_id, ids=ids):
+            vecs = {"visual": visual, "language": self.language().embed(pasta, verbs)}[name]
+            idx.add(pids, vecs)
+            n += len(pids)
+        return n
+
+    def _build_index(self, name: str, spec: str | None = None) -> VectorIndex:
+        """A new index of every person in SQLite."""
+        conf_spec, budget = self._index_spec()
+        with self.db.session() as s:
+            n = repo.counts(s)["persons"]
+            idx = VectorIndex.create(self._space_dims()[name], spec or conf_spec, expected_n=n,
+                                     memory_budget_mb=budget)
+            self._add_from_db(s, name, idx)
+        self._dirty.add(name)
+        return idx
+
+    def rebuild(self, spec: str | None = None, memory_budget_mb: int | None = None) -> dict[str, str]:
+        """Rebuild both indexes from SQLite (optionally with a new index spec, remembered) and save them."""
+        self._require_lock()
+        if spec or memory_budget_mb:
+            with self.db.session() as s:
+                if spec:
+                    repo.set_meta(s, "index_spec", spec)
+                if memory_budget_mb:
+                    repo.set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
+        self._indexes = {name: self._build_index(name) for name in INDEX_NAMES}
+        self.save()
+        return {name: idx.spec for name, idx in self._indexes.items()}
+
+    def save(self) -> None:
+        """Save dirty indexes atomically with their manifests (writers only)."""
+        self._require_lock()
+        if self._indexes is None:
+            return
+        self._maybe_grow()
+        for name in sorted(self._dirty):
+            try:
+                self._indexes[name].save(self.index_dir, name, {"space": self.fingerprint})
+            except (OSError, RuntimeError) as e:  # disk full, read-only folder: SQLite still holds everything
+                raise StoreError(f"cannot save the FAISS index {name!r} in {self.index_dir}: {e}. SQLite holds every "
+                                 "person, so nothing is lost; free disk space, then run the same command again (or "
+                                 "`manage.py reindex`)") from e
+        self._dirty.clear()
+        self._last_save = time.monotonic()
+
+    def maybe_save(self, every_s: float) -> None:
+        if self._dirty and time.monotonic() - self._last_save >= every_s:
+            self.save()
+
+    def _maybe_grow(self) -> None:
+        """With the automatic spec, switch an index to the type its size now calls for (e.g. Flat -> IVF)."""
+        conf_spec, budget = self._index_spec()
+        if conf_spec != "auto":
+            return
+        for name, idx in self._indexes.items():
+            want = choose_spec(idx.ntotal, idx.dim, budget)
+            if want != idx.spec and not (want.startswith("IVF") and idx.spec.split(",")[0] == want.split(",")[0]):
+                log.info("index %s: %d persons, switching from %s to %s", name, idx.ntotal, idx.spec, want)
+                self._indexes[name] = self._build_index(name, want)
+
+    def _require_lock(self) -> None:
+        if not self.writable:
+            raise StoreError("this store was opened for reading; writing needs the write lock")
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, items: list[NewMedia]) -> np.ndarray:
+        """Add media with their persons: one SQLite transaction, then the FAISS add. Returns new person ids."""
+        self._require_lock()
+        row = self.space_row()
+        indexes = self.indexes()
+        with self.db.session() as s:
+            _, ids, removed = repo.add_media(s, row.id, items)
+            repo.clear_failures(s, [m.path for m in items])
+        fault_point("after_commit")
+        if len(removed):
+            for name in INDEX_NAMES:
+                indexes[name].remove(removed)
+        persons = [p for m in items for p in m.persons]
+        if persons:
+            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
+                                      np.stack([p.verbs for p in persons]))
+            for name in INDEX_NAMES:
+                indexes[name].add(ids, vecs[name])
+        if len(ids) or len(removed):
+            self._dirty.update(INDEX_NAMES)
+        return ids
+
+    def remove_media(self, media_ids: list[int]) -> np.ndarray:
+        """Delete media and their persons from SQLite, then from FAISS. Returns removed person ids."""
+        self._require_lock()
+        indexes = self.indexes() if self.space_row() is not None else {}
+        with self.db.session() as s:
+            removed = repo.delete_media(s, media_ids)
+        for idx in indexes.values():
+            idx.remove(removed)
+        if len(removed):
+            self._dirty.update(indexes)
+        return removed
+
+    # ------------------------------------------------------------------ consistency
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Compare SQLite and FAISS (ids, counts, manifests, spaces, orphan files); fix what is found if asked."""
+        report = CheckReport()
+        with self.db.session() as s:
+            report.counts = repo.counts(s)
+            db_ids = repo.person_ids(s)
+        fp = self.fingerprint
+        if fp is None:
+            return report
+        for name in INDEX_NAMES:
+            problem = None
+            try:
+                idx, manifest = VectorIndex.load(self.index_dir, name, verify_hash=True)
+            except (IndexMissingError, IndexCorruptError) as e:
+                problem = Problem(f"index {name}", str(e))
+            else:
+                if manifest.get("space") != fp:
+                    problem = Problem(f"index {name}", f"built for space {manifest.get('space')}, store space is {fp}")
+                else:
+                    have = idx.ids()
+                    extra, missing = np.setdiff1d(have, db_ids), np.setdiff1d(db_ids, have)
+                    if len(extra) or len(missing):
+                        problem = Problem(f"index {name}", (
+                            f"{len(missing)} persons in SQLite not in FAISS (e.g. {missing[:5].tolist()}), "
+                            f"{len(extra)} in FAISS not in SQLite (e.g. {extra[:5].tolist()}); "
+                            f"manifest count {manifest['count']}, SQLite {len(db_ids)}"))
+            orphans = orphan_files(self.index_dir, name)
+            if orphans:
+                report.problems.append(Problem(f"index {name}", f"{len(orphans)} leftover files: "
+                                               f"{', '.join(p.name for p in orphans[:5])}", fixed=repair))
+                if repair:
+                    for p in orphans:
+                        p.unlink(missing_ok=True)
+            if problem:
+                report.problems.append(problem)
+        if repair and any(not p.fixed for p in report.problems):
+            self._require_lock()
+            self.rebuild()
+            for p in report.problems:
+                p.fixed = True
+        return report
+
+
+def _load_retrying(folder: Path, name: str, tries: int = 3) -> tuple[VectorIndex, dict]:
+    """Load an index; a writer may replace the generation file between reading the manifest and the file."""
+    for attempt in range(tries):
+        try:
+            return VectorIndex.load(folder, name, verify_hash=False)
+        except IndexCorruptError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")

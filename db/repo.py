@@ -1,0 +1,506 @@
+"""Engine, sessions and the repository functions that ingest and search use. No SQL is built from user input:
+every value is a bound parameter."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from a2v_search.errors import StoreError
+
+from .schema import (
+    LABEL_MIN_P,
+    LABEL_PASTA,
+    LABEL_VERB,
+    SCHEMA_VERSION,
+    Base,
+    Failure,
+    Label,
+    Media,
+    Meta,
+    Person,
+    Space,
+)
+
+N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
+_CHUNK = 5000  # ids per IN (...) list
+
+
+def f16(x: np.ndarray) -> bytes:
+    """float array -> float16 blob."""
+    return np.asarray(x, np.float16).tobytes()
+
+
+def unf16(b: bytes) -> np.ndarray:
+    """float16 blob -> float32 array."""
+    return np.frombuffer(b, np.float16).astype(np.float32)
+
+
+# ------------------------------------------------------------------ records
+
+
+@dataclass
+class NewPerson:
+    """A person to store: its box in pixels and the model outputs (float arrays)."""
+
+    box: Sequence[float]
+    pasta: np.ndarray  # (93,)
+    verbs: np.ndarray  # (157,)
+    parts: np.ndarray  # (6,)
+    visual: np.ndarray  # (P,) unit length
+    score: float = 1.0
+    frame_index: int | None = None
+    t_sec: float | None = None
+
+
+@dataclass
+class NewMedia:
+    """A media row to store with its persons. ``replaces`` is the id of an older row of the same path."""
+
+    path: str
+    content_hash: str | None
+    size: int
+    mtime: float
+    kind: str
+    collection: str
+    width: int | None = None
+    height: int | None = None
+    persons: list[NewPerson] = field(default_factory=list)
+    duplicate_of: int | None = None
+    frames: int | None = None
+    duration: float | None = None
+    replaces: int | None = None
+
+
+@dataclass
+class PersonRow:
+    """A stored person joined with its media."""
+
+    id: int
+    media_id: int
+    path: str
+    kind: str
+    collection: str
+    width: int | None
+    height: int | None
+    frame_index: int | None
+    t_sec: float | None
+    box: tuple[float, float, float, float]
+    score: float
+    pasta: np.ndarray
+    verbs: np.ndarray
+    parts: np.ndarray
+    visual: np.ndarray
+
+
+@dataclass
+class Filters:
+    """Restrictions of a search. ``where`` items are ``(label_kind, class_index, op, value)``."""
+
+    collection: str | None = None
+    path_glob: str | None = None
+    kind: str | None = None
+    where: list[tuple[int, int, str, float]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.collection or self.path_glob or self.kind or self.where)
+
+
+# ------------------------------------------------------------------ engine
+
+
+class Database:
+    """A SQLite file in WAL mode with foreign keys on, checked for its schema version."""
+
+    def __init__(self, path: Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no store at {self.path.parent}: run `manage.py ingest PATH --data-dir "
+                             f"{self.path.parent}` first")
+        self.engine: Engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+        event.listen(self.engine, "connect", _on_connect)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            self._check_schema(create)
+        except OperationalError as e:
+            raise StoreError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data directory "
+                             "exists, is writable and has free space") from e
+        except (DatabaseError, sqlite3.DatabaseError) as e:
+            reason = getattr(e, "orig", e)
+            raise StoreError(f"{self.path} is not a readable a2v-search database ({reason}); move it away and "
+                             "ingest again, or restore a backup") from e
+
+    def _check_schema(self, create: bool) -> None:
+        with self.engine.begin() as conn:
+            tables = set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars())
+            if "meta" in tables:
+                row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+                version = int(row) if row is not None else None
+                if version != SCHEMA_VERSION:
+                    raise StoreError(f"store {self.path} has schema version {version}; this a2v-search reads version "
+                                     f"{SCHEMA_VERSION}. Use the a2v-search release that wrote it, or ingest again "
+                                     "into a new --data-dir")
+            elif tables - {"sqlite_sequence"}:
+                raise StoreError(f"{self.path} is a SQLite file but not an a2v-search store; choose another --data-dir")
+            elif create:
+                Base.metadata.create_all(conn)
+                conn.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error. A failing disk (full,
+        read-only, locked) becomes one StoreError that says nothing committed before was lost."""
+        try:
+            with self._sessions() as s, s.begin():
+                yield s
+        except OperationalError as e:
+            raise StoreError(f"cannot write to {self.path}: {getattr(e, 'orig', e)}. Nothing stored before was "
+                             "lost; free disk space or make the data directory writable, then run the same command "
+                             "again") from e
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    with suppress(sqlite3.OperationalError):  # read-only folder: readers still work on an existing WAL database
+        cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+# ------------------------------------------------------------------ meta and spaces
+
+
+def get_meta(s: Session, key: str, default: str | None = None) -> str | None:
+    value = s.execute(select(Meta.value).where(Meta.key == key)).scalar()
+    return default if value is None else value
+
+
+def set_meta(s: Session, key: str, value: str) -> None:
+    if s.get(Meta, key) is None:
+        s.add(Meta(key=key, value=value))
+    else:
+        s.execute(update(Meta).where(Meta.key == key).values(value=value))
+
+
+def spaces(s: Session) -> list[Space]:
+    return list(s.execute(select(Space).order_by(Space.id)).scalars())
+
+
+def add_space(s: Session, fingerprint: str, config: dict, m_pasta: np.ndarray, m_verb: np.ndarray) -> Space:
+    """Register a vector space with its language matrices."""
+    space = Space(fingerprint=fingerprint, visual_model=str(config["visual_model"]), heads=str(config["heads"]),
+                  text_model=str(config["text_model"]), phrases=str(config["phrases"]),
+                  visual_dim=int(config["visual_dim"]), language_dim=int(config["language_dim"]),
+                  config=json.dumps(config, sort_keys=True), m_pasta=np.asarray(m_pasta, np.float32).tobytes(),
+                  m_verb=np.asarray(m_verb, np.float32).tobytes(), created_at=time.time())
+    s.add(space)
+    s.flush()
+    return space
+
+
+def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
+    """The stored (93, D) and (157, D) language matrices of a space."""
+    m_pasta = np.frombuffer(space.m_pasta, np.float32).reshape(N_PASTA, -1)
+    return m_pasta, np.frombuffer(space.m_verb, np.float32).reshape(N_VERBS, -1)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Add media rows and their persons (and labels) in the caller's transaction.
+
+    Returns (media ids, new person ids in input order, person ids removed). A row named by ``replaces`` is
+    updated in place (same media id, so duplicates pointing at it stay valid) and its old persons are removed.
+    """
+    now = time.time()
+    fields = [{"path": m.path, "content_hash": m.content_hash, "size": m.size, "mtime": m.mtime, "width": m.width,
+               "height": m.height, "kind": m.kind, "collection": m.collection, "ingested_at": now,
+               "duplicate_of": m.duplicate_of, "frames": m.frames, "duration": m.duration} for m in items]
+    replaced = [int(m.replaces) for m in items if m.replaces is not None]
+    removed = _person_ids_of(s, replaced)
+    for i in range(0, len(replaced), _CHUNK):
+        s.execute(delete(Person).where(Person.media_id.in_(replaced[i:i + _CHUNK])))
+    for m, f in zip(items, fields, strict=True):
+        if m.replaces is not None:
+            s.execute(update(Media).where(Media.id == m.replaces).values(**f))
+    new = [f for m, f in zip(items, fields, strict=True) if m.replaces is None]
+    new_ids = iter(s.execute(insert(Media).returning(Media.id, sort_by_parameter_order=True), new).scalars().all()
+                   if new else [])
+    media_ids = [int(m.replaces) if m.replaces is not None else next(new_ids) for m in items]
+    person_rows = []
+    for mid, m in zip(media_ids, items, strict=True):
+        for p in m.persons:
+            x1, y1, x2, y2 = (float(v) for v in p.box)
+            person_rows.append({"media_id": mid, "space_id": space_id, "frame_index": p.frame_index,
+                                "t_sec": p.t_sec, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": float(p.score),
+                                "pasta": f16(p.pasta), "verbs": f16(p.verbs), "parts": f16(p.parts),
+                                "visual": f16(p.visual)})
+    if not person_rows:
+        return media_ids, np.zeros(0, np.int64), removed
+    ids = s.execute(insert(Person).returning(Person.id, sort_by_parameter_order=True), person_rows).scalars().all()
+    persons = [p for m in items for p in m.persons]
+    labels = []
+    for pid, p in zip(ids, persons, strict=True):
+        for kind, probs in ((LABEL_PASTA, p.pasta), (LABEL_VERB, p.verbs)):
+            probs16 = unf16(f16(probs))  # the stored value, so labels and blobs agree exactly
+            for c in np.flatnonzero(probs16 >= LABEL_MIN_P):
+                labels.append({"person_id": pid, "kind": kind, "cls": int(c), "p": float(probs16[c])})
+    if labels:
+        s.execute(insert(Label), labels)
+    return media_ids, np.asarray(ids, np.int64), removed
+
+
+def _person_ids_of(s: Session, media_ids: Sequence[int]) -> np.ndarray:
+    out: list[int] = []
+    for i in range(0, len(media_ids), _CHUNK):
+        out += s.execute(select(Person.id).where(Person.media_id.in_(media_ids[i:i + _CHUNK]))).scalars().all()
+    return np.asarray(sorted(out), np.int64)
+
+
+def delete_media(s: Session, media_ids: Sequence[int]) -> np.ndarray:
+    """Delete media rows with their persons and labels; returns the removed person ids."""
+    media_ids = [int(m) for m in media_ids]
+    removed = _person_ids_of(s, media_ids)
+    for i in range(0, len(media_ids), _CHUNK):
+        chunk = media_ids[i:i + _CHUNK]
+        s.execute(update(Media).where(Media.duplicate_of.in_(chunk)).values(duplicate_of=None))
+        s.execute(delete(Media).where(Media.id.in_(chunk)))  # persons and labels go by ON DELETE CASCADE
+    return removed
+
+
+def touch_media(s: Session, media_id: int, size: int, mtime: float) -> None:
+    """Record a new size/mtime for unchanged content (so the next run skips it on the cheap check)."""
+    s.execute(update(Media).where(Media.id == media_id).values(size=size, mtime=mtime))
+
+
+def record_failures(s: Session, failures: Sequence[tuple[str, str, str]]) -> None:
+    """Add failure rows (path, stage, reason); an older failure of the same path is replaced."""
+    if not failures:
+        return
+    paths = [f[0] for f in failures]
+    for i in range(0, len(paths), _CHUNK):
+        s.execute(delete(Failure).where(Failure.path.in_(paths[i:i + _CHUNK])))
+    now = time.time()
+    s.execute(insert(Failure), [{"path": p, "stage": st, "reason": r, "at": now} for p, st, r in failures])
+
+
+def clear_failures(s: Session, paths: Sequence[str]) -> None:
+    """Forget the failures of paths that have now been ingested."""
+    for i in range(0, len(paths), _CHUNK):
+        s.execute(delete(Failure).where(Failure.path.in_(list(paths[i:i + _CHUNK]))))
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass
+class MediaState:
+    id: int
+    content_hash: str | None
+    size: int
+    mtime: float
+
+
+def media_by_path(s: Session, paths: Sequence[str]) -> dict[str, MediaState]:
+    """Stored state of the media at these paths."""
+    out: dict[str, MediaState] = {}
+    paths = list(paths)
+    for i in range(0, len(paths), _CHUNK):
+        q = select(Media.path, Media.id, Media.content_hash, Media.size, Media.mtime).where(
+            Media.path.in_(paths[i:i + _CHUNK]))
+        for path, mid, h, size, mtime in s.execute(q):
+            out[path] = MediaState(mid, h, size, mtime)
+    return out
+
+
+def media_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, int]:
+    """The first non-duplicate media id holding each content hash."""
+    out: dict[str, int] = {}
+    hashes = list(hashes)
+    for i in range(0, len(hashes), _CHUNK):
+        q = (select(Media.content_hash, func.min(Media.id))
+             .where(Media.content_hash.in_(hashes[i:i + _CHUNK]), Media.duplicate_of.is_(None))
+             .group_by(Media.content_hash))
+        out.update({h: mid for h, mid in s.execute(q)})
+    return out
+
+
+def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
+    """Media ids whose path is one of ``paths`` or lies in one of those folders."""
+    ids: set[int] = set()
+    for p in paths:
+        folder = p.rstrip("/") + "/"
+        q = select(Media.id).where((Media.path == p) | (func.substr(Media.path, 1, len(folder)) == folder))
+        ids.update(s.execute(q).scalars())
+    return sorted(ids)
+
+
+_PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.collection, Media.width, Media.height,
+                   Person.frame_index, Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score,
+                   Person.pasta, Person.verbs, Person.parts, Person.visual)
+
+
+def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
+    """Persons with their media, in the caller's order; ids that do not exist are left out."""
+    ids = [int(i) for i in ids]
+    rows: dict[int, PersonRow] = {}
+    for i in range(0, len(ids), _CHUNK):
+        q = select(*_PERSON_COLUMNS).join(Media, Media.id == Person.media_id).where(Person.id.in_(ids[i:i + _CHUNK]))
+        for r in s.execute(q):
+            rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
+                                   height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
+                                   score=r[13], pasta=unf16(r[14]), verbs=unf16(r[15]), parts=unf16(r[16]),
+                                   visual=unf16(r[17]))
+    return [rows[i] for i in ids if i in rows]
+
+
+def _stack16(blobs: Sequence[bytes]) -> np.ndarray:
+    """Equal-length float16 blobs -> (n, d) float32, decoded in one go."""
+    return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), -1).astype(np.float32)
+
+
+def fetch_vectors(s: Session, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (n,), visual (n, P), pasta (n, 93), verbs (n, 157)) of existing persons, in the caller's order; the
+    narrow read that search re-scoring needs."""
+    ids = [int(i) for i in ids]
+    found: dict[int, tuple] = {}
+    for i in range(0, len(ids), _CHUNK):
+        q = select(Person.id, Person.visual, Person.pasta, Person.verbs).where(Person.id.in_(ids[i:i + _CHUNK]))
+        found.update({r[0]: r for r in s.execute(q)})
+    rows = [found[i] for i in ids if i in found]
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32), \
+            np.zeros((0, N_VERBS), np.float32)
+    return (np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
+            _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]))
+
+
+def media_ids_of(s: Session, ids: Sequence[int]) -> dict[int, int]:
+    """person id -> media id."""
+    ids = [int(i) for i in ids]
+    out: dict[int, int] = {}
+    for i in range(0, len(ids), _CHUNK):
+        out.update(dict(s.execute(select(Person.id, Person.media_id).where(Person.id.in_(ids[i:i + _CHUNK]))).all()))
+    return out
+
+
+def iter_vectors(s: Session, after_id: int = -1, ids: Sequence[int] | None = None,
+                 chunk: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids (n,), visual (n, P), pasta (n, 93), verbs (n, 157)) in id order, chunk by chunk, for building indexes:
+    the persons with id > ``after_id``, or exactly ``ids``."""
+    if ids is not None:
+        ids = sorted(int(i) for i in ids)
+        for i in range(0, len(ids), chunk):
+            batch = fetch_vectors(s, ids[i:i + chunk])
+            if len(batch[0]):
+                yield batch
+        return
+    cols = (Person.id, Person.visual, Person.pasta, Person.verbs)
+    last = after_id
+    while True:
+        rows = s.execute(select(*cols).where(Person.id > last).order_by(Person.id).limit(chunk)).all()
+        if not rows:
+            return
+        yield (np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
+               _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]))
+        last = rows[-1][0]
+
+
+def person_ids(s: Session, upto_id: int | None = None) -> np.ndarray:
+    """All person ids (sorted), optionally only those <= upto_id."""
+    q = select(Person.id).order_by(Person.id)
+    if upto_id is not None:
+        q = q.where(Person.id <= upto_id)
+    return np.fromiter(s.execute(q).scalars(), np.int64)
+
+
+def max_person_id(s: Session) -> int:
+    return int(s.execute(select(func.max(Person.id))).scalar() or -1)
+
+
+def counts(s: Session) -> dict[str, int]:
+    """Numbers of media (by kind), duplicates, persons and failures."""
+    def n(q) -> int:
+        return int(s.execute(q).scalar() or 0)
+
+    return {"media": n(select(func.count(Media.id))),
+            "images": n(select(func.count(Media.id)).where(Media.kind == "image")),
+            "videos": n(select(func.count(Media.id)).where(Media.kind == "video")),
+            "duplicates": n(select(func.count(Media.id)).where(Media.duplicate_of.is_not(None))),
+            "persons": n(select(func.count(Person.id))),
+            "failures": n(select(func.count(Failure.id)))}
+
+
+def failures(s: Session, limit: int = 100) -> list[tuple[str, str, str]]:
+    q = select(Failure.path, Failure.stage, Failure.reason).order_by(Failure.id.desc()).limit(limit)
+    return [tuple(r) for r in s.execute(q)]
+
+
+def collections(s: Session) -> dict[str, int]:
+    q = select(Media.collection, func.count(Media.id)).group_by(Media.collection)
+    return {c: n for c, n in s.execute(q)}
+
+
+# ------------------------------------------------------------------ filters
+
+
+_OPS = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
+
+
+def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
+    """The sorted ids of persons passing the filters (None when there are no filters).
+
+    Media filters are indexed columns; ``where`` items with ``>=``/``>`` and a threshold of at least LABEL_MIN_P
+    are lookups in the labels index; other comparisons read the probability blobs of the candidates.
+    """
+    if f.empty():
+        return None
+    q = select(Person.id).join(Media, Media.id == Person.media_id)
+    if f.collection:
+        q = q.where(Media.collection == f.collection)
+    if f.kind:
+        q = q.where(Media.kind == f.kind)
+    if f.path_glob:
+        q = q.where(Media.path.op("GLOB")(f.path_glob))
+    scan: list[tuple[int, int, str, float]] = []
+    for kind, cls, op, value in f.where:
+        if op not in _OPS:
+            raise StoreError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
+        if op in (">=", ">") and value >= LABEL_MIN_P:
+            sub = select(Label.person_id).where(Label.kind == kind, Label.cls == cls,
+                                                Label.p >= value if op == ">=" else Label.p > value)
+            q = q.where(Person.id.in_(sub))
+        else:
+            scan.append((kind, cls, op, value))
+    ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
+    if scan and len(ids):
+        keep = np.ones(len(ids), bool)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK].tolist()
+            q = select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(chunk))
+            blobs = {r[0]: (r[1], r[2]) for r in s.execute(q)}
+            probs = {LABEL_PASTA: np.stack([unf16(blobs[i][0]) for i in chunk]),  # (n, 93)
+                     LABEL_VERB: np.stack([unf16(blobs[i][1]) for i in chunk])}  # (n, 157)
+            mask = np.ones(len(chunk), bool)
+            for kind, cls, op, value in scan:
+                mask &= _OPS[op](probs[kind][:, cls], np.float32(value))
+            keep[start:start + len(chunk)] = mask
+        ids = ids[keep]
+    return ids
+

@@ -1,0 +1,117 @@
+"""The metadata store's schema (SQLAlchemy 2.0). SQLite is the truth; FAISS indexes are derived from it.
+
+Probabilities and the visual embedding are float16 blobs (``np.float16(...).tobytes()``); PaSta and verb
+probabilities of at least ``LABEL_MIN_P`` are also rows of ``labels``, indexed so that ``--where`` filters are
+index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+#: Probabilities at or above this are copied into ``labels`` (filters with lower thresholds scan the blobs).
+LABEL_MIN_P = 0.05
+LABEL_PASTA, LABEL_VERB = 0, 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key-value settings of the store (schema version, index spec...)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Space(Base):
+    """A vector space: the models that produced the vectors, and the language matrices (float32 blobs)."""
+
+    __tablename__ = "spaces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String, unique=True)
+    visual_model: Mapped[str] = mapped_column(Text)
+    heads: Mapped[str] = mapped_column(Text)
+    text_model: Mapped[str] = mapped_column(Text)
+    phrases: Mapped[str] = mapped_column(Text)
+    visual_dim: Mapped[int] = mapped_column(Integer)
+    language_dim: Mapped[int] = mapped_column(Integer)
+    config: Mapped[str] = mapped_column(Text)  # JSON: the model flags and everything above
+    m_pasta: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (93, D)
+    m_verb: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (157, D)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Media(Base):
+    """An image or video file. ``duplicate_of`` marks the same content already stored under another path."""
+
+    __tablename__ = "media"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    content_hash: Mapped[str | None] = mapped_column(String, index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String)  # "image" | "video"
+    collection: Mapped[str] = mapped_column(String, index=True)
+    ingested_at: Mapped[float] = mapped_column(Float)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("media.id", ondelete="SET NULL"))
+    frames: Mapped[int | None] = mapped_column(Integer)  # video: frames sampled
+    duration: Mapped[float | None] = mapped_column(Float)  # video: seconds
+
+    persons: Mapped[list[Person]] = relationship(back_populates="media", cascade="all, delete-orphan",
+                                                 passive_deletes=True)
+
+    __table_args__ = (Index("ix_media_kind_collection", "kind", "collection"),)
+
+
+class Person(Base):
+    """One person in an image or a video frame, with its probabilities and visual embedding."""
+
+    __tablename__ = "persons"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    media_id: Mapped[int] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), index=True)
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id"), index=True)
+    frame_index: Mapped[int | None] = mapped_column(Integer)
+    t_sec: Mapped[float | None] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)  # detector score (1 for whole image / given boxes)
+    pasta: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (93,)
+    verbs: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (157,)
+    parts: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (6,)
+    visual: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (P,), unit length
+
+    media: Mapped[Media] = relationship(back_populates="persons")
+
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class Label(Base):
+    """A PaSta (kind 0) or verb (kind 1) probability >= LABEL_MIN_P of a person, for indexed filters."""
+
+    __tablename__ = "labels"
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cls: Mapped[int] = mapped_column(Integer, primary_key=True)
+    p: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_labels_kind_cls_p", "kind", "cls", "p"),)
+
+
+class Failure(Base):
+    """A file that could not be ingested: where it failed and why."""
+
+    __tablename__ = "failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, index=True)
+    stage: Mapped[str] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)

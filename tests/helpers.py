@@ -1,0 +1,71 @@
+"""Small builders shared by the store, search and reliability tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from a2v_search import taxonomy as tx
+from a2v_search.models.language import LanguageSpace
+from a2v_search.store import Store
+from db.repo import NewMedia, NewPerson
+
+VISUAL_DIM = 16
+SPACE = {"visual_model": "test-visual", "heads": "test-heads", "text_model": "test-text", "phrases": "v1",
+         "visual_dim": VISUAL_DIM, "spec": {"model": None, "checkpoint": None, "trust_checkpoint": False,
+                                            "text_model": "test-text"}}
+
+
+def random_language(seed: int = 0, dim: int = 24) -> LanguageSpace:
+    rng = np.random.default_rng(seed)
+    m_pasta = rng.normal(size=(93, dim)).astype(np.float32)
+    m_verb = rng.normal(size=(157, dim)).astype(np.float32)
+    m_pasta[list(tx.NO_INTERACTION_PASTA)] = 0
+    m_verb[tx.NO_INTERACTION_VERB] = 0
+    return LanguageSpace(m_pasta, m_verb, text_model="test-text")
+
+
+def random_person(rng: np.random.Generator, dim: int = VISUAL_DIM, **kw) -> NewPerson:
+    visual = rng.normal(size=dim).astype(np.float32)
+    return NewPerson(box=kw.pop("box", [1, 2, 30, 40]), pasta=rng.random(93).astype(np.float32),
+                     verbs=rng.random(157).astype(np.float32), parts=rng.random(6).astype(np.float32),
+                     visual=visual / np.linalg.norm(visual), **kw)
+
+
+def media(path: str, persons: list[NewPerson], collection: str = "default", kind: str = "image") -> NewMedia:
+    return NewMedia(path=path, content_hash=f"hash-{path}", size=1, mtime=1.0, kind=kind, collection=collection,
+                    width=64, height=48, persons=persons)
+
+
+def writable_store(data_dir, language: LanguageSpace | None = None) -> Store:
+    """A store holding the write lock, with the test space registered."""
+    store = Store(data_dir, create=True).lock("test")
+    store.ensure_space(SPACE, language or random_language())
+    return store
+
+
+class StubEncoder:
+    """A deterministic numpy stand-in for ActivityEncoder (no torch: safe in forked children). Same interface as
+    far as ingest is concerned: preprocess, space, language, encode_pixels."""
+
+    def __init__(self, language: LanguageSpace | None = None, size: int = 16):
+        from a2v_search.preprocess import Preprocess
+
+        self.preprocess = Preprocess(size=size)
+        self.language = language or random_language()
+        self.space = dict(SPACE)
+        self.model = type("M", (), {"visual_dim": VISUAL_DIM})()
+        rng = np.random.default_rng(0)
+        self._proj = rng.normal(size=(size * size * 3, VISUAL_DIM + 93 + 157)).astype(np.float32)
+
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int = 32):
+        from a2v_search.models.encoder import PersonVectors
+
+        x = pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0 - 0.5
+        z = x @ self._proj  # (N, P + 93 + 157)
+        visual = z[:, :VISUAL_DIM] / np.linalg.norm(z[:, :VISUAL_DIM], axis=1, keepdims=True)
+        sig = 1.0 / (1.0 + np.exp(-z[:, VISUAL_DIM:] / 10.0))
+        pasta, verbs = sig[:, :93], sig[:, 93:]
+        parts = np.stack([pasta[:, r.start:r.stop - 1].max(1) for r in tx.PART_RANGES.values()], 1)
+        return PersonVectors(visual=visual.astype(np.float32), pasta=pasta.astype(np.float32),
+                             verbs=verbs.astype(np.float32), parts=parts.astype(np.float32),
+                             language=self.language.embed(pasta, verbs))

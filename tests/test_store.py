@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+import numpy as np
+import pytest
+from helpers import SPACE, media, random_person, writable_store
+
+from a2v_search.errors import SpaceMismatchError, StoreError, StoreLockedError
+from a2v_search.search import Searcher, make_filters
+from a2v_search.store import Store
+from db import repo
+
+
+def filled(tmp_path, n_media=6, per=3, seed=0):
+    rng = np.random.default_rng(seed)
+    store = writable_store(tmp_path / "data")
+    items = [media(f"/m/{c}/img{i}.jpg", [random_person(rng) for _ in range(per)], collection=c)
+             for i in range(n_media) for c in ("a", "b")]
+    ids = store.write(items)
+    store.save()
+    return store, items, ids
+
+
+def test_round_trip_of_a_batch(tmp_path):
+    store, items, ids = filled(tmp_path)
+    assert len(ids) == 36 and len(set(ids.tolist())) == 36
+    with store.db.session() as s:
+        rows = repo.fetch_persons(s, ids[::-1])  # caller's order kept
+        assert [r.id for r in rows] == ids[::-1].tolist()
+        counts = repo.counts(s)
+    assert counts["media"] == 12 and counts["persons"] == 36
+    persons = [p for m in items for p in m.persons]
+    by_id = {r.id: r for r in rows}
+    for pid, p in zip(ids, persons, strict=True):
+        r = by_id[int(pid)]
+        np.testing.assert_allclose(r.pasta, p.pasta, atol=1e-3)  # float16 storage
+        np.testing.assert_allclose(r.visual, p.visual, atol=1e-3)
+        assert r.box == tuple(float(v) for v in p.box)
+    store.close()
+
+
+def test_search_results_join_back_to_their_media(tmp_path):
+    store, items, ids = filled(tmp_path)
+    persons = [(m.path, p) for m in items for p in m.persons]
+    searcher = Searcher(store)
+    for i in (0, 7, 20):
+        path, p = persons[i]
+        result = searcher.search({"visual": p.visual}, {"visual": 1.0}, k=3)
+        assert result.hits[0].person_id == ids[i] and result.hits[0].path == path
+        assert result.hits[0].score == pytest.approx(1.0, abs=2e-3)
+    store.close()
+
+
+def test_delete_removes_from_both(tmp_path):
+    store, items, ids = filled(tmp_path)
+    with store.db.session() as s:
+        mid = repo.media_by_path(s, ["/m/a/img0.jpg"])["/m/a/img0.jpg"].id
+    removed = store.remove_media([mid])
+    assert len(removed) == 3
+    store.save()
+    for idx in store.indexes().values():
+        assert not np.isin(removed, idx.ids()).any() and idx.ntotal == 33
+    with store.db.session() as s:
+        assert repo.counts(s)["persons"] == 33 and not repo.fetch_persons(s, removed)
+        assert not s.execute(repo.select(repo.Label).where(repo.Label.person_id.in_(removed.tolist()))).first()
+    store.close()
+    assert Store(tmp_path / "data").check().ok
+
+
+def test_lagging_index_catches_up_on_open(tmp_path):
+    store, items, ids = filled(tmp_path)
+    store.close()
+    # a crash between the SQLite commit and the FAISS save: rows written, index file not
+    rng = np.random.default_rng(9)
+    s2 = writable_store(tmp_path / "data")
+    with s2.db.session() as s:
+        _, new_ids, _ = repo.add_media(s, s2.space_row().id, [media("/m/late.jpg", [random_person(rng)] * 2)])
+        gone = repo.delete_media(s, [repo.media_by_path(s, ["/m/b/img3.jpg"])["/m/b/img3.jpg"].id])
+    s2._lock.release()  # exit without saving, like a killed process
+    reader = Store(tmp_path / "data")
+    for idx in reader.indexes().values():
+        have = set(idx.ids().tolist())
+        assert set(new_ids.tolist()) <= have and not set(gone.tolist()) & have and idx.ntotal == 35
+    assert not reader.check().ok  # the saved index file still lags until a writer saves the caught-up one
+    writer = Store(tmp_path / "data").lock("test")
+    writer.indexes()
+    writer.close()
+    assert Store(tmp_path / "data").check().problems == []
+
+
+def test_truncated_index_is_rebuilt_with_a_warning(tmp_path, caplog):
+    store, items, ids = filled(tmp_path)
+    store.close()
+    manifest = json.loads((tmp_path / "data" / "index" / "visual.json").read_text())
+    f = tmp_path / "data" / "index" / manifest["file"]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    reader = Store(tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        idx = reader.indexes()["visual"]
+    assert idx.ntotal == 36 and "rebuilding" in caplog.text
+    report = reader.check()
+    assert not report.ok and any("visual" in p.what for p in report.problems)
+
+
+def test_index_of_another_space_is_refused_with_the_fix(tmp_path):
+    store, _, _ = filled(tmp_path)
+    store.close()
+    path = tmp_path / "data" / "index" / "language.json"
+    doc = json.loads(path.read_text())
+    doc["space"] = "0123456789abcdef"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SpaceMismatchError, match="manage.py reindex"):
+        Store(tmp_path / "data").indexes()
+    fixed = Store(tmp_path / "data").lock("reindex")
+    fixed.rebuild()
+    fixed.close()
+    assert Store(tmp_path / "data").indexes()["language"].ntotal == 36
+
+
+def test_other_models_are_refused(tmp_path):
+    store, _, _ = filled(tmp_path)
+    with pytest.raises(SpaceMismatchError, match="another --data-dir") as err:
+        store.check_space({**SPACE, "text_model": "other-bert"})
+    assert "other-bert" in str(err.value) and "test-text" in str(err.value)
+    store.close()
+
+
+def test_filtered_search_matches_exact_search_on_the_allowed(tmp_path):
+    store, items, ids = filled(tmp_path, n_media=20, per=2)
+    persons = [(m.collection, p) for m in items for p in m.persons]
+    visual = np.stack([p.visual for _, p in persons]).astype(np.float16).astype(np.float32)
+    allowed = np.array([c == "b" for c, _ in persons])
+    q = np.random.default_rng(3).normal(size=visual.shape[1]).astype(np.float32)
+    q /= np.linalg.norm(q)
+    result = Searcher(store).search({"visual": q}, {"visual": 1.0}, k=10, filters=make_filters(collection="b"))
+    assert len(result) == 10 and all(h.collection == "b" for h in result)
+    exact = ids[allowed][np.argsort(-(visual[allowed] @ q), kind="stable")][:10]
+    assert [h.person_id for h in result] == exact.tolist()
+    store.close()
+
+
+def test_where_filters_use_labels_and_blobs(tmp_path):
+    rng = np.random.default_rng(1)
+    store = writable_store(tmp_path / "data")
+    people = [random_person(rng) for _ in range(30)]
+    store.write([media(f"/x/{i}.jpg", [p]) for i, p in enumerate(people)])
+    with store.db.session() as s:
+        for expr, test in [("hand: hold>=0.5", lambda p: p.pasta[37] >= 0.5),
+                           ("hand: hold<0.02", lambda p: p.pasta[37] < 0.02),
+                           ("verb: ride > 0.3", lambda p: p.verbs[tx_verb("ride")] > 0.3)]:
+            got = repo.filter_person_ids(s, make_filters(where=[expr]))
+            want = [i + 1 for i, p in enumerate(people) if test(_f16(p))]
+            assert got.tolist() == want, expr
+    store.close()
+
+
+def tx_verb(name):
+    from a2v_search import taxonomy as tx
+
+    return tx.verb_index(name)
+
+
+def _f16(p):
+    p.pasta = p.pasta.astype(np.float16).astype(np.float32)
+    p.verbs = p.verbs.astype(np.float16).astype(np.float32)
+    return p
+
+
+def test_second_writer_gets_a_clear_message(tmp_path):
+    store, _, _ = filled(tmp_path)
+    with pytest.raises(StoreLockedError, match=r"locked by PID \d+ \(test"):
+        Store(tmp_path / "data").lock("ingest")
+    store.close()
+    Store(tmp_path / "data").lock("ingest").close()  # released: free again
+
+
+def test_schema_version_and_foreign_files_are_refused(tmp_path):
+    store, _, _ = filled(tmp_path)
+    store.close()
+    con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
+    con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(tmp_path / "data")
+    other = tmp_path / "other"
+    other.mkdir()
+    sqlite3.connect(other / "a2v.sqlite").execute("CREATE TABLE x (a)").connection.commit()
+    with pytest.raises(StoreError, match="not an a2v-search store"):
+        Store(other)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a2v.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="not a readable a2v-search database"):
+        Store(tmp_path / "junk")
+    with pytest.raises(StoreError, match="no store at"):
+        Store(tmp_path / "nothing")
+
+
+def test_doctor_reports_and_repairs(tmp_path):
+    store, _, ids = filled(tmp_path)
+    idx = store.indexes()["visual"]
+    idx.remove(ids[:4])  # FAISS loses four persons
+    store._dirty.add("visual")
+    store.save()
+    store.close()
+    report = Store(tmp_path / "data").check()
+    assert not report.ok and "4 persons in SQLite not in FAISS" in report.problems[0].detail
+    fixer = Store(tmp_path / "data").lock("doctor")
+    assert fixer.check(repair=True).ok
+    fixer.close()
+    assert Store(tmp_path / "data").check().problems == []
