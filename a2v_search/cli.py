@@ -1,12 +1,33 @@
-"""The command line: parse, call the library, print. ``manage.py`` and the ``a2v`` script call :func:`main`."""
+"""The command line: parse, call the library, print. ``manage.py`` and the ``a2v`` script call :func:`main`.
+
+Heavy imports (torch, transformers, faiss) happen inside the commands, so ``--help`` is instant.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from .errors import A2VError
+from .cli_options import (
+    Checkpoint,
+    DataDir,
+    Detector,
+    Device,
+    Json,
+    MaxPersons,
+    MinSize,
+    Model,
+    TextModel,
+    Threshold,
+    Trust,
+)
+from .errors import A2VError, InputError
 
 app = typer.Typer(
     name="a2v",
@@ -16,66 +37,378 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _api(data_dir=None, model=None, checkpoint=None, trust_checkpoint=False, text_model=None, device=None,
+         detector=None, threshold=0.5, max_persons=20, min_size=16.0):
+    from .api import A2VSearch
+    from .detect import DetectorOptions
 
-def _not_built(name: str) -> None:
-    raise typer.Exit(_fail(f"'{name}' is not built yet", code=2))
+    return A2VSearch.open(data_dir, model=model, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                          text_model=text_model, device=device, detector=detector,
+                          detector_options=DetectorOptions(threshold=threshold, max_persons=max_persons,
+                                                           min_size=min_size))
 
 
-def _fail(message: str, code: int = 1) -> int:
-    typer.echo(f"error: {message}", err=True)
-    return code
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def _parse_box(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--box {text!r} must be four numbers x1,y1,x2,y2") from None
+    if len(box) != 4:
+        raise InputError(f"--box {text!r} must be four numbers x1,y1,x2,y2")
+    return box
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------ ingest
 
 
 @app.command()
-def ingest() -> None:
-    """Compute per-person activity vectors for images and videos and store them."""
-    _not_built("ingest")
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Image and video files, folders (recursive) or list files "
+                                                    "(.txt, one path per line).", show_default=False)],
+    data_dir: DataDir = None,
+    collection: Annotated[str, typer.Option(help="Collection name to file these media under.")] = "default",
+    detector: Detector = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+    batch_size: Annotated[int, typer.Option(help="Persons per model batch.")] = 32,
+    workers: Annotated[int | None, typer.Option(help="Decode processes (default: cores - 1; 0 = in process).",
+                                                show_default=False)] = None,
+    video_fps: Annotated[float, typer.Option(help="Video frames sampled per second.")] = 1.0,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression bombs).")] = 100_000_000,
+    commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 256,
+    threshold: Threshold = 0.5,
+    max_persons: MaxPersons = 20,
+    min_size: MinSize = 16.0,
+    force: Annotated[bool, typer.Option("--force", help="Re-encode files already stored.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any file failed.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Compute per-person activity vectors for images and videos and store them (incremental, resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
+               min_size)
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+               TextColumn("{task.fields[persons]} persons, {task.fields[rate]:.1f}/s"), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=as_json) as bar:
+        task = bar.add_task("ingest", total=None, persons=0, rate=0.0)
+        started: list[float] = []
+
+        def on_progress(done: int, total: int, persons: int) -> None:
+            if not started:  # models are loaded by now: time the work, not the start-up
+                started.append(time.monotonic())
+                bar.reset(task)
+            rate = persons / max(time.monotonic() - started[0], 1e-9)
+            bar.update(task, completed=done, total=total, persons=persons, rate=rate)
+
+        report = api.ingest(paths, collection=collection, batch_size=batch_size, workers=workers,
+                            video_fps=video_fps, force=force, max_pixels=max_pixels, commit_every=commit_every,
+                            on_progress=on_progress)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        con = _console()
+        con.print(f"files seen {report.files_seen} | ingested {report.media_ingested} | skipped "
+                  f"{report.media_skipped} | duplicates {report.duplicates} | persons added {report.persons_added} | "
+                  f"failures {len(report.failures)} | {report.seconds:.1f} s | {report.persons_per_s:.1f} persons/s")
+        con.print("stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in report.stages.items()))
+        for f in report.failures:
+            con.print(f"failed: {json.dumps(f['path'])} ({f['stage']}): {f['error']}")
+    nothing_read = report.failures and not (report.media_ingested or report.media_skipped or report.duplicates)
+    if (strict and report.failures) or nothing_read:
+        raise typer.Exit(1)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="JSON lines (or a JSON list) of precomputed records; see docs.",
+                                         show_default=False)],
+    data_dir: DataDir = None,
+    collection: Annotated[str, typer.Option(help="Collection for records that name none.")] = "default",
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+    as_json: Json = False,
+) -> None:
+    """Add persons whose probabilities and visual vectors were computed elsewhere."""
+    report = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device).import_records(file, collection)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        _console().print(f"records {report.records} | media added {report.media_added} | persons added "
+                         f"{report.persons_added} | failures {len(report.failures)}")
+        for f in report.failures:
+            _console().print(f"failed: {f['error']}")
+    if report.failures and not report.media_added:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------ search
 
 
 @app.command()
-def search() -> None:
+def search(
+    image: Annotated[Path | None, typer.Option(help="Query by example: persons like the one in this image.",
+                                               show_default=False)] = None,
+    text: Annotated[str | None, typer.Option(help="PaSta text ('hand: hold=2; head: drink with') or free text "
+                                                  "('drinking from a cup').", show_default=False)] = None,
+    clip_text: Annotated[str | None, typer.Option(help="Free text through CLIP's text tower, against the visual "
+                                                       "space.", show_default=False)] = None,
+    person: Annotated[int | None, typer.Option(help="More like this stored person id.", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+    offset: Annotated[int, typer.Option(help="Skip this many results (pagination).")] = 0,
+    min_score: Annotated[float | None, typer.Option(help="Drop results scoring below.", show_default=False)] = None,
+    collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None,
+    path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
+                                             show_default=False)] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
+                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
+    kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
+    per_media: Annotated[bool, typer.Option("--per-media", help="At most one person per image or video.")] = False,
+    weights: Annotated[str, typer.Option(help="VISUAL,LANGUAGE weights of image and person queries.")] = "0.5,0.5",
+    box: Annotated[str | None, typer.Option(help="Query person box x1,y1,x2,y2 in the query image.",
+                                            show_default=False)] = None,
+    person_index: Annotated[int | None, typer.Option(help="Which detected query person (default: the largest).",
+                                                     show_default=False)] = None,
+    sheet: Annotated[Path | None, typer.Option(help="Also write a contact sheet PNG of the hits.",
+                                               show_default=False)] = None,
+    data_dir: DataDir = None,
+    detector: Detector = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+    as_json: Json = False,
+) -> None:
     """Search stored persons by example image, PaSta text, free text, CLIP text or person id."""
-    _not_built("search")
+    given = [n for n, v in (("--image", image), ("--text", text), ("--clip-text", clip_text), ("--person", person))
+             if v is not None]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --image, --text, --clip-text, --person"
+                                 + (f" (got {', '.join(given)})" if given else ""))
+    try:
+        w = tuple(float(v) for v in weights.split(","))
+    except ValueError:
+        raise InputError(f"--weights {weights!r} must be two numbers VISUAL,LANGUAGE") from None
+    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
+    common = dict(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
+                  per_media=per_media, min_score=min_score)
+    if image is not None:
+        result = api.search_image(image, box=_parse_box(box), person_index=person_index, weights=w, **common)
+    elif text is not None:
+        result = api.search_text(text, **common)
+    elif clip_text is not None:
+        result = api.search_clip_text(clip_text, **common)
+    else:
+        result = api.search_similar(person, weights=w, **common)
+    if sheet is not None:
+        from .render import contact_sheet
+
+        contact_sheet(result.hits, sheet)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    _print_hits(result, sheet)
+
+
+def _print_hits(result, sheet: Path | None) -> None:
+    con = _console()
+    q = result.query
+    if q.get("mode"):
+        read = "; ".join(f"{n}={w:.2f}" for n, w in q["pasta"] + q["verbs"])
+        con.print(f"query read as {q['mode']} text: {read}")
+    if not result.hits:
+        con.print("no results")
+    for h in result.hits:
+        where = f"  frame {h.frame_index} at {h.t_sec:.2f} s" if h.kind == "video" else ""
+        box = ",".join(f"{v:.0f}" for v in h.box)
+        con.print(f"[bold]{h.rank:>3}[/bold]  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
+        con.print("     PaSta: " + ", ".join(f"{n} {p:.2f}" for n, p in h.pasta[:3])
+                  + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3]))
+    if sheet is not None:
+        con.print(f"contact sheet: {sheet}")
+
+
+# ------------------------------------------------------------------ predict / show
 
 
 @app.command()
-def predict() -> None:
+def predict(
+    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
+    box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2 (pixels).",
+                                            show_default=False)] = None,
+    detector: Detector = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+    threshold: Threshold = 0.5,
+    max_persons: MaxPersons = 20,
+    min_size: MinSize = 16.0,
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
     """Print the PaSta, verbs and part flags of the persons in one image; nothing is stored."""
-    _not_built("predict")
+    from . import taxonomy as tx
+
+    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
+               min_size)
+    persons = api.predict(image, box=_parse_box(box))
+    if as_json:
+        _print_json({"image": str(image), "persons": persons})
+        return
+    from rich.table import Table
+
+    con = _console()
+    if not persons:
+        con.print(f"no person found in {image}")
+    for i, p in enumerate(persons):
+        table = Table(title=f"person {i}: box {p['box']} score {p['score']}")
+        table.add_column("part")
+        table.add_column("flag")
+        table.add_column("top states")
+        for part, rng in tx.PART_RANGES.items():
+            states = sorted(((tx.PASTA_NAMES[j], p["pasta"][tx.PASTA_NAMES[j]]) for j in rng), key=lambda t: -t[1])
+            table.add_row(part, f"{p['parts'][part]:.2f}",
+                          ", ".join(f"{n.split(': ', 1)[1]} {v:.2f}" for n, v in states[:3]))
+        verbs = sorted(p["verbs"].items(), key=lambda t: -t[1])[:5]
+        table.add_row("verbs", "", ", ".join(f"{n} {v:.2f}" for n, v in verbs))
+        con.print(table)
 
 
 @app.command()
-def stats() -> None:
-    """Counts of media, persons, failures, indexes and vector spaces."""
-    _not_built("stats")
-
-
-@app.command()
-def doctor() -> None:
-    """Check that SQLite and FAISS agree; --repair fixes what is found."""
-    _not_built("doctor")
-
-
-@app.command()
-def reindex() -> None:
-    """Rebuild the FAISS indexes from SQLite."""
-    _not_built("reindex")
-
-
-@app.command()
-def remove() -> None:
-    """Remove media (and their persons) from the store."""
-    _not_built("remove")
-
-
-@app.command()
-def show() -> None:
+def show(
+    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Where to write the picture (.png/.jpg).", show_default=False)],
+    box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2.", show_default=False)] = None,
+    detector: Detector = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+    threshold: Threshold = 0.5,
+    max_persons: MaxPersons = 20,
+    min_size: MinSize = 16.0,
+    data_dir: DataDir = None,
+) -> None:
     """Draw the persons of an image with their top PaSta and verbs."""
-    _not_built("show")
+    from .api import _query_image
+    from .render import draw_persons
+
+    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
+               min_size)
+    persons = api.predict(image, box=_parse_box(box))
+    written = draw_persons(_query_image(image), persons, out)
+    _console().print(f"{len(persons)} persons drawn: {written}")
+
+
+# ------------------------------------------------------------------ store maintenance
+
+
+@app.command()
+def stats(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Counts of media, persons, failures, indexes and vector spaces."""
+    s = _api(data_dir).stats()
+    if as_json:
+        _print_json(s)
+        return
+    con = _console()
+    con.print(f"store {s['data_dir']}: {s['media']} media ({s['images']} images, {s['videos']} videos, "
+              f"{s['duplicates']} duplicates), {s['persons']} persons, {s['failures']} failures")
+    for name, n in sorted(s["collections"].items()):
+        con.print(f"  collection {name}: {n} media")
+    for name, idx in s["indexes"].items():
+        con.print(f"  index {name}: {idx['spec']}, {idx['count']} vectors of dim {idx['dim']}, {idx['bytes']} bytes")
+    if s["space"]:
+        con.print("  space: " + ", ".join(f"{k} {v}" for k, v in s["space"].items()))
+
+
+@app.command()
+def doctor(
+    data_dir: DataDir = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what is found (takes the write lock).")] = False,
+    as_json: Json = False,
+) -> None:
+    """Check that SQLite and FAISS agree; --repair fixes what is found."""
+    report = _api(data_dir).doctor(repair=repair)
+    if as_json:
+        _print_json({"ok": report.ok, "counts": report.counts, "problems": [p.as_dict() for p in report.problems]})
+    else:
+        con = _console()
+        for p in report.problems:
+            con.print(f"{'fixed' if p.fixed else 'problem'}: {p.what}: {p.detail}")
+        con.print("store is consistent" if not report.problems else
+                  ("all problems fixed" if report.ok else "run `manage.py doctor --repair` to fix them"))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reindex(
+    data_dir: DataDir = None,
+    index_spec: Annotated[str | None, typer.Option(help="'auto' or a FAISS factory string such as 'IVF4096,SQ8' "
+                                                        "(remembered).", show_default=False)] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory budget per index for the automatic choice.",
+                                                  show_default=False)] = None,
+) -> None:
+    """Rebuild the FAISS indexes from SQLite."""
+    specs = _api(data_dir).reindex(index_spec, memory_mb)
+    _console().print("rebuilt: " + ", ".join(f"{n} {s}" for n, s in specs.items()))
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[str], typer.Argument(help="Files or folders to remove from the store.", show_default=False)],
+    data_dir: DataDir = None,
+) -> None:
+    """Remove media (and their persons) from the store; the files themselves are not touched."""
+    r = _api(data_dir).remove(paths)
+    _console().print(f"removed {r['media_removed']} media, {r['persons_removed']} persons")
+    if not r["media_removed"]:
+        raise typer.Exit(1)
+
+
+@app.command("convert-checkpoint")
+def convert_checkpoint(
+    src: Annotated[Path, typer.Argument(help="The published ckpt_4.pth.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="New folder for the converted checkpoint.", show_default=False)],
+    trust_checkpoint: Trust = False,
+) -> None:
+    """Convert the published CLIP-Activity2Vec checkpoint once into safetensors + JSON (no pickle needed later)."""
+    from .models.checkpoint import convert_checkpoint as convert
+
+    written = convert(src, out, trust=trust_checkpoint)
+    _console().print(f"converted {src} -> {written} (load it with --checkpoint {written})")
+
+
+from . import cli_train  # noqa: E402
+
+cli_train.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; errors become one line on stderr and a non-zero exit code (2 for usage errors)."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:
         rv = app(args=argv, prog_name="a2v", standalone_mode=False)
     except typer.Abort:
@@ -91,3 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     except A2VError as e:
         sys.exit(_fail(str(e)))
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return code

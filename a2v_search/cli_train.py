@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from .cli_options import Checkpoint, DataDir, Device, Json, Model, Trust
+
 if TYPE_CHECKING:
     from .evaluate import Evaluation
     from .hake_data import HakeData
@@ -21,9 +23,6 @@ MAX_PROBLEMS_SHOWN = 20
 
 AnnotationsArg = Annotated[Path, typer.Argument(help="HAKE annotation JSON: CLIP-Activity2Vec or instance-level.")]
 ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder the annotation's image paths are relative to.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="CLIP model: hub id or folder (default: settings).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data folder; features are cached in it.")]
 
 
 def _load_data(annotations: Path, images: Path) -> HakeData:
@@ -47,15 +46,15 @@ def _load_data(annotations: Path, images: Path) -> HakeData:
 def train_heads_command(
     annotations: AnnotationsArg,
     images: ImagesOpt,
-    model: ModelOpt = None,
+    model: Model = None,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 5,
     batch_size: Annotated[int, typer.Option(help="Batch size (training and feature extraction).")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine to 1e-6).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
     hidden: Annotated[int, typer.Option(help="Hidden width of the head MLPs.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the head init and the shuffling.")] = 0,
-    device: DeviceOpt = None,
-    data_dir: DataDirOpt = None,
+    device: Device = None,
+    data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default <data-dir>/checkpoints/heads-<time>).")
                    ] = None,
 ) -> None:
@@ -87,15 +86,13 @@ def train_heads_command(
 def evaluate_command(
     annotations: AnnotationsArg,
     images: ImagesOpt,
-    model: ModelOpt = None,
-    checkpoint: Annotated[str | None, typer.Option(help="Trained heads (own folder or ckpt_4.pth); "
-                                                        "none: zero-shot heads.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        "--trust-checkpoint", help="Allow pickled code in --checkpoint (trusted files only).")] = False,
-    device: DeviceOpt = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    device: Device = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document of the mAPs.")] = False,
+    data_dir: DataDir = None,
+    as_json: Json = False,
 ) -> None:
     """Per-head mAP (11-point reference protocol and all-point AP) of trained or zero-shot heads."""
     from .evaluate import evaluate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import string
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_IMAGE_SIZE = 32
+RELIABILITY_KEY = pytest.StashKey[Counter]()
+
+
+def pytest_configure(config):
+    config.stash[RELIABILITY_KEY] = Counter()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The reliability suite reports what it tried (tests/test_reliability.py)."""
+    tried = config.stash.get(RELIABILITY_KEY, None)
+    if tried:
+        terminalreporter.write_line("reliability: " + ", ".join(f"{n} {k}" for k, n in sorted(tried.items()))
+                                    + "; every check passed means 0 records lost or duplicated")
+
+
+@pytest.fixture
+def reliability(request) -> Counter:
+    """Counts of kill points, faults and hostile files tried, printed at the end of the run."""
+    return request.config.stash[RELIABILITY_KEY]
 
 
 def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE) -> Path:
@@ -71,6 +91,30 @@ def build_tiny_bert(folder: Path, seed: int = 0) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_tiny_detector(folder: Path, seed: int = 0) -> Path:
+    """A YOLOS object detector (width 32, 2 layers, 10 detection tokens) whose classifier is biased so that its
+    random boxes come out as confident ``person`` detections."""
+    import torch
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(seed)
+    config = YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=[64, 64], patch_size=16, num_detection_tokens=10,
+                         id2label={0: "N/A", 1: "person", 2: "cup"}, label2id={"N/A": 0, "person": 1, "cup": 2})
+    model = YolosForObjectDetection(config)
+    with torch.no_grad():
+        model.class_labels_classifier.layers[-1].bias[:] = torch.tensor([0.0, 8.0, 0.0, 0.0])
+    model.save_pretrained(folder)
+    YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_dir(tmp_path_factory) -> Path:
+    """Folder of a tiny random transformers object detector that finds 'persons'."""
+    return build_tiny_detector(tmp_path_factory.mktemp("tiny_detector"))
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from . import prompts
 from .encoder import ActivityEncoder
 from .heads import PastaHeads, ZeroShotHeads
-from .language import LanguageSpace
+from .language import LanguageSpace, quiet_transformers
 from .network import ActivityModel
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,6 @@ def model_ref(name: str) -> str:
     """How a model is recorded: a hub id as given, a local path made absolute."""
     p = Path(name).expanduser()
     return str(p.resolve()) if p.exists() else name
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def _load_clip(name: str) -> tuple[CLIPModel, object, Preprocess]:
@@ -131,7 +124,7 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
     ``language`` reuses an existing language space (e.g. the matrices stored with a store) instead of embedding
     the phrases again; ``with_language=False`` skips the text model entirely.
     """
-    _quiet_transformers()
+    quiet_transformers()
     spec = spec or ModelSpec()
     dev = device if isinstance(device, torch.device) else get_device(device)
     vision = heads = None

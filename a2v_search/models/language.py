@@ -42,6 +42,14 @@ FREE_TEXT_MIN_WEIGHT = 0.05
 STRUCTURED_PREFIXES = (*tx.PARTS, "verb")
 
 
+def quiet_transformers() -> None:
+    """No per-load progress bars or info logs from transformers: the CLI prints its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 class TextEncoder:
     """A BERT-family model (hub id or folder) that turns texts into L2-normalised vectors."""
 
@@ -49,6 +57,7 @@ class TextEncoder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        quiet_transformers()
         self.name = name
         self.device = torch.device(device)
         try:

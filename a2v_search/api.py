@@ -1,0 +1,508 @@
+"""The Python API: :class:`A2VSearch` ties a store (data directory) to the models of its vector space.
+
+    store = A2VSearch.open("a2v_data")
+    store.ingest(["photos/"], detector="none")
+    hits = store.search_text("hand: hold; head: drink with", k=10)
+
+Models load lazily, on the first call that needs them. On an existing store, model flags default to the models
+recorded in its space; a flag that contradicts the space is a SpaceMismatchError naming the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from db import repo
+from db.repo import NewMedia, NewPerson
+
+from . import taxonomy as tx
+from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
+from .errors import InputError, QueryError, SpaceMismatchError
+from .media import DEFAULT_MAX_PIXELS, display_path, load_image
+from .search import Searcher, SearchResult, make_filters, top_labels
+from .settings import Settings, get_device
+from .store import INDEX_NAMES, CheckReport, Store
+
+if TYPE_CHECKING:
+    from .ingest import IngestReport
+
+DEFAULT_WEIGHTS = (0.5, 0.5)
+
+
+@dataclass
+class ImportReport:
+    """What an import of precomputed records did."""
+
+    records: int = 0
+    media_added: int = 0
+    persons_added: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class A2VSearch:
+    """A store and its models. Use :meth:`open`; close with :meth:`close` or a ``with`` block."""
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | None = None,
+                 checkpoint: str | None = None, trust_checkpoint: bool = False, text_model: str | None = None,
+                 device: str | None = None, detector: str | None = None,
+                 detector_options: DetectorOptions | None = None, precision: str = "auto"):
+        self.settings = Settings.resolve(data_dir=data_dir, device=device)
+        self.data_dir = self.settings.data_dir
+        env = Settings.resolve()
+        # explicit flags; environment variables count as flags, defaults do not (the store's space decides)
+        self._flags = {"model": model or os.environ.get("A2V_MODEL") or None, "checkpoint": checkpoint,
+                       "text_model": text_model or os.environ.get("A2V_TEXT_MODEL") or None}
+        self._trust = trust_checkpoint
+        self._default_text_model = env.text_model
+        self._detector_flag = detector or os.environ.get("A2V_DETECTOR") or None
+        self._default_detector = env.detector
+        self._detector_options = detector_options or DetectorOptions()
+        self._precision = precision
+        self._encoder = None
+        self._detectors: dict[str, object] = {}
+        self._reader: Store | None = None
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike | None = None, **kwargs) -> A2VSearch:
+        """Open (lazily) the store in ``data_dir`` (default ``./a2v_data`` or ``A2V_DATA_DIR``)."""
+        return cls(data_dir, **kwargs)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> A2VSearch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ models
+
+    def model_spec(self, store: Store | None = None):
+        """The models to use: the store's recorded ones, overridden by explicit flags (checked against it)."""
+        from .models import ModelSpec
+        from .models.factory import model_ref
+
+        stored = (store.space() or {}).get("spec") if store is not None else None
+        f = self._flags
+        if stored is None:
+            return ModelSpec(model=f["model"], checkpoint=f["checkpoint"], trust_checkpoint=self._trust,
+                             text_model=f["text_model"] or self._default_text_model)
+        for key in ("model", "text_model"):
+            if f[key] and stored.get(key) and model_ref(f[key]) != model_ref(stored[key]):
+                raise SpaceMismatchError(
+                    f"--{key.replace('_', '-')} {f[key]} contradicts this store, whose vectors were made with "
+                    f"{stored[key]}; omit the flag to use the store's models, or use another --data-dir")
+        if f["checkpoint"] and f["checkpoint"] != stored.get("checkpoint"):
+            from .models.checkpoint import checkpoint_identity
+
+            heads = (store.space() or {}).get("heads")
+            if Path(f["checkpoint"]).exists() and f"checkpoint:{checkpoint_identity(Path(f['checkpoint']))}" != heads:
+                raise SpaceMismatchError(f"--checkpoint {f['checkpoint']} contradicts this store, whose PaSta comes "
+                                         f"from {heads}; omit the flag, or use another --data-dir")
+        return ModelSpec(model=f["model"] or stored.get("model"),
+                         checkpoint=f["checkpoint"] or stored.get("checkpoint"),
+                         trust_checkpoint=self._trust or bool(stored.get("trust_checkpoint")),
+                         text_model=f["text_model"] or stored.get("text_model") or self._default_text_model)
+
+    def encoder(self, store: Store | None = None):
+        """The activity encoder (loaded on first use), checked against the store's space."""
+        from .models import load_encoder
+
+        store = store or self._open_reader(required=False)
+        if self._encoder is None:
+            language = store.language() if store is not None and store.space_row() is not None else None
+            self._encoder = load_encoder(self.model_spec(store), device=self.settings.device, language=language,
+                                         precision=self._precision)
+            if language is None and store is not None:
+                store.set_language(self._encoder.language)
+        if store is not None:
+            store.check_space(self._encoder.space)
+        return self._encoder
+
+    def detector(self, name: str | None = None):
+        """``none``, ``boxes:FILE`` or a detector model (loaded once). Default: the flag, else the detector the
+        store was last ingested with (so query persons are cut out the way stored ones were), else settings."""
+        name = name or self._detector_flag or self._store_detector() or self._default_detector
+        if name not in self._detectors:
+            device = get_device(self.settings.device) if name not in ("none",) and not name.startswith("boxes:") \
+                else None
+            self._detectors[name] = make_detector(name, device, self._detector_options)
+        return self._detectors[name]
+
+    def _store_detector(self) -> str | None:
+        store = self._open_reader(required=False)
+        if store is None:
+            return None
+        with store.db.session() as s:
+            return repo.get_meta(s, "detector")
+
+    # ------------------------------------------------------------------ stores
+
+    def _open_reader(self, required: bool = True) -> Store | None:
+        if self._reader is None:
+            if not (self.data_dir / "a2v.sqlite").exists():
+                if required:
+                    raise QueryError(f"no store at {self.data_dir}; ingest something first: "
+                                     f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
+                return None
+            self._reader = Store(self.data_dir)
+            self.model_spec(self._reader)  # flags that contradict the store's space fail now, not after a search
+        return self._reader
+
+    @contextmanager
+    def writer(self, what: str):
+        """The store opened for writing, holding the write lock."""
+        self.close()  # a reader's indexes would go stale
+        store = Store(self.data_dir, create=True)
+        try:
+            store.lock(what)
+        except BaseException:
+            store.close(save=False)
+            raise
+        try:
+            yield store
+        except BaseException:
+            store.close(save=False)  # the next open catches FAISS up from SQLite
+            raise
+        store.close()
+
+    # ------------------------------------------------------------------ ingest and import
+
+    def ingest(self, paths: Iterable[str | os.PathLike], *, collection: str = "default", detector: str | None = None,
+               batch_size: int = 32, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256,
+               on_progress: Callable[[int, int, int], None] | None = None) -> IngestReport:
+        """Compute and store the persons of images and videos (files, folders, list files)."""
+        from .ingest import IngestOptions, run_ingest
+
+        paths = [str(p) for p in paths]
+        if not paths:
+            raise InputError("nothing to ingest: give files, folders or list files")
+        det = self.detector(detector)
+        opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
+                             force=force, max_pixels=max_pixels, write_every=commit_every)
+        with self.writer("ingest") as store:
+            encoder = self.encoder(store)
+            report = run_ingest(store, encoder, det, paths, opts, on_progress)
+            if not isinstance(det, BoxesFile):
+                with store.db.session() as s:
+                    repo.set_meta(s, "detector", det.name)
+            return report
+
+    def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default") -> ImportReport:
+        """Add persons computed elsewhere. ``source``: a JSON-lines file, a JSON list file, or dicts::
+
+            {"path": "...", "collection": "...", "kind": "image", "width": W, "height": H,
+             "persons": [{"box": [x1, y1, x2, y2], "pasta": [93 floats] or {"hand: hold": 0.9},
+                          "verbs": [157] or {"drink_with": 0.8}, "visual": [P floats], "parts": [6] (optional),
+                          "score": 1.0, "frame_index": null, "t_sec": null}]}
+
+        Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
+        already stored is replaced."""
+        records = _read_records(source)
+        report = ImportReport(records=len(records))
+        with self.writer("import") as store:
+            encoder = self.encoder(store)
+            dim = encoder.model.visual_dim
+            store.ensure_space(encoder.space, encoder.language)
+            store.indexes()
+            items: list[NewMedia] = []
+            for i, rec in enumerate(records):
+                try:
+                    items.append(_record_to_media(rec, dim, collection))
+                except InputError as e:
+                    where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
+                    report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
+            with store.db.session() as s:
+                states = repo.media_by_path(s, [m.path for m in items])
+            for m in items:
+                if m.path in states:
+                    m.replaces = states[m.path].id
+            for start in range(0, len(items), 256):
+                ids = store.write(items[start:start + 256])
+                report.persons_added += len(ids)
+            report.media_added = len(items)
+            store.save()
+        return report
+
+    # ------------------------------------------------------------------ predict
+
+    def predict(self, image: str | os.PathLike | Image.Image, box: list[float] | None = None,
+                detector: str | None = None) -> list[dict]:
+        """PaSta, verbs and part flags of the persons in one image (nothing is stored)."""
+        img = _query_image(image)
+        boxes = self._query_boxes(img, box, detector)
+        encoder = self.encoder(self._open_reader(required=False))
+        out = encoder.encode_persons([img] * len(boxes), [b for b, _ in boxes])
+        persons = []
+        for i, (b, score) in enumerate(boxes):
+            persons.append({
+                "box": [round(v, 2) for v in (b or [0.0, 0.0, float(img.width), float(img.height)])],
+                "score": round(score, 4),
+                "pasta": {n: round(float(p), 6) for n, p in zip(tx.PASTA_NAMES, out.pasta[i], strict=True)},
+                "verbs": {n: round(float(p), 6) for n, p in zip(tx.VERB_NAMES, out.verbs[i], strict=True)},
+                "parts": {n: round(float(p), 6) for n, p in zip(tx.PARTS, out.parts[i], strict=True)},
+            })
+        return persons
+
+    def _query_boxes(self, img: Image.Image, box, detector: str | None) -> list[tuple[list[float] | None, float]]:
+        if box is not None:
+            return [(list(box), 1.0)]
+        det = self.detector(detector)
+        if isinstance(det, WholeImage):
+            return [(None, 1.0)]
+        if not isinstance(det, ModelDetector):
+            raise InputError("a boxes file cannot be used for a query image; give --box x1,y1,x2,y2 instead")
+        return [(b, s) for b, s in det.detect([np.asarray(img)])[0]]
+
+    # ------------------------------------------------------------------ search
+
+    def _searcher(self) -> Searcher:
+        return Searcher(self._open_reader())
+
+    def search_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
+                    path: str | None = None, kind: str | None = None, where: list[str] | None = None,
+                    per_media: bool = False, min_score: float | None = None) -> SearchResult:
+        """Persons matching PaSta text (``"hand: hold=2; head: drink with"``) or free text, in the language space."""
+        store = self._open_reader()
+        if store.space_row() is None:
+            raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
+        language = store.language()
+        query = language.interpret(text)
+        vec = language.embed_query(query)
+        if not np.any(vec):
+            raise QueryError(f"query {text!r} maps to no PaSta or verb with meaning")
+        filters = make_filters(collection, path, kind, where)
+        return self._searcher().search({"language": vec}, {"language": 1.0}, k, offset, filters, per_media, min_score,
+                                       query={"type": "text", **query.as_dict()})
+
+    def search_clip_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
+                         path: str | None = None, kind: str | None = None, where: list[str] | None = None,
+                         per_media: bool = False, min_score: float | None = None) -> SearchResult:
+        """Persons whose CLIP visual embedding matches a text through CLIP's text tower."""
+        if not text or not text.strip():
+            raise QueryError("the query text is empty")
+        store = self._open_reader()
+        vec = self.encoder(store).clip_text([text])[0]
+        filters = make_filters(collection, path, kind, where)
+        return self._searcher().search({"visual": vec}, {"visual": 1.0}, k, offset, filters, per_media, min_score,
+                                       query={"type": "clip_text", "text": text})
+
+    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, box: list[float] | None = None,
+                     person_index: int | None = None, detector: str | None = None,
+                     weights: tuple[float, float] = DEFAULT_WEIGHTS, offset: int = 0, collection: str | None = None,
+                     path: str | None = None, kind: str | None = None, where: list[str] | None = None,
+                     per_media: bool = False, min_score: float | None = None) -> SearchResult:
+        """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``)."""
+        store = self._open_reader()
+        img = _query_image(image)
+        boxes = self._query_boxes(img, box, detector)
+        if not boxes:
+            raise QueryError(f"no person found in {image}; give --box x1,y1,x2,y2 or --detector none")
+        areas = [((b[2] - b[0]) * (b[3] - b[1]) if b else img.width * img.height) for b, _ in boxes]
+        if person_index is None:
+            chosen = int(np.argmax(areas))
+        elif 0 <= person_index < len(boxes):
+            chosen = person_index
+        else:
+            raise QueryError(f"--person-index {person_index} is out of range: {len(boxes)} persons found")
+        qbox = boxes[chosen][0]
+        out = self.encoder(store).encode_persons([img], [qbox])
+        vecs = {"visual": out.visual[0], "language": store.language().embed(out.pasta, out.verbs)[0]}
+        filters = make_filters(collection, path, kind, where)
+        query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
+                 "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),
+                 "person_index": chosen, "weights": list(weights),
+                 "pasta": [[n, round(p, 4)] for n, p in top_labels(out.pasta[0], tx.PASTA_NAMES,
+                                                                    skip=tx.NO_INTERACTION_PASTA)]}
+        return self._searcher().search(vecs, _weights(weights), k, offset, filters, per_media, min_score, query=query)
+
+    def search_similar(self, person_id: int, k: int = 10, *, weights: tuple[float, float] = DEFAULT_WEIGHTS,
+                       offset: int = 0, collection: str | None = None, path: str | None = None,
+                       kind: str | None = None, where: list[str] | None = None, per_media: bool = False,
+                       min_score: float | None = None) -> SearchResult:
+        """Persons like an indexed person (the person itself left out)."""
+        store = self._open_reader()
+        searcher = self._searcher()
+        row = searcher.person(person_id)
+        vecs = {"visual": row.visual, "language": store.language().embed(row.pasta[None], row.verbs[None])[0]}
+        filters = make_filters(collection, path, kind, where)
+        query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
+        return searcher.search(vecs, _weights(weights), k, offset, filters, per_media, min_score,
+                               exclude={int(person_id)}, query=query)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def stats(self) -> dict:
+        """Counts of media, persons, failures; collections; index types and sizes; the vector space."""
+        store = self._open_reader()
+        with store.db.session() as s:
+            counts = repo.counts(s)
+            collections = repo.collections(s)
+            recent = repo.failures(s, limit=20)
+        space = store.space()
+        indexes = {}
+        for name in INDEX_NAMES:
+            manifest = store.index_dir / f"{name}.json"
+            if manifest.exists():
+                m = json.loads(manifest.read_text())
+                indexes[name] = {"spec": m.get("spec"), "count": m.get("count"), "dim": m.get("dim"),
+                                 "bytes": m.get("size"), "saved_at": m.get("saved_at")}
+        return {"data_dir": str(self.data_dir), **counts, "collections": collections, "indexes": indexes,
+                "space": {k: space[k] for k in ("visual_model", "heads", "text_model", "phrases", "visual_dim",
+                                                "language_dim")} if space else None,
+                "recent_failures": [{"path": p, "stage": st, "error": r} for p, st, r in recent]}
+
+    def doctor(self, repair: bool = False) -> CheckReport:
+        """Report every mismatch between SQLite and FAISS; with ``repair``, fix them."""
+        if repair:
+            with self.writer("doctor --repair") as store:
+                return store.check(repair=True)
+        store = Store(self.data_dir)
+        try:
+            return store.check(repair=False)
+        finally:
+            store.close()
+
+    def reindex(self, spec: str | None = None, memory_budget_mb: int | None = None) -> dict[str, str]:
+        """Rebuild both FAISS indexes from SQLite (optionally with a FAISS factory string or a memory budget)."""
+        with self.writer("reindex") as store:
+            if store.space_row() is None:
+                raise QueryError(f"the store at {self.data_dir} is empty; nothing to index")
+            return store.rebuild(spec, memory_budget_mb)
+
+    def remove(self, paths: Iterable[str | os.PathLike]) -> dict:
+        """Remove media (files, or everything under folders) and their persons from SQLite and FAISS."""
+        targets = [os.path.realpath(p) for p in paths]
+        with self.writer("remove") as store:
+            with store.db.session() as s:
+                media_ids = repo.media_ids_under(s, targets)
+            removed = store.remove_media(media_ids)
+        return {"media_removed": len(media_ids), "persons_removed": int(len(removed))}
+
+
+def _weights(weights) -> dict[str, float]:
+    if len(weights) != 2 or any(not math.isfinite(float(w)) or float(w) < 0 for w in weights) or not any(weights):
+        raise QueryError(f"weights must be two numbers >= 0, not both 0 (VISUAL,LANGUAGE); got {weights}")
+    return {"visual": float(weights[0]), "language": float(weights[1])}
+
+
+def _query_image(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    from .media import _DecodeError
+
+    p = Path(image)
+    if not p.is_file():
+        raise InputError(f"query image {display_path(p)} does not exist or is not a file")
+    try:
+        return load_image(str(p))
+    except _DecodeError as e:
+        raise InputError(f"cannot read query image {display_path(p)}: {e}") from None
+    except OSError as e:
+        raise InputError(f"cannot read query image {display_path(p)}: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------ import records
+
+
+def _read_records(source) -> list:
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source)
+    p = Path(source)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)") from None
+    stripped = text.lstrip()
+    try:
+        if stripped.startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p} is not valid JSON / JSON lines (line {e.lineno}: {e.msg})") from None
+
+
+def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit_range: bool = True) -> np.ndarray:
+    if isinstance(value, dict) and names is not None:
+        out = np.zeros(n, np.float32)
+        lookup = tx.pasta_index if names is tx.PASTA_NAMES else tx.verb_index
+        for name, p in value.items():
+            try:
+                out[lookup(name)] = float(p)
+            except (TypeError, ValueError):
+                raise InputError(f"{what}[{name!r}] is not a number") from None
+            except tx.UnknownNameError as e:
+                raise InputError(str(e)) from None
+        value = out
+    try:
+        arr = np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a list of {n} numbers") from None
+    if arr.shape != (n,):
+        raise InputError(f"{what} has shape {arr.shape}, expected ({n},)")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{what} has non-finite values")
+    if unit_range and (arr.min() < 0 or arr.max() > 1):
+        raise InputError(f"{what} must be probabilities in [0, 1]")
+    return arr
+
+
+def _record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
+    if not isinstance(rec, dict):
+        raise InputError("a record must be a JSON object")
+    path = rec.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise InputError("'path' must be a non-empty string")
+    kind = rec.get("kind", "image")
+    if kind not in ("image", "video"):
+        raise InputError(f"'kind' must be image or video, not {kind!r}")
+    persons = rec.get("persons", [])
+    if not isinstance(persons, list):
+        raise InputError("'persons' must be a list")
+    width, height = rec.get("width"), rec.get("height")
+    out = []
+    for j, p in enumerate(persons):
+        if not isinstance(p, dict):
+            raise InputError(f"persons[{j}] must be an object")
+        pasta = _vector(p.get("pasta"), 93, f"persons[{j}].pasta", tx.PASTA_NAMES)
+        verbs = _vector(p.get("verbs", [0.0] * 157), 157, f"persons[{j}].verbs", tx.VERB_NAMES)
+        visual = _vector(p.get("visual"), visual_dim, f"persons[{j}].visual", unit_range=False)
+        norm = float(np.linalg.norm(visual))
+        if norm < 1e-6:
+            raise InputError(f"persons[{j}].visual is a zero vector")
+        if "parts" in p:
+            parts = _vector(p["parts"], 6, f"persons[{j}].parts")
+        else:  # the strongest interacting state of each part
+            parts = np.array([pasta[r.start:r.stop - 1].max() for r in tx.PART_RANGES.values()], np.float32)
+        box = p.get("box", [0, 0, width or 1, height or 1])
+        if (not isinstance(box, list) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+                or box[2] <= box[0] or box[3] <= box[1]):
+            raise InputError(f"persons[{j}].box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
+        out.append(NewPerson(box=[float(v) for v in box], pasta=pasta, verbs=verbs, parts=parts,
+                             visual=visual / norm, score=float(p.get("score", 1.0)),
+                             frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
+    return NewMedia(path=path, content_hash=rec.get("content_hash"), size=int(rec.get("size", 0) or 0),
+                    mtime=float(rec.get("mtime", 0.0) or 0.0), kind=kind,
+                    collection=str(rec.get("collection") or collection),
+                    width=width if isinstance(width, int) else None, height=height if isinstance(height, int) else None,
+                    persons=out)

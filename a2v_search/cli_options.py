@@ -1,0 +1,30 @@
+"""Option types shared by the CLI commands (same flag, same help, everywhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Store folder (env A2V_DATA_DIR; default ./a2v_data).",
+                                              show_default=False)]
+Model = Annotated[str | None, typer.Option(help="CLIP model: hub id, local folder, or OpenAI state dict file (env "
+                                                "A2V_MODEL; default: the store's, else openai/clip-vit-base-patch16).",
+                                           show_default=False)]
+Checkpoint = Annotated[str | None, typer.Option(help="Trained PaSta heads: ckpt_4.pth or a converted/trained folder. "
+                                                     "Without one, PaSta is zero-shot.", show_default=False)]
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled checkpoint to run code when loading "
+                                                                "(only for files you trust).")]
+TextModel = Annotated[str | None, typer.Option(help="BERT-family text model of the language space (env "
+                                                    "A2V_TEXT_MODEL; default: the store's, else bert-base-uncased).",
+                                               show_default=False)]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (env A2V_DEVICE; default auto).",
+                                            show_default=False)]
+Detector = Annotated[str | None, typer.Option(help="none (whole image = one person), boxes:FILE (COCO or HAKE JSON), "
+                                                   "or a transformers detector (env A2V_DETECTOR; default: "
+                                                   "the store's, else PekingU/rtdetr_r50vd).", show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Threshold = Annotated[float, typer.Option(help="Detector score threshold.")]
+MaxPersons = Annotated[int, typer.Option(help="Detector: at most this many persons per image.")]
+MinSize = Annotated[float, typer.Option(help="Detector: minimum box side in pixels.")]

@@ -1,0 +1,206 @@
+"""Person detectors: the whole image (``none``), a boxes file (``boxes:FILE``), or a transformers object-detection
+model (person class only, score threshold, max persons, minimum box size)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelError
+from .media import Candidate
+
+Detection = tuple[list[float], float]  # (x1, y1, x2, y2) pixels, score
+
+
+@dataclass
+class DetectorOptions:
+    threshold: float = 0.5
+    max_persons: int = 20
+    min_size: float = 16.0  # pixels, shorter side of the box
+    batch_size: int = 8
+
+
+class WholeImage:
+    """Each image (or frame) is one person in whole-image mode, as the image-level CLIP-Activity2Vec."""
+
+    name = "none"
+
+
+class BoxesFile:
+    """Boxes given in a COCO-style JSON (``images`` + ``annotations`` with ``bbox`` xywh, person category) or a HAKE
+    instance-level JSON (``{file: {"labels": [{"human_bbox": [x1,y1,x2,y2]}]}}``, repeated boxes merged)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.name = f"boxes:{self.path}"
+        self.boxes: dict[str, list[Detection]] = _read_boxes_file(self.path)
+
+    def bind(self, candidates: list[Candidate]) -> dict[str, list[Detection]]:
+        """Boxes per candidate path. Every entry of the file must name one of the files being ingested (matched
+        by its path under the folder given, or by its file name when that is unique)."""
+        by_rel: dict[str, str] = {}
+        by_name: dict[str, list[str]] = defaultdict(list)
+        for c in candidates:
+            rel = os.path.relpath(c.given, c.root).replace(os.sep, "/")
+            by_rel[rel] = c.path
+            by_name[os.path.basename(c.given)].append(c.path)
+        out: dict[str, list[Detection]] = {}
+        unknown = []
+        for key, dets in self.boxes.items():
+            k = key.replace("\\", "/").lstrip("./")
+            path = by_rel.get(k)
+            if path is None and len(by_name.get(os.path.basename(k), [])) == 1:
+                path = by_name[os.path.basename(k)][0]
+            if path is None:
+                unknown.append(key)
+            else:
+                out.setdefault(path, []).extend(dets)
+        if unknown:
+            raise InputError(f"boxes file {self.path} names {len(unknown)} images that are not among the files to "
+                             f"ingest (e.g. {', '.join(repr(u) for u in unknown[:5])}); ingest the folder that holds "
+                             "them, or remove them from the boxes file")
+        return out
+
+
+def _read_boxes_file(path: Path) -> dict[str, list[Detection]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"boxes file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read boxes file {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"boxes file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
+        return _coco_boxes(doc, path)
+    if isinstance(doc, dict) and doc and all(isinstance(v, dict) and "labels" in v for v in doc.values()):
+        return _hake_boxes(doc, path)
+    raise InputError(f"boxes file {path} is neither COCO-style (images + annotations with bbox) nor HAKE "
+                     "instance-level ({file: {labels: [{human_bbox: [x1,y1,x2,y2]}]}})")
+
+
+def _box(values, where: str, path: Path, xywh: bool) -> list[float]:
+    if not isinstance(values, list) or len(values) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise InputError(f"boxes file {path}: {where} has box {values!r}; a box is 4 finite numbers")
+    x1, y1, a, b = (float(v) for v in values)
+    x2, y2 = (x1 + a, y1 + b) if xywh else (a, b)
+    if x2 <= x1 or y2 <= y1:
+        raise InputError(f"boxes file {path}: {where} has an empty box {values!r}"
+                         + (" (COCO boxes are x, y, width, height)" if xywh else " (x1, y1, x2, y2)"))
+    return [x1, y1, x2, y2]
+
+
+def _coco_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
+    images = doc.get("images")
+    anns = doc.get("annotations")
+    if not isinstance(images, list) or not isinstance(anns, list):
+        raise InputError(f"boxes file {path}: 'images' and 'annotations' must be lists")
+    names = {}
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
+            raise InputError(f"boxes file {path}: images[{i}] needs 'id' and 'file_name'")
+        names[im["id"]] = im["file_name"]
+    cats = doc.get("categories") or []
+    person_ids = {c.get("id") for c in cats if isinstance(c, dict) and str(c.get("name", "")).lower() == "person"}
+    if cats and not person_ids:
+        raise InputError(f"boxes file {path}: no category named 'person' in 'categories'")
+    out: dict[str, list[Detection]] = {name: [] for name in names.values()}
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or "image_id" not in a or "bbox" not in a:
+            raise InputError(f"boxes file {path}: annotations[{i}] needs 'image_id' and 'bbox'")
+        if person_ids and a.get("category_id") not in person_ids:
+            continue
+        if a["image_id"] not in names:
+            raise InputError(f"boxes file {path}: annotations[{i}] refers to unknown image_id {a['image_id']!r}")
+        score = a.get("score", 1.0)
+        score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else 1.0
+        out[names[a["image_id"]]].append((_box(a["bbox"], f"annotations[{i}]", path, xywh=True), score))
+    return out
+
+
+def _hake_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
+    out: dict[str, list[Detection]] = {}
+    for name, entry in doc.items():
+        labels = entry.get("labels")
+        if not isinstance(labels, list):
+            raise InputError(f"boxes file {path}: {name!r} has no 'labels' list")
+        seen, dets = set(), []
+        for j, lab in enumerate(labels):
+            if not isinstance(lab, dict) or "human_bbox" not in lab:
+                raise InputError(f"boxes file {path}: {name!r} labels[{j}] has no 'human_bbox'")
+            box = _box(lab["human_bbox"], f"{name!r} labels[{j}]", path, xywh=False)
+            key = tuple(round(v, 3) for v in box)
+            if key not in seen:  # one entry per human-object pair: the same person repeats
+                seen.add(key)
+                dets.append((box, 1.0))
+        out[name] = dets
+    return out
+
+
+class ModelDetector:
+    """A transformers object-detection model (hub id or folder); keeps the ``person`` class only."""
+
+    def __init__(self, model: str, device, options: DetectorOptions | None = None):
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+        from .models.language import quiet_transformers
+
+        quiet_transformers()
+        self.name = str(Path(model).resolve()) if Path(model).exists() else model
+        self.options = options or DetectorOptions()
+        self.device = device
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(model)
+            self.model = AutoModelForObjectDetection.from_pretrained(model).eval().to(device)
+        except Exception as e:  # OSError / ValueError from transformers
+            raise ModelError(f"cannot load detector {model!r}: {str(e).splitlines()[0] if str(e) else e!r}. Use "
+                             "--detector none, --detector boxes:FILE, or a transformers object-detection model") from e
+        labels = {int(i): str(n).lower() for i, n in self.model.config.id2label.items()}
+        self.person = [i for i, n in labels.items() if n == "person"]
+        if not self.person:
+            raise ModelError(f"detector {model!r} has no 'person' class (labels: {sorted(labels.values())[:8]}...)")
+        self._torch = torch
+
+    def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
+        """Persons in each (h, w, 3) uint8 frame: boxes in that frame's pixels, best first. ``scales`` (frame
+        pixels per original pixel) make ``min_size`` count original pixels."""
+        torch = self._torch
+        out: list[list[Detection]] = []
+        o = self.options
+        for i in range(0, len(frames), o.batch_size):
+            batch = frames[i:i + o.batch_size]
+            inputs = self.processor(images=list(batch), return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                outputs = self.model(**inputs)
+            sizes = [(f.shape[0], f.shape[1]) for f in batch]
+            batch_scales = (scales or [1.0] * len(frames))[i:i + o.batch_size]
+            results = self.processor.post_process_object_detection(outputs, threshold=o.threshold,
+                                                                   target_sizes=sizes)
+            for r, (h, w), scale in zip(results, sizes, batch_scales, strict=True):
+                dets = []
+                for box, label, score in zip(r["boxes"].tolist(), r["labels"].tolist(), r["scores"].tolist(),
+                                             strict=True):
+                    x1, y1, x2, y2 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(w)), min(box[3], float(h))
+                    if int(label) in self.person and min(x2 - x1, y2 - y1) >= o.min_size * scale:
+                        dets.append(([x1, y1, x2, y2], float(score)))
+                dets.sort(key=lambda d: -d[1])
+                out.append(dets[:o.max_persons])
+        return out
+
+
+def make_detector(spec: str, device=None, options: DetectorOptions | None = None):
+    """``none`` -> WholeImage, ``boxes:FILE`` -> BoxesFile, anything else -> ModelDetector(model id or folder)."""
+    spec = (spec or "none").strip()
+    if spec.lower() == "none":
+        return WholeImage()
+    if spec.lower().startswith("boxes:"):
+        return BoxesFile(spec[6:])
+    return ModelDetector(spec, device, options)

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from media_factory import write_images
+from PIL import Image
+from profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
+from test_ingest import run_main
+
+from a2v_search.api import A2VSearch
+from a2v_search.errors import InputError, QueryError
+
+
+def profile_of(hit) -> str:
+    return hit.path.split("/")[2]
+
+
+@pytest.fixture(scope="module")
+def semantic(tmp_path_factory, tiny_clip_dir, minilm_dir):
+    """A store of persons with known PaSta profiles (import API), language space of the real MiniLM model."""
+    data = tmp_path_factory.mktemp("semantic") / "data"
+    api = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(minilm_dir), device="cpu")
+    report = api.import_records(profile_records(visual_dim=16, copies=3))
+    assert report.failures == [] and report.persons_added == 3 * len(PROFILES)
+    yield api
+    api.close()
+
+
+@pytest.mark.parametrize("text,profile", sorted(FREE_TEXT.items()))
+def test_free_text_ranks_the_matching_profile_first(semantic, text, profile):
+    result = semantic.search_text(text, k=3)
+    assert [profile_of(h) for h in result] == [profile] * 3
+    assert result.query["mode"] == "free" and result.query["pasta"] and result.query["verbs"]
+
+
+@pytest.mark.parametrize("text,profile", sorted(STRUCTURED.items()))
+def test_structured_pasta_text_ranks_exactly(semantic, text, profile):
+    result = semantic.search_text(text, k=3)
+    assert [profile_of(h) for h in result] == [profile] * 3
+    assert result.query["mode"] == "structured"
+    named = {n for n, _ in result.query["pasta"]}
+    assert named == {part.split("=")[0].strip() for part in text.split(";")}
+
+
+def test_interpretation_carries_weights(semantic):
+    q = semantic.search_text("Hand: Hold=2; head:drink_with", k=1).query
+    assert q["pasta"] == [["hand: hold", 2.0], ["head: drink with", 1.0]]
+
+
+def test_filters_return_k_hits_and_pages_are_disjoint(semantic):
+    full = semantic.search_text("drinking from a cup", k=36)
+    assert len(full) == 36
+    pages = [semantic.search_text("drinking from a cup", k=5, offset=o) for o in (0, 5, 10, 15)]
+    ids = [h.person_id for page in pages for h in page]
+    assert len(ids) == len(set(ids)) == 20
+    assert ids == [h.person_id for h in full][:20]  # pages are slices of one ranking
+    assert [h.rank for h in pages[2]] == [11, 12, 13, 14, 15]
+    odd = semantic.search_text("kicking a ball", k=10, collection="odd")
+    assert len(odd) == 10 and all(h.collection == "odd" for h in odd)
+    assert profile_of(odd[0]) == "kick"
+    where = semantic.search_text("sitting on a chair", k=10, where=["hip: sit on>=0.5"])
+    assert len(where) == 6 and {profile_of(h) for h in where} == {"sit_chair", "ride_bike"}
+    none = semantic.search_text("kneeling", k=10, where=["leg: kneel>=0.95"])
+    assert len(none) == 0
+    per_media = semantic.search_text("kneeling", k=5, per_media=True)
+    assert len({h.media_id for h in per_media}) == 5
+    scored = semantic.search_text("kneeling", k=36, min_score=0.5)
+    assert 0 < len(scored) < 36 and all(h.score >= 0.5 for h in scored)
+    globbed = semantic.search_text("kneeling", k=36, path="/profiles/kneel/*")
+    assert len(globbed) == 3 and all(profile_of(h) == "kneel" for h in globbed)
+
+
+def test_where_accepts_verbs_and_below_comparisons(semantic):
+    result = semantic.search_text("hugging someone", k=50, where=["verb: hug<0.5", "arm: hug < 0.5"])
+    assert len(result) == 33 and "hug" not in {profile_of(h) for h in result}
+
+
+def test_search_similar_and_clip_text(semantic):
+    first = semantic.search_text("kicking a ball", k=1).hits[0]
+    similar = semantic.search_similar(first.person_id, k=2, weights=(0.0, 1.0))
+    assert first.person_id not in [h.person_id for h in similar]
+    assert [profile_of(h) for h in similar] == ["kick", "kick"]
+    clip = semantic.search_clip_text("a person kicking a ball", k=4)
+    assert len(clip) == 4 and clip.query["type"] == "clip_text"
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda a: a.search_text("", k=3), QueryError, "empty"),
+    (lambda a: a.search_text("hand: hodl", k=3), QueryError, "hand: hold"),
+    (lambda a: a.search_text("foot: no_interaction", k=3), QueryError, "no meaning"),
+    (lambda a: a.search_text("hand: hold=abc", k=3), QueryError, "not a number"),
+    (lambda a: a.search_text("kneeling", k=3, where=["hand: hodl>0.5"]), QueryError, "hand: hold"),
+    (lambda a: a.search_text("kneeling", k=3, where=["hand: hold"]), QueryError, "write it like"),
+    (lambda a: a.search_text("kneeling", k=0), QueryError, "-k"),
+    (lambda a: a.search_similar(99999), QueryError, "no person with id 99999"),
+    (lambda a: a.search_image("/no/such/image.jpg"), InputError, "does not exist"),
+])
+def test_clear_errors(semantic, call, error, match):
+    with pytest.raises(error, match=match):
+        call(semantic)
+
+
+def test_empty_store_and_unreadable_query_image(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    api = A2VSearch.open(tmp_path / "none", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir))
+    with pytest.raises(QueryError, match="ingest something first"):
+        api.search_text("hand: hold")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    write_images(tmp_path / "in", 1)
+    api.ingest([tmp_path / "in"], detector="none", workers=0)
+    with pytest.raises(InputError, match="cannot read query image"):
+        api.search_image(bad, detector="none")
+
+
+def test_image_query_boxes_and_sheet(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir))
+    paths = write_images(tmp_path / "in", 4, w=80, h=60)
+    api.ingest([tmp_path / "in"], detector="none", workers=0)
+    for p in paths:
+        assert api.search_image(p, detector="none", k=1).hits[0].path == str(p)
+    again = A2VSearch.open(tmp_path / "data").search_image(paths[3], k=1)  # the store's ingest detector: none
+    assert again.query["box"] is None and again.hits[0].path == str(paths[3])
+    boxed = api.search_image(paths[0], box=[10, 5, 50, 55], k=2)
+    assert boxed.query["box"] == [10, 5, 50, 55] and len(boxed) == 2
+    code, out, err = run_main("search", "--image", paths[1], "--detector", "none", "--data-dir", tmp_path / "data",
+                              "-k", "3", "--sheet", tmp_path / "sheet.png", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert set(doc) == {"query", "results"} and doc["results"][0]["path"] == str(paths[1])
+    assert set(doc["results"][0]) == {"rank", "person_id", "score", "path", "box", "frame_index", "t_sec", "pasta",
+                                      "verbs"}
+    assert len(doc["results"][0]["pasta"]) == 5 and len(doc["results"][0]["verbs"]) == 5
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.size[0] > 0 and np.asarray(sheet).std() > 0
+
+
+def test_cli_search_errors_are_one_line(tmp_path, semantic):
+    data = semantic.data_dir
+    code, _, err = run_main("search", "--text", "hand: hodl", "--data-dir", data)
+    assert code == 1 and err.count("\n") == 1 and "hand: hold" in err and "Traceback" not in err
+    code, _, err = run_main("search", "--text", "x", "--person", "3", "--data-dir", data)
+    assert code == 2 and "exactly one" in err
+    code, _, err = run_main("search", "--text", "kneeling", "--data-dir", data, "--text-model", "bert-base-uncased")
+    assert code == 1 and "contradicts this store" in err
+    code, out, _ = run_main("search", "--text", "kneeling", "--data-dir", data, "-k", "2")
+    assert code == 0 and "query read as free text" in out and "kneel" in out
