@@ -1,0 +1,417 @@
+"""Reliability and security suite: kills at many points, disk faults, concurrent readers, a hostile corpus.
+
+Ingest runs in forked children (with a numpy stand-in encoder, so the children never touch torch) that the fault
+points of ``a2v_search.faults`` SIGKILL; each rerun must leave every file stored exactly once and FAISS equal to
+SQLite. What was tried is counted and printed at the end of the test run (conftest.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import signal
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import StubEncoder
+from media_factory import write_bad_files, write_images
+from PIL import Image
+from sqlalchemy import text
+
+from a2v_search import faults
+from a2v_search.detect import BoxesFile, WholeImage
+from a2v_search.errors import A2VError, InputError, QueryError, StoreError, StoreLockedError
+from a2v_search.ingest import IngestOptions, run_ingest
+from a2v_search.search import Searcher, make_filters
+from a2v_search.store import INDEX_NAMES, Store
+from db import repo
+from index import IndexMissingError, VectorIndex
+
+ROOT = Path(__file__).resolve().parents[1]
+N_FILES = 12
+
+
+def ingest(data_dir: Path, inputs: list[Path], detector=None, **opts):
+    """One ingest run with the stand-in encoder; the store is closed (and its indexes saved) afterwards."""
+    store = Store(data_dir, create=True).lock("test-ingest")
+    try:
+        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, **opts})
+        report = run_ingest(store, StubEncoder(), detector or WholeImage(), [str(p) for p in inputs], options)
+    except BaseException:
+        store.close(save=False)
+        raise
+    store.close()
+    return report
+
+
+def in_child(fn, fault: str | None = None, setup=None) -> tuple[int, str]:
+    """Run ``fn`` in a forked child, optionally with a fault point armed; returns (exit code, stderr text).
+    A child killed by SIGKILL returns -9."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        code, message = 0, ""
+        try:
+            faults._PLAN.clear()
+            faults._hits.clear()
+            if fault:
+                point, _, n = fault.partition(":")
+                faults._PLAN[point] = int(n or 1)
+            if setup:
+                setup()
+            fn()
+        except A2VError as e:  # what the CLI would print
+            code, message = 1, f"error: {e}\n"
+        except BaseException:
+            code, message = 3, traceback.format_exc()
+        os.write(w, message.encode())
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "r", errors="replace") as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err
+
+
+def assert_exactly_once(data_dir: Path, n_files: int) -> None:
+    store = Store(data_dir)
+    with store.db.session() as s:
+        counts = repo.counts(s)
+        per_media = [n for _, n in s.execute(repo.select(repo.Person.media_id, repo.func.count(repo.Person.id))
+                                             .group_by(repo.Person.media_id))]
+        paths = [p for (p,) in s.execute(repo.select(repo.Media.path))]
+    report = store.check()
+    store.close()
+    assert counts["media"] == n_files and counts["persons"] == n_files, counts
+    assert per_media == [1] * n_files and len(set(paths)) == n_files  # no duplicated persons or media
+    assert report.problems == [], [p.detail for p in report.problems]
+
+
+# ------------------------------------------------------------------ crash matrix
+
+
+KILL_POINTS = ["decode", "encode", "after_commit", "index_save"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_crash_matrix(tmp_path, point, reliability):
+    inputs = write_images(tmp_path / "in", N_FILES)
+    for hit in (1, 2, 4):  # repeated trials: early, middle, late in the run
+        data = tmp_path / f"data-{hit}"
+        code, err = in_child(lambda data=data: ingest(data, [tmp_path / "in"], save_every_s=0.0),
+                             fault=f"{point}:{hit}")
+        assert code == -signal.SIGKILL, f"{point}:{hit} was not killed (code {code}): {err}"
+        reliability["kill points"] += 1
+        for name in INDEX_NAMES:  # an interrupted save never leaves a half-written index in place
+            with contextlib.suppress(IndexMissingError):
+                VectorIndex.load(data / "index", name)
+        ingest(data, [tmp_path / "in"])
+        assert_exactly_once(data, len(inputs))
+        reliability["records checked"] += len(inputs)
+
+
+def test_kill_during_index_save_keeps_the_old_pair_and_doctor_cleans_up(tmp_path, reliability):
+    write_images(tmp_path / "in", 4)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"])
+    write_images(tmp_path / "in", 4, start=10)
+    code, _ = in_child(lambda: ingest(data, [tmp_path / "in"]), fault="index_save:1")
+    assert code == -signal.SIGKILL
+    reliability["kill points"] += 1
+    store = Store(data)
+    for name in INDEX_NAMES:
+        idx, manifest = VectorIndex.load(data / "index", name)
+        assert idx.ntotal == 4 and manifest["count"] == 4  # the previous complete pair
+    report = store.check()
+    store.close()
+    assert not report.ok  # leftover generation file and the lagging index are reported
+    fixer = Store(data).lock("doctor")
+    assert fixer.check(repair=True).ok
+    fixer.close()
+    clean = Store(data).check()
+    assert clean.problems == [] and clean.counts["persons"] == 8
+    assert not [p for p in (data / "index").iterdir() if ".tmp" in p.name]
+
+
+# ------------------------------------------------------------------ disk and I/O faults
+
+
+def test_full_disk_gives_one_clear_error_and_loses_nothing(tmp_path, reliability):
+    write_images(tmp_path / "in", 6)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"])
+    write_images(tmp_path / "in", 30, start=100, w=64, h=48)
+
+    def full_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        biggest = max(p.stat().st_size for p in data.rglob("*") if p.is_file())
+        resource.setrlimit(resource.RLIMIT_FSIZE, (biggest + 4096, biggest + 4096))
+
+    code, err = in_child(lambda: ingest(data, [tmp_path / "in"]), setup=full_disk)
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot") and "lost" in lines[0], err
+    reliability["faults"] += 1
+    reader = Store(data)  # still valid and usable: search works
+    hits = Searcher(reader).search({"visual": np.eye(16, dtype=np.float32)[0]}, {"visual": 1.0}, k=3)
+    assert len(hits) == 3 and all(Path(h.path).exists() for h in hits)
+    reader.close()
+    ingest(data, [tmp_path / "in"])  # space again: the same command completes the job
+    assert_exactly_once(data, 36)
+
+
+def test_read_only_data_directory_gives_one_clear_error(tmp_path, monkeypatch, reliability):
+    write_images(tmp_path / "in", 3)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"])
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(data)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    with pytest.raises(StoreError, match="is the data directory writable"):
+        ingest(data, [tmp_path / "in"])
+    reliability["faults"] += 1
+    monkeypatch.undo()
+    assert_exactly_once(data, 3)
+
+
+def test_failed_index_save_is_reported_and_recovered(tmp_path, monkeypatch, reliability):
+    write_images(tmp_path / "in", 5)
+    data = tmp_path / "data"
+
+    def broken_save(self, folder, name, manifest):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(VectorIndex, "save", broken_save)
+    with pytest.raises(StoreError, match="nothing is lost"):
+        ingest(data, [tmp_path / "in"])
+    reliability["faults"] += 1
+    monkeypatch.undo()
+    ingest(data, [tmp_path / "in"])
+    assert_exactly_once(data, 5)
+
+
+# ------------------------------------------------------------------ concurrent use
+
+
+def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, reliability):
+    write_images(tmp_path / "in", 2)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"])
+    write_images(tmp_path / "in", 40, start=10)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.write(w, b"started\n")
+            ingest(data, [tmp_path / "in"], save_every_s=0.0)
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(3)
+    os.close(w)
+    os.read(r, 16)
+    searches, locked_told = 0, False
+    rng = np.random.default_rng(0)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        store = Store(data)
+        try:
+            q = rng.normal(size=16).astype(np.float32)
+            result = Searcher(store).search({"visual": q / np.linalg.norm(q)}, {"visual": 1.0}, k=5)
+            assert len(result) >= 2 and all(h.path and h.media_id for h in result)
+            with store.db.session() as s:
+                orphans = s.execute(text(
+                    "SELECT COUNT(*) FROM persons p LEFT JOIN media m ON p.media_id = m.id WHERE m.id IS NULL"
+                )).scalar()
+            assert orphans == 0
+            if not done and not locked_told:
+                try:
+                    Store(data).lock("second writer")
+                except StoreLockedError as e:
+                    locked_told = f"PID {pid}" in str(e)
+        finally:
+            store.close()
+        searches += 1
+        if done:
+            break
+        time.sleep(0.02)
+    os.close(r)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert searches >= 3 and locked_told
+    reliability["concurrent searches"] += searches
+    assert_exactly_once(data, 42)
+
+
+# ------------------------------------------------------------------ hostile corpus
+
+
+def test_hostile_corpus_in_one_run(tmp_path, reliability):
+    corpus = tmp_path / "corpus"
+    good = write_images(corpus / "good", 4)
+    bad = write_bad_files(corpus / "bad")
+    os.mkfifo(corpus / "bad" / "pipe.jpg")  # would block forever if opened
+    bad["fifo"] = corpus / "bad" / "pipe.jpg"
+    deep = corpus / "deep"
+    for i in range(120):
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    good += write_images(deep, 1, start=60)
+    os.symlink(corpus, corpus / "good" / "loop")  # a symlink loop
+    weird = corpus / "good" / "new\nline name.png"
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(weird)
+    good.append(weird)
+    (corpus / "bad" / "empty_dir").mkdir()
+    report = ingest(tmp_path / "data", [corpus], max_pixels=10_000_000, workers=1)
+    failed = [Path(f["path"]).name for f in report.failures]
+    assert len(failed) == len(set(failed)), "a bad file was reported twice"
+    for kind, path in bad.items():
+        assert os.fsencode(path.name).decode("utf-8", "backslashreplace") in failed, kind
+    assert report.media_ingested == len(good) and report.persons_added == len(good)
+    store = Store(tmp_path / "data")
+    with store.db.session() as s:
+        stored = {p for (p,) in s.execute(repo.select(repo.Media.path))}
+    assert stored == {os.path.realpath(p) for p in good}
+    store.close()
+    reliability["hostile files"] += len(bad) + 3  # + deep folder, symlink loop, newline name
+
+
+def test_huge_boxes_files(tmp_path, reliability):
+    paths = write_images(tmp_path / "in", 3)
+    coco = {"images": [{"id": i, "file_name": p.name} for i, p in enumerate(paths)],
+            "annotations": [{"image_id": i % 3, "bbox": [1, 1, 20, 30], "category_id": 1,
+                             "segmentation": [[float(j) for j in range(40)]]} for i in range(60_000)],
+            "categories": [{"id": 1, "name": "person"}]}
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(coco))
+    assert big.stat().st_size > 15_000_000
+    boxes = BoxesFile(big)
+    assert sum(len(v) for v in boxes.boxes.values()) == 60_000
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    with pytest.raises(InputError, match="not valid JSON"):
+        ingest(tmp_path / "data", [tmp_path / "in"], detector=BoxesFile(truncated))
+    assert not (tmp_path / "data" / "a2v.sqlite").exists() or Store(tmp_path / "data").check().counts["media"] == 0
+    reliability["hostile files"] += 2
+
+
+# ------------------------------------------------------------------ security
+
+
+def test_no_sql_is_built_from_strings():
+    """Every statement is SQLAlchemy constructs with bound parameters; no f-string / % / + SQL anywhere."""
+    offenders = []
+    for py in list((ROOT / "db").rglob("*.py")) + list((ROOT / "a2v_search").rglob("*.py")):
+        src = py.read_text()
+        for m in re.finditer(r"(exec_driver_sql|text|execute)\(\s*(f[\"']|[\"'][^\"']*[\"']\s*(%|\+|\.format))", src):
+            offenders.append(f"{py.name}: {m.group(0)}")
+    assert offenders == []
+
+
+def test_filters_and_texts_cannot_inject_or_execute(tmp_path):
+    write_images(tmp_path / "in", 3)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"], collection="c1")
+    store = Store(data)
+    marker = tmp_path / "pwned"
+    hostile = ["x' OR '1'='1", "c1'; DROP TABLE persons; --", f"__import__('os').system('touch {marker}')"]
+    with store.db.session() as s:
+        for value in hostile:
+            assert repo.filter_person_ids(s, make_filters(collection=value)).tolist() == []
+            assert repo.filter_person_ids(s, make_filters(path=value)).tolist() == []
+        assert len(repo.filter_person_ids(s, make_filters(collection="c1"))) == 3
+    for expr in [f"__import__('os').system('touch {marker}')>0", "hand: hold>=1e9999'", "hand: hold>=0.5 or 1"]:
+        with pytest.raises(QueryError):
+            make_filters(where=[expr])
+    language = store.language()
+    for query in ["hand: hold'; DROP TABLE persons; --", f"head: __import__('os').system('touch {marker}')",
+                  "hand: hold=__import__('os')"]:
+        with pytest.raises(QueryError):
+            language.interpret(query)
+    with store.db.session() as s:
+        assert repo.counts(s)["persons"] == 3  # the tables are intact
+    store.close()
+    assert not marker.exists()
+
+
+def test_stored_paths_are_real_paths(tmp_path):
+    [img] = write_images(tmp_path / "real", 1)
+    (tmp_path / "links").mkdir()
+    os.symlink(img, tmp_path / "links" / "alias.png")
+    os.symlink(tmp_path / "real", tmp_path / "links" / "folder")
+    ingest(tmp_path / "data", [tmp_path / "links" / "alias.png", tmp_path / "links" / "folder"])
+    store = Store(tmp_path / "data")
+    with store.db.session() as s:
+        assert [p for (p,) in s.execute(repo.select(repo.Media.path))] == [os.path.realpath(img)]
+    store.close()
+
+
+def test_nothing_is_written_outside_the_data_directory(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir):
+    from test_ingest import run_main
+
+    write_images(tmp_path / "in", 2)
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+
+    def snapshot():
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if "data" not in p.parts}
+
+    before = snapshot()
+    common = ["--data-dir", tmp_path / "data", "--model", tiny_clip_dir, "--text-model", tiny_bert_dir]
+    assert run_main("ingest", tmp_path / "in", *common, "--detector", "none", "--workers", "0")[0] == 0
+    assert run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")[0] == 0
+    assert run_main("stats", "--data-dir", tmp_path / "data")[0] == 0
+    assert snapshot() == before
+
+
+def test_untrusted_pickle_never_runs_from_the_cli(tmp_path):
+    from test_ingest import run_main
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    evil = tmp_path / "ckpt_4.pth"
+    evil.write_bytes(pickle.dumps({"model": Evil()}))
+    write_images(tmp_path / "in", 1)
+    code, _, err = run_main("predict", tmp_path / "in" / "img000.png", "--checkpoint", evil, "--detector", "none",
+                            "--data-dir", tmp_path / "data")
+    assert code == 1 and "--trust-checkpoint" in err and err.count("\n") == 1
+    code, _, err = run_main("convert-checkpoint", evil, tmp_path / "out")
+    assert code == 1 and "--trust-checkpoint" in err
+    assert not marker.exists()
+
+
+def test_doctor_and_repair_from_the_cli(tmp_path):
+    from test_ingest import run_main
+
+    write_images(tmp_path / "in", 3)
+    data = tmp_path / "data"
+    ingest(data, [tmp_path / "in"])
+    manifest = json.loads((data / "index" / "visual.json").read_text())
+    (data / "index" / manifest["file"]).write_bytes(b"garbage")
+    code, out, _ = run_main("doctor", "--data-dir", data, "--json")
+    doc = json.loads(out)
+    assert code == 1 and not doc["ok"] and any("corrupt" in p["detail"] for p in doc["problems"])
+    assert run_main("doctor", "--data-dir", data, "--repair")[0] == 0
+    code, out, _ = run_main("doctor", "--data-dir", data)
+    assert code == 0 and "consistent" in out
