@@ -120,11 +120,13 @@ class A2VSearch:
                          trust_checkpoint=self._trust or bool(stored.get("trust_checkpoint")),
                          text_model=f["text_model"] or stored.get("text_model") or self._default_text_model)
 
-    def encoder(self, store: Store | None = None):
-        """The activity encoder (loaded on first use), checked against the store's space."""
+    def encoder(self, store: Store | None = None, standalone: bool = False):
+        """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
+        work that stores nothing (predict); the store's models are used only when no model flag is given."""
         from .models import load_encoder
 
-        store = store or self._open_reader(required=False)
+        if store is None and not (standalone and any(self._flags.values())):
+            store = self._open_reader(required=False)
         if self._encoder is None:
             language = store.language() if store is not None and store.space_row() is not None else None
             self._encoder = load_encoder(self.model_spec(store), device=self.settings.device, language=language,
@@ -162,7 +164,6 @@ class A2VSearch:
                                      f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
                 return None
             self._reader = Store(self.data_dir)
-            self.model_spec(self._reader)  # flags that contradict the store's space fail now, not after a search
         return self._reader
 
     @contextmanager
@@ -248,7 +249,7 @@ class A2VSearch:
         """PaSta, verbs and part flags of the persons in one image (nothing is stored)."""
         img = _query_image(image)
         boxes = self._query_boxes(img, box, detector)
-        encoder = self.encoder(self._open_reader(required=False))
+        encoder = self.encoder(standalone=True)
         out = encoder.encode_persons([img] * len(boxes), [b for b, _ in boxes])
         persons = []
         for i, (b, score) in enumerate(boxes):
@@ -283,6 +284,7 @@ class A2VSearch:
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
+        self.model_spec(store)  # model flags that contradict the store fail here too, though no model loads
         language = store.language()
         query = language.interpret(text)
         vec = language.embed_query(query)

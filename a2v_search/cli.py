@@ -67,7 +67,7 @@ def _parse_box(text: str | None) -> list[float] | None:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=True)  # paths may contain [brackets]
 
 
 # ------------------------------------------------------------------ ingest
@@ -240,7 +240,7 @@ def _print_hits(result, sheet: Path | None) -> None:
     for h in result.hits:
         where = f"  frame {h.frame_index} at {h.t_sec:.2f} s" if h.kind == "video" else ""
         box = ",".join(f"{v:.0f}" for v in h.box)
-        con.print(f"[bold]{h.rank:>3}[/bold]  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
+        con.print(f"{h.rank:>3}  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
         con.print("     PaSta: " + ", ".join(f"{n} {p:.2f}" for n, p in h.pasta[:3])
                   + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3]))
     if sheet is not None:

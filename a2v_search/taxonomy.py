@@ -111,25 +111,24 @@ def _closest(key: str, kind: str, n: int = 5) -> list[str]:
     return [names[table[c]] for c in close]
 
 
-def pasta_index(name: str) -> int:
-    """Index (0..92) of a PaSta name, tolerant of case, spaces and underscores (``"Hand: Hold"``)."""
+def _index(kind: str, name: str, hint_suffix: str = "") -> int:
     key = normalize_name(name)
-    table = _lookup("pasta")
+    table = _lookup(kind)
     if key in table:
         return table[key]
-    hint = _closest(key, "pasta")
-    raise UnknownNameError(f"unknown PaSta {name!r}; closest: {', '.join(hint) or 'none'} "
-                           f"(names are '<part>: <state>', parts: {', '.join(PARTS)})")
+    label = "PaSta" if kind == "pasta" else "verb"
+    raise UnknownNameError(f"unknown {label} {name!r}; closest: {', '.join(_closest(key, kind)) or 'none'}"
+                           + hint_suffix)
+
+
+def pasta_index(name: str) -> int:
+    """Index (0..92) of a PaSta name, tolerant of case, spaces and underscores (``"Hand: Hold"``)."""
+    return _index("pasta", name, f" (names are '<part>: <state>', parts: {', '.join(PARTS)})")
 
 
 def verb_index(name: str) -> int:
     """Index (0..156) of a verb name, tolerant of case, spaces and underscores (``"drink with"``)."""
-    key = normalize_name(name)
-    table = _lookup("verb")
-    if key in table:
-        return table[key]
-    hint = _closest(key, "verb")
-    raise UnknownNameError(f"unknown verb {name!r}; closest: {', '.join(hint) or 'none'}")
+    return _index("verb", name)
 
 
 def resolve_label(name: str) -> tuple[str, int]:

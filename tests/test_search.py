@@ -146,3 +146,14 @@ def test_cli_search_errors_are_one_line(tmp_path, semantic):
     assert code == 1 and "contradicts this store" in err
     code, out, _ = run_main("search", "--text", "kneeling", "--data-dir", data, "-k", "2")
     assert code == 0 and "query read as free text" in out and "kneel" in out
+
+
+def test_predict_with_model_flags_ignores_the_store(semantic, tiny_clip_dir, tiny_bert_dir, tmp_path):
+    from a2v_search.errors import SpaceMismatchError
+
+    [img] = write_images(tmp_path / "in", 1)
+    other = A2VSearch.open(semantic.data_dir, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir))
+    persons = other.predict(img, detector="none")  # stores nothing: the store's models do not matter
+    assert len(persons) == 1 and len(persons[0]["pasta"]) == 93
+    with pytest.raises(SpaceMismatchError, match="contradicts this store"):
+        other.search_text("kneeling")
