@@ -309,7 +309,7 @@ class Store:
             return
         for name, idx in self._indexes.items():
             want = choose_spec(idx.ntotal, idx.dim, budget)
-            if want != idx.spec and not (want.startswith("IVF") and idx.spec.split(",")[0] == want.split(",")[0]):
+            if want != idx.spec:  # a few times over a store's life: Flat -> IVF, nlist doublings, Flat -> SQ8 codes
                 log.info("index %s: %d persons, switching from %s to %s", name, idx.ntotal, idx.spec, want)
                 self._indexes[name] = self._build_index(name, want)
 

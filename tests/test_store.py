@@ -212,3 +212,22 @@ def test_doctor_reports_and_repairs(tmp_path):
     assert fixer.check(repair=True).ok
     fixer.close()
     assert Store(tmp_path / "data").check().problems == []
+
+
+def test_automatic_index_type_follows_the_store_size(tmp_path, monkeypatch):
+    import a2v_search.store as store_module
+
+    monkeypatch.setattr(store_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
+    rng = np.random.default_rng(5)
+    store = writable_store(tmp_path / "data")
+    store.write([media(f"/g/{i}.jpg", [random_person(rng)]) for i in range(300)])
+    store.save()
+    assert {idx.spec for idx in store.indexes().values()} == {"Flat"}
+    people = [random_person(rng) for _ in range(700)]
+    ids = store.write([media(f"/h/{i}.jpg", [p]) for i, p in enumerate(people)])
+    store.save()
+    assert {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
+    store.close()
+    reader = Store(tmp_path / "data")
+    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
+    assert hit.person_id == ids[7] and reader.check().problems == []
