@@ -59,16 +59,14 @@ class A2VSearch:
                  checkpoint: str | None = None, trust_checkpoint: bool = False, text_model: str | None = None,
                  device: str | None = None, detector: str | None = None,
                  detector_options: DetectorOptions | None = None, precision: str = "auto"):
-        self.settings = Settings.resolve(data_dir=data_dir, device=device)
+        self.settings = Settings.resolve(data_dir=data_dir, device=device, text_model=text_model, detector=detector)
         self.data_dir = self.settings.data_dir
-        env = Settings.resolve()
-        # explicit flags; environment variables count as flags, defaults do not (the store's space decides)
-        self._flags = {"model": model or os.environ.get("A2V_MODEL") or None, "checkpoint": checkpoint,
-                       "text_model": text_model or os.environ.get("A2V_TEXT_MODEL") or None}
+        given = Settings.given(model=model, text_model=text_model, detector=detector)
+        self._flags = {"model": given["model"], "checkpoint": checkpoint, "text_model": given["text_model"]}
         self._trust = trust_checkpoint
-        self._default_text_model = env.text_model
-        self._detector_flag = detector or os.environ.get("A2V_DETECTOR") or None
-        self._default_detector = env.detector
+        self._default_text_model = self.settings.text_model
+        self._detector_flag = given["detector"]
+        self._default_detector = self.settings.detector
         self._detector_options = detector_options or DetectorOptions()
         self._precision = precision
         self._encoder = None

@@ -35,6 +35,13 @@ class Settings:
     detector: str = DEFAULT_DETECTOR_MODEL
     device: str = "auto"
 
+    @staticmethod
+    def given(**flags: str | None) -> dict[str, str | None]:
+        """Only what the user chose: each flag, else its ``A2V_*`` variable, else None (no default). A store's
+        recorded models stand in for the defaults."""
+        return {name: value if value is not None else (os.environ.get(ENV[name]) or None)
+                for name, value in flags.items()}
+
     @classmethod
     def resolve(cls, **given: object) -> Settings:
         """Settings from explicit values (``None`` = not given), then ``A2V_*`` variables, then defaults."""
