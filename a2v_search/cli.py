@@ -104,17 +104,19 @@ def ingest(
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
                min_size)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-               TextColumn("{task.fields[persons]} persons, {task.fields[rate]:.1f}/s"), TimeElapsedColumn())
+               TextColumn("{task.fields[files_rate]:.1f} files/s, {task.fields[persons]} persons, "
+                          "{task.fields[rate]:.1f} persons/s"), TimeElapsedColumn())
     with Progress(*columns, console=_console(stderr=True), transient=as_json) as bar:
-        task = bar.add_task("ingest", total=None, persons=0, rate=0.0)
+        task = bar.add_task("ingest", total=None, persons=0, rate=0.0, files_rate=0.0)
         started: list[float] = []
 
         def on_progress(done: int, total: int, persons: int) -> None:
             if not started:  # models are loaded by now: time the work, not the start-up
                 started.append(time.monotonic())
                 bar.reset(task)
-            rate = persons / max(time.monotonic() - started[0], 1e-9)
-            bar.update(task, completed=done, total=total, persons=persons, rate=rate)
+            elapsed = max(time.monotonic() - started[0], 1e-9)
+            bar.update(task, completed=done, total=total, persons=persons, rate=persons / elapsed,
+                       files_rate=done / elapsed)
 
         report = api.ingest(paths, collection=collection, batch_size=batch_size, workers=workers,
                             video_fps=video_fps, force=force, max_pixels=max_pixels, commit_every=commit_every,
