@@ -234,8 +234,9 @@ class Store:
     def _catch_up(self, name: str, idx: VectorIndex, max_id: int) -> None:
         """Remove persons deleted since the index was saved; add persons newer than it."""
         with self.db.session() as s:
-            db_ids = repo.person_ids(s, upto_id=max_id)
-            if len(db_ids) != idx.ntotal or (len(db_ids) and db_ids[-1] != max_id):
+            n_db, max_db = repo.id_stats(s, upto_id=max_id)  # one indexed query; ids are listed only on a mismatch
+            if n_db != idx.ntotal or (n_db and max_db != max_id):
+                db_ids = repo.person_ids(s, upto_id=max_id)
                 have = idx.ids()
                 stale = np.setdiff1d(have, db_ids)
                 if len(stale):

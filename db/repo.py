@@ -430,8 +430,10 @@ def person_ids(s: Session, upto_id: int | None = None) -> np.ndarray:
     return np.fromiter(s.execute(q).scalars(), np.int64)
 
 
-def max_person_id(s: Session) -> int:
-    return int(s.execute(select(func.max(Person.id))).scalar() or -1)
+def id_stats(s: Session, upto_id: int) -> tuple[int, int]:
+    """(number of persons, largest id) among the ids <= upto_id."""
+    n, largest = s.execute(select(func.count(Person.id), func.max(Person.id)).where(Person.id <= upto_id)).one()
+    return int(n or 0), int(largest if largest is not None else -1)
 
 
 def counts(s: Session) -> dict[str, int]:
