@@ -28,7 +28,7 @@ from db.repo import NewMedia, NewPerson
 from . import taxonomy as tx
 from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
 from .errors import InputError, QueryError, SpaceMismatchError
-from .media import DEFAULT_MAX_PIXELS, display_path, load_image
+from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import Settings, get_device
 from .store import INDEX_NAMES, CheckReport, Store
@@ -406,14 +406,12 @@ def _weights(weights) -> dict[str, float]:
 def _query_image(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    from .media import _DecodeError
-
     p = Path(image)
     if not p.is_file():
         raise InputError(f"query image {display_path(p)} does not exist or is not a file")
     try:
         return load_image(str(p))
-    except _DecodeError as e:
+    except DecodeError as e:
         raise InputError(f"cannot read query image {display_path(p)}: {e}") from None
     except OSError as e:
         raise InputError(f"cannot read query image {display_path(p)}: {e.strerror or e}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import InputError
 from .preprocess import Preprocess, check_box
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -231,7 +232,7 @@ def decode(task: DecodeTask) -> DecodeResult:
             _decode_video(task, res)
         else:
             _decode_image(task, res)
-    except _DecodeError as e:
+    except DecodeError as e:
         res.error = (e.stage, str(e))
     except MemoryError:
         res.error = ("decode", "out of memory while decoding")
@@ -243,7 +244,9 @@ def decode(task: DecodeTask) -> DecodeResult:
     return res
 
 
-class _DecodeError(Exception):
+class DecodeError(InputError):
+    """A file that cannot be decoded; ``stage`` says where (for failure rows)."""
+
     def __init__(self, stage: str, reason: str):
         super().__init__(reason)
         self.stage = stage
@@ -255,18 +258,18 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         img = Image.open(path)
     except Image.UnidentifiedImageError:
-        raise _DecodeError("decode", "not a decodable image (unknown or corrupt format)") from None
+        raise DecodeError("decode", "not a decodable image (unknown or corrupt format)") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise _DecodeError("decode", f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+        raise DecodeError("decode", f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
                                      "(a decompression bomb?); raise --max-pixels if it is genuine")
     if w == 0 or h == 0:
-        raise _DecodeError("decode", "image has no pixels")
+        raise DecodeError("decode", "image has no pixels")
     try:
         img.seek(0)
         img.load()
     except OSError as e:
-        raise _DecodeError("decode", f"corrupt or truncated image ({e})") from None
+        raise DecodeError("decode", f"corrupt or truncated image ({e})") from None
     img = ImageOps.exif_transpose(img) or img
     return to_rgb(img)
 
@@ -331,10 +334,10 @@ def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
     try:
         container = av.open(task.path)
     except av.error.FFmpegError as e:
-        raise _DecodeError("decode", f"not a decodable video ({e})") from None
+        raise DecodeError("decode", f"not a decodable video ({e})") from None
     with container:
         if not container.streams.video:
-            raise _DecodeError("decode", "video has no video stream")
+            raise DecodeError("decode", "video has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else None
@@ -360,7 +363,7 @@ def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
             res.frames += 1
             next_t = (np.floor(t / step + 1e-6) + 1) * step
     if res.frames == 0 and start == 0:
-        raise _DecodeError("decode", "video has no decodable frames")
+        raise DecodeError("decode", "video has no decodable frames")
 
 
 def probe_duration(container, stream) -> float | None:
