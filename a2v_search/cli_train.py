@@ -1,4 +1,5 @@
-"""CLI commands ``train-heads`` and ``evaluate``: PaSta heads on HAKE annotations (see docs/training.md).
+"""CLI commands ``dataset-info``, ``train-heads`` and ``evaluate``: PaSta heads on HAKE annotations (see
+docs/training.md).
 
 Heavy imports (torch, transformers) happen inside the commands so that ``--help`` stays fast.
 """
@@ -21,11 +22,12 @@ if TYPE_CHECKING:
 #: Problems printed one per line before the count.
 MAX_PROBLEMS_SHOWN = 20
 
-AnnotationsArg = Annotated[Path, typer.Argument(help="HAKE annotation JSON: CLIP-Activity2Vec or instance-level.")]
+AnnotationsArg = Annotated[Path, typer.Argument(help="HAKE annotations: CLIP-Activity2Vec, instance-level or HICO "
+                                                     "image-level JSON (or a .tar.gz holding one).")]
 ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder the annotation's image paths are relative to.")]
 
 
-def _load_data(annotations: Path, images: Path) -> HakeData:
+def _load_data(annotations: Path, images: Path | None) -> HakeData:
     """Load the annotations; report skipped entries on stderr; fail when nothing is usable."""
     from .errors import InputError
     from .hake_data import load_annotations
@@ -41,6 +43,28 @@ def _load_data(annotations: Path, images: Path) -> HakeData:
         raise InputError(f"no usable samples in {annotations} ({len(data.problems)} entries skipped); "
                          "check --images and the file format (docs/training.md)")
     return data
+
+
+def dataset_info_command(
+    annotations: AnnotationsArg,
+    images: Annotated[Path | None, typer.Option("--images", help="Also check that every image is under this folder.",
+                                                show_default=False)] = None,
+    as_json: Json = False,
+) -> None:
+    """Images, person boxes before and after merging, and positives per head and class of an annotation file."""
+    from .hake_data import dataset_summary
+
+    info = dataset_summary(_load_data(annotations, images))
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(f"{info['file']}: {info['format']}, {info['entries']:,} entries, {info['problems']:,} skipped")
+    typer.echo(f"images {info['images']:,}, person boxes {info['boxes']:,}, persons after merging "
+               f"{info['persons']:,}, (part, state) labels {info['labels']:,}")
+    for head, counts in info["positives"].items():
+        present = {k: v for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v}
+        typer.echo(f"{head}: {len(present)} of {len(counts)} classes with positives, {sum(present.values()):,} "
+                   f"positives: " + ", ".join(f"{k} {v:,}" for k, v in present.items()))
 
 
 def train_heads_command(
@@ -128,6 +152,7 @@ def _print_table(result: Evaluation, heads: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train-heads`` and ``evaluate`` to the CLI app."""
+    """Add ``dataset-info``, ``train-heads`` and ``evaluate`` to the CLI app."""
+    app.command("dataset-info")(dataset_info_command)
     app.command("train-heads")(train_heads_command)
     app.command("evaluate")(evaluate_command)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import InputError, ModelError
 from .media import Candidate
+from .person_boxes import merge_boxes
 
 Detection = tuple[list[float], float]  # (x1, y1, x2, y2) pixels, score
 
@@ -34,7 +35,8 @@ class WholeImage:
 
 class BoxesFile:
     """Boxes given in a COCO-style JSON (``images`` + ``annotations`` with ``bbox`` xywh, person category) or a HAKE
-    instance-level JSON (``{file: {"labels": [{"human_bbox": [x1,y1,x2,y2]}]}}``, repeated boxes merged)."""
+    instance-level JSON (``{file: {"labels": [{"human_bbox": [x1,y1,x2,y2]}]}}``; a person's boxes, one per
+    interaction, are merged as in training: IoU >= 0.7, mean box, see :mod:`a2v_search.person_boxes`)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -131,16 +133,13 @@ def _hake_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
         labels = entry.get("labels")
         if not isinstance(labels, list):
             raise InputError(f"boxes file {path}: {name!r} has no 'labels' list")
-        seen, dets = set(), []
+        boxes = []
         for j, lab in enumerate(labels):
             if not isinstance(lab, dict) or "human_bbox" not in lab:
                 raise InputError(f"boxes file {path}: {name!r} labels[{j}] has no 'human_bbox'")
-            box = _box(lab["human_bbox"], f"{name!r} labels[{j}]", path, xywh=False)
-            key = tuple(round(v, 3) for v in box)
-            if key not in seen:  # one entry per human-object pair: the same person repeats
-                seen.add(key)
-                dets.append((box, 1.0))
-        out[name] = dets
+            boxes.append(tuple(_box(lab["human_bbox"], f"{name!r} labels[{j}]", path, xywh=False)))
+        merged, _ = merge_boxes(boxes)  # one entry per human-object pair: the same person repeats
+        out[name] = [(list(box), 1.0) for box in merged]
     return out
 
 

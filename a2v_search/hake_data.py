@@ -1,6 +1,7 @@
 """Loaders for HAKE annotations, into one in-memory form (:class:`HakeData`).
 
-Accepted files (JSON; the format is detected from the content):
+Accepted files (JSON, or a ``.tar.gz`` / ``.tgz`` / ``.tar`` holding one JSON; the format is detected from the
+content):
 
 ``clip-a2v``       the CLIP-Activity2Vec training JSON, one entry per image (whole-image samples):
                    ``{"annotations": [{"img_path", "image_heigh" (sic), "image_width", "gt_verbs", "gt_pasta_foot",
@@ -10,10 +11,16 @@ Accepted files (JSON; the format is detected from the content):
                    "action_labels": [{"human_part": 0..9, "partstate": k}]}]}``, one label entry per human-object pair.
                    The image is ``<path_prefix>/<name>`` under the images root, or ``<name>`` when the root is the
                    image folder itself.
-                   Entries with the same image and ``human_bbox`` are one person (union of their labels);
+                   One person is drawn again for every interaction, each time with a slightly different box: the
+                   boxes of an image are merged into persons (IoU >= 0.7, union of their labels, mean box; see
+                   :mod:`a2v_search.person_boxes`).
                    ``human_part`` (10 body parts) merges into the 6 PaSta parts, ``partstate`` indexes that part's
                    list in the 76-state setting and is mapped to the 93-state list; ``hoi_id`` (HICO, 1..600) gives
                    the verb.
+``hico-image``     the HICO image-level JSON, a dict keyed by image file name: ``{"hoi_id": [...], "parts_list": [10],
+                   "foot_list": [12], "leg_list": [10], "hip_list": [5], "hand_list": [31], "arm_list": [5],
+                   "head_list": [13]}``, multi-hot in the 76-state setting (last entry = the part's no_interaction),
+                   mapped to the 93-state list; whole-image samples; verbs from ``hoi_id``.
 
 Bad entries (unknown image, box outside the image, index out of range, wrong types) are skipped and reported as
 :class:`Problem` s naming the file and the entry; the rest loads.
@@ -23,7 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import tarfile
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -31,11 +39,11 @@ import numpy as np
 
 from . import taxonomy as tx
 from .errors import InputError
-
-Box = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels
+from .person_boxes import Box, merge_boxes
 
 CLIP_A2V = "clip-a2v"
 HAKE_INSTANCE = "hake-instance"
+HICO_IMAGE = "hico-image"
 #: How far (pixels) a box may pass the image border: HICO-DET boxes are 1-based, so x2 == width is common.
 BOX_TOLERANCE = 1.0
 
@@ -57,7 +65,7 @@ class HakeData:
     """Samples read from one annotation file; row i of every array is sample i."""
 
     source: Path
-    format: str  # CLIP_A2V or HAKE_INSTANCE
+    format: str  # CLIP_A2V, HAKE_INSTANCE or HICO_IMAGE
     images: list[str]  # image path as written in the annotation, relative to the images root
     boxes: list[Box | None]  # person box; None = whole image
     pasta: np.ndarray  # (N, 93) uint8 multi-hot, 93-state list
@@ -65,9 +73,20 @@ class HakeData:
     problems: list[Problem]
     entries: int  # image entries in the file (instance-level: images, with or without persons)
     labels_read: int  # labels of the loaded entries before merging: (part, state) pairs or indices
+    boxes_read: int = -1  # samples before merging persons (instance-level: distinct image + box); -1: = len
+
+    def __post_init__(self) -> None:
+        if self.boxes_read < 0:
+            self.boxes_read = len(self.images)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, rows: np.ndarray | list[int]) -> HakeData:
+        """The samples at ``rows`` (indices or a boolean mask), same source and format; counts of the file kept."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        return replace(self, images=[self.images[i] for i in idx], boxes=[self.boxes[i] for i in idx],
+                       pasta=self.pasta[idx], verbs=self.verbs[idx])
 
     @property
     def parts(self) -> np.ndarray:
@@ -96,7 +115,7 @@ def hoi_verbs() -> tuple[int, ...]:
 
 
 def load_annotations(path: str | Path, images_root: str | Path | None = None) -> HakeData:
-    """Read a CLIP-Activity2Vec or HAKE instance-level JSON (detected from its content).
+    """Read a CLIP-Activity2Vec, HAKE instance-level or HICO image-level JSON (detected from its content).
 
     With ``images_root``, entries whose image is not a file under it are reported and skipped.
     """
@@ -108,10 +127,10 @@ def load_annotations(path: str | Path, images_root: str | Path | None = None) ->
     if _keyed_by_image(raw, "labels"):
         return _load_instance(path, raw, root)
     if _keyed_by_image(raw, "parts_list"):
-        raise InputError(f"{path} is the HICO image-level 76-state file, which is not supported; use the "
-                         "CLIP-Activity2Vec JSON or the HAKE instance-level JSON (docs/training.md)")
-    raise InputError(f"{path} is neither a CLIP-Activity2Vec JSON ({{'annotations': [...]}}) nor a HAKE instance-level "
-                     "JSON ({image: {'labels': [...]}}); see docs/training.md for the formats")
+        return _load_hico_image(path, raw, root)
+    raise InputError(f"{path} is neither a CLIP-Activity2Vec JSON ({{'annotations': [...]}}), a HAKE instance-level "
+                     "JSON ({image: {'labels': [...]}}) nor a HICO image-level JSON ({image: {'parts_list': [...]}}); "
+                     "see docs/training.md for the formats")
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -133,12 +152,24 @@ def _read_json(path: Path) -> object:
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; give the path of a HAKE JSON file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
                          "fix the file or extract it again") from e
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tarfile.TarError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; for a tar archive (``.tar``, ``.tar.gz``, ``.tgz``), its one ``.json`` member."""
+    if not path.name.endswith((".tar", ".tar.gz", ".tgz")):
+        return path.read_text(encoding="utf-8")
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(".json")]
+        if len(members) != 1:
+            raise InputError(f"{path} holds {len(members)} .json files; give an archive with exactly one, or the "
+                             "extracted JSON file")
+        return tar.extractfile(members[0]).read().decode("utf-8")
 
 
 def _check_root(images_root: str | Path | None) -> Path | None:
@@ -254,36 +285,103 @@ def _instance_label(label: object) -> tuple[Box, list[int], list[int]]:
     return box, states, verbs
 
 
+def _image_name(path: Path, root: Path | None, image: str, prefix: object, problems: list[Problem]) -> str | None:
+    """Where the entry's image is under the root: ``<prefix>/<image>``, else ``<image>`` (the root is the image
+    folder itself); None, with a problem reported, when it is neither."""
+    name = f"{prefix.rstrip('/')}/{image}" if isinstance(prefix, str) and prefix else image
+    if root is None or (root / name).is_file():
+        return name
+    if (root / image).is_file():
+        return image
+    where = f"{name} or {image}" if name != image else image
+    problems.append(Problem(str(path), f"image {image}", f"image not found under {root} (as {where})"))
+    return None
+
+
 def _load_instance(path: Path, raw: dict, root: Path | None) -> HakeData:
-    persons: dict[tuple[str, Box], tuple[set[int], set[int]]] = {}  # (image, box) -> (pasta, verbs)
+    images: list[str] = []
+    boxes: list[Box] = []
+    pasta_rows: list[set[int]] = []
+    verb_rows: list[set[int]] = []
     problems: list[Problem] = []
-    labels = 0
+    labels = boxes_read = 0
     for image, entry in raw.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("labels"), list):
             problems.append(Problem(str(path), f"image {image}", "expected {'labels': [...]}"))
             continue
-        prefix = entry.get("path_prefix")
-        name = f"{prefix.rstrip('/')}/{image}" if isinstance(prefix, str) and prefix else image
-        if root is not None and not (root / name).is_file():
-            if not (root / image).is_file():
-                where = f"{name} or {image}" if name != image else image
-                problems.append(Problem(str(path), f"image {image}", f"image not found under {root} (as {where})"))
-                continue
-            name = image  # the images root is the image folder itself
+        name = _image_name(path, root, image, entry.get("path_prefix"), problems)
+        if name is None:
+            continue
+        drawn: dict[Box, tuple[set[int], set[int]]] = {}  # each distinct box of the image -> (pasta, verbs)
         for j, label in enumerate(entry["labels"]):
             try:
                 box, states, verbs = _instance_label(label)
             except _BadEntry as e:
                 problems.append(Problem(str(path), f"image {image}, label {j}", str(e)))
                 continue
-            pasta_set, verb_set = persons.setdefault((name, box), (set(), set()))
+            pasta_set, verb_set = drawn.setdefault(box, (set(), set()))
             pasta_set.update(states)
             verb_set.update(verbs)
             labels += len(states)
-    keys = list(persons)
-    return HakeData(path, HAKE_INSTANCE, [k[0] for k in keys], [k[1] for k in keys],
-                    _multi_hot([persons[k][0] for k in keys], len(tx.PASTA_NAMES)),
-                    _multi_hot([persons[k][1] for k in keys], len(tx.VERB_NAMES)), problems, len(raw), labels)
+        boxes_read += len(drawn)
+        merged, owner = merge_boxes(list(drawn))
+        first = len(images)
+        for box in merged:
+            images.append(name)
+            boxes.append(box)
+            pasta_rows.append(set())
+            verb_rows.append(set())
+        for (pasta_set, verb_set), g in zip(drawn.values(), owner, strict=True):
+            pasta_rows[first + g] |= pasta_set
+            verb_rows[first + g] |= verb_set
+    return HakeData(path, HAKE_INSTANCE, images, boxes, _multi_hot(pasta_rows, len(tx.PASTA_NAMES)),
+                    _multi_hot(verb_rows, len(tx.VERB_NAMES)), problems, len(raw), labels, boxes_read)
+
+
+#: Keys of the HICO image-level file, one per PaSta part, in PARTS order.
+HICO_PART_KEYS = tuple(f"{p}_list" for p in tx.PARTS)
+
+
+def _hico_image_labels(entry: object) -> tuple[list[int], list[int]]:
+    """One image-level entry -> (93-state indices, verb indices)."""
+    if not isinstance(entry, dict):
+        raise _BadEntry(f"expected an object, got {type(entry).__name__}")
+    states = []
+    for part, key in zip(tx.PARTS, HICO_PART_KEYS, strict=True):
+        flags = entry.get(key)
+        n76 = len(tx.PART_RANGES_76[part])
+        if (not isinstance(flags, list) or len(flags) != n76
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in flags)):
+            raise _BadEntry(f"{key} must be a list of {n76} 0/1 flags (76-state setting), got {flags!r}")
+        states += [tx.pasta_76_to_93(part, k) for k, v in enumerate(flags) if v]
+    hois = entry.get("hoi_id", [])
+    if not isinstance(hois, list):
+        raise _BadEntry(f"hoi_id must be a list of HICO HOI ids, got {hois!r}")
+    verbs = [hoi_verbs()[_int(h, "hoi_id", 1, len(hoi_verbs())) - 1] for h in hois]
+    return states, verbs
+
+
+def _load_hico_image(path: Path, raw: dict, root: Path | None) -> HakeData:
+    images: list[str] = []
+    pasta_rows: list[list[int]] = []
+    verb_rows: list[list[int]] = []
+    problems: list[Problem] = []
+    labels = 0
+    for image, entry in raw.items():
+        try:
+            states, verbs = _hico_image_labels(entry)
+        except _BadEntry as e:
+            problems.append(Problem(str(path), f"image {image}", str(e)))
+            continue
+        name = _image_name(path, root, image, None, problems)
+        if name is None:
+            continue
+        images.append(name)
+        pasta_rows.append(states)
+        verb_rows.append(verbs)
+        labels += len(states)
+    return HakeData(path, HICO_IMAGE, images, [None] * len(images), _multi_hot(pasta_rows, len(tx.PASTA_NAMES)),
+                    _multi_hot(verb_rows, len(tx.VERB_NAMES)), problems, len(raw), labels)
 
 
 def _multi_hot(rows: list, size: int) -> np.ndarray:
@@ -291,3 +389,24 @@ def _multi_hot(rows: list, size: int) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, list(row)] = 1
     return out
+
+
+def head_classes() -> dict[str, tuple[str, list[str], range]]:
+    """For each head in the report order (parts, pasta_binary, verb): (array: pasta|parts|verbs, class names,
+    columns in that array)."""
+    out: dict[str, tuple[str, list[str], range]] = {
+        part: ("pasta", [tx.state_of(i) for i in rng], rng) for part, rng in tx.PART_RANGES.items()}
+    out["pasta_binary"] = ("parts", list(tx.PARTS), range(len(tx.PARTS)))
+    out["verb"] = ("verbs", list(tx.VERB_NAMES), range(len(tx.VERB_NAMES)))
+    return out
+
+
+def dataset_summary(data: HakeData) -> dict:
+    """What a file gives to train on: ``images``, ``boxes`` (samples before merging persons), ``persons`` (after),
+    ``positives`` ({head: {class: samples labelled with it}}), and the file's format, entries and problems."""
+    arrays = {"pasta": data.pasta, "parts": data.parts, "verbs": data.verbs}
+    positives = {head: dict(zip(names, arrays[key][:, cols.start:cols.stop].sum(axis=0).tolist(), strict=True))
+                 for head, (key, names, cols) in head_classes().items()}
+    return {"file": str(data.source), "format": data.format, "entries": data.entries, "images": data.n_images,
+            "boxes": data.boxes_read, "persons": len(data), "labels": data.labels_read,
+            "problems": len(data.problems), "positives": positives}

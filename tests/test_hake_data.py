@@ -10,10 +10,14 @@ import pytest
 
 from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError
-from a2v_search.hake_data import CLIP_A2V, HAKE_INSTANCE, hoi_verbs, load_annotations, part_flags
+from a2v_search.hake_data import CLIP_A2V, HAKE_INSTANCE, HICO_IMAGE, hoi_verbs, load_annotations, part_flags
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTANCE_TARBALL = ROOT.parent / "shared" / "hake" / "hico-det-instance-level.tar.gz"
+#: The shared HAKE data: beside the checkout, or beside the folder of worktrees.
+HAKE_DIR = next((d for d in (ROOT.parent / "shared" / "hake", ROOT.parents[1] / "shared" / "hake") if d.is_dir()),
+                ROOT.parent / "shared" / "hake")
+INSTANCE_TARBALL = HAKE_DIR / "hico-det-instance-level.tar.gz"
+IMAGE_LEVEL_TARBALL = HAKE_DIR / "hico-image-level.tar.gz"
 
 
 def write(path: Path, obj: object) -> Path:
@@ -53,20 +57,24 @@ def test_real_instance_level_counts(real_instance):
     assert data.format == HAKE_INSTANCE and data.problems == []
     assert data.entries == 38_118  # images in the file
     assert data.n_images == 37_633  # 485 images have an empty label list
-    assert len(data) == 108_114  # distinct image + human_bbox
+    assert data.boxes_read == 108_114  # distinct image + human_bbox
+    assert len(data) == 76_621  # persons: boxes of one image with IoU >= 0.7 merged
     assert data.labels_read == 224_332  # (part, state) labels before merging
     # 76 -> 93: the 17 states new in the 93 list and every no_interaction are never produced
     new_states = sorted(set(range(len(tx.PASTA_NAMES))) - set(tx.MAP_76_TO_93))
     assert len(new_states) == 17
     assert data.pasta[:, new_states].sum() == 0 and data.pasta[:, list(tx.NO_INTERACTION_PASTA)].sum() == 0
     assert data.verbs.sum(1).min() >= 1  # every person has the verb of at least one HOI
-    # image 1, first person: hoi 153 (motorcycle race); R/L hand 0, hip 0, R/L foot 0 in the 76 lists
+    # image 1: one person drawn four times, once per HOI (153-156: race, ride, sit on, straddle a motorcycle),
+    # boxes [208, 33, 427, 300], [209, 26, 444, 317], [213, 20, 438, 357], [206, 33, 427, 306]: one person,
+    # the mean box, the union of the labels (R/L hand 0, hip 0, R/L foot 0, R/L leg 6 in the 76 lists)
     first = data.images.index("hico_20160224_det/images/train2015/HICO_train2015_00000001.jpg")
-    assert data.boxes[first] == (208.0, 33.0, 427.0, 300.0)
+    assert data.images.count(data.images[first]) == 1
+    assert data.boxes[first] == (209.0, 28.0, 434.0, 320.0)
     names = {tx.PASTA_NAMES[i] for i in np.flatnonzero(data.pasta[first])}
-    assert names == {"hand: hold", "hip: sit on", "foot: stand on"}
+    assert names == {"hand: hold", "hip: sit on", "foot: stand on", "leg: straddle"}
     assert tx.VERB_NAMES[hoi_verbs()[153 - 1]] == "race"
-    assert data.verbs[first, tx.verb_index("race")] == 1
+    assert {tx.VERB_NAMES[i] for i in np.flatnonzero(data.verbs[first])} == {"race", "ride", "sit_on", "straddle"}
     # a person riding a bicycle sits on it and treads on the pedals
     riders = data.verbs[:, tx.verb_index("ride")].astype(bool)
     assert data.pasta[riders, tx.pasta_index("foot: tread on")].sum() > 1000
@@ -188,8 +196,61 @@ def test_unreadable_or_unknown_files_raise_with_the_fix(tmp_path):
         load_annotations(broken)
     with pytest.raises(InputError, match="neither a CLIP-Activity2Vec JSON"):
         load_annotations(write(tmp_path / "list.json", [1, 2]))
-    with pytest.raises(InputError, match="image-level 76-state file"):
-        load_annotations(write(tmp_path / "il.json", {"x.jpg": {"parts_list": [0] * 10}}))
+    with pytest.raises(InputError, match="holds 0 .json files"):
+        with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
+            pass
+        load_annotations(tmp_path / "empty.tar.gz")
     with pytest.raises(InputError, match="not a folder"):
         load_annotations(write(tmp_path / "ok.json", {"annotations": []}), tmp_path / "nowhere")
 
+
+
+# ------------------------------------------------------------------ HICO image-level (76 states)
+
+
+def hico_image_entry(hois, **active):
+    """An image-level entry: per part a 76-state multi-hot list, the last flag set when the part is idle."""
+    entry = {"hoi_id": hois, "parts_list": [0] * 10}
+    for part in tx.PARTS:
+        flags = [0] * len(tx.PART_RANGES_76[part])
+        for k in active.get(part, []):
+            flags[k] = 1
+        if not any(flags):
+            flags[-1] = 1
+        entry[f"{part}_list"] = flags
+    return entry
+
+
+def test_hico_image_level_maps_76_to_93(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.jpg").write_bytes(b"x")
+    raw = {"a.jpg": hico_image_entry([153, 156], hand=[0], hip=[0], leg=[6]),
+           "b.jpg": hico_image_entry([]),  # nobody interacts: every part idle
+           "c.jpg": hico_image_entry([1], head=[11]),  # no such image under the root
+           "d.jpg": {**hico_image_entry([1]), "hip_list": [1, 0]}}  # hip has 5 states in the 76 list
+    path = write(tmp_path / "il.json", raw)
+    data = load_annotations(path, tmp_path)
+    assert data.format == HICO_IMAGE and data.images == ["a.jpg", "b.jpg"] and data.boxes == [None, None]
+    assert [p.entry for p in data.problems] == ["image c.jpg", "image d.jpg"]
+    assert "hip_list must be a list of 5 0/1 flags" in data.problems[1].message
+    names = [{tx.PASTA_NAMES[i] for i in np.flatnonzero(row)} for row in data.pasta]
+    assert names[0] == {"hand: hold", "hip: sit on", "leg: straddle", "foot: no_interaction", "arm: no_interaction",
+                        "head: no_interaction"}
+    # the 76-state no_interaction (last of each part) lands on the 93-state no_interaction
+    assert names[1] == {f"{p}: no_interaction" for p in tx.PARTS}
+    assert {tx.VERB_NAMES[i] for i in np.flatnonzero(data.verbs[0])} == {"race", "straddle"}
+    assert data.verbs[1].sum() == 0 and data.parts.tolist() == [[0, 1, 1, 1, 0, 0], [0] * 6]
+
+
+def test_real_hico_image_level_loads():
+    if not IMAGE_LEVEL_TARBALL.is_file():
+        pytest.skip(f"{IMAGE_LEVEL_TARBALL} is absent")
+    data = load_annotations(IMAGE_LEVEL_TARBALL)  # read straight from the archive
+    assert data.format == HICO_IMAGE and data.problems == [] and len(data) == data.n_images == 38_118
+    assert data.labels_read == 233_079  # multi-hot flags set, no_interaction included
+    first = data.images.index("HICO_train2015_00000001.jpg")
+    assert data.verbs[first, tx.verb_index("race")] == 1
+    assert {tx.PASTA_NAMES[i] for i in np.flatnonzero(data.pasta[first])} >= {"hand: hold", "hip: sit on",
+                                                                               "foot: stand on"}
+    new_states = sorted(set(range(len(tx.PASTA_NAMES))) - set(tx.MAP_76_TO_93))
+    assert data.pasta[:, new_states].sum() == 0
