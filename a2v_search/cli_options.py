@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Store folder (env A2V_DATA_DIR; default ./a2v_data).",
@@ -28,3 +29,6 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Threshold = Annotated[float, typer.Option(help="Detector score threshold.")]
 MaxPersons = Annotated[int, typer.Option(help="Detector: at most this many persons per image.")]
 MinSize = Annotated[float, typer.Option(help="Detector: minimum box side in pixels.")]
+Precision = Annotated[str, typer.Option(click_type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                                        help="Precision of the image tower (autocast): auto = bf16 on CUDA, fp32 "
+                                             "on the CPU. The heads always run in fp32.")]

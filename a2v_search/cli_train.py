@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_options import Checkpoint, DataDir, Device, Json, Model, Trust
+from .cli_options import Checkpoint, DataDir, Device, Json, Model, Precision, Trust
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
@@ -78,6 +78,7 @@ def train_heads_command(
     hidden: Annotated[int, typer.Option(help="Hidden width of the head MLPs.")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the head init and the shuffling.")] = 0,
     device: Device = None,
+    precision: Precision = "auto",
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default <data-dir>/checkpoints/heads-<time>).")
                    ] = None,
@@ -91,7 +92,8 @@ def train_heads_command(
     settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
     out = out or settings.data_dir / "checkpoints" / f"heads-{datetime.now():%Y%m%d-%H%M%S}"
     data = _load_data(annotations, images)
-    encoder = load_encoder(ModelSpec(model=settings.model), device=settings.device, with_language=False)
+    encoder = load_encoder(ModelSpec(model=settings.model), device=settings.device, with_language=False,
+                           precision=precision)
     features, cache, hit = cached_features(encoder, data, images, settings.data_dir, batch_size, progress=True)
     typer.echo(f"features of {len(data)} samples ({data.n_images} images): {'read from' if hit else 'written to'} "
                f"{cache}", err=True)
@@ -114,6 +116,7 @@ def evaluate_command(
     checkpoint: Checkpoint = None,
     trust_checkpoint: Trust = False,
     device: Device = None,
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     data_dir: DataDir = None,
     as_json: Json = False,
@@ -127,7 +130,7 @@ def evaluate_command(
     data = _load_data(annotations, images)
     spec = ModelSpec(model=model if checkpoint else settings.model, checkpoint=checkpoint,
                      trust_checkpoint=trust_checkpoint)
-    encoder = load_encoder(spec, device=settings.device, with_language=False)
+    encoder = load_encoder(spec, device=settings.device, with_language=False, precision=precision)
     result = evaluate(encoder, data, images, settings.data_dir, batch_size, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))

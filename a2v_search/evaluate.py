@@ -11,7 +11,7 @@ import torch
 from .hake_data import HakeData
 from .metrics import evaluate_heads
 from .models.encoder import ActivityEncoder
-from .train import autocast, cached_features
+from .train import cached_features
 
 
 @dataclass
@@ -29,13 +29,13 @@ class Evaluation:
 
 
 def head_probabilities(encoder: ActivityEncoder, features: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """The encoder's heads on (N, P) tower features -> {"pasta": (N, 93), "verbs": (N, 157), "parts": (N, 6)}."""
+    """The encoder's heads on (N, P) tower features -> {"pasta": (N, 93), "verbs": (N, 157), "parts": (N, 6)},
+    float32 whatever the tower's precision (as at ingest)."""
     outs: dict[str, list[np.ndarray]] = {"pasta": [], "verbs": [], "parts": []}
     with torch.inference_mode():
         for i in range(0, len(features), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(features[i:i + batch_size], np.float32)).to(encoder.device)
-            with autocast(encoder):
-                out = encoder.model.heads(x)  # same heads, same features as encode_persons
+            out = encoder.model.run_heads(x)  # same heads, same features, same fp32 as encode_persons
             for k in outs:
                 outs[k].append(out[k].float().cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros((0, n), np.float32)

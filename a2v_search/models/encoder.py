@@ -56,7 +56,8 @@ class ActivityEncoder:
     def encode_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> PersonVectors:
         """uint8 (N, S, S, 3) preprocessed persons -> PersonVectors (language included when a space is set).
 
-        Eval and inference mode; autocast (bf16/fp16) on CUDA; rows do not depend on batch size or order.
+        Eval and inference mode; the tower under autocast when the precision asks for it (bf16/fp16 on CUDA by
+        default), the heads in fp32; rows do not depend on batch size or order.
         """
         n = len(pixels)
         outs: dict[str, list[np.ndarray]] = {"visual": [], "pasta": [], "verbs": [], "parts": []}
@@ -102,9 +103,16 @@ class ActivityEncoder:
         return F.normalize(emb, dim=-1).cpu().numpy()
 
 
+#: Tower precisions: ``auto`` (bf16 autocast on CUDA where supported, else fp16; fp32 elsewhere) or a fixed one.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype: None on CPU or for ``fp32``; bf16 where supported, else fp16, on CUDA."""
-    if device.type != "cuda" or precision == "fp32":
+    """Autocast dtype of the tower: None for ``fp32`` and for ``auto`` off CUDA; ``bf16``/``fp16`` asked for by name
+    apply on any device (CPU autocast too). The heads run in fp32 regardless (ActivityModel.run_heads)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16":
         return torch.float16

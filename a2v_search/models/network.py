@@ -15,7 +15,8 @@ class ActivityModel(nn.Module):
 
     forward(pixel_values (B, 3, S, S)) -> {"visual": (B, P) L2-normalised projection output,
     "pasta": (B, 93), "verbs": (B, 157), "parts": (B, 6)} probabilities. Trained heads see the unnormalised
-    projection output, as in the reference.
+    projection output, as in the reference. The tower may run under autocast (bf16/fp16); the heads always run in
+    float32 (:meth:`run_heads`).
     """
 
     def __init__(self, vision: CLIPVisionModelWithProjection, heads: PastaHeads | ZeroShotHeads):
@@ -35,8 +36,14 @@ class ActivityModel(nn.Module):
         """(B, 3, S, S) -> (B, P) unnormalised projection output (the reference's 512-d feature)."""
         return self.vision(pixel_values=pixel_values).image_embeds
 
-    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        feat = self.features(pixel_values).float()  # (B, P)
-        out = self.heads(feat)
-        out["visual"] = F.normalize(feat, dim=-1)
+    def run_heads(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, P) features -> float32 probabilities (and the normalised visual vector), autocast off whatever the
+        caller's: in bf16 a sigmoid keeps 8 bits, every logit above ~6 becomes exactly 1.0 and ties pile up."""
+        with torch.autocast(feat.device.type, enabled=False):
+            feat = feat.float()  # (B, P)
+            out = self.heads(feat)
+            out["visual"] = F.normalize(feat, dim=-1)
         return out
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.run_heads(self.features(pixel_values))
