@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Store folder (env A2V_DATA_DIR; default ./a2v_data).",
@@ -29,6 +29,16 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Threshold = Annotated[float, typer.Option(help="Detector score threshold.")]
 MaxPersons = Annotated[int, typer.Option(help="Detector: at most this many persons per image.")]
 MinSize = Annotated[float, typer.Option(help="Detector: minimum box side in pixels.")]
-Precision = Annotated[str, typer.Option(click_type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-                                        help="Precision of the image tower (autocast): auto = bf16 on CUDA, fp32 "
-                                             "on the CPU. The heads always run in fp32.")]
+
+
+class PrecisionName(str, Enum):
+    """Precisions of the image tower (``models.encoder.PRECISIONS``)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+Precision = Annotated[PrecisionName, typer.Option(help="Precision of the image tower (autocast): auto = bf16 on CUDA, "
+                                                       "fp32 on the CPU. The heads always run in fp32.")]

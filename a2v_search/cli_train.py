@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_options import Checkpoint, DataDir, Device, Json, Model, Precision, Trust
+from .cli_options import Checkpoint, DataDir, Device, Json, Model, Precision, PrecisionName, Trust
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
@@ -67,6 +67,16 @@ def dataset_info_command(
                    f"positives: " + ", ".join(f"{k} {v:,}" for k, v in present.items()))
 
 
+def _warn_unreadable(unreadable: dict[str, str]) -> None:
+    """Report the samples left out because their image could not be used (stderr)."""
+    for sample, reason in list(unreadable.items())[:MAX_PROBLEMS_SHOWN]:
+        typer.echo(f"warning: skipped {sample}: {reason}", err=True)
+    if len(unreadable) > MAX_PROBLEMS_SHOWN:
+        typer.echo(f"warning: ... and {len(unreadable) - MAX_PROBLEMS_SHOWN} more", err=True)
+    if unreadable:
+        typer.echo(f"warning: {len(unreadable)} samples left out: their image could not be read", err=True)
+
+
 def train_heads_command(
     annotations: AnnotationsArg,
     images: ImagesOpt,
@@ -76,36 +86,64 @@ def train_heads_command(
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine to 1e-6).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-5,
     hidden: Annotated[int, typer.Option(help="Hidden width of the head MLPs.")] = 512,
-    seed: Annotated[int, typer.Option(help="Seed of the head init and the shuffling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the head init, the shuffling, the flips and --val-split.")] = 0,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal-flip augmentation, p = 1/2 per sample "
+                                                                "and epoch, as the reference.")] = True,
+    val_split: Annotated[float | None, typer.Option(
+        "--val-split", help="Hold out this fraction of the images (seeded) and report the heads' mAP on them.",
+        show_default=False)] = None,
     device: Device = None,
-    precision: Precision = "auto",
+    precision: Precision = PrecisionName.auto,
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint folder (default <data-dir>/checkpoints/heads-<time>).")
                    ] = None,
 ) -> None:
     """Train the eight PaSta heads on a frozen CLIP image tower (features cached) and save a checkpoint."""
+    import numpy as np
+
+    from .errors import InputError
+    from .evaluate import evaluate_features, unreadable_samples
     from .models import ModelSpec, load_encoder
     from .models.factory import model_ref
     from .settings import Settings
-    from .train import cached_features, save_heads, train_heads
+    from .train import cached_features, save_heads, split_by_image, train_heads
 
     settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
     out = out or settings.data_dir / "checkpoints" / f"heads-{datetime.now():%Y%m%d-%H%M%S}"
     data = _load_data(annotations, images)
+    if val_split is not None:
+        split_by_image(data, val_split, seed)  # a bad fraction fails before the features are computed
     encoder = load_encoder(ModelSpec(model=settings.model), device=settings.device, with_language=False,
-                           precision=precision)
-    features, cache, hit = cached_features(encoder, data, images, settings.data_dir, batch_size, progress=True)
-    typer.echo(f"features of {len(data)} samples ({data.n_images} images): {'read from' if hit else 'written to'} "
-               f"{cache}", err=True)
-    result = train_heads(features, data, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         hidden=hidden, seed=seed, device=encoder.device, progress=True)
-    info = {"annotations": str(annotations), "format": data.format, "samples": len(data), "images": data.n_images,
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "min_lr": 1e-6, "weight_decay": weight_decay,
-            "seed": seed, "epoch_losses": [round(v, 6) for v in result.epoch_losses],
+                           precision=precision.value)
+    feats = cached_features(encoder, data, images, settings.data_dir, batch_size, progress=True, mirrored=flip)
+    typer.echo(f"features of {len(data)} samples ({data.n_images} images{', and mirrored' if flip else ''}): "
+               f"{'read from' if feats.hit else 'written to'} {feats.path}", err=True)
+    _warn_unreadable(unreadable_samples(data, feats.unreadable))
+    keep = feats.readable
+    if not keep.any():
+        raise InputError(f"no image of {annotations} could be read under {images}; check --images")
+    data, plain = data.subset(keep), feats.plain[keep]
+    mirrored = feats.mirrored[keep] if feats.mirrored is not None else None
+    train_rows, val_rows = split_by_image(data, val_split, seed) if val_split else (np.arange(len(data)), None)
+    train_data = data.subset(train_rows)
+    result = train_heads(plain[train_rows], train_data, mirrored=None if mirrored is None else mirrored[train_rows],
+                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
+                         seed=seed, device=encoder.device, progress=True)
+    info = {"annotations": str(annotations), "format": data.format, "samples": len(train_data),
+            "images": train_data.n_images, "unreadable": len(feats.unreadable), "flip": flip,
+            "precision": precision.value, "epochs": epochs, "batch_size": batch_size, "lr": lr, "min_lr": 1e-6,
+            "weight_decay": weight_decay, "seed": seed, "epoch_losses": [round(v, 6) for v in result.epoch_losses],
             "trained_at": datetime.now().isoformat(timespec="seconds")}
-    save_heads(out, result.heads, model_ref(settings.model), features, info)
-    typer.echo(f"trained {epochs} epochs on {len(data)} samples, loss {result.epoch_losses[0]:.4f} -> "
-               f"{result.epoch_losses[-1]:.4f}")
+    held_out = None
+    if val_rows is not None:
+        held_out = evaluate_features(result.heads, plain[val_rows], data.subset(val_rows))
+        info["val_split"] = {"fraction": val_split, "samples": held_out.samples, "images": held_out.images,
+                             "ap11": held_out.ap11, "ap_all": held_out.ap_all}
+    save_heads(out, result.heads, model_ref(settings.model), plain[train_rows], info)
+    typer.echo(f"trained {epochs} epochs on {len(train_data)} samples ({train_data.n_images} images), loss "
+               f"{result.epoch_losses[0]:.4f} -> {result.epoch_losses[-1]:.4f}")
+    if held_out is not None:
+        _print_table(held_out, f"held out by --val-split {val_split} (seed {seed})")
     typer.echo(f"wrote {out} (use it with --checkpoint {out})")
 
 
@@ -116,7 +154,7 @@ def evaluate_command(
     checkpoint: Checkpoint = None,
     trust_checkpoint: Trust = False,
     device: Device = None,
-    precision: Precision = "auto",
+    precision: Precision = PrecisionName.auto,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     data_dir: DataDir = None,
     as_json: Json = False,
@@ -130,8 +168,9 @@ def evaluate_command(
     data = _load_data(annotations, images)
     spec = ModelSpec(model=model if checkpoint else settings.model, checkpoint=checkpoint,
                      trust_checkpoint=trust_checkpoint)
-    encoder = load_encoder(spec, device=settings.device, with_language=False, precision=precision)
+    encoder = load_encoder(spec, device=settings.device, with_language=False, precision=precision.value)
     result = evaluate(encoder, data, images, settings.data_dir, batch_size, progress=not as_json)
+    _warn_unreadable(result.unreadable)
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return

@@ -3,6 +3,7 @@ are visible in the pixels."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -115,9 +116,9 @@ def test_saved_heads_match_the_encoder_path(setup):
 
     encoder = load_encoder(ModelSpec(checkpoint=str(setup["ckpt"])), device="cpu", with_language=False)
     data = load_annotations(setup["val"], setup["images"])
-    features, _, hit = cached_features(encoder, data, setup["images"], setup["base"] / "data")
-    assert hit  # evaluate --checkpoint cached them
-    probs = head_probabilities(encoder, features[:8])
+    feats = cached_features(encoder, data, setup["images"], setup["base"] / "data")
+    assert feats.hit and feats.unreadable == {} and feats.mirrored is None  # evaluate --checkpoint cached them
+    probs = head_probabilities(encoder.model.heads, feats.plain[:8])
     images = [Image.open(setup["images"] / name) for name in data.images[:8]]
     direct = encoder.encode_persons(images, [None] * 8)
     assert np.abs(direct.pasta - probs["pasta"]).max() < 1e-5
@@ -130,7 +131,8 @@ def test_features_are_cached_and_training_is_deterministic(setup, monkeypatch):
     from a2v_search import train
 
     cache = setup["base"] / "data" / "cache" / "features"
-    assert len(list(cache.glob("*.npy"))) == 2  # train and val: zero-shot, trained and random heads share them
+    # train (plain and mirrored) and val (plain): zero-shot, trained and random heads share them
+    assert len(list(cache.glob("*.mirrored.npy"))) == 1 and len(list(cache.glob("*.npy"))) == 3
     monkeypatch.setattr(train, "compute_features", lambda *a, **k: pytest.fail("features computed again"))
 
     def train_once(out: str, *extra: str) -> bytes:
@@ -219,3 +221,115 @@ def test_reference_loss_and_targets(tmp_path):
     assert targets["foot"][0, -1] == 0 and targets["verb"][0, tx.NO_INTERACTION_VERB] == 0  # forced to 0
     assert targets["hand"][0, 0] == 1 and targets["verb"][0, 3] == 1
     assert targets["pasta_binary"][0].tolist() == [0, 0, 0, 1, 0, 0]
+
+
+# ------------------------------------------------------------------ flips, unreadable images, --val-split, precision
+
+
+def test_mirrored_features_are_those_of_the_mirrored_image(setup, tmp_path, tiny_clip_dir):
+    """The cached mirrored features are the tower's features of the left-right mirrored input."""
+    from a2v_search.train import cached_features
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # the tower's own size
+    Image.fromarray(pixels).save(images / "a.png")
+    Image.fromarray(np.ascontiguousarray(pixels[:, ::-1])).save(images / "a_mirror.png")
+    anns = [{"img_path": name, "image_heigh": 32, "image_width": 32, "gt_verbs": [], **{
+        f"gt_pasta_{p}": [] for p in tx.PARTS}} for name in ("a.png", "a_mirror.png")]
+    (tmp_path / "ann.json").write_text(json.dumps({"annotations": anns}))
+    data = load_annotations(tmp_path / "ann.json", images)
+    encoder = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False)
+    feats = cached_features(encoder, data, images, tmp_path / "data", mirrored=True)
+    assert np.abs(feats.mirrored[0] - feats.plain[1]).max() < 1e-5
+    assert np.abs(feats.mirrored[1] - feats.plain[0]).max() < 1e-5
+    assert np.abs(feats.plain[0] - feats.plain[1]).max() > 1e-3  # the flip does change the features
+    again = cached_features(encoder, data, images, tmp_path / "data", mirrored=True)
+    assert again.hit and np.array_equal(again.mirrored, feats.mirrored)
+
+
+def test_flip_draws_the_mirrored_features_of_the_same_sample(setup):
+    """Flips have their own random stream: with mirrored features equal to the plain ones, training is exactly the
+    no-flip training (so every flipped row is the same sample's); with other mirrored features it differs."""
+    from a2v_search.train import train_heads
+
+    data = load_annotations(setup["train"], setup["images"]).subset(range(64))
+    feats = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    kw = {"epochs": 2, "batch_size": 16, "hidden": 16, "seed": 3}
+
+    def weights(**extra) -> torch.Tensor:
+        return torch.cat([p.flatten() for p in train_heads(feats, data, **kw, **extra).heads.parameters()])
+
+    plain = weights()
+    assert torch.equal(weights(mirrored=feats.copy()), plain)
+    assert not torch.equal(weights(mirrored=-feats), plain)
+    assert torch.equal(weights(mirrored=-feats), weights(mirrored=-feats))  # seeded
+
+
+def test_unreadable_images_are_reported_and_skipped(setup, tmp_path, tiny_clip_dir):
+    images = tmp_path / "images"
+    (images / "val").mkdir(parents=True)
+    doc = json.loads(setup["val"].read_text())
+    anns = doc["annotations"][:12]
+    for ann in anns:
+        (images / ann["img_path"]).write_bytes((setup["images"] / ann["img_path"]).read_bytes())
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (images / "val" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 3 // 4])  # truncated JPEG
+    (images / "val" / "text.png").write_text("not an image")
+    anns = anns + [{**anns[0], "img_path": "val/cut.jpg"}, {**anns[1], "img_path": "val/text.png"}]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"annotations": anns}))
+    common = ["--images", images, "--model", tiny_clip_dir, "--data-dir", tmp_path / "data", "--device", "cpu"]
+    for _ in range(2):  # computed, then from the cache: the same report
+        result = cli("evaluate", path, *common, "--checkpoint", setup["ckpt"], "--json")
+        assert json.loads(result.stdout)["images"] == 12
+        assert "skipped val/cut.jpg: cannot read image" in result.stderr and "is truncated" in result.stderr
+        assert "skipped val/text.png: cannot read image" in result.stderr
+        assert "2 samples left out" in result.stderr
+    trained = cli("train-heads", path, *common, "--epochs", "1", "--out", tmp_path / "ckpt")
+    assert "trained 1 epochs on 12 samples" in trained.stdout and "2 samples left out" in trained.stderr
+
+
+def test_split_by_image_is_seeded_and_disjoint(tmp_path):
+    from a2v_search.errors import InputError
+    from a2v_search.train import split_by_image
+
+    raw = {f"{i:02d}.jpg": {"labels": [
+        {"human_bbox": [0, 0, 10, 20], "hoi_id": 1, "width": 100, "height": 100, "action_labels": []},
+        {"human_bbox": [50, 0, 60, 20], "hoi_id": 1, "width": 100, "height": 100, "action_labels": []}]}
+        for i in range(20)}
+    (tmp_path / "inst.json").write_text(json.dumps(raw))
+    data = load_annotations(tmp_path / "inst.json")
+    train, val = split_by_image(data, 0.25, seed=0)
+    assert len(val) == 10 and len(train) == 30  # 5 of 20 images, two persons each
+    assert not {data.images[i] for i in train} & {data.images[i] for i in val}
+    assert np.array_equal(split_by_image(data, 0.25, seed=0)[1], val)
+    assert not np.array_equal(split_by_image(data, 0.25, seed=1)[1], val)
+    for bad in (0.0, 1.0, 0.01, 0.99):
+        with pytest.raises(InputError, match="at least one image on each side"):
+            split_by_image(data, bad)
+
+
+def test_val_split_reports_held_out_map(setup):
+    out = setup["base"] / "val-split"
+    result = cli("train-heads", setup["train"], *setup["common"], "--out", out, "--val-split", "0.2",
+                 *TRAIN_ARGS)
+    assert "held out by --val-split 0.2" in result.stdout and "60 images" in result.stdout
+    assert "trained 40 epochs on 240 samples (240 images)" in result.stdout
+    held = json.loads((out / "a2v_config.json").read_text())["training"]["val_split"]
+    assert held["images"] == 60 and held["samples"] == 60 and tuple(held["ap11"]) == EVAL_HEADS
+    assert part_mean(held["ap11"]) > 0.4  # the synthetic states are learnable (untrained heads: ~0.23)
+    bad = CliRunner().invoke(app, ["train-heads", str(setup["train"]), *map(str, setup["common"]),
+                                   "--val-split", "1.5"])
+    assert bad.exit_code != 0 and "at least one image on each side" in str(bad.exception)
+
+
+def test_evaluate_precision_option(setup):
+    bf16 = evaluate_json(setup, "--checkpoint", setup["ckpt"], "--precision", "bf16")
+    fp32 = evaluate_json(setup, "--checkpoint", setup["ckpt"], "--precision", "fp32")
+    assert bf16["images"] == fp32["images"] == 120
+    # a bf16 tower moves the features a little, the fp32 heads keep the ranking close
+    assert abs(part_mean(bf16["ap11"]) - part_mean(fp32["ap11"])) < 0.05
+    bad = CliRunner().invoke(app, ["evaluate", str(setup["val"]), *map(str, setup["common"]), "--precision", "fp64"])
+    assert bad.exit_code == 2 and "fp64" in bad.output

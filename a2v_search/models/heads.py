@@ -17,6 +17,13 @@ HEAD_SIZES: dict[str, int] = {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "han
                               "pasta_binary": 6}
 
 
+def run_fp32(heads: nn.Module, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Heads (trained or zero-shot) on (B, P) features in float32, autocast off whatever the caller's: in bf16 a
+    sigmoid keeps 8 bits, every logit above ~6 becomes exactly 1.0 and ties pile up in the ranking."""
+    with torch.autocast(feat.device.type, enabled=False):
+        return heads(feat.float())
+
+
 class MLPHead(nn.Module):
     """Linear(d, h) -> ReLU -> Linear(h, h) -> ReLU -> Linear(h, C); keys ``layers.{0,1,2}`` as in the reference."""
 

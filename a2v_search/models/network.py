@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModelWithProjection
 
-from .heads import PastaHeads, ZeroShotHeads
+from .heads import PastaHeads, ZeroShotHeads, run_fp32
 
 
 class ActivityModel(nn.Module):
@@ -37,12 +37,10 @@ class ActivityModel(nn.Module):
         return self.vision(pixel_values=pixel_values).image_embeds
 
     def run_heads(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, P) features -> float32 probabilities (and the normalised visual vector), autocast off whatever the
-        caller's: in bf16 a sigmoid keeps 8 bits, every logit above ~6 becomes exactly 1.0 and ties pile up."""
+        """(B, P) features -> float32 probabilities and the normalised visual vector, whatever autocast is on."""
+        out = run_fp32(self.heads, feat)
         with torch.autocast(feat.device.type, enabled=False):
-            feat = feat.float()  # (B, P)
-            out = self.heads(feat)
-            out["visual"] = F.normalize(feat, dim=-1)
+            out["visual"] = F.normalize(feat.float(), dim=-1)  # (B, P)
         return out
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
