@@ -57,3 +57,17 @@ def test_precision_choices(tiny_clip_dir):
     assert load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False).amp_dtype is None
     with pytest.raises(ValueError, match="not one of auto, fp32, bf16, fp16"):
         load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False, precision="fp64")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the default bf16 autocast of the tower")
+def test_heads_run_in_fp32_on_cuda_with_the_default_precision(tiny_clip_dir, trained_ckpt, pixels):
+    spec = ModelSpec(model=str(tiny_clip_dir), checkpoint=str(trained_ckpt))
+    enc = load_encoder(spec, device="cuda", with_language=False)  # auto: bf16 (or fp16) autocast on CUDA
+    assert enc.amp_dtype in (torch.bfloat16, torch.float16)
+    x = enc.preprocess.to_tensor(torch.from_numpy(pixels).to("cuda"))
+    with torch.inference_mode(), torch.autocast("cuda", dtype=enc.amp_dtype):
+        feat = enc.model.features(x)
+    with torch.inference_mode():
+        ref = enc.model.heads(feat.float())
+    vectors = enc.encode_pixels(pixels)
+    assert np.allclose(vectors.pasta, ref["pasta"].cpu().numpy(), atol=1e-6) and (vectors.pasta < 1.0).all()
