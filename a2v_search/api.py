@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -27,11 +28,11 @@ from db.repo import NewMedia, NewPerson
 
 from . import taxonomy as tx
 from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
-from .errors import InputError, QueryError, SpaceMismatchError
+from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import Settings, get_device
-from .store import INDEX_NAMES, CheckReport, Store
+from .store import INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
     from .ingest import IngestReport
@@ -72,6 +73,7 @@ class A2VSearch:
         self._encoder = None
         self._detectors: dict[str, object] = {}
         self._reader: Store | None = None
+        self._signature: tuple | None = None
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike | None = None, **kwargs) -> A2VSearch:
@@ -163,6 +165,23 @@ class A2VSearch:
                 return None
             self._reader = Store(self.data_dir)
         return self._reader
+
+    def changed(self) -> bool:
+        """True when the store may have changed since the last :meth:`refresh` (a few file stats). A change in the
+        last two seconds counts as a change on every call, as file times are coarse."""
+        sig = change_signature(self.data_dir)
+        now = time.time_ns()
+        return sig != self._signature or any(x is not None and now - x[1] < 2_000_000_000 for x in sig)
+
+    def refresh(self) -> None:
+        """For long-running readers (the server): load the store's indexes, or bring them up to date with the
+        persons that writers added, removed or replaced since, in memory. Nothing is written."""
+        self._signature = change_signature(self.data_dir)  # first: a commit during the catch-up is seen next time
+        store = self._open_reader(required=False)
+        if store is not None and store.space_row() is not None:
+            store.language()
+            store.indexes()
+            store.refresh()
 
     @contextmanager
     def writer(self, what: str):
@@ -346,6 +365,32 @@ class A2VSearch:
         query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
         return searcher.search(vecs, _weights(weights), k, offset, filters, per_media, min_score,
                                exclude={int(person_id)}, query=query)
+
+    def person(self, person_id: int) -> dict:
+        """One stored person: box, detector score, frame and time, its media, and every PaSta, verb and part
+        probability (``top_pasta`` / ``top_verbs``: the strongest, no_interaction left out)."""
+        row = self._searcher().person(person_id)
+        return {"person_id": row.id, "score": round(float(row.score), 4), "box": [round(v, 2) for v in row.box],
+                "frame_index": row.frame_index, "t_sec": row.t_sec,
+                "media": {"id": row.media_id, "path": row.path, "kind": row.kind, "collection": row.collection,
+                          "width": row.width, "height": row.height},
+                "top_pasta": [[n, round(p, 4)] for n, p in top_labels(row.pasta, tx.PASTA_NAMES,
+                                                                      skip=tx.NO_INTERACTION_PASTA)],
+                "top_verbs": [[n, round(p, 4)] for n, p in top_labels(row.verbs, tx.VERB_NAMES,
+                                                                      skip=(tx.NO_INTERACTION_VERB,))],
+                "pasta": {n: round(float(p), 4) for n, p in zip(tx.PASTA_NAMES, row.pasta, strict=True)},
+                "verbs": {n: round(float(p), 4) for n, p in zip(tx.VERB_NAMES, row.verbs, strict=True)},
+                "parts": {n: round(float(p), 4) for n, p in zip(tx.PARTS, row.parts, strict=True)}}
+
+    def media(self, media_id: int) -> dict:
+        """One stored image or video: id, path, kind, collection, size in pixels, and (videos) duration."""
+        store = self._open_reader()
+        with store.db.session() as s:
+            m = repo.get_media(s, media_id)
+            if m is None:
+                raise NotFoundError(f"no media with id {media_id} in {self.data_dir} (ids come from search results)")
+            return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
+                    "height": m.height, "duration": m.duration}
 
     # ------------------------------------------------------------------ maintenance
 

@@ -390,6 +390,51 @@ def remove(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback exposes the store to "
+                                           "the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    token: Annotated[str | None, typer.Option(envvar="A2V_TOKEN", help="Require this bearer token on every "
+                                                                       "request (env A2V_TOKEN).",
+                                              show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest query image upload.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger query images (decompression bombs).")] = 100_000_000,
+    detector: Detector = None,
+    model: Model = None,
+    checkpoint: Checkpoint = None,
+    trust_checkpoint: Trust = False,
+    text_model: TextModel = None,
+    device: Device = None,
+) -> None:
+    """Serve a JSON HTTP API and a search page over the store (read-only; sees new persons without a restart)."""
+    import ipaddress
+
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as e:
+        raise InputError(f"serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} must be between 1 and 65535")
+    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
+    app_ = create_app(api, token=token or None, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    con = _console(stderr=True)
+    if not loopback:
+        con.print(f"warning: listening on {host}, not loopback: anyone who can reach this machine can search the "
+                  "store and see its images" + ("" if token else "; set --token to require a token"))
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    con.print(f"serving {api.data_dir} at {url} (API docs: /docs); Ctrl-C stops")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 @app.command("convert-checkpoint")
 def convert_checkpoint(
     src: Annotated[Path, typer.Argument(help="The published ckpt_4.pth.", show_default=False)],

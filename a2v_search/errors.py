@@ -37,3 +37,7 @@ class SpaceMismatchError(StoreError):
 
 class QueryError(A2VError, ValueError):
     """A search query cannot be run (empty store, unknown id, text that matches nothing...)."""
+
+
+class NotFoundError(QueryError):
+    """A person or media id that names nothing stored (or whose file is gone)."""

@@ -8,8 +8,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .media import load_image
 from .search import Hit
+from .thumbnails import media_frame, person_crop
 
 COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 
@@ -53,21 +53,6 @@ def draw_persons(image: Image.Image, persons: list[dict], out: str | os.PathLike
     return _save(img, out)
 
 
-def _hit_frame(hit: Hit) -> Image.Image:
-    if hit.kind != "video":
-        return load_image(hit.path)
-    import av
-
-    with av.open(hit.path) as container:
-        stream = container.streams.video[0]
-        t = hit.t_sec or 0.0
-        container.seek(int(t / stream.time_base), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.time is None or frame.time >= t - 1e-3:
-                return frame.to_image().convert("RGB")
-    raise InputError(f"frame at {hit.t_sec} s not found in {hit.path}")
-
-
 def contact_sheet(hits: list[Hit], out: str | os.PathLike, tile: int = 224, columns: int = 5) -> Path:
     """A grid of the hits: each the person's crop with its box, rank, score and top PaSta."""
     if not hits:
@@ -80,17 +65,8 @@ def contact_sheet(hits: list[Hit], out: str | os.PathLike, tile: int = 224, colu
     for i, hit in enumerate(hits):
         x0, y0 = (i % columns) * tile, (i // columns) * (tile + caption)
         try:
-            frame = _hit_frame(hit)
-            x1, y1, x2, y2 = hit.box
-            side = max(x2 - x1, y2 - y1) * 1.2
-            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            region = (int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2))
-            crop = frame.crop(region).resize((tile, tile), Image.BILINEAR)
-            scale = tile / max(region[2] - region[0], 1)
-            ImageDraw.Draw(crop).rectangle([(x1 - region[0]) * scale, (y1 - region[1]) * scale,
-                                            (x2 - region[0]) * scale, (y2 - region[1]) * scale],
-                                           outline=COLORS[0], width=2)
-            sheet.paste(crop, (x0, y0))
+            frame, scale = media_frame(hit.path, hit.kind, hit.t_sec)
+            sheet.paste(person_crop(frame, hit.box, tile, scale), (x0, y0))
         except Exception as e:  # a moved or unreadable file must not stop the sheet
             draw.text((x0 + 4, y0 + tile // 2), f"unreadable: {type(e).__name__}", fill=(200, 0, 0), font=font)
         top = hit.pasta[0][0] if hit.pasta else ""

@@ -17,7 +17,7 @@ from db import repo
 from db.repo import Filters, PersonRow
 
 from . import taxonomy as tx
-from .errors import QueryError, UnknownNameError
+from .errors import NotFoundError, QueryError, UnknownNameError
 from .store import Store
 
 MIN_POOL = 256  # candidates per index for fused queries
@@ -216,5 +216,6 @@ class Searcher:
         with self.store.db.session() as s:
             rows = repo.fetch_persons(s, [int(person_id)])
         if not rows:
-            raise QueryError(f"no person with id {person_id} in {self.store.data_dir} (ids come from search results)")
+            raise NotFoundError(f"no person with id {person_id} in {self.store.data_dir} "
+                                "(ids come from search results)")
         return rows[0]

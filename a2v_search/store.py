@@ -231,6 +231,13 @@ class Store:
         self._catch_up(name, idx, int(manifest["max_id"]))
         return idx
 
+    def refresh(self) -> None:
+        """Readers: bring the loaded indexes up to date with what writers committed since (persons added, removed
+        or replaced), in memory. Nothing is written; indexes not loaded yet are left to load."""
+        for name, idx in (self._indexes or {}).items():
+            ids = idx.ids()
+            self._catch_up(name, idx, int(ids.max()) if len(ids) else -1)
+
     def _catch_up(self, name: str, idx: VectorIndex, max_id: int) -> None:
         """Remove persons deleted since the index was saved; add persons newer than it."""
         with self.db.session() as s:
@@ -397,6 +404,20 @@ class Store:
             for p in report.problems:
                 p.fixed = True
         return report
+
+
+def change_signature(data_dir: Path | str) -> tuple:
+    """What changes whenever a writer commits or saves: size and mtime of the SQLite file, its WAL and the index
+    manifests (a few ``stat`` calls). Readers compare it between requests to know when to :meth:`Store.refresh`."""
+    folder = Path(data_dir)
+    out = []
+    for p in (folder / DB_NAME, folder / f"{DB_NAME}-wal", *(folder / INDEX_DIR / f"{n}.json" for n in INDEX_NAMES)):
+        try:
+            st = p.stat()
+            out.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def _load_retrying(folder: Path, name: str, tries: int = 3) -> tuple[VectorIndex, dict]:

@@ -329,6 +329,11 @@ def media_by_path(s: Session, paths: Sequence[str]) -> dict[str, MediaState]:
     return out
 
 
+def get_media(s: Session, media_id: int) -> Media | None:
+    """A media row by id, or None."""
+    return s.get(Media, int(media_id))
+
+
 def media_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, int]:
     """The first non-duplicate media id holding each content hash."""
     out: dict[str, int] = {}

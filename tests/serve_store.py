@@ -1,0 +1,37 @@
+"""The store behind the server and page tests: persons with known activity profiles (tests/profiles.py) in pictogram
+photos (tests/pictures.py), imported; plus pictures and a short video through the real ingest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from media_factory import write_video
+from pictures import figure
+from profiles import profile_records
+
+from a2v_search.api import A2VSearch
+
+
+def build_serve_store(root: Path, clip_dir: Path, text_dir: Path, copies: int = 3) -> A2VSearch:
+    """A store in ``root/data`` (collections ``even``/``odd`` for imported profiles, ``ingested`` for the rest), open
+    with the detector ``none`` (a query image is one person)."""
+    records = profile_records(visual_dim=16, copies=copies)
+    for rec in records:
+        _, _, name, file = rec["path"].split("/")
+        img, box = figure(name, seed=int(file.split(".")[0]))
+        path = root / "pictures" / name / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, quality=90)
+        rec.update(path=str(path), width=img.width, height=img.height)
+        rec["persons"][0]["box"] = box
+    api = A2VSearch.open(root / "data", model=str(clip_dir), text_model=str(text_dir), device="cpu", detector="none")
+    report = api.import_records(records)
+    assert report.failures == [] and report.persons_added == len(records)
+    ingested = root / "ingested"
+    ingested.mkdir()
+    for i, name in enumerate(("walk", "throw")):
+        figure(name, seed=10 + i)[0].save(ingested / f"{name}.png")
+    write_video(ingested / "clip.mp4", seconds=3.0, w=96, h=64)
+    report = api.ingest([ingested], collection="ingested", workers=0)
+    assert report.failures == [] and report.persons_added == 5  # 2 pictures + 3 video frames (1 per second)
+    return api
