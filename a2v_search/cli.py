@@ -429,7 +429,7 @@ def serve(
     if not loopback:
         con.print(f"warning: listening on {host}, not loopback: anyone who can reach this machine can search the "
                   "store and see its images" + ("" if token else "; set --token to require a token"))
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     con.print(f"serving {api.data_dir} at {url} (API docs: /docs); Ctrl-C stops")
     uvicorn.run(app_, host=host, port=port, log_level="warning")

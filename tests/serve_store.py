@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from media_factory import write_video
 from pictures import figure
+from PIL import Image
 from profiles import profile_records
 
 from a2v_search.api import A2VSearch
@@ -31,7 +31,26 @@ def build_serve_store(root: Path, clip_dir: Path, text_dir: Path, copies: int = 
     ingested.mkdir()
     for i, name in enumerate(("walk", "throw")):
         figure(name, seed=10 + i)[0].save(ingested / f"{name}.png")
-    write_video(ingested / "clip.mp4", seconds=3.0, w=96, h=64)
+    write_figure_video(ingested / "clip.mp4", ["walk", "walk", "kick"])
     report = api.ingest([ingested], collection="ingested", workers=0)
     assert report.failures == [] and report.persons_added == 5  # 2 pictures + 3 video frames (1 per second)
     return api
+
+
+def write_figure_video(path: Path, activities: list[str], fps: int = 10, size: tuple[int, int] = (160, 120)) -> Path:
+    """An MPEG-4 video of one pictogram per second (``activities[i]`` during second i)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for second, name in enumerate(activities):
+            picture, _ = figure(name, seed=second, size=(size[1] * 3 // 4, size[1]))
+            frame_img = Image.new("RGB", size, (200, 210, 220))
+            frame_img.paste(picture, ((size[0] - picture.width) // 2, 0))
+            for _ in range(fps):
+                for packet in stream.encode(av.VideoFrame.from_image(frame_img)):
+                    c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return path

@@ -155,7 +155,7 @@ def test_thumbnails_and_media_images(client):
     assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (64, 64)
     vid_media = client.get(f"/api/persons/{video['person_id']}").json()["media"]["id"]
     frame = client.get(f"/api/media/{vid_media}/image", params={"t": 1.0})
-    assert frame.status_code == 200 and Image.open(io.BytesIO(frame.content)).size == (96, 64)
+    assert frame.status_code == 200 and Image.open(io.BytesIO(frame.content)).size == (160, 120)
 
 
 def test_stats_is_the_stats_json_object(client, store):
