@@ -176,8 +176,8 @@ class A2VSearch:
     def refresh(self) -> None:
         """For long-running readers (the server): load the store's indexes, or bring them up to date with the
         persons that writers added, removed or replaced since, in memory. Nothing is written."""
-        self._signature = change_signature(self.data_dir)  # first: a commit during the catch-up is seen next time
-        store = self._open_reader(required=False)
+        store = self._open_reader(required=False)  # opening may create the WAL file: before the signature
+        self._signature = change_signature(self.data_dir)  # before the catch-up: a commit during it is seen next time
         if store is not None and store.space_row() is not None:
             store.language()
             store.indexes()

@@ -255,7 +255,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
                                                              "text ('drinking from a cup').")] = None,
                clip_text: Annotated[str | None, Query(description="Free text through CLIP's text tower.")] = None,
                person: Annotated[int | None, Query(description="More like this stored person id.")] = None,
-               weights: Weights = "0.5,0.5") -> dict:
+               weights: Weights = "0.5,0.5") -> JSONResponse:
         given = [n for n, v in (("text", text), ("clip_text", clip_text), ("person", person)) if v is not None]
         if len(given) != 1:
             raise InputError("give exactly one of text, clip_text, person" + (f" (got {', '.join(given)})"
@@ -268,7 +268,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
                 result = shared.first_alone("clip_text", lambda: a.search_clip_text(clip_text, **opts))
             else:
                 result = a.search_similar(person, weights=parse_weights(weights), **opts)
-        return result.as_dict()
+        return JSONResponse(result.as_dict())
 
     @app.post(UPLOAD_PATH, summary="Search by an example image (upload)")
     def search_image(opts: Options,
@@ -276,7 +276,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
                      box: Annotated[str | None, Form(description="The query person's box x1,y1,x2,y2.")] = None,
                      person_index: Annotated[int | None, Form(description="Which detected person (default: the "
                                                                            "largest).")] = None,
-                     weights: Weights = "0.5,0.5") -> dict:
+                     weights: Weights = "0.5,0.5") -> JSONResponse:
         limit = int(max_upload_mb * 2**20)
         data = image.file.read(limit + 1)
         if len(data) > limit:
@@ -292,14 +292,14 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
             result = shared.first_alone("image", lambda: a.search_image(
                 img, box=qbox, person_index=person_index, weights=parse_weights(weights), **opts))
         result.query["image"] = image.filename or "upload"
-        return result.as_dict()
+        return JSONResponse(result.as_dict())
 
     # -------------------------------------------------------------- persons, media, stats
 
     @app.get("/api/persons/{person_id}", summary="One stored person: every PaSta, verb and part, box, media")
-    def person(person_id: int) -> dict:
+    def person(person_id: int) -> JSONResponse:
         with shared.reading() as a:
-            return a.person(person_id)
+            return JSONResponse(a.person(person_id))
 
     def _jpeg(request: Request, key: tuple, etag: str, make) -> Response:
         headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
@@ -338,9 +338,9 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
                      lambda: th.scaled_image(m["path"], m["kind"], m["width"], m["height"], size, t))
 
     @app.get("/api/stats", summary="Counts of media, persons, failures; collections; indexes; the vector space")
-    def stats() -> dict:
+    def stats() -> JSONResponse:
         with shared.reading() as a:
-            return a.stats()
+            return JSONResponse(a.stats())
 
     # -------------------------------------------------------------- the page
 

@@ -300,3 +300,68 @@ def test_serve_command_warns_off_loopback(monkeypatch, store):
     assert code == 0 and "warning" not in err and "http://127.0.0.1:8765/?token=abc" in err
     code, _, err = run_main("serve", "--data-dir", api.data_dir, "--port", "0")
     assert code == 1 and "--port" in err
+
+
+def test_change_check_is_cheap_and_sees_commits(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """Nothing changed: no catch-up (file stats only). A commit by another writer: seen on the next check."""
+    import os
+    import time
+
+    data = tmp_path / "data"
+    writer = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    records = profile_records(visual_dim=16, copies=1)
+    writer.import_records(records[:4])
+    reader = A2VSearch.open(data, device="cpu")
+    assert reader.changed()
+    reader.refresh()
+    old = time.time() - 60
+    for p in [data / "a2v.sqlite", data / "a2v.sqlite-wal", *(data / "index").glob("*.json")]:
+        if p.exists():
+            os.utime(p, (old, old))  # past the two seconds in which coarse file times count as a change
+    assert reader.changed()
+    reader.refresh()
+    assert not reader.changed() and len(reader.search_text("foot: kick", k=10)) == 4
+    writer.import_records(records[4:6])
+    assert reader.changed()
+    reader.refresh()
+    assert len(reader.search_text("foot: kick", k=10)) == 6
+    writer.close()
+    reader.close()
+
+
+def test_read_write_lock_excludes_writers_from_readers():
+    import threading
+    import time
+
+    from a2v_search.serving import ReadWriteLock
+
+    lock, events = ReadWriteLock(), []
+    inside = threading.Barrier(3)  # two readers inside at once, and this thread
+    release = threading.Event()
+
+    def reader(name):
+        with lock.read():
+            events.append(f"{name} in")
+            inside.wait(10)
+            release.wait(10)
+            events.append(f"{name} out")
+
+    def writer():
+        with lock.write():
+            events.append("writer")
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in ("r1", "r2")]
+    for t in readers:
+        t.start()
+    inside.wait(10)  # both readers hold the lock together
+    w = threading.Thread(target=writer)
+    w.start()
+    deadline = time.monotonic() + 10
+    while not lock._writers_waiting and time.monotonic() < deadline:  # the writer has arrived and waits
+        time.sleep(0.01)
+    assert lock._writers_waiting == 1 and "writer" not in events
+    release.set()
+    for t in [*readers, w]:
+        t.join(10)
+    assert events.index("writer") > max(events.index("r1 out"), events.index("r2 out"))
+    assert sorted(events[:2]) == ["r1 in", "r2 in"]
