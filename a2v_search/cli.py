@@ -431,6 +431,8 @@ def serve(
                   "store and see its images" + ("" if token else "; set --token to require a token"))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    if not (api.data_dir / "a2v.sqlite").is_file():
+        con.print(f"warning: no store at {api.data_dir} yet; searches answer once something is ingested there")
     con.print(f"serving {api.data_dir} at {url} (API docs: /docs); Ctrl-C stops")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

@@ -300,6 +300,8 @@ def test_serve_command_warns_off_loopback(monkeypatch, store):
     assert code == 0 and "warning" not in err and "http://127.0.0.1:8765/?token=abc" in err
     code, _, err = run_main("serve", "--data-dir", api.data_dir, "--port", "0")
     assert code == 1 and "--port" in err
+    code, _, err = run_main("serve", "--data-dir", api.data_dir / "nothing-here")
+    assert code == 0 and "warning: no store at" in err and len(calls) == 3
 
 
 def test_change_check_is_cheap_and_sees_commits(tmp_path, tiny_clip_dir, tiny_bert_dir):
@@ -365,3 +367,16 @@ def test_read_write_lock_excludes_writers_from_readers():
         t.join(10)
     assert events.index("writer") > max(events.index("r1 out"), events.index("r2 out"))
     assert sorted(events[:2]) == ["r1 in", "r2 in"]
+
+
+def test_a_store_that_appears_later_is_served(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    data = tmp_path / "data"
+    with TestClient(create_app(A2VSearch.open(data, device="cpu"))) as c:
+        r = c.get("/api/search", params={"text": "foot: kick"})
+        assert r.status_code == 400 and "ingest something first" in r.json()["error"]
+        assert c.get("/").status_code == 200
+        writer = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+        writer.import_records([r for r in profile_records(visual_dim=16, copies=1) if "/kick/" in r["path"]])
+        writer.close()
+        hits = c.get("/api/search", params={"text": "foot: kick"}).json()["results"]
+        assert [h["path"] for h in hits] == ["/profiles/kick/0.jpg"]
