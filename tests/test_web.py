@@ -1,5 +1,5 @@
 """The search page in a real headless Chromium (Playwright), against a live server on loopback: type a query, see
-results whose images loaded, open a person, "more like this", upload an image.
+results whose images loaded, open a person, "more like this", upload an image; and the page behind a token.
 
 Uses Debian's ``chromium`` (Playwright's own browser download is not reachable here); skipped, saying why, where it
 is missing. ``A2V_SCREENSHOT=docs/images/page.png`` also saves a screenshot of the page with results.
@@ -29,29 +29,46 @@ ALL_LOADED = """n => { const imgs = [...document.querySelectorAll('.card img')].
   return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
 
 
+class LiveServer:
+    """uvicorn serving an app in a thread, on a free loopback port."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, tiny_clip_dir, minilm_dir):
-    """(base URL, store root) of a uvicorn server in a thread, on a free loopback port."""
-    import uvicorn
-
-    from a2v_search.server import create_app
-
+def store(tmp_path_factory, tiny_clip_dir, minilm_dir):
     root = tmp_path_factory.mktemp("web")
     api = build_serve_store(root, tiny_clip_dir, minilm_dir)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(api), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root
-    server.should_exit = True
-    thread.join(10)
+    yield api, root
     api.close()
+
+
+@pytest.fixture(scope="module")
+def live(store):
+    """(base URL, store root) of the server without a token."""
+    from a2v_search.server import create_app
+
+    api, root = store
+    server = LiveServer(create_app(api))
+    yield server.url, root
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +155,26 @@ def test_screenshot(live, browser):
     page.wait_for_function("document.querySelector('#vimg').naturalWidth > 0")
     page.screenshot(path=str(Path(out).with_name(Path(out).stem + "-person.png")))
     page.close()
+
+
+def test_token_page_works_through_its_cookie(store, browser):
+    """The URL serve prints (``/?token=...``) opens the page; its API calls and images then carry the cookie."""
+    from a2v_search.server import create_app
+
+    api, _ = store
+    server = LiveServer(create_app(api, token="tok-123"))
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        response = page.goto(server.url + "/")
+        assert response.status == 401 and "token" in page.inner_text("body")
+        page.goto(server.url + "/?token=tok-123")
+        assert page.url == server.url + "/"
+        page.wait_for_function("document.querySelector('#collection').options.length > 1")
+        page.fill("#q", "foot: kick")
+        page.keyboard.press("Enter")
+        page.wait_for_function(ALL_LOADED, arg=3)
+        assert "/kick/" in page.get_attribute(".card", "title")
+        context.close()
+    finally:
+        server.stop()
