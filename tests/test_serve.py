@@ -380,3 +380,47 @@ def test_a_store_that_appears_later_is_served(tmp_path, tiny_clip_dir, tiny_bert
         writer.close()
         hits = c.get("/api/search", params={"text": "foot: kick"}).json()["results"]
         assert [h["path"] for h in hits] == ["/profiles/kick/0.jpg"]
+
+
+def test_the_serve_command_serves_while_another_process_writes(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """`manage.py serve` in its own process; an import in this one; the server sees it without a restart."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    data = tmp_path / "data"
+    records = profile_records(visual_dim=16, copies=1)
+    first = tmp_path / "first.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in records if "/kick/" not in r["path"]))
+    later = tmp_path / "later.jsonl"
+    later.write_text("\n".join(json.dumps(r) for r in records if "/kick/" in r["path"]))
+    models = ["--model", tiny_clip_dir, "--text-model", tiny_bert_dir, "--device", "cpu", "--data-dir", data]
+    assert run_main("import", first, *models)[0] == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, str(root / "manage.py"), "serve", "--data-dir", str(data), "--port",
+                               str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else ""
+            try:
+                stats = httpx.get(url + "/api/stats", timeout=5).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert stats["persons"] == len(records) - 1
+        assert run_main("import", later, *models)[0] == 0  # a writer in another process than the server
+        hits = httpx.get(url + "/api/search", params={"text": "foot: kick", "k": 1}, timeout=30).json()["results"]
+        assert hits[0]["path"] == "/profiles/kick/0.jpg"
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert f"serving {data} at http://127.0.0.1:{port}/" in err and "Traceback" not in err
