@@ -31,7 +31,7 @@ from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
-from .settings import Settings, get_device
+from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class A2VSearch:
     def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | None = None,
                  checkpoint: str | None = None, trust_checkpoint: bool = False, text_model: str | None = None,
                  device: str | None = None, detector: str | None = None,
-                 detector_options: DetectorOptions | None = None, precision: str = "auto"):
+                 detector_options: DetectorOptions | None = None, precision: str = "auto", compile: str = "off"):
         self.settings = Settings.resolve(data_dir=data_dir, device=device, text_model=text_model, detector=detector)
         self.data_dir = self.settings.data_dir
         given = Settings.given(model=model, text_model=text_model, detector=detector)
@@ -70,6 +70,7 @@ class A2VSearch:
         self._default_detector = self.settings.detector
         self._detector_options = detector_options or DetectorOptions()
         self._precision = precision
+        self._compile = check_choice("--compile", compile, COMPILE_MODES)
         self._encoder = None
         self._detectors: dict[str, object] = {}
         self._reader: Store | None = None
@@ -130,7 +131,7 @@ class A2VSearch:
         if self._encoder is None:
             language = store.language() if store is not None and store.space_row() is not None else None
             self._encoder = load_encoder(self.model_spec(store), device=self.settings.device, language=language,
-                                         precision=self._precision)
+                                         precision=self._precision, compile=self._compile)
             if language is None and store is not None:
                 store.set_language(self._encoder.language)
         if store is not None:
@@ -204,17 +205,21 @@ class A2VSearch:
 
     def ingest(self, paths: Iterable[str | os.PathLike], *, collection: str = "default", detector: str | None = None,
                batch_size: int = 32, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
-               max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256,
+               max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256, jpeg_decoder: str = "auto",
                on_progress: Callable[[int, int, int], None] | None = None) -> IngestReport:
-        """Compute and store the persons of images and videos (files, folders, list files)."""
+        """Compute and store the persons of images and videos (files, folders, list files).
+
+        ``jpeg_decoder``: auto (JPEGs decoded on the GPU when the encoder runs on CUDA and torchvision is
+        installed, see ``gpu_decode``), gpu, or cpu."""
         from .ingest import IngestOptions, run_ingest
 
         paths = [str(p) for p in paths]
         if not paths:
             raise InputError("nothing to ingest: give files, folders or list files")
+        check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
         det = self.detector(detector)
         opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
-                             force=force, max_pixels=max_pixels, write_every=commit_every)
+                             force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder)
         with self.writer("ingest") as store:
             encoder = self.encoder(store)
             report = run_ingest(store, encoder, det, paths, opts, on_progress)

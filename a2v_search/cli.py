@@ -38,14 +38,14 @@ app = typer.Typer(
 )
 
 def _api(data_dir=None, model=None, checkpoint=None, trust_checkpoint=False, text_model=None, device=None,
-         detector=None, threshold=0.5, max_persons=20, min_size=16.0):
+         detector=None, threshold=0.5, max_persons=20, min_size=16.0, compile="off"):
     from .api import A2VSearch
     from .detect import DetectorOptions
 
     return A2VSearch.open(data_dir, model=model, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
                           text_model=text_model, device=device, detector=detector,
                           detector_options=DetectorOptions(threshold=threshold, max_persons=max_persons,
-                                                           min_size=min_size))
+                                                           min_size=min_size), compile=compile)
 
 
 def _print_json(obj) -> None:
@@ -96,13 +96,17 @@ def ingest(
     min_size: MinSize = 16.0,
     force: Annotated[bool, typer.Option("--force", help="Re-encode files already stored.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any file failed.")] = False,
+    jpeg_decoder: Annotated[str, typer.Option(help="auto (on the GPU when the model runs on CUDA and torchvision "
+                                                   "is installed), gpu or cpu.")] = "auto",
+    compile: Annotated[str, typer.Option(help="torch.compile the model: off, default, max-autotune or "
+                                              "reduce-overhead (CUDA graphs).")] = "off",
     as_json: Json = False,
 ) -> None:
     """Compute per-person activity vectors for images and videos and store them (incremental, resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
-               min_size)
+               min_size, compile)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TextColumn("{task.fields[files_rate]:.1f} files/s, {task.fields[persons]} persons, "
                           "{task.fields[rate]:.1f} persons/s"), TimeElapsedColumn())
@@ -120,7 +124,7 @@ def ingest(
 
         report = api.ingest(paths, collection=collection, batch_size=batch_size, workers=workers,
                             video_fps=video_fps, force=force, max_pixels=max_pixels, commit_every=commit_every,
-                            on_progress=on_progress)
+                            jpeg_decoder=jpeg_decoder, on_progress=on_progress)
     if as_json:
         _print_json(report.as_dict())
     else:

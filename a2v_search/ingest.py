@@ -27,8 +27,10 @@ from db.repo import MediaState, NewMedia, NewPerson
 from .detect import BoxesFile, ModelDetector, WholeImage
 from .errors import InputError
 from .faults import fault_point
+from .gpu_decode import JpegCrop, assemble, available
 from .media import DEFAULT_MAX_PIXELS, Candidate, DecodeResult, DecodeTask, Item, decode, discover, probe_video
 from .models.encoder import ActivityEncoder
+from .settings import JPEG_DECODERS, check_choice
 from .store import Store
 
 log = logging.getLogger("a2v_search")
@@ -47,6 +49,8 @@ class IngestOptions:
     segment_s: float = 60.0  # videos are decoded in segments of this many seconds
     write_every: int = 256  # persons per SQLite transaction (whole media only)
     save_every_s: float = 60.0  # FAISS is saved at least this often during a run, and at the end
+    jpeg_decoder: str = "auto"  # auto | gpu | cpu: where eligible JPEGs are decoded (see gpu_decode)
+    inflight: int | None = None  # batches queued on the device before the oldest is collected; None: 1 CUDA, 0 CPU
 
 
 @dataclass
@@ -105,8 +109,13 @@ class Ingestor:
             raise InputError("--batch-size must be >= 1 and --video-fps > 0")
         self.on_progress = on_progress
         self.report = IngestReport()
-        self.stages = {k: 0.0 for k in ("discover", "decode", "wait", "detect", "encode", "write", "save")}
-        self._encode_q: list[tuple[_Pending, int, np.ndarray]] = []
+        self.stages = {k: 0.0 for k in ("discover", "decode", "wait", "detect", "gpu_decode", "encode", "write",
+                                        "save")}
+        self._gpu_jpeg = _use_gpu_jpeg(self.opt.jpeg_decoder, encoder.device)
+        cuda = encoder.device.type == "cuda"
+        self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(cuda)
+        self._inflight: deque[tuple[list[tuple[_Pending, int, object]], object]] = deque()
+        self._encode_q: list[tuple[_Pending, int, np.ndarray | JpegCrop]] = []
         self._detect_q: list[tuple[_Pending, Item]] = []
         self._write_q: list[NewMedia] = []
         self._failures: list[tuple[str, str, str]] = []
@@ -153,9 +162,10 @@ class Ingestor:
         return self.report
 
     def _tasks(self, p: _Pending, boxes: dict | None) -> list[tuple[_Pending, DecodeTask]]:
+        for_detector = isinstance(self.detector, ModelDetector)
         common = dict(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,
-                      for_detector=isinstance(self.detector, ModelDetector), max_pixels=self.opt.max_pixels,
-                      video_fps=self.opt.video_fps)
+                      for_detector=for_detector, max_pixels=self.opt.max_pixels, video_fps=self.opt.video_fps,
+                      gpu_jpeg=self._gpu_jpeg and not for_detector and p.cand.kind == "image")
         if isinstance(self.detector, BoxesFile):
             common["boxes"] = boxes.get(p.cand.path, [])
         segments: list[tuple[float, float] | None] = [None]
@@ -233,7 +243,7 @@ class Ingestor:
                 p.waiting += 1  # until the detector has looked at this frame
                 self._detect_q.append((p, item))
             else:
-                self._queue_person(p, item, item.pixels)
+                self._queue_person(p, item, item.pixels if item.jpeg is None else JpegCrop(item.jpeg, item.box))
         if p.complete:
             self._complete(p)
 
@@ -263,7 +273,7 @@ class Ingestor:
         self._hashes[h] = p
         return False
 
-    def _queue_person(self, p: _Pending, item: Item, pixels: np.ndarray) -> None:
+    def _queue_person(self, p: _Pending, item: Item, pixels: np.ndarray | JpegCrop) -> None:
         p.persons.append(None)
         p.waiting += 1
         slot = len(p.persons) - 1
@@ -293,6 +303,8 @@ class Ingestor:
         while self._encode_q and (final or len(self._encode_q) >= self.opt.batch_size):
             self._encode(self._encode_q[:self.opt.batch_size])
             del self._encode_q[:self.opt.batch_size]
+        while self._inflight and (final or len(self._inflight) > self._depth):
+            self._collect()
         queued = sum(len(m.persons) for m in self._write_q)
         if self._write_q and (final or queued >= self.opt.write_every or len(self._write_q) >= 256):
             self._write()
@@ -315,10 +327,34 @@ class Ingestor:
             if p.complete:
                 self._complete(p)
 
-    def _encode(self, batch: list[tuple[_Pending, int, np.ndarray]]) -> None:
+    def _encode(self, batch: list[tuple[_Pending, int, np.ndarray | JpegCrop]]) -> None:
+        """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
+        queued, or at the final flush, so that the device works while this process gathers the next batch."""
         fault_point("encode")
+        pixels = [px for _, _, px in batch]
+        if any(isinstance(px, JpegCrop) for px in pixels):
+            with self._stage("gpu_decode"):
+                x, failed = assemble(pixels, self.encoder.preprocess, self.encoder.device, self.opt.max_pixels)
+            for i in sorted(failed):
+                p = batch[i][0]
+                p.waiting -= 1
+                if not p.dropped:
+                    p.dropped = True
+                    self._note_failure(p.cand.path, "decode", failed[i])
+                    self._file_done()
+            batch = [b for i, b in enumerate(batch) if i not in failed]
+        else:
+            x = np.stack(pixels)
+        if not batch:
+            return
         with self._stage("encode"):
-            out = self.encoder.encode_pixels(np.stack([px for _, _, px in batch]), self.opt.batch_size)
+            self._inflight.append((batch, self.encoder.submit(x, pad_to=self.opt.batch_size)))
+
+    def _collect(self) -> None:
+        """Wait for the oldest submitted batch and hand its vectors to the persons."""
+        batch, pending = self._inflight.popleft()
+        with self._stage("encode"):
+            out = self.encoder.vectors([pending.result()])
         touched = {}
         for i, (p, slot, _) in enumerate(batch):
             person = p.persons[slot]
@@ -392,6 +428,20 @@ def _isolated(task: DecodeTask) -> DecodeResult:
         except BrokenProcessPool:
             return DecodeResult(path=task.path, kind=task.kind,
                                 error=("decode", "the decoder crashed on this file (corrupt or hostile content)"))
+
+
+def _use_gpu_jpeg(choice: str, device) -> bool:
+    """Whether eligible JPEGs are decoded on the GPU: ``auto`` when the encoder is on CUDA and torchvision can,
+    ``gpu`` demands it (an InputError naming the fix otherwise), ``cpu`` never."""
+    check_choice("--jpeg-decoder", choice, JPEG_DECODERS)
+    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
+        return False
+    if available(device):
+        return True
+    if choice == "gpu":
+        raise InputError("--jpeg-decoder gpu needs a CUDA device (--device cuda) and torchvision (pip install "
+                         "'a2v-search[gpu]'); use --jpeg-decoder cpu or auto")
+    return False
 
 
 def run_ingest(store: Store, encoder: ActivityEncoder, detector, paths: list[str],

@@ -15,17 +15,20 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 from .preprocess import Preprocess, check_box
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
 LIST_EXTS = {".txt", ".lst", ".list"}
 DEFAULT_MAX_PIXELS = 100_000_000
+GPU_JPEG_MAX_BYTES = 64 << 20  # larger JPEG files are decoded by the CPU path (streamed, not sent whole)
 DETECT_MAX_SIDE = 1333  # frames handed to a detector model are at most this large (boxes are scaled back)
 
 Failure = tuple[str, str, str]  # (path, stage, reason)
@@ -191,6 +194,7 @@ class DecodeTask:
     video_fps: float = 1.0
     segment: tuple[float, float] | None = None  # video: [start, end) seconds
     want_hash: bool = True
+    gpu_jpeg: bool = False  # pass JPEGs the GPU may decode (jpeg_info's rule) through undecoded, as Item.jpeg
 
 
 @dataclass
@@ -200,6 +204,7 @@ class Item:
     box: list[float]
     score: float = 1.0
     pixels: np.ndarray | None = None  # (S, S, 3) uint8 crop
+    jpeg: bytes | None = None  # instead of pixels: the undecoded JPEG file, to be decoded and cut on the GPU
     frame: np.ndarray | None = None  # (h, w, 3) uint8 frame for the detector
     scale: float = 1.0  # frame pixels per original pixel
     frame_index: int | None = None
@@ -252,8 +257,9 @@ class DecodeError(InputError):
         self.stage = stage
 
 
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image as upright RGB (first frame of animations), refusing more than ``max_pixels``."""
+def load_image(path: str | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image (a path or a binary file object) as upright RGB (first frame of animations), refusing more than
+    ``max_pixels``."""
     Image.MAX_IMAGE_PIXELS = None  # our own guard below gives the clearer message
     try:
         img = Image.open(path)
@@ -314,10 +320,31 @@ def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_
 
 
 def _decode_image(task: DecodeTask, res: DecodeResult) -> None:
+    if task.gpu_jpeg and _pass_jpeg(task, res):
+        return
     img = load_image(task.path, task.max_pixels)
     res.width, res.height = img.size
     res.frames = 1
     res.items = _frame_items(task, img, None, None)
+
+
+def _pass_jpeg(task: DecodeTask, res: DecodeResult) -> bool:
+    """The GPU path: a JPEG that jpeg_info's rule lets the GPU decode becomes items carrying its bytes (boxes checked
+    against its size as on the CPU path). False, with nothing done, for any other file: it is decoded here."""
+    if task.for_detector or os.path.getsize(task.path) > GPU_JPEG_MAX_BYTES:
+        return False
+    with open(task.path, "rb") as f:
+        data = f.read()
+    info = read_jpeg_info(data)
+    if gpu_fallback_reason(info, task.max_pixels) is not None:
+        return False
+    w, h = info.width, info.height
+    res.width, res.height, res.frames = w, h, 1
+    if task.boxes is None:  # whole-image mode
+        res.items = [Item(box=[0.0, 0.0, float(w), float(h)], jpeg=data)]
+    else:
+        res.items = [Item(box=list(check_box(box, w, h)), score=score, jpeg=data) for box, score in task.boxes]
+    return True
 
 
 def probe_video(path: str) -> float | None:

@@ -14,6 +14,10 @@ DEFAULT_TEXT_MODEL = "bert-base-uncased"
 #: A COCO detector that transformers runs natively (RT-DETR, ResNet-50 backbone, no timm needed).
 DEFAULT_DETECTOR_MODEL = "PekingU/rtdetr_r50vd"
 DEVICES = ("auto", "cpu", "cuda")
+#: ``torch.compile`` modes of the encoder: off (the default), default, max-autotune, reduce-overhead (CUDA graphs).
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
+#: JPEG decoding at ingest: auto (on the GPU when the encoder runs on CUDA and torchvision is installed), gpu, cpu.
+JPEG_DECODERS = ("auto", "gpu", "cpu")
 
 #: field -> environment variable
 ENV = {
@@ -76,3 +80,10 @@ def get_device(name: str = "auto"):
     if name != "cpu" and not name.startswith("cuda"):
         raise InputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
     return torch.device(name)
+
+
+def check_choice(flag: str, value: str, valid: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``valid``; else an InputError naming the flag and the valid values."""
+    if value not in valid:
+        raise InputError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+    return value

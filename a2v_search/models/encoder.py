@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -12,8 +13,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..preprocess import Box, Preprocess
+from ..settings import COMPILE_MODES, check_choice
+from .device_io import PendingBatch, Uploader
 from .language import LanguageSpace
 from .network import ActivityModel
+
+OUTPUT_KEYS = ("visual", "pasta", "verbs", "parts")
 
 
 @dataclass
@@ -33,12 +38,15 @@ class PersonVectors:
 class ActivityEncoder:
     """The activity model with its preprocessing, device and language space: everything ingest and search use.
 
-    Build it with :func:`a2v_search.models.load_encoder`.
+    Build it with :func:`a2v_search.models.load_encoder`. On CUDA the image tower runs under bf16 autocast by default
+    (fp16 where bf16 is not supported; ``precision`` by name on any device) with SDPA attention; the heads always
+    run in fp32. ``compile`` wraps the model in ``torch.compile`` (off by default, see ``settings.COMPILE_MODES``).
     """
 
     def __init__(self, model: ActivityModel, preprocess: Preprocess, device: torch.device,
                  language: LanguageSpace | None = None, space: dict | None = None, precision: str = "auto",
-                 clip_text_loader: Callable[[], tuple] | None = None):
+                 clip_text_loader: Callable[[], tuple] | None = None, compile: str = "off"):
+        check_choice("--compile", compile, COMPILE_MODES)
         self.model = model.eval().to(device)
         self.preprocess = preprocess
         self.device = device
@@ -46,33 +54,57 @@ class ActivityEncoder:
         self.space = dict(space or {})
         self._clip_text_loader = clip_text_loader
         self._clip_text = None
-        self.amp_dtype = _amp_dtype(device, precision)
+        self.amp_dtype = _amp_dtype(device, precision)  # autocast dtype of the tower; None = fp32
+        self.compile = compile
+        self._forward = self.model if compile == "off" else torch.compile(
+            self.model, mode=None if compile == "default" else compile, dynamic=False)
+        self._uploader = Uploader(device)
 
     @property
     def image_size(self) -> int:
         return self.preprocess.size
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: np.ndarray, batch_size: int = 32) -> PersonVectors:
+    def encode_pixels(self, pixels: np.ndarray | torch.Tensor, batch_size: int = 32) -> PersonVectors:
         """uint8 (N, S, S, 3) preprocessed persons -> PersonVectors (language included when a space is set).
 
-        Eval and inference mode; the tower under autocast when the precision asks for it (bf16/fp16 on CUDA by
-        default), the heads in fp32; rows do not depend on batch size or order.
+        ``pixels`` is a numpy array or a tensor on any device. Eval and inference mode; the tower under autocast when
+        the precision asks for it (bf16/fp16 on CUDA by default), the heads in fp32; rows do not depend on batch size
+        or order. On CUDA the next batch is queued before the previous one is collected, so uploads and copies back
+        overlap the tower.
         """
-        n = len(pixels)
-        outs: dict[str, list[np.ndarray]] = {"visual": [], "pasta": [], "verbs": [], "parts": []}
-        for i in range(0, n, max(1, batch_size)):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch_size]))
-            if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            x = self.preprocess.to_tensor(x)  # (B, 3, S, S) float32 on the device
-            ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-            with ctx:
-                out = self.model(x)
-            for k in outs:
-                outs[k].append(out[k].float().cpu().numpy())
+        size = max(1, batch_size)
+        parts: list[dict[str, np.ndarray]] = []
+        inflight: deque[PendingBatch] = deque()
+        for i in range(0, len(pixels), size):
+            inflight.append(self.submit(pixels[i:i + size], pad_to=size))
+            if len(inflight) > 1:
+                parts.append(inflight.popleft().result())
+        parts += [p.result() for p in inflight]
+        return self.vectors(parts)
+
+    @torch.inference_mode()
+    def submit(self, pixels: np.ndarray | torch.Tensor, pad_to: int | None = None) -> PendingBatch:
+        """Start encoding one batch of uint8 (B, S, S, 3) persons; ``.result()`` of the returned batch waits for it.
+
+        On CUDA the work is queued and this returns at once: a numpy batch is copied from pinned memory on a side
+        stream, the outputs are copied back into pinned memory, an event marks the end. On the CPU it runs now.
+        With ``compile`` on, a batch smaller than ``pad_to`` is padded (rows are independent) so that one
+        compiled graph serves every batch.
+        """
+        x = self._uploader.upload(pixels)  # (B, S, S, 3) uint8 on the device
+        n = len(x)
+        if self.compile != "off" and pad_to and 0 < n < pad_to:
+            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+            out = self._forward(self.preprocess.to_tensor(x))  # (B, 3, S, S) float32 in, heads in fp32
+        return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
+
+    def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
+        """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""
         empty = {"visual": self.model.visual_dim, "pasta": 93, "verbs": 157, "parts": 6}
-        arrays = {k: np.concatenate(v) if v else np.zeros((0, empty[k]), np.float32) for k, v in outs.items()}
+        arrays = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, empty[k]), np.float32)
+                  for k in OUTPUT_KEYS}
         vectors = PersonVectors(**arrays)
         if self.language is not None:
             vectors.language = self.language.embed(vectors.pasta, vectors.verbs)

@@ -118,9 +118,12 @@ def zero_shot_heads(text: CLIPTextModelWithProjection, tokenizer, logit_scale: f
 
 
 def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "auto", with_language: bool = True,
-                 language: LanguageSpace | None = None, precision: str = "auto") -> ActivityEncoder:
+                 language: LanguageSpace | None = None, precision: str = "auto",
+                 compile: str = "off") -> ActivityEncoder:
     """Load everything the spec names and return a ready encoder on ``device``.
 
+    ``precision`` (auto|fp32|fp16|bf16) is the image tower's dtype on CUDA (auto: bf16 where supported); the CPU
+    always runs fp32. ``compile``: off (default), default, max-autotune or reduce-overhead (torch.compile).
     ``language`` reuses an existing language space (e.g. the matrices stored with a store) instead of embedding
     the phrases again; ``with_language=False`` skips the text model entirely.
     """
@@ -193,4 +196,4 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
         "image_size": preprocess.size, "spec": asdict(spec),
     }
     return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,
-                           clip_text_loader=clip_text_loader)
+                           clip_text_loader=clip_text_loader, compile=compile)

@@ -1,0 +1,122 @@
+"""JPEG decoding and person crops on the GPU, for ingest on CUDA (torchvision is needed: the ``gpu`` extra).
+
+Decode workers pass eligible JPEGs through as bytes (:class:`JpegCrop`, the rule is in ``jpeg_info``); here a
+batch of them is decoded at once with ``torchvision.io.decode_jpeg(device="cuda")`` and cut with the same crop
+policy as ``preprocess.Preprocess`` (square context box, mean-colour fill, bilinear antialiased resize to S x S,
+rounded to uint8). A JPEG the GPU decoder rejects is decoded on the CPU, by the CPU path, in this process.
+
+Pixels differ from the CPU path only by the decoders' rounding (IDCT and chroma upsampling) and the resize's
+(a few grey levels); the policy (what is cropped, filled, rotated or refused) is the same.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .media import DecodeError, load_image
+from .preprocess import Box, Preprocess
+
+
+@dataclass
+class JpegCrop:
+    """A person to cut from an undecoded JPEG: the file's bytes and the box (None: whole-image mode)."""
+
+    data: bytes
+    box: Box | None = None
+
+
+def available(device: torch.device) -> bool:
+    """Whether JPEGs can be decoded on ``device``: a CUDA device and torchvision with GPU decode_jpeg."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decode_jpegs(datas: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
+    """JPEG files -> RGB (3, H, W) uint8 tensors on ``device``, decoded in one batched call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+
+
+def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) uint8 -> (size, size, 3) uint8: bilinear with antialiasing (Pillow's BILINEAR filter), rounded."""
+    x = image.unsqueeze(0).float()  # (1, 3, H, W)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)  # (S, S, 3)
+
+
+def crop_resize(image: torch.Tensor, box: Box | None, preprocess: Preprocess) -> torch.Tensor:
+    """The person of ``box`` (None: the whole image) from a decoded (3, H, W) uint8 image -> (S, S, 3) uint8, by
+    the crop policy of ``Preprocess.crop`` / ``Preprocess.whole``."""
+    if box is None:
+        return resize_uint8(image, preprocess.size)
+    _, h, w = image.shape
+    left, top, right, bottom = preprocess.crop_region(box, w, h)
+    side = right - left
+    fill = torch.tensor([int(round(m * 255)) for m in preprocess.mean], dtype=torch.uint8, device=image.device)
+    canvas = fill.view(3, 1, 1).expand(3, side, side).clone()  # (3, side, side)
+    x1, y1, x2, y2 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    canvas[:, y1 - top:y2 - top, x1 - left:x2 - left] = image[:, y1:y2, x1:x2]
+    return resize_uint8(canvas, preprocess.size)
+
+
+def assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, device: torch.device,
+             max_pixels: int, decode=decode_jpegs) -> tuple[torch.Tensor, dict[int, str]]:
+    """One batch of persons on ``device``: uint8 (B', S, S, 3), rows in the order of ``pixels`` less the failed
+    ones, and {index: reason} of the persons that could not be decoded at all.
+
+    Crops already made on the CPU (numpy) are uploaded; the distinct JPEGs among the rest are decoded in one
+    ``decode`` call; if that call fails, each is decoded alone, and one the GPU rejects goes through the CPU path
+    (``media.load_image`` on the bytes, then ``Preprocess.pixels``), which refuses it with the CPU path's reason
+    when it is broken.
+    """
+    jpegs: dict[int, bytes] = {}  # id(data) -> data
+    for px in pixels:
+        if isinstance(px, JpegCrop):
+            jpegs.setdefault(id(px.data), px.data)
+    decoded: dict[int, torch.Tensor | None] = {}
+    keys = list(jpegs)
+    if keys:
+        try:
+            decoded = dict(zip(keys, decode([jpegs[k] for k in keys], device), strict=True))
+        except RuntimeError:
+            for k in keys:
+                try:
+                    decoded[k] = decode([jpegs[k]], device)[0]
+                except RuntimeError:
+                    decoded[k] = None  # the CPU path below
+    rows: list[torch.Tensor] = []
+    failed: dict[int, str] = {}
+    for i, px in enumerate(pixels):
+        if isinstance(px, np.ndarray):
+            rows.append(torch.from_numpy(np.ascontiguousarray(px)).to(device))
+            continue
+        image = decoded[id(px.data)]
+        if image is not None:
+            rows.append(crop_resize(image, px.box, preprocess))
+            continue
+        try:
+            cpu = preprocess.pixels(load_image(io.BytesIO(px.data), max_pixels), px.box)
+        except DecodeError as e:
+            failed[i] = str(e)
+            continue
+        except Exception as e:  # as media.decode: a library error on a hostile file is that file's failure
+            failed[i] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+            continue
+        rows.append(torch.from_numpy(cpu).to(device))
+    size = preprocess.size
+    batch = torch.stack(rows) if rows else torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
+    return batch, failed
