@@ -102,7 +102,7 @@ def assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, de
     failed: dict[int, str] = {}
     for i, px in enumerate(pixels):
         if isinstance(px, np.ndarray):
-            rows.append(torch.from_numpy(np.ascontiguousarray(px)).to(device))
+            rows.append(torch.from_numpy(np.array(px)).to(device))
             continue
         image = decoded[id(px.data)]
         if image is not None:

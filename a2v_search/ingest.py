@@ -243,7 +243,8 @@ class Ingestor:
                 p.waiting += 1  # until the detector has looked at this frame
                 self._detect_q.append((p, item))
             else:
-                self._queue_person(p, item, item.pixels if item.jpeg is None else JpegCrop(item.jpeg, item.box))
+                crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
+                self._queue_person(p, item, item.pixels if crop is None else crop)
         if p.complete:
             self._complete(p)
 

@@ -205,6 +205,7 @@ class Item:
     score: float = 1.0
     pixels: np.ndarray | None = None  # (S, S, 3) uint8 crop
     jpeg: bytes | None = None  # instead of pixels: the undecoded JPEG file, to be decoded and cut on the GPU
+    whole: bool = False  # whole-image mode: the image is resized, not cut around the box
     frame: np.ndarray | None = None  # (h, w, 3) uint8 frame for the detector
     scale: float = 1.0  # frame pixels per original pixel
     frame_index: int | None = None
@@ -341,7 +342,7 @@ def _pass_jpeg(task: DecodeTask, res: DecodeResult) -> bool:
     w, h = info.width, info.height
     res.width, res.height, res.frames = w, h, 1
     if task.boxes is None:  # whole-image mode
-        res.items = [Item(box=[0.0, 0.0, float(w), float(h)], jpeg=data)]
+        res.items = [Item(box=[0.0, 0.0, float(w), float(h)], jpeg=data, whole=True)]
     else:
         res.items = [Item(box=list(check_box(box, w, h)), score=score, jpeg=data) for box, score in task.boxes]
     return True
