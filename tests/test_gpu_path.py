@@ -261,7 +261,7 @@ def test_ingest_with_batches_in_flight_and_jpegs_cut_after_decode_stores_the_sam
     assert rows["base"].keys() == rows["flight"].keys() == rows["passed"].keys()
     for path, visual in rows["base"].items():
         assert np.array_equal(rows["flight"][path], visual)  # collected later, same numbers
-        assert visual @ rows["passed"][path] > 0.9999  # a grey level of resampling apart
+        assert visual @ rows["passed"][path] > 0.9995  # a grey level of resampling apart (stored as float16)
     visuals = np.stack(list(rows["base"].values()))
     assert (visuals @ visuals.T)[~np.eye(len(visuals), dtype=bool)].max() < 0.999  # other images are further
 
