@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import faiss
@@ -132,6 +133,28 @@ def _gpu_resources_shared():
     return _gpu_resources
 
 
+def _gpu_copy(index: faiss.Index) -> faiss.Index:
+    """A copy of `index` on GPU 0 (shared resources)."""
+    return faiss.index_cpu_to_gpu(_gpu_resources_shared(), 0, index)
+
+
+@contextmanager
+def _quantizer_on_gpu(ivf: faiss.IndexIVF | None):
+    """While the block runs, the coarse quantizer of `ivf` is a GPU copy, so that adding vectors finds their lists
+    on the GPU; the CPU quantizer (the one saved) is put back after. Nothing happens for None."""
+    if ivf is None:
+        yield
+        return
+    cpu_quantizer = ivf.quantizer
+    gpu_quantizer = _gpu_copy(cpu_quantizer)  # held here for as long as the index points at it
+    ivf.quantizer = gpu_quantizer
+    try:
+        yield
+    finally:
+        ivf.quantizer = cpu_quantizer
+        del gpu_quantizer
+
+
 class VectorIndex:
     """FAISS index of L2-normalised float32 vectors scored by inner product (= cosine); ids are int64 person ids
     (never row positions).
@@ -140,6 +163,10 @@ class VectorIndex:
     added vectors in an exact staging index until `min_train` vectors are there, then train on them and move them
     in (`needs_training` is True until then); search, remove, save and load work the same in both states.
     One writer at a time; searches may run concurrently with each other but not with a write.
+
+    With a GPU (faiss built with GPU support, `gpu_available()`): IVF indexes train their k-means and assign added
+    vectors to lists on the GPU, and unfiltered searches run on a GPU copy; the index kept and saved is the CPU one,
+    so files are the same with and without a GPU. `use_gpu=False` keeps everything on the CPU.
     """
 
     def __init__(self, dim: int, spec: str, index: faiss.Index, pending: faiss.Index | None = None,
@@ -308,13 +335,20 @@ class VectorIndex:
         if ivf is not None and len(sample) < ivf.nlist:
             raise InputError(f"training {self.spec!r} needs at least {ivf.nlist} vectors, got {len(sample)}; add more "
                              f"vectors first or use a smaller nlist (e.g. 'IVF{max(1, len(sample) // 39)},Flat')")
+        gpu = ivf is not None and self._use_gpu
         try:
+            if gpu:  # k-means assignments on the GPU
+                ivf.clustering_index = _gpu_copy(faiss.IndexFlat(ivf.d, ivf.metric_type))
             target.train(np.ascontiguousarray(sample))
         except RuntimeError as exc:
             raise InputError(f"training {self.spec!r} on {len(sample)} vectors failed: {exc}".strip()) from None
-        for ids, vectors in ((staged_ids, staged), (new_ids, new_vectors)):
-            if len(ids):
-                target.add_with_ids(vectors, ids)
+        finally:
+            if gpu:
+                ivf.clustering_index = None
+        with _quantizer_on_gpu(ivf if gpu else None):  # each added vector's list is found on the GPU
+            for ids, vectors in ((staged_ids, staged), (new_ids, new_vectors)):
+                if len(ids):
+                    target.add_with_ids(vectors, ids)
         self._index, self._pending = target, None
 
     def remove(self, ids: np.ndarray) -> int:

@@ -546,3 +546,48 @@ def test_gpu_requested_without_gpu_is_a_clear_error(monkeypatch) -> None:
     with pytest.raises(InputError, match="gpu"):
         VectorIndex.create(DIM, use_gpu=True)
     assert VectorIndex.create(DIM).ntotal == 0
+
+
+def test_ivf_build_with_gpu_assist_gives_the_cpu_index(monkeypatch) -> None:
+    """The GPU build path (k-means with a GPU clustering index, list assignment with a GPU quantizer copy), run
+    with CPU copies standing in for the GPU ones: the same centroids and lists as the plain CPU build, and the CPU
+    quantizer is back in place afterwards."""
+    x = random_unit(2000, seed=5)
+    ids = np.arange(2000) * 3 + 7
+    cpu = VectorIndex.create(DIM, "IVF16,Flat", use_gpu=False)
+    cpu.add(ids, x)
+    copies = []
+
+    def cpu_to_gpu(resources, device, index):
+        copies.append(faiss.clone_index(index))
+        return copies[-1]
+
+    monkeypatch.setattr(faiss_index, "gpu_available", lambda: True)
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", cpu_to_gpu, raising=False)
+    monkeypatch.setattr(faiss_index, "_gpu_resources", None)
+    assisted = VectorIndex.create(DIM, "IVF16,Flat")
+    assisted.add(ids, x)
+    ivf_cpu, ivf_gpu = faiss_index._try_ivf(cpu._index), faiss_index._try_ivf(assisted._index)
+    assert [c.ntotal for c in copies] == [16, 16]  # k-means ran on the clustering index; the quantizer copy added
+    assert all(c.metric_type == faiss.METRIC_INNER_PRODUCT for c in copies)
+    np.testing.assert_array_equal(ivf_cpu.quantizer.reconstruct_n(0, 16), ivf_gpu.quantizer.reconstruct_n(0, 16))
+    assert [ivf_gpu.invlists.list_size(i) for i in range(16)] == [ivf_cpu.invlists.list_size(i) for i in range(16)]
+    assert int(ivf_gpu.quantizer.this) not in {int(c.this) for c in copies}  # the CPU quantizer is back
+    cpu_found, gpu_found = cpu.search(x[:50], 5)[1], assisted._search_cpu(x[:50], 5, None, assisted.nprobe)[1]
+    np.testing.assert_array_equal(cpu_found, gpu_found)
+
+
+@pytest.mark.skipif(not faiss_index.gpu_available(), reason="needs faiss with GPU support and a GPU (the gpu extra "
+                                                             "on a CUDA machine); this machine has none")
+def test_ivf_built_on_the_gpu_finds_what_the_cpu_build_finds() -> None:
+    x = random_unit(40_000, seed=6)
+    found = {}
+    for use_gpu in (False, True):
+        vi = VectorIndex.create(DIM, "IVF64,Flat", use_gpu=use_gpu)
+        vi.add(np.arange(len(x)), x)
+        assert not vi.needs_training
+        found[use_gpu] = vi.search(x[:200], 10)[1]
+    assert (found[True][:, 0] == np.arange(200)).mean() > 0.95  # each vector finds itself
+    overlap = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found[False], found[True], strict=True)])
+    assert overlap > 0.8  # k-means on the GPU lands on similar lists
