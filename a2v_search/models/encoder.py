@@ -96,6 +96,8 @@ class ActivityEncoder:
         n = len(x)
         if self.compile != "off" and pad_to and 0 < n < pad_to:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        if self.compile == "reduce-overhead":  # a new CUDA graph replay; the last outputs are already copied out
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
             out = self._forward(self.preprocess.to_tensor(x))  # (B, 3, S, S) float32 in, heads in fp32
         return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
