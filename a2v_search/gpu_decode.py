@@ -92,11 +92,11 @@ def assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, de
     if keys:
         try:
             decoded = dict(zip(keys, decode([jpegs[k] for k in keys], device), strict=True))
-        except RuntimeError:
+        except Exception:  # one file the decoder rejects fails the whole call: try each alone
             for k in keys:
                 try:
                     decoded[k] = decode([jpegs[k]], device)[0]
-                except RuntimeError:
+                except Exception:
                     decoded[k] = None  # the CPU path below
     rows: list[torch.Tensor] = []
     failed: dict[int, str] = {}
