@@ -204,11 +204,12 @@ class A2VSearch:
     # ------------------------------------------------------------------ ingest and import
 
     def ingest(self, paths: Iterable[str | os.PathLike], *, collection: str = "default", detector: str | None = None,
-               batch_size: int = 32, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
+               batch_size: int | None = None, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256, jpeg_decoder: str = "auto",
                on_progress: Callable[[int, int, int], None] | None = None) -> IngestReport:
         """Compute and store the persons of images and videos (files, folders, list files).
 
+        ``batch_size``: persons per model batch (default: ``models.encoder.default_batch_size``, 32 on the CPU).
         ``jpeg_decoder``: auto (JPEGs decoded on the GPU when the encoder runs on CUDA and torchvision is
         installed, see ``gpu_decode``), gpu, or cpu."""
         from .ingest import IngestOptions, run_ingest
@@ -218,10 +219,14 @@ class A2VSearch:
             raise InputError("nothing to ingest: give files, folders or list files")
         check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
         det = self.detector(detector)
-        opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
+        opts = IngestOptions(collection=collection, batch_size=batch_size or 32, workers=workers, video_fps=video_fps,
                              force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder)
         with self.writer("ingest") as store:
             encoder = self.encoder(store)
+            if batch_size is None:
+                from .models.encoder import default_batch_size
+
+                opts.batch_size = default_batch_size(encoder.device)
             report = run_ingest(store, encoder, det, paths, opts, on_progress)
             if not isinstance(det, BoxesFile):
                 with store.db.session() as s:

@@ -85,7 +85,9 @@ def ingest(
     trust_checkpoint: Trust = False,
     text_model: TextModel = None,
     device: Device = None,
-    batch_size: Annotated[int, typer.Option(help="Persons per model batch.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(help="Persons per model batch (default: 32 on the CPU, 256 on a "
+                                                        "GPU with 16 GiB or more, else 64).",
+                                                   show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(help="Decode processes (default: cores - 1; 0 = in process).",
                                                 show_default=False)] = None,
     video_fps: Annotated[float, typer.Option(help="Video frames sampled per second.")] = 1.0,

@@ -18,6 +18,7 @@ from a2v_search.gpu_decode import JpegCrop, assemble, crop_resize
 from a2v_search.jpeg_info import gpu_fallback_reason, read_jpeg_info
 from a2v_search.media import DecodeTask, decode, load_image
 from a2v_search.models import ModelSpec, load_encoder
+from a2v_search.models.encoder import default_batch_size
 from a2v_search.preprocess import Preprocess
 
 CUDA = torch.cuda.is_available()
@@ -194,6 +195,7 @@ def test_compile_and_jpeg_decoder_flags_are_checked_before_any_work(tmp_path, ti
         ingest._use_gpu_jpeg("gpu", torch.device("cpu"))
     assert not ingest._use_gpu_jpeg("auto", torch.device("cpu")) and not ingest._use_gpu_jpeg("cpu",
                                                                                              torch.device("cpu"))
+    assert default_batch_size(torch.device("cpu")) == 32  # the CPU batch stays what it was
     enc = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False,
                        compile="reduce-overhead")
     assert enc.compile == "reduce-overhead" and enc._forward is not enc.model  # wrapped, compiled on first call

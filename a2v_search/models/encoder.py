@@ -137,6 +137,15 @@ class ActivityEncoder:
         return F.normalize(emb, dim=-1).cpu().numpy()
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Persons per batch when none is given: 32 on the CPU; on CUDA 256 with 16 GiB of memory or more, else 64
+    (ViT-B/16 in bf16 with SDPA needs a few MB of activations per person; bench/gpu_check.sh measures 32-512)."""
+    if device.type != "cuda":
+        return 32
+    total = torch.cuda.get_device_properties(device).total_memory
+    return 256 if total >= 16 * 2**30 else 64
+
+
 #: Tower precisions: ``auto`` (bf16 autocast on CUDA where supported, else fp16; fp32 elsewhere) or a fixed one.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
