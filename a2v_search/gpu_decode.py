@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,24 @@ def crop_resize(image: torch.Tensor, box: Box | None, preprocess: Preprocess) ->
     return resize_uint8(canvas, preprocess.size)
 
 
+_side_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+@contextmanager
+def _side_stream(device: torch.device):
+    """On CUDA, run the block on a side stream that the compute stream then waits for, so that decoding batch i + 1
+    overlaps the tower on batch i; on the CPU, nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    side = _side_streams.setdefault(device, torch.cuda.Stream(device))
+    compute = torch.cuda.current_stream(device)
+    side.wait_stream(compute)
+    with torch.cuda.stream(side):
+        yield
+    compute.wait_stream(side)
+
+
 def assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, device: torch.device,
              max_pixels: int, decode=decode_jpegs) -> tuple[torch.Tensor, dict[int, str]]:
     """One batch of persons on ``device``: uint8 (B', S, S, 3), rows in the order of ``pixels`` less the failed
@@ -83,6 +102,15 @@ def assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, de
     (``media.load_image`` on the bytes, then ``Preprocess.pixels``), which refuses it with the CPU path's reason
     when it is broken.
     """
+    with _side_stream(device):
+        batch, failed = _assemble(pixels, preprocess, device, max_pixels, decode)
+    if device.type == "cuda":
+        batch.record_stream(torch.cuda.current_stream(device))  # made on the side stream, used on the compute one
+    return batch, failed
+
+
+def _assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, device: torch.device,
+              max_pixels: int, decode) -> tuple[torch.Tensor, dict[int, str]]:
     jpegs: dict[int, bytes] = {}  # id(data) -> data
     for px in pixels:
         if isinstance(px, JpegCrop):

@@ -5,6 +5,8 @@ Images: EXIF orientation applied; any mode to RGB (alpha composited on white, 16
 CMYK and palettes converted); a pixel-count guard against decompression bombs. Animated GIFs (and other
 multi-frame images) use their first frame. Videos: frames sampled at ``video_fps`` through PyAV, decoded in
 segments of ``segment_s`` seconds so a long video never sits in memory; each frame keeps its index and time.
+With ``DecodeTask.gpu_jpeg`` (ingest on CUDA), a JPEG that ``jpeg_info``'s rule lets the GPU decode is not decoded
+here: its bytes travel to the main process (``Item.jpeg``), where ``gpu_decode`` decodes and cuts it.
 """
 
 from __future__ import annotations

@@ -201,6 +201,22 @@ def test_compile_and_jpeg_decoder_flags_are_checked_before_any_work(tmp_path, ti
     assert enc.compile == "reduce-overhead" and enc._forward is not enc.model  # wrapped, compiled on first call
 
 
+def test_cli_ingest_takes_the_gpu_flags_and_refuses_bad_values_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "manage.py", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=root, timeout=300)
+    helped = run("ingest", "--help")
+    assert "--jpeg-decoder" in helped.stdout and "--compile" in helped.stdout
+    for flag, value in (("--compile", "fast"), ("--jpeg-decoder", "nvjpeg")):
+        r = run("ingest", str(tmp_path), "--data-dir", str(tmp_path / "s"), flag, value)
+        assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
+        assert f"unknown {flag} {value!r}" in r.stderr + r.stdout
+
+
 def test_cpu_path_never_imports_torchvision(tmp_path, tiny_clip_dir, tiny_bert_dir) -> None:
     import subprocess
     import sys
@@ -288,6 +304,17 @@ def test_cuda_encoder_matches_cpu_fp32_within_tolerance(tmp_path, precision) -> 
     for k in ("pasta", "verbs", "parts"):
         assert np.abs(getattr(out, k) - getattr(ref, k)).max() < tol, k
     assert (out.visual * ref.visual).sum(1).min() > (0.9999 if precision == "fp32" else 0.99)
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_encoder_matches_eager(tiny_clip_dir, mode) -> None:
+    eager = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cuda", with_language=False)
+    compiled = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cuda", with_language=False, compile=mode)
+    pixels = np.random.default_rng(2).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    ref, out = eager.encode_pixels(pixels, 4), compiled.encode_pixels(pixels, 4)  # 4 + 4 + 3 (padded to 4)
+    assert out.pasta.shape == ref.pasta.shape == (11, 93)
+    assert np.abs(out.pasta - ref.pasta).max() < 0.02 and (out.visual * ref.visual).sum(1).min() > 0.99
 
 
 @needs_cuda
