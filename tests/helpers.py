@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from a2v_search import taxonomy as tx
@@ -43,9 +45,23 @@ def writable_store(data_dir, language: LanguageSpace | None = None) -> Store:
     return store
 
 
+class _Ready:
+    """A submitted batch whose result is already there (as on the CPU)."""
+
+    ready = True
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self.arrays
+
+
 class StubEncoder:
     """A deterministic numpy stand-in for ActivityEncoder (no torch: safe in forked children). Same interface as
-    far as ingest is concerned: preprocess, space, language, encode_pixels."""
+    far as ingest is concerned: preprocess, space, language, device (its type), encode_pixels, submit, vectors."""
+
+    device = SimpleNamespace(type="cpu")
 
     def __init__(self, language: LanguageSpace | None = None, size: int = 16):
         from a2v_search.preprocess import Preprocess
@@ -69,3 +85,13 @@ class StubEncoder:
         return PersonVectors(visual=visual.astype(np.float32), pasta=pasta.astype(np.float32),
                              verbs=verbs.astype(np.float32), parts=parts.astype(np.float32),
                              language=self.language.embed(pasta, verbs))
+
+    def submit(self, pixels: np.ndarray, pad_to: int | None = None) -> _Ready:
+        out = self.encode_pixels(np.asarray(pixels))
+        return _Ready({"visual": out.visual, "pasta": out.pasta, "verbs": out.verbs, "parts": out.parts})
+
+    def vectors(self, parts: list[dict[str, np.ndarray]]):
+        from a2v_search.models.encoder import PersonVectors
+
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("visual", "pasta", "verbs", "parts")}
+        return PersonVectors(**arrays, language=self.language.embed(arrays["pasta"], arrays["verbs"]))
