@@ -51,12 +51,15 @@ def decode_jpegs(datas: Sequence[bytes], device: torch.device) -> list[torch.Ten
     return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
 
 
-def resize_uint8(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) uint8 -> (size, size, 3) uint8: bilinear with antialiasing (Pillow's BILINEAR filter), rounded."""
-    x = image.unsqueeze(0).float()  # (1, 3, H, W)
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) or (3, H, W) uint8 -> (N, size, size, 3) or (size, size, 3) uint8: bilinear with antialiasing
+    (Pillow's BILINEAR filter), rounded."""
+    x = images.unsqueeze(0) if images.dim() == 3 else images
+    x = x.float()  # (N, 3, H, W)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)  # (S, S, 3)
+    out = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (N, S, S, 3)
+    return out[0] if images.dim() == 3 else out
 
 
 def crop_resize(image: torch.Tensor, box: Box | None, preprocess: Preprocess) -> torch.Tensor:
@@ -126,25 +129,32 @@ def _assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, d
                     decoded[k] = decode([jpegs[k]], device)[0]
                 except Exception:
                     decoded[k] = None  # the CPU path below
-    rows: list[torch.Tensor] = []
+    rows: list[torch.Tensor | None] = [None] * len(pixels)
     failed: dict[int, str] = {}
+    wholes: dict[tuple[int, int], list[int]] = {}  # whole images by size: resized together, one call per size
     for i, px in enumerate(pixels):
         if isinstance(px, np.ndarray):
-            rows.append(torch.from_numpy(np.array(px)).to(device))
+            rows[i] = torch.from_numpy(np.array(px)).to(device)
             continue
         image = decoded[id(px.data)]
-        if image is not None:
-            rows.append(crop_resize(image, px.box, preprocess))
+        if image is not None and px.box is None:
+            wholes.setdefault(tuple(image.shape[1:]), []).append(i)
             continue
-        try:
-            cpu = preprocess.pixels(load_image(io.BytesIO(px.data), max_pixels), px.box)
+        if image is not None:
+            rows[i] = crop_resize(image, px.box, preprocess)
+            continue
+        try:  # the GPU decoder rejected it: the CPU path decides
+            cpu = preprocess.pixels(load_image(io.BytesIO(px.data), max_pixels), px.box)  # (S, S, 3) uint8
+            rows[i] = torch.from_numpy(cpu).to(device)
         except DecodeError as e:
             failed[i] = str(e)
-            continue
         except Exception as e:  # as media.decode: a library error on a hostile file is that file's failure
             failed[i] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
-            continue
-        rows.append(torch.from_numpy(cpu).to(device))
+    for members in wholes.values():
+        resized = resize_uint8(torch.stack([decoded[id(pixels[i].data)] for i in members]), preprocess.size)
+        for i, row in zip(members, resized, strict=True):
+            rows[i] = row
+    kept = [r for r in rows if r is not None]
     size = preprocess.size
-    batch = torch.stack(rows) if rows else torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
+    batch = torch.stack(kept) if kept else torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
     return batch, failed

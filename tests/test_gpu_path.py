@@ -122,28 +122,29 @@ def test_crop_resize_follows_the_cpu_crop_policy(box) -> None:
 
 def test_assemble_keeps_order_decodes_each_file_once_and_falls_back_per_file() -> None:
     pre = Preprocess(size=32)
-    a, b = jpeg_bytes(photo(9)), jpeg_bytes(photo(10))
+    a, b, c = jpeg_bytes(photo(9)), jpeg_bytes(photo(10)), jpeg_bytes(photo(14))
     broken = jpeg_bytes(photo(11))[:400]  # header intact, data cut: refused by both decoders
     ready = pre.pixels(photo(12), None)  # a crop made on the CPU (e.g. a PNG)
     calls = []
 
     def decoder(datas, device):
         calls.append(len(datas))
-        if broken in datas or b in datas and len(datas) == 1:
-            raise RuntimeError("nvjpeg: bad data")  # b is refused alone too: it goes through the CPU path
+        if broken in datas or c in datas and len(datas) == 1:
+            raise RuntimeError("nvjpeg: bad data")  # c is refused alone too: it goes through the CPU path
         return pil_decode(datas, device)
 
     box = [30.0, 20.0, 90.0, 100.0]
-    items = [JpegCrop(a, None), ready, JpegCrop(broken, None), JpegCrop(a, box), JpegCrop(b, None)]
+    items = [JpegCrop(a, None), ready, JpegCrop(broken, None), JpegCrop(a, box), JpegCrop(b, None), JpegCrop(c, None)]
     batch, failed = assemble(items, pre, torch.device("cpu"), 10**8, decode=decoder)
-    assert calls == [3, 1, 1, 1]  # the batch of 3 distinct files failed, then each alone
+    assert calls == [4, 1, 1, 1, 1]  # the batch of 4 distinct files failed, then each alone
     assert list(failed) == [2] and "truncated" in failed[2].lower()
-    assert batch.shape == (4, 32, 32, 3) and batch.dtype == torch.uint8
+    assert batch.shape == (5, 32, 32, 3) and batch.dtype == torch.uint8
     expected = [pre.pixels(load_image(io.BytesIO(a)), None), ready, pre.pixels(load_image(io.BytesIO(a)), box),
-                pre.pixels(load_image(io.BytesIO(b)), None)]
-    for row, want in zip(batch.numpy(), expected, strict=True):
+                pre.pixels(load_image(io.BytesIO(b)), None), pre.pixels(load_image(io.BytesIO(c)), None)]
+    for row, want in zip(batch.numpy(), expected, strict=True):  # a and b resized together, c on the CPU path
         assert np.abs(row.astype(int) - want.astype(int)).max() <= 3
-    assert np.array_equal(batch[1].numpy(), ready) and np.array_equal(batch[3].numpy(), expected[3])
+    assert np.array_equal(batch[1].numpy(), ready) and np.array_equal(batch[4].numpy(), expected[4])
+    assert np.array_equal(batch[0].numpy(), crop_resize(pil_decode([a], "cpu")[0], None, pre).numpy())
 
 
 # ------------------------------------------------------------------ encoder: submit / collect, bf16 tower, flags
