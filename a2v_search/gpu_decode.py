@@ -87,7 +87,9 @@ def _side_stream(device: torch.device):
     if device.type != "cuda":
         yield
         return
-    side = _side_streams.setdefault(device, torch.cuda.Stream(device))
+    if device not in _side_streams:
+        _side_streams[device] = torch.cuda.Stream(device)
+    side = _side_streams[device]
     compute = torch.cuda.current_stream(device)
     side.wait_stream(compute)
     with torch.cuda.stream(side):

@@ -24,10 +24,8 @@ class Uploader:
         """(B, ...) numpy or tensor -> tensor on the device (queued, not finished, on CUDA)."""
         if isinstance(batch, np.ndarray):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
-        if batch.device == self.device or (self.stream is None and batch.device.type == self.device.type):
-            return batch
-        if self.stream is None:
-            return batch.to(self.device)
+        if batch.device.type != "cpu" or self.stream is None:  # already on a device, or no copy stream: plain .to
+            return batch.to(self.device)  # a no-op when it is there ("cuda" and "cuda:0" alike)
         host = batch if batch.is_pinned() else batch.pin_memory()
         compute = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(compute)  # the buffer may be reused by work queued before
