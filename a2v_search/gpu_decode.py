@@ -91,8 +91,7 @@ def _side_stream(device: torch.device):
         _side_streams[device] = torch.cuda.Stream(device)
     side = _side_streams[device]
     compute = torch.cuda.current_stream(device)
-    side.wait_stream(compute)
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side):  # new tensors only: no need to wait for the compute stream
         yield
     compute.wait_stream(side)
 

@@ -28,8 +28,7 @@ class Uploader:
             return batch.to(self.device)  # a no-op when it is there ("cuda" and "cuda:0" alike)
         host = batch if batch.is_pinned() else batch.pin_memory()
         compute = torch.cuda.current_stream(self.device)
-        self.stream.wait_stream(compute)  # the buffer may be reused by work queued before
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self.stream):  # does not wait for the compute stream: runs beside the last batch
             out = host.to(self.device, non_blocking=True)
         compute.wait_stream(self.stream)
         out.record_stream(compute)  # freed only once the compute stream is done with it

@@ -59,6 +59,7 @@ class ActivityEncoder:
         self._forward = self.model if compile == "off" else torch.compile(
             self.model, mode=None if compile == "default" else compile, dynamic=False)
         self._uploader = Uploader(device)
+        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def image_size(self) -> int:
@@ -98,9 +99,19 @@ class ActivityEncoder:
             x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
         if self.compile == "reduce-overhead":  # a new CUDA graph replay; the last outputs are already copied out
             torch.compiler.cudagraph_mark_step_begin()
+        x = self._normalise(x)  # (B, 3, S, S) float32
         with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            out = self._forward(self.preprocess.to_tensor(x))  # (B, 3, S, S) float32 in, heads in fp32
+            out = self._forward(x)  # the tower under autocast, the heads in fp32
         return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), as ``Preprocess.to_tensor``, with the mean and std
+        kept on the device (a fresh host-to-device copy per batch would wait for the batch before)."""
+        if self._mean_std is None or self._mean_std[0].device != x.device:
+            self._mean_std = tuple(torch.tensor(v, device=x.device).view(1, 3, 1, 1)
+                                   for v in (self.preprocess.mean, self.preprocess.std))
+        mean, std = self._mean_std
+        return (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""

@@ -75,11 +75,13 @@ class ZeroShotHeads(nn.Module):
         self.register_buffer("verb_text", F.normalize(verb_text.float(), dim=-1))  # (157, P)
         self.logit_scale = float(logit_scale)
         self.part_slices = [slice(r.start, r.stop) for r in tx.PART_RANGES.values()]
+        # on the model's device, so that indexing never copies from the host (which would wait for the GPU)
+        self.register_buffer("no_interaction", torch.tensor(list(tx.NO_INTERACTION_PASTA)), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:  # feat (B, P)
         img = F.normalize(feat.float(), dim=-1)
         pasta_logits = self.logit_scale * img @ self.pasta_text.T  # (B, 93)
         pasta = torch.cat([pasta_logits[:, s].softmax(-1) for s in self.part_slices], dim=-1)  # (B, 93)
         verbs = (self.logit_scale * img @ self.verb_text.T).softmax(-1)  # (B, 157)
-        parts = 1.0 - pasta[:, list(tx.NO_INTERACTION_PASTA)]  # (B, 6)
+        parts = 1.0 - pasta[:, self.no_interaction]  # (B, 6)
         return {"pasta": pasta, "verbs": verbs, "parts": parts}
