@@ -9,19 +9,23 @@ grayscale decode; every other file goes through the CPU path, unchanged:
   hierarchical or 12-bit;
 - 1 (grayscale) or 3 components stored as YCbCr; not CMYK / YCCK (4 components), not RGB-coded JPEGs
   (Adobe transform 0, or component ids 'R', 'G', 'B');
-- no EXIF orientation other than 1 (upright), and an EXIF block that parses;
+- no orientation other than 1 (upright): Pillow takes EXIF's tag, else an XMP ``tiff:Orientation``; and an
+  EXIF block that parses;
 - at most ``max_pixels`` pixels (the decompression-bomb guard; the CPU path gives the error message);
 - a header that parses, with non-zero width and height.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _GPU_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive; Huffman coded
 _NO_LENGTH = {0x01, 0xD8, *range(0xD0, 0xD8)}
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # the pattern Pillow's getexif uses
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class JpegInfo:
     width: int
     height: int
     component_ids: tuple[int, ...]
-    orientation: int | None  # EXIF orientation tag, None when absent
+    orientation: int | None  # EXIF orientation tag, else XMP tiff:Orientation (as Pillow reads it), None when absent
     exif_ok: bool  # False when an EXIF block is there but does not parse
     adobe_transform: int | None  # APP14 "Adobe" colour transform, None when absent
 
@@ -43,7 +47,7 @@ def read_jpeg_info(data: bytes) -> JpegInfo | None:
     if not data.startswith(b"\xff\xd8"):
         return None
     i, n = 2, len(data)
-    orientation, exif_ok, adobe, frame = None, True, None, None
+    orientation, xmp_orientation, exif_ok, adobe, frame = None, None, True, None, None
     while i < n:
         if data[i] != 0xFF:
             return None
@@ -70,6 +74,9 @@ def read_jpeg_info(data: bytes) -> JpegInfo | None:
                 exif_ok = False
             elif found is not None and orientation is None:
                 orientation = found
+        elif marker == 0xE1 and seg.startswith(_XMP) and xmp_orientation is None:
+            found = _XMP_ORIENTATION.search(seg)
+            xmp_orientation = int(found[2]) if found else None
         elif marker == 0xEE and seg.startswith(b"Adobe") and len(seg) >= 12:
             adobe = seg[11]
         elif marker in _SOF and frame is None:
@@ -83,7 +90,8 @@ def read_jpeg_info(data: bytes) -> JpegInfo | None:
         return None
     sof, precision, width, height, ids = frame
     return JpegInfo(sof=sof, precision=precision, width=width, height=height, component_ids=ids,
-                    orientation=orientation, exif_ok=exif_ok, adobe_transform=adobe)
+                    orientation=orientation if orientation is not None else xmp_orientation, exif_ok=exif_ok,
+                    adobe_transform=adobe)
 
 
 def exif_orientation(tiff: bytes) -> int | None | bool:
@@ -120,7 +128,7 @@ def gpu_fallback_reason(info: JpegInfo | None, max_pixels: int) -> str | None:
     if not info.exif_ok:
         return "EXIF block does not parse"
     if info.orientation not in (None, 1):
-        return f"EXIF orientation {info.orientation}"
+        return f"orientation {info.orientation} (EXIF or XMP)"
     if info.width == 0 or info.height == 0 or info.width * info.height > max_pixels:
         return "size outside the pixel guard"
     return None

@@ -64,22 +64,28 @@ def test_plain_jpegs_go_to_the_gpu_with_their_size_read_from_the_header() -> Non
 
 
 @pytest.mark.parametrize("case, reason", [
-    ("exif6", "EXIF orientation 6"),
+    ("exif6", "orientation 6 (EXIF or XMP)"),
+    ("xmp8", "orientation 8 (EXIF or XMP)"),
     ("cmyk", "4 colour components (CMYK or YCCK)"),
     ("png", "not a JPEG, or its header does not parse"),
     ("truncated", "not a JPEG, or its header does not parse"),
     ("big", "size outside the pixel guard"),
 ])
 def test_jpegs_the_gpu_cannot_honour_fall_back_to_the_cpu(case: str, reason: str) -> None:
-    image = photo(4)
+    image = photo(4, 160, 120)
     data = {
         "exif6": lambda: jpeg_bytes(image, exif=exif_with_orientation(6)),
+        "xmp8": lambda: jpeg_bytes(image, xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3'
+                                              b'.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns'
+                                              b'.adobe.com/tiff/1.0/" tiff:Orientation="8"/></rdf:RDF></x:xmpmeta>'),
         "cmyk": lambda: jpeg_bytes(image.convert("CMYK")),
         "png": lambda: (image.save(buf := io.BytesIO(), format="PNG"), buf.getvalue())[1],
         "truncated": lambda: jpeg_bytes(image)[:60],
         "big": lambda: jpeg_bytes(image),
     }[case]()
     assert gpu_fallback_reason(read_jpeg_info(data), max_pixels=100 if case == "big" else 10**8) == reason
+    if case in ("exif6", "xmp8"):  # Pillow turns it: the CPU path must decode it
+        assert load_image(io.BytesIO(data)).size == (120, 160)
 
 
 def test_decode_worker_passes_eligible_jpegs_through_and_decodes_the_rest(tmp_path) -> None:
