@@ -101,7 +101,7 @@ def main() -> None:
 
     device = f"{encoder.device}" + (f" ({gpu_name()})" if cuda else "")
     workers = args.workers if args.workers is not None else "default (cores - 1)"
-    print(f"Device {device}, precision {args.precision} (tower dtype {encoder.amp_dtype or 'fp32'}), batch size "
+    print(f"Device {device}, precision {args.precision} (autocast {encoder.amp_dtype}), batch size "
           f"{args.batch_size}, decode workers {workers}, torch threads {torch.get_num_threads()}; 640x480 JPEGs, "
           "detector none (one person per image, whole-image mode).\n")
     print("| model | persons | wall s | persons/s | ms/image | decode s (workers) | wait s | encode s | write s | "

@@ -3,7 +3,7 @@ preprocessed uint8 crops) with a random ViT-B/16-shaped CLIP-Activity2Vec model,
 
     python bench/model_bench.py [--device auto|cpu|cuda] [--batch-sizes 1 2 4 ...] [--repeats N] [--quick]
 
-CPU: fp32 at batch sizes 1-64. CUDA (when torch sees a GPU): fp32, fp16 and bf16 towers (heads fp32), batch 1-512.
+CPU: fp32 at batch sizes 1-64. CUDA (when torch sees a GPU): fp32, fp16 and bf16 autocast at batch sizes 1-512.
 Each (device, precision, batch) is warmed up, then timed ``--repeats`` times, one encode_pixels call of one batch
 each; the median is reported.
 """
@@ -49,7 +49,7 @@ def bench_device(device: str, precisions: list[str], batches: list[int], repeats
     rows = []
     for precision in precisions:
         encoder = vitb16_encoder(folder, device=device, precision=precision)
-        log(f"{device} {precision}: model loaded (tower dtype {encoder.amp_dtype or 'fp32'})")
+        log(f"{device} {precision}: model loaded (autocast {encoder.amp_dtype})")
         for batch in batches:
             try:
                 rate, ms = persons_per_s(encoder, batch, repeats)
@@ -101,7 +101,7 @@ def main() -> None:
               f"{r['ms'] / r['batch']:.1f} |")
     if has_cuda and args.device != "cpu":
         print(f"\nGPU: {gpu_name()}")
-    print("\nCPU rows are fp32 (bf16/fp16 towers are CUDA-only). ms per batch: median of the timed calls.")
+    print("\nCPU rows are fp32 (autocast is CUDA-only in the encoder). ms per batch: median of the timed calls.")
 
 
 if __name__ == "__main__":

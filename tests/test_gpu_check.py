@@ -20,8 +20,8 @@ def test_gpu_check_smoke_runs_every_step_and_prints_the_tables() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "steps failed: none" in out, out[-3000:]
-    for heading in ("## Card and versions", "## Model stage", "## torch.compile", "## Where one batch's time goes",
-                    "## JPEG decoding", "## Ingest end to end", "## FAISS index"):
+    for heading in ("## Card and versions", "## Model stage", "## torch.compile and bf16 weights",
+                    "## Where one batch's time goes", "## JPEG decoding", "## Ingest end to end", "## FAISS index"):
         assert heading in out
     assert "| cpu | fp32 | 4 |" in out  # a model-stage row was measured
     assert "| 16 JPEGs, cpu decode | 16 |" in out  # all 16 generated JPEGs were ingested
