@@ -23,6 +23,8 @@ from .cli_options import (
     MaxPersons,
     MinSize,
     Model,
+    Precision,
+    PrecisionName,
     TextModel,
     Threshold,
     Trust,
@@ -38,14 +40,15 @@ app = typer.Typer(
 )
 
 def _api(data_dir=None, model=None, checkpoint=None, trust_checkpoint=False, text_model=None, device=None,
-         detector=None, threshold=0.5, max_persons=20, min_size=16.0, compile="off"):
+         detector=None, threshold=0.5, max_persons=20, min_size=16.0, compile="off", precision="auto"):
     from .api import A2VSearch
     from .detect import DetectorOptions
 
     return A2VSearch.open(data_dir, model=model, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
                           text_model=text_model, device=device, detector=detector,
                           detector_options=DetectorOptions(threshold=threshold, max_persons=max_persons,
-                                                           min_size=min_size), compile=compile)
+                                                           min_size=min_size), compile=compile,
+                          precision=precision)
 
 
 def _print_json(obj) -> None:
@@ -102,13 +105,14 @@ def ingest(
                                                    "is installed), gpu or cpu.")] = "auto",
     compile: Annotated[str, typer.Option(help="torch.compile the model: off, default, max-autotune or "
                                               "reduce-overhead (CUDA graphs).")] = "off",
+    precision: Precision = PrecisionName.auto,
     as_json: Json = False,
 ) -> None:
     """Compute per-person activity vectors for images and videos and store them (incremental, resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
-               min_size, compile)
+               min_size, compile, precision.value)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TextColumn("{task.fields[files_rate]:.1f} files/s, {task.fields[persons]} persons, "
                           "{task.fields[rate]:.1f} persons/s"), TimeElapsedColumn())

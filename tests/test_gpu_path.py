@@ -213,7 +213,7 @@ def test_cli_ingest_takes_the_gpu_flags_and_refuses_bad_values_in_one_line(tmp_p
     run = lambda *a: subprocess.run([sys.executable, "manage.py", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=root, timeout=300)
     helped = run("ingest", "--help")
-    assert "--jpeg-decoder" in helped.stdout and "--compile" in helped.stdout
+    assert all(flag in helped.stdout for flag in ("--jpeg-decoder", "--compile", "--precision"))
     for flag, value in (("--compile", "fast"), ("--jpeg-decoder", "nvjpeg")):
         r = run("ingest", str(tmp_path), "--data-dir", str(tmp_path / "s"), flag, value)
         assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout
