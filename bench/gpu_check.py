@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -237,13 +238,13 @@ def section_split(c: Check) -> list[str]:
             x = enc.preprocess.to_tensor(x)
             c.sync()
             t.append(time.perf_counter())
-            feat = enc.model.features(x).float()
+            with torch.autocast(enc.device.type, dtype=enc.amp_dtype) if enc.amp_dtype else nullcontext():
+                feat = enc.model.features(x)  # as the encoder runs it: under its autocast
             c.sync()
             t.append(time.perf_counter())
-            out = enc.model.heads(feat)
+            out = enc.model.run_heads(feat)  # fp32, and the normalised visual vector
             c.sync()
             t.append(time.perf_counter())
-            out["visual"] = torch.nn.functional.normalize(feat, dim=-1)
             PendingBatch(out, enc.device).result()
             t.append(time.perf_counter())
             if i:  # the first round warms up
