@@ -146,7 +146,7 @@ def _assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, d
             continue
         try:  # the GPU decoder rejected it: the CPU path decides
             cpu = preprocess.pixels(load_image(io.BytesIO(px.data), max_pixels), px.box)  # (S, S, 3) uint8
-            rows[i] = torch.from_numpy(cpu).to(device)
+            rows[i] = torch.from_numpy(np.array(cpu)).to(device)  # Pillow arrays are read-only
         except DecodeError as e:
             failed[i] = str(e)
         except Exception as e:  # as media.decode: a library error on a hostile file is that file's failure
