@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from .settings import Settings, get_device
 from .store import INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
+    from .export import ExportReport
     from .ingest import IngestReport
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
@@ -410,6 +411,33 @@ class A2VSearch:
             return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
                     "height": m.height, "duration": m.duration}
 
+    # ------------------------------------------------------------------ export
+
+    def export(self, out: str | os.PathLike, *, format: str | None = None, fields: list[str] | None = None,
+               collection: str | None = None, path: str | None = None, kind: str | None = None,
+               where: list[str] | None = None, batch_size: int = 4096) -> ExportReport:
+        """Write one row per stored person (passing the filters) to a Parquet, npz or JSON-lines file, with
+        metadata that explains it, in bounded memory (a2v_search/export.py)."""
+        from .export import export
+
+        return export(self._open_reader(), out, format, _filters(collection, path, kind, where), fields, batch_size)
+
+    def export_batches(self, *, fields: list[str] | None = None, collection: str | None = None,
+                       path: str | None = None, kind: str | None = None, where: list[str] | None = None,
+                       batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+        """The same rows as :meth:`export`, as numpy batches ``{field: array}`` of at most ``batch_size`` persons;
+        ``export_fields()`` describes the fields."""
+        from .export import iter_batches
+
+        return iter_batches(self._open_reader(), _filters(collection, path, kind, where), fields, batch_size)
+
+    @staticmethod
+    def export_fields() -> dict[str, str]:
+        """Every export field and what it holds."""
+        from .export import FIELDS
+
+        return dict(FIELDS)
+
     # ------------------------------------------------------------------ maintenance
 
     def stats(self) -> dict:
@@ -460,6 +488,11 @@ class A2VSearch:
                 media_ids = repo.media_ids_under(s, targets)
             removed = store.remove_media(media_ids)
         return {"media_removed": len(media_ids), "persons_removed": int(len(removed))}
+
+
+def _filters(collection, path, kind, where):
+    filters = make_filters(collection, path, kind, where)
+    return None if filters.empty() else filters
 
 
 def _weights(weights) -> dict[str, float]:

@@ -174,6 +174,14 @@ class Database:
                              "lost; free disk space or make the data directory writable, then run the same command "
                              "again") from e
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A session whose reads all see one state of the database (one SQLite read transaction: writers go on,
+        their commits stay invisible until it ends)."""
+        with self.session() as s:
+            s.connection().exec_driver_sql("BEGIN")
+            yield s
+
     def close(self) -> None:
         self.engine.dispose()
 
