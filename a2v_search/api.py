@@ -33,7 +33,7 @@ from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import Settings, get_device
-from .store import INDEX_NAMES, CheckReport, Store, change_signature
+from .store import ALL_INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -449,7 +449,7 @@ class A2VSearch:
             recent = repo.failures(s, limit=20)
         space = store.space()
         indexes = {}
-        for name in INDEX_NAMES:
+        for name in ALL_INDEX_NAMES:
             manifest = store.index_dir / f"{name}.json"
             if manifest.exists():
                 m = json.loads(manifest.read_text())

@@ -40,8 +40,8 @@ from .models.language import LanguageSpace
 
 log = logging.getLogger("a2v_search")
 
-INDEX_NAMES = ("visual", "language", activity.ACTIVITY)
-BASE_INDEXES = ("visual", "language")
+INDEX_NAMES = ("visual", "language")  # every store has these
+ALL_INDEX_NAMES = (*INDEX_NAMES, activity.ACTIVITY)  # with trained heads
 #: (unit visual (N, P), norms (N,)) -> A2V features (N, 6, h)
 PartFeatures = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DB_NAME = "a2v.sqlite"
@@ -222,13 +222,13 @@ class Store:
 
     def index_names(self) -> tuple[str, ...]:
         """The spaces this store keeps indexes of: visual, language, and activity when it has that space."""
-        return INDEX_NAMES if self.activity_problem() is None else BASE_INDEXES
+        return ALL_INDEX_NAMES if self.activity_problem() is None else INDEX_NAMES
 
     def part_features(self, visual: np.ndarray, norms: np.ndarray) -> np.ndarray:
         """A2V features (N, 6, h) of stored values: unit visual (N, P) float16 values and norms (N,)."""
         problem = self.activity_problem()
         if problem is not None:
-            raise QueryError(problem)
+            raise QueryError(f"no activity space: {problem}")
         if self._part_features is None:
             self._part_features = self._activity_source()
         return self._part_features(np.asarray(visual, np.float32), np.asarray(norms, np.float32))
@@ -240,7 +240,7 @@ class Store:
     # ------------------------------------------------------------------ vectors
 
     def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
-                      norms: np.ndarray | None = None, names: Sequence[str] = BASE_INDEXES) -> dict[str, np.ndarray]:
+                      norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
         """The FAISS vectors of persons in the spaces ``names``, computed from the values SQLite stores (float16
         vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are identical."""
         v = repo.unf16(repo.f16(visual)).reshape(len(visual), -1) if len(visual) else np.asarray(visual, np.float32)

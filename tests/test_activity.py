@@ -14,7 +14,7 @@ from media_factory import write_images
 from a2v_search.activity import space_vectors
 from a2v_search.api import A2VSearch
 from a2v_search.media import load_image
-from a2v_search.store import BASE_INDEXES, INDEX_NAMES, Store
+from a2v_search.store import ALL_INDEX_NAMES, INDEX_NAMES, Store
 from db import repo
 from db.schema import SCHEMA_VERSION
 
@@ -65,7 +65,7 @@ def test_a2v_feature_recomputed_from_the_store_equals_a_direct_forward(trained):
 def test_activity_index_export_and_stats(trained):
     api, _ = trained
     store = api._open_reader()
-    assert store.index_names() == INDEX_NAMES and api.stats()["activity_space"] == "available"
+    assert store.index_names() == ALL_INDEX_NAMES and api.stats()["activity_space"] == "available"
     assert (store.index_dir / "activity.json").is_file()
     rows = next(api.export_batches())  # default fields include the activity with trained heads
     assert "activity" in rows
@@ -73,7 +73,7 @@ def test_activity_index_export_and_stats(trained):
     assert index.dim == 6 * 32
     np.testing.assert_allclose(index.reconstruct(rows["person_id"]), space_vectors(rows["activity"]), atol=1e-6)
     assert not api.doctor().problems
-    assert set(api.reindex()) == set(INDEX_NAMES)
+    assert set(api.reindex()) == set(ALL_INDEX_NAMES)
 
 
 def test_search_by_example_image_and_by_person_in_the_activity_space(trained):
@@ -112,7 +112,7 @@ def test_schema_1_store_is_migrated_and_the_activity_space_names_the_fix(tmp_pat
     store.set_activity_source(lambda: pytest.fail("no features can be computed without norms"))
     problem = store.activity_problem()
     assert "2 persons" in problem and "schema 1" in problem and "ingest PATHS --force" in problem
-    assert store.index_names() == BASE_INDEXES and len(store.indexes()) == 2  # the other spaces work as before
+    assert store.index_names() == INDEX_NAMES and len(store.indexes()) == 2  # the other spaces work as before
     store.close()
 
 

@@ -16,7 +16,7 @@ from test_ingest import run_main
 
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch
-from a2v_search.errors import InputError
+from a2v_search.errors import InputError, QueryError
 from a2v_search.export import DEFAULT_FIELDS, FIELDS
 from a2v_search.models import prompts
 from db import repo
@@ -236,6 +236,17 @@ def test_fields_and_errors(api, tmp_path):
     assert set(FIELDS) >= set(DEFAULT_FIELDS) and "language_basis" not in DEFAULT_FIELDS
 
 
+def test_zero_shot_store_says_it_has_no_activity_space(api):
+    assert "zero-shot" in api.stats()["activity_space"]
+    with pytest.raises(QueryError, match="no activity space: no A2V classifier feature.*zero-shot"):
+        api.search_similar(1, k=3, weights=(0, 0, 1))
+    assert len(api.search_similar(1, k=3, weights=(1, 1, 0))) == 3  # a zero third weight changes nothing
+    code, _, err = run_main("search", "--person", "1", "--weights", "0,0,1", "--data-dir", api.data_dir)
+    assert code == 1 and "zero-shot" in err and len(err.splitlines()) == 1
+    code, _, err = run_main("search", "--person", "1", "--weights", "1,1,1,1", "--data-dir", api.data_dir)
+    assert code == 1 and "VISUAL,LANGUAGE[,ACTIVITY]" in err
+
+
 def test_cli_export(api, tmp_path):
     out = tmp_path / "cli.bin"
     code, stdout, err = run_main("export", "--out", out, "--format", "jsonl", "--collection", "odd",
@@ -266,7 +277,7 @@ _CHILD = textwrap.dedent("""
                                          "language"], collection={collection!r}, batch_size=2048)
     # VmHWM: this process image's peak RSS (ru_maxrss would include the forking parent's, kept across exec)
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print(json.dumps({{"rows": report.rows, "peak_kib": peak}}))
+    print(json.dumps({{"rows": report.rows, "peak_kib": peak, "seconds": report.seconds}}))
 """)
 
 
@@ -286,23 +297,25 @@ def test_export_memory_is_bounded_on_a_large_store(tmp_path, tiny_clip_dir, tiny
     api = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
     rng = np.random.default_rng(0)
     pasta = {"hand: hold": 0.9, "head: drink with": 0.7}  # sparse probabilities: few label rows, fast import
-    per_chunk = 50_000
+    per_chunk, per_media = 50_000, 4
     for start in range(0, N_LARGE, per_chunk):
-        visual = rng.normal(size=(per_chunk // 2, 16)).astype(np.float32)
-        recs = [{"path": f"/large/{start + 2 * i:07d}.jpg", "collection": "small" if i % 100 == 0 else "large",
+        visual = rng.normal(size=(per_chunk // per_media, 16)).astype(np.float32)
+        recs = [{"path": f"/large/{start + per_media * i:07d}.jpg",
+                 "collection": "small" if i % 100 == 0 else "large",
                  "persons": [{"pasta": pasta, "verbs": {"drink_with": 0.8}, "visual": visual[i].tolist(),
-                              "box": [0, 0, 10, 20]}] * 2} for i in range(per_chunk // 2)]
+                              "box": [0, 0, 10, 20]}] * per_media} for i in range(per_chunk // per_media)]
         assert api.import_records(recs).persons_added == per_chunk
     api.close()
-    small = _export_in_child(data, tmp_path / "small.parquet", "small")
-    full = _export_in_child(data, tmp_path / "full.parquet", None)
-    full_npz = _export_in_child(data, tmp_path / "full.npz", None)
-    assert small["rows"] == N_LARGE // 100 and full["rows"] == full_npz["rows"] == N_LARGE
     row_bytes = 4 * (4 + 93 + 157 + 6 + 16 + 64) + 8
     data_mib = N_LARGE * row_bytes / 2**20
-    growth = {fmt: (r["peak_kib"] - small["peak_kib"]) / 1024 for fmt, r in (("parquet", full), ("npz", full_npz))}
-    print(f"rows {N_LARGE}, data {data_mib:.0f} MiB, peak small {small['peak_kib'] / 1024:.0f} MiB, growth "
-          + ", ".join(f"{k} {v:.0f} MiB" for k, v in growth.items()))
+    growth = {}
+    for fmt in ("parquet", "npz"):
+        small = _export_in_child(data, tmp_path / f"small.{fmt}", "small")
+        full = _export_in_child(data, tmp_path / f"full.{fmt}", None)
+        assert small["rows"] == N_LARGE // 100 and full["rows"] == N_LARGE
+        growth[fmt] = (full["peak_kib"] - small["peak_kib"]) / 1024
+        print(f"{fmt}: {N_LARGE} rows ({data_mib:.0f} MiB as float32) in {full['seconds']:.0f} s, peak RSS "
+              f"{full['peak_kib'] / 1024:.0f} MiB; exporting {small['rows']} rows: {small['peak_kib'] / 1024:.0f} MiB")
     assert all(g < 0.15 * data_mib for g in growth.values()), growth
     import pyarrow.parquet as pq
 
