@@ -111,7 +111,8 @@ class ActivityEncoder:
             feat = np.asarray(visual[i:i + batch_size], np.float32) * np.asarray(visual_norm[i:i + batch_size],
                                                                                 np.float32)[:, None]  # (B, P)
             x = torch.from_numpy(feat).to(self.device)
-            out.append(heads.part_features(x).float().cpu().numpy())  # (B, 6, h)
+            with torch.autocast(self.device.type, enabled=False):  # fp32, as the heads run at ingest
+                out.append(heads.part_features(x).float().cpu().numpy())  # (B, 6, h)
         return np.concatenate(out) if out else np.zeros((0, 6, h), np.float32)
 
     @torch.inference_mode()
