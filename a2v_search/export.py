@@ -129,8 +129,11 @@ def iter_batches(store: Store, filters: Filters | None = None, fields: Sequence[
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     if store.space_row() is None:
-        return
-    fields, _ = resolve_fields(store, fields)
+        return iter(())
+    return _batches(store, filters, resolve_fields(store, fields)[0], batch_size)  # bad fields fail here, not later
+
+
+def _batches(store: Store, filters: Filters | None, fields: list[str], batch_size: int) -> Iterator[dict]:
     with store.db.snapshot() as s:
         ids = repo.filter_person_ids(s, filters) if filters is not None else None
         if ids is not None and not len(ids):

@@ -227,6 +227,10 @@ def test_fields_and_errors(api, tmp_path):
     assert list(got) == ["verbs", "parts", "person_id"] and got["parts"].shape == (N_PERSONS, 6)
     with pytest.raises(InputError, match="unknown field 'colour'.*person_id"):
         api.export(tmp_path / "x.npz", fields=["colour"])
+    with pytest.raises(InputError, match="unknown field 'colour'"):
+        api.export_batches(fields=["colour"])  # on the call, not on the first batch
+    with pytest.raises(InputError, match="batch-size"):
+        api.export_batches(batch_size=0)
     with pytest.raises(InputError, match="not available.*zero-shot"):
         api.export(tmp_path / "x.npz", fields=["activity"])
     with pytest.raises(InputError, match=r"\.parquet, \.npz or \.jsonl"):
