@@ -380,6 +380,7 @@ def stats(data_dir: DataDir = None, as_json: Json = False) -> None:
         con.print(f"  index {name}: {idx['spec']}, {idx['count']} vectors of dim {idx['dim']}, {idx['bytes']} bytes")
     if s["space"]:
         con.print("  space: " + ", ".join(f"{k} {v}" for k, v in s["space"].items()))
+        con.print(f"  activity space: {s['activity_space']}")
 
 
 @app.command()

@@ -242,6 +242,8 @@ def test_fields_and_errors(api, tmp_path):
 
 def test_zero_shot_store_says_it_has_no_activity_space(api):
     assert "zero-shot" in api.stats()["activity_space"]
+    code, out, _ = run_main("stats", "--data-dir", api.data_dir)
+    assert code == 0 and "activity space: no A2V classifier feature" in out
     with pytest.raises(QueryError, match="no activity space: no A2V classifier feature.*zero-shot"):
         api.search_similar(1, k=3, weights=(0, 0, 1))
     assert len(api.search_similar(1, k=3, weights=(1, 1, 0))) == 3  # a zero third weight changes nothing
