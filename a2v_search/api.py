@@ -33,7 +33,7 @@ from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import Settings, get_device
-from .store import ALL_INDEX_NAMES, CheckReport, Store, change_signature
+from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -182,7 +182,7 @@ class A2VSearch:
         self._signature = change_signature(self.data_dir)  # before the catch-up: a commit during it is seen next time
         if store is not None and store.space_row() is not None:
             store.language()
-            store.indexes()
+            store.indexes(INDEX_NAMES)  # the activity index loads (with the heads) on its first query
             store.refresh()
 
     def _attach(self, store: Store) -> Store:
