@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,14 +27,16 @@ from db import repo
 from db.repo import NewMedia, NewPerson
 
 from . import taxonomy as tx
+from .activity import ACTIVITY
 from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
-from .store import INDEX_NAMES, CheckReport, Store, change_signature
+from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
 
 if TYPE_CHECKING:
+    from .export import ExportReport
     from .ingest import IngestReport
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
@@ -164,7 +166,7 @@ class A2VSearch:
                     raise QueryError(f"no store at {self.data_dir}; ingest something first: "
                                      f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
                 return None
-            self._reader = Store(self.data_dir)
+            self._reader = self._attach(Store(self.data_dir))
         return self._reader
 
     def changed(self) -> bool:
@@ -181,14 +183,19 @@ class A2VSearch:
         self._signature = change_signature(self.data_dir)  # before the catch-up: a commit during it is seen next time
         if store is not None and store.space_row() is not None:
             store.language()
-            store.indexes()
+            store.indexes(INDEX_NAMES)  # the activity index loads (with the heads) on its first query
             store.refresh()
+
+    def _attach(self, store: Store) -> Store:
+        """Give a store the way to A2V features: the heads of its models, loaded when first needed."""
+        store.set_activity_source(lambda: self.encoder(store).part_features)
+        return store
 
     @contextmanager
     def writer(self, what: str):
         """The store opened for writing, holding the write lock."""
         self.close()  # a reader's indexes would go stale
-        store = Store(self.data_dir, create=True)
+        store = self._attach(Store(self.data_dir, create=True))
         try:
             store.lock(what)
         except BaseException:
@@ -239,7 +246,10 @@ class A2VSearch:
             {"path": "...", "collection": "...", "kind": "image", "width": W, "height": H,
              "persons": [{"box": [x1, y1, x2, y2], "pasta": [93 floats] or {"hand: hold": 0.9},
                           "verbs": [157] or {"drink_with": 0.8}, "visual": [P floats], "parts": [6] (optional),
-                          "score": 1.0, "frame_index": null, "t_sec": null}]}
+                          "score": 1.0, "frame_index": null, "t_sec": null, "visual_norm": (optional)}]}
+
+        ``visual`` is the image tower's output; give it unnormalised (or unit length with ``visual_norm``, the
+        tower output's norm), so that trained heads' input, and A2V's classifier feature, can be recomputed.
 
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
         already stored is replaced."""
@@ -335,10 +345,11 @@ class A2VSearch:
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, box: list[float] | None = None,
                      person_index: int | None = None, detector: str | None = None,
-                     weights: tuple[float, float] = DEFAULT_WEIGHTS, offset: int = 0, collection: str | None = None,
+                     weights: tuple[float, ...] = DEFAULT_WEIGHTS, offset: int = 0, collection: str | None = None,
                      path: str | None = None, kind: str | None = None, where: list[str] | None = None,
                      per_media: bool = False, min_score: float | None = None) -> SearchResult:
-        """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``)."""
+        """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
+        ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads)."""
         store = self._open_reader()
         img = _query_image(image)
         boxes = self._query_boxes(img, box, detector)
@@ -352,29 +363,37 @@ class A2VSearch:
         else:
             raise QueryError(f"--person-index {person_index} is out of range: {len(boxes)} persons found")
         qbox = boxes[chosen][0]
+        w = _weights(weights)
         out = self.encoder(store).encode_persons([img], [qbox])
         vecs = {"visual": out.visual[0], "language": store.language().embed(out.pasta, out.verbs)[0]}
+        if w.get(ACTIVITY):  # from the values a stored person would keep, so a stored image finds itself at cos 1
+            vecs[ACTIVITY] = store.activity_vectors(repo.unf16(repo.f16(out.visual)).reshape(1, -1),
+                                                    out.visual_norm)[0]
         filters = make_filters(collection, path, kind, where)
         query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
                  "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),
                  "person_index": chosen, "weights": list(weights),
                  "pasta": [[n, round(p, 4)] for n, p in top_labels(out.pasta[0], tx.PASTA_NAMES,
                                                                     skip=tx.NO_INTERACTION_PASTA)]}
-        return self._searcher().search(vecs, _weights(weights), k, offset, filters, per_media, min_score, query=query)
+        return self._searcher().search(vecs, w, k, offset, filters, per_media, min_score, query=query)
 
-    def search_similar(self, person_id: int, k: int = 10, *, weights: tuple[float, float] = DEFAULT_WEIGHTS,
+    def search_similar(self, person_id: int, k: int = 10, *, weights: tuple[float, ...] = DEFAULT_WEIGHTS,
                        offset: int = 0, collection: str | None = None, path: str | None = None,
                        kind: str | None = None, where: list[str] | None = None, per_media: bool = False,
                        min_score: float | None = None) -> SearchResult:
-        """Persons like an indexed person (the person itself left out)."""
+        """Persons like an indexed person (the person itself left out); ``weights`` as for :meth:`search_image`."""
         store = self._open_reader()
         searcher = self._searcher()
         row = searcher.person(person_id)
+        w = _weights(weights)
         vecs = {"visual": row.visual, "language": store.language().embed(row.pasta[None], row.verbs[None])[0]}
+        if w.get(ACTIVITY):
+            norm = np.array([np.nan if row.visual_norm is None else row.visual_norm], np.float32)
+            vecs[ACTIVITY] = store.activity_vectors(row.visual[None], norm)[0]
         filters = make_filters(collection, path, kind, where)
         query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
-        return searcher.search(vecs, _weights(weights), k, offset, filters, per_media, min_score,
-                               exclude={int(person_id)}, query=query)
+        return searcher.search(vecs, w, k, offset, filters, per_media, min_score, exclude={int(person_id)},
+                               query=query)
 
     def person(self, person_id: int) -> dict:
         """One stored person: box, detector score, frame and time, its media, and every PaSta, verb and part
@@ -402,6 +421,33 @@ class A2VSearch:
             return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
                     "height": m.height, "duration": m.duration}
 
+    # ------------------------------------------------------------------ export
+
+    def export(self, out: str | os.PathLike, *, format: str | None = None, fields: list[str] | None = None,
+               collection: str | None = None, path: str | None = None, kind: str | None = None,
+               where: list[str] | None = None, batch_size: int = 4096) -> ExportReport:
+        """Write one row per stored person (passing the filters) to a Parquet, npz or JSON-lines file, with
+        metadata that explains it, in bounded memory (a2v_search/export.py)."""
+        from .export import export
+
+        return export(self._open_reader(), out, format, _filters(collection, path, kind, where), fields, batch_size)
+
+    def export_batches(self, *, fields: list[str] | None = None, collection: str | None = None,
+                       path: str | None = None, kind: str | None = None, where: list[str] | None = None,
+                       batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+        """The same rows as :meth:`export`, as numpy batches ``{field: array}`` of at most ``batch_size`` persons;
+        ``export_fields()`` describes the fields."""
+        from .export import iter_batches
+
+        return iter_batches(self._open_reader(), _filters(collection, path, kind, where), fields, batch_size)
+
+    @staticmethod
+    def export_fields() -> dict[str, str]:
+        """Every export field and what it holds."""
+        from .export import FIELDS
+
+        return dict(FIELDS)
+
     # ------------------------------------------------------------------ maintenance
 
     def stats(self) -> dict:
@@ -413,13 +459,15 @@ class A2VSearch:
             recent = repo.failures(s, limit=20)
         space = store.space()
         indexes = {}
-        for name in INDEX_NAMES:
+        for name in ALL_INDEX_NAMES:
             manifest = store.index_dir / f"{name}.json"
             if manifest.exists():
                 m = json.loads(manifest.read_text())
                 indexes[name] = {"spec": m.get("spec"), "count": m.get("count"), "dim": m.get("dim"),
                                  "bytes": m.get("size"), "saved_at": m.get("saved_at")}
+        problem = store.activity_problem() if space else None
         return {"data_dir": str(self.data_dir), **counts, "collections": collections, "indexes": indexes,
+                "activity_space": "available" if space and problem is None else problem,
                 "space": {k: space[k] for k in ("visual_model", "heads", "text_model", "phrases", "visual_dim",
                                                 "language_dim")} if space else None,
                 "recent_failures": [{"path": p, "stage": st, "error": r} for p, st, r in recent]}
@@ -429,7 +477,7 @@ class A2VSearch:
         if repair:
             with self.writer("doctor --repair") as store:
                 return store.check(repair=True)
-        store = Store(self.data_dir)
+        store = self._attach(Store(self.data_dir))
         try:
             return store.check(repair=False)
         finally:
@@ -452,10 +500,18 @@ class A2VSearch:
         return {"media_removed": len(media_ids), "persons_removed": int(len(removed))}
 
 
+def _filters(collection, path, kind, where):
+    filters = make_filters(collection, path, kind, where)
+    return None if filters.empty() else filters
+
+
 def _weights(weights) -> dict[str, float]:
-    if len(weights) != 2 or any(not math.isfinite(float(w)) or float(w) < 0 for w in weights) or not any(weights):
-        raise QueryError(f"weights must be two numbers >= 0, not both 0 (VISUAL,LANGUAGE); got {weights}")
-    return {"visual": float(weights[0]), "language": float(weights[1])}
+    """(VISUAL, LANGUAGE) or (VISUAL, LANGUAGE, ACTIVITY) -> weights per space."""
+    if len(weights) not in (2, 3) or any(not math.isfinite(float(w)) or float(w) < 0 for w in weights) \
+            or not any(weights):
+        raise QueryError(f"weights must be two or three numbers >= 0, not all 0 (VISUAL,LANGUAGE[,ACTIVITY]); "
+                         f"got {weights}")
+    return dict(zip(("visual", "language", ACTIVITY), (float(w) for w in weights), strict=False))
 
 
 def _query_image(image) -> Image.Image:
@@ -542,6 +598,10 @@ def _record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
         norm = float(np.linalg.norm(visual))
         if norm < 1e-6:
             raise InputError(f"persons[{j}].visual is a zero vector")
+        tower_norm = p.get("visual_norm", norm)  # the tower output's norm when `visual` is already unit length
+        if isinstance(tower_norm, bool) or not isinstance(tower_norm, (int, float)) or not math.isfinite(tower_norm) \
+                or tower_norm <= 0:
+            raise InputError(f"persons[{j}].visual_norm must be a positive number")
         if "parts" in p:
             parts = _vector(p["parts"], 6, f"persons[{j}].parts")
         else:  # the strongest interacting state of each part
@@ -552,7 +612,7 @@ def _record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
                 or box[2] <= box[0] or box[3] <= box[1]):
             raise InputError(f"persons[{j}].box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
         out.append(NewPerson(box=[float(v) for v in box], pasta=pasta, verbs=verbs, parts=parts,
-                             visual=visual / norm, score=float(p.get("score", 1.0)),
+                             visual=visual / norm, visual_norm=float(tower_norm), score=float(p.get("score", 1.0)),
                              frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
     return NewMedia(path=path, content_hash=rec.get("content_hash"), size=int(rec.get("size", 0) or 0),
                     mtime=float(rec.get("mtime", 0.0) or 0.0), kind=kind,

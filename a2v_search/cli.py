@@ -194,7 +194,8 @@ def search(
                                                          "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
     kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
     per_media: Annotated[bool, typer.Option("--per-media", help="At most one person per image or video.")] = False,
-    weights: Annotated[str, typer.Option(help="VISUAL,LANGUAGE weights of image and person queries.")] = "0.5,0.5",
+    weights: Annotated[str, typer.Option(help="VISUAL,LANGUAGE[,ACTIVITY] weights of image and person queries "
+                                              "(ACTIVITY: A2V's classifier feature, trained heads only).")] = "0.5,0.5",
     box: Annotated[str | None, typer.Option(help="Query person box x1,y1,x2,y2 in the query image.",
                                             show_default=False)] = None,
     person_index: Annotated[int | None, typer.Option(help="Which detected query person (default: the largest).",
@@ -219,7 +220,7 @@ def search(
     try:
         w = tuple(float(v) for v in weights.split(","))
     except ValueError:
-        raise InputError(f"--weights {weights!r} must be two numbers VISUAL,LANGUAGE") from None
+        raise InputError(f"--weights {weights!r} must be two or three numbers VISUAL,LANGUAGE[,ACTIVITY]") from None
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
     common = dict(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
                   per_media=per_media, min_score=min_score)
@@ -257,6 +258,42 @@ def _print_hits(result, sheet: Path | None) -> None:
                   + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3]))
     if sheet is not None:
         con.print(f"contact sheet: {sheet}")
+
+
+# ------------------------------------------------------------------ export
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Output file (.parquet, .npz or .jsonl).", show_default=False)],
+    format: Annotated[str | None, typer.Option("--format", help="parquet, npz or jsonl (default: from --out's "
+                                                                "suffix).", show_default=False)] = None,
+    fields: Annotated[list[str] | None, typer.Option(help="Fields to write, comma-separated or repeated (default: "
+                                                          "all but language_basis).", show_default=False)] = None,
+    collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None,
+    path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
+                                             show_default=False)] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
+                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
+    kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Persons read and written at a time (memory bound).")] = 4096,
+    data_dir: DataDir = None,
+    device: Device = None,
+    as_json: Json = False,
+) -> None:
+    """Write one row per stored person (ids, media, box, PaSta, verbs, parts, visual, language and, with trained
+    heads, A2V's classifier feature) to Parquet, npz or JSON lines, with metadata that explains the file."""
+    api = _api(data_dir, device=device)
+    report = api.export(out, format=format, fields=fields, collection=collection, path=path, kind=kind,
+                        where=where or None, batch_size=batch_size)
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    con = _console()
+    con.print(f"exported {report.rows} persons to {report.path} ({report.format}) in {report.seconds:.1f} s")
+    con.print(f"fields: {', '.join(report.fields)}")
+    for note in report.notes:
+        con.print(f"note: {note}")
 
 
 # ------------------------------------------------------------------ predict / show
@@ -353,6 +390,7 @@ def stats(data_dir: DataDir = None, as_json: Json = False) -> None:
         con.print(f"  index {name}: {idx['spec']}, {idx['count']} vectors of dim {idx['dim']}, {idx['bytes']} bytes")
     if s["space"]:
         con.print("  space: " + ", ".join(f"{k} {v}" for k, v in s["space"].items()))
+        con.print(f"  activity space: {s['activity_space']}")
 
 
 @app.command()

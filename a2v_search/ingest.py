@@ -361,6 +361,7 @@ class Ingestor:
             person = p.persons[slot]
             person.pasta, person.verbs, person.parts, person.visual = out.pasta[i], out.verbs[i], out.parts[i], \
                 out.visual[i]
+            person.visual_norm = None if out.visual_norm is None else float(out.visual_norm[i])
             p.waiting -= 1
             touched[id(p)] = p
         for p in touched.values():

@@ -1,9 +1,10 @@
 """The query layer: vectors in, ranked persons out.
 
-Every query becomes one vector per space (visual and/or language) and a weight per space. Candidates come from
-the FAISS indexes (filters applied inside the search as allow-lists of ids), then every candidate is re-scored
-exactly from SQLite: ``score = w_visual * cos_visual + w_language * cos_language``. Ties break by person id, and
-the candidate pool is at least ``MIN_POOL`` per index, so pages of a query are disjoint and consistent.
+Every query becomes one vector per space (visual, language and, with trained heads, activity: A2V's classifier
+feature) and a weight per space. Candidates come from the FAISS indexes (filters applied inside the search as
+allow-lists of ids), then every candidate is re-scored exactly from SQLite: ``score = sum of w_space *
+cos_space``. Ties break by person id, and the candidate pool is at least ``MIN_POOL`` per index, so pages of a
+query are disjoint and consistent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from db import repo
 from db.repo import Filters, PersonRow
 
 from . import taxonomy as tx
+from .activity import ACTIVITY
 from .errors import NotFoundError, QueryError, UnknownNameError
 from .store import Store
 
@@ -130,7 +132,9 @@ class Searcher:
             raise QueryError("the query has no space with a positive weight (--weights VISUAL,LANGUAGE)")
         if self.store.space_row() is None:
             raise QueryError(f"the store at {self.store.data_dir} is empty; ingest something first")
-        indexes = self.store.indexes()
+        if ACTIVITY in weights and self.store.activity_problem():
+            raise QueryError(f"no activity space: {self.store.activity_problem()}")
+        indexes = self.store.indexes(list(weights))
         allow = None
         if filters is not None and not filters.empty():
             with self.store.db.session() as s:
@@ -175,14 +179,19 @@ class Searcher:
         """Exact fused scores of candidates from their stored vectors: [(id, score, cosines)], best first, ties by
         id."""
         with self.store.db.session() as s:
-            pids, visual, pasta, verbs = repo.fetch_vectors(s, ids)
+            stored = repo.fetch_vectors(s, ids)
+        pids = stored.ids
         if not len(pids):
             return []
         cos = {}
         if "visual" in weights:
-            cos["visual"] = visual @ np.asarray(vectors["visual"], np.float32)
+            cos["visual"] = stored.visual @ np.asarray(vectors["visual"], np.float32)
         if "language" in weights:
-            cos["language"] = self.store.language().embed(pasta, verbs) @ np.asarray(vectors["language"], np.float32)
+            lang = self.store.language().embed(stored.pasta, stored.verbs)
+            cos["language"] = lang @ np.asarray(vectors["language"], np.float32)
+        if ACTIVITY in weights:
+            act = self.store.activity_vectors(stored.visual, stored.norms)
+            cos[ACTIVITY] = act @ np.asarray(vectors[ACTIVITY], np.float32)
         score = sum(weights[n] * cos[n] for n in weights)
         order = np.lexsort((pids, -score))
         return [(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]

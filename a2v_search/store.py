@@ -6,8 +6,13 @@ up: rows newer than the manifest are added, rows deleted since are removed; a mi
 from SQLite with a warning. Layout::
 
     a2v.sqlite          metadata (WAL)
-    index/              visual.N.faiss + visual.json, language.N.faiss + language.json
+    index/              visual.N.faiss + visual.json, language.N.faiss + language.json, and with trained heads
+                        activity.N.faiss + activity.json (A2V's classifier feature, see activity.py)
     write.lock          held by the one writer
+
+The activity index needs the heads to compute its vectors, so it is kept only while a source of them is set
+(:meth:`Store.set_activity_source`, done by the API); a writer without one leaves it behind, and the next open
+with one catches it up like any other index.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +32,18 @@ from db.repo import Database, NewMedia
 from db.schema import Space
 from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
 
-from .errors import SpaceMismatchError, StoreError
+from . import activity
+from .errors import QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
 from .models.language import LanguageSpace
 
 log = logging.getLogger("a2v_search")
 
-INDEX_NAMES = ("visual", "language")
+INDEX_NAMES = ("visual", "language")  # every store has these
+ALL_INDEX_NAMES = (*INDEX_NAMES, activity.ACTIVITY)  # with trained heads
+#: (unit visual (N, P), norms (N,)) -> A2V features (N, 6, h)
+PartFeatures = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DB_NAME = "a2v.sqlite"
 INDEX_DIR = "index"
 #: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
@@ -94,6 +104,9 @@ class Store:
         self._space: Space | None = None
         self._lock: WriteLock | None = None
         self._last_save = time.monotonic()
+        self._activity_source: Callable[[], PartFeatures] | None = None
+        self._part_features: PartFeatures | None = None
+        self._without_norm: int | None = None
 
     # ------------------------------------------------------------------ lock
 
@@ -183,19 +196,66 @@ class Store:
         """Use an already-loaded language space (same matrices) so its text model is not loaded twice."""
         self._language = language
 
+    # ------------------------------------------------------------------ activity space
+
+    def set_activity_source(self, loader: Callable[[], PartFeatures]) -> None:
+        """How to get the heads' feature function (called once, when the activity space is first needed)."""
+        self._activity_source = loader
+
+    def activity_problem(self) -> str | None:
+        """Why this store has no activity space (A2V's classifier feature), or None when it has one."""
+        row = self.space_row()
+        if row is None:
+            return f"store {self.data_dir} is empty"
+        if not activity.trained_heads(row.heads):
+            return activity.ZERO_SHOT_NOTE
+        if self._without_norm is None:
+            with self.db.session() as s:
+                self._without_norm = repo.count_without_norm(s)
+        if self._without_norm:
+            return (f"{self._without_norm} persons of this store were stored before it kept the tower-output norm "
+                    "(schema 1), so their A2V features cannot be recomputed; re-encode them with `manage.py ingest "
+                    "PATHS --force`")
+        if self._activity_source is None:
+            return "the store was opened without its heads (use the A2VSearch API)"
+        return None
+
+    def index_names(self) -> tuple[str, ...]:
+        """The spaces this store keeps indexes of: visual, language, and activity when it has that space."""
+        return ALL_INDEX_NAMES if self.activity_problem() is None else INDEX_NAMES
+
+    def part_features(self, visual: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """A2V features (N, 6, h) of stored values: unit visual (N, P) float16 values and norms (N,)."""
+        problem = self.activity_problem()
+        if problem is not None:
+            raise QueryError(f"no activity space: {problem}")
+        if self._part_features is None:
+            self._part_features = self._activity_source()
+        return self._part_features(np.asarray(visual, np.float32), np.asarray(norms, np.float32))
+
+    def activity_vectors(self, visual: np.ndarray, norms: np.ndarray) -> np.ndarray:
+        """Activity-space vectors (N, 6h) of stored values (see activity.py)."""
+        return activity.space_vectors(self.part_features(visual, norms))
+
     # ------------------------------------------------------------------ vectors
 
-    def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray) -> dict[str, np.ndarray]:
-        """The FAISS vectors of persons, computed from the float16 values SQLite stores, so that an index built
-        at ingest and one rebuilt from SQLite are identical."""
+    def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
+                      norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
+        """The FAISS vectors of persons in the spaces ``names``, computed from the values SQLite stores (float16
+        vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are identical."""
         v = repo.unf16(repo.f16(visual)).reshape(len(visual), -1) if len(visual) else np.asarray(visual, np.float32)
         p = np.asarray(pasta, np.float16).astype(np.float32)
         b = np.asarray(verbs, np.float16).astype(np.float32)
-        return {"visual": np.ascontiguousarray(v, np.float32), "language": self.language().embed(p, b)}
+        out = {"visual": np.ascontiguousarray(v, np.float32), "language": self.language().embed(p, b)}
+        if activity.ACTIVITY in names:
+            out[activity.ACTIVITY] = self.activity_vectors(v, np.asarray(norms, np.float32))
+        return {n: out[n] for n in names}
 
-    def _space_dims(self) -> dict[str, int]:
+    def _space_dims(self, name: str) -> int:
         row = self.space_row()
-        return {"visual": row.visual_dim, "language": row.language_dim}
+        if name == activity.ACTIVITY:
+            return int(self.part_features(np.ones((1, row.visual_dim), np.float32), np.ones(1, np.float32)).size)
+        return {"visual": row.visual_dim, "language": row.language_dim}[name]
 
     def _index_spec(self) -> tuple[str, int | None]:
         with self.db.session() as s:
@@ -203,13 +263,17 @@ class Store:
             budget = repo.get_meta(s, "index_memory_mb")
         return spec or "auto", int(budget) if budget else None
 
-    def indexes(self) -> dict[str, VectorIndex]:
-        """Both FAISS indexes, loaded and caught up with SQLite (rebuilt with a warning if missing or corrupt)."""
+    def indexes(self, names: Sequence[str] | None = None) -> dict[str, VectorIndex]:
+        """The FAISS indexes of ``names`` (default: every space of the store), loaded on first use and caught up
+        with SQLite (rebuilt with a warning if missing or corrupt)."""
+        if self.space_row() is None:
+            raise StoreError(f"store {self.data_dir} is empty; ingest something first")
         if self._indexes is None:
-            if self.space_row() is None:
-                raise StoreError(f"store {self.data_dir} is empty; ingest something first")
-            self._indexes = {name: self._load_index(name) for name in INDEX_NAMES}
-        return self._indexes
+            self._indexes = {}
+        for name in self.index_names() if names is None else names:
+            if name not in self._indexes:
+                self._indexes[name] = self._load_index(name)
+        return {name: self._indexes[name] for name in (self.index_names() if names is None else names)}
 
     def _load_index(self, name: str) -> VectorIndex:
         fp = self.fingerprint
@@ -260,10 +324,13 @@ class Store:
 
     def _add_from_db(self, s, name: str, idx: VectorIndex, after_id: int = -1, ids=None) -> int:
         n = 0
-        for pids, visual, pasta, verbs in repo.iter_vectors(s, after_id=after_id, ids=ids):
-            vecs = {"visual": visual, "language": self.language().embed(pasta, verbs)}[name]
-            idx.add(pids, vecs)
-            n += len(pids)
+        for batch in repo.iter_vectors(s, after_id=after_id, ids=ids):
+            if name == activity.ACTIVITY:
+                vecs = self.activity_vectors(batch.visual, batch.norms)
+            else:
+                vecs = {"visual": batch.visual, "language": self.language().embed(batch.pasta, batch.verbs)}[name]
+            idx.add(batch.ids, vecs)
+            n += len(batch.ids)
         return n
 
     def _build_index(self, name: str, spec: str | None = None) -> VectorIndex:
@@ -271,7 +338,7 @@ class Store:
         conf_spec, budget = self._index_spec()
         with self.db.session() as s:
             n = repo.counts(s)["persons"]
-            idx = VectorIndex.create(self._space_dims()[name], spec or conf_spec, expected_n=n,
+            idx = VectorIndex.create(self._space_dims(name), spec or conf_spec, expected_n=n,
                                      memory_budget_mb=budget)
             self._add_from_db(s, name, idx)
         self._dirty.add(name)
@@ -286,7 +353,7 @@ class Store:
                     repo.set_meta(s, "index_spec", spec)
                 if memory_budget_mb:
                     repo.set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
-        self._indexes = {name: self._build_index(name) for name in INDEX_NAMES}
+        self._indexes = {name: self._build_index(name) for name in self.index_names()}
         self.save()
         return {name: idx.spec for name, idx in self._indexes.items()}
 
@@ -337,16 +404,22 @@ class Store:
             repo.clear_failures(s, [m.path for m in items])
         fault_point("after_commit")
         if len(removed):
-            for name in INDEX_NAMES:
-                indexes[name].remove(removed)
+            for idx in indexes.values():
+                idx.remove(removed)
         persons = [p for m in items for p in m.persons]
         if persons:
+            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
+            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
+                self._without_norm = None
+                indexes = {n: idx for n, idx in indexes.items() if n != activity.ACTIVITY}
             vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
-                                      np.stack([p.verbs for p in persons]))
-            for name in INDEX_NAMES:
-                indexes[name].add(ids, vecs[name])
+                                      np.stack([p.verbs for p in persons]), norms, names=tuple(indexes))
+            for name, idx in indexes.items():
+                idx.add(ids, vecs[name])
         if len(ids) or len(removed):
-            self._dirty.update(INDEX_NAMES)
+            self._dirty.update(indexes)
+        if self._without_norm and len(removed):
+            self._without_norm = None  # old persons replaced: count again
         return ids
 
     def remove_media(self, media_ids: list[int]) -> np.ndarray:
@@ -359,6 +432,8 @@ class Store:
             idx.remove(removed)
         if len(removed):
             self._dirty.update(indexes)
+            if self._without_norm:
+                self._without_norm = None  # old persons removed: count again
         return removed
 
     # ------------------------------------------------------------------ consistency
@@ -372,7 +447,7 @@ class Store:
         fp = self.fingerprint
         if fp is None:
             return report
-        for name in INDEX_NAMES:
+        for name in self.index_names():
             problem = None
             try:
                 idx, manifest = VectorIndex.load(self.index_dir, name, verify_hash=True)

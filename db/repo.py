@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
@@ -62,6 +63,7 @@ class NewPerson:
     score: float = 1.0
     frame_index: int | None = None
     t_sec: float | None = None
+    visual_norm: float | None = None  # norm of the tower output ``visual`` was normalised from
 
 
 @dataclass
@@ -102,6 +104,7 @@ class PersonRow:
     verbs: np.ndarray
     parts: np.ndarray
     visual: np.ndarray
+    visual_norm: float | None = None
 
 
 @dataclass
@@ -147,6 +150,8 @@ class Database:
             if "meta" in tables:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
                 version = int(row) if row is not None else None
+                while version in _MIGRATIONS:
+                    version = _migrate(conn, self.path, version)
                 if version != SCHEMA_VERSION:
                     raise StoreError(f"store {self.path} has schema version {version}; this a2v-search reads version "
                                      f"{SCHEMA_VERSION}. Use the a2v-search release that wrote it, or ingest again "
@@ -169,8 +174,37 @@ class Database:
                              "lost; free disk space or make the data directory writable, then run the same command "
                              "again") from e
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A session whose reads all see one state of the database (one SQLite read transaction: writers go on,
+        their commits stay invisible until it ends)."""
+        with self.session() as s:
+            s.connection().exec_driver_sql("BEGIN")
+            yield s
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _v1_to_v2(conn) -> None:
+    """Version 2 keeps the norm of the tower output beside the unit visual vector (NULL for older persons)."""
+    conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN visual_norm FLOAT")
+    conn.exec_driver_sql("CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL")
+
+
+#: schema version -> the function that upgrades a store from it to the next version, in the caller's transaction.
+_MIGRATIONS = {1: _v1_to_v2}
+
+
+def _migrate(conn, path: Path, version: int) -> int:
+    try:
+        _MIGRATIONS[version](conn)
+    except OperationalError as e:
+        raise StoreError(f"store {path} has schema version {version} and needs an upgrade to {version + 1}, which "
+                         f"failed ({getattr(e, 'orig', e)}); open it once with write access to its data "
+                         "directory") from e
+    conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(version + 1)))
+    return version + 1
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -250,7 +284,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
             person_rows.append({"media_id": mid, "space_id": space_id, "frame_index": p.frame_index,
                                 "t_sec": p.t_sec, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": float(p.score),
                                 "pasta": f16(p.pasta), "verbs": f16(p.verbs), "parts": f16(p.parts),
-                                "visual": f16(p.visual)})
+                                "visual": f16(p.visual), "visual_norm": _norm32(p.visual_norm)})
     if not person_rows:
         return media_ids, np.zeros(0, np.int64), removed
     ids = s.execute(insert(Person).returning(Person.id, sort_by_parameter_order=True), person_rows).scalars().all()
@@ -264,6 +298,11 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
     if labels:
         s.execute(insert(Label), labels)
     return media_ids, np.asarray(ids, np.int64), removed
+
+
+def _norm32(norm: float | None) -> float | None:
+    """A norm as the float32 value the heads saw (stored exactly in SQLite's float64)."""
+    return None if norm is None or not np.isfinite(norm) else float(np.float32(norm))
 
 
 def _person_ids_of(s: Session, media_ids: Sequence[int]) -> np.ndarray:
@@ -358,7 +397,7 @@ def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
 
 _PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.collection, Media.width, Media.height,
                    Person.frame_index, Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score,
-                   Person.pasta, Person.verbs, Person.parts, Person.visual)
+                   Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm)
 
 
 def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
@@ -371,7 +410,7 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
             rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                    height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
                                    score=r[13], pasta=unf16(r[14]), verbs=unf16(r[15]), parts=unf16(r[16]),
-                                   visual=unf16(r[17]))
+                                   visual=unf16(r[17]), visual_norm=r[18])
     return [rows[i] for i in ids if i in rows]
 
 
@@ -380,20 +419,103 @@ def _stack16(blobs: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), -1).astype(np.float32)
 
 
-def fetch_vectors(s: Session, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ids (n,), visual (n, P), pasta (n, 93), verbs (n, 157)) of existing persons, in the caller's order; the
-    narrow read that search re-scoring needs."""
+def _norms(values: Sequence[float | None]) -> np.ndarray:
+    """Stored norms -> float32 (n,), NaN where unknown."""
+    return np.array([np.nan if v is None else v for v in values], np.float32)
+
+
+class Vectors(NamedTuple):
+    """Persons' stored vectors, row i = ``ids[i]``, float32."""
+
+    ids: np.ndarray  # (n,) int64
+    visual: np.ndarray  # (n, P) unit length, the float16 values
+    pasta: np.ndarray  # (n, 93)
+    verbs: np.ndarray  # (n, 157)
+    norms: np.ndarray  # (n,) tower-output norms, NaN where unknown (stored before schema 2)
+
+
+_VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
+
+
+def _vector_batch(rows: Sequence) -> Vectors:
+    return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
+                   _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]), _norms([r[4] for r in rows]))
+
+
+def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
+    """The stored vectors of existing persons, in the caller's order; the narrow read that search re-scoring
+    needs."""
     ids = [int(i) for i in ids]
     found: dict[int, tuple] = {}
     for i in range(0, len(ids), _CHUNK):
-        q = select(Person.id, Person.visual, Person.pasta, Person.verbs).where(Person.id.in_(ids[i:i + _CHUNK]))
-        found.update({r[0]: r for r in s.execute(q)})
+        found.update({r[0]: r for r in s.execute(select(*_VECTOR_COLUMNS).where(Person.id.in_(ids[i:i + _CHUNK])))})
     rows = [found[i] for i in ids if i in found]
     if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32), \
-            np.zeros((0, N_VERBS), np.float32)
-    return (np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
-            _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]))
+        return Vectors(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32),
+                       np.zeros((0, N_VERBS), np.float32), np.zeros(0, np.float32))
+    return _vector_batch(rows)
+
+
+def iter_vectors(s: Session, after_id: int = -1, ids: Sequence[int] | None = None,
+                 chunk: int = 20000) -> Iterator[Vectors]:
+    """Stored vectors in id order, chunk by chunk, for building indexes: the persons with id > ``after_id``, or
+    exactly ``ids``."""
+    if ids is not None:
+        ids = sorted(int(i) for i in ids)
+        for i in range(0, len(ids), chunk):
+            batch = fetch_vectors(s, ids[i:i + chunk])
+            if len(batch.ids):
+                yield batch
+        return
+    last = after_id
+    while True:
+        rows = s.execute(select(*_VECTOR_COLUMNS).where(Person.id > last).order_by(Person.id).limit(chunk)).all()
+        if not rows:
+            return
+        yield _vector_batch(rows)
+        last = rows[-1][0]
+
+
+def count_without_norm(s: Session) -> int:
+    """Persons stored before schema 2, whose tower-output norm is unknown (a partial index makes this cheap)."""
+    return int(s.execute(select(func.count(Person.id)).where(Person.visual_norm.is_(None))).scalar() or 0)
+
+
+_EXPORT_COLUMNS = (Person.id, Person.media_id, Media.path, Media.collection, Media.kind, Person.frame_index,
+                   Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score, Person.pasta, Person.verbs,
+                   Person.parts, Person.visual, Person.visual_norm)
+
+
+def iter_person_batches(s: Session, ids: np.ndarray | None = None, chunk: int = 4096) -> Iterator[dict]:
+    """Every stored person (or exactly ``ids``, sorted) with its media, ``chunk`` rows at a time, as columns:
+    ``person_id``, ``media_id`` (int64), ``path``, ``collection``, ``kind`` (lists of str), ``frame_index``
+    (int64, -1 for images), ``t_sec`` (float64, NaN for images), ``box`` (n, 4), ``score``, ``pasta``, ``verbs``,
+    ``parts``, ``visual`` (float32, the stored float16 values), ``visual_norm`` (float32, NaN where unknown).
+    Keyset pagination: memory is bounded by ``chunk``, whatever the number of persons."""
+    base = select(*_EXPORT_COLUMNS).join(Media, Media.id == Person.media_id)
+    last, pos = -1, 0
+    while True:
+        if ids is None:
+            rows = s.execute(base.where(Person.id > last).order_by(Person.id).limit(chunk)).all()
+        else:
+            part = ids[pos:pos + chunk].tolist()
+            pos += len(part)
+            rows = s.execute(base.where(Person.id.in_(part)).order_by(Person.id)).all() if part else []
+            if part and not rows:
+                continue  # every person of this slice was deleted meanwhile
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield {"person_id": np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+               "media_id": np.fromiter((r[1] for r in rows), np.int64, len(rows)),
+               "path": [r[2] for r in rows], "collection": [r[3] for r in rows], "kind": [r[4] for r in rows],
+               "frame_index": np.array([-1 if r[5] is None else r[5] for r in rows], np.int64),
+               "t_sec": np.array([np.nan if r[6] is None else r[6] for r in rows], np.float64),
+               "box": np.array([r[7:11] for r in rows], np.float32).reshape(len(rows), 4),
+               "score": np.array([r[11] for r in rows], np.float32),
+               "pasta": _stack16([r[12] for r in rows]), "verbs": _stack16([r[13] for r in rows]),
+               "parts": _stack16([r[14] for r in rows]), "visual": _stack16([r[15] for r in rows]),
+               "visual_norm": _norms([r[16] for r in rows])}
 
 
 def media_ids_of(s: Session, ids: Sequence[int]) -> dict[int, int]:
@@ -403,28 +525,6 @@ def media_ids_of(s: Session, ids: Sequence[int]) -> dict[int, int]:
     for i in range(0, len(ids), _CHUNK):
         out.update(dict(s.execute(select(Person.id, Person.media_id).where(Person.id.in_(ids[i:i + _CHUNK]))).all()))
     return out
-
-
-def iter_vectors(s: Session, after_id: int = -1, ids: Sequence[int] | None = None,
-                 chunk: int = 20000) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids (n,), visual (n, P), pasta (n, 93), verbs (n, 157)) in id order, chunk by chunk, for building indexes:
-    the persons with id > ``after_id``, or exactly ``ids``."""
-    if ids is not None:
-        ids = sorted(int(i) for i in ids)
-        for i in range(0, len(ids), chunk):
-            batch = fetch_vectors(s, ids[i:i + chunk])
-            if len(batch[0]):
-                yield batch
-        return
-    cols = (Person.id, Person.visual, Person.pasta, Person.verbs)
-    last = after_id
-    while True:
-        rows = s.execute(select(*cols).where(Person.id > last).order_by(Person.id).limit(chunk)).all()
-        if not rows:
-            return
-        yield (np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
-               _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]))
-        last = rows[-1][0]
 
 
 def person_ids(s: Session, upto_id: int | None = None) -> np.ndarray:

@@ -1,16 +1,19 @@
 """The metadata store's schema (SQLAlchemy 2.0). SQLite is the truth; FAISS indexes are derived from it.
 
-Probabilities and the visual embedding are float16 blobs (``np.float16(...).tobytes()``); PaSta and verb
+Probabilities and the visual embedding are float16 blobs (``np.float16(...).tobytes()``), and beside the unit
+visual embedding the float32 norm of the tower output it came from, so trained heads' input (unit * norm) and so
+their hidden layers (A2V's visual feature) can be recomputed; PaSta and verb
 probabilities of at least ``LABEL_MIN_P`` are also rows of ``labels``, indexed so that ``--where`` filters are
 index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Version 2 added ``persons.visual_norm`` (older persons have NULL there; see db/repo.py ``_MIGRATIONS``).
 #: Probabilities at or above this are copied into ``labels`` (filters with lower thresholds scan the blobs).
 LABEL_MIN_P = 0.05
 LABEL_PASTA, LABEL_VERB = 0, 1
@@ -88,10 +91,12 @@ class Person(Base):
     verbs: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (157,)
     parts: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (6,)
     visual: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (P,), unit length
+    visual_norm: Mapped[float | None] = mapped_column(Float)  # norm of the tower output (float32 value); NULL: unknown
 
     media: Mapped[Media] = relationship(back_populates="persons")
 
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (Index("ix_persons_no_norm", "id", sqlite_where=text("visual_norm IS NULL")),
+                      {"sqlite_autoincrement": True})
 
 
 class Label(Base):

@@ -30,7 +30,7 @@ def random_person(rng: np.random.Generator, dim: int = VISUAL_DIM, **kw) -> NewP
     visual = rng.normal(size=dim).astype(np.float32)
     return NewPerson(box=kw.pop("box", [1, 2, 30, 40]), pasta=rng.random(93).astype(np.float32),
                      verbs=rng.random(157).astype(np.float32), parts=rng.random(6).astype(np.float32),
-                     visual=visual / np.linalg.norm(visual), **kw)
+                     visual=visual / np.linalg.norm(visual), visual_norm=float(np.linalg.norm(visual)), **kw)
 
 
 def media(path: str, persons: list[NewPerson], collection: str = "default", kind: str = "image") -> NewMedia:
@@ -78,20 +78,23 @@ class StubEncoder:
 
         x = pixels.reshape(len(pixels), -1).astype(np.float32) / 255.0 - 0.5
         z = x @ self._proj  # (N, P + 93 + 157)
-        visual = z[:, :VISUAL_DIM] / np.linalg.norm(z[:, :VISUAL_DIM], axis=1, keepdims=True)
+        norm = np.linalg.norm(z[:, :VISUAL_DIM], axis=1)
+        visual = z[:, :VISUAL_DIM] / norm[:, None]
         sig = 1.0 / (1.0 + np.exp(-z[:, VISUAL_DIM:] / 10.0))
         pasta, verbs = sig[:, :93], sig[:, 93:]
         parts = np.stack([pasta[:, r.start:r.stop - 1].max(1) for r in tx.PART_RANGES.values()], 1)
         return PersonVectors(visual=visual.astype(np.float32), pasta=pasta.astype(np.float32),
                              verbs=verbs.astype(np.float32), parts=parts.astype(np.float32),
-                             language=self.language.embed(pasta, verbs))
+                             language=self.language.embed(pasta, verbs), visual_norm=norm.astype(np.float32))
 
     def submit(self, pixels: np.ndarray, pad_to: int | None = None) -> _Ready:
         out = self.encode_pixels(np.asarray(pixels))
-        return _Ready({"visual": out.visual, "pasta": out.pasta, "verbs": out.verbs, "parts": out.parts})
+        return _Ready({"visual": out.visual, "pasta": out.pasta, "verbs": out.verbs, "parts": out.parts,
+                       "visual_norm": out.visual_norm})
 
     def vectors(self, parts: list[dict[str, np.ndarray]]):
         from a2v_search.models.encoder import PersonVectors
 
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in ("visual", "pasta", "verbs", "parts")}
+        keys = ("visual", "pasta", "verbs", "parts", "visual_norm")
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
         return PersonVectors(**arrays, language=self.language.embed(arrays["pasta"], arrays["verbs"]))

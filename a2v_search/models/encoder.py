@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import ModelError
 from ..preprocess import Box, Preprocess
 from ..settings import COMPILE_MODES, check_choice
 from .device_io import PendingBatch, Uploader
+from .heads import PastaHeads
 from .language import LanguageSpace
 from .network import ActivityModel
 
-OUTPUT_KEYS = ("visual", "pasta", "verbs", "parts")
+OUTPUT_KEYS = ("visual", "pasta", "verbs", "parts", "visual_norm")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class PersonVectors:
     verbs: np.ndarray  # (N, 157)
     parts: np.ndarray  # (N, 6)
     language: np.ndarray | None = None  # (N, 2D) unit length
+    visual_norm: np.ndarray | None = None  # (N,) norm of the tower output: heads' input = visual * visual_norm
 
     def __len__(self) -> int:
         return len(self.visual)
@@ -115,8 +118,9 @@ class ActivityEncoder:
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""
-        empty = {"visual": self.model.visual_dim, "pasta": 93, "verbs": 157, "parts": 6}
-        arrays = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, empty[k]), np.float32)
+        empty = {"visual": (0, self.model.visual_dim), "pasta": (0, 93), "verbs": (0, 157), "parts": (0, 6),
+                 "visual_norm": (0,)}
+        arrays = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(empty[k], np.float32)
                   for k in OUTPUT_KEYS}
         vectors = PersonVectors(**arrays)
         if self.language is not None:
@@ -133,12 +137,34 @@ class ActivityEncoder:
             else np.zeros((0, size, size, 3), np.uint8)
         return self.encode_pixels(pixels, batch_size)
 
+    @property
+    def has_part_features(self) -> bool:
+        """True with trained heads: only they have hidden layers (A2V's visual feature); zero-shot heads do not."""
+        return isinstance(self.model.heads, PastaHeads)
+
+    @torch.inference_mode()
+    def part_features(self, visual: np.ndarray, visual_norm: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """A2V's visual feature from stored values: unit visual (N, P) and norms (N,) -> the six part heads' last
+        hidden layers (N, 6, h), float32, computed in fp32 on the heads' input ``visual * visual_norm``."""
+        if not self.has_part_features:
+            raise ModelError("these PaSta heads are zero-shot (CLIP text prompts): they have no hidden layers, so "
+                             "there is no A2V classifier feature; use --checkpoint with trained heads")
+        heads = self.model.heads
+        h = heads.dim_hidden
+        out = []
+        for i in range(0, len(visual), batch_size):
+            feat = np.asarray(visual[i:i + batch_size], np.float32) * np.asarray(visual_norm[i:i + batch_size],
+                                                                                np.float32)[:, None]  # (B, P)
+            x = torch.from_numpy(feat).to(self.device)
+            with torch.autocast(self.device.type, enabled=False):  # fp32, as the heads run at ingest
+                out.append(heads.part_features(x).float().cpu().numpy())  # (B, 6, h)
+        return np.concatenate(out) if out else np.zeros((0, 6, h), np.float32)
+
     @torch.inference_mode()
     def clip_text(self, texts: Sequence[str]) -> np.ndarray:
         """CLIP text-tower embeddings (N, P), unit length, comparable with the visual vectors."""
         if self._clip_text is None:
             if self._clip_text_loader is None:
-                from ..errors import ModelError
                 raise ModelError("this model has no CLIP text tower; pass --model with a full CLIP model "
                                  "(e.g. openai/clip-vit-base-patch16) whose image tower matches")
             self._clip_text = self._clip_text_loader()

@@ -32,10 +32,11 @@ class MLPHead(nn.Module):
         self.layers = nn.ModuleList([nn.Linear(dim_in, dim_hidden), nn.Linear(dim_hidden, dim_hidden),
                                      nn.Linear(dim_hidden, n_out)])
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, h): the last hidden layer
+        return F.relu(self.layers[1](F.relu(self.layers[0](x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B, C) logits
-        x = F.relu(self.layers[0](x))
-        x = F.relu(self.layers[1](x))
-        return self.layers[2](x)
+        return self.layers[2](self.hidden(x))
 
 
 class PastaHeads(nn.Module):
@@ -54,6 +55,11 @@ class PastaHeads(nn.Module):
     def logits(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw logits of every head, keyed by head name (``"verb"``, ``"foot"``, ... ``"pasta_binary"``)."""
         return {name: getattr(self, f"{name}_fc")(feat) for name in HEAD_SIZES}
+
+    def part_features(self, feat: torch.Tensor) -> torch.Tensor:
+        """A2V's visual feature: the last hidden layer of each of the six part heads, (B, d) -> (B, 6, h), parts in
+        ``taxonomy.PARTS`` order (foot, leg, hip, hand, arm, head)."""
+        return torch.stack([getattr(self, f"{p}_fc").hidden(feat) for p in tx.PARTS], dim=1)
 
     def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:  # feat (B, d)
         logits = self.logits(feat)

@@ -13,10 +13,10 @@ from .heads import PastaHeads, ZeroShotHeads, run_fp32
 class ActivityModel(nn.Module):
     """Image tower plus PaSta heads (trained or zero-shot). The tower uses SDPA attention (see ``use_sdpa``).
 
-    forward(pixel_values (B, 3, S, S)) -> {"visual": (B, P) L2-normalised projection output,
-    "pasta": (B, 93), "verbs": (B, 157), "parts": (B, 6)} probabilities. Trained heads see the unnormalised
-    projection output, as in the reference. The tower may run under autocast (bf16/fp16); the heads always run in
-    float32 (:meth:`run_heads`).
+    forward(pixel_values (B, 3, S, S)) -> {"visual": (B, P) L2-normalised projection output, "visual_norm": (B,)
+    its norm, "pasta": (B, 93), "verbs": (B, 157), "parts": (B, 6)} probabilities. Trained heads see the
+    unnormalised projection output (= visual * visual_norm), as in the reference. The tower may run under autocast
+    (bf16/fp16); the heads always run in float32 (:meth:`run_heads`).
     """
 
     def __init__(self, vision: CLIPVisionModelWithProjection, heads: PastaHeads | ZeroShotHeads):
@@ -43,10 +43,12 @@ class ActivityModel(nn.Module):
         return self.vision(pixel_values=pixel_values.to(self.tower_dtype)).image_embeds
 
     def run_heads(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, P) features -> float32 probabilities and the normalised visual vector, whatever autocast is on."""
+        """(B, P) features -> float32 probabilities, the normalised visual vector and its norm, whatever autocast
+        is on."""
         out = run_fp32(self.heads, feat)
         with torch.autocast(feat.device.type, enabled=False):
             out["visual"] = F.normalize(feat.float(), dim=-1)  # (B, P)
+            out["visual_norm"] = feat.float().norm(dim=-1)  # (B,)
         return out
 
     def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
