@@ -18,7 +18,9 @@ Checkpoint = Annotated[str | None, typer.Option(help="Trained PaSta heads: ckpt_
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled checkpoint to run code when loading "
                                                                 "(only for files you trust).")]
 TextModel = Annotated[str | None, typer.Option(help="BERT-family text model of the language space (env "
-                                                    "A2V_TEXT_MODEL; default: the store's, else bert-base-uncased).",
+                                                    "A2V_TEXT_MODEL; default: the store's, else "
+                                                    "sentence-transformers/all-MiniLM-L6-v2; bert-base-uncased is "
+                                                    "closest to HAKE's original).",
                                                show_default=False)]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (env A2V_DEVICE; default auto).",
                                             show_default=False)]

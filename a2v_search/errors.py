@@ -35,6 +35,10 @@ class SpaceMismatchError(StoreError):
     """The models asked for differ from the models the store's vectors were built with."""
 
 
+class LegacySpaceError(StoreError):
+    """A store made by an older version whose vectors must be migrated (``manage.py reindex``) before use."""
+
+
 class QueryError(A2VError, ValueError):
     """A search query cannot be run (empty store, unknown id, text that matches nothing...)."""
 

@@ -33,10 +33,10 @@ from db.schema import Space
 from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
 
 from . import activity
-from .errors import QueryError, SpaceMismatchError, StoreError
+from .errors import LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
-from .models.language import LanguageSpace
+from .models.language import LANGUAGE_VECTOR, LanguageSpace, pooling_mode
 
 log = logging.getLogger("a2v_search")
 
@@ -48,7 +48,7 @@ DB_NAME = "a2v.sqlite"
 INDEX_DIR = "index"
 #: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
 #: values produce comparable vectors.
-SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim")
+SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim", "pooling", "language_vector")
 
 
 def space_fingerprint(space: dict) -> str:
@@ -164,6 +164,7 @@ class Store:
         stored = self.space()
         if stored is None or space_fingerprint(space) == space_fingerprint(stored):
             return
+        self._require_current_language()
         diffs = [f"{k}: store has {stored.get(k)!r}, asked for {space.get(k)!r}"
                  for k in SPACE_FIELDS if stored.get(k) != space.get(k)]
         raise SpaceMismatchError(
@@ -176,21 +177,57 @@ class Store:
         if row is not None:
             self.check_space(space)
             return row
-        config = {**space, "language_dim": language.dim}
+        config = {**space, "language_dim": language.dim, **language.record()}
         with self.db.session() as s:
             row = repo.add_space(s, space_fingerprint(config), config, language.m_pasta, language.m_verb)
         self._language, self._space = language, row
         return row
 
     def language(self) -> LanguageSpace:
-        """The store's language space, from its stored matrices (the text model loads only for free text)."""
+        """The store's language space, from its stored matrices and recorded pooling (the text model loads only
+        for free text)."""
         if self._language is None:
             row = self.space_row()
             if row is None:
                 raise StoreError(f"store {self.data_dir} is empty; ingest something first")
+            self._require_current_language()
             m_pasta, m_verb = repo.space_matrices(row)
-            self._language = LanguageSpace(m_pasta.copy(), m_verb.copy(), text_model=row.text_model)
+            self._language = LanguageSpace(m_pasta.copy(), m_verb.copy(), text_model=row.text_model,
+                                           pooling=self.space()["pooling"])
         return self._language
+
+    def _require_current_language(self) -> None:
+        """Refuse a store whose language vectors were made with another formula than this version's."""
+        space = self.space()
+        if space is None:
+            return
+        recorded = space.get("language_vector")
+        if recorded is None:
+            raise LegacySpaceError(
+                f"store {self.data_dir} was made before language vectors kept each body part's strongest states "
+                f"({LANGUAGE_VECTOR}); migrate it once with `python manage.py reindex --data-dir {self.data_dir}` "
+                "(rebuilds the indexes from SQLite; no model is loaded, nothing is lost)")
+        if recorded != LANGUAGE_VECTOR:
+            raise StoreError(f"store {self.data_dir} holds language vectors of formula {recorded!r}, this version "
+                             f"makes {LANGUAGE_VECTOR!r}; use the a2v-search release that wrote it")
+
+    def _migrate_language(self) -> bool:
+        """Record this version's language vector in a store made before it (writers; the indexes must then be
+        rebuilt). Its matrices stay: they were pooled the old way (``pooling_mode(plain="mean")``), which is
+        recorded so that free-text queries are pooled the same. True when something was migrated."""
+        config = self.space()
+        if config is None or "language_vector" in config:
+            return False
+        self._require_lock()
+        config = {**config, "pooling": pooling_mode(config["text_model"], plain="mean"),
+                  "language_vector": LANGUAGE_VECTOR}
+        fingerprint = space_fingerprint(config)
+        with self.db.session() as s:
+            repo.update_space(s, self.space_row().id, fingerprint, config)
+        log.warning("store %s: language vectors migrated to %s; rebuilding the indexes", self.data_dir,
+                    LANGUAGE_VECTOR)
+        self._space = self._language = None
+        return True
 
     def set_language(self, language: LanguageSpace) -> None:
         """Use an already-loaded language space (same matrices) so its text model is not loaded twice."""
@@ -345,8 +382,10 @@ class Store:
         return idx
 
     def rebuild(self, spec: str | None = None, memory_budget_mb: int | None = None) -> dict[str, str]:
-        """Rebuild both indexes from SQLite (optionally with a new index spec, remembered) and save them."""
+        """Rebuild both indexes from SQLite (optionally with a new index spec, remembered) and save them; a store
+        made before this version's language vector is migrated first."""
         self._require_lock()
+        self._migrate_language()
         if spec or memory_budget_mb:
             with self.db.session() as s:
                 if spec:

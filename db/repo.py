@@ -247,6 +247,12 @@ def add_space(s: Session, fingerprint: str, config: dict, m_pasta: np.ndarray, m
     return space
 
 
+def update_space(s: Session, space_id: int, fingerprint: str, config: dict) -> None:
+    """Record a migrated space: its new fingerprint and configuration (the matrices stay)."""
+    s.execute(update(Space).where(Space.id == space_id).values(fingerprint=fingerprint,
+                                                               config=json.dumps(config, sort_keys=True)))
+
+
 def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
     """The stored (93, D) and (157, D) language matrices of a space."""
     m_pasta = np.frombuffer(space.m_pasta, np.float32).reshape(N_PASTA, -1)

@@ -17,6 +17,15 @@ from a2v_search import taxonomy as tx
 from a2v_search.errors import CheckpointError, InputError, ModelError
 from a2v_search.models import LanguageSpace, ModelSpec, load_encoder
 from a2v_search.models.checkpoint import convert_checkpoint, read_torch_file
+from a2v_search.models.language import (
+    KEEP_PER_PART,
+    KEEP_VERBS,
+    PART_GROUPS,
+    VERB_GROUPS,
+    TextEncoder,
+    margins,
+    pooling_mode,
+)
 from a2v_search.preprocess import Preprocess
 
 
@@ -197,7 +206,35 @@ def test_zero_shot_is_a_distribution_per_part(encoder):
     np.testing.assert_allclose(np.linalg.norm(v.visual, axis=1), 1.0, atol=1e-5)
 
 
-def test_language_vectors_are_unit_and_equal_normalised_p_at_m(encoder):
+def _margins_by_hand(p: np.ndarray, groups: list[list[int]], keep: int) -> np.ndarray:
+    """The margin weights written out plainly: per row and group, the ``keep`` largest minus the next largest."""
+    out = np.zeros_like(p)
+    for r in range(len(p)):
+        for cols in groups:
+            ranked = sorted(cols, key=lambda c: -p[r, c])
+            floor = p[r, ranked[keep]]
+            for c in ranked[:keep]:
+                out[r, c] = max(p[r, c] - floor, 0.0)
+    return out
+
+
+def test_margins_keep_the_strongest_states_of_each_part_above_the_next():
+    p = np.zeros((2, 93), np.float32)
+    p[0, list(tx.PART_RANGES["hand"])] = 0.1
+    p[0, tx.pasta_index("hand: hold")], p[0, tx.pasta_index("hand: carry")] = 0.9, 0.5
+    p[0, tx.pasta_index("hand: touch")] = 0.3  # third in its part: the floor
+    p[0, tx.pasta_index("head: eat")] = 0.7  # alone in its part: floor 0
+    p[1] = 0.2  # flat: nothing stands out
+    w = margins(p, PART_GROUPS, 2)
+    expected = np.zeros_like(p)
+    expected[0, tx.pasta_index("hand: hold")], expected[0, tx.pasta_index("hand: carry")] = 0.6, 0.2
+    expected[0, tx.pasta_index("head: eat")] = 0.7
+    np.testing.assert_allclose(w, expected, atol=1e-6)
+    q = np.random.default_rng(0).uniform(0, 1, (5, 157)).astype(np.float32)
+    np.testing.assert_allclose(margins(q, VERB_GROUPS, 4), _margins_by_hand(q, [list(range(157))], 4), atol=1e-6)
+
+
+def test_language_vectors_are_unit_and_equal_normalised_margins_at_m(encoder):
     v = encoder.encode_persons([noise_image(i) for i in range(3)], [None] * 3)
     lang = encoder.language
     np.testing.assert_allclose(np.linalg.norm(v.language, axis=1), 1.0, atol=1e-5)
@@ -205,7 +242,9 @@ def test_language_vectors_are_unit_and_equal_normalised_p_at_m(encoder):
     def norm(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    expected = norm(np.concatenate([norm(v.pasta @ lang.m_pasta), norm(v.verbs @ lang.m_verb)], -1))
+    wp = _margins_by_hand(v.pasta, [list(r) for r in tx.PART_RANGES.values()], KEEP_PER_PART)
+    wv = _margins_by_hand(v.verbs, [list(range(157))], KEEP_VERBS)
+    expected = norm(np.concatenate([norm(wp @ lang.m_pasta), norm(wv @ lang.m_verb)], -1))
     np.testing.assert_allclose(lang.to_full(v.language), expected, atol=1e-5)
     np.testing.assert_allclose(v.language @ v.language.T, expected @ expected.T, atol=1e-5)  # same cosines
     assert lang.dim <= 87 + 156
@@ -220,6 +259,35 @@ def test_language_space_from_sentence_transformers_folder(minilm_dir):
     s = space.interpret("Hand: Hold=2; head:drink with; verb: drink_with")
     assert s.mode == "structured" and s.pasta == {"hand: hold": 2.0, "head: drink with": 1.0}
     assert s.verbs == {"drink_with": 1.0}
+
+
+def test_plain_bert_pools_the_word_tokens_only(tiny_bert_dir):
+    enc = TextEncoder(str(tiny_bert_dir))
+    assert enc.pooling == "words" and pooling_mode(str(tiny_bert_dir), plain="mean") == "mean"
+    texts = ["hold a cup", "ride"]
+    got = enc.encode(texts)
+    for text, vec in zip(texts, got, strict=True):
+        batch = enc.tokenizer([text], return_tensors="pt")
+        with torch.no_grad():
+            hidden = enc.model(**batch).last_hidden_state[0]  # (T, D): [CLS] words [SEP]
+        words = hidden[1:-1].mean(0)
+        np.testing.assert_allclose(vec, (words / words.norm()).numpy(), atol=1e-5)
+    everything = TextEncoder(str(tiny_bert_dir), pooling="mean").encode(texts)
+    assert np.abs(everything - got).max() > 1e-3  # [CLS] and [SEP] do move the vector
+
+
+def test_sentence_transformers_folder_keeps_its_own_pooling(minilm_dir):
+    st = pytest.importorskip("sentence_transformers")
+    enc = TextEncoder(str(minilm_dir))
+    assert enc.pooling == "mean"  # 1_Pooling/config.json: mean over all tokens, as the model was trained
+    texts = ["a person riding a bike", "hand hold"]
+    reference = st.SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(enc.encode(texts), reference, atol=1e-5)
+
+
+def test_unknown_pooling_is_refused(tiny_bert_dir):
+    with pytest.raises(ModelError, match="unknown pooling"):
+        TextEncoder(str(tiny_bert_dir), pooling="median")
 
 
 def test_clip_text_tower(encoder):

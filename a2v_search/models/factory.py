@@ -193,6 +193,7 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
         "text_model": model_ref(language.text_model) if language else model_ref(spec.text_model),
         "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
         "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
+        **(language.record() if language else {}),
         "image_size": preprocess.size, "spec": asdict(spec),
     }
     return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,

@@ -3,15 +3,21 @@
 M_pasta (93, D) holds the text-model embedding of each PaSta phrase (``prompts.PASTA_PHRASE``), M_verb (157, D)
 that of each verb phrase; no_interaction rows are zero. A person's language vector is
 
-    concat(normalise(p_pasta @ M_pasta), normalise(p_verb @ M_verb)) / sqrt(2)        # unit length
+    concat(normalise(w_pasta @ M_pasta), normalise(w_verb @ M_verb)) / sqrt(2)        # unit length
+    w = margins(p): per body part the KEEP_PER_PART strongest PaSta, and the KEEP_VERBS strongest verbs, each
+        weighted by its margin over the next strongest of its group (the person's own background); the rest 0
 
-so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. Each block lies in the span of
+so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. The margins make the vector hold
+on real predictions: with ``p @ M`` every faint probability pulls toward the mean of all phrases (docs/design.md,
+measured by bench/language_ablation.py). Queries keep their own weights (no margins). Each block lies in the span of
 its phrase rows, so vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D),
 ``basis_verb`` (r_v, D), from an SVD): the same cosines exactly, in r_p + r_v <= 243 dimensions instead of 2D
 (1536 for bert-base). The verb block is there because
 many activities have no PaSta of their own ("riding a bike" is a verb, not a part state); see docs/design.md.
-Pooling: the pooling of a sentence-transformers model folder (``1_Pooling/config.json``) when there is one,
-else the attention-masked mean of the last hidden states; embeddings are L2-normalised.
+Pooling: what a sentence-transformers model says (``modules.json`` -> its Pooling folder's ``config.json``: mean
+over all tokens as it was trained, CLS or max), else the mean of the word tokens' last hidden states ([CLS], [SEP]
+and padding left out: they carry a component shared by every phrase). Embeddings are L2-normalised. Both the
+pooling and the vector formula (``LANGUAGE_VECTOR``) are recorded in the store's space.
 
 Query text: structured PaSta text (``"hand: hold=2; head: drink with; verb: drink with"``) maps each name to its
 row with its weight; free text is embedded and mapped onto the phrases by ``softmax(cos / temperature)`` keeping
@@ -36,6 +42,12 @@ from . import prompts
 if TYPE_CHECKING:  # torch loads only when a text model is used: structured queries need numpy alone
     import torch
 
+#: the formula of a person's language vector; recorded in the store's space (stores without it are migrated by
+#: ``manage.py reindex``)
+KEEP_PER_PART = 2
+KEEP_VERBS = 4
+LANGUAGE_VECTOR = f"margin-v1:{KEEP_PER_PART}/{KEEP_VERBS}"
+POOLINGS = ("words", "mean", "cls", "max")
 FREE_TEXT_TEMPERATURE = 0.05
 FREE_TEXT_TOP = 5
 FREE_TEXT_MIN_WEIGHT = 0.05
@@ -53,7 +65,7 @@ def quiet_transformers() -> None:
 class TextEncoder:
     """A BERT-family model (hub id or folder) that turns texts into L2-normalised vectors."""
 
-    def __init__(self, name: str, device: torch.device | str = "cpu"):
+    def __init__(self, name: str, device: torch.device | str = "cpu", pooling: str | None = None):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -67,7 +79,9 @@ class TextEncoder:
             raise ModelError(f"cannot load text model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}. "
                              "Give a hub id (downloaded on first use) or a local folder with config.json, "
                              "weights and tokenizer (--text-model)") from e
-        self.pooling = _pooling_mode(name)
+        self.pooling = pooling or pooling_mode(name)
+        if self.pooling not in POOLINGS:
+            raise ModelError(f"unknown pooling {self.pooling!r} for text model {name!r}; valid: {', '.join(POOLINGS)}")
 
     @property
     def dim(self) -> int:
@@ -86,9 +100,12 @@ class TextEncoder:
         out = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=128,
-                                   return_tensors="pt").to(self.device)
+                                   return_tensors="pt", return_special_tokens_mask=True).to(self.device)
+            special = batch.pop("special_tokens_mask")  # (B, T) 1 for [CLS], [SEP], padding
             hidden = self.model(**batch).last_hidden_state.float()  # (B, T, D)
             mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+            if self.pooling == "words":
+                mask = mask * (1 - special).unsqueeze(-1).float()
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
             elif self.pooling == "max":
@@ -99,20 +116,51 @@ class TextEncoder:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-def _pooling_mode(name: str) -> str:
-    """``mean`` unless a sentence-transformers folder says ``cls`` or ``max``."""
-    folder = Path(name)
-    if not folder.is_dir():
-        return "mean"
-    configs = sorted(folder.glob("*Pooling*/config.json"))
-    if not configs:
-        return "mean"
-    cfg = json.loads(configs[0].read_text())
+def pooling_mode(name: str, plain: str = "words") -> str:
+    """The pooling a sentence-transformers model (folder or hub id) declares: ``mean`` (all tokens, as it was
+    trained), ``cls`` or ``max``; ``plain`` (the word tokens' mean) for any other model. Stores made before word
+    pooling recorded nothing: their matrices came from ``pooling_mode(name, plain="mean")``."""
+    cfg = _st_pooling_config(name)
+    if cfg is None:
+        return plain
     if cfg.get("pooling_mode_cls_token"):
         return "cls"
     if cfg.get("pooling_mode_max_tokens"):
         return "max"
     return "mean"
+
+
+def _st_pooling_config(name: str) -> dict | None:
+    """The Pooling module's config.json of a sentence-transformers model (local or in the hub cache), or None."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        modules = folder / "modules.json"
+        found = [folder / m["path"] / "config.json" for m in _read_json(modules) or []
+                 if str(m.get("type", "")).endswith("Pooling")] if modules.is_file() else []
+        found = [f for f in found if f.is_file()] or sorted(folder.glob("*Pooling*/config.json"))
+        return _read_json(found[0]) if found else None
+    from transformers.utils import cached_file
+
+    def fetch(filename: str, subfolder: str = "") -> Path | None:
+        try:
+            path = cached_file(name, filename, subfolder=subfolder, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        except Exception:  # offline without the file, odd repo names: not a sentence-transformers model
+            return None
+        return Path(path) if path else None
+
+    modules = fetch("modules.json")
+    paths = [m["path"] for m in _read_json(modules) or [] if str(m.get("type", "")).endswith("Pooling")] \
+        if modules else []
+    config = fetch("config.json", paths[0]) if paths else None
+    return _read_json(config) if config else None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build_matrices(encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +170,27 @@ def build_matrices(encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
     m_pasta[list(tx.NO_INTERACTION_PASTA)] = 0.0
     m_verb[tx.NO_INTERACTION_VERB] = 0.0
     return m_pasta.astype(np.float32), m_verb.astype(np.float32)
+
+
+#: the groups ``margins`` works in: PaSta by body part, verbs as one group
+PART_GROUPS = tuple(np.arange(r.start, r.stop) for r in tx.PART_RANGES.values())
+VERB_GROUPS = (np.arange(len(tx.VERB_NAMES)),)
+
+
+def margins(p: np.ndarray, groups: tuple[np.ndarray, ...], keep: int) -> np.ndarray:
+    """Probabilities (N, C) -> weights (N, C): in each group of columns, the ``keep`` strongest values minus the
+    next strongest (ties give 0), everything else 0. Scale-free background removal: a person's faint probabilities
+    (the tens of classes trained sigmoids leave at 0.05-0.3, the spread of a zero-shot softmax) weigh nothing."""
+    p = np.asarray(p, np.float32)
+    out = np.zeros_like(p)
+    for cols in groups:
+        sub = p[:, cols]  # (N, g)
+        if sub.shape[1] <= keep:
+            out[:, cols] = sub
+            continue
+        floor = -np.partition(-sub, keep, axis=1)[:, keep:keep + 1]  # (N, 1): the (keep+1)-th largest
+        out[:, cols] = np.maximum(sub - floor, 0.0)
+    return out
 
 
 def _row_basis(m: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
@@ -154,11 +223,15 @@ class TextQuery:
 class LanguageSpace:
     """The two matrices of the space, and the functions that put persons and texts into it."""
 
-    def __init__(self, m_pasta: np.ndarray, m_verb: np.ndarray, text_model: str, encoder: TextEncoder | None = None):
+    def __init__(self, m_pasta: np.ndarray, m_verb: np.ndarray, text_model: str, encoder: TextEncoder | None = None,
+                 pooling: str | None = None):
         self.m_pasta = np.asarray(m_pasta, np.float32)  # (93, D)
         self.m_verb = np.asarray(m_verb, np.float32)  # (157, D)
         self.text_model = text_model
         self._encoder = encoder
+        #: how the text model pools (queries must be pooled like the phrases were); None = decide on loading
+        self.pooling = encoder.pooling if encoder is not None else pooling
+        self.vector = LANGUAGE_VECTOR
         if self.m_pasta.shape[0] != len(tx.PASTA_NAMES) or self.m_verb.shape[0] != len(tx.VERB_NAMES):
             raise ModelError(f"language matrices have {self.m_pasta.shape[0]}/{self.m_verb.shape[0]} rows, "
                              "expected 93/157")
@@ -173,6 +246,10 @@ class LanguageSpace:
         encoder = TextEncoder(name, device)
         return cls(*build_matrices(encoder), text_model=name, encoder=encoder)
 
+    def record(self) -> dict:
+        """What the store's space records about this language space (besides the matrices)."""
+        return {"pooling": self.pooling, "language_vector": self.vector}
+
     @property
     def dim(self) -> int:
         """Dimension of a language vector: the ranks of the two phrase blocks."""
@@ -181,12 +258,20 @@ class LanguageSpace:
     def encoder(self) -> TextEncoder:
         """The text model, loaded on first use (only free-text queries need it)."""
         if self._encoder is None:
-            self._encoder = TextEncoder(self.text_model)
+            self._encoder = TextEncoder(self.text_model, pooling=self.pooling)
+            self.pooling = self._encoder.pooling
         return self._encoder
 
     def embed(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
-        """Probabilities pasta (N, 93), verbs (N, 157) -> language vectors (N, r_p + r_v), unit length (zero if
-        empty). ``to_full`` maps them back to the (N, 2D) form of the module docstring."""
+        """Probabilities of persons, pasta (N, 93) and verbs (N, 157) -> language vectors (N, r_p + r_v), unit
+        length (zero if empty), through ``margins``. ``to_full`` maps them back to the (N, 2D) form of the module
+        docstring."""
+        pasta = np.asarray(pasta, np.float32).reshape(-1, len(tx.PASTA_NAMES))
+        verbs = np.asarray(verbs, np.float32).reshape(-1, len(tx.VERB_NAMES))
+        return self.embed_weights(margins(pasta, PART_GROUPS, KEEP_PER_PART), margins(verbs, VERB_GROUPS, KEEP_VERBS))
+
+    def embed_weights(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
+        """Weights pasta (N, 93), verbs (N, 157) taken as they are -> (N, r_p + r_v) unit vectors."""
         a = _normalise(np.asarray(pasta, np.float32) @ self._red_pasta)  # (N, r_p)
         b = _normalise(np.asarray(verbs, np.float32) @ self._red_verb)  # (N, r_v)
         return _normalise(np.concatenate([a, b], axis=-1))
@@ -197,14 +282,14 @@ class LanguageSpace:
         return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:] @ self.basis_verb], axis=-1)
 
     def embed_query(self, query: TextQuery) -> np.ndarray:
-        """The (2D,) language vector of an interpreted query."""
+        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are."""
         p = np.zeros((1, len(tx.PASTA_NAMES)), np.float32)
         v = np.zeros((1, len(tx.VERB_NAMES)), np.float32)
         for name, w in query.pasta.items():
             p[0, tx.pasta_index(name)] = w
         for name, w in query.verbs.items():
             v[0, tx.verb_index(name)] = w
-        return self.embed(p, v)[0]
+        return self.embed_weights(p, v)[0]
 
     def interpret(self, text: str) -> TextQuery:
         """Read a query text as structured PaSta text when it names parts (``hand: hold``), else as free text."""
