@@ -175,7 +175,7 @@ class Store:
         """Register the space on first write, or check it matches."""
         row = self.space_row()
         if row is not None:
-            self.check_space(space)
+            self.check_space({**space, **language.record()})
             return row
         config = {**space, "language_dim": language.dim, **language.record()}
         with self.db.session() as s:

@@ -64,13 +64,14 @@ def profile_vectors(name: str, seed: int = 0, noise: float = 0.02) -> tuple[np.n
     return pasta, verbs
 
 
-def profile_records(visual_dim: int, copies: int = 3, seed: int = 0) -> list[dict]:
-    """Import records: ``copies`` persons per profile, each in its own image ``/profiles/<name>/<i>.jpg``."""
+def profile_records(visual_dim: int, copies: int = 3, seed: int = 0, noise: float = 0.02) -> list[dict]:
+    """Import records: ``copies`` persons per profile, each in its own image ``/profiles/<name>/<i>.jpg``, with
+    a background U(0, noise) on every other PaSta and verb."""
     rng = np.random.default_rng(seed)
     records = []
     for name in PROFILES:
         for i in range(copies):
-            pasta, verbs = profile_vectors(name, seed=hash((name, i)) % 2**31)
+            pasta, verbs = profile_vectors(name, seed=seed * 1000 + len(records), noise=noise)
             visual = rng.normal(size=visual_dim)
             records.append({"path": f"/profiles/{name}/{i}.jpg", "collection": "even" if i % 2 == 0 else "odd",
                             "width": 100, "height": 200,

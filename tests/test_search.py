@@ -11,6 +11,7 @@ from test_ingest import run_main
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
+from db import repo
 
 
 def profile_of(hit) -> str:
@@ -42,6 +43,33 @@ def test_structured_pasta_text_ranks_exactly(semantic, text, profile):
     assert result.query["mode"] == "structured"
     named = {n for n, _ in result.query["pasta"]}
     assert named == {part.split("=")[0].strip() for part in text.split(";")}
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory, tiny_clip_dir, minilm_dir):
+    """The same profiles with a background U(0, 0.3) on every other PaSta and verb, as real heads leave it."""
+    data = tmp_path_factory.mktemp("noisy") / "data"
+    api = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(minilm_dir), device="cpu")
+    api.import_records(profile_records(visual_dim=16, copies=3, noise=0.3))
+    yield api
+    api.close()
+
+
+def test_text_queries_hold_on_a_noisy_background(noisy):
+    queries = {**FREE_TEXT, **STRUCTURED}
+    for text, profile in queries.items():
+        assert [profile_of(h) for h in noisy.search_text(text, k=3)] == [profile] * 3, text
+    # the same persons as plain p @ M vectors (the formula before margins) lose several of these queries
+    store = noisy._open_reader()
+    language = store.language()
+    with store.db.session() as s:
+        rows = repo.fetch_persons(s, repo.person_ids(s))
+    plain = language.embed_weights(np.stack([r.pasta for r in rows]), np.stack([r.verbs for r in rows]))
+    missed = 0
+    for text, profile in queries.items():
+        order = np.argsort(-(plain @ language.embed_query(language.interpret(text))), kind="stable")[:3]
+        missed += [rows[i].path.split("/")[2] for i in order] != [profile] * 3
+    assert missed >= 3
 
 
 def test_interpretation_carries_weights(semantic):

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from helpers import SPACE, media, random_person, writable_store
 
-from a2v_search.errors import SpaceMismatchError, StoreError, StoreLockedError
+from a2v_search.errors import LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
+from a2v_search.models.language import LANGUAGE_VECTOR
 from a2v_search.search import Searcher, make_filters
-from a2v_search.store import Store
+from a2v_search.store import Store, space_fingerprint
 from db import repo
 
 
@@ -118,6 +119,84 @@ def test_index_of_another_space_is_refused_with_the_fix(tmp_path):
     fixed.rebuild()
     fixed.close()
     assert Store(tmp_path / "data").indexes()["language"].ntotal == 36
+
+
+def _language_scores(store, ids) -> np.ndarray:
+    """Cosines of a structured query with every person, straight from the language index."""
+    language = store.language()
+    q = language.embed_query(language.interpret("hand: hold; head: drink with; verb: drink with"))
+    return store.indexes()["language"].search(q[None], len(ids))
+
+
+def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_path):
+    store, _, ids = filled(tmp_path)
+    space = store.space()
+    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v1:2/4" and space["pooling"] is None
+    before = _language_scores(store, ids)
+    store.rebuild()
+    after = _language_scores(store, ids)
+    store.close()
+    reader = Store(tmp_path / "data")
+    again = _language_scores(reader, ids)
+    for got in (after, again):
+        np.testing.assert_array_equal(got[0], before[0])
+        np.testing.assert_array_equal(got[1], before[1])
+
+
+def _make_legacy(data_dir) -> None:
+    """Turn a store into one written before the language vector was recorded: no pooling or formula in its
+    space, fingerprint and index manifests of that older space."""
+    con = sqlite3.connect(data_dir / "a2v.sqlite")
+    config = json.loads(con.execute("SELECT config FROM spaces").fetchone()[0])
+    for key in ("pooling", "language_vector"):
+        config.pop(key)
+    fp = space_fingerprint(config)
+    con.execute("UPDATE spaces SET config=?, fingerprint=?", (json.dumps(config, sort_keys=True), fp))
+    con.commit()
+    con.close()
+    for name in ("visual", "language"):
+        path = data_dir / "index" / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
+
+
+def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path):
+    from test_ingest import run_main
+
+    store, _, _ = filled(tmp_path)
+    store.close()
+    _make_legacy(tmp_path / "data")
+    with pytest.raises(LegacySpaceError, match="manage.py reindex --data-dir"):
+        Store(tmp_path / "data").language()  # every language vector: text, image and person queries
+    code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
+    assert code != 0 and "manage.py reindex" in err and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(LegacySpaceError):
+        writable_store(tmp_path / "data")  # an ingest into it is refused the same way
+
+
+def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog):
+    from test_ingest import run_main
+
+    store, items, ids = filled(tmp_path)
+    store.close()
+    _make_legacy(tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
+    assert code == 0, err
+    assert "migrated" in caplog.text
+    reader = Store(tmp_path / "data")
+    space = reader.space()
+    assert space["language_vector"] == LANGUAGE_VECTOR
+    assert space["pooling"] == "mean"  # how its matrices were pooled before word pooling: queries must match
+    assert reader.fingerprint == space_fingerprint(space)
+    persons = [p for m in items for p in m.persons]
+    expected = reader.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
+                                    np.stack([p.verbs for p in persons]))["language"]
+    q = expected[5]
+    scores, got = reader.indexes()["language"].search(q[None], 3)
+    assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert not reader.check().problems
+    reader.close()
 
 
 def test_other_models_are_refused(tmp_path):
