@@ -89,6 +89,17 @@ def query_vectors(space: LanguageSpace) -> np.ndarray:
     return np.stack([space.embed_query(space.interpret(text)) for text in QUERIES])
 
 
+def profile_query_vectors(space: LanguageSpace) -> np.ndarray:
+    """(30, dim): each query replaced by its profile's own states as structured text (weight 1 each): the person
+    side alone, without the free-text reading."""
+    pasta, verbs = np.zeros((len(QUERIES), 93), np.float32), np.zeros((len(QUERIES), 157), np.float32)
+    for i, name in enumerate(QUERIES.values()):
+        ps, vs = PROFILES[name]
+        pasta[i, [tx.pasta_index(k) for k in ps]] = 1.0
+        verbs[i, [tx.verb_index(k) for k in vs]] = 1.0
+    return space.embed_weights(pasta, verbs)
+
+
 def scores(queries: np.ndarray, people: np.ndarray) -> tuple[int, float]:
     """(queries whose first person is right, mean precision@5)."""
     sims = queries @ people.T  # (30, 150)
@@ -99,9 +110,9 @@ def scores(queries: np.ndarray, people: np.ndarray) -> tuple[int, float]:
     return top1, p5
 
 
-def row(space: LanguageSpace, formula: str, seeds: int) -> list[str]:
+def row(space: LanguageSpace, formula: str, seeds: int, structured: bool = False) -> list[str]:
     """One table row: ``top-1 range, p@5 range`` per case over the seeds."""
-    queries = query_vectors(space)
+    queries = profile_query_vectors(space) if structured else query_vectors(space)
     cells = []
     for case, level in CASES:
         got = []
@@ -147,6 +158,9 @@ def main() -> None:
     for formula, label in (("p @ M", "`normalise(p @ M)` (before)"), ("margins", "margins (after)")):
         for sp in (space, space2):
             print(f"| {label} | {sp.pooling} | " + " | ".join(row(sp, formula, args.seeds)) + " |", flush=True)
+    for formula, label in (("p @ M", "`normalise(p @ M)` (before)"), ("margins", "margins (after)")):
+        print(f"| {label}, structured queries of the profiles' own states | {space.pooling} | "
+              + " | ".join(row(space, formula, args.seeds, structured=True)) + " |", flush=True)
     no_verbs = LanguageSpace(space.m_pasta, np.zeros_like(space.m_verb), args.text_model, encoder=enc)
     print("| margins, PaSta block only | " + f"{space.pooling} | " + " | ".join(row(no_verbs, "margins", args.seeds))
           + " |")
