@@ -36,7 +36,7 @@ from . import activity
 from .errors import LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
-from .models.language import LANGUAGE_VECTOR, LanguageSpace, pooling_mode
+from .models.language import LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
 
 log = logging.getLogger("a2v_search")
 
@@ -213,13 +213,13 @@ class Store:
 
     def _migrate_language(self) -> bool:
         """Record this version's language vector in a store made before it (writers; the indexes must then be
-        rebuilt). Its matrices stay: they were pooled the old way (``pooling_mode(plain="mean")``), which is
-        recorded so that free-text queries are pooled the same. True when something was migrated."""
+        rebuilt). Its matrices stay: they were pooled the old way (``legacy_pooling``), which is recorded so that
+        free-text queries are pooled the same. True when something was migrated."""
         config = self.space()
         if config is None or "language_vector" in config:
             return False
         self._require_lock()
-        config = {**config, "pooling": pooling_mode(config["text_model"], plain="mean"),
+        config = {**config, "pooling": legacy_pooling(config["text_model"]),
                   "language_vector": LANGUAGE_VECTOR}
         fingerprint = space_fingerprint(config)
         with self.db.session() as s:

@@ -23,6 +23,7 @@ from a2v_search.models.language import (
     PART_GROUPS,
     VERB_GROUPS,
     TextEncoder,
+    legacy_pooling,
     margins,
     pooling_mode,
 )
@@ -264,6 +265,7 @@ def test_language_space_from_sentence_transformers_folder(minilm_dir):
 def test_plain_bert_pools_the_word_tokens_only(tiny_bert_dir):
     enc = TextEncoder(str(tiny_bert_dir))
     assert enc.pooling == "words" and pooling_mode(str(tiny_bert_dir), plain="mean") == "mean"
+    assert legacy_pooling(str(tiny_bert_dir)) == legacy_pooling("bert-base-uncased") == "mean"  # stores before it
     texts = ["hold a cup", "ride"]
     got = enc.encode(texts)
     for text, vec in zip(texts, got, strict=True):

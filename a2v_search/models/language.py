@@ -118,8 +118,7 @@ class TextEncoder:
 
 def pooling_mode(name: str, plain: str = "words") -> str:
     """The pooling a sentence-transformers model (folder or hub id) declares: ``mean`` (all tokens, as it was
-    trained), ``cls`` or ``max``; ``plain`` (the word tokens' mean) for any other model. Stores made before word
-    pooling recorded nothing: their matrices came from ``pooling_mode(name, plain="mean")``."""
+    trained), ``cls`` or ``max``; ``plain`` (the word tokens' mean) for any other model."""
     cfg = _st_pooling_config(name)
     if cfg is None:
         return plain
@@ -130,15 +129,20 @@ def pooling_mode(name: str, plain: str = "words") -> str:
     return "mean"
 
 
+def legacy_pooling(name: str) -> str:
+    """The pooling of stores made before it was recorded: a local sentence-transformers folder's own, else the mean
+    over all tokens ([CLS] and [SEP] included). Reads no network."""
+    return pooling_mode(name, plain="mean") if Path(name).expanduser().is_dir() else "mean"
+
+
 def _st_pooling_config(name: str) -> dict | None:
     """The Pooling module's config.json of a sentence-transformers model (local or in the hub cache), or None."""
     folder = Path(name).expanduser()
     if folder.is_dir():
-        modules = folder / "modules.json"
-        found = [folder / m["path"] / "config.json" for m in _read_json(modules) or []
-                 if str(m.get("type", "")).endswith("Pooling")] if modules.is_file() else []
+        found = [folder / sub / "config.json" for sub in _pooling_folders(folder / "modules.json")]
         found = [f for f in found if f.is_file()] or sorted(folder.glob("*Pooling*/config.json"))
-        return _read_json(found[0]) if found else None
+        cfg = _read_json(found[0]) if found else None
+        return cfg if isinstance(cfg, dict) else None
     from transformers.utils import cached_file
 
     def fetch(filename: str, subfolder: str = "") -> Path | None:
@@ -150,10 +154,19 @@ def _st_pooling_config(name: str) -> dict | None:
         return Path(path) if path else None
 
     modules = fetch("modules.json")
-    paths = [m["path"] for m in _read_json(modules) or [] if str(m.get("type", "")).endswith("Pooling")] \
-        if modules else []
+    paths = _pooling_folders(modules) if modules else []
     config = fetch("config.json", paths[0]) if paths else None
-    return _read_json(config) if config else None
+    cfg = _read_json(config) if config else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _pooling_folders(modules_json: Path) -> list[str]:
+    """The folders of the Pooling modules a sentence-transformers ``modules.json`` lists (none if unreadable)."""
+    modules = _read_json(modules_json)
+    if not isinstance(modules, list):
+        return []
+    return [str(m["path"]) for m in modules if isinstance(m, dict) and "path" in m
+            and str(m.get("type", "")).endswith("Pooling")]
 
 
 def _read_json(path: Path) -> object:
