@@ -34,6 +34,7 @@ from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .search import Searcher, SearchResult, make_filters, top_labels
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
+from .tracks import TOP_FRAMES
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -316,8 +317,12 @@ class A2VSearch:
 
     def search_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
                     path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                    per_media: bool = False, min_score: float | None = None) -> SearchResult:
-        """Persons matching PaSta text (``"hand: hold=2; head: drink with"``) or free text, in the language space."""
+                    per_media: bool = False, min_score: float | None = None, group: str | None = None,
+                    moment_frames: int = TOP_FRAMES) -> SearchResult:
+        """Persons matching PaSta text (``"hand: hold=2; head: drink with"``) or free text, in the language space.
+
+        Every search takes ``group="track"``: one hit per video moment (a track; see :class:`search.Moment`), scored
+        by the mean of its best ``moment_frames`` frame scores (1: its best frame)."""
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
@@ -329,11 +334,13 @@ class A2VSearch:
             raise QueryError(f"query {text!r} maps to no PaSta or verb with meaning")
         filters = make_filters(collection, path, kind, where)
         return self._searcher().search({"language": vec}, {"language": 1.0}, k, offset, filters, per_media, min_score,
-                                       query={"type": "text", **query.as_dict()})
+                                       query={"type": "text", **query.as_dict()}, group=group,
+                                       moment_frames=moment_frames)
 
     def search_clip_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
                          path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                         per_media: bool = False, min_score: float | None = None) -> SearchResult:
+                         per_media: bool = False, min_score: float | None = None, group: str | None = None,
+                         moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons whose CLIP visual embedding matches a text through CLIP's text tower."""
         if not text or not text.strip():
             raise QueryError("the query text is empty")
@@ -341,13 +348,15 @@ class A2VSearch:
         vec = self.encoder(store).clip_text([text])[0]
         filters = make_filters(collection, path, kind, where)
         return self._searcher().search({"visual": vec}, {"visual": 1.0}, k, offset, filters, per_media, min_score,
-                                       query={"type": "clip_text", "text": text})
+                                       query={"type": "clip_text", "text": text}, group=group,
+                                       moment_frames=moment_frames)
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, box: list[float] | None = None,
                      person_index: int | None = None, detector: str | None = None,
                      weights: tuple[float, ...] = DEFAULT_WEIGHTS, offset: int = 0, collection: str | None = None,
                      path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                     per_media: bool = False, min_score: float | None = None) -> SearchResult:
+                     per_media: bool = False, min_score: float | None = None, group: str | None = None,
+                     moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
         ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads)."""
         store = self._open_reader()
@@ -375,13 +384,16 @@ class A2VSearch:
                  "person_index": chosen, "weights": list(weights),
                  "pasta": [[n, round(p, 4)] for n, p in top_labels(out.pasta[0], tx.PASTA_NAMES,
                                                                     skip=tx.NO_INTERACTION_PASTA)]}
-        return self._searcher().search(vecs, w, k, offset, filters, per_media, min_score, query=query)
+        return self._searcher().search(vecs, w, k, offset, filters, per_media, min_score, query=query, group=group,
+                                       moment_frames=moment_frames)
 
     def search_similar(self, person_id: int, k: int = 10, *, weights: tuple[float, ...] = DEFAULT_WEIGHTS,
                        offset: int = 0, collection: str | None = None, path: str | None = None,
                        kind: str | None = None, where: list[str] | None = None, per_media: bool = False,
-                       min_score: float | None = None) -> SearchResult:
-        """Persons like an indexed person (the person itself left out); ``weights`` as for :meth:`search_image`."""
+                       min_score: float | None = None, group: str | None = None,
+                       moment_frames: int = TOP_FRAMES) -> SearchResult:
+        """Persons like an indexed person (the person itself left out; with ``group="track"``, its whole track);
+        ``weights`` as for :meth:`search_image`."""
         store = self._open_reader()
         searcher = self._searcher()
         row = searcher.person(person_id)
@@ -392,8 +404,28 @@ class A2VSearch:
             vecs[ACTIVITY] = store.activity_vectors(row.visual[None], norm)[0]
         filters = make_filters(collection, path, kind, where)
         query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
-        return searcher.search(vecs, w, k, offset, filters, per_media, min_score, exclude={int(person_id)},
-                               query=query)
+        exclude = {int(person_id)}
+        if group and row.track_id is not None:  # moments: the person's own track is not a result
+            with store.db.session() as s:
+                exclude.update(repo.track_members(s, [row.track_id])[row.track_id])
+        return searcher.search(vecs, w, k, offset, filters, per_media, min_score,
+                               exclude=exclude, query=query, group=group, moment_frames=moment_frames)
+
+    def track(self, track_id: int) -> dict:
+        """A stored video track: its video, time range and persons (person_id, t_sec, frame_index, box) in time
+        order."""
+        store = self._open_reader()
+        with store.db.session() as s:
+            t = repo.fetch_tracks(s, [int(track_id)]).get(int(track_id))
+            if t is None:
+                raise QueryError(f"no track with id {track_id} in {self.data_dir} (ids come from `search --group "
+                                 "track` results)")
+            rows = repo.fetch_persons(s, repo.track_members(s, [t.id])[t.id])
+        rows.sort(key=lambda r: (r.t_sec or 0.0, r.id))
+        return {"track": t.id, "media_id": t.media_id, "path": rows[0].path if rows else None,
+                "t_start": t.t_start, "t_end": t.t_end,
+                "persons": [{"person_id": r.id, "t_sec": r.t_sec, "frame_index": r.frame_index,
+                             "box": [round(v, 2) for v in r.box]} for r in rows]}
 
     def person(self, person_id: int) -> dict:
         """One stored person: box, detector score, frame and time, its media, and every PaSta, verb and part

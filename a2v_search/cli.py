@@ -194,6 +194,12 @@ def search(
                                                          "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
     kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
     per_media: Annotated[bool, typer.Option("--per-media", help="At most one person per image or video.")] = False,
+    group: Annotated[str | None, typer.Option(help="'track': one result per video moment (a person tracked "
+                                                   "through frames) instead of one per frame.",
+                                              show_default=False)] = None,
+    moment_frames: Annotated[int, typer.Option(help="With --group track: a moment scores the mean of its best N "
+                                                    "frame scores (1 = its best frame; brief actions rank higher).")
+                             ] = 3,  # tracks.TOP_FRAMES
     weights: Annotated[str, typer.Option(help="VISUAL,LANGUAGE[,ACTIVITY] weights of image and person queries "
                                               "(ACTIVITY: A2V's classifier feature, trained heads only).")] = "0.5,0.5",
     box: Annotated[str | None, typer.Option(help="Query person box x1,y1,x2,y2 in the query image.",
@@ -223,7 +229,7 @@ def search(
         raise InputError(f"--weights {weights!r} must be two or three numbers VISUAL,LANGUAGE[,ACTIVITY]") from None
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
     common = dict(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
-                  per_media=per_media, min_score=min_score)
+                  per_media=per_media, min_score=min_score, group=group, moment_frames=moment_frames)
     if image is not None:
         result = api.search_image(image, box=_parse_box(box), person_index=person_index, weights=w, **common)
     elif text is not None:
@@ -253,7 +259,12 @@ def _print_hits(result, sheet: Path | None) -> None:
     for h in result.hits:
         where = f"  frame {h.frame_index} at {h.t_sec:.2f} s" if h.kind == "video" else ""
         box = ",".join(f"{v:.0f}" for v in h.box)
-        con.print(f"{h.rank:>3}  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
+        m = h.moment
+        if m is not None:
+            con.print(f"{h.rank:>3}  {h.score:.4f}  track {m.track}  {h.path}  {m.t_start:.2f}-{m.t_end:.2f} s "
+                      f"({m.persons} frames)  best: person {h.person_id}{where} score {m.frame_score:.4f} box {box}")
+        else:
+            con.print(f"{h.rank:>3}  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
         con.print("     PaSta: " + ", ".join(f"{n} {p:.2f}" for n, p in h.pasta[:3])
                   + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3]))
     if sheet is not None:
@@ -346,8 +357,12 @@ def predict(
 
 @app.command()
 def show(
-    image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Where to write the picture (.png/.jpg).", show_default=False)],
+    image: Annotated[Path | None, typer.Argument(help="An image file.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the picture (.png/.jpg).",
+                                             show_default=False)] = None,
+    track: Annotated[int | None, typer.Option(help="Instead of an image: a stored video track (the 'track' of "
+                                                   "`search --group track`), drawn as a strip of its frames.",
+                                              show_default=False)] = None,
     box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2.", show_default=False)] = None,
     detector: Detector = None,
     model: Model = None,
@@ -360,10 +375,18 @@ def show(
     min_size: MinSize = 16.0,
     data_dir: DataDir = None,
 ) -> None:
-    """Draw the persons of an image with their top PaSta and verbs."""
+    """Draw the persons of an image with their top PaSta and verbs, or a stored video track as a strip."""
     from .api import _query_image
-    from .render import draw_persons
+    from .render import draw_persons, draw_track
 
+    if out is None or (image is None) == (track is None):
+        raise typer.BadParameter("give an image or --track ID, and --out")
+    if track is not None:
+        moment = _api(data_dir).track(track)
+        written = draw_track(moment, out)
+        _console().print(f"track {track}: {moment['path']} {moment['t_start']:.2f}-{moment['t_end']:.2f} s, "
+                         f"{len(moment['persons'])} frames: {written}")
+        return
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
                min_size)
     persons = api.predict(image, box=_parse_box(box))
@@ -383,7 +406,8 @@ def stats(data_dir: DataDir = None, as_json: Json = False) -> None:
         return
     con = _console()
     con.print(f"store {s['data_dir']}: {s['media']} media ({s['images']} images, {s['videos']} videos, "
-              f"{s['duplicates']} duplicates), {s['persons']} persons, {s['failures']} failures")
+              f"{s['duplicates']} duplicates), {s['persons']} persons, {s['tracks']} video tracks, "
+              f"{s['failures']} failures")
     for name, n in sorted(s["collections"].items()):
         con.print(f"  collection {name}: {n} media")
     for name, idx in s["indexes"].items():

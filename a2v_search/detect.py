@@ -33,17 +33,23 @@ class WholeImage:
     name = "none"
 
 
+FrameBoxes = dict[int, list[Detection]]  # a video's boxes per frame index (frames not named hold no person)
+
+
 class BoxesFile:
     """Boxes given in a COCO-style JSON (``images`` + ``annotations`` with ``bbox`` xywh, person category) or a HAKE
     instance-level JSON (``{file: {"labels": [{"human_bbox": [x1,y1,x2,y2]}]}}``; a person's boxes, one per
-    interaction, are merged as in training: IoU >= 0.7, mean box, see :mod:`a2v_search.person_boxes`)."""
+    interaction, are merged as in training: IoU >= 0.7, mean box, see :mod:`a2v_search.person_boxes`).
+
+    In COCO files an image entry with ``"frame_index": N`` gives the boxes of frame N of a video (the source frame
+    number, as stored with each person); a video without such entries uses the same boxes in every frame."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.name = f"boxes:{self.path}"
-        self.boxes: dict[str, list[Detection]] = _read_boxes_file(self.path)
+        self.boxes: dict[str, list[Detection] | FrameBoxes] = _read_boxes_file(self.path)
 
-    def bind(self, candidates: list[Candidate]) -> dict[str, list[Detection]]:
+    def bind(self, candidates: list[Candidate]) -> dict[str, list[Detection] | FrameBoxes]:
         """Boxes per candidate path. Every entry of the file must name one of the files being ingested (matched
         by its path under the folder given, or by its file name when that is unique)."""
         by_rel: dict[str, str] = {}
@@ -52,7 +58,7 @@ class BoxesFile:
             rel = os.path.relpath(c.given, c.root).replace(os.sep, "/")
             by_rel[rel] = c.path
             by_name[os.path.basename(c.given)].append(c.path)
-        out: dict[str, list[Detection]] = {}
+        out: dict[str, list[Detection] | FrameBoxes] = {}
         unknown = []
         for key, dets in self.boxes.items():
             k = key.replace("\\", "/").lstrip("./")
@@ -61,8 +67,17 @@ class BoxesFile:
                 path = by_name[os.path.basename(k)][0]
             if path is None:
                 unknown.append(key)
+            elif isinstance(dets, dict):
+                frames = out.setdefault(path, {})
+                if not isinstance(frames, dict):
+                    raise InputError(f"boxes file {self.path}: {key!r} has boxes with and without frame_index")
+                for frame, frame_dets in dets.items():
+                    frames.setdefault(frame, []).extend(frame_dets)
             else:
-                out.setdefault(path, []).extend(dets)
+                target = out.setdefault(path, [])
+                if not isinstance(target, list):
+                    raise InputError(f"boxes file {self.path}: {key!r} has boxes with and without frame_index")
+                target.extend(dets)
         if unknown:
             raise InputError(f"boxes file {self.path} names {len(unknown)} images that are not among the files to "
                              f"ingest (e.g. {', '.join(repr(u) for u in unknown[:5])}); ingest the folder that holds "
@@ -104,16 +119,27 @@ def _coco_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
     anns = doc.get("annotations")
     if not isinstance(images, list) or not isinstance(anns, list):
         raise InputError(f"boxes file {path}: 'images' and 'annotations' must be lists")
-    names = {}
+    names, frames = {}, {}
     for i, im in enumerate(images):
         if not isinstance(im, dict) or "id" not in im or not isinstance(im.get("file_name"), str):
             raise InputError(f"boxes file {path}: images[{i}] needs 'id' and 'file_name'")
         names[im["id"]] = im["file_name"]
+        if im.get("frame_index") is not None:
+            fi = im["frame_index"]
+            if not isinstance(fi, int) or isinstance(fi, bool) or fi < 0:
+                raise InputError(f"boxes file {path}: images[{i}] has frame_index {fi!r}; use a whole number >= 0")
+            frames[im["id"]] = fi
     cats = doc.get("categories") or []
     person_ids = {c.get("id") for c in cats if isinstance(c, dict) and str(c.get("name", "")).lower() == "person"}
     if cats and not person_ids:
         raise InputError(f"boxes file {path}: no category named 'person' in 'categories'")
-    out: dict[str, list[Detection]] = {name: [] for name in names.values()}
+    out: dict[str, list[Detection] | FrameBoxes] = {}
+    for image_id, name in names.items():
+        entry = out.setdefault(name, {} if image_id in frames else [])
+        if isinstance(entry, dict) != (image_id in frames):
+            raise InputError(f"boxes file {path}: {name!r} has images with and without frame_index")
+        if image_id in frames:
+            entry.setdefault(frames[image_id], [])
     for i, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a or "bbox" not in a:
             raise InputError(f"boxes file {path}: annotations[{i}] needs 'image_id' and 'bbox'")
@@ -123,7 +149,9 @@ def _coco_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
             raise InputError(f"boxes file {path}: annotations[{i}] refers to unknown image_id {a['image_id']!r}")
         score = a.get("score", 1.0)
         score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else 1.0
-        out[names[a["image_id"]]].append((_box(a["bbox"], f"annotations[{i}]", path, xywh=True), score))
+        det = (_box(a["bbox"], f"annotations[{i}]", path, xywh=True), score)
+        entry = out[names[a["image_id"]]]
+        (entry[frames[a["image_id"]]] if isinstance(entry, dict) else entry).append(det)
     return out
 
 

@@ -190,7 +190,8 @@ class DecodeTask:
     path: str
     kind: str
     preprocess: Preprocess
-    boxes: list[tuple[list[float], float]] | None = None  # None: whole image; [] : no persons; else (box, score)
+    # None: whole image; [] : no persons; else (box, score) in every frame, or {frame_index: [(box, score)]}
+    boxes: list[tuple[list[float], float]] | dict[int, list[tuple[list[float], float]]] | None = None
     for_detector: bool = False  # return (downscaled) frames for a detector model instead of crops
     max_pixels: int = DEFAULT_MAX_PIXELS
     video_fps: float = 1.0
@@ -314,8 +315,9 @@ def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_
     if task.boxes is None:  # whole-image mode
         return [Item(box=[0.0, 0.0, float(w), float(h)], pixels=task.preprocess.whole(img), frame_index=frame_index,
                      t_sec=t_sec)]
+    boxes = task.boxes.get(frame_index or 0, []) if isinstance(task.boxes, dict) else task.boxes
     items = []
-    for box, score in task.boxes:
+    for box, score in boxes:
         clipped = list(check_box(box, w, h))
         items.append(Item(box=clipped, score=score, pixels=task.preprocess.crop(img, clipped),
                           frame_index=frame_index, t_sec=t_sec))

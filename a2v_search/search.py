@@ -5,6 +5,11 @@ feature) and a weight per space. Candidates come from the FAISS indexes (filters
 allow-lists of ids), then every candidate is re-scored exactly from SQLite: ``score = sum of w_space *
 cos_space``. Ties break by person id, and the candidate pool is at least ``MIN_POOL`` per index, so pages of a
 query are disjoint and consistent.
+
+``group="track"`` ranks *moments* instead of persons: the persons of a video track count as one hit whose score is
+:func:`a2v_search.tracks.moment_score` of its persons' scores (every person of a candidate track is re-scored
+exactly); image persons stay hits of their own. The pool grows until the moments returned all score at least as
+high as the lowest candidate, so no track outside the pool could rank above them.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from . import taxonomy as tx
 from .activity import ACTIVITY
 from .errors import NotFoundError, QueryError, UnknownNameError
 from .store import Store
+from .tracks import TOP_FRAMES, moment_score
 
 MIN_POOL = 256  # candidates per index for fused queries
 EXTRA = 16  # extra candidates when one exact index ranks alone (ties at the cut)
 TOP = 5
+GROUPS = ("track",)
+STRIP = 5  # frames of a moment's strip
 
 
 @dataclass
@@ -44,11 +52,34 @@ class Hit:
     pasta: list[tuple[str, float]]
     verbs: list[tuple[str, float]]
     cosines: dict[str, float] = field(default_factory=dict)
+    track_id: int | None = None
+    moment: Moment | None = None  # set in grouped searches (None there for image persons)
 
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "person_id": self.person_id, "score": round(self.score, 6), "path": self.path,
-                "box": [round(v, 2) for v in self.box], "frame_index": self.frame_index, "t_sec": self.t_sec,
-                "pasta": [[n, round(p, 4)] for n, p in self.pasta], "verbs": [[n, round(p, 4)] for n, p in self.verbs]}
+        d = {"rank": self.rank, "person_id": self.person_id, "score": round(self.score, 6), "path": self.path,
+             "box": [round(v, 2) for v in self.box], "frame_index": self.frame_index, "t_sec": self.t_sec,
+             "pasta": [[n, round(p, 4)] for n, p in self.pasta], "verbs": [[n, round(p, 4)] for n, p in self.verbs],
+             "track": self.track_id}
+        if self.moment is not None:
+            d.update(self.moment.as_dict())
+        return d
+
+
+@dataclass
+class Moment:
+    """A track as a search result: its time range, how many persons it holds, the score of its best frame (the
+    hit's person), and a few of its frames spread over the range (``strip``: dicts of t_sec, frame_index, box)."""
+
+    track: int
+    t_start: float
+    t_end: float
+    persons: int
+    frame_score: float
+    strip: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"track": self.track, "t_start": self.t_start, "t_end": self.t_end, "track_persons": self.persons,
+                "frame_score": round(self.frame_score, 6), "strip": self.strip}
 
 
 @dataclass
@@ -123,10 +154,17 @@ class Searcher:
 
     def search(self, vectors: dict[str, np.ndarray], weights: dict[str, float], k: int = 10, offset: int = 0,
                filters: Filters | None = None, per_media: bool = False, min_score: float | None = None,
-               exclude: set[int] | None = None, query: dict | None = None) -> SearchResult:
-        """Top ``k`` persons after ``offset`` for query vectors (one per space name) with their weights."""
+               exclude: set[int] | None = None, query: dict | None = None, group: str | None = None,
+               moment_frames: int = TOP_FRAMES) -> SearchResult:
+        """Top ``k`` persons (or moments, with ``group="track"``, scored by the mean of their best
+        ``moment_frames`` frames; 1 = the max) after ``offset`` for query vectors (one per space name) with their
+        weights."""
         if k < 1 or offset < 0:
             raise QueryError("-k must be >= 1 and --offset >= 0")
+        if group is not None and group not in GROUPS:
+            raise QueryError(f"--group must be one of {', '.join(GROUPS)}, not {group!r}")
+        if moment_frames < 1:
+            raise QueryError(f"--moment-frames must be >= 1 (1 scores a moment by its best frame), not {moment_frames}")
         weights = {n: float(w) for n, w in weights.items() if w and n in vectors}
         if not weights:
             raise QueryError("the query has no space with a positive weight (--weights VISUAL,LANGUAGE)")
@@ -157,16 +195,70 @@ class Searcher:
                                                   min(pool, max(total, 1)), allow=allow)
                     cand.update(int(i) for i in ids[0] if i >= 0)
                 ranked = self._rescore(sorted(cand), vectors, weights)
-            ranked = self._keep(ranked, exclude, min_score, per_media)
-            if len(ranked) >= need or pool >= total:
-                break
+            if group:
+                floor = ranked[-1][1] if ranked and pool < total else -np.inf
+                ranked = self._moments(self._keep(ranked, exclude, None, False), vectors, weights, allow, exclude,
+                                       moment_frames)
+                ranked = self._keep(ranked, None, min_score, per_media)
+                if sum(r[1] >= floor for r in ranked) >= need or pool >= total:
+                    break
+            else:
+                ranked = self._keep(ranked, exclude, min_score, per_media)
+                if len(ranked) >= need or pool >= total:
+                    break
             pool *= 4
         top = ranked[offset:need]
         with self.store.db.session() as s:
-            rows = {r.id: r for r in repo.fetch_persons(s, [pid for pid, _, _ in top])}
-        hits = [self._hit(offset + i + 1, rows[pid], score, cos)
-                for i, (pid, score, cos) in enumerate(top) if pid in rows]
+            rows = {r.id: r for r in repo.fetch_persons(s, [pid for pid, _, _, *_ in top])}
+            hits = [self._hit(offset + i + 1, rows[pid], score, cos)
+                    for i, (pid, score, cos, *_) in enumerate(top) if pid in rows]
+            if group:
+                self._add_moments(s, hits, {r[0]: r[3] for r in top})
+        if group:
+            how = "the best frame's score" if moment_frames == 1 else f"mean of the best {moment_frames} frame scores"
+            query = {**(query or {}), "group": group, "aggregate": how}
         return SearchResult(query or {}, hits)
+
+    def _moments(self, ranked: list, vectors: dict[str, np.ndarray], weights: dict[str, float], allow,
+                 exclude: set[int] | None, top: int) -> list:
+        """Candidate persons -> moments [(best person id, moment score, its cosines, best frame score)], best first,
+        ties by person id. Every person of a candidate track that passes the filters is re-scored exactly."""
+        with self.store.db.session() as s:
+            track_of = repo.tracks_of(s, [r[0] for r in ranked])
+            members = repo.track_members(s, [t for t in track_of.values() if t is not None])
+        allowed = None if allow is None else set(allow.tolist())
+        wanted = [pid for ids in members.values() for pid in ids
+                  if (allowed is None or pid in allowed) and not (exclude and pid in exclude)]
+        # every frame of a candidate track scored the same way, from SQLite (FAISS may hold renormalised vectors)
+        known = {r[0]: r for r in self._rescore(wanted, vectors, weights)} if wanted else {}
+        out = []
+        for pid, score, cos in ranked:
+            if track_of.get(pid) is None:
+                out.append((pid, score, cos, score))
+        for ids in members.values():
+            scored = sorted((known[i] for i in ids if i in known), key=lambda r: (-r[1], r[0]))
+            if scored:
+                best = scored[0]
+                out.append((best[0], moment_score(np.array([r[1] for r in scored]), top), best[2], best[1]))
+        out.sort(key=lambda r: (-r[1], r[0]))
+        return out
+
+    @staticmethod
+    def _add_moments(s, hits: list[Hit], frame_scores: dict[int, float]) -> None:
+        """Attach each hit's track as a Moment (time range, size, best frame score, a strip of frames)."""
+        tracks = repo.fetch_tracks(s, [h.track_id for h in hits if h.track_id is not None])
+        members = repo.track_members(s, list(tracks))
+        for h in hits:
+            t = tracks.get(h.track_id)
+            if t is None:
+                continue
+            ids = members[t.id]
+            n = min(STRIP, len(ids))
+            picks = sorted({ids[round(j * (len(ids) - 1) / max(n - 1, 1))] for j in range(n)})
+            strip = [{"person_id": r.id, "t_sec": r.t_sec, "frame_index": r.frame_index,
+                      "box": [round(v, 2) for v in r.box]} for r in repo.fetch_persons(s, picks)]
+            h.moment = Moment(track=t.id, t_start=t.t_start, t_end=t.t_end, persons=t.persons,
+                              frame_score=frame_scores[h.person_id], strip=strip)
 
     @staticmethod
     def _from_index(name: str, index, vector: np.ndarray, weight: float, pool: int, allow) -> list:
@@ -218,7 +310,8 @@ class Searcher:
         return Hit(rank=rank, person_id=row.id, score=score, path=row.path, box=list(row.box),
                    frame_index=row.frame_index, t_sec=row.t_sec, kind=row.kind, collection=row.collection,
                    media_id=row.media_id, pasta=top_labels(row.pasta, tx.PASTA_NAMES, skip=tx.NO_INTERACTION_PASTA),
-                   verbs=top_labels(row.verbs, tx.VERB_NAMES, skip=(tx.NO_INTERACTION_VERB,)), cosines=cos)
+                   verbs=top_labels(row.verbs, tx.VERB_NAMES, skip=(tx.NO_INTERACTION_VERB,)), cosines=cos,
+                   track_id=row.track_id)
 
     def person(self, person_id: int) -> PersonRow:
         """A stored person, or QueryError naming the id."""

@@ -1,7 +1,7 @@
 """``manage.py serve``: a JSON HTTP API and a web page over a store (FastAPI; the ``serve`` extra).
 
     GET  /api/search?text=...|clip_text=...|person=ID [&k &offset &collection &path &kind &where... &per_media
-                     &min_score &weights]                      -> the ``search --json`` object
+                     &min_score &weights &group=track &moment_frames]  -> the ``search --json`` object
     POST /api/search/image  (multipart: image, optional box "x1,y1,x2,y2", person_index; same query parameters)
     GET  /api/persons/{id}                                     -> every PaSta, verb and part, box, media, time
     GET  /api/persons/{id}/thumbnail?size=256                  -> JPEG: the person with context, box drawn
@@ -195,6 +195,10 @@ def search_options(
                                                          "(repeatable).")] = None,
     per_media: Annotated[bool, Query(description="At most one person per image or video.")] = False,
     min_score: Annotated[float | None, Query(description="Drop results scoring below.")] = None,
+    group: Annotated[str | None, Query(description="'track': one result per video moment (a tracked person) "
+                                                   "instead of one per frame.")] = None,
+    moment_frames: Annotated[int, Query(ge=1, le=1000, description="With group=track: a moment scores the mean "
+                                                                   "of its best N frame scores (1 = the max).")] = 3,
 ) -> dict:
     """The options every search endpoint takes, as keyword arguments of the A2VSearch.search_* methods."""
     if kind not in (None, "", "image", "video"):
@@ -202,7 +206,8 @@ def search_options(
     if min_score is not None and not math.isfinite(min_score):
         raise InputError("min_score must be a finite number")
     return dict(k=k, offset=offset, collection=collection or None, path=path or None, kind=kind or None,
-                where=[w for w in where or [] if w.strip()] or None, per_media=per_media, min_score=min_score)
+                where=[w for w in where or [] if w.strip()] or None, per_media=per_media, min_score=min_score,
+                group=group or None, moment_frames=moment_frames)
 
 
 Options = Annotated[dict, Depends(search_options)]

@@ -483,6 +483,14 @@ class Store:
         with self.db.session() as s:
             report.counts = repo.counts(s)
             db_ids = repo.person_ids(s)
+            untracked = repo.videos_with_untracked_persons(s)
+        if untracked:
+            report.problems.append(Problem("tracks", f"{len(untracked)} videos have persons without a track (e.g. "
+                                           f"media ids {untracked[:5]})", fixed=repair))
+            if repair:
+                self._require_lock()
+                with self.db.session() as s:
+                    repo.rebuild_tracks(s, untracked)
         fp = self.fingerprint
         if fp is None:
             return report

@@ -4,6 +4,7 @@ every value is a bound parameter."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from a2v_search.errors import StoreError
 
+from .migrations import can_upgrade, upgrade
 from .schema import (
     LABEL_MIN_P,
     LABEL_PASTA,
@@ -32,8 +34,10 @@ from .schema import (
     Meta,
     Person,
     Space,
+    Track,
 )
 
+log = logging.getLogger("a2v_search")
 N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
 _CHUNK = 5000  # ids per IN (...) list
 
@@ -105,6 +109,19 @@ class PersonRow:
     parts: np.ndarray
     visual: np.ndarray
     visual_norm: float | None = None
+    track_id: int | None = None
+
+
+@dataclass
+class TrackRow:
+    """A stored track: its video, time range and number of persons."""
+
+    id: int
+    media_id: int
+    number: int
+    t_start: float
+    t_end: float
+    persons: int
 
 
 @dataclass
@@ -150,9 +167,9 @@ class Database:
             if "meta" in tables:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
                 version = int(row) if row is not None else None
-                while version in _MIGRATIONS:
-                    version = _migrate(conn, self.path, version)
-                if version != SCHEMA_VERSION:
+                if version != SCHEMA_VERSION and can_upgrade(version, SCHEMA_VERSION):
+                    self._upgrade(conn, version)
+                elif version != SCHEMA_VERSION:
                     raise StoreError(f"store {self.path} has schema version {version}; this a2v-search reads version "
                                      f"{SCHEMA_VERSION}. Use the a2v-search release that wrote it, or ingest again "
                                      "into a new --data-dir")
@@ -161,6 +178,22 @@ class Database:
             elif create:
                 Base.metadata.create_all(conn)
                 conn.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def _upgrade(self, conn, version: int) -> None:
+        """Upgrade an older store in place, in one write transaction (all or nothing) that reads the version again."""
+        try:
+            # pysqlite runs DDL outside transactions unless one is begun by hand; IMMEDIATE also keeps other
+            # writers out, and a second opener that waited here finds the store already upgraded
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar() != str(version):
+                return
+            upgrade(conn, version, SCHEMA_VERSION)
+            conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        except OperationalError as e:
+            raise StoreError(f"store {self.path} has schema version {version} and must be upgraded to version "
+                             f"{SCHEMA_VERSION}, which needs write access ({getattr(e, 'orig', e)}); open it once "
+                             "where it is writable (e.g. `manage.py stats --data-dir ...`)") from e
+        log.info("upgraded store %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -184,27 +217,6 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _v1_to_v2(conn) -> None:
-    """Version 2 keeps the norm of the tower output beside the unit visual vector (NULL for older persons)."""
-    conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN visual_norm FLOAT")
-    conn.exec_driver_sql("CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL")
-
-
-#: schema version -> the function that upgrades a store from it to the next version, in the caller's transaction.
-_MIGRATIONS = {1: _v1_to_v2}
-
-
-def _migrate(conn, path: Path, version: int) -> int:
-    try:
-        _MIGRATIONS[version](conn)
-    except OperationalError as e:
-        raise StoreError(f"store {path} has schema version {version} and needs an upgrade to {version + 1}, which "
-                         f"failed ({getattr(e, 'orig', e)}); open it once with write access to its data "
-                         "directory") from e
-    conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(version + 1)))
-    return version + 1
 
 
 def _on_connect(dbapi_conn, _record) -> None:
@@ -276,6 +288,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
     removed = _person_ids_of(s, replaced)
     for i in range(0, len(replaced), _CHUNK):
         s.execute(delete(Person).where(Person.media_id.in_(replaced[i:i + _CHUNK])))
+        s.execute(delete(Track).where(Track.media_id.in_(replaced[i:i + _CHUNK])))
     for m, f in zip(items, fields, strict=True):
         if m.replaces is not None:
             s.execute(update(Media).where(Media.id == m.replaces).values(**f))
@@ -285,12 +298,14 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
     media_ids = [int(m.replaces) if m.replaces is not None else next(new_ids) for m in items]
     person_rows = []
     for mid, m in zip(media_ids, items, strict=True):
-        for p in m.persons:
+        track_ids = _insert_tracks(s, mid, m.persons) if m.kind == "video" else [None] * len(m.persons)
+        for p, track_id in zip(m.persons, track_ids, strict=True):
             x1, y1, x2, y2 = (float(v) for v in p.box)
             person_rows.append({"media_id": mid, "space_id": space_id, "frame_index": p.frame_index,
                                 "t_sec": p.t_sec, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": float(p.score),
                                 "pasta": f16(p.pasta), "verbs": f16(p.verbs), "parts": f16(p.parts),
-                                "visual": f16(p.visual), "visual_norm": _norm32(p.visual_norm)})
+                                "visual": f16(p.visual), "visual_norm": _norm32(p.visual_norm),
+                                "track_id": track_id})
     if not person_rows:
         return media_ids, np.zeros(0, np.int64), removed
     ids = s.execute(insert(Person).returning(Person.id, sort_by_parameter_order=True), person_rows).scalars().all()
@@ -309,6 +324,56 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
 def _norm32(norm: float | None) -> float | None:
     """A norm as the float32 value the heads saw (stored exactly in SQLite's float64)."""
     return None if norm is None or not np.isfinite(norm) else float(np.float32(norm))
+
+
+def _frame_time(t_sec: float | None, frame_index: int | None) -> float:
+    return float(t_sec) if t_sec is not None else float(frame_index or 0)
+
+
+def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson]) -> list[int]:
+    """Link the persons of one video into tracks (a2v_search.tracks), insert the track rows, and return each
+    person's track id. Part of the caller's transaction: a video is stored with its tracks or not at all."""
+    from a2v_search.tracks import link
+
+    if not persons:
+        return []
+    times = [_frame_time(p.t_sec, p.frame_index) for p in persons]
+    numbers = link(times, [[float(v) for v in p.box] for p in persons], np.stack([p.visual for p in persons]))
+    rows: dict[int, dict] = {}
+    for number, t in zip(numbers, times, strict=True):
+        r = rows.setdefault(number, {"media_id": media_id, "number": number, "t_start": t, "t_end": t, "persons": 0})
+        r["t_start"], r["t_end"], r["persons"] = min(r["t_start"], t), max(r["t_end"], t), r["persons"] + 1
+    ordered = [rows[k] for k in sorted(rows)]
+    ids = s.execute(insert(Track).returning(Track.id, sort_by_parameter_order=True), ordered).scalars().all()
+    return [int(ids[number]) for number in numbers]
+
+
+def rebuild_tracks(s: Session, media_ids: Sequence[int]) -> int:
+    """Recompute the tracks of stored videos from their persons (what ingest would have written); returns the
+    number of tracks. Used to upgrade stores written before tracks existed."""
+    total = 0
+    for mid in media_ids:
+        s.execute(update(Person).where(Person.media_id == mid).values(track_id=None))
+        s.execute(delete(Track).where(Track.media_id == mid))
+        q = (select(Person.id, Person.t_sec, Person.frame_index, Person.x1, Person.y1, Person.x2, Person.y2,
+                    Person.visual).where(Person.media_id == mid).order_by(Person.id))
+        rows = s.execute(q).all()
+        if not rows:
+            continue
+        persons = [NewPerson(box=(r[3], r[4], r[5], r[6]), pasta=None, verbs=None, parts=None, visual=unf16(r[7]),
+                             frame_index=r[2], t_sec=r[1]) for r in rows]
+        track_ids = _insert_tracks(s, mid, persons)
+        s.execute(update(Person).execution_options(synchronize_session=False),
+                  [{"id": r[0], "track_id": tid} for r, tid in zip(rows, track_ids, strict=True)])
+        total += len(set(track_ids))
+    return total
+
+
+def videos_with_untracked_persons(s: Session) -> list[int]:
+    """Ids of videos that have persons without a track (none in a consistent store)."""
+    q = (select(Person.media_id).join(Media, Media.id == Person.media_id)
+         .where(Media.kind == "video", Person.track_id.is_(None)).distinct().order_by(Person.media_id))
+    return list(s.execute(q).scalars())
 
 
 def _person_ids_of(s: Session, media_ids: Sequence[int]) -> np.ndarray:
@@ -403,7 +468,7 @@ def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
 
 _PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.collection, Media.width, Media.height,
                    Person.frame_index, Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score,
-                   Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm)
+                   Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm, Person.track_id)
 
 
 def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
@@ -416,7 +481,7 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
             rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                    height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
                                    score=r[13], pasta=unf16(r[14]), verbs=unf16(r[15]), parts=unf16(r[16]),
-                                   visual=unf16(r[17]), visual_norm=r[18])
+                                   visual=unf16(r[17]), visual_norm=r[18], track_id=r[19])
     return [rows[i] for i in ids if i in rows]
 
 
@@ -524,6 +589,38 @@ def iter_person_batches(s: Session, ids: np.ndarray | None = None, chunk: int = 
                "visual_norm": _norms([r[16] for r in rows])}
 
 
+def tracks_of(s: Session, ids: Sequence[int]) -> dict[int, int | None]:
+    """person id -> track id (None for image persons)."""
+    ids = [int(i) for i in ids]
+    out: dict[int, int | None] = {}
+    for i in range(0, len(ids), _CHUNK):
+        out.update(dict(s.execute(select(Person.id, Person.track_id).where(Person.id.in_(ids[i:i + _CHUNK]))).all()))
+    return out
+
+
+def track_members(s: Session, track_ids: Sequence[int]) -> dict[int, list[int]]:
+    """track id -> its person ids, in id order."""
+    track_ids = sorted({int(t) for t in track_ids})
+    out: dict[int, list[int]] = {t: [] for t in track_ids}
+    for i in range(0, len(track_ids), _CHUNK):
+        q = (select(Person.track_id, Person.id).where(Person.track_id.in_(track_ids[i:i + _CHUNK]))
+             .order_by(Person.id))
+        for tid, pid in s.execute(q):
+            out[tid].append(pid)
+    return out
+
+
+def fetch_tracks(s: Session, track_ids: Sequence[int]) -> dict[int, TrackRow]:
+    """Stored tracks by id; ids that do not exist are left out."""
+    track_ids = [int(t) for t in track_ids]
+    out: dict[int, TrackRow] = {}
+    for i in range(0, len(track_ids), _CHUNK):
+        q = select(Track.id, Track.media_id, Track.number, Track.t_start, Track.t_end, Track.persons).where(
+            Track.id.in_(track_ids[i:i + _CHUNK]))
+        out.update({r[0]: TrackRow(*r) for r in s.execute(q)})
+    return out
+
+
 def media_ids_of(s: Session, ids: Sequence[int]) -> dict[int, int]:
     """person id -> media id."""
     ids = [int(i) for i in ids]
@@ -557,6 +654,7 @@ def counts(s: Session) -> dict[str, int]:
             "videos": n(select(func.count(Media.id)).where(Media.kind == "video")),
             "duplicates": n(select(func.count(Media.id)).where(Media.duplicate_of.is_not(None))),
             "persons": n(select(func.count(Person.id))),
+            "tracks": n(select(func.count(Track.id))),
             "failures": n(select(func.count(Failure.id)))}
 
 

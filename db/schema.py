@@ -4,7 +4,11 @@ Probabilities and the visual embedding are float16 blobs (``np.float16(...).toby
 visual embedding the float32 norm of the tower output it came from, so trained heads' input (unit * norm) and so
 their hidden layers (A2V's visual feature) can be recomputed; PaSta and verb
 probabilities of at least ``LABEL_MIN_P`` are also rows of ``labels``, indexed so that ``--where`` filters are
-index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT).
+index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The persons of a video are
+linked into ``tracks`` (a2v_search/tracks.py); image persons have no track.
+
+Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
+(older persons have NULL there); 3 = video tracks.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2
-#: Version 2 added ``persons.visual_norm`` (older persons have NULL there; see db/repo.py ``_MIGRATIONS``).
+SCHEMA_VERSION = 3
 #: Probabilities at or above this are copied into ``labels`` (filters with lower thresholds scan the blobs).
 LABEL_MIN_P = 0.05
 LABEL_PASTA, LABEL_VERB = 0, 1
@@ -92,11 +95,26 @@ class Person(Base):
     parts: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (6,)
     visual: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (P,), unit length
     visual_norm: Mapped[float | None] = mapped_column(Float)  # norm of the tower output (float32 value); NULL: unknown
+    track_id: Mapped[int | None] = mapped_column(ForeignKey("tracks.id", ondelete="SET NULL"), index=True)
 
     media: Mapped[Media] = relationship(back_populates="persons")
 
     __table_args__ = (Index("ix_persons_no_norm", "id", sqlite_where=text("visual_norm IS NULL")),
                       {"sqlite_autoincrement": True})
+
+
+class Track(Base):
+    """A person followed through consecutive sampled frames of a video: its time range and number of persons."""
+
+    __tablename__ = "tracks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    media_id: Mapped[int] = mapped_column(ForeignKey("media.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 0, 1, ... within its video, in order of first appearance
+    t_start: Mapped[float] = mapped_column(Float)  # time of its first frame, seconds
+    t_end: Mapped[float] = mapped_column(Float)  # time of its last frame
+    persons: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = {"sqlite_autoincrement": True}
 
 
 class Label(Base):

@@ -107,3 +107,38 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
     with open(os.path.join(os.fsencode(folder), b"bad-\xff\xfe.jpg"), "wb") as f:
         f.write(good.getvalue())
     return bad
+
+
+def person_look(seed: int, w: int, h: int) -> np.ndarray:
+    """A person stand-in: a (h, w, 3) pattern of 6 x 6-pixel coloured blocks, the same for the same seed."""
+    blocks = np.random.RandomState(seed).randint(0, 256, ((h + 5) // 6, (w + 5) // 6, 3), np.uint8)
+    return np.repeat(np.repeat(blocks, 6, 0), 6, 1)[:h, :w]
+
+
+def write_people_video(path: Path, scenes: list[dict], fps: int = 10, w: int = 160, h: int = 120) -> dict:
+    """An MPEG-4 video of people (see :func:`person_look`) on flat backgrounds, and its COCO boxes per frame.
+
+    ``scenes``: one dict per second of video: ``{"background": gray level, "people": {seed: (x, y, pw, ph)}}``;
+    every frame of that second shows those people. Returns a COCO boxes document whose image entries name this
+    video's file and give ``frame_index`` (every frame, so any sampling rate finds its boxes)."""
+    import av
+
+    images, annotations = [], []
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.bit_rate = 4_000_000
+        for second, scene in enumerate(scenes):
+            for j in range(fps):
+                index = second * fps + j
+                img = np.full((h, w, 3), scene.get("background", 128), np.uint8)
+                images.append({"id": index, "file_name": path.name, "frame_index": index})
+                for seed, (x, y, pw, ph) in scene["people"].items():
+                    img[y:y + ph, x:x + pw] = person_look(seed, pw, ph)
+                    annotations.append({"id": len(annotations), "image_id": index, "category_id": 1,
+                                        "bbox": [x, y, pw, ph]})
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}

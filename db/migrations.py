@@ -1,0 +1,52 @@
+"""Upgrades of stores written by older versions, applied on open in one transaction (all or nothing).
+
+Each step takes a store from version N to N + 1; :func:`upgrade` runs the steps from the store's version up to
+``SCHEMA_VERSION``. A store newer than this code, or without a path up, is refused by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from .schema import Media, Person, Track
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 2 keeps the norm of the tower output beside the unit visual vector (NULL for older persons)."""
+    conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN visual_norm FLOAT")
+    conn.exec_driver_sql("CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL")
+
+
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 3 adds tracks: the ``tracks`` table, ``persons.track_id``, and the tracks of every stored video,
+    computed from its persons exactly as ingest computes them."""
+    from .repo import rebuild_tracks
+
+    Track.__table__.create(conn)
+    conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN track_id INTEGER REFERENCES tracks(id) ON DELETE SET NULL")
+    for index in Person.__table__.indexes:
+        if [c.name for c in index.columns] == ["track_id"]:
+            index.create(conn)
+    with Session(bind=conn) as s:
+        videos = s.execute(select(Media.id).where(Media.kind == "video").order_by(Media.id)).scalars().all()
+        rebuild_tracks(s, videos)
+        s.flush()
+
+
+#: version -> the step that upgrades a store of that version to the next.
+STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+
+
+def can_upgrade(version: int | None, target: int) -> bool:
+    """True when steps lead from ``version`` to ``target``."""
+    return version is not None and version < target and all(v in STEPS for v in range(version, target))
+
+
+def upgrade(conn: Connection, version: int, target: int) -> None:
+    """Run the steps from ``version`` to ``target`` in the caller's transaction."""
+    for v in range(version, target):
+        STEPS[v](conn)
