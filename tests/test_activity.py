@@ -3,12 +3,10 @@ search by example and by person, the schema 1 -> 2 migration, and what each spac
 
 from __future__ import annotations
 
-import sqlite3
-
 import numpy as np
 import pytest
 import synthetic_activity as sa
-from helpers import SPACE, media, random_language, random_person
+from helpers import SPACE, downgrade, media, random_language, random_person
 from media_factory import write_images
 
 from a2v_search.activity import space_vectors
@@ -98,15 +96,10 @@ def test_schema_1_store_is_migrated_and_the_activity_space_names_the_fix(tmp_pat
     store.ensure_space({**SPACE, "heads": "checkpoint:0123456789abcdef"}, random_language())
     store.write([media("/m/a.jpg", [random_person(rng), random_person(rng)])])
     store.close()
-    con = sqlite3.connect(tmp_path / "a2v.sqlite")  # the layout the previous release wrote
-    con.execute("DROP INDEX ix_persons_no_norm")
-    con.execute("ALTER TABLE persons DROP COLUMN visual_norm")
-    con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    con.commit()
-    con.close()
+    downgrade(tmp_path / "a2v.sqlite", 1)  # the layout the first release wrote
     store = Store(tmp_path)
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION) == "2"
+        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION) == "3"
         assert repo.count_without_norm(s) == 2
         assert [r.visual_norm for r in repo.fetch_persons(s, [1, 2])] == [None, None]
     store.set_activity_source(lambda: pytest.fail("no features can be computed without norms"))

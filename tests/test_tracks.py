@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import StubEncoder
+from helpers import StubEncoder, downgrade
 from media_factory import write_images, write_people_video
 from PIL import Image
 from sqlalchemy.exc import OperationalError
@@ -250,7 +250,8 @@ def test_grouped_scores_aggregate_every_frame_of_a_track(tracked):
     searcher = Searcher(store)
     q = look_query(store, 50.0, 5.0)  # A's last frame
     with store.db.session() as s:  # every frame's exact score, from the stored vectors
-        pids, visual, _, _ = repo.fetch_vectors(s, repo.person_ids(s))
+        stored = repo.fetch_vectors(s, repo.person_ids(s))
+        pids, visual = stored.ids, stored.visual
     scores = dict(zip(pids.tolist(), (visual @ q["visual"]).tolist(), strict=True))
     [moment] = searcher.search(q, {"visual": 1.0}, k=1, group="track")
     assert (moment.moment.t_start, moment.moment.t_end) == (0.0, 5.0)
@@ -268,56 +269,36 @@ def test_grouped_scores_aggregate_every_frame_of_a_track(tracked):
 # ------------------------------------------------------------------ upgrade, remove, re-ingest
 
 
-def test_version_1_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monkeypatch):
+def test_older_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monkeypatch):
     import shutil
 
     old = tmp_path / "old"
     shutil.copytree(tracked, old)
-    downgrade_to_version_1(old / "a2v.sqlite")
+    downgrade(old / "a2v.sqlite", 2)
 
     def fails_at_the_end(conn):  # the whole step runs, then the disk refuses: nothing of it may stay
         real_step(conn)
         raise OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a readonly database"))
 
-    real_step = migrations.STEPS[1]
-    monkeypatch.setitem(migrations.STEPS, 1, fails_at_the_end)
-    with pytest.raises(StoreError, match="schema version 1 and must be upgraded .* readonly database"):
+    real_step = migrations.STEPS[2]
+    monkeypatch.setitem(migrations.STEPS, 2, fails_at_the_end)
+    with pytest.raises(StoreError, match="schema version 2 and must be upgraded .* readonly database"):
         Store(old)
     con = sqlite3.connect(old / "a2v.sqlite")
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name='tracks'").fetchone() == (0,)
     con.close()
-    monkeypatch.setitem(migrations.STEPS, 1, real_step)
+    monkeypatch.setitem(migrations.STEPS, 2, real_step)
     assert tracks_of(old) == tracks_of(tracked)
+    oldest = tmp_path / "oldest"  # a schema 1 store goes through both steps
+    shutil.copytree(tracked, oldest)
+    downgrade(oldest / "a2v.sqlite", 1)
+    assert tracks_of(oldest) == tracks_of(tracked)
     store = Store(old)
     with store.db.session() as s:
         assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
     assert store.check().problems == []
     store.close()
-
-
-def downgrade_to_version_1(db_file: Path) -> None:
-    """Turn a store into what version 1 wrote: persons without track_id, no tracks table."""
-    from sqlalchemy import MetaData, Table
-    from sqlalchemy.dialects import sqlite
-    from sqlalchemy.schema import CreateTable
-
-    from db.schema import Media, Space
-
-    md = MetaData()
-    Media.__table__.to_metadata(md)
-    Space.__table__.to_metadata(md)
-    v1 = Table("persons_v1", md, *[c._copy() for c in Person.__table__.columns if c.name != "track_id"],
-               sqlite_autoincrement=True)
-    cols = ", ".join(c.name for c in v1.columns)
-    con = sqlite3.connect(db_file)
-    con.executescript(f"PRAGMA foreign_keys=OFF; {CreateTable(v1).compile(dialect=sqlite.dialect())};"
-                      f"INSERT INTO persons_v1 ({cols}) SELECT {cols} FROM persons; DROP TABLE persons;"
-                      "ALTER TABLE persons_v1 RENAME TO persons; DROP TABLE tracks;"
-                      "CREATE INDEX ix_persons_media_id ON persons (media_id);"
-                      "CREATE INDEX ix_persons_space_id ON persons (space_id);"
-                      "UPDATE meta SET value='1' WHERE key='schema_version';")
-    con.close()
 
 
 def test_remove_and_reingest_rebuild_the_tracks(videos, tracked, tmp_path):
@@ -433,7 +414,8 @@ def test_grouped_ranking_equals_brute_force(tmp_path):
     searcher = Searcher(store)
     q = unit(99)
     with store.db.session() as s:
-        pids, visual, _, _ = repo.fetch_vectors(s, repo.person_ids(s))
+        stored = repo.fetch_vectors(s, repo.person_ids(s))
+        pids, visual = stored.ids, stored.visual
         track_of = repo.tracks_of(s, pids)
     assert len(set(track_of.values())) == 60
     scores = dict(zip(pids.tolist(), (visual @ q).tolist(), strict=True))
