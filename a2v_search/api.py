@@ -38,7 +38,7 @@ from .tracks import TOP_FRAMES
 
 if TYPE_CHECKING:
     from .export import ExportReport
-    from .ingest import IngestReport
+    from .ingest import IngestProgress, IngestReport
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
 
@@ -214,31 +214,32 @@ class A2VSearch:
     def ingest(self, paths: Iterable[str | os.PathLike], *, collection: str = "default", detector: str | None = None,
                batch_size: int | None = None, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256, jpeg_decoder: str = "auto",
-               on_progress: Callable[[int, int, int], None] | None = None) -> IngestReport:
-        """Compute and store the persons of images and videos (files, folders, list files).
+               file_timeout: float | None = 300.0,
+               on_progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
+        """Compute and store the persons of images and videos (files, folders, list files). Models are loaded
+        only if some file needs encoding; ``on_progress`` gets an :class:`~a2v_search.ingest.IngestProgress`.
 
         ``batch_size``: persons per model batch (default: ``models.encoder.default_batch_size``, 32 on the CPU).
         ``jpeg_decoder``: auto (JPEGs decoded on the GPU when the encoder runs on CUDA and torchvision is
-        installed, see ``gpu_decode``), gpu, or cpu."""
+        installed, see ``gpu_decode``), gpu, or cpu. ``file_timeout``: seconds a decode worker may spend on one
+        file (or video segment); None = no limit."""
         from .ingest import IngestOptions, run_ingest
 
         paths = [str(p) for p in paths]
         if not paths:
             raise InputError("nothing to ingest: give files, folders or list files")
         check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
-        det = self.detector(detector)
-        opts = IngestOptions(collection=collection, batch_size=batch_size or 32, workers=workers, video_fps=video_fps,
-                             force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder)
+        name = detector or self._detector_flag or self._store_detector() or self._default_detector
+        cheap = name.strip().lower() == "none" or name.strip().lower().startswith("boxes:")
+        det = self.detector(name) if cheap else (lambda: self.detector(name))
+        opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
+                             force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
+                             file_timeout=file_timeout)
         with self.writer("ingest") as store:
-            encoder = self.encoder(store)
-            if batch_size is None:
-                from .models.encoder import default_batch_size
-
-                opts.batch_size = default_batch_size(encoder.device)
-            report = run_ingest(store, encoder, det, paths, opts, on_progress)
-            if not isinstance(det, BoxesFile):
+            report = run_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress)
+            if not isinstance(det, BoxesFile) and (cheap or report.media_ingested):
                 with store.db.session() as s:
-                    repo.set_meta(s, "detector", det.name)
+                    repo.set_meta(s, "detector", self.detector(name).name)
             return report
 
     def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default") -> ImportReport:

@@ -96,6 +96,8 @@ def ingest(
     video_fps: Annotated[float, typer.Option(help="Video frames sampled per second.")] = 1.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression bombs).")] = 100_000_000,
     commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 256,
+    file_timeout: Annotated[float, typer.Option(help="Seconds a decode worker may spend on one file (or 60-s "
+                                                     "video segment) before it is a failure; 0 = no limit.")] = 300.0,
     threshold: Threshold = 0.5,
     max_persons: MaxPersons = 20,
     min_size: MinSize = 16.0,
@@ -109,28 +111,27 @@ def ingest(
     as_json: Json = False,
 ) -> None:
     """Compute per-person activity vectors for images and videos and store them (incremental, resumable)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
                min_size, compile, precision.value)
-    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+    columns = (TextColumn("ingest"), BarColumn(), TextColumn("{task.fields[counts]}"),
                TextColumn("{task.fields[files_rate]:.1f} files/s, {task.fields[persons]} persons, "
                           "{task.fields[rate]:.1f} persons/s"), TimeElapsedColumn())
     with Progress(*columns, console=_console(stderr=True), transient=as_json) as bar:
-        task = bar.add_task("ingest", total=None, persons=0, rate=0.0, files_rate=0.0)
-        started: list[float] = []
+        task = bar.add_task("ingest", total=None, persons=0, rate=0.0, files_rate=0.0, counts="starting")
+        started = time.monotonic()
 
-        def on_progress(done: int, total: int, persons: int) -> None:
-            if not started:  # models are loaded by now: time the work, not the start-up
-                started.append(time.monotonic())
-                bar.reset(task)
-            elapsed = max(time.monotonic() - started[0], 1e-9)
-            bar.update(task, completed=done, total=total, persons=persons, rate=persons / elapsed,
-                       files_rate=done / elapsed)
+        def on_progress(p) -> None:
+            elapsed = max(time.monotonic() - started, 1e-9)
+            counts = f"{p.done}/{p.total} files" if p.total is not None else \
+                f"{p.done} done of {p.seen} seen so far (walk goes on)"
+            bar.update(task, completed=p.done, total=p.total, counts=counts, persons=p.persons,
+                       rate=p.persons / elapsed, files_rate=p.done / elapsed)
 
         report = api.ingest(paths, collection=collection, batch_size=batch_size, workers=workers,
                             video_fps=video_fps, force=force, max_pixels=max_pixels, commit_every=commit_every,
-                            jpeg_decoder=jpeg_decoder, on_progress=on_progress)
+                            jpeg_decoder=jpeg_decoder, file_timeout=file_timeout or None, on_progress=on_progress)
     if as_json:
         _print_json(report.as_dict())
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelError
-from .media import Candidate
+from .media import Candidate, Found
 from .person_boxes import merge_boxes
 
 Detection = tuple[list[float], float]  # (x1, y1, x2, y2) pixels, score
@@ -49,7 +49,7 @@ class BoxesFile:
         self.name = f"boxes:{self.path}"
         self.boxes: dict[str, list[Detection] | FrameBoxes] = _read_boxes_file(self.path)
 
-    def bind(self, candidates: list[Candidate]) -> dict[str, list[Detection] | FrameBoxes]:
+    def bind(self, candidates: list[Candidate | Found]) -> dict[str, list[Detection] | FrameBoxes]:
         """Boxes per candidate path. Every entry of the file must name one of the files being ingested (matched
         by its path under the folder given, or by its file name when that is unique)."""
         by_rel: dict[str, str] = {}

@@ -1,10 +1,12 @@
 """Fault points for the reliability tests: ``A2V_FAULT=point:N`` kills the process (SIGKILL) the N-th time the
-named point is reached. Unset (always, outside tests), a fault point is one dictionary lookup."""
+named point is reached; ``A2V_HANG=TEXT`` makes decoding any file whose path contains TEXT hang (a decoder that
+spins). Unset (always, outside tests), a fault point is one dictionary lookup."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 _hits: dict[str, int] = {}
 
@@ -27,3 +29,12 @@ def fault_point(point: str) -> None:
     _hits[point] = _hits.get(point, 0) + 1
     if _hits[point] == _PLAN[point]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_HANG = os.environ.get("A2V_HANG")
+
+
+def hang_point(path: str) -> None:
+    """Never return if ``A2V_HANG`` names part of ``path`` (test harness only: a decoder stuck on a file)."""
+    while _HANG and _HANG in path:
+        time.sleep(3600)

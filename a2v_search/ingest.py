@@ -1,5 +1,8 @@
 """Ingest: discover -> decode (worker processes) -> detect -> crop -> encode -> write, with per-stage timings.
 
+Discovery streams: the walk hands files on in chunks of ``chunk_files``, each checked against SQLite as it comes,
+so work starts at once and memory holds a chunk and the decode window, not the tree. Models load when the first
+file needs decoding: a run that finds nothing new loads none.
 Files already stored are skipped when path, size and mtime are unchanged (or, when they changed, the content hash
 is); the same content under two paths is stored once and noted as a duplicate. Each SQLite transaction holds whole
 media with all their persons, then FAISS is updated: a kill at any moment leaves every file either fully stored or
@@ -9,14 +12,13 @@ not at all, and the next run (or any open) brings FAISS back in line with SQLite
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -24,14 +26,17 @@ from PIL import Image
 from db import repo
 from db.repo import MediaState, NewMedia, NewPerson
 
+from .decode_pool import DecodePool
 from .detect import BoxesFile, ModelDetector, WholeImage
 from .errors import InputError
 from .faults import fault_point
-from .gpu_decode import JpegCrop, assemble, available
-from .media import DEFAULT_MAX_PIXELS, Candidate, DecodeResult, DecodeTask, Item, decode, discover, probe_video
-from .models.encoder import ActivityEncoder
+from .media import DEFAULT_MAX_PIXELS, Candidate, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
 from .settings import JPEG_DECODERS, check_choice
 from .store import Store
+
+if TYPE_CHECKING:  # importing the models means importing torch: a no-op run never does
+    from .gpu_decode import JpegCrop
+    from .models.encoder import ActivityEncoder
 
 log = logging.getLogger("a2v_search")
 
@@ -41,12 +46,14 @@ class IngestOptions:
     """Knobs of one ingest run."""
 
     collection: str = "default"
-    batch_size: int = 32
+    batch_size: int | None = 32  # None: the device's default (models.encoder.default_batch_size)
     workers: int | None = None  # decode processes; None = cores - 1 (at least 1); 0 = decode in this process
     video_fps: float = 1.0
     force: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     segment_s: float = 60.0  # videos are decoded in segments of this many seconds
+    file_timeout: float | None = 300.0  # seconds a decode worker may spend on one file (or video segment)
+    chunk_files: int = 1024  # files found by the walk that are checked against SQLite at a time
     write_every: int = 256  # persons per SQLite transaction (whole media only)
     save_every_s: float = 60.0  # FAISS is saved at least this often during a run, and at the end
     jpeg_decoder: str = "auto"  # auto | gpu | cpu: where eligible JPEGs are decoded (see gpu_decode)
@@ -76,12 +83,25 @@ class IngestReport:
 
 
 @dataclass
+class IngestProgress:
+    """Where a run stands: files ``seen`` by the walk so far, files ``done`` (stored, skipped, duplicate or
+    failed), ``total`` (None while the walk goes on: nobody knows it yet), persons added."""
+
+    seen: int
+    done: int
+    total: int | None
+    persons: int
+
+
+@dataclass
 class _Pending:
     """A media file between decode and write."""
 
     cand: Candidate
     state: MediaState | None
     segments: int
+    task: DecodeTask | None = None  # the first one; a video's next segments are copies of it
+    seen_until: float | None = None  # video: end of the footage really decoded
     content_hash: str | None = None
     width: int | None = None
     height: int | None = None
@@ -99,126 +119,174 @@ class _Pending:
 
 
 class Ingestor:
-    """One ingest run into a store (which must hold the write lock)."""
+    """One ingest run into a store (which must hold the write lock).
 
-    def __init__(self, store: Store, encoder: ActivityEncoder, detector, options: IngestOptions | None = None,
-                 on_progress: Callable[[int, int, int], None] | None = None):
-        self.store, self.encoder, self.detector = store, encoder, detector
+    ``encoder`` and ``detector`` may be given as zero-argument callables that load them: they are called when the
+    first file needs decoding, so a run that finds nothing new loads no model."""
+
+    def __init__(self, store: Store, encoder: ActivityEncoder | Callable[[], ActivityEncoder], detector,
+                 options: IngestOptions | None = None, on_progress: Callable[[IngestProgress], None] | None = None):
+        self.store = store
+        self._encoder_src, self._detector_src = encoder, detector
+        self.encoder = None if callable(encoder) else encoder
+        self.detector = None if callable(detector) else detector
         self.opt = options or IngestOptions()
-        if self.opt.batch_size < 1 or self.opt.video_fps <= 0:
+        check_choice("--jpeg-decoder", self.opt.jpeg_decoder, JPEG_DECODERS)
+        if (self.opt.batch_size is not None and self.opt.batch_size < 1) or self.opt.video_fps <= 0 \
+                or self.opt.chunk_files < 1:
             raise InputError("--batch-size must be >= 1 and --video-fps > 0")
+        if self.opt.file_timeout is not None and self.opt.file_timeout <= 0:
+            raise InputError("--file-timeout must be > 0 seconds")
         self.on_progress = on_progress
         self.report = IngestReport()
         self.stages = {k: 0.0 for k in ("discover", "decode", "wait", "detect", "gpu_decode", "encode", "write",
                                         "save")}
-        self._gpu_jpeg = _use_gpu_jpeg(self.opt.jpeg_decoder, encoder.device)
-        cuda = encoder.device.type == "cuda"
-        self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(cuda)
+        self._gpu_jpeg = False  # these two are set when the models load
+        self._depth = 0
         self._inflight: deque[tuple[list[tuple[_Pending, int, object]], object]] = deque()
         self._encode_q: list[tuple[_Pending, int, np.ndarray | JpegCrop]] = []
         self._detect_q: list[tuple[_Pending, Item]] = []
         self._write_q: list[NewMedia] = []
         self._failures: list[tuple[str, str, str]] = []
-        self._hashes: dict[str, _Pending] = {}  # content hash -> first media of this run holding it
-        self._deferred_dups: list[_Pending] = []
+        self._hashes: dict[str, _Pending] = {}  # content hash -> media of this run holding it, until committed
+        self._deferred_dups: list[_Pending] = []  # same content as a media not committed yet
+        self._followups: deque[tuple[_Pending, DecodeTask]] = deque()  # next segments of videos
+        self._boxes: dict | None = None
+        self._models_ready = False
+        self._load_seconds = 0.0  # model loading: not part of the run's seconds (as when it came first)
         self._done = 0
-        self._total = 0
+        self._total: int | None = None
+        self._last_progress = 0.0
 
     # ------------------------------------------------------------------ driver
 
     def run(self, paths: list[str]) -> IngestReport:
         t0 = time.perf_counter()
-        with self._stage("discover"):
-            found = discover(paths)
-        self._failures.extend(found.failures)
-        for path, stage, reason in found.failures:
-            self._note_failure(path, stage, reason, record=False)
-        self.report.files_seen = len(found.candidates) + len(found.failures)
-        boxes = self.detector.bind(found.candidates) if isinstance(self.detector, BoxesFile) else None
-        self.store.ensure_space(self.encoder.space, self.encoder.language)
-        self.store.indexes()  # load and catch up before writing
-        with self.store.db.session() as s:
-            states = repo.media_by_path(s, [c.path for c in found.candidates])
-        todo = []
-        for c in found.candidates:
-            st = states.get(c.path)
-            if st and not self.opt.force and st.size == c.size and abs(st.mtime - c.mtime) < 1e-6:
-                self.report.media_skipped += 1
-            else:
-                todo.append(_Pending(cand=c, state=st, segments=1))
-        self._total = len(todo)
-        self._progress()
-        tasks = [t for p in todo for t in self._tasks(p, boxes)]
-        for pending, result in self._decoded(tasks):
+        found: Iterable = walk(paths)
+        if isinstance(self.detector, BoxesFile):  # the boxes must match the whole tree before any work starts
+            with self._stage("discover"):
+                found = list(found)
+            self._boxes = self.detector.bind([x for x in found if not isinstance(x, tuple)])
+        self._progress(force=True)
+        for pending, result in self._decoded(self._planned(iter(found))):
             self._on_decoded(pending, result)
             self._flush(final=False)
         self._flush(final=True)
-        self._write_deferred_duplicates()
+        self._resolve_deferred()
+        self._flush(final=True)
+        if self._failures:
+            with self.store.db.session() as s:
+                repo.record_failures(s, self._failures)
+            self._failures = []
         with self._stage("save"):
+            if not self._models_ready and not self.store.indexes_current():
+                self.store.indexes()  # nothing new, but FAISS lags SQLite (a save failed last time): catch it up
             self.store.save()
-        self.report.seconds = time.perf_counter() - t0
+        self.report.seconds = time.perf_counter() - t0 - self._load_seconds
         self.report.persons_per_s = self.report.persons_added / max(self.report.seconds, 1e-9)
         self.report.stages = self.stages
+        self._progress(force=True)
         return self.report
 
-    def _tasks(self, p: _Pending, boxes: dict | None) -> list[tuple[_Pending, DecodeTask]]:
-        for_detector = isinstance(self.detector, ModelDetector)
-        common = dict(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,
-                      for_detector=for_detector, max_pixels=self.opt.max_pixels, video_fps=self.opt.video_fps,
-                      gpu_jpeg=self._gpu_jpeg and not for_detector and p.cand.kind == "image")
-        if isinstance(self.detector, BoxesFile):
-            common["boxes"] = boxes.get(p.cand.path, [])
-        segments: list[tuple[float, float] | None] = [None]
-        if p.cand.kind == "video":
-            try:
-                duration = probe_video(p.cand.path)
-            except Exception:  # the worker reports the real error
-                duration = None
-            if duration and duration > self.opt.segment_s:
-                n = int(np.ceil(duration / self.opt.segment_s))
-                segments = [(i * self.opt.segment_s, (i + 1) * self.opt.segment_s if i < n - 1 else float("inf"))
-                            for i in range(n)]
-        p.segments = len(segments)
-        return [(p, DecodeTask(**common, segment=seg, want_hash=(i == 0))) for i, seg in enumerate(segments)]
-
-    def _decoded(self, tasks: list[tuple[_Pending, DecodeTask]]):
-        """Yield (pending, result) in task order, decoding ahead in worker processes."""
-        workers = self.opt.workers if self.opt.workers is not None else max(1, (os.cpu_count() or 2) - 1)
-        if workers == 0:
-            for p, task in tasks:
-                fault_point("decode")
-                yield p, decode(task)
-            return
-        window = deque()
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-        try:
-            it = iter(tasks)
-            for p, task in it:
-                window.append((p, task, pool.submit(decode, task)))
-                if len(window) >= workers * 4:
+    def _planned(self, found: Iterator) -> Iterator[tuple[_Pending, DecodeTask]]:
+        """First decode tasks of the files the walk finds, chunk by chunk: each chunk is checked against SQLite
+        (unchanged path, size and mtime: skipped without opening the file), the rest is sniffed and planned."""
+        while True:
+            with self._stage("discover"):
+                chunk = list(islice(found, self.opt.chunk_files))
+                if not chunk:
                     break
-            while window:
-                p, task, fut = window.popleft()
-                with self._stage("wait"):
-                    result, pool = self._result(fut, task, pool, window)
+                files = [x for x in chunk if not isinstance(x, tuple)]
+                with self.store.db.session() as s:
+                    states = repo.media_by_path(s, [f.path for f in files])
+            for x in chunk:
+                if isinstance(x, tuple):
+                    self._discovery_failure(x)
+                    continue
+                st = states.get(x.path)
+                if st and not self.opt.force and st.size == x.size and abs(st.mtime - x.mtime) < 1e-6:
+                    self.report.files_seen += 1
+                    self.report.media_skipped += 1
+                    self._file_done()
+                    continue
+                with self._stage("discover"):
+                    c = sniff_found(x)
+                if isinstance(c, tuple):
+                    self._discovery_failure(c)
+                elif c is not None:
+                    self.report.files_seen += 1
+                    p = _Pending(cand=c, state=st, segments=1)
+                    yield p, self._first_task(p)
+            self._progress()
+        self._total = self.report.files_seen
+        self._progress(force=True)
+
+    def _discovery_failure(self, failure: tuple[str, str, str]) -> None:
+        self.report.files_seen += 1
+        self._note_failure(*failure)
+        self._file_done()
+
+    def _load_models(self) -> None:
+        """Load the encoder and detector (when given as loaders), register the space, load the indexes."""
+        if self._models_ready:
+            return
+        t0 = time.perf_counter()
+        if self.encoder is None:
+            self.encoder = self._encoder_src()
+        if self.detector is None:
+            self.detector = self._detector_src()
+        self._load_seconds = time.perf_counter() - t0
+        device = self.encoder.device
+        self._gpu_jpeg = _use_gpu_jpeg(self.opt.jpeg_decoder, device)
+        self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(device.type == "cuda")
+        if self.opt.batch_size is None:
+            from .models.encoder import default_batch_size
+
+            self.opt.batch_size = default_batch_size(device)
+        self.store.ensure_space(self.encoder.space, self.encoder.language)
+        self.store.indexes()  # load and catch up before writing
+        self._models_ready = True
+
+    def _first_task(self, p: _Pending) -> DecodeTask:
+        """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""
+        self._load_models()
+        boxes = self._boxes.get(p.cand.path, []) if isinstance(self.detector, BoxesFile) else None
+        segment = (0.0, self.opt.segment_s) if p.cand.kind == "video" else None
+        for_detector = isinstance(self.detector, ModelDetector)
+        p.task = DecodeTask(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,
+                            for_detector=for_detector, max_pixels=self.opt.max_pixels,
+                            video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
+                            gpu_jpeg=self._gpu_jpeg and not for_detector and p.cand.kind == "image")
+        return p.task
+
+    def _decoded(self, tasks: Iterator[tuple[_Pending, DecodeTask]]):
+        """Yield (pending, result) in task order, decoding ahead in worker processes (started with the first
+        task: a run with nothing to decode starts none). Next video segments go before new files."""
+        workers = self.opt.workers if self.opt.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+
+        def next_task():
+            return self._followups.popleft() if self._followups else next(tasks, None)
+
+        if workers == 0:
+            while (nxt := next_task()) is not None:
                 fault_point("decode")
-                nxt = next(it, None)
-                if nxt is not None:
-                    window.append((*nxt, pool.submit(decode, nxt[1])))
+                yield nxt[0], decode(nxt[1])
+            return
+        pool: DecodePool | None = None
+        try:
+            while True:
+                while (pool is None or len(pool) < workers * 4) and (nxt := next_task()) is not None:
+                    pool = pool or DecodePool(workers, self.opt.file_timeout)
+                    pool.put(*nxt)
+                if pool is None or not len(pool):
+                    break
+                with self._stage("wait"):
+                    p, result = pool.take()
+                fault_point("decode")
                 yield p, result
         finally:
-            pool.shutdown(cancel_futures=True)
-
-    def _result(self, fut: Future, task: DecodeTask, pool: ProcessPoolExecutor, window: deque):
-        """A decode result; if a worker crashed (hostile file), retry each in-flight file in isolation."""
-        try:
-            return fut.result(), pool
-        except BrokenProcessPool:
-            pool.shutdown(cancel_futures=True)
-            pool = ProcessPoolExecutor(max_workers=len(window) + 1 or 1, mp_context=mp.get_context("spawn"))
-            for i, (p, t, _) in enumerate(list(window)):
-                window[i] = (p, t, pool.submit(decode, t))
-            return _isolated(task), pool
+            if pool is not None:
+                pool.close()
 
     # ------------------------------------------------------------------ per file
 
@@ -229,6 +297,8 @@ class Ingestor:
             return
         if r.error:
             p.dropped = True
+            if p.content_hash and self._hashes.get(p.content_hash) is p:
+                del self._hashes[p.content_hash]
             self._note_failure(p.cand.path, *r.error)
             self._file_done()
             return
@@ -237,12 +307,21 @@ class Ingestor:
             p.content_hash, p.width, p.height, p.duration = r.content_hash, r.width, r.height, r.duration
             if self._skip_or_duplicate(p):
                 return
+        if r.seen_until is not None:
+            p.seen_until = max(p.seen_until or 0.0, r.seen_until)
+        if r.more:  # the stream really goes on (its claimed duration is never trusted): ask for the next segment
+            start = p.segments * self.opt.segment_s
+            self._followups.append((p, replace(p.task, segment=(start, start + self.opt.segment_s),
+                                               want_hash=False)))
+            p.segments += 1
         p.frames += r.frames
         for item in r.items:
             if item.frame is not None:
                 p.waiting += 1  # until the detector has looked at this frame
                 self._detect_q.append((p, item))
             else:
+                if item.jpeg is not None:
+                    from .gpu_decode import JpegCrop
                 crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
                 self._queue_person(p, item, item.pixels if crop is None else crop)
         if p.complete:
@@ -290,6 +369,8 @@ class Ingestor:
 
     def _media_row(self, p: _Pending, duplicate_of: int | None = None) -> NewMedia:
         c = p.cand
+        if p.seen_until is not None:  # a header may claim years of footage: keep what was really there
+            p.duration = min(p.duration, p.seen_until) if p.duration else round(p.seen_until, 3)
         return NewMedia(path=c.path, content_hash=p.content_hash, size=c.size, mtime=c.mtime, kind=c.kind,
                         collection=self.opt.collection, width=p.width, height=p.height,
                         persons=[] if duplicate_of else list(p.persons), duplicate_of=duplicate_of,
@@ -299,15 +380,17 @@ class Ingestor:
     # ------------------------------------------------------------------ batches
 
     def _flush(self, final: bool) -> None:
-        if self._detect_q and (final or len(self._detect_q) >= getattr(self.detector.options, "batch_size", 8)):
+        early = final or self.report.persons_added == 0  # until the first persons are committed, nothing waits
+        if self._detect_q and (early or len(self._detect_q) >= getattr(self.detector.options, "batch_size", 8)):
             self._detect()
-        while self._encode_q and (final or len(self._encode_q) >= self.opt.batch_size):
+        while self._encode_q and (early or len(self._encode_q) >= self.opt.batch_size):
             self._encode(self._encode_q[:self.opt.batch_size])
             del self._encode_q[:self.opt.batch_size]
         while self._inflight and (final or len(self._inflight) > self._depth):
             self._collect()
         queued = sum(len(m.persons) for m in self._write_q)
-        if self._write_q and (final or queued >= self.opt.write_every or len(self._write_q) >= 256):
+        first = self.report.persons_added == 0 and queued > 0
+        if self._write_q and (final or first or queued >= self.opt.write_every or len(self._write_q) >= 256):
             self._write()
         if not final and self.store.writable:
             with self._stage("save"):
@@ -332,6 +415,8 @@ class Ingestor:
         """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
         queued, or at the final flush, so that the device works while this process gathers the next batch."""
         fault_point("encode")
+        from .gpu_decode import JpegCrop, assemble
+
         pixels = [px for _, _, px in batch]
         if any(isinstance(px, JpegCrop) for px in pixels):
             with self._stage("gpu_decode"):
@@ -375,27 +460,32 @@ class Ingestor:
             with self.store.db.session() as s:
                 repo.record_failures(s, self._failures)
             self._failures = []
+        for m in items:
+            if m.duplicate_of is None:
+                self._hashes.pop(m.content_hash, None)  # committed: SQLite answers for it from now on
         self.report.persons_added += len(ids)
         self._progress()
+        self._resolve_deferred()
 
-    def _write_deferred_duplicates(self) -> None:
-        if not self._deferred_dups:
+    def _resolve_deferred(self) -> None:
+        """Queue the duplicates whose first copy is now committed (or failed: then they are failures)."""
+        ready = [p for p in self._deferred_dups if p.content_hash not in self._hashes]
+        if not ready:
             return
+        self._deferred_dups = [p for p in self._deferred_dups if p.content_hash in self._hashes]
         with self.store.db.session() as s:
-            firsts = repo.media_by_hash(s, [p.content_hash for p in self._deferred_dups])
-        for p in self._deferred_dups:
+            firsts = repo.media_by_hash(s, [p.content_hash for p in ready])
+        for p in ready:
             if p.content_hash in firsts:
                 self._write_q.append(self._media_row(p, duplicate_of=firsts[p.content_hash]))
                 self.report.duplicates += 1
             else:  # its first copy failed to encode: nothing to point at
                 self._note_failure(p.cand.path, "write", "duplicate of a file that failed")
-        self._flush(final=True)
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _note_failure(self, path: str, stage: str, reason: str, record: bool = True) -> None:
-        if record:
-            self._failures.append((path, stage, reason))
+    def _note_failure(self, path: str, stage: str, reason: str) -> None:
+        self._failures.append((path, stage, reason))
         self.report.failures.append({"path": path, "stage": stage, "error": reason})
         log.debug("failed %s at %s: %s", path, stage, reason)
 
@@ -403,9 +493,11 @@ class Ingestor:
         self._done += 1
         self._progress()
 
-    def _progress(self) -> None:
-        if self.on_progress:
-            self.on_progress(self._done, self._total, self.report.persons_added)
+    def _progress(self, force: bool = False) -> None:
+        if self.on_progress and (force or time.monotonic() - self._last_progress >= 0.1):
+            self._last_progress = time.monotonic()
+            self.on_progress(IngestProgress(seen=self.report.files_seen, done=self._done, total=self._total,
+                                            persons=self.report.persons_added))
 
     def _stage(self, name: str):
         return _Timer(self.stages, name)
@@ -422,22 +514,14 @@ class _Timer:
         self.stages[self.name] += time.perf_counter() - self.t
 
 
-def _isolated(task: DecodeTask) -> DecodeResult:
-    """Decode one file in a fresh process; a crash there is that file's failure."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        try:
-            return pool.submit(decode, task).result()
-        except BrokenProcessPool:
-            return DecodeResult(path=task.path, kind=task.kind,
-                                error=("decode", "the decoder crashed on this file (corrupt or hostile content)"))
-
-
 def _use_gpu_jpeg(choice: str, device) -> bool:
     """Whether eligible JPEGs are decoded on the GPU: ``auto`` when the encoder is on CUDA and torchvision can,
     ``gpu`` demands it (an InputError naming the fix otherwise), ``cpu`` never."""
     check_choice("--jpeg-decoder", choice, JPEG_DECODERS)
     if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
         return False
+    from .gpu_decode import available
+
     if available(device):
         return True
     if choice == "gpu":
@@ -446,10 +530,11 @@ def _use_gpu_jpeg(choice: str, device) -> bool:
     return False
 
 
-def run_ingest(store: Store, encoder: ActivityEncoder, detector, paths: list[str],
-               options: IngestOptions | None = None,
-               on_progress: Callable[[int, int, int], None] | None = None) -> IngestReport:
-    """Ingest ``paths`` into ``store`` (write-locked) with a loaded encoder and detector."""
-    if not isinstance(detector, (WholeImage, BoxesFile, ModelDetector)):
+def run_ingest(store: Store, encoder: ActivityEncoder | Callable[[], ActivityEncoder], detector,
+               paths: list[str], options: IngestOptions | None = None,
+               on_progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
+    """Ingest ``paths`` into ``store`` (write-locked). ``encoder`` and ``detector``: loaded ones, or callables
+    that load them when the first file needs decoding."""
+    if not callable(detector) and not isinstance(detector, (WholeImage, BoxesFile, ModelDetector)):
         raise InputError(f"unknown detector {detector!r}")
     return Ingestor(store, encoder, detector, options, on_progress).run([str(p) for p in paths])

@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .faults import hang_point
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 from .preprocess import Preprocess, check_box
 
@@ -58,6 +60,18 @@ def sniff(head: bytes) -> str | None:
 
 
 @dataclass
+class Found:
+    """A file found by the walk, not opened yet. ``path`` is the real path (symlinks resolved)."""
+
+    path: str
+    size: int
+    mtime: float
+    given: str  # as the user named it (or as found under a folder they named)
+    root: str  # the folder it was found under (for boxes-file lookups), or its own folder
+    explicit: bool  # named by the user or with a media extension: report it when it is not media
+
+
+@dataclass
 class Candidate:
     """A media file found by discovery. ``path`` is the real path (symlinks resolved)."""
 
@@ -65,8 +79,8 @@ class Candidate:
     size: int
     mtime: float
     kind: str
-    given: str  # as the user named it (or as found under a folder they named)
-    root: str  # the folder it was found under (for boxes-file lookups), or its own folder
+    given: str
+    root: str
 
 
 @dataclass
@@ -76,99 +90,212 @@ class Discovery:
 
 
 def discover(paths: list[str | os.PathLike]) -> Discovery:
-    """Expand files, folders (recursive, hidden folders skipped, symlink loops avoided) and list files
-    (``.txt``/``.lst``: one path per line, ``#`` comments, relative to the list's folder) into media files."""
+    """All of :func:`walk` at once, each file sniffed (small inputs; ingest streams :func:`walk` instead)."""
     out = Discovery()
-    seen: set[str] = set()
-    for p in paths:
-        _discover_one(str(p), out, seen, list_depth=0)
+    for x in walk(paths):
+        if isinstance(x, tuple):
+            out.failures.append(x)
+        elif isinstance(c := sniff_found(x), tuple):
+            out.failures.append(c)
+        elif c is not None:
+            out.candidates.append(c)
     return out
 
 
-def _discover_one(p: str, out: Discovery, seen: set[str], list_depth: int) -> None:
-    shown = display_path(p)
-    if shown != p:
-        out.failures.append((shown, "discover", "file name is not valid UTF-8; rename the file"))
-        return
-    if not os.path.lexists(p):
-        out.failures.append((shown, "discover", "no such file or directory"))
-        return
-    if not os.path.exists(p):
-        out.failures.append((shown, "discover", f"broken symbolic link (points to {display_path(os.readlink(p))})"))
-        return
-    if os.path.isdir(p):
-        before = len(out.candidates)
-        _walk(p, out, seen)
-        if len(out.candidates) == before and not any(f[0].startswith(shown.rstrip("/") + "/") for f in out.failures):
-            out.failures.append((shown, "discover", "folder holds no images or videos"))
-        return
-    if Path(p).suffix.lower() in LIST_EXTS and list_depth < 3:
+def walk(paths: list[str | os.PathLike]) -> Iterator[Found | Failure]:
+    """Expand files, folders (recursive, hidden entries skipped) and list files (``.txt``/``.lst``: one path per
+    line, ``#`` comments, relative to the list's folder) into files, lazily: a folder is listed when the walk
+    reaches it, so memory holds one folder's names, not the tree's.
+
+    Links: a path the user names (argument or list line) is followed wherever it points. Inside a folder, a
+    symbolic link (to a file or a folder) is followed only when its target lies inside one of the folders being
+    ingested; others are reported and skipped, so a link to ``/`` or to a home directory never widens the run.
+    Each file, folder and list is visited once (loops end). Problems come back as ``(path, "discover", reason)``,
+    each once."""
+    return _Walker(paths).run()
+
+
+class _Walker:
+    def __init__(self, paths: list[str | os.PathLike]):
+        self.paths = [os.fspath(p) for p in paths]
+        self.roots: list[str] = []  # real paths of the folders being ingested (named so far)
+        for p in self.paths:
+            if os.path.isdir(p):
+                self._add_root(p)
+        self.seen: set[int] = set()  # hashes of the real paths of files already found (8 bytes of hash per file)
+        self.lists: set[str] = set()  # real paths of list files already read
+        self.visited: set[str] = set()  # real paths of folders already walked
+        self.empty: set[str] = set()  # those of them that hold nothing
+        self.reported: set[str] = set()  # paths already reported
+
+    def _add_root(self, folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real not in self.roots:
+            self.roots.append(real)
+
+    def _inside_roots(self, real: str) -> bool:
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+
+    def _fail(self, path: str, reason: str) -> Iterator[Failure]:
+        shown = display_path(path)
+        if shown not in self.reported:
+            self.reported.add(shown)
+            yield (shown, "discover", reason)
+
+    def run(self) -> Iterator[Found | Failure]:
+        for p in self.paths:
+            yield from self._named(p, list_depth=0)
+
+    def _named(self, p: str, list_depth: int) -> Iterator[Found | Failure]:
+        """A path the user named: followed wherever it points."""
+        if display_path(p) != p:
+            yield from self._fail(p, "file name is not valid UTF-8; rename the file")
+            return
+        if not os.path.lexists(p):
+            yield from self._fail(p, "no such file or directory")
+            return
+        if not os.path.exists(p):
+            yield from self._fail(p, f"broken symbolic link (points to {display_path(os.readlink(p))})")
+            return
+        real = os.path.realpath(p)
+        if display_path(real) != real:
+            yield from self._fail(p, f"links to a name that is not valid UTF-8 ({display_path(real)}); rename it")
+            return
+        if os.path.isdir(p):
+            if real in self.visited:  # named twice, or inside a folder already walked
+                if real in self.empty:
+                    yield from self._fail(p, "folder holds no images or videos")
+                return
+            self._add_root(p)
+            found = 0
+            for x in self._folder(p, real):
+                found += 1
+                yield x
+            if found == 0:
+                yield from self._fail(p, "folder holds no images or videos")
+            return
+        if Path(p).suffix.lower() in LIST_EXTS:
+            yield from self._list(p, real, list_depth)
+            return
+        yield from self._file(p, real, given=p, root=str(Path(p).parent), explicit=True)
+
+    def _list(self, p: str, real: str, list_depth: int) -> Iterator[Found | Failure]:
+        if real in self.lists:
+            yield from self._fail(p, "list file names itself or a list that names it; read once")
+            return
+        if list_depth >= MAX_LIST_DEPTH:
+            yield from self._fail(p, f"list files nested more than {MAX_LIST_DEPTH} deep; not read")
+            return
+        self.lists.add(real)
         try:
             lines = Path(p).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            out.failures.append((shown, "discover", f"cannot read list file: {e}"))
+            yield from self._fail(p, f"cannot read list file: {e}")
             return
         base = Path(p).parent
         for line in lines:
             line = line.strip()
             if line and not line.startswith("#"):
-                _discover_one(str(base / line), out, seen, list_depth + 1)
-        return
-    _add_file(p, out, seen, given=p, root=str(Path(p).parent), explicit=True)
+                yield from self._named(str(base / line), list_depth + 1)
 
-
-def _walk(folder: str, out: Discovery, seen: set[str]) -> None:
-    visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:  # a symlink loop or a folder reached twice
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            ext = Path(name).suffix.lower()
-            if name.startswith("."):
+    def _folder(self, top: str, top_real: str) -> Iterator[Found | Failure]:
+        """Depth first, names sorted, as ``os.walk`` top-down; only followed links lead outside ``top``."""
+        stack = [(top, top_real)]
+        while stack:
+            folder, real_folder = stack.pop()
+            if real_folder in self.visited:  # a symlink loop or a folder reached twice
                 continue
-            if display_path(full) != full:
-                out.failures.append((display_path(full), "discover", "file name is not valid UTF-8; rename the file"))
+            self.visited.add(real_folder)
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                yield from self._fail(folder, f"cannot list folder: {e.strerror or e}")
                 continue
-            if ext in IMAGE_EXTS or ext in VIDEO_EXTS:
-                _add_file(full, out, seen, given=full, root=folder, explicit=True)
-            elif os.path.isfile(full) and not os.path.islink(full):  # unknown extension: keep it if content says so
-                _add_file(full, out, seen, given=full, root=folder, explicit=False)
-            elif os.path.islink(full) and not os.path.exists(full):
-                out.failures.append((display_path(full), "discover", "broken symbolic link"))
+            if not any(not e.name.startswith(".") for e in entries):
+                self.empty.add(real_folder)
+            subfolders = []
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                full = os.path.join(folder, e.name)
+                if not _utf8(e.name):
+                    yield from self._fail(full, "name is not valid UTF-8; rename it")
+                    continue
+                try:
+                    is_link = e.is_symlink()
+                    is_dir = e.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_link = is_dir = False
+                if is_link:
+                    target = os.path.realpath(full)
+                    if not os.path.exists(full):
+                        yield from self._fail(full, "broken symbolic link")
+                    elif display_path(target) != target:
+                        yield from self._fail(full, f"links to a name that is not valid UTF-8 "
+                                                    f"({display_path(target)}); rename it")
+                    elif not self._inside_roots(target):
+                        yield from self._fail(full, f"symbolic link to {target}, outside the folders being "
+                                                    "ingested: not followed (name that place to ingest it)")
+                    elif os.path.isdir(target):
+                        subfolders.append((full, target))
+                    else:
+                        yield from self._file(full, target, given=full, root=top,
+                                              explicit=_media_ext(e.name))
+                elif is_dir:
+                    subfolders.append((full, os.path.join(real_folder, e.name)))
+                else:
+                    yield from self._file(full, os.path.join(real_folder, e.name), given=full, root=top,
+                                          explicit=_media_ext(e.name), entry=e)
+            stack.extend(reversed(subfolders))
 
-
-def _add_file(p: str, out: Discovery, seen: set[str], given: str, root: str, explicit: bool) -> None:
-    """Stat and sniff one file; ``explicit`` files (named by the user or with a media extension) that are not
-    media become failures, others are skipped quietly."""
-    real = os.path.realpath(p)
-    if real in seen:
-        return
-    try:
-        st = os.stat(real)
+    def _file(self, p: str, real: str, given: str, root: str, explicit: bool,
+              entry: os.DirEntry | None = None) -> Iterator[Found | Failure]:
+        key = hash(real)
+        if key in self.seen:
+            return
+        try:
+            st = entry.stat() if entry is not None else os.stat(real)
+        except OSError as e:
+            if explicit:
+                yield from self._fail(p, f"cannot read: {e.strerror or e}")
+            return
         if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices: never open them (a FIFO would block)
             if explicit:
-                out.failures.append((display_path(p), "discover", "not a regular file"))
+                yield from self._fail(p, "not a regular file")
             return
-        with open(real, "rb") as f:
-            head = f.read(64)
+        self.seen.add(key)
+        yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit)
+
+
+MAX_LIST_DEPTH = 3
+
+
+def _media_ext(name: str) -> bool:
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTS or ext in VIDEO_EXTS
+
+
+def _utf8(name: str) -> bool:
+    return name.isascii() or display_path(name) == name
+
+
+def sniff_found(f: Found) -> Candidate | Failure | None:
+    """Open a found file and type it by its first bytes: a Candidate, a failure (for ``explicit`` files that are
+    not media), or None (other files that are not media are skipped quietly)."""
+    try:
+        with open(f.path, "rb") as fh:
+            head = fh.read(64)
     except OSError as e:
-        if explicit:
-            out.failures.append((display_path(p), "discover", f"cannot read: {e.strerror or e}"))
-        return
+        return (display_path(f.given), "discover", f"cannot read: {e.strerror or e}") if f.explicit else None
     kind = sniff(head)
     if kind is None:
-        if explicit:
-            reason = "empty file (0 bytes)" if st.st_size == 0 else \
-                "not an image or video (its content matches no supported format)"
-            out.failures.append((display_path(p), "discover", reason))
-        return
-    seen.add(real)
-    out.candidates.append(Candidate(path=real, size=st.st_size, mtime=st.st_mtime, kind=kind, given=given, root=root))
+        if not f.explicit:
+            return None
+        reason = "empty file (0 bytes)" if f.size == 0 else \
+            "not an image or video (its content matches no supported format)"
+        return (display_path(f.given), "discover", reason)
+    return Candidate(path=f.path, size=f.size, mtime=f.mtime, kind=kind, given=f.given, root=f.root)
 
 
 def file_hash(path: str) -> str:
@@ -227,6 +354,8 @@ class DecodeResult:
     duration: float | None = None
     error: tuple[str, str] | None = None  # (stage, reason)
     seconds: float = 0.0
+    more: bool = False  # video: the stream goes on after this segment
+    seen_until: float | None = None  # video: end time of the last frame decoded
 
 
 def decode(task: DecodeTask) -> DecodeResult:
@@ -235,6 +364,7 @@ def decode(task: DecodeTask) -> DecodeResult:
     t0 = time.perf_counter()
     res = DecodeResult(path=task.path, kind=task.kind)
     try:
+        hang_point(task.path)
         if task.want_hash:
             res.content_hash = file_hash(task.path)
         if task.kind == "video":
@@ -352,15 +482,9 @@ def _pass_jpeg(task: DecodeTask, res: DecodeResult) -> bool:
     return True
 
 
-def probe_video(path: str) -> float | None:
-    """Duration of a video in seconds (None when the container does not say)."""
-    import av
-
-    with av.open(path) as container:
-        return probe_duration(container, container.streams.video[0]) if container.streams.video else None
-
-
 def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
+    """Decode ``task.segment`` (or all) of a video. The container's claimed duration is recorded, never trusted:
+    ``res.more`` says whether the stream really goes on past the segment (then the next one is asked for)."""
     import av
 
     try:
@@ -371,6 +495,7 @@ def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
         if not container.streams.video:
             raise DecodeError("decode", "video has no video stream")
         stream = container.streams.video[0]
+        _check_video_size(stream.codec_context.width, stream.codec_context.height, task.max_pixels)
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate) if stream.average_rate else None
         res.duration = probe_duration(container, stream)
@@ -383,10 +508,13 @@ def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
         for frame in container.decode(stream):
             t = float(frame.time) if frame.time is not None else decoded / (rate or 25.0)
             decoded += 1
+            if t >= end - 1e-6:
+                res.more = True
+                break
+            res.seen_until = t + 1.0 / (rate or 25.0)
             if t < start - 1e-6 or t < next_t - 1e-6:
                 continue
-            if t >= end - 1e-6:
-                break
+            _check_video_size(frame.width, frame.height, task.max_pixels)
             img = frame.to_image()
             if res.width is None:
                 res.width, res.height = img.size
@@ -396,6 +524,12 @@ def _decode_video(task: DecodeTask, res: DecodeResult) -> None:
             next_t = (np.floor(t / step + 1e-6) + 1) * step
     if res.frames == 0 and start == 0:
         raise DecodeError("decode", "video has no decodable frames")
+
+
+def _check_video_size(w: int, h: int, max_pixels: int) -> None:
+    if w and h and w * h > max_pixels:
+        raise DecodeError("decode", f"video frames are {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
+                                    "raise --max-pixels if it is genuine")
 
 
 def probe_duration(container, stream) -> float | None:

@@ -31,6 +31,7 @@ from db import repo
 from db.repo import Database, NewMedia
 from db.schema import Space
 from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
+from index.files import read_manifest_file
 
 from . import activity
 from .errors import LegacySpaceError, QueryError, SpaceMismatchError, StoreError
@@ -311,6 +312,25 @@ class Store:
             if name not in self._indexes:
                 self._indexes[name] = self._load_index(name)
         return {name: self._indexes[name] for name in (self.index_names() if names is None else names)}
+
+    def indexes_current(self) -> bool:
+        """Whether every saved index holds exactly SQLite's persons, judged from the manifests and two indexed
+        queries (no index is loaded): a run that wrote nothing checks this instead of loading FAISS."""
+        if self.space_row() is None:
+            return True
+        with self.db.session() as s:
+            newest = repo.id_stats(s, upto_id=2**62)[1]
+            for name in INDEX_NAMES:
+                try:
+                    manifest = read_manifest_file(self.index_dir, name)
+                except (OSError, ValueError):
+                    return False
+                if manifest is None or manifest.get("space") != self.fingerprint:
+                    return False
+                max_id = int(manifest.get("max_id", -1))
+                if repo.id_stats(s, upto_id=max_id) != (int(manifest.get("count", -1)), max_id) or newest > max_id:
+                    return False
+        return True
 
     def _load_index(self, name: str) -> VectorIndex:
         fp = self.fingerprint

@@ -1,0 +1,177 @@
+"""No single file stops or stalls an ingest; odd names and links (issue 11, items 3 and 4).
+
+Decoding runs in worker processes with a time limit per file; a video's header is never trusted; workers die with
+the ingest process; names that are not UTF-8, links to them, list files that name themselves and links that lead
+outside the folders being ingested are each reported once while the rest is ingested.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+
+from media_factory import noise, write_images, write_video
+from PIL import Image
+from test_reliability import in_child, ingest
+
+from a2v_search import ingest as ingest_module
+from a2v_search.store import Store
+from db import repo
+
+
+def stored(data_dir: Path) -> dict[str, tuple]:
+    store = Store(data_dir)
+    with store.db.session() as s:
+        rows = s.execute(repo.select(repo.Media.path, repo.Media.frames, repo.Media.duration)).all()
+    store.close()
+    return {p: (frames, duration) for p, frames, duration in rows}
+
+
+def lying_mkv(path: Path, claimed_s: float) -> Path:
+    """A 3-second Matroska video whose header claims ``claimed_s`` seconds."""
+    write_video(path, seconds=3.0)
+    data = bytearray(path.read_bytes())
+    i = data.find(b"\x44\x89\x88")  # Segment Info / Duration, an 8-byte float in milliseconds
+    assert i > 0
+    data[i + 3:i + 11] = struct.pack(">d", claimed_s * 1000.0)
+    path.write_bytes(data)
+    return path
+
+
+# ------------------------------------------------------------------ 11.3: no file stops or stalls a run
+
+
+def test_a_video_header_claiming_hours_is_not_trusted(tmp_path, monkeypatch, reliability):
+    import av
+
+    (tmp_path / "in").mkdir()
+    video = lying_mkv(tmp_path / "in" / "liar.mkv", claimed_s=30_000.0)  # 8 hours claimed, 3 s inside
+    with av.open(str(video)) as c:
+        assert c.duration / 1e6 == 30_000.0  # the container does claim it
+    calls = []
+    real_decode = ingest_module.decode
+
+    def counting_decode(task):
+        calls.append(task.segment)
+        return real_decode(task)
+
+    monkeypatch.setattr(ingest_module, "decode", counting_decode)
+    report = ingest(tmp_path / "data", [tmp_path / "in"], segment_s=60.0)
+    assert report.failures == [] and report.media_ingested == 1 and report.persons_added == 3  # 3 s at 1 fps
+    assert calls == [(0.0, 60.0)]  # one segment decoded, not the 500 the header claims
+    [(frames, duration)] = stored(tmp_path / "data").values()
+    assert frames == 3 and duration == 3.0
+    reliability["hostile files"] += 1
+
+
+def test_long_videos_are_decoded_segment_by_segment_while_frames_go_on(tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "clip.mp4", seconds=3.0, fps=10)
+    calls = []
+    real_decode = ingest_module.decode
+    monkeypatch.setattr(ingest_module, "decode", lambda task: calls.append(task.segment) or real_decode(task))
+    report = ingest(tmp_path / "data", [tmp_path / "in"], segment_s=1.0, video_fps=2.0)
+    assert report.failures == [] and report.persons_added == 6  # 0.0, 0.5, ..., 2.5 s
+    assert calls == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    [(frames, duration)] = stored(tmp_path / "data").values()
+    assert frames == 6 and duration == 3.0
+
+
+def test_video_frames_over_max_pixels_are_refused_once(tmp_path, reliability):
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "big.mp4", seconds=2.0, w=64, h=48)  # 3,072 pixels a frame
+    Image.fromarray(noise(1, 20, 20)).save(tmp_path / "in" / "small.png")  # 400 pixels
+    report = ingest(tmp_path / "data", [tmp_path / "in"], max_pixels=1000, workers=1)
+    assert [(Path(f["path"]).name, f["stage"]) for f in report.failures] == [("big.mp4", "decode")]
+    assert "64x48" in report.failures[0]["error"] and "--max-pixels" in report.failures[0]["error"]
+    assert report.media_ingested == 1 and report.persons_added == 1
+    reliability["hostile files"] += 1
+
+
+def test_a_decoder_that_hangs_costs_one_file_not_the_run(tmp_path, monkeypatch, reliability):
+    good = write_images(tmp_path / "in", 4)
+    Image.fromarray(noise(9)).save(tmp_path / "in" / "stuck.png")
+    write_images(tmp_path / "in" / "later", 2, start=10)
+    monkeypatch.setenv("A2V_HANG", "stuck.png")  # read by the spawned decode workers: decoding it never returns
+    report = ingest(tmp_path / "data", [tmp_path / "in"], workers=2, file_timeout=1.0)
+    assert [(Path(f["path"]).name, f["stage"]) for f in report.failures] == [("stuck.png", "decode")]
+    assert "--file-timeout" in report.failures[0]["error"]
+    assert report.media_ingested == len(good) + 2 and report.persons_added == len(good) + 2
+    reliability["hostile files"] += 1
+
+
+def _processes_with(token: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if token.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_decode_workers_die_when_the_ingest_process_is_killed(tmp_path, reliability):
+    write_images(tmp_path / "in", 12)
+    token = f"A2V_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
+
+    def setup():
+        os.environ["A2V_TEST_RUN"] = token.split("=", 1)[1]  # inherited by the decode workers it spawns
+
+    code, err = in_child(lambda: ingest(tmp_path / "data", [tmp_path / "in"], workers=2), fault="decode:3",
+                         setup=setup)
+    assert code == -signal.SIGKILL, err
+    left = _processes_with(token)
+    for _ in range(100):  # the kernel delivers the parent-death signal at once; allow slow reaping
+        if not left:
+            break
+        time.sleep(0.1)
+        left = _processes_with(token)
+    for pid in left:  # do not leave orphans behind when this fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"decode workers outlived the killed ingest: {left}"
+    reliability["kill points"] += 1
+
+
+# ------------------------------------------------------------------ 11.4: odd names and links
+
+
+def test_odd_names_and_links_are_reported_once_and_the_rest_ingested(tmp_path, reliability):
+    root = tmp_path / "photos"
+    good = write_images(root / "good", 3)
+    broot = os.fsencode(root)
+    Image.fromarray(noise(5)).save(os.path.join(broot, b"bad-\xff.png").decode("utf-8", "surrogateescape"), "PNG")
+    os.mkdir(os.path.join(broot, b"dir-\xfe"))
+    Image.fromarray(noise(6)).save(os.fsdecode(os.path.join(broot, b"dir-\xfe", b"inside.png")), "PNG")
+    os.symlink(os.path.join(broot, b"bad-\xff.png"), os.path.join(broot, b"alias.png"))  # a UTF-8 link to it
+    outside = write_images(tmp_path / "elsewhere", 2, start=20)
+    os.symlink(tmp_path / "elsewhere", root / "outside")  # a folder link leaving the roots
+    os.symlink(outside[0], root / "outside_file.png")  # a file link leaving the roots
+    os.symlink(root / "good", root / "again")  # a folder link inside the roots: followed, nothing doubled
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "a.txt").write_text(f"a.txt\nb.txt\n{good[0]}\nmissing.png\n")
+    (lists / "b.txt").write_text(f"a.txt\nmissing.png\n{good[1]}\n")
+    report = ingest(tmp_path / "data", [root, lists / "a.txt"])
+    failed = [Path(f["path"]).name for f in report.failures]
+    assert len(failed) == len(set(failed)), f"a problem was reported twice: {failed}"
+    assert set(failed) == {"bad-\\xff.png", "dir-\\xfe", "alias.png", "outside", "outside_file.png", "a.txt",
+                           "missing.png"}, failed
+    assert all(f["stage"] == "discover" for f in report.failures)
+    assert report.media_ingested == 3 and report.persons_added == 3
+    assert set(stored(tmp_path / "data")) == {os.path.realpath(p) for p in good}
+    reliability["hostile files"] += 7
+
+
+def test_a_named_link_is_followed_wherever_it_points(tmp_path):
+    [img] = write_images(tmp_path / "elsewhere", 1)
+    (tmp_path / "in").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "in" / "linked")
+    report = ingest(tmp_path / "data", [tmp_path / "in" / "linked"])  # named by the user: followed
+    assert report.failures == [] and report.media_ingested == 1
+    assert set(stored(tmp_path / "data")) == {os.path.realpath(img)}

@@ -1,0 +1,103 @@
+"""Ingest at library scale (issue 20): discovery streams in bounded chunks checked against SQLite, work starts
+while the walk goes on, and a run that finds nothing new loads no model."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import pytest
+from helpers import StubEncoder
+from media_factory import write_images
+
+from a2v_search import ingest as ingest_module
+from a2v_search.detect import WholeImage
+from a2v_search.ingest import IngestOptions, IngestProgress, run_ingest
+from a2v_search.media import Candidate, Found
+from a2v_search.store import Store
+from db import repo
+
+
+def tree(folder, n: int, per_folder: int = 6) -> None:
+    for i in range(0, n, per_folder):
+        write_images(folder / f"d{i // per_folder:03d}", min(per_folder, n - i), start=i)
+
+
+class WatchingEncoder(StubEncoder):
+    """The stand-in encoder, counting at each batch how many files the run holds in memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak_files = 0
+
+    def encode_pixels(self, pixels, batch_size: int = 32):
+        kinds = {Found, Candidate, ingest_module._Pending}
+        held = sum(type(o) in kinds for o in gc.get_objects())
+        self.peak_files = max(self.peak_files, held)
+        return super().encode_pixels(pixels, batch_size)
+
+
+def run(data_dir, folder, encoder, progress=None, **opts):
+    store = Store(data_dir, create=True).lock("test")
+    try:
+        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, "chunk_files": 4, **opts})
+        return run_ingest(store, encoder, WholeImage(), [str(folder)], options, on_progress=progress)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("n", [24, 72])
+def test_discovery_streams_in_chunks_and_memory_does_not_grow_with_the_tree(tmp_path, monkeypatch, n):
+    tree(tmp_path / "in", n)
+    lookups: list[int] = []
+    real_lookup = repo.media_by_path
+    monkeypatch.setattr(repo, "media_by_path", lambda s, paths: lookups.append(len(paths)) or real_lookup(s, paths))
+    seen: list[IngestProgress] = []
+    encoder = WatchingEncoder()
+    report = run(tmp_path / "data", tmp_path / "in", encoder, seen.append)
+    assert report.failures == [] and report.media_ingested == n and report.persons_added == n
+    assert lookups == [4] * (n // 4)  # the skip rule ran per chunk of 4, as the walk went on
+    assert encoder.peak_files <= 12, encoder.peak_files  # a chunk, a batch and a commit's worth; never the tree
+    assert seen[0].total is None and seen[-1] == IngestProgress(seen=n, done=n, total=n, persons=n)
+    again = run(tmp_path / "data", tmp_path / "in", encoder)
+    assert again.media_skipped == n and again.media_ingested == 0 and again.files_seen == n
+
+
+def test_a_rerun_that_finds_nothing_new_loads_no_model(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir):
+    from a2v_search import models
+    from a2v_search.api import A2VSearch
+
+    tree(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.jpg").write_text("not an image")
+    flags = dict(model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), detector="none")
+    with A2VSearch.open(tmp_path / "data", **flags) as api:
+        first = api.ingest([tmp_path / "in"], workers=0)
+    assert first.media_ingested == 5 and len(first.failures) == 1
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load_encoder", no_loading)
+    with A2VSearch.open(tmp_path / "data", **flags) as api:
+        again = api.ingest([tmp_path / "in"], workers=0)
+        assert again.media_skipped == 5 and again.media_ingested == 0 and len(again.failures) == 1
+        assert api.stats()["persons"] == 5
+    os.utime(tmp_path / "in" / "d000" / "img000.png", (1, 1))  # changed mtime: now something needs decoding
+    with A2VSearch.open(tmp_path / "data", **flags) as api, pytest.raises(AssertionError, match="model was loaded"):
+        api.ingest([tmp_path / "in"], workers=0)
+
+
+def test_duplicates_across_chunks_are_stored_once(tmp_path):
+    tree(tmp_path / "in", 10)
+    for i, src in enumerate(sorted((tmp_path / "in" / "d000").iterdir())[:3]):  # copies land in later chunks
+        (tmp_path / "in" / "zz").mkdir(exist_ok=True)
+        (tmp_path / "in" / "zz" / f"copy{i}.png").write_bytes(src.read_bytes())
+    first = tmp_path / "in" / "d000" / "img000.png"
+    (tmp_path / "in" / "d000" / "img000c.png").write_bytes(first.read_bytes())  # right behind it, still in flight
+    report = run(tmp_path / "data", tmp_path / "in", StubEncoder())
+    assert report.media_ingested == 10 and report.duplicates == 4 and report.persons_added == 10
+    store = Store(tmp_path / "data")
+    with store.db.session() as s:
+        rows = s.execute(repo.select(repo.Media.path, repo.Media.duplicate_of)).all()
+    store.close()
+    assert len(rows) == 14 and sum(d is not None for _, d in rows) == 4
