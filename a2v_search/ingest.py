@@ -415,7 +415,7 @@ class Ingestor:
         """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
         queued, or at the final flush, so that the device works while this process gathers the next batch."""
         fault_point("encode")
-        from .gpu_decode import JpegCrop, assemble
+        from .gpu_decode import JpegCrop
 
         pixels = [px for _, _, px in batch]
         if any(isinstance(px, JpegCrop) for px in pixels):
@@ -514,14 +514,26 @@ class _Timer:
         self.stages[self.name] += time.perf_counter() - self.t
 
 
+def available(device) -> bool:
+    """``gpu_decode.available``, imported when asked (it imports torch; a no-op run never does)."""
+    from .gpu_decode import available as gpu_available
+
+    return gpu_available(device)
+
+
+def assemble(*args, **kwargs):
+    """``gpu_decode.assemble``, imported when first needed."""
+    from .gpu_decode import assemble as gpu_assemble
+
+    return gpu_assemble(*args, **kwargs)
+
+
 def _use_gpu_jpeg(choice: str, device) -> bool:
     """Whether eligible JPEGs are decoded on the GPU: ``auto`` when the encoder is on CUDA and torchvision can,
     ``gpu`` demands it (an InputError naming the fix otherwise), ``cpu`` never."""
     check_choice("--jpeg-decoder", choice, JPEG_DECODERS)
     if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
         return False
-    from .gpu_decode import available
-
     if available(device):
         return True
     if choice == "gpu":
