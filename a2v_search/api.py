@@ -102,7 +102,8 @@ class A2VSearch:
         from .models import ModelSpec
         from .models.factory import model_ref
 
-        stored = (store.space() or {}).get("spec") if store is not None else None
+        space = (store.space() or {}) if store is not None else {}
+        stored = space.get("spec")
         f = self._flags
         if stored is None:
             return ModelSpec(model=f["model"], checkpoint=f["checkpoint"], trust_checkpoint=self._trust,
@@ -112,17 +113,13 @@ class A2VSearch:
                 raise SpaceMismatchError(
                     f"--{key.replace('_', '-')} {f[key]} contradicts this store, whose vectors were made with "
                     f"{stored[key]}; omit the flag to use the store's models, or use another --data-dir")
-        if f["checkpoint"] and f["checkpoint"] != stored.get("checkpoint"):
-            from .models.checkpoint import checkpoint_identity
-
-            heads = (store.space() or {}).get("heads")
-            if Path(f["checkpoint"]).exists() and f"checkpoint:{checkpoint_identity(Path(f['checkpoint']))}" != heads:
-                raise SpaceMismatchError(f"--checkpoint {f['checkpoint']} contradicts this store, whose PaSta comes "
-                                         f"from {heads}; omit the flag, or use another --data-dir")
-        return ModelSpec(model=f["model"] or stored.get("model"),
+        spec = ModelSpec(model=f["model"] or stored.get("model"),
                          checkpoint=f["checkpoint"] or stored.get("checkpoint"),
-                         trust_checkpoint=self._trust or bool(stored.get("trust_checkpoint")),
+                         trust_checkpoint=self._trust,  # consent is this process's flag, never the store's
                          text_model=f["text_model"] or stored.get("text_model") or self._default_text_model)
+        _check_recorded_identity(spec.checkpoint, space.get("heads"), "checkpoint", bool(f["checkpoint"]))
+        _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
+        return spec
 
     def encoder(self, store: Store | None = None, standalone: bool = False):
         """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
@@ -535,6 +532,27 @@ class A2VSearch:
 def _filters(collection, path, kind, where):
     filters = make_filters(collection, path, kind, where)
     return None if filters.empty() else filters
+
+
+def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, flagged: bool) -> None:
+    """A checkpoint (or OpenAI state dict) file must be the one the store recorded (``kind:identity``), checked
+    by content before anything in it is read: a file swapped in at the recorded path is refused."""
+    flag = "--checkpoint" if kind == "checkpoint" else "--model"
+    if not path or not recorded or not Path(path).exists():
+        return
+    if not recorded.startswith(f"{kind}:"):
+        if flagged and kind == "checkpoint":
+            raise SpaceMismatchError(f"--checkpoint {path} contradicts this store, whose PaSta comes from {recorded}; "
+                                     "omit the flag, or use another --data-dir")
+        return
+    from .models.checkpoint import checkpoint_identity
+
+    got = checkpoint_identity(Path(path))
+    if got != recorded.split(":", 1)[1]:
+        what = f"{flag} {path}" if flagged else f"the file at this store's recorded path {path}"
+        raise SpaceMismatchError(f"{what} is not the one this store's vectors were made with (content identity "
+                                 f"{got}, store has {recorded}); pass {flag} with the original file (or its "
+                                 "converted folder), or use another --data-dir")
 
 
 def _weights(weights) -> dict[str, float]:

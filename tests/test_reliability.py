@@ -415,3 +415,91 @@ def test_doctor_and_repair_from_the_cli(tmp_path):
     assert run_main("doctor", "--data-dir", data, "--repair")[0] == 0
     code, out, _ = run_main("doctor", "--data-dir", data)
     assert code == 0 and "consistent" in out
+
+
+# ------------------------------------------------------------------ consent to unpickle never persists
+
+
+def _marker_pickle(path: Path, marker: Path) -> Path:
+    """A pickle that, when loaded with code allowed, creates ``marker``."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"model": Evil()}))
+    return path
+
+
+def _store_made_with(data: Path, checkpoint: Path, tiny_clip_dir: Path, tiny_bert_dir: Path, **spec) -> None:
+    """A store whose space records ``checkpoint`` (path and identity), as one made by ``--checkpoint`` would."""
+    from helpers import SPACE, media, random_language, random_person
+
+    from a2v_search.models.checkpoint import checkpoint_identity
+
+    ident = checkpoint_identity(checkpoint)
+    space = {**SPACE, "visual_model": f"checkpoint:{ident}", "heads": f"checkpoint:{ident}",
+             "spec": {"model": str(tiny_clip_dir), "checkpoint": str(checkpoint), "text_model": str(tiny_bert_dir),
+                      **spec}}
+    store = Store(data, create=True).lock("test")
+    store.ensure_space(space, random_language())
+    store.write([media("/m/one.jpg", [random_person(np.random.default_rng(0))])])
+    store.close()
+
+
+def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir, tiny_bert_dir, reliability):
+    """A crafted store that says trust_checkpoint=True, with a marker-writing pickle at its recorded checkpoint
+    path: no command without --trust-checkpoint runs it; those that need the model say how to fix it."""
+    from test_ingest import run_main
+
+    marker = tmp_path / "pwned"
+    evil = _marker_pickle(tmp_path / "ckpt_4.pth", marker)
+    data = tmp_path / "data"
+    _store_made_with(data, evil, tiny_clip_dir, tiny_bert_dir, trust_checkpoint=True)
+    [img] = write_images(tmp_path / "in", 1)
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"path": "/x.jpg", "persons": []}) + "\n")
+    d = ["--data-dir", data]
+    needs_model = [("predict", img, "--detector", "none"), ("show", img, "--out", tmp_path / "o.png", "--detector",
+                                                             "none"),
+                   ("search", "--image", img, "--detector", "none"), ("search", "--clip-text", "a person"),
+                   ("ingest", tmp_path / "in", "--detector", "none", "--workers", "0"), ("import", records)]
+    for args in needs_model:
+        code, _, err = run_main(*args, *d)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1 and "Traceback" not in err, (args, err)
+        assert "--trust-checkpoint" in err and "convert-checkpoint" in err and str(evil) in err, (args, err)
+        assert not marker.exists(), args
+    no_model = [("search", "--text", "hand: hold"), ("search", "--person", "1"), ("stats",), ("doctor",),
+                ("reindex",), ("doctor", "--repair"), ("remove", "/m/one.jpg")]
+    for args in no_model:
+        assert run_main(*args, *d)[0] == 0, args
+        assert not marker.exists(), args
+    from a2v_search.api import A2VSearch
+    from a2v_search.errors import CheckpointError
+
+    with A2VSearch.open(data) as api, pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        api.predict(img, box=[0, 0, 10, 10])
+    assert not marker.exists()
+    reliability["hostile files"] += len(needs_model) + len(no_model) + 1
+    # the pickle is real: the flag given on the command line (and only then) runs it
+    run_main("predict", img, "--detector", "none", "--trust-checkpoint", *d)
+    assert marker.exists()
+
+
+def test_a_file_swapped_in_at_the_recorded_checkpoint_path_is_refused_before_loading(tmp_path, tiny_clip_dir,
+                                                                                     tiny_bert_dir):
+    from test_ingest import run_main
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt_4.pth"
+    ckpt.write_bytes(b"the original weights")
+    data = tmp_path / "data"
+    _store_made_with(data, ckpt, tiny_clip_dir, tiny_bert_dir)
+    time.sleep(0.01)
+    _marker_pickle(ckpt, marker)  # replaced after the store was made
+    [img] = write_images(tmp_path / "in", 1)
+    code, _, err = run_main("predict", img, "--detector", "none", "--trust-checkpoint", "--data-dir", data)
+    assert code == 1 and "is not the one this store's vectors were made with" in err, err
+    assert not marker.exists()

@@ -194,7 +194,9 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
         "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
         "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
         **(language.record() if language else {}),
-        "image_size": preprocess.size, "spec": asdict(spec),
+        "image_size": preprocess.size,
+        # what made the vectors (paths; identities are in visual_model / heads), never the consent to unpickle
+        "spec": {k: v for k, v in asdict(spec).items() if k != "trust_checkpoint"},
     }
     return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,
                            clip_text_loader=clip_text_loader, compile=compile)
