@@ -284,6 +284,13 @@ class Ingestor:
 
     def _complete(self, p: _Pending) -> None:
         p.dropped = True  # nothing more to do for it
+        dim = self.store.space_row().visual_dim
+        problems = [(j, why) for j, person in enumerate(p.persons) if (why := repo.person_problem(person, dim))]
+        if problems:  # checked before the commit, so one bad model output never reaches SQLite
+            j, why = problems[0]
+            self._note_failure(p.cand.path, "encode", f"person {j}: {why}")
+            self._file_done()
+            return
         self._write_q.append(self._media_row(p))
         self.report.media_ingested += 1
         self._file_done()

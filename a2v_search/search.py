@@ -168,6 +168,11 @@ class Searcher:
         weights = {n: float(w) for n, w in weights.items() if w and n in vectors}
         if not weights:
             raise QueryError("the query has no space with a positive weight (--weights VISUAL,LANGUAGE)")
+        # a query without a direction in a space (an idle person's language vector) scores 0 there for everyone
+        weights = {n: w for n, w in weights.items() if np.all(np.isfinite(vectors[n])) and np.any(vectors[n])}
+        if not weights:
+            raise QueryError("the query has no direction in any space it is weighted in (its vectors are zero); "
+                             "give another query or change --weights VISUAL,LANGUAGE")
         if self.store.space_row() is None:
             raise QueryError(f"the store at {self.store.data_dir} is empty; ingest something first")
         if ACTIVITY in weights and self.store.activity_problem():
@@ -275,15 +280,8 @@ class Searcher:
         pids = stored.ids
         if not len(pids):
             return []
-        cos = {}
-        if "visual" in weights:
-            cos["visual"] = stored.visual @ np.asarray(vectors["visual"], np.float32)
-        if "language" in weights:
-            lang = self.store.language().embed(stored.pasta, stored.verbs)
-            cos["language"] = lang @ np.asarray(vectors["language"], np.float32)
-        if ACTIVITY in weights:
-            act = self.store.activity_vectors(stored.visual, stored.norms)
-            cos[ACTIVITY] = act @ np.asarray(vectors[ACTIVITY], np.float32)
+        vecs = self.store.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, names=tuple(weights))
+        cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)
         order = np.lexsort((pids, -score))
         return [(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]

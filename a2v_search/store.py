@@ -33,7 +33,7 @@ from db.schema import Space
 from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
 
 from . import activity
-from .errors import LegacySpaceError, QueryError, SpaceMismatchError, StoreError
+from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
 from .models.language import LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
@@ -278,15 +278,30 @@ class Store:
 
     def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
                       norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
-        """The FAISS vectors of persons in the spaces ``names``, computed from the values SQLite stores (float16
-        vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are identical."""
-        v = repo.unf16(repo.f16(visual)).reshape(len(visual), -1) if len(visual) else np.asarray(visual, np.float32)
-        p = np.asarray(pasta, np.float16).astype(np.float32)
-        b = np.asarray(verbs, np.float16).astype(np.float32)
-        out = {"visual": np.ascontiguousarray(v, np.float32), "language": self.language().embed(p, b)}
+        """The FAISS vectors of new persons in the spaces ``names``, computed from the values SQLite stores
+        (float16 vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are
+        identical."""
+        return self.vectors(repo.unf16(repo.f16(visual)).reshape(len(visual), -1),
+                            np.asarray(pasta, np.float16).astype(np.float32),
+                            np.asarray(verbs, np.float16).astype(np.float32), norms, names)
+
+    def vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, norms: np.ndarray | None = None,
+                names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
+        """Vectors of persons in the spaces ``names`` from their stored values. A person without a direction in a
+        space (all-zero probabilities, or values that are damaged: NaN, wrong length) gets the zero vector there,
+        which scores 0 against every query; nothing here raises on a row."""
+        n, dim = len(visual), self.space_row().visual_dim
+        v = np.asarray(visual, np.float32)
+        v = _finite_rows(v) if v.shape == (n, dim) else np.zeros((n, dim), np.float32)
+        out = {}
+        if "visual" in names:
+            out["visual"] = np.ascontiguousarray(v)
+        if "language" in names:
+            out["language"] = _finite_rows(self.language().embed(_finite_rows(np.asarray(pasta, np.float32)),
+                                                                 _finite_rows(np.asarray(verbs, np.float32))))
         if activity.ACTIVITY in names:
-            out[activity.ACTIVITY] = self.activity_vectors(v, np.asarray(norms, np.float32))
-        return {n: out[n] for n in names}
+            out[activity.ACTIVITY] = _finite_rows(self.activity_vectors(v, np.asarray(norms, np.float32)))
+        return out
 
     def _space_dims(self, name: str) -> int:
         row = self.space_row()
@@ -362,11 +377,8 @@ class Store:
     def _add_from_db(self, s, name: str, idx: VectorIndex, after_id: int = -1, ids=None) -> int:
         n = 0
         for batch in repo.iter_vectors(s, after_id=after_id, ids=ids):
-            if name == activity.ACTIVITY:
-                vecs = self.activity_vectors(batch.visual, batch.norms)
-            else:
-                vecs = {"visual": batch.visual, "language": self.language().embed(batch.pasta, batch.verbs)}[name]
-            idx.add(batch.ids, vecs)
+            vecs = self.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, names=(name,))[name]
+            idx.add(batch.ids, vecs, allow_zero=True)
             n += len(batch.ids)
         return n
 
@@ -438,6 +450,20 @@ class Store:
         self._require_lock()
         row = self.space_row()
         indexes = self.indexes()
+        for m in items:  # every check before the commit: a row SQLite holds is a row FAISS takes
+            for j, p in enumerate(m.persons):
+                problem = repo.person_problem(p, row.visual_dim)
+                if problem:
+                    raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
+        persons = [p for m in items for p in m.persons]
+        add_to, vecs = tuple(indexes), None
+        if persons:
+            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
+            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
+                self._without_norm = None
+                add_to = tuple(n for n in indexes if n != activity.ACTIVITY)
+            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
+                                      np.stack([p.verbs for p in persons]), norms, names=add_to)
         with self.db.session() as s:
             _, ids, removed = repo.add_media(s, row.id, items)
             repo.clear_failures(s, [m.path for m in items])
@@ -445,16 +471,10 @@ class Store:
         if len(removed):
             for idx in indexes.values():
                 idx.remove(removed)
-        persons = [p for m in items for p in m.persons]
-        if persons:
-            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
-            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
-                self._without_norm = None
-                indexes = {n: idx for n, idx in indexes.items() if n != activity.ACTIVITY}
-            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
-                                      np.stack([p.verbs for p in persons]), norms, names=tuple(indexes))
+        indexes = {n: idx for n, idx in indexes.items() if n in add_to}
+        if vecs is not None:
             for name, idx in indexes.items():
-                idx.add(ids, vecs[name])
+                idx.add(ids, vecs[name], allow_zero=True)
         if len(ids) or len(removed):
             self._dirty.update(indexes)
         if self._without_norm and len(removed):
@@ -540,6 +560,15 @@ def change_signature(data_dir: Path | str) -> tuple:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` (n, d) with every row that holds a NaN or an infinity replaced by zeros."""
+    bad = ~np.all(np.isfinite(x), axis=1)
+    if bad.any():
+        x = x.copy()
+        x[bad] = 0.0
+    return x
 
 
 def _load_retrying(folder: Path, name: str, tries: int = 3) -> tuple[VectorIndex, dict]:

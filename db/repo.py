@@ -70,6 +70,27 @@ class NewPerson:
     visual_norm: float | None = None  # norm of the tower output ``visual`` was normalised from
 
 
+def person_problem(p: NewPerson, visual_dim: int) -> str | None:
+    """Why a person cannot be stored (None when it can). Checked before anything is committed. A person whose
+    PaSta and verbs are all zero (or all "no interaction") is valid: it has no language direction, and scores 0
+    against text queries while image queries find it by its visual vector."""
+    arrays = {"pasta": (p.pasta, N_PASTA), "verbs": (p.verbs, N_VERBS), "parts": (p.parts, N_PARTS),
+              "visual": (p.visual, visual_dim)}
+    for name, (value, n) in arrays.items():
+        if value is None:
+            return f"{name} is missing"
+        arr = np.asarray(value, np.float32)
+        if arr.shape != (n,):
+            return f"{name} has shape {arr.shape}, expected ({n},)"
+        if not np.all(np.isfinite(arr)):
+            return f"{name} has non-finite values (NaN or infinity)"
+    if not np.any(unf16(f16(p.visual))):
+        return "visual is a zero vector (no direction to search by)"
+    if len(p.box) != 4 or not all(np.isfinite(float(v)) for v in p.box):
+        return "box must be four finite numbers"
+    return None
+
+
 @dataclass
 class NewMedia:
     """A media row to store with its persons. ``replaces`` is the id of an older row of the same path."""
@@ -480,14 +501,31 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
         for r in s.execute(q):
             rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                    height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
-                                   score=r[13], pasta=unf16(r[14]), verbs=unf16(r[15]), parts=unf16(r[16]),
-                                   visual=unf16(r[17]), visual_norm=r[18], track_id=r[19])
+                                   score=r[13], pasta=_fixed16(r[14], N_PASTA), verbs=_fixed16(r[15], N_VERBS),
+                                   parts=_fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
+                                   track_id=r[19])
     return [rows[i] for i in ids if i in rows]
 
 
-def _stack16(blobs: Sequence[bytes]) -> np.ndarray:
-    """Equal-length float16 blobs -> (n, d) float32, decoded in one go."""
-    return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), -1).astype(np.float32)
+def _fixed16(blob: bytes, n: int) -> np.ndarray:
+    """A float16 blob of ``n`` values -> (n,) float32; a damaged blob (another length) reads as zeros."""
+    return unf16(blob) if len(blob) == 2 * n else np.zeros(n, np.float32)
+
+
+def _stack16(blobs: Sequence[bytes], width: int | None = None) -> np.ndarray:
+    """float16 blobs -> (n, d) float32, decoded in one go. ``d`` is ``width`` (else the most common length); a
+    blob of another length (a damaged row) becomes a row of NaN, which the store treats as no direction."""
+    sizes = {len(b) for b in blobs}
+    if width is None:
+        lengths = [len(b) for b in blobs]
+        width = max(set(lengths), key=lengths.count) // 2 if lengths else 0
+    if sizes == {2 * width}:
+        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(np.float32)
+    out = np.full((len(blobs), width), np.nan, np.float32)
+    for i, b in enumerate(blobs):
+        if len(b) == 2 * width:
+            out[i] = np.frombuffer(b, np.float16)
+    return out
 
 
 def _norms(values: Sequence[float | None]) -> np.ndarray:
@@ -510,7 +548,8 @@ _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.
 
 def _vector_batch(rows: Sequence) -> Vectors:
     return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
-                   _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]), _norms([r[4] for r in rows]))
+                   _stack16([r[2] for r in rows], N_PASTA), _stack16([r[3] for r in rows], N_VERBS),
+                   _norms([r[4] for r in rows]))
 
 
 def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:

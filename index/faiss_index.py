@@ -255,8 +255,9 @@ class VectorIndex:
             raise InputError("ids must be >= 0 (-1 marks 'no result' in search output)")
         return arr
 
-    def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        """(n, dim) float32, C-contiguous, rows L2-normalised (a copy only when they were not)."""
+    def _check_vectors(self, vectors: np.ndarray, what: str, allow_zero: bool = False) -> np.ndarray:
+        """(n, dim) float32, C-contiguous, rows L2-normalised (a copy only when they were not); zero rows stay
+        zero when ``allow_zero``."""
         arr = np.asarray(vectors)
         if arr.ndim == 1 and arr.size == self.dim:
             arr = arr[None, :]
@@ -264,10 +265,10 @@ class VectorIndex:
             raise InputError(f"{what} must have shape (n, {self.dim}), got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         norms = np.linalg.norm(arr, axis=1)  # (n,)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        if not np.all(np.isfinite(norms)) or (not allow_zero and np.any(norms == 0)):
             raise InputError(f"{what} contain zero, NaN or infinite rows; every row must be a non-zero finite vector")
-        if np.any(np.abs(norms - 1) > 1e-4):
-            arr = arr / norms[:, None]
+        if np.any((np.abs(norms - 1) > 1e-4) & (norms > 0)):
+            arr = arr / np.where(norms > 0, norms, 1.0)[:, None]
         return arr
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
@@ -277,12 +278,13 @@ class VectorIndex:
         return self._ids_sorted[pos] == ids if len(self._ids_sorted) else np.zeros(len(ids), bool)
 
     # ----------------------------------------------------------------------------------------------- writes
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, allow_zero: bool = False) -> None:
         """Add vectors (n, dim) under ids (n,). An id already present is replaced (no duplicate); an id given twice
-        in one call is an error. Rows are L2-normalised if they are not. Index types that need training stage the
-        vectors (exact search) until `min_train` are there, then train on them (see the class docstring)."""
+        in one call is an error. Rows are L2-normalised if they are not; a zero row is an error unless
+        ``allow_zero`` (it then scores 0 against every query). Index types that need training stage the vectors
+        (exact search) until `min_train` are there, then train on them (see the class docstring)."""
         ids = self._check_ids(ids)
-        vectors = self._check_vectors(vectors, "vectors")
+        vectors = self._check_vectors(vectors, "vectors", allow_zero)
         if len(ids) != len(vectors):
             raise InputError(f"add got {len(ids)} ids for {len(vectors)} vectors; give one id per vector")
         if len(ids) == 0:

@@ -591,3 +591,16 @@ def test_ivf_built_on_the_gpu_finds_what_the_cpu_build_finds() -> None:
     assert (found[True][:, 0] == np.arange(200)).mean() > 0.95  # each vector finds itself
     overlap = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found[False], found[True], strict=True)])
     assert overlap > 0.8  # k-means on the GPU lands on similar lists
+
+
+def test_zero_rows_only_when_allowed_and_they_score_zero() -> None:
+    x = random_unit(40)
+    x[7] = 0.0
+    vi = VectorIndex.create(DIM, "flat")
+    with pytest.raises(InputError, match="zero"):
+        vi.add(np.arange(40), x)
+    vi.add(np.arange(40), x, allow_zero=True)
+    scores, found = vi.search(x[:1], 40)
+    assert vi.ntotal == 40 and scores[0][list(found[0]).index(7)] == 0.0
+    with pytest.raises(InputError):
+        vi.add(np.array([99]), np.full((1, DIM), np.nan, np.float32), allow_zero=True)

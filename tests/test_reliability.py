@@ -503,3 +503,135 @@ def test_a_file_swapped_in_at_the_recorded_checkpoint_path_is_refused_before_loa
     code, _, err = run_main("predict", img, "--detector", "none", "--trust-checkpoint", "--data-dir", data)
     assert code == 1 and "is not the one this store's vectors were made with" in err, err
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ no person or record bricks a store
+
+
+class IdleOrBrokenEncoder(StubEncoder):
+    """The stand-in encoder, except: an all-black crop is a person whose every part is idle (probability on the
+    no_interaction states, the rest rounded away by float16), an all-white crop makes the model output NaN."""
+
+    def encode_pixels(self, pixels, batch_size=32):
+        from a2v_search import taxonomy as tx
+
+        out = super().encode_pixels(pixels, batch_size)
+        for i, px in enumerate(pixels):
+            if px.max() == 0:
+                out.pasta[i] = 1e-9
+                out.pasta[i, list(tx.NO_INTERACTION_PASTA)] = 0.99
+                out.verbs[i] = 1e-9
+                out.verbs[i, tx.NO_INTERACTION_VERB] = 0.99
+            elif px.min() == 255:
+                out.visual[i] = np.nan
+        return out
+
+
+def _idle_language_is_zero(store: Store, person_id: int) -> None:
+    with store.db.session() as s:
+        _, visual, pasta, verbs = repo.fetch_vectors(s, [person_id])
+    assert not np.any(store.vectors(visual, pasta, verbs)["language"])  # no language direction, by construction
+
+
+def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
+    """An image query (visual + language) finds the idle person first; a text query runs and scores it 0."""
+    with store.db.session() as s:
+        _, visual, _, _ = repo.fetch_vectors(s, [person_id])
+    lang_q = store.language().embed(np.full((1, 93), 0.5, np.float32), np.full((1, 157), 0.5, np.float32))[0]
+    searcher = Searcher(store)
+    hits = searcher.search({"visual": visual[0], "language": lang_q}, {"visual": 1.0, "language": 0.1}, k=3)
+    assert hits[0].person_id == person_id and hits[0].score == pytest.approx(1.0, abs=2e-3)
+    assert hits[0].cosines["language"] == 0.0 and hits[0].path and len(hits[0].pasta) == 5
+    text_hits = searcher.search({"language": lang_q}, {"language": 1.0}, k=100)
+    assert {h.person_id: h.score for h in text_hits}[person_id] == 0.0
+
+
+def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliability):
+    inputs = write_images(tmp_path / "in", 3)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "in" / "idle.png")
+    Image.fromarray(np.full((48, 64, 3), 255, np.uint8)).save(tmp_path / "in" / "nan.png")
+    data = tmp_path / "data"
+    store = Store(data, create=True).lock("test")
+    report = run_ingest(store, IdleOrBrokenEncoder(), WholeImage(), [str(tmp_path / "in")],
+                        IngestOptions(workers=0, batch_size=8, write_every=8))
+    store.close()
+    assert report.media_ingested == 4 and report.persons_added == 4
+    assert [(Path(f["path"]).name, f["stage"]) for f in report.failures] == [("nan.png", "encode")]
+    assert "non-finite" in report.failures[0]["error"]
+    reader = Store(data)
+    with reader.db.session() as s:
+        [(idle_id,)] = s.execute(repo.select(repo.Person.id).join(repo.Media).where(
+            repo.Media.path == os.path.realpath(tmp_path / "in" / "idle.png"))).all()
+        assert [p for p, _, _ in repo.failures(s)] == [os.path.realpath(tmp_path / "in" / "nan.png")]
+    _idle_language_is_zero(reader, idle_id)
+    _idle_person_is_found_and_shown(reader, idle_id)
+    assert reader.check().problems == []
+    reader.close()
+    fixer = Store(data).lock("reindex")
+    fixer.rebuild()
+    fixer.close()
+    assert Store(data).check().problems == [] and len(inputs) == 3
+    reliability["hostile files"] += 2
+
+
+def test_import_of_a_record_without_pasta_or_verbs_keeps_the_store_working(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    from a2v_search.api import A2VSearch
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+
+    def record(path, pasta, verbs):
+        return {"path": path, "persons": [{"pasta": pasta, "verbs": verbs, "visual": rng.normal(size=16).tolist()}]}
+
+    with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
+        report = api.import_records([record("/a.jpg", {"hand: hold": 0.9}, {}), record("/idle.jpg", {}, {}),
+                                     record("/nan.jpg", [float("nan")] * 93, {})])
+        assert report.persons_added == 2 and [f["path"] for f in report.failures] == ["/nan.jpg"]
+        assert [h.path for h in api.search_text("hand: hold", k=5)][0] == "/a.jpg"
+        assert api.doctor().problems == []
+        hits = api.search_similar(2, k=5)  # the idle person's own query: no language direction, visual only
+        assert hits.hits[0].cosines["visual"] < 1.0 and len(hits) == 1
+    store = Store(data)
+    _idle_person_is_found_and_shown(store, 2)
+    store.close()
+
+
+def test_a_store_already_holding_rows_without_direction_opens_searches_and_repairs(tmp_path, reliability):
+    """Rows older code committed (zero probabilities) or that were damaged (NaN, a short blob): every open,
+    search, doctor --repair and reindex works, with such a row as a zero vector."""
+    from helpers import media, random_person, writable_store
+
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    store = writable_store(data)
+    store.write([media(f"/m/{i}.jpg", [random_person(rng)]) for i in range(5)])
+    store.close()
+    store = writable_store(data)  # rows written straight to SQLite, FAISS never told: as after the old crash
+    idle = random_person(rng)
+    idle.pasta, idle.verbs = np.zeros(93, np.float32), np.zeros(157, np.float32)
+    with store.db.session() as s:
+        _, new_ids, _ = repo.add_media(s, store.space_row().id, [media("/m/idle.jpg", [idle]),
+                                                                 media("/m/nan.jpg", [random_person(rng)]),
+                                                                 media("/m/short.jpg", [random_person(rng)])])
+        s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[1]))
+                  .values(visual=np.full(16, np.nan, np.float16).tobytes()))
+        s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[2]))
+                  .values(pasta=b"\x00\x3c" * 7))
+    store.close(save=False)
+    reader = Store(data)  # catch-up adds the three rows
+    assert all(idx.ntotal == 8 for idx in reader.indexes().values())
+    _idle_person_is_found_and_shown(reader, int(new_ids[0]))
+    assert reader.check().problems != []  # the saved index lags
+    reader.close()
+    fixer = Store(data).lock("doctor --repair")
+    assert fixer.check(repair=True).ok
+    fixer.close()
+    (data / "index" / "language.json").unlink()  # a rebuild from scratch too
+    reader = Store(data)
+    assert reader.indexes()["language"].ntotal == 8 and reader.check().problems[0].what == "index language"
+    reader.close()
+    fixer = Store(data).lock("reindex")
+    fixer.rebuild()
+    fixer.close()
+    assert Store(data).check().problems == []
+    reliability["faults"] += 3
