@@ -96,7 +96,7 @@ class Store:
         elif not (self.data_dir / DB_NAME).is_file():
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
-        self.db = Database(self.data_dir / DB_NAME, create=create)
+        self.db = Database(self.data_dir / DB_NAME, create=create, read_only=not create)  # readers never write
         self.index_dir = self.data_dir / INDEX_DIR
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
@@ -114,6 +114,9 @@ class Store:
         """Take the write lock (StoreLockedError if another writer holds it)."""
         if self._lock is None:
             self._lock = WriteLock(self.data_dir, what).acquire()
+            if self.db.read_only:  # opened as a reader: writing needs a read-write connection
+                self.db.close()
+                self.db = Database(self.data_dir / DB_NAME, create=False)
         return self
 
     @property

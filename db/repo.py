@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, delete, event, func, insert, select, updat
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from a2v_search.errors import StoreError
 
@@ -162,17 +163,28 @@ class Filters:
 
 
 class Database:
-    """A SQLite file in WAL mode with foreign keys on, checked for its schema version."""
+    """A SQLite file in WAL mode with foreign keys on, checked for its schema version. ``read_only``: opened with
+    ``mode=ro`` (never written, no lock), or ``immutable=1`` where even that cannot open it (a folder or file
+    system the user cannot write, with no ``-shm`` file left)."""
 
-    def __init__(self, path: Path, create: bool = True):
+    def __init__(self, path: Path, create: bool = True, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only and not create
         if not create and not self.path.exists():
             raise StoreError(f"no store at {self.path.parent}: run `manage.py ingest PATH --data-dir "
                              f"{self.path.parent}` first")
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
-        event.listen(self.engine, "connect", _on_connect)
+        if self.read_only:
+            self.engine: Engine = create_engine("sqlite://", creator=lambda: _connect_read_only(self.path),
+                                                poolclass=QueuePool)
+            event.listen(self.engine, "connect", _on_connect_read_only)
+        else:
+            self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+            event.listen(self.engine, "connect", _on_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
+            if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
+                with suppress(StoreError):
+                    Database(self.path, create=False).close()
             self._check_schema(create)
         except OperationalError as e:
             raise StoreError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data directory "
@@ -181,6 +193,13 @@ class Database:
             reason = getattr(e, "orig", e)
             raise StoreError(f"{self.path} is not a readable a2v-search database ({reason}); move it away and "
                              "ingest again, or restore a backup") from e
+
+    def _older_schema(self) -> bool:
+        with self.engine.connect() as conn:
+            if not conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name='meta'").first():
+                return False
+            version = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+        return version is not None and can_upgrade(int(version), SCHEMA_VERSION)
 
     def _check_schema(self, create: bool) -> None:
         with self.engine.begin() as conn:
@@ -238,6 +257,29 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro`` (sees the WAL), else ``immutable=1`` (a WAL database whose ``-shm``
+    cannot be created: only what was checkpointed into the main file is visible)."""
+    uri = Path(path).resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        log.warning("%s cannot be read without write access to %s; the store's last transactions may be missing "
+                    "from this read-only view", wal.name, wal.parent)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def _on_connect_read_only(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
 
 
 def _on_connect(dbapi_conn, _record) -> None:

@@ -167,25 +167,6 @@ def test_full_disk_gives_one_clear_error_and_loses_nothing(tmp_path, reliability
     assert_exactly_once(data, 36)
 
 
-def test_read_only_data_directory_gives_one_clear_error(tmp_path, monkeypatch, reliability):
-    write_images(tmp_path / "in", 3)
-    data = tmp_path / "data"
-    ingest(data, [tmp_path / "in"])
-    real_open = os.open
-
-    def read_only_open(path, flags, *args, **kwargs):
-        if str(path).startswith(str(data)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(30, "Read-only file system", str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only_open)
-    with pytest.raises(StoreError, match="is the data directory writable"):
-        ingest(data, [tmp_path / "in"])
-    reliability["faults"] += 1
-    monkeypatch.undo()
-    assert_exactly_once(data, 3)
-
-
 def test_failed_index_save_is_reported_and_recovered(tmp_path, monkeypatch, reliability):
     write_images(tmp_path / "in", 5)
     data = tmp_path / "data"
@@ -635,3 +616,68 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
     fixer.close()
     assert Store(data).check().problems == []
     reliability["faults"] += 3
+
+
+# ------------------------------------------------------------------ read-only stores
+
+
+@contextlib.contextmanager
+def read_only_folder(folder: Path):
+    """Make ``folder`` (and everything in it) genuinely unwritable for this process, even as root: the
+    immutable attribute (chattr +i) for root, permissions otherwise. Skips when neither holds here."""
+    if os.geteuid() == 0:
+        import shutil
+        import subprocess
+
+        if not shutil.which("chattr") or subprocess.run(["chattr", "-R", "+i", str(folder)],
+                                                        capture_output=True).returncode:
+            pytest.skip("running as root and this file system has no immutable attribute (chattr +i): no way to "
+                        "make a folder that root cannot write")
+        undo = ["chattr", "-R", "-i", str(folder)]
+    else:
+        for p in [folder, *folder.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        undo = None
+    try:
+        probe = folder / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")  # really read-only, not just said to be
+        yield
+    finally:
+        if undo:
+            import subprocess
+
+            subprocess.run(undo, check=True)
+        else:
+            for p in [folder, *folder.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
+
+
+def test_a_read_only_store_answers_and_writers_fail_with_one_line(tmp_path, tiny_clip_dir, tiny_bert_dir,
+                                                                  reliability):
+    from test_ingest import run_main
+
+    imgs = write_images(tmp_path / "in", 3)
+    data = tmp_path / "data"
+    common = ["--model", tiny_clip_dir, "--text-model", tiny_bert_dir, "--detector", "none", "--workers", "0"]
+    assert run_main("ingest", tmp_path / "in", "--data-dir", data, *common)[0] == 0
+    assert not (data / "a2v.sqlite-shm").exists()  # closed cleanly: no -shm for a reader to use
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"path": "/x.jpg", "persons": []}) + "\n")
+    d = ["--data-dir", data]
+    before = sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*"))
+    with read_only_folder(data):
+        for args in [("search", "--text", "hand: hold"), ("search", "--image", imgs[0], "--json"), ("stats",),
+                     ("predict", imgs[1], "--json"), ("doctor",), ("search", "--person", "1")]:
+            code, out, err = run_main(*args, *d)
+            assert code == 0 and "error" not in err, (args, err)
+        code, out, _ = run_main("search", "--image", imgs[0], "--json", *d)
+        assert json.loads(out)["results"][0]["path"] == os.path.realpath(imgs[0])
+        for args in [("ingest", tmp_path / "in", "--force"), ("import", records), ("reindex",), ("remove", imgs[0]),
+                     ("doctor", "--repair")]:
+            code, _, err = run_main(*args, *d)
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            assert code == 1 and len(errors) == 1 and "Traceback" not in err, (args, err)
+            assert "writable" in errors[0], (args, err)
+            reliability["faults"] += 1
+    assert sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*")) == before
