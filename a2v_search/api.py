@@ -31,7 +31,7 @@ from .activity import ACTIVITY
 from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
-from .search import Searcher, SearchResult, make_filters, top_labels
+from .search import Searcher, SearchResult, check_page, check_text, make_filters, top_labels
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
 from .tracks import TOP_FRAMES
@@ -320,6 +320,8 @@ class A2VSearch:
 
         Every search takes ``group="track"``: one hit per video moment (a track; see :class:`search.Moment`), scored
         by the mean of its best ``moment_frames`` frame scores (1: its best frame)."""
+        check_text(text)
+        check_page(k, offset)
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
@@ -339,8 +341,8 @@ class A2VSearch:
                          per_media: bool = False, min_score: float | None = None, group: str | None = None,
                          moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons whose CLIP visual embedding matches a text through CLIP's text tower."""
-        if not text or not text.strip():
-            raise QueryError("the query text is empty")
+        check_text(text)
+        check_page(k, offset)
         store = self._open_reader()
         vec = self.encoder(store).clip_text([text])[0]
         filters = make_filters(collection, path, kind, where)
@@ -356,6 +358,7 @@ class A2VSearch:
                      moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
         ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads)."""
+        check_page(k, offset)
         store = self._open_reader()
         img = _query_image(image)
         boxes = self._query_boxes(img, box, detector)

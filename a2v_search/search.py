@@ -29,6 +29,9 @@ from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
 MIN_POOL = 256  # candidates per index for fused queries
+MAX_K = 10_000  # results per query
+MAX_DEPTH = 100_000  # offset + k: deeper pages cost memory and time for nothing a person reads
+MAX_QUERY_CHARS = 2_000  # query texts
 EXTRA = 16  # extra candidates when one exact index ranks alone (ties at the cut)
 TOP = 5
 GROUPS = ("track",)
@@ -110,6 +113,24 @@ def top_labels(probs: np.ndarray, names: tuple[str, ...], n: int = TOP, skip: tu
     return [(names[i], float(probs[i])) for i in order]
 
 
+def check_page(k: int, offset: int) -> None:
+    """-k and --offset within bounds (QueryError naming them otherwise); checked before any work."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise QueryError(f"-k must be a whole number from 1 to {MAX_K:,}, not {k!r}")
+    if not isinstance(offset, (int, np.integer)) or offset < 0 or offset + k > MAX_DEPTH:
+        raise QueryError(f"--offset must be >= 0 with --offset + -k at most {MAX_DEPTH:,} (got {offset!r} + {k!r}); "
+                         "narrow the query with filters (--collection, --path, --where) instead of paging deeper")
+
+
+def check_text(text: str) -> str:
+    """A query text that is a non-empty string of at most MAX_QUERY_CHARS characters."""
+    if not isinstance(text, str) or not text.strip():
+        raise QueryError("the query text is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query text has {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are read")
+    return text
+
+
 def exact_scores(spec: str) -> bool:
     """True for FAISS index types that keep the vectors themselves (Flat, IVF..,Flat, HNSW), so their scores are
     the exact cosines; False for quantised ones (SQ, PQ, ...), whose candidates are re-scored from SQLite."""
@@ -159,8 +180,7 @@ class Searcher:
         """Top ``k`` persons (or moments, with ``group="track"``, scored by the mean of their best
         ``moment_frames`` frames; 1 = the max) after ``offset`` for query vectors (one per space name) with their
         weights."""
-        if k < 1 or offset < 0:
-            raise QueryError("-k must be >= 1 and --offset >= 0")
+        check_page(k, offset)
         if group is not None and group not in GROUPS:
             raise QueryError(f"--group must be one of {', '.join(GROUPS)}, not {group!r}")
         if moment_frames < 1:

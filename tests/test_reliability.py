@@ -681,3 +681,53 @@ def test_a_read_only_store_answers_and_writers_fail_with_one_line(tmp_path, tiny
             assert "writable" in errors[0], (args, err)
             reliability["faults"] += 1
     assert sorted((p.relative_to(data), p.stat().st_mtime_ns) for p in data.rglob("*")) == before
+
+
+# ------------------------------------------------------------------ bounded query inputs
+
+
+def _png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG that claims w x h pixels (IHDR only, no image data): tiny on disk, huge if decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_query_inputs_are_bounded(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir, reliability):
+    from PIL import EpsImagePlugin
+    from test_ingest import run_main
+
+    write_images(tmp_path / "in", 3)
+    data = tmp_path / "data"
+    d = ["--data-dir", data]
+    assert run_main("ingest", tmp_path / "in", *d, "--model", tiny_clip_dir, "--text-model", tiny_bert_dir,
+                    "--detector", "none", "--workers", "0")[0] == 0
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    ghostscript = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ghostscript.append(a) or None)
+    eps = tmp_path / "query.eps"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nnewpath 0 0 moveto 32 32 lineto stroke\n"
+                   "showpage\n%%EOF\n")
+    bomb = _png_header(tmp_path / "bomb.png", 30_000, 30_000)
+    cases = [(("search", "--text", "hand: hold", "-k", str(10**7)), "-k must be"),
+             (("search", "--text", "hand: hold", "-k", "0"), "-k must be"),
+             (("search", "--person", "1", "--offset", str(10**8)), "--offset must be"),
+             (("search", "--text", "hand: hold " * 10_000), "characters"),
+             (("search", "--clip-text", "x" * 100_000), "characters"),
+             (("search", "--image", eps, "--detector", "none"), "not a decodable image"),
+             (("predict", eps, "--detector", "none"), "not a decodable image"),
+             (("search", "--image", bomb, "--detector", "none"), "pixels"),
+             (("predict", bomb, "--detector", "none"), "pixels")]
+    for args, says in cases:
+        code, _, err = run_main(*args, *d)
+        assert code == 1 and err.count("\n") == 1 and says in err, (args[:3], err)
+        reliability["hostile files"] += 1
+    assert ghostscript == [] and pillow_limit == Image.MAX_IMAGE_PIXELS  # Pillow's own guard left on
+    code, out, _ = run_main("search", "--text", "hand: hold", "-k", "10000", "--json", *d)
+    assert code == 0 and len(json.loads(out)["results"]) == 3
