@@ -347,6 +347,10 @@ class Store:
             raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
                                      f"{manifest.get('space')}, but this store's space is {fp}; rebuild it with "
                                      f"`python manage.py reindex --data-dir {self.data_dir}`")
+        stale = self._newer_than_sqlite(manifest)
+        if stale:
+            log.warning("FAISS index %r %s; rebuilding it from SQLite", name, stale)
+            return self._build_index(name)
         self._catch_up(name, idx, int(manifest["max_id"]))
         return idx
 
@@ -356,6 +360,23 @@ class Store:
         for name, idx in (self._indexes or {}).items():
             ids = idx.ids()
             self._catch_up(name, idx, int(ids.max()) if len(ids) else -1)
+
+    def _newer_than_sqlite(self, manifest: dict) -> str | None:
+        """Why an index holds persons SQLite lost (an OS crash or power cut took SQLite's last transactions
+        after the index was saved; their ids may since have been handed out again), or None."""
+        max_id, last = int(manifest.get("max_id", -1)), manifest.get("last")
+        if max_id < 0:
+            return None
+        with self.db.session() as s:
+            seq = repo.person_sequence(s)
+            digest = repo.person_digest(s, max_id) if last else None
+        if seq < max_id:
+            return (f"holds person ids up to {max_id} but SQLite has only ever handed out ids up to {seq} (SQLite "
+                    "lost its last transactions, e.g. in a power cut)")
+        if digest is not None and digest != last:
+            return (f"holds another person under id {max_id} than SQLite (SQLite lost its last transactions, e.g. "
+                    "in a power cut, and the id was used again)")
+        return None
 
     def _catch_up(self, name: str, idx: VectorIndex, max_id: int) -> None:
         """Remove persons deleted since the index was saved; add persons newer than it."""
@@ -418,8 +439,11 @@ class Store:
             return
         self._maybe_grow()
         for name in sorted(self._dirty):
+            idx = self._indexes[name]
+            with self.db.session() as s:  # the newest person, to tell a reused id apart on the next open
+                last = repo.person_digest(s, int(idx.ids()[-1])) if idx.ntotal else None
             try:
-                self._indexes[name].save(self.index_dir, name, {"space": self.fingerprint})
+                idx.save(self.index_dir, name, {"space": self.fingerprint, "last": last})
             except (OSError, RuntimeError) as e:  # disk full, read-only folder: SQLite still holds everything
                 raise StoreError(f"cannot save the FAISS index {name!r} in {self.index_dir}: {e}. SQLite holds every "
                                  "person, so nothing is lost; free disk space, then run the same command again (or "
@@ -524,8 +548,11 @@ class Store:
             except (IndexMissingError, IndexCorruptError) as e:
                 problem = Problem(f"index {name}", str(e))
             else:
+                stale = self._newer_than_sqlite(manifest)
                 if manifest.get("space") != fp:
                     problem = Problem(f"index {name}", f"built for space {manifest.get('space')}, store space is {fp}")
+                elif stale:
+                    problem = Problem(f"index {name}", stale)
                 else:
                     have = idx.ids()
                     extra, missing = np.setdiff1d(have, db_ids), np.setdiff1d(db_ids, have)

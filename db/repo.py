@@ -3,6 +3,7 @@ every value is a bound parameter."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -14,7 +15,20 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -723,6 +737,24 @@ def id_stats(s: Session, upto_id: int) -> tuple[int, int]:
     """(number of persons, largest id) among the ids <= upto_id."""
     n, largest = s.execute(select(func.count(Person.id), func.max(Person.id)).where(Person.id <= upto_id)).one()
     return int(n or 0), int(largest if largest is not None else -1)
+
+
+_SEQUENCE = Table("sqlite_sequence", MetaData(), Column("name", String), Column("seq", Integer))
+
+
+def person_sequence(s: Session) -> int:
+    """The largest person id SQLite ever handed out (AUTOINCREMENT's counter; rolled back only with lost
+    transactions), or -1."""
+    seq = s.execute(select(_SEQUENCE.c.seq).where(_SEQUENCE.c.name == Person.__tablename__)).scalar()
+    return int(seq) if seq is not None else -1
+
+
+def person_digest(s: Session, person_id: int) -> str | None:
+    """A short hash of a person's stored vectors (None when there is no such person): tells a reused id apart."""
+    row = s.execute(select(Person.visual, Person.pasta, Person.verbs).where(Person.id == int(person_id))).first()
+    if row is None:
+        return None
+    return hashlib.sha256(b"|".join(row)).hexdigest()[:16]
 
 
 def counts(s: Session) -> dict[str, int]:

@@ -731,3 +731,46 @@ def test_query_inputs_are_bounded(tmp_path, monkeypatch, tiny_clip_dir, tiny_ber
     assert ghostscript == [] and pillow_limit == Image.MAX_IMAGE_PIXELS  # Pillow's own guard left on
     code, out, _ = run_main("search", "--text", "hand: hold", "-k", "10000", "--json", *d)
     assert code == 0 and len(json.loads(out)["results"]) == 3
+
+
+# ------------------------------------------------------------------ power loss
+
+
+@pytest.mark.parametrize("reused", [1, 2])  # ids handed out again after the loss: fewer than lost / as many
+def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(tmp_path, reused, reliability):
+    """An OS crash or power cut can take SQLite's last transactions while the (fsynced) index files keep the
+    persons they held; the ids are then handed out again to other persons."""
+    from helpers import media, random_person, writable_store
+
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    store = writable_store(data)
+    store.write([media(f"/m/{i}.jpg", [random_person(rng)]) for i in range(4)])
+    store.close()
+    lost_view = (data / "a2v.sqlite").read_bytes()  # SQLite as the power cut will leave it
+    store = writable_store(data)
+    store.write([media(f"/m/lost{i}.jpg", [random_person(rng)]) for i in range(2)])  # ids 5, 6; index saved
+    store.close()
+    (data / "a2v.sqlite").write_bytes(lost_view)
+    for leftover in ("a2v.sqlite-wal", "a2v.sqlite-shm"):
+        (data / leftover).unlink(missing_ok=True)
+    store = writable_store(data)  # a writer that committed new persons and died before saving the index
+    fresh = [random_person(rng) for _ in range(reused)]
+    with store.db.session() as s:
+        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)])
+    store.close(save=False)
+    assert ids.tolist() == [5, 6][:reused]  # the ids of the lost persons, handed out again
+    report = Store(data).check()
+    assert [p.what for p in report.problems] == ["index visual", "index language"]
+    assert all("lost its last transactions" in p.detail for p in report.problems)
+    reader = Store(data)
+    assert all(idx.ids().tolist() == list(range(1, 5 + reused)) for idx in reader.indexes().values())
+    for pid, p in zip(ids, fresh, strict=True):
+        hit = Searcher(reader).search({"visual": p.visual}, {"visual": 1.0}, k=1)[0]
+        assert hit.person_id == pid and hit.score == pytest.approx(1.0, abs=2e-3)
+    reader.close()
+    fixer = Store(data).lock("doctor --repair")
+    assert fixer.check(repair=True).ok
+    fixer.close()
+    assert Store(data).check().problems == []
+    reliability["faults"] += 1
