@@ -59,10 +59,13 @@ class ImportReport:
 class A2VSearch:
     """A store and its models. Use :meth:`open`; close with :meth:`close` or a ``with`` block."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | None = None,
-                 checkpoint: str | None = None, trust_checkpoint: bool = False, text_model: str | None = None,
-                 device: str | None = None, detector: str | None = None,
-                 detector_options: DetectorOptions | None = None, precision: str = "auto", compile: str = "off"):
+    def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
+                 checkpoint: str | os.PathLike | None = None, trust_checkpoint: bool = False,
+                 text_model: str | os.PathLike | None = None, device: str | None = None,
+                 detector: str | os.PathLike | None = None, detector_options: DetectorOptions | None = None,
+                 precision: str = "auto", compile: str = "off"):
+        model, checkpoint, text_model, detector = (os.fspath(v) if isinstance(v, os.PathLike) else v
+                                                   for v in (model, checkpoint, text_model, detector))
         self.settings = Settings.resolve(data_dir=data_dir, device=device, text_model=text_model, detector=detector)
         self.data_dir = self.settings.data_dir
         given = Settings.given(model=model, text_model=text_model, detector=detector)

@@ -30,6 +30,7 @@ from .files import (
     next_generation,
     orphan_files,
     read_manifest_file,
+    temp_file,
     write_json_atomic,
 )
 from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST, choose_spec, default_nprobe
@@ -524,9 +525,11 @@ class VectorIndex:
         folder.mkdir(parents=True, exist_ok=True)
         gen = next_generation(folder, name)
         final = folder / generation_file_name(name, gen)
-        tmp = final.with_name(final.name + TMP_SUFFIX)
+        fd, tmp = temp_file(final)
         try:
-            faiss.write_index(self._index, str(tmp))  # always the CPU index (staging index while untrained)
+            with open(fd, "wb") as f:  # always the CPU index (staging index while untrained)
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))
+            os.chmod(tmp, 0o644)
             size, sha = fsync_and_hash(tmp)
             os.replace(tmp, final)
         except BaseException:

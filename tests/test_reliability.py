@@ -774,3 +774,76 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     fixer.close()
     assert Store(data).check().problems == []
     reliability["faults"] += 1
+
+
+# ------------------------------------------------------------------ small ones
+
+
+def test_torch_floor_is_one_whose_weights_only_load_holds():
+    """torch < 2.6 has a bypassable weights_only=True; the project must not allow it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [torch_req] = [Requirement(d) for d in deps if Requirement(d).name == "torch"]
+    assert not torch_req.specifier.contains("2.5.1") and torch_req.specifier.contains("2.6.0")
+    import torch
+
+    assert Version(torch.__version__.split("+")[0]) >= Version("2.6")
+
+
+def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
+    from a2v_search.lock import WriteLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.symlink(victim, data / "write.lock")
+    with pytest.raises(StoreError, match="symbolic link"):
+        WriteLock(data, "ingest").acquire()
+    assert victim.read_text() == "precious"
+
+
+def test_temp_files_have_unpredictable_names(tmp_path):
+    """Links planted at the temp names an index save would use (old: `visual.json.tmp`, `visual.1.faiss.tmp`)
+    are never written through."""
+    from helpers import media, random_person, writable_store
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    data = tmp_path / "data"
+    (data / "index").mkdir(parents=True)
+    for name in INDEX_NAMES:
+        for planted in (f"{name}.json.tmp", f"{name}.1.faiss.tmp"):
+            os.symlink(victim, data / "index" / planted)
+    store = writable_store(data)
+    store.write([media("/m/a.jpg", [random_person(np.random.default_rng(0))])])
+    store.close()
+    assert victim.read_text() == "precious"
+    assert Store(data).check().counts["persons"] == 1
+
+
+def test_the_python_api_takes_path_objects(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    from a2v_search.api import A2VSearch
+
+    write_images(tmp_path / "in", 2)
+    with A2VSearch.open(tmp_path / "data", model=Path(tiny_clip_dir), text_model=Path(tiny_bert_dir),
+                        detector="none", device="cpu") as api:
+        assert api.ingest([tmp_path / "in"], workers=0).persons_added == 2
+        assert len(api.search_text("hand: hold", k=5)) == 2
+    with A2VSearch.open(tmp_path / "data", text_model=Path(tiny_bert_dir)) as api:  # the store's own, as a Path
+        assert len(api.search_image(tmp_path / "in" / "img000.png", k=1)) == 1
+
+
+def test_failures_show_paths_one_way(tmp_path, monkeypatch):
+    write_images(tmp_path / "in", 1)
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)  # fails at decode
+    monkeypatch.chdir(tmp_path)
+    report = ingest(tmp_path / "data", [Path("in"), Path("missing.jpg")])
+    stages = {Path(f["path"]).name: (f["stage"], f["path"]) for f in report.failures}
+    assert stages["bad.png"][0] == "decode" and stages["missing.jpg"][0] == "discover"
+    assert stages["bad.png"][1] == str(tmp_path / "in" / "bad.png")
+    assert stages["missing.jpg"][1] == str(tmp_path / "missing.jpg")

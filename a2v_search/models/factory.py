@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -129,6 +130,7 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
     """
     quiet_transformers()
     spec = spec or ModelSpec()
+    spec = replace(spec, **{k: os.fspath(v) for k, v in asdict(spec).items() if isinstance(v, os.PathLike)})
     dev = device if isinstance(device, torch.device) else get_device(device)
     vision = heads = None
     preprocess: Preprocess | None = None
