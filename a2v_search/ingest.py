@@ -194,7 +194,8 @@ class Ingestor:
         try:
             it = iter(tasks)
             for p, task in it:
-                window.append((p, task, pool.submit(decode, task)))
+                fut, pool = _submit(pool, task, window)
+                window.append((p, task, fut))
                 if len(window) >= workers * 4:
                     break
             while window:
@@ -204,21 +205,19 @@ class Ingestor:
                 fault_point("decode")
                 nxt = next(it, None)
                 if nxt is not None:
-                    window.append((*nxt, pool.submit(decode, nxt[1])))
+                    fut, pool = _submit(pool, nxt[1], window)
+                    window.append((*nxt, fut))
                 yield p, result
         finally:
             pool.shutdown(cancel_futures=True)
 
     def _result(self, fut: Future, task: DecodeTask, pool: ProcessPoolExecutor, window: deque):
-        """A decode result; if a worker crashed (hostile file), retry each in-flight file in isolation."""
+        """A decode result; if a worker crashed (hostile file), retry that file in isolation and the other
+        in-flight files in a new pool."""
         try:
             return fut.result(), pool
         except BrokenProcessPool:
-            pool.shutdown(cancel_futures=True)
-            pool = ProcessPoolExecutor(max_workers=len(window) + 1 or 1, mp_context=mp.get_context("spawn"))
-            for i, (p, t, _) in enumerate(list(window)):
-                window[i] = (p, t, pool.submit(decode, t))
-            return _isolated(task), pool
+            return _isolated(task), _renew(pool, window)
 
     # ------------------------------------------------------------------ per file
 
@@ -428,6 +427,24 @@ class _Timer:
 
     def __exit__(self, *exc):
         self.stages[self.name] += time.perf_counter() - self.t
+
+
+def _renew(pool: ProcessPoolExecutor, window: deque) -> ProcessPoolExecutor:
+    """A new pool in place of one a dead worker broke, with the in-flight files of ``window`` resubmitted."""
+    pool.shutdown(cancel_futures=True)
+    pool = ProcessPoolExecutor(max_workers=len(window) + 1, mp_context=mp.get_context("spawn"))
+    for i, (p, t, _) in enumerate(list(window)):
+        window[i] = (p, t, pool.submit(decode, t))
+    return pool
+
+
+def _submit(pool: ProcessPoolExecutor, task: DecodeTask, window: deque) -> tuple[Future, ProcessPoolExecutor]:
+    """Submit a decode; a worker may have died since the last result, breaking the pool: renew it first."""
+    try:
+        return pool.submit(decode, task), pool
+    except BrokenProcessPool:
+        pool = _renew(pool, window)
+        return pool.submit(decode, task), pool
 
 
 def _isolated(task: DecodeTask) -> DecodeResult:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .faults import fault_point
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 from .preprocess import Preprocess, check_box
 
@@ -236,6 +237,7 @@ def decode(task: DecodeTask) -> DecodeResult:
     """Decode one file (or video segment) into person crops, or frames for a detector. Never raises: problems
     come back as ``error``."""
     t0 = time.perf_counter()
+    fault_point("decode_worker")  # reliability tests kill decode worker processes here (A2V_FAULT in their env)
     res = DecodeResult(path=task.path, kind=task.kind)
     try:
         if task.want_hash:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +50,13 @@ MIN_TRAIN_OTHER = 1_000
 EXACT_BLOCK = 16_384
 HNSW_EF_SEARCH = 64
 _GPU_MAX_K = 2048
+
+
+def _older_than(path: Path, t: float) -> bool:
+    try:
+        return path.stat().st_mtime < t
+    except OSError:
+        return False
 
 
 def _try_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -523,6 +531,7 @@ class VectorIndex:
             raise InputError(f"manifest must be JSON-serialisable: {exc}") from None
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         gen = next_generation(folder, name)
         final = folder / generation_file_name(name, gen)
         fd, tmp = temp_file(final)
@@ -546,7 +555,9 @@ class VectorIndex:
         write_json_atomic(manifest_path(folder, name), doc)
         for path in orphan_files(folder, name):
             gen_of = generation_of(path.name, name)
-            if gen_of is not None and gen_of < gen:  # older generations only; never a concurrent writer's newer file
+            # older generations only, never a newer file of a concurrent writer; and temp manifests that a
+            # killed save left behind (written before this save began)
+            if (gen_of is not None and gen_of < gen) or (gen_of is None and _older_than(path, started)):
                 path.unlink(missing_ok=True)
 
     @classmethod
