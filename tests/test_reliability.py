@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import time
@@ -99,6 +100,7 @@ KILL_POINTS = ["decode", "encode", "after_commit", "index_save", "manifest_write
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.guarantee("G1")
 def test_crash_matrix(tmp_path, point, reliability):
     inputs = write_images(tmp_path / "in", N_FILES)
     for hit in (1, 2, 4):  # repeated trials: early, middle, late in the run
@@ -115,6 +117,7 @@ def test_crash_matrix(tmp_path, point, reliability):
         reliability["records checked"] += len(inputs)
 
 
+@pytest.mark.guarantee("G2")
 def test_killed_decode_workers_cost_no_file(tmp_path, reliability):
     """Decode worker processes SIGKILLed at their 2nd (3rd) file: the run goes on, every file stored once."""
     inputs = write_images(tmp_path / "in", N_FILES)
@@ -132,6 +135,7 @@ def test_killed_decode_workers_cost_no_file(tmp_path, reliability):
         reliability["records checked"] += len(inputs)
 
 
+@pytest.mark.guarantee("G3")
 def test_kill_during_index_save_keeps_the_old_pair_and_doctor_cleans_up(tmp_path, reliability):
     write_images(tmp_path / "in", 4)
     data = tmp_path / "data"
@@ -158,6 +162,7 @@ def test_kill_during_index_save_keeps_the_old_pair_and_doctor_cleans_up(tmp_path
 # ------------------------------------------------------------------ disk and I/O faults
 
 
+@pytest.mark.guarantee("G4")
 def test_full_disk_gives_one_clear_error_and_loses_nothing(tmp_path, reliability):
     write_images(tmp_path / "in", 6)
     data = tmp_path / "data"
@@ -182,6 +187,7 @@ def test_full_disk_gives_one_clear_error_and_loses_nothing(tmp_path, reliability
     assert_exactly_once(data, 36)
 
 
+@pytest.mark.guarantee("G5")
 def test_failed_index_save_is_reported_and_recovered(tmp_path, reliability):
     """The index folder cannot be written (a real EPERM/EACCES from the kernel, not a replaced function): the
     ingest commits to SQLite, then fails with one error that says nothing is lost; the rerun completes."""
@@ -204,6 +210,7 @@ def test_failed_index_save_is_reported_and_recovered(tmp_path, reliability):
 # ------------------------------------------------------------------ concurrent use
 
 
+@pytest.mark.guarantee("G9", "G10")
 def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, reliability):
     """The ingest (a forked child) stops after each of its first SYNCS commits until the parent has searched:
     every search then sees exactly the persons committed so far, each with its media row. Between those points
@@ -287,6 +294,7 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
 # ------------------------------------------------------------------ hostile corpus
 
 
+@pytest.mark.guarantee("G11")
 def test_hostile_corpus_in_one_run(tmp_path, reliability):
     corpus = tmp_path / "corpus"
     good = write_images(corpus / "good", 4)
@@ -317,6 +325,7 @@ def test_hostile_corpus_in_one_run(tmp_path, reliability):
     reliability["hostile files"] += len(bad) + 3  # + deep folder, symlink loop, newline name
 
 
+@pytest.mark.guarantee("G12")
 def test_huge_boxes_files(tmp_path, reliability):
     paths = write_images(tmp_path / "in", 3)
     coco = {"images": [{"id": i, "file_name": p.name} for i, p in enumerate(paths)],
@@ -372,6 +381,7 @@ def string_built_sql(source: str) -> list[str]:
     return found
 
 
+@pytest.mark.guarantee("G20")
 def test_the_sql_scan_finds_every_way_of_building_sql():
     bad = ['conn.exec_driver_sql(f"SELECT * FROM {t}")', 'text("SELECT * FROM {}".format(t))',
            "s.execute(text('SELECT ' + col))", 'cur.execute("DELETE FROM t WHERE p = \'%s\'" % p)',
@@ -383,6 +393,7 @@ def test_the_sql_scan_finds_every_way_of_building_sql():
     assert [string_built_sql(src) for src in good] == [[]] * len(good)
 
 
+@pytest.mark.guarantee("G20")
 def test_no_sql_is_built_from_strings():
     """Every statement is SQLAlchemy constructs with bound parameters (or a literal); none is built from strings."""
     files = sorted(p for folder in ("db", "a2v_search", "index", "bench") for p in (ROOT / folder).rglob("*.py"))
@@ -391,6 +402,7 @@ def test_no_sql_is_built_from_strings():
     assert offenders == []
 
 
+@pytest.mark.guarantee("G20")
 def test_filters_and_texts_cannot_inject_or_execute(tmp_path):
     write_images(tmp_path / "in", 3)
     data = tmp_path / "data"
@@ -417,6 +429,7 @@ def test_filters_and_texts_cannot_inject_or_execute(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.guarantee("G22")
 def test_stored_paths_are_real_paths(tmp_path):
     [img] = write_images(tmp_path / "real", 1)
     (tmp_path / "links").mkdir()
@@ -429,6 +442,7 @@ def test_stored_paths_are_real_paths(tmp_path):
     store.close()
 
 
+@pytest.mark.guarantee("G22")
 def test_nothing_is_written_outside_the_data_directory(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir):
     from test_ingest import run_main
 
@@ -450,6 +464,7 @@ def test_nothing_is_written_outside_the_data_directory(tmp_path, monkeypatch, ti
     assert snapshot() == before
 
 
+@pytest.mark.guarantee("G17")
 def test_untrusted_pickle_never_runs_from_the_cli(tmp_path):
     from test_ingest import run_main
 
@@ -472,6 +487,7 @@ def test_untrusted_pickle_never_runs_from_the_cli(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.guarantee("G8")
 def test_doctor_and_repair_from_the_cli(tmp_path):
     from test_ingest import run_main
 
@@ -519,6 +535,7 @@ def _store_made_with(data: Path, checkpoint: Path, tiny_clip_dir: Path, tiny_ber
     store.close()
 
 
+@pytest.mark.guarantee("G17")
 def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir, tiny_bert_dir, reliability):
     """A crafted store that says trust_checkpoint=True, with a marker-writing pickle at its recorded checkpoint
     path: no command without --trust-checkpoint runs it; those that need the model say how to fix it."""
@@ -559,6 +576,7 @@ def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir,
     assert marker.exists()
 
 
+@pytest.mark.guarantee("G18")
 def test_a_file_swapped_in_at_the_recorded_checkpoint_path_is_refused_before_loading(tmp_path, tiny_clip_dir,
                                                                                      tiny_bert_dir):
     from test_ingest import run_main
@@ -617,6 +635,7 @@ def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
     assert {h.person_id: h.score for h in text_hits}[person_id] == 0.0
 
 
+@pytest.mark.guarantee("G13")
 def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliability):
     inputs = write_images(tmp_path / "in", 3)
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "in" / "idle.png")
@@ -645,6 +664,7 @@ def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliabi
     reliability["hostile files"] += 2
 
 
+@pytest.mark.guarantee("G14")
 def test_import_of_a_record_without_pasta_or_verbs_keeps_the_store_working(tmp_path, tiny_clip_dir, tiny_bert_dir):
     from a2v_search.api import A2VSearch
 
@@ -667,6 +687,7 @@ def test_import_of_a_record_without_pasta_or_verbs_keeps_the_store_working(tmp_p
     store.close()
 
 
+@pytest.mark.guarantee("G15")
 def test_a_store_already_holding_rows_without_direction_opens_searches_and_repairs(tmp_path, reliability):
     """Rows older code committed (zero probabilities) or that were damaged (NaN, a short blob): every open,
     search, doctor --repair and reindex works, with such a row as a zero vector."""
@@ -743,6 +764,7 @@ def read_only_folder(folder: Path):
                 p.chmod(p.stat().st_mode | 0o200)
 
 
+@pytest.mark.guarantee("G6")
 def test_a_read_only_store_answers_and_writers_fail_with_one_line(tmp_path, tiny_clip_dir, tiny_bert_dir,
                                                                   reliability):
     from test_ingest import run_main
@@ -789,6 +811,7 @@ def _png_header(path: Path, w: int, h: int) -> Path:
     return path
 
 
+@pytest.mark.guarantee("G19")
 def test_query_inputs_are_bounded(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir, reliability):
     from PIL import EpsImagePlugin
     from test_ingest import run_main
@@ -827,6 +850,7 @@ def test_query_inputs_are_bounded(tmp_path, monkeypatch, tiny_clip_dir, tiny_ber
 
 
 @pytest.mark.parametrize("reused", [1, 2])  # ids handed out again after the loss: fewer than lost / as many
+@pytest.mark.guarantee("G7")
 def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(tmp_path, reused, reliability):
     """An OS crash or power cut can take SQLite's last transactions while the (fsynced) index files keep the
     persons they held; the ids are then handed out again to other persons."""
@@ -869,6 +893,7 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
 # ------------------------------------------------------------------ small ones
 
 
+@pytest.mark.guarantee("G17")
 def test_torch_floor_is_one_whose_weights_only_load_holds():
     """torch < 2.6 has a bypassable weights_only=True; the project must not allow it."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -884,6 +909,7 @@ def test_torch_floor_is_one_whose_weights_only_load_holds():
     assert Version(torch.__version__.split("+")[0]) >= Version("2.6")
 
 
+@pytest.mark.guarantee("G21")
 def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
     from a2v_search.lock import WriteLock
 
@@ -897,6 +923,7 @@ def test_the_lock_file_is_never_opened_through_a_link(tmp_path):
     assert victim.read_text() == "precious"
 
 
+@pytest.mark.guarantee("G21")
 def test_temp_files_have_unpredictable_names(tmp_path):
     """Links planted at the temp names an index save would use (old: `visual.json.tmp`, `visual.1.faiss.tmp`)
     are never written through."""
@@ -916,6 +943,7 @@ def test_temp_files_have_unpredictable_names(tmp_path):
     assert Store(data).check().counts["persons"] == 1
 
 
+@pytest.mark.guarantee("G24")
 def test_the_python_api_takes_path_objects(tmp_path, tiny_clip_dir, tiny_bert_dir):
     from a2v_search.api import A2VSearch
 
@@ -928,6 +956,7 @@ def test_the_python_api_takes_path_objects(tmp_path, tiny_clip_dir, tiny_bert_di
         assert len(api.search_image(tmp_path / "in" / "img000.png", k=1)) == 1
 
 
+@pytest.mark.guarantee("G23")
 def test_failures_show_paths_one_way(tmp_path, monkeypatch):
     write_images(tmp_path / "in", 1)
     (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)  # fails at decode
@@ -937,3 +966,16 @@ def test_failures_show_paths_one_way(tmp_path, monkeypatch):
     assert stages["bad.png"][0] == "decode" and stages["missing.jpg"][0] == "discover"
     assert stages["bad.png"][1] == str(tmp_path / "in" / "bad.png")
     assert stages["missing.jpg"][1] == str(tmp_path / "missing.jpg")
+
+
+def test_every_guarantee_in_the_docs_is_held_by_a_test():
+    from conftest import guarantee_ids
+
+    ids = guarantee_ids()
+    assert sorted(ids, key=lambda g: int(g[1:])) == [f"G{i}" for i in range(1, len(ids) + 1)] and len(ids) >= 24
+    marked = set()
+    for py in (ROOT / "tests").glob("test_*.py"):
+        for args in re.findall(r"@pytest\.mark\.guarantee\(([^)]*)\)", py.read_text()):
+            marked.update(re.findall(r'"(G\d+)"', args))
+    assert sorted(set(ids) - marked, key=lambda g: int(g[1:])) == []
+    assert marked <= set(ids)  # no test claims a promise the docs do not make
