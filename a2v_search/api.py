@@ -139,7 +139,19 @@ class A2VSearch:
                 store.set_language(self._encoder.language)
         if store is not None:
             store.check_space(self._encoder.space)
+            if store.writable:
+                self._remember_checkpoint_folder(store)
         return self._encoder
+
+    def _remember_checkpoint_folder(self, store: Store) -> None:
+        """A writer given a converted (pickle-free) folder of the store's own checkpoint records its path, so later
+        commands load the folder without flags instead of the pickled file."""
+        from .models.checkpoint import is_own_checkpoint
+        from .models.factory import model_ref
+
+        flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
+        if flag and spec is not None and is_own_checkpoint(Path(flag)) and spec.get("checkpoint") != model_ref(flag):
+            store.record_spec({**spec, "checkpoint": model_ref(flag)})  # same identity: check_space passed
 
     def detector(self, name: str | None = None):
         """``none``, ``boxes:FILE`` or a detector model (loaded once). Default: the flag, else the detector the

@@ -186,6 +186,14 @@ class Store:
         self._language, self._space = language, row
         return row
 
+    def record_spec(self, spec: dict) -> None:
+        """Replace the model paths recorded with the space (writers; the vectors' identity is unchanged)."""
+        self._require_lock()
+        row = self.space_row()
+        with self.db.session() as s:
+            repo.set_space_config(s, row.id, {**json.loads(row.config), "spec": spec})
+        self._space = None
+
     def language(self) -> LanguageSpace:
         """The store's language space, from its stored matrices and recorded pooling (the text model loads only
         for free text)."""

@@ -342,6 +342,11 @@ def update_space(s: Session, space_id: int, fingerprint: str, config: dict) -> N
                                                                config=json.dumps(config, sort_keys=True)))
 
 
+def set_space_config(s: Session, space_id: int, config: dict) -> None:
+    """Replace a space's recorded configuration (model paths); its fingerprint fields never change."""
+    s.execute(update(Space).where(Space.id == space_id).values(config=json.dumps(config, sort_keys=True)))
+
+
 def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
     """The stored (93, D) and (157, D) language matrices of a space."""
     m_pasta = np.frombuffer(space.m_pasta, np.float32).reshape(N_PASTA, -1)

@@ -979,3 +979,32 @@ def test_every_guarantee_in_the_docs_is_held_by_a_test():
             marked.update(re.findall(r'"(G\d+)"', args))
     assert sorted(set(ids) - marked, key=lambda g: int(g[1:])) == []
     assert marked <= set(ids)  # no test claims a promise the docs do not make
+
+
+@pytest.mark.guarantee("G17")
+def test_a_converted_folder_given_once_to_a_writer_replaces_the_recorded_pickle(tmp_path, tiny_clip_dir,
+                                                                                tiny_bert_dir):
+    from test_ingest import run_main
+
+    from a2v_search.models.checkpoint import checkpoint_identity, save_checkpoint
+    from a2v_search.models.heads import PastaHeads
+
+    marker = tmp_path / "pwned"
+    evil = _marker_pickle(tmp_path / "ckpt_4.pth", marker)
+    folder = save_checkpoint(tmp_path / "converted", PastaHeads(dim_in=16, dim_hidden=8),
+                             backbone_ref=str(tiny_clip_dir), extra={"identity": checkpoint_identity(evil)})
+    [img, _] = write_images(tmp_path / "in", 2)
+    data = tmp_path / "data"
+    ingest_args = ["ingest", tmp_path / "in", "--data-dir", data, "--text-model", tiny_bert_dir, "--detector", "none",
+                   "--workers", "0"]
+    assert run_main(*ingest_args, "--checkpoint", folder)[0] == 0
+    store = Store(data).lock("test")  # now as a store made with `--checkpoint ckpt_4.pth --trust-checkpoint`
+    store.record_spec({**store.space()["spec"], "checkpoint": str(evil)})
+    store.close()
+    code, _, err = run_main("search", "--image", img, "--data-dir", data)
+    assert code == 1 and "convert-checkpoint" in err and not marker.exists()
+    assert run_main(*ingest_args, "--checkpoint", folder)[0] == 0  # a writer given the folder once...
+    for args in [("search", "--image", img), ("predict", img, "--detector", "none")]:  # ...and no flag after
+        code, _, err = run_main(*args, "--data-dir", data)
+        assert code == 0, (args, err)
+    assert not marker.exists()
