@@ -619,14 +619,14 @@ class IdleOrBrokenEncoder(StubEncoder):
 
 def _idle_language_is_zero(store: Store, person_id: int) -> None:
     with store.db.session() as s:
-        _, visual, pasta, verbs = repo.fetch_vectors(s, [person_id])
-    assert not np.any(store.vectors(visual, pasta, verbs)["language"])  # no language direction, by construction
+        v = repo.fetch_vectors(s, [person_id])
+    assert not np.any(store.vectors(v.visual, v.pasta, v.verbs)["language"])  # no language direction, by construction
 
 
 def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
     """An image query (visual + language) finds the idle person first; a text query runs and scores it 0."""
     with store.db.session() as s:
-        _, visual, _, _ = repo.fetch_vectors(s, [person_id])
+        visual = repo.fetch_vectors(s, [person_id]).visual
     lang_q = store.language().embed(np.full((1, 93), 0.5, np.float32), np.full((1, 157), 0.5, np.float32))[0]
     searcher = Searcher(store)
     hits = searcher.search({"visual": visual[0], "language": lang_q}, {"visual": 1.0, "language": 0.1}, k=3)
