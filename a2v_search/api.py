@@ -31,7 +31,7 @@ from .activity import ACTIVITY
 from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
-from .search import Searcher, SearchResult, make_filters, top_labels
+from .search import Searcher, SearchResult, check_page, check_text, make_filters, top_labels
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
 from .tracks import TOP_FRAMES
@@ -59,10 +59,13 @@ class ImportReport:
 class A2VSearch:
     """A store and its models. Use :meth:`open`; close with :meth:`close` or a ``with`` block."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | None = None,
-                 checkpoint: str | None = None, trust_checkpoint: bool = False, text_model: str | None = None,
-                 device: str | None = None, detector: str | None = None,
-                 detector_options: DetectorOptions | None = None, precision: str = "auto", compile: str = "off"):
+    def __init__(self, data_dir: str | os.PathLike | None = None, *, model: str | os.PathLike | None = None,
+                 checkpoint: str | os.PathLike | None = None, trust_checkpoint: bool = False,
+                 text_model: str | os.PathLike | None = None, device: str | None = None,
+                 detector: str | os.PathLike | None = None, detector_options: DetectorOptions | None = None,
+                 precision: str = "auto", compile: str = "off"):
+        model, checkpoint, text_model, detector = (os.fspath(v) if isinstance(v, os.PathLike) else v
+                                                   for v in (model, checkpoint, text_model, detector))
         self.settings = Settings.resolve(data_dir=data_dir, device=device, text_model=text_model, detector=detector)
         self.data_dir = self.settings.data_dir
         given = Settings.given(model=model, text_model=text_model, detector=detector)
@@ -102,7 +105,8 @@ class A2VSearch:
         from .models import ModelSpec
         from .models.factory import model_ref
 
-        stored = (store.space() or {}).get("spec") if store is not None else None
+        space = (store.space() or {}) if store is not None else {}
+        stored = space.get("spec")
         f = self._flags
         if stored is None:
             return ModelSpec(model=f["model"], checkpoint=f["checkpoint"], trust_checkpoint=self._trust,
@@ -112,17 +116,13 @@ class A2VSearch:
                 raise SpaceMismatchError(
                     f"--{key.replace('_', '-')} {f[key]} contradicts this store, whose vectors were made with "
                     f"{stored[key]}; omit the flag to use the store's models, or use another --data-dir")
-        if f["checkpoint"] and f["checkpoint"] != stored.get("checkpoint"):
-            from .models.checkpoint import checkpoint_identity
-
-            heads = (store.space() or {}).get("heads")
-            if Path(f["checkpoint"]).exists() and f"checkpoint:{checkpoint_identity(Path(f['checkpoint']))}" != heads:
-                raise SpaceMismatchError(f"--checkpoint {f['checkpoint']} contradicts this store, whose PaSta comes "
-                                         f"from {heads}; omit the flag, or use another --data-dir")
-        return ModelSpec(model=f["model"] or stored.get("model"),
+        spec = ModelSpec(model=f["model"] or stored.get("model"),
                          checkpoint=f["checkpoint"] or stored.get("checkpoint"),
-                         trust_checkpoint=self._trust or bool(stored.get("trust_checkpoint")),
+                         trust_checkpoint=self._trust,  # consent is this process's flag, never the store's
                          text_model=f["text_model"] or stored.get("text_model") or self._default_text_model)
+        _check_recorded_identity(spec.checkpoint, space.get("heads"), "checkpoint", bool(f["checkpoint"]))
+        _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
+        return spec
 
     def encoder(self, store: Store | None = None, standalone: bool = False):
         """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
@@ -139,7 +139,19 @@ class A2VSearch:
                 store.set_language(self._encoder.language)
         if store is not None:
             store.check_space(self._encoder.space)
+            if store.writable:
+                self._remember_checkpoint_folder(store)
         return self._encoder
+
+    def _remember_checkpoint_folder(self, store: Store) -> None:
+        """A writer given a converted (pickle-free) folder of the store's own checkpoint records its path, so later
+        commands load the folder without flags instead of the pickled file."""
+        from .models.checkpoint import is_own_checkpoint
+        from .models.factory import model_ref
+
+        flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
+        if flag and spec is not None and is_own_checkpoint(Path(flag)) and spec.get("checkpoint") != model_ref(flag):
+            store.record_spec({**spec, "checkpoint": model_ref(flag)})  # same identity: check_space passed
 
     def detector(self, name: str | None = None):
         """``none``, ``boxes:FILE`` or a detector model (loaded once). Default: the flag, else the detector the
@@ -324,6 +336,8 @@ class A2VSearch:
 
         Every search takes ``group="track"``: one hit per video moment (a track; see :class:`search.Moment`), scored
         by the mean of its best ``moment_frames`` frame scores (1: its best frame)."""
+        check_text(text)
+        check_page(k, offset)
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
@@ -343,8 +357,8 @@ class A2VSearch:
                          per_media: bool = False, min_score: float | None = None, group: str | None = None,
                          moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons whose CLIP visual embedding matches a text through CLIP's text tower."""
-        if not text or not text.strip():
-            raise QueryError("the query text is empty")
+        check_text(text)
+        check_page(k, offset)
         store = self._open_reader()
         vec = self.encoder(store).clip_text([text])[0]
         filters = make_filters(collection, path, kind, where)
@@ -360,6 +374,7 @@ class A2VSearch:
                      moment_frames: int = TOP_FRAMES) -> SearchResult:
         """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
         ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads)."""
+        check_page(k, offset)
         store = self._open_reader()
         img = _query_image(image)
         boxes = self._query_boxes(img, box, detector)
@@ -536,6 +551,27 @@ class A2VSearch:
 def _filters(collection, path, kind, where):
     filters = make_filters(collection, path, kind, where)
     return None if filters.empty() else filters
+
+
+def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, flagged: bool) -> None:
+    """A checkpoint (or OpenAI state dict) file must be the one the store recorded (``kind:identity``), checked
+    by content before anything in it is read: a file swapped in at the recorded path is refused."""
+    flag = "--checkpoint" if kind == "checkpoint" else "--model"
+    if not path or not recorded or not Path(path).exists():
+        return
+    if not recorded.startswith(f"{kind}:"):
+        if flagged and kind == "checkpoint":
+            raise SpaceMismatchError(f"--checkpoint {path} contradicts this store, whose PaSta comes from {recorded}; "
+                                     "omit the flag, or use another --data-dir")
+        return
+    from .models.checkpoint import checkpoint_identity
+
+    got = checkpoint_identity(Path(path))
+    if got != recorded.split(":", 1)[1]:
+        what = f"{flag} {path}" if flagged else f"the file at this store's recorded path {path}"
+        raise SpaceMismatchError(f"{what} is not the one this store's vectors were made with (content identity "
+                                 f"{got}, store has {recorded}); pass {flag} with the original file (or its "
+                                 "converted folder), or use another --data-dir")
 
 
 def _weights(weights) -> dict[str, float]:

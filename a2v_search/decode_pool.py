@@ -89,7 +89,12 @@ class DecodePool:
         return number, self._pool.submit(_decode_numbered, number, task)
 
     def put(self, key: Any, task: DecodeTask) -> None:
-        self._queue.append((key, task, *self._submit(task)))
+        try:
+            submitted = self._submit(task)
+        except BrokenProcessPool:  # a worker died since the last result (killed, or crashed on a file): renew
+            self._restart()
+            submitted = self._submit(task)
+        self._queue.append((key, task, *submitted))
 
     def take(self) -> tuple[Any, DecodeResult]:
         """The oldest task's result (or its failure: a crash, or longer than ``timeout``)."""

@@ -363,6 +363,13 @@ class Ingestor:
 
     def _complete(self, p: _Pending) -> None:
         p.dropped = True  # nothing more to do for it
+        dim = self.store.space_row().visual_dim
+        problems = [(j, why) for j, person in enumerate(p.persons) if (why := repo.person_problem(person, dim))]
+        if problems:  # checked before the commit, so one bad model output never reaches SQLite
+            j, why = problems[0]
+            self._note_failure(p.cand.path, "encode", f"person {j}: {why}")
+            self._file_done()
+            return
         self._write_q.append(self._media_row(p))
         self.report.media_ingested += 1
         self._file_done()
@@ -484,8 +491,10 @@ class Ingestor:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _note_failure(self, path: str, stage: str, reason: str) -> None:
-        self._failures.append((path, stage, reason))
+    def _note_failure(self, path: str, stage: str, reason: str, record: bool = True) -> None:
+        path = os.path.abspath(path)  # one form for every stage: discovery sees names as given, decoding real paths
+        if record:
+            self._failures.append((path, stage, reason))
         self.report.failures.append({"path": path, "stage": stage, "error": reason})
         log.debug("failed %s at %s: %s", path, stage, reason)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -19,9 +20,12 @@ class WriteLock:
         self._fd: int | None = None
 
     def acquire(self) -> WriteLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink: a planted link must not make us truncate and write another file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StoreError(f"the lock file {self.path} is a symbolic link; remove it (a2v-search never "
+                                 "follows links there)") from e
             raise StoreError(f"cannot create the lock file {self.path}: {e.strerror}; is the data directory "
                              "writable?") from e
         try:

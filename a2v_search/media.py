@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
-from .faults import hang_point
+from .faults import fault_point, hang_point
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 from .preprocess import Preprocess, check_box
 
@@ -33,6 +34,8 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
 LIST_EXTS = {".txt", ".lst", ".list"}
 DEFAULT_MAX_PIXELS = 100_000_000
 GPU_JPEG_MAX_BYTES = 64 << 20  # larger JPEG files are decoded by the CPU path (streamed, not sent whole)
+#: the Pillow decoders images go through, at ingest and for query images (what sniff() recognises)
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 DETECT_MAX_SIDE = 1333  # frames handed to a detector model are at most this large (boxes are scaled back)
 
 Failure = tuple[str, str, str]  # (path, stage, reason)
@@ -362,6 +365,7 @@ def decode(task: DecodeTask) -> DecodeResult:
     """Decode one file (or video segment) into person crops, or frames for a detector. Never raises: problems
     come back as ``error``."""
     t0 = time.perf_counter()
+    fault_point("decode_worker")  # reliability tests kill decode worker processes here (A2V_FAULT in their env)
     res = DecodeResult(path=task.path, kind=task.kind)
     try:
         hang_point(task.path)
@@ -392,24 +396,31 @@ class DecodeError(InputError):
 
 
 def load_image(path: str | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image (a path or a binary file object) as upright RGB (first frame of animations), refusing more than
-    ``max_pixels``."""
-    Image.MAX_IMAGE_PIXELS = None  # our own guard below gives the clearer message
-    try:
-        img = Image.open(path)
-    except Image.UnidentifiedImageError:
-        raise DecodeError("decode", "not a decodable image (unknown or corrupt format)") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        raise DecodeError("decode", f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                                     "(a decompression bomb?); raise --max-pixels if it is genuine")
-    if w == 0 or h == 0:
-        raise DecodeError("decode", "image has no pixels")
-    try:
-        img.seek(0)
-        img.load()
-    except OSError as e:
-        raise DecodeError("decode", f"corrupt or truncated image ({e})") from None
+    """Open an image (a path or a binary file object) as upright RGB (first frame of animations), refusing more
+    than ``max_pixels`` and any format but IMAGE_FORMATS (so no PostScript ever reaches Ghostscript). Pillow's own
+    bomb guard stays on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our guard below says it more clearly
+        try:
+            img = Image.open(path, formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError as e:
+            raise DecodeError("decode", f"{e} (a decompression bomb?)") from None
+        except Image.UnidentifiedImageError:
+            raise DecodeError("decode", "not a decodable image (unknown or corrupt format; supported: "
+                                        f"{', '.join(IMAGE_FORMATS)})") from None
+        w, h = img.size
+        if w * h > max_pixels:
+            raise DecodeError("decode", f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                                         "(a decompression bomb?); raise --max-pixels if it is genuine")
+        if w == 0 or h == 0:
+            raise DecodeError("decode", "image has no pixels")
+        try:
+            img.seek(0)
+            img.load()
+        except Image.DecompressionBombError as e:
+            raise DecodeError("decode", f"{e} (a decompression bomb?)") from None
+        except OSError as e:
+            raise DecodeError("decode", f"corrupt or truncated image ({e})") from None
     img = ImageOps.exif_transpose(img) or img
     return to_rgb(img)
 

@@ -29,6 +29,9 @@ from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
 MIN_POOL = 256  # candidates per index for fused queries
+MAX_K = 10_000  # results per query
+MAX_DEPTH = 100_000  # offset + k: deeper pages cost memory and time for nothing a person reads
+MAX_QUERY_CHARS = 2_000  # query texts
 EXTRA = 16  # extra candidates when one exact index ranks alone (ties at the cut)
 TOP = 5
 GROUPS = ("track",)
@@ -110,6 +113,24 @@ def top_labels(probs: np.ndarray, names: tuple[str, ...], n: int = TOP, skip: tu
     return [(names[i], float(probs[i])) for i in order]
 
 
+def check_page(k: int, offset: int) -> None:
+    """-k and --offset within bounds (QueryError naming them otherwise); checked before any work."""
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+        raise QueryError(f"-k must be a whole number from 1 to {MAX_K:,}, not {k!r}")
+    if not isinstance(offset, (int, np.integer)) or offset < 0 or offset + k > MAX_DEPTH:
+        raise QueryError(f"--offset must be >= 0 with --offset + -k at most {MAX_DEPTH:,} (got {offset!r} + {k!r}); "
+                         "narrow the query with filters (--collection, --path, --where) instead of paging deeper")
+
+
+def check_text(text: str) -> str:
+    """A query text that is a non-empty string of at most MAX_QUERY_CHARS characters."""
+    if not isinstance(text, str) or not text.strip():
+        raise QueryError("the query text is empty")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"the query text has {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are read")
+    return text
+
+
 def exact_scores(spec: str) -> bool:
     """True for FAISS index types that keep the vectors themselves (Flat, IVF..,Flat, HNSW), so their scores are
     the exact cosines; False for quantised ones (SQ, PQ, ...), whose candidates are re-scored from SQLite."""
@@ -159,8 +180,7 @@ class Searcher:
         """Top ``k`` persons (or moments, with ``group="track"``, scored by the mean of their best
         ``moment_frames`` frames; 1 = the max) after ``offset`` for query vectors (one per space name) with their
         weights."""
-        if k < 1 or offset < 0:
-            raise QueryError("-k must be >= 1 and --offset >= 0")
+        check_page(k, offset)
         if group is not None and group not in GROUPS:
             raise QueryError(f"--group must be one of {', '.join(GROUPS)}, not {group!r}")
         if moment_frames < 1:
@@ -168,6 +188,11 @@ class Searcher:
         weights = {n: float(w) for n, w in weights.items() if w and n in vectors}
         if not weights:
             raise QueryError("the query has no space with a positive weight (--weights VISUAL,LANGUAGE)")
+        # a query without a direction in a space (an idle person's language vector) scores 0 there for everyone
+        weights = {n: w for n, w in weights.items() if np.all(np.isfinite(vectors[n])) and np.any(vectors[n])}
+        if not weights:
+            raise QueryError("the query has no direction in any space it is weighted in (its vectors are zero); "
+                             "give another query or change --weights VISUAL,LANGUAGE")
         if self.store.space_row() is None:
             raise QueryError(f"the store at {self.store.data_dir} is empty; ingest something first")
         if ACTIVITY in weights and self.store.activity_problem():
@@ -275,15 +300,8 @@ class Searcher:
         pids = stored.ids
         if not len(pids):
             return []
-        cos = {}
-        if "visual" in weights:
-            cos["visual"] = stored.visual @ np.asarray(vectors["visual"], np.float32)
-        if "language" in weights:
-            lang = self.store.language().embed(stored.pasta, stored.verbs)
-            cos["language"] = lang @ np.asarray(vectors["language"], np.float32)
-        if ACTIVITY in weights:
-            act = self.store.activity_vectors(stored.visual, stored.norms)
-            cos[ACTIVITY] = act @ np.asarray(vectors[ACTIVITY], np.float32)
+        vecs = self.store.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, names=tuple(weights))
+        cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)
         order = np.lexsort((pids, -score))
         return [(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]

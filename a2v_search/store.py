@@ -34,7 +34,7 @@ from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec
 from index.files import read_manifest_file
 
 from . import activity
-from .errors import LegacySpaceError, QueryError, SpaceMismatchError, StoreError
+from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
 from .models.language import LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
@@ -97,7 +97,7 @@ class Store:
         elif not (self.data_dir / DB_NAME).is_file():
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
-        self.db = Database(self.data_dir / DB_NAME, create=create)
+        self.db = Database(self.data_dir / DB_NAME, create=create, read_only=not create)  # readers never write
         self.index_dir = self.data_dir / INDEX_DIR
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
@@ -115,6 +115,9 @@ class Store:
         """Take the write lock (StoreLockedError if another writer holds it)."""
         if self._lock is None:
             self._lock = WriteLock(self.data_dir, what).acquire()
+            if self.db.read_only:  # opened as a reader: writing needs a read-write connection
+                self.db.close()
+                self.db = Database(self.data_dir / DB_NAME, create=False)
         return self
 
     @property
@@ -183,6 +186,14 @@ class Store:
             row = repo.add_space(s, space_fingerprint(config), config, language.m_pasta, language.m_verb)
         self._language, self._space = language, row
         return row
+
+    def record_spec(self, spec: dict) -> None:
+        """Replace the model paths recorded with the space (writers; the vectors' identity is unchanged)."""
+        self._require_lock()
+        row = self.space_row()
+        with self.db.session() as s:
+            repo.set_space_config(s, row.id, {**json.loads(row.config), "spec": spec})
+        self._space = None
 
     def language(self) -> LanguageSpace:
         """The store's language space, from its stored matrices and recorded pooling (the text model loads only
@@ -279,15 +290,30 @@ class Store:
 
     def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
                       norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
-        """The FAISS vectors of persons in the spaces ``names``, computed from the values SQLite stores (float16
-        vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are identical."""
-        v = repo.unf16(repo.f16(visual)).reshape(len(visual), -1) if len(visual) else np.asarray(visual, np.float32)
-        p = np.asarray(pasta, np.float16).astype(np.float32)
-        b = np.asarray(verbs, np.float16).astype(np.float32)
-        out = {"visual": np.ascontiguousarray(v, np.float32), "language": self.language().embed(p, b)}
+        """The FAISS vectors of new persons in the spaces ``names``, computed from the values SQLite stores
+        (float16 vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are
+        identical."""
+        return self.vectors(repo.unf16(repo.f16(visual)).reshape(len(visual), -1),
+                            np.asarray(pasta, np.float16).astype(np.float32),
+                            np.asarray(verbs, np.float16).astype(np.float32), norms, names)
+
+    def vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, norms: np.ndarray | None = None,
+                names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
+        """Vectors of persons in the spaces ``names`` from their stored values. A person without a direction in a
+        space (all-zero probabilities, or values that are damaged: NaN, wrong length) gets the zero vector there,
+        which scores 0 against every query; nothing here raises on a row."""
+        n, dim = len(visual), self.space_row().visual_dim
+        v = np.asarray(visual, np.float32)
+        v = _finite_rows(v) if v.shape == (n, dim) else np.zeros((n, dim), np.float32)
+        out = {}
+        if "visual" in names:
+            out["visual"] = np.ascontiguousarray(v)
+        if "language" in names:
+            out["language"] = _finite_rows(self.language().embed(_finite_rows(np.asarray(pasta, np.float32)),
+                                                                 _finite_rows(np.asarray(verbs, np.float32))))
         if activity.ACTIVITY in names:
-            out[activity.ACTIVITY] = self.activity_vectors(v, np.asarray(norms, np.float32))
-        return {n: out[n] for n in names}
+            out[activity.ACTIVITY] = _finite_rows(self.activity_vectors(v, np.asarray(norms, np.float32)))
+        return out
 
     def _space_dims(self, name: str) -> int:
         row = self.space_row()
@@ -349,6 +375,10 @@ class Store:
             raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
                                      f"{manifest.get('space')}, but this store's space is {fp}; rebuild it with "
                                      f"`python manage.py reindex --data-dir {self.data_dir}`")
+        stale = self._newer_than_sqlite(manifest)
+        if stale:
+            log.warning("FAISS index %r %s; rebuilding it from SQLite", name, stale)
+            return self._build_index(name)
         self._catch_up(name, idx, int(manifest["max_id"]))
         return idx
 
@@ -358,6 +388,23 @@ class Store:
         for name, idx in (self._indexes or {}).items():
             ids = idx.ids()
             self._catch_up(name, idx, int(ids.max()) if len(ids) else -1)
+
+    def _newer_than_sqlite(self, manifest: dict) -> str | None:
+        """Why an index holds persons SQLite lost (an OS crash or power cut took SQLite's last transactions
+        after the index was saved; their ids may since have been handed out again), or None."""
+        max_id, last = int(manifest.get("max_id", -1)), manifest.get("last")
+        if max_id < 0:
+            return None
+        with self.db.session() as s:
+            seq = repo.person_sequence(s)
+            digest = repo.person_digest(s, max_id) if last else None
+        if seq < max_id:
+            return (f"holds person ids up to {max_id} but SQLite has only ever handed out ids up to {seq} (SQLite "
+                    "lost its last transactions, e.g. in a power cut)")
+        if digest is not None and digest != last:
+            return (f"holds another person under id {max_id} than SQLite (SQLite lost its last transactions, e.g. "
+                    "in a power cut, and the id was used again)")
+        return None
 
     def _catch_up(self, name: str, idx: VectorIndex, max_id: int) -> None:
         """Remove persons deleted since the index was saved; add persons newer than it."""
@@ -382,11 +429,8 @@ class Store:
     def _add_from_db(self, s, name: str, idx: VectorIndex, after_id: int = -1, ids=None) -> int:
         n = 0
         for batch in repo.iter_vectors(s, after_id=after_id, ids=ids):
-            if name == activity.ACTIVITY:
-                vecs = self.activity_vectors(batch.visual, batch.norms)
-            else:
-                vecs = {"visual": batch.visual, "language": self.language().embed(batch.pasta, batch.verbs)}[name]
-            idx.add(batch.ids, vecs)
+            vecs = self.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, names=(name,))[name]
+            idx.add(batch.ids, vecs, allow_zero=True)
             n += len(batch.ids)
         return n
 
@@ -423,8 +467,11 @@ class Store:
             return
         self._maybe_grow()
         for name in sorted(self._dirty):
+            idx = self._indexes[name]
+            with self.db.session() as s:  # the newest person, to tell a reused id apart on the next open
+                last = repo.person_digest(s, int(idx.ids()[-1])) if idx.ntotal else None
             try:
-                self._indexes[name].save(self.index_dir, name, {"space": self.fingerprint})
+                idx.save(self.index_dir, name, {"space": self.fingerprint, "last": last})
             except (OSError, RuntimeError) as e:  # disk full, read-only folder: SQLite still holds everything
                 raise StoreError(f"cannot save the FAISS index {name!r} in {self.index_dir}: {e}. SQLite holds every "
                                  "person, so nothing is lost; free disk space, then run the same command again (or "
@@ -458,6 +505,20 @@ class Store:
         self._require_lock()
         row = self.space_row()
         indexes = self.indexes()
+        for m in items:  # every check before the commit: a row SQLite holds is a row FAISS takes
+            for j, p in enumerate(m.persons):
+                problem = repo.person_problem(p, row.visual_dim)
+                if problem:
+                    raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
+        persons = [p for m in items for p in m.persons]
+        add_to, vecs = tuple(indexes), None
+        if persons:
+            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
+            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
+                self._without_norm = None
+                add_to = tuple(n for n in indexes if n != activity.ACTIVITY)
+            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
+                                      np.stack([p.verbs for p in persons]), norms, names=add_to)
         with self.db.session() as s:
             _, ids, removed = repo.add_media(s, row.id, items)
             repo.clear_failures(s, [m.path for m in items])
@@ -465,16 +526,10 @@ class Store:
         if len(removed):
             for idx in indexes.values():
                 idx.remove(removed)
-        persons = [p for m in items for p in m.persons]
-        if persons:
-            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
-            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
-                self._without_norm = None
-                indexes = {n: idx for n, idx in indexes.items() if n != activity.ACTIVITY}
-            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
-                                      np.stack([p.verbs for p in persons]), norms, names=tuple(indexes))
+        indexes = {n: idx for n, idx in indexes.items() if n in add_to}
+        if vecs is not None:
             for name, idx in indexes.items():
-                idx.add(ids, vecs[name])
+                idx.add(ids, vecs[name], allow_zero=True)
         if len(ids) or len(removed):
             self._dirty.update(indexes)
         if self._without_norm and len(removed):
@@ -521,8 +576,11 @@ class Store:
             except (IndexMissingError, IndexCorruptError) as e:
                 problem = Problem(f"index {name}", str(e))
             else:
+                stale = self._newer_than_sqlite(manifest)
                 if manifest.get("space") != fp:
                     problem = Problem(f"index {name}", f"built for space {manifest.get('space')}, store space is {fp}")
+                elif stale:
+                    problem = Problem(f"index {name}", stale)
                 else:
                     have = idx.ids()
                     extra, missing = np.setdiff1d(have, db_ids), np.setdiff1d(db_ids, have)
@@ -560,6 +618,15 @@ def change_signature(data_dir: Path | str) -> tuple:
         except OSError:
             out.append(None)
     return tuple(out)
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` (n, d) with every row that holds a NaN or an infinity replaced by zeros."""
+    bad = ~np.all(np.isfinite(x), axis=1)
+    if bad.any():
+        x = x.copy()
+        x[bad] = 0.0
+    return x
 
 
 def _load_retrying(folder: Path, name: str, tries: int = 3) -> tuple[VectorIndex, dict]:

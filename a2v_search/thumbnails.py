@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 from PIL import Image, ImageDraw, ImageOps
 
 from .errors import InputError
-from .media import DEFAULT_MAX_PIXELS, DecodeError, to_rgb
+from .media import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, DecodeError, to_rgb
 
 BOX_COLOR = (230, 25, 75)
 BACKGROUND = (38, 41, 48)
@@ -23,9 +24,12 @@ CONTEXT = 1.2  # crop side = CONTEXT x the longer side of the box
 def open_scaled(path: str, need_scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, float]:
     """An image file as upright RGB, decoded at no less than ``need_scale`` of its size where the format allows
     (JPEG). Returns (image, scale): pixel coordinates of the file times ``scale`` are coordinates in the image."""
-    Image.MAX_IMAGE_PIXELS = None  # the guard below gives the clearer message
-    try:
-        img = Image.open(path)
+    try:  # the ingest allow-list of formats; Pillow's own bomb guard stays on (its warning is ours below)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise DecodeError("decode", f"{e} (a decompression bomb?)") from None
     except Image.UnidentifiedImageError:
         raise DecodeError("decode", "not a decodable image (unknown or corrupt format)") from None
     w, h = img.size

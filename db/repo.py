@@ -3,6 +3,7 @@ every value is a bound parameter."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -14,10 +15,24 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from a2v_search.errors import StoreError
 
@@ -68,6 +83,27 @@ class NewPerson:
     frame_index: int | None = None
     t_sec: float | None = None
     visual_norm: float | None = None  # norm of the tower output ``visual`` was normalised from
+
+
+def person_problem(p: NewPerson, visual_dim: int) -> str | None:
+    """Why a person cannot be stored (None when it can). Checked before anything is committed. A person whose
+    PaSta and verbs are all zero (or all "no interaction") is valid: it has no language direction, and scores 0
+    against text queries while image queries find it by its visual vector."""
+    arrays = {"pasta": (p.pasta, N_PASTA), "verbs": (p.verbs, N_VERBS), "parts": (p.parts, N_PARTS),
+              "visual": (p.visual, visual_dim)}
+    for name, (value, n) in arrays.items():
+        if value is None:
+            return f"{name} is missing"
+        arr = np.asarray(value, np.float32)
+        if arr.shape != (n,):
+            return f"{name} has shape {arr.shape}, expected ({n},)"
+        if not np.all(np.isfinite(arr)):
+            return f"{name} has non-finite values (NaN or infinity)"
+    if not np.any(unf16(f16(p.visual))):
+        return "visual is a zero vector (no direction to search by)"
+    if len(p.box) != 4 or not all(np.isfinite(float(v)) for v in p.box):
+        return "box must be four finite numbers"
+    return None
 
 
 @dataclass
@@ -141,17 +177,28 @@ class Filters:
 
 
 class Database:
-    """A SQLite file in WAL mode with foreign keys on, checked for its schema version."""
+    """A SQLite file in WAL mode with foreign keys on, checked for its schema version. ``read_only``: opened with
+    ``mode=ro`` (never written, no lock), or ``immutable=1`` where even that cannot open it (a folder or file
+    system the user cannot write, with no ``-shm`` file left)."""
 
-    def __init__(self, path: Path, create: bool = True):
+    def __init__(self, path: Path, create: bool = True, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only and not create
         if not create and not self.path.exists():
             raise StoreError(f"no store at {self.path.parent}: run `manage.py ingest PATH --data-dir "
                              f"{self.path.parent}` first")
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
-        event.listen(self.engine, "connect", _on_connect)
+        if self.read_only:
+            self.engine: Engine = create_engine("sqlite://", creator=lambda: _connect_read_only(self.path),
+                                                poolclass=QueuePool)
+            event.listen(self.engine, "connect", _on_connect_read_only)
+        else:
+            self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+            event.listen(self.engine, "connect", _on_connect)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
+            if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
+                with suppress(StoreError):
+                    Database(self.path, create=False).close()
             self._check_schema(create)
         except OperationalError as e:
             raise StoreError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data directory "
@@ -160,6 +207,13 @@ class Database:
             reason = getattr(e, "orig", e)
             raise StoreError(f"{self.path} is not a readable a2v-search database ({reason}); move it away and "
                              "ingest again, or restore a backup") from e
+
+    def _older_schema(self) -> bool:
+        with self.engine.connect() as conn:
+            if not conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE name='meta'").first():
+                return False
+            version = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+        return version is not None and can_upgrade(int(version), SCHEMA_VERSION)
 
     def _check_schema(self, create: bool) -> None:
         with self.engine.begin() as conn:
@@ -219,6 +273,29 @@ class Database:
         self.engine.dispose()
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro`` (sees the WAL), else ``immutable=1`` (a WAL database whose ``-shm``
+    cannot be created: only what was checkpointed into the main file is visible)."""
+    uri = Path(path).resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        log.warning("%s cannot be read without write access to %s; the store's last transactions may be missing "
+                    "from this read-only view", wal.name, wal.parent)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
+def _on_connect_read_only(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 def _on_connect(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     with suppress(sqlite3.OperationalError):  # read-only folder: readers still work on an existing WAL database
@@ -263,6 +340,11 @@ def update_space(s: Session, space_id: int, fingerprint: str, config: dict) -> N
     """Record a migrated space: its new fingerprint and configuration (the matrices stay)."""
     s.execute(update(Space).where(Space.id == space_id).values(fingerprint=fingerprint,
                                                                config=json.dumps(config, sort_keys=True)))
+
+
+def set_space_config(s: Session, space_id: int, config: dict) -> None:
+    """Replace a space's recorded configuration (model paths); its fingerprint fields never change."""
+    s.execute(update(Space).where(Space.id == space_id).values(config=json.dumps(config, sort_keys=True)))
 
 
 def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
@@ -480,14 +562,31 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
         for r in s.execute(q):
             rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                    height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
-                                   score=r[13], pasta=unf16(r[14]), verbs=unf16(r[15]), parts=unf16(r[16]),
-                                   visual=unf16(r[17]), visual_norm=r[18], track_id=r[19])
+                                   score=r[13], pasta=_fixed16(r[14], N_PASTA), verbs=_fixed16(r[15], N_VERBS),
+                                   parts=_fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
+                                   track_id=r[19])
     return [rows[i] for i in ids if i in rows]
 
 
-def _stack16(blobs: Sequence[bytes]) -> np.ndarray:
-    """Equal-length float16 blobs -> (n, d) float32, decoded in one go."""
-    return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), -1).astype(np.float32)
+def _fixed16(blob: bytes, n: int) -> np.ndarray:
+    """A float16 blob of ``n`` values -> (n,) float32; a damaged blob (another length) reads as zeros."""
+    return unf16(blob) if len(blob) == 2 * n else np.zeros(n, np.float32)
+
+
+def _stack16(blobs: Sequence[bytes], width: int | None = None) -> np.ndarray:
+    """float16 blobs -> (n, d) float32, decoded in one go. ``d`` is ``width`` (else the most common length); a
+    blob of another length (a damaged row) becomes a row of NaN, which the store treats as no direction."""
+    sizes = {len(b) for b in blobs}
+    if width is None:
+        lengths = [len(b) for b in blobs]
+        width = max(set(lengths), key=lengths.count) // 2 if lengths else 0
+    if sizes == {2 * width}:
+        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(np.float32)
+    out = np.full((len(blobs), width), np.nan, np.float32)
+    for i, b in enumerate(blobs):
+        if len(b) == 2 * width:
+            out[i] = np.frombuffer(b, np.float16)
+    return out
 
 
 def _norms(values: Sequence[float | None]) -> np.ndarray:
@@ -510,7 +609,8 @@ _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.
 
 def _vector_batch(rows: Sequence) -> Vectors:
     return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
-                   _stack16([r[2] for r in rows]), _stack16([r[3] for r in rows]), _norms([r[4] for r in rows]))
+                   _stack16([r[2] for r in rows], N_PASTA), _stack16([r[3] for r in rows], N_VERBS),
+                   _norms([r[4] for r in rows]))
 
 
 def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
@@ -642,6 +742,24 @@ def id_stats(s: Session, upto_id: int) -> tuple[int, int]:
     """(number of persons, largest id) among the ids <= upto_id."""
     n, largest = s.execute(select(func.count(Person.id), func.max(Person.id)).where(Person.id <= upto_id)).one()
     return int(n or 0), int(largest if largest is not None else -1)
+
+
+_SEQUENCE = Table("sqlite_sequence", MetaData(), Column("name", String), Column("seq", Integer))
+
+
+def person_sequence(s: Session) -> int:
+    """The largest person id SQLite ever handed out (AUTOINCREMENT's counter; rolled back only with lost
+    transactions), or -1."""
+    seq = s.execute(select(_SEQUENCE.c.seq).where(_SEQUENCE.c.name == Person.__tablename__)).scalar()
+    return int(seq) if seq is not None else -1
+
+
+def person_digest(s: Session, person_id: int) -> str | None:
+    """A short hash of a person's stored vectors (None when there is no such person): tells a reused id apart."""
+    row = s.execute(select(Person.visual, Person.pasta, Person.verbs).where(Person.id == int(person_id))).first()
+    if row is None:
+        return None
+    return hashlib.sha256(b"|".join(row)).hexdigest()[:16]
 
 
 def counts(s: Session) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .files import (
     next_generation,
     orphan_files,
     read_manifest_file,
+    temp_file,
     write_json_atomic,
 )
 from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST, choose_spec, default_nprobe
@@ -48,6 +50,13 @@ MIN_TRAIN_OTHER = 1_000
 EXACT_BLOCK = 16_384
 HNSW_EF_SEARCH = 64
 _GPU_MAX_K = 2048
+
+
+def _older_than(path: Path, t: float) -> bool:
+    try:
+        return path.stat().st_mtime < t
+    except OSError:
+        return False
 
 
 def _try_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -255,8 +264,9 @@ class VectorIndex:
             raise InputError("ids must be >= 0 (-1 marks 'no result' in search output)")
         return arr
 
-    def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        """(n, dim) float32, C-contiguous, rows L2-normalised (a copy only when they were not)."""
+    def _check_vectors(self, vectors: np.ndarray, what: str, allow_zero: bool = False) -> np.ndarray:
+        """(n, dim) float32, C-contiguous, rows L2-normalised (a copy only when they were not); zero rows stay
+        zero when ``allow_zero``."""
         arr = np.asarray(vectors)
         if arr.ndim == 1 and arr.size == self.dim:
             arr = arr[None, :]
@@ -264,10 +274,10 @@ class VectorIndex:
             raise InputError(f"{what} must have shape (n, {self.dim}), got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         norms = np.linalg.norm(arr, axis=1)  # (n,)
-        if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        if not np.all(np.isfinite(norms)) or (not allow_zero and np.any(norms == 0)):
             raise InputError(f"{what} contain zero, NaN or infinite rows; every row must be a non-zero finite vector")
-        if np.any(np.abs(norms - 1) > 1e-4):
-            arr = arr / norms[:, None]
+        if np.any((np.abs(norms - 1) > 1e-4) & (norms > 0)):
+            arr = arr / np.where(norms > 0, norms, 1.0)[:, None]
         return arr
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
@@ -277,12 +287,13 @@ class VectorIndex:
         return self._ids_sorted[pos] == ids if len(self._ids_sorted) else np.zeros(len(ids), bool)
 
     # ----------------------------------------------------------------------------------------------- writes
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, allow_zero: bool = False) -> None:
         """Add vectors (n, dim) under ids (n,). An id already present is replaced (no duplicate); an id given twice
-        in one call is an error. Rows are L2-normalised if they are not. Index types that need training stage the
-        vectors (exact search) until `min_train` are there, then train on them (see the class docstring)."""
+        in one call is an error. Rows are L2-normalised if they are not; a zero row is an error unless
+        ``allow_zero`` (it then scores 0 against every query). Index types that need training stage the vectors
+        (exact search) until `min_train` are there, then train on them (see the class docstring)."""
         ids = self._check_ids(ids)
-        vectors = self._check_vectors(vectors, "vectors")
+        vectors = self._check_vectors(vectors, "vectors", allow_zero)
         if len(ids) != len(vectors):
             raise InputError(f"add got {len(ids)} ids for {len(vectors)} vectors; give one id per vector")
         if len(ids) == 0:
@@ -520,11 +531,14 @@ class VectorIndex:
             raise InputError(f"manifest must be JSON-serialisable: {exc}") from None
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         gen = next_generation(folder, name)
         final = folder / generation_file_name(name, gen)
-        tmp = final.with_name(final.name + TMP_SUFFIX)
+        fd, tmp = temp_file(final)
         try:
-            faiss.write_index(self._index, str(tmp))  # always the CPU index (staging index while untrained)
+            with open(fd, "wb") as f:  # always the CPU index (staging index while untrained)
+                faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))
+            os.chmod(tmp, 0o644)
             size, sha = fsync_and_hash(tmp)
             os.replace(tmp, final)
         except BaseException:
@@ -541,7 +555,9 @@ class VectorIndex:
         write_json_atomic(manifest_path(folder, name), doc)
         for path in orphan_files(folder, name):
             gen_of = generation_of(path.name, name)
-            if gen_of is not None and gen_of < gen:  # older generations only; never a concurrent writer's newer file
+            # older generations only, never a newer file of a concurrent writer; and temp manifests that a
+            # killed save left behind (written before this save began)
+            if (gen_of is not None and gen_of < gen) or (gen_of is None and _older_than(path, started)):
                 path.unlink(missing_ok=True)
 
     @classmethod

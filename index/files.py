@@ -1,7 +1,8 @@
 """On-disk layout of a saved index: generation files `{name}.{gen}.faiss` and the manifest `{name}.json`.
 
 The manifest is the commit point: it names the one generation file that belongs to it. Files are written to
-`*.tmp` names, fsynced, then renamed, so a final name never holds a half-written file.
+temp files with unpredictable names (`*.<random>.tmp`), fsynced, then renamed, so a final name never holds a
+half-written file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
+
+from a2v_search.faults import fault_point
 
 TMP_SUFFIX = ".tmp"
 
@@ -25,7 +29,18 @@ def generation_file_name(name: str, gen: int) -> str:
 
 
 def _generation_re(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(name) + r"\.(\d+)\.faiss(" + re.escape(TMP_SUFFIX) + ")?")
+    return re.compile(re.escape(name) + r"\.(\d+)\.faiss((\.\w+)?" + re.escape(TMP_SUFFIX) + ")?")
+
+
+def _manifest_tmp_re(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name) + r"\.json(\.\w+)?" + re.escape(TMP_SUFFIX))
+
+
+def temp_file(final: Path) -> tuple[int, Path]:
+    """A new temp file beside ``final`` with an unpredictable name (created exclusively, mode 0600, never through
+    a link someone planted): (open fd, path)."""
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.name + ".", suffix=TMP_SUFFIX)
+    return fd, Path(tmp)
 
 
 def check_name(name: str) -> None:
@@ -71,10 +86,9 @@ def orphan_files(folder: Path | str, name: str) -> list[Path]:
         return []
     keep = _referenced_file(folder, name)
     pattern = _generation_re(name)
-    orphans = [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.name != keep]
-    manifest_tmp = manifest_path(folder, name).with_name(f"{name}.json{TMP_SUFFIX}")
-    if manifest_tmp.exists():
-        orphans.append(manifest_tmp)
+    manifest_tmp = _manifest_tmp_re(name)
+    orphans = [p for p in folder.iterdir()
+               if (pattern.fullmatch(p.name) and p.name != keep) or manifest_tmp.fullmatch(p.name)]
     return sorted(orphans)
 
 
@@ -121,14 +135,16 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:
-    """Write JSON through `path.tmp` + fsync + os.replace + fsync of the directory."""
+    """Write JSON through a new temp file + fsync + os.replace + fsync of the directory."""
     text = json.dumps(doc, indent=2, sort_keys=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    fd, tmp = temp_file(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        fault_point("manifest_write")  # reliability tests kill the process here: temp manifest written, not renamed
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from collections import Counter
 from pathlib import Path
@@ -16,18 +17,50 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_IMAGE_SIZE = 32
 RELIABILITY_KEY = pytest.StashKey[Counter]()
+GUARANTEES_KEY = pytest.StashKey[dict]()
+GUARANTEES_DOC = Path(__file__).resolve().parents[1] / "docs" / "guarantees.md"
+
+
+def guarantee_ids() -> list[str]:
+    """The ids of the promises in docs/guarantees.md (``| G7 |`` table cells), in order."""
+    return list(dict.fromkeys(re.findall(r"^\| (G\d+) \|", GUARANTEES_DOC.read_text(), flags=re.MULTILINE)))
 
 
 def pytest_configure(config):
     config.stash[RELIABILITY_KEY] = Counter()
+    config.stash[GUARANTEES_KEY] = {}
+    config.addinivalue_line("markers", "guarantee(*ids): the test holds these promises of docs/guarantees.md")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Record, per guarantee id, whether each test marked with it passed (a skip counts as not run)."""
+    report = (yield).get_result()
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        for mark in item.iter_markers("guarantee"):
+            for gid in mark.args:
+                if not report.skipped:
+                    item.config.stash[GUARANTEES_KEY].setdefault(gid, []).append(report.passed)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The reliability suite reports what it tried (tests/test_reliability.py)."""
+    """The reliability suite reports the guarantees it held and what it tried (tests/test_reliability.py)."""
     tried = config.stash.get(RELIABILITY_KEY, None)
-    if tried:
-        terminalreporter.write_line("reliability: " + ", ".join(f"{n} {k}" for k, n in sorted(tried.items()))
-                                    + "; every check passed means 0 records lost or duplicated")
+    runs = config.stash.get(GUARANTEES_KEY, {})
+    if not tried and not runs:
+        return
+    ids = guarantee_ids()
+    held = [g for g in ids if runs.get(g) and all(runs[g])]
+    broken = [g for g in ids if runs.get(g) and not all(runs[g])]
+    not_run = [g for g in ids if not runs.get(g)]
+    parts = [f"{len(held)}/{len(ids)} guarantees held"]
+    if broken:
+        parts[0] += f" (broken: {', '.join(broken)})"
+    if not_run:
+        parts[0] += f" (not run: {', '.join(not_run)})"
+    parts += [f"{n} {k}" for k, n in sorted((tried or {}).items())]
+    terminalreporter.write_line("reliability: " + ", ".join(parts)
+                                + "; every check passed means 0 records lost or duplicated")
 
 
 @pytest.fixture

@@ -164,15 +164,19 @@ def test_removing_ids_removes_them_from_search_and_ids(spec: str) -> None:
     np.testing.assert_array_equal(found[:, 0], ids[300:320])
 
 
-def test_omp_thread_count_set_by_caller_is_respected() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_omp_thread_count_set_by_caller_is_respected(tmp_path, threads: int) -> None:
     before = faiss.omp_get_max_threads()
     try:
-        faiss.omp_set_num_threads(1)
+        faiss.omp_set_num_threads(threads)
         vi = VectorIndex.create(DIM, "IVF8,Flat")
         x = random_unit(500)
-        vi.add(np.arange(500), x)
+        vi.add(np.arange(500), x)  # trains the IVF (k-means runs multi-threaded)
         _, found = vi.search(x[:5], 1, allow=np.arange(100))
         np.testing.assert_array_equal(found[:, 0], np.arange(5))
+        vi.save(tmp_path, "v", {})
+        VectorIndex.load(tmp_path, "v")[0].search(x[:5], 3)
+        assert faiss.omp_get_max_threads() == threads  # nothing in between changed the caller's choice
     finally:
         faiss.omp_set_num_threads(before)
 
@@ -480,11 +484,9 @@ def test_crash_while_writing_index_leaves_no_half_file(tmp_path, monkeypatch) ->
     _saved(tmp_path)
     real_write = faiss.write_index
 
-    def half_write(index, path):
-        real_write(index, path)
-        with open(path, "r+b") as f:
-            f.truncate(10)
-        raise KeyboardInterrupt  # killed mid-write
+    def half_write(index, writer):
+        real_write(faiss.IndexFlatIP(DIM), writer)  # some bytes reach the temp file...
+        raise KeyboardInterrupt  # ...then the process is interrupted mid-write
 
     monkeypatch.setattr(faiss, "write_index", half_write)
     with pytest.raises(KeyboardInterrupt):
@@ -501,7 +503,10 @@ def test_orphan_files_reports_leftovers(tmp_path) -> None:
     (tmp_path / "v.8.faiss.tmp").write_bytes(b"x")
     (tmp_path / "v.json.tmp").write_text("{")
     (tmp_path / "other.3.faiss").write_bytes(b"x")
-    assert [p.name for p in orphan_files(tmp_path, "v")] == ["v.7.faiss", "v.8.faiss.tmp", "v.json.tmp"]
+    (tmp_path / "v.9.faiss.k2_xq81.tmp").write_bytes(b"x")  # the temp names saves use now
+    (tmp_path / "v.json.a8_zz3.tmp").write_text("{")
+    assert [p.name for p in orphan_files(tmp_path, "v")] == ["v.7.faiss", "v.8.faiss.tmp", "v.9.faiss.k2_xq81.tmp",
+                                                            "v.json.a8_zz3.tmp", "v.json.tmp"]
     VectorIndex.load(tmp_path, "v")  # leftovers do not disturb loading
 
 
@@ -591,3 +596,16 @@ def test_ivf_built_on_the_gpu_finds_what_the_cpu_build_finds() -> None:
     assert (found[True][:, 0] == np.arange(200)).mean() > 0.95  # each vector finds itself
     overlap = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found[False], found[True], strict=True)])
     assert overlap > 0.8  # k-means on the GPU lands on similar lists
+
+
+def test_zero_rows_only_when_allowed_and_they_score_zero() -> None:
+    x = random_unit(40)
+    x[7] = 0.0
+    vi = VectorIndex.create(DIM, "flat")
+    with pytest.raises(InputError, match="zero"):
+        vi.add(np.arange(40), x)
+    vi.add(np.arange(40), x, allow_zero=True)
+    scores, found = vi.search(x[:1], 40)
+    assert vi.ntotal == 40 and scores[0][list(found[0]).index(7)] == 0.0
+    with pytest.raises(InputError):
+        vi.add(np.array([99]), np.full((1, DIM), np.nan, np.float32), allow_zero=True)

@@ -39,6 +39,7 @@ def store_state(data_dir: Path) -> dict:
     return {"counts": counts, "paths": paths, "per_media": per_media, "check": check}
 
 
+@pytest.mark.guarantee("G11")
 def test_end_to_end_with_bad_files(api, tmp_path):
     good = write_images(tmp_path / "in", 5)
     write_video(tmp_path / "in" / "clip.mp4", seconds=3.0)
@@ -144,6 +145,7 @@ def test_boxes_files(api, tmp_path):
     (json.dumps({"images": [{"id": 1, "file_name": "elsewhere.png"}], "annotations": []}), "not among the files"),
     (json.dumps([1, 2, 3]), "neither COCO-style"),
 ])
+@pytest.mark.guarantee("G12")
 def test_bad_boxes_file_fails_before_any_work(api, tmp_path, content, match):
     write_images(tmp_path / "in", 2)
     (tmp_path / "boxes.json").write_text(content)
@@ -169,6 +171,7 @@ def _cli(*args, env=None, cwd=ROOT):
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.guarantee("G1")
 def test_sigkill_mid_run_then_rerun_ingests_each_file_once(tmp_path, tiny_clip_dir, tiny_bert_dir):
     write_images(tmp_path / "in", 12)
     args = ["ingest", tmp_path / "in", "--data-dir", tmp_path / "data", "--model", tiny_clip_dir, "--text-model",

@@ -13,6 +13,7 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
 from media_factory import noise, write_images, write_video
 from PIL import Image
 from test_reliability import in_child, ingest
@@ -44,6 +45,7 @@ def lying_mkv(path: Path, claimed_s: float) -> Path:
 # ------------------------------------------------------------------ 11.3: no file stops or stalls a run
 
 
+@pytest.mark.guarantee("G29")
 def test_a_video_header_claiming_hours_is_not_trusted(tmp_path, monkeypatch, reliability):
     import av
 
@@ -67,6 +69,7 @@ def test_a_video_header_claiming_hours_is_not_trusted(tmp_path, monkeypatch, rel
     reliability["hostile files"] += 1
 
 
+@pytest.mark.guarantee("G29")
 def test_long_videos_are_decoded_segment_by_segment_while_frames_go_on(tmp_path, monkeypatch):
     (tmp_path / "in").mkdir()
     write_video(tmp_path / "in" / "clip.mp4", seconds=3.0, fps=10)
@@ -80,6 +83,7 @@ def test_long_videos_are_decoded_segment_by_segment_while_frames_go_on(tmp_path,
     assert frames == 6 and duration == 3.0
 
 
+@pytest.mark.guarantee("G30")
 def test_video_frames_over_max_pixels_are_refused_once(tmp_path, reliability):
     (tmp_path / "in").mkdir()
     write_video(tmp_path / "in" / "big.mp4", seconds=2.0, w=64, h=48)  # 3,072 pixels a frame
@@ -91,6 +95,7 @@ def test_video_frames_over_max_pixels_are_refused_once(tmp_path, reliability):
     reliability["hostile files"] += 1
 
 
+@pytest.mark.guarantee("G28")
 def test_a_decoder_that_hangs_costs_one_file_not_the_run(tmp_path, monkeypatch, reliability):
     good = write_images(tmp_path / "in", 4)
     Image.fromarray(noise(9)).save(tmp_path / "in" / "stuck.png")
@@ -116,6 +121,7 @@ def _processes_with(token: str) -> list[int]:
     return pids
 
 
+@pytest.mark.guarantee("G31")
 def test_decode_workers_die_when_the_ingest_process_is_killed(tmp_path, reliability):
     write_images(tmp_path / "in", 12)
     token = f"A2V_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
@@ -141,6 +147,7 @@ def test_decode_workers_die_when_the_ingest_process_is_killed(tmp_path, reliabil
 # ------------------------------------------------------------------ 11.4: odd names and links
 
 
+@pytest.mark.guarantee("G32", "G33")
 def test_odd_names_and_links_are_reported_once_and_the_rest_ingested(tmp_path, reliability):
     root = tmp_path / "photos"
     good = write_images(root / "good", 3)
@@ -168,6 +175,7 @@ def test_odd_names_and_links_are_reported_once_and_the_rest_ingested(tmp_path, r
     reliability["hostile files"] += 7
 
 
+@pytest.mark.guarantee("G33")
 def test_a_named_link_is_followed_wherever_it_points(tmp_path):
     [img] = write_images(tmp_path / "elsewhere", 1)
     (tmp_path / "in").mkdir()

@@ -185,3 +185,19 @@ def test_predict_with_model_flags_ignores_the_store(semantic, tiny_clip_dir, tin
     assert len(persons) == 1 and len(persons[0]["pasta"]) == 93
     with pytest.raises(SpaceMismatchError, match="contradicts this store"):
         other.search_text("kneeling")
+
+
+def test_profile_records_are_the_same_in_every_process():
+    """The seeded profiles must not depend on Python's per-process string hashing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    code = "import json, profiles; print(json.dumps(profiles.profile_records(visual_dim=4, copies=2)))"
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed,
+                                "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}).stdout
+            for seed in ("1", "2")]
+    assert outs[0] == outs[1] and json.loads(outs[0]) == profile_records(visual_dim=4, copies=2)

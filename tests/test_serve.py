@@ -188,6 +188,7 @@ def test_stats_is_the_stats_json_object(client, store):
     ("/api/media/1/image?t=-1", 422, "t"),
     ("/api/nothing", 404, "Not Found"),
 ])
+@pytest.mark.guarantee("G26")
 def test_bad_requests_get_json_errors(client, url, status, words):
     r = client.get(url)
     assert r.status_code == status, r.text
@@ -195,6 +196,7 @@ def test_bad_requests_get_json_errors(client, url, status, words):
     assert "Traceback" not in r.text
 
 
+@pytest.mark.guarantee("G26")
 def test_nothing_in_a_request_is_a_path(client):
     for url in ("/api/media/..%2F..%2F..%2Fetc%2Fpasswd/image", "/api/persons/%2e%2e%2f%2e%2e%2fetc%2fpasswd/thumbnail",
                 "/api/media/1/image/../../../../etc/passwd", "/../../etc/passwd", "/api/persons/1%00/thumbnail"):
@@ -203,6 +205,7 @@ def test_nothing_in_a_request_is_a_path(client):
         assert "root:" not in r.text and r.headers["content-type"] == "application/json"
 
 
+@pytest.mark.guarantee("G26")
 def test_upload_errors(store):
     api, root = store
     with TestClient(create_app(api, max_upload_mb=0.05, max_pixels=240 * 320)) as c:
@@ -226,6 +229,7 @@ def test_upload_errors(store):
         assert r.status_code == 422 and "image" in r.json()["error"]
 
 
+@pytest.mark.guarantee("G26")
 def test_token_is_required_everywhere(store):
     api, _ = store
     with TestClient(create_app(api, token="s3cret")) as c:
@@ -263,6 +267,7 @@ def test_concurrent_requests_agree(client):
     assert all(r.json() == want for r in answers[:16])
 
 
+@pytest.mark.guarantee("G25")
 def test_new_persons_appear_without_restart(tmp_path, tiny_clip_dir, tiny_bert_dir):
     data = tmp_path / "data"
     writer = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
@@ -287,6 +292,7 @@ def test_new_persons_appear_without_restart(tmp_path, tiny_clip_dir, tiny_bert_d
     reader.close()
 
 
+@pytest.mark.guarantee("G26")
 def test_serve_command_warns_off_loopback(monkeypatch, store):
     import uvicorn
 
@@ -382,6 +388,7 @@ def test_a_store_that_appears_later_is_served(tmp_path, tiny_clip_dir, tiny_bert
         assert [h["path"] for h in hits] == ["/profiles/kick/0.jpg"]
 
 
+@pytest.mark.guarantee("G25")
 def test_the_serve_command_serves_while_another_process_writes(tmp_path, tiny_clip_dir, tiny_bert_dir):
     """`manage.py serve` in its own process; an import in this one; the server sees it without a restart."""
     import socket

@@ -71,6 +71,7 @@ def test_delete_removes_from_both(tmp_path):
     assert Store(tmp_path / "data").check().ok
 
 
+@pytest.mark.guarantee("G3")
 def test_lagging_index_catches_up_on_open(tmp_path):
     store, items, ids = filled(tmp_path)
     store.close()
@@ -92,6 +93,7 @@ def test_lagging_index_catches_up_on_open(tmp_path):
     assert Store(tmp_path / "data").check().problems == []
 
 
+@pytest.mark.guarantee("G8")
 def test_truncated_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     store, items, ids = filled(tmp_path)
     store.close()
@@ -106,6 +108,7 @@ def test_truncated_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert not report.ok and any("visual" in p.what for p in report.problems)
 
 
+@pytest.mark.guarantee("G16")
 def test_index_of_another_space_is_refused_with_the_fix(tmp_path):
     store, _, _ = filled(tmp_path)
     store.close()
@@ -248,6 +251,7 @@ def _f16(p):
     return p
 
 
+@pytest.mark.guarantee("G9")
 def test_second_writer_gets_a_clear_message(tmp_path):
     store, _, _ = filled(tmp_path)
     with pytest.raises(StoreLockedError, match=r"locked by PID \d+ \(test"):

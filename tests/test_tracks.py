@@ -269,6 +269,7 @@ def test_grouped_scores_aggregate_every_frame_of_a_track(tracked):
 # ------------------------------------------------------------------ upgrade, remove, re-ingest
 
 
+@pytest.mark.guarantee("G27")
 def test_older_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monkeypatch):
     import shutil
 

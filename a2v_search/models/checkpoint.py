@@ -11,6 +11,7 @@ When ``backbone`` is absent, ``a2v_config.json`` names the CLIP model the heads 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -70,8 +71,9 @@ def read_torch_file(path: Path, trust: bool = False) -> object:
             raise CheckpointError(f"checkpoint {path} is corrupt: {reason}") from e
         raise CheckpointError(
             f"checkpoint {path} needs more than tensors to load ({reason}), which could run code from the file. "
-            "Pass --trust-checkpoint only if you trust its source, or convert it once with "
-            "`manage.py convert-checkpoint IN OUT --trust-checkpoint`") from e
+            "Pass --trust-checkpoint (on each command; it is never remembered) only if you trust its source, or "
+            f"convert it once with `manage.py convert-checkpoint {path} OUT --trust-checkpoint` and use "
+            "--checkpoint OUT") from e
     except Exception as e:  # torch raises many types (RuntimeError, EOFError, IndexError...) for bad files
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or corrupt?): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
@@ -321,7 +323,7 @@ def convert_checkpoint(src: Path, out: Path, trust: bool = False) -> Path:
 def checkpoint_identity(path: Path) -> str:
     """A short stable identity of a checkpoint's content (sha256 of its heads and tower files). A converted
     checkpoint keeps the identity of its source: same weights, same vector space."""
-    path = Path(path)
+    path = Path(path).resolve()
     if is_own_checkpoint(path):
         recorded = json.loads((path / CONFIG_NAME).read_text()).get("identity")
         if recorded:
@@ -331,4 +333,11 @@ def checkpoint_identity(path: Path) -> str:
         for f in sorted(backbone.glob("*.safetensors")) if backbone.is_dir() else []:
             h.update(file_sha256(f).encode())
         return h.hexdigest()[:16]
+    st = path.stat()
+    return _file_identity(path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_identity(path: Path, _size: int, _mtime_ns: int, _ino: int) -> str:
+    """The identity of a checkpoint file, hashed once per version of the file (the stat values are the key)."""
     return file_sha256(path)[:16]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -129,6 +130,7 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
     """
     quiet_transformers()
     spec = spec or ModelSpec()
+    spec = replace(spec, **{k: os.fspath(v) for k, v in asdict(spec).items() if isinstance(v, os.PathLike)})
     dev = device if isinstance(device, torch.device) else get_device(device)
     vision = heads = None
     preprocess: Preprocess | None = None
@@ -194,7 +196,9 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
         "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
         "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
         **(language.record() if language else {}),
-        "image_size": preprocess.size, "spec": asdict(spec),
+        "image_size": preprocess.size,
+        # what made the vectors (paths; identities are in visual_model / heads), never the consent to unpickle
+        "spec": {k: v for k, v in asdict(spec).items() if k != "trust_checkpoint"},
     }
     return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,
                            clip_text_loader=clip_text_loader, compile=compile)
