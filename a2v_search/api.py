@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -227,20 +228,29 @@ class A2VSearch:
                batch_size: int | None = None, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256, jpeg_decoder: str = "auto",
                file_timeout: float | None = 300.0,
-               on_progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
+               on_progress: Callable[[IngestProgress], None] | None = None, engine: str = "local",
+               ray_address: str | None = None, gpus_per_worker: float | None = None) -> IngestReport:
         """Compute and store the persons of images and videos (files, folders, list files). Models are loaded
         only if some file needs encoding; ``on_progress`` gets an :class:`~a2v_search.ingest.IngestProgress`.
 
         ``batch_size``: persons per model batch (default: ``models.encoder.default_batch_size``, 32 on the CPU).
         ``jpeg_decoder``: auto (JPEGs decoded on the GPU when the encoder runs on CUDA and torchvision is
         installed, see ``gpu_decode``), gpu, or cpu. ``file_timeout``: seconds a decode worker may spend on one
-        file (or video segment); None = no limit."""
+        file (or video segment); None = no limit.
+
+        ``engine="ray"`` decodes, detects and encodes on a Ray cluster (``ray_address``: None starts Ray here,
+        ``"auto"`` joins the running one); ``workers`` is then the number of model actors, each with
+        ``gpus_per_worker`` GPUs. This process still discovers, applies the skip rule and writes."""
         from .ingest import IngestOptions, run_ingest
 
         paths = [str(p) for p in paths]
         if not paths:
             raise InputError("nothing to ingest: give files, folders or list files")
         check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
+        if engine not in ("local", "ray"):
+            raise InputError(f"unknown engine {engine!r}; valid: local, ray")
+        if engine == "local" and (ray_address is not None or gpus_per_worker is not None):
+            raise InputError("--ray-address and --gpus-per-worker need --engine ray")
         name = detector or self._detector_flag or self._store_detector() or self._default_detector
         cheap = name.strip().lower() == "none" or name.strip().lower().startswith("boxes:")
         det = self.detector(name) if cheap else (lambda: self.detector(name))
@@ -248,7 +258,18 @@ class A2VSearch:
                              force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
                              file_timeout=file_timeout)
         with self.writer("ingest") as store:
-            report = run_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress)
+            if engine == "ray":
+                from .ray_engine import RayOptions, run_ray_ingest, worker_models
+
+                def actor_models():  # called when the first file needs decoding: a no-op run imports no torch
+                    return partial(worker_models, self.model_spec(store), self._precision, None if cheap else name,
+                                   self._detector_options)
+
+                ray_opt = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                     models=actor_models)
+                report = run_ray_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress, ray_opt)
+            else:
+                report = run_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress)
             if not isinstance(det, BoxesFile) and (cheap or report.media_ingested):
                 with store.db.session() as s:
                     repo.set_meta(s, "detector", self.detector(name).name)

@@ -91,8 +91,18 @@ def ingest(
     batch_size: Annotated[int | None, typer.Option(help="Persons per model batch (default: 32 on the CPU, 256 on a "
                                                         "GPU with 16 GiB or more, else 64).",
                                                    show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(help="Decode processes (default: cores - 1; 0 = in process).",
+    workers: Annotated[int | None, typer.Option(help="Decode processes (default: cores - 1; 0 = in process); with "
+                                                     "--engine ray: model actors (default: one per GPU, else 1).",
                                                 show_default=False)] = None,
+    engine: Annotated[str, typer.Option(help="local: this machine; ray: decode, detect and encode on a Ray "
+                                             "cluster (needs the ray extra); this process still writes.")
+                      ] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="With --engine ray: auto (the running cluster) or "
+                                                         "HOST:PORT; default: start Ray on this machine.",
+                                                    show_default=False)] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="With --engine ray: GPUs per model actor (default: "
+                                                              "1 when the cluster has GPUs, else 0).",
+                                                          show_default=False)] = None,
     video_fps: Annotated[float, typer.Option(help="Video frames sampled per second.")] = 1.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression bombs).")] = 100_000_000,
     commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 256,
@@ -131,7 +141,8 @@ def ingest(
 
         report = api.ingest(paths, collection=collection, batch_size=batch_size, workers=workers,
                             video_fps=video_fps, force=force, max_pixels=max_pixels, commit_every=commit_every,
-                            jpeg_decoder=jpeg_decoder, file_timeout=file_timeout or None, on_progress=on_progress)
+                            jpeg_decoder=jpeg_decoder, file_timeout=file_timeout or None, on_progress=on_progress,
+                            engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
     if as_json:
         _print_json(report.as_dict())
     else:

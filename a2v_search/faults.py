@@ -38,3 +38,17 @@ def hang_point(path: str) -> None:
     """Never return if ``A2V_HANG`` names part of ``path`` (test harness only: a decoder stuck on a file)."""
     while _HANG and _HANG in path:
         time.sleep(3600)
+
+
+def kill_once(point: str) -> None:
+    """Kill this process here if a test armed ``point`` by creating the file ``$A2V_KILL_ONCE_DIR/point``; the
+    process that removes the file dies, so it happens once across all processes (a Ray worker or actor that dies
+    once and is retried). Unset (always, outside tests), one environment lookup."""
+    folder = os.environ.get("A2V_KILL_ONCE_DIR")
+    if not folder:
+        return
+    try:
+        os.unlink(os.path.join(folder, point))
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -315,6 +315,12 @@ class Ingestor:
                                                want_hash=False)))
             p.segments += 1
         p.frames += r.frames
+        self._dispatch(p, r)
+        if p.complete:
+            self._complete(p)
+
+    def _dispatch(self, p: _Pending, r: DecodeResult) -> None:
+        """Queue a decoded file's (or segment's) frames for detection and persons for encoding."""
         for item in r.items:
             if item.frame is not None:
                 p.waiting += 1  # until the detector has looked at this frame
@@ -324,8 +330,6 @@ class Ingestor:
                     from .gpu_decode import JpegCrop
                 crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
                 self._queue_person(p, item, item.pixels if crop is None else crop)
-        if p.complete:
-            self._complete(p)
 
     def _skip_or_duplicate(self, p: _Pending) -> bool:
         """Unchanged content at the same path: skip. Same content as another media: store as duplicate."""

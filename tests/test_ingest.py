@@ -223,3 +223,28 @@ def test_cli_json_summary_and_exit_codes(tmp_path, tiny_clip_dir, tiny_bert_dir)
     code, _, err = run_main("ingest", tmp_path / "in" / "bad.jpg", *base)
     assert code == 1
     assert np.isfinite(summary["persons_per_s"])
+
+
+def test_engine_flags_are_checked_before_any_work(api, tmp_path):
+    write_images(tmp_path / "in", 1)
+    with pytest.raises(InputError, match="unknown engine 'spark'"):
+        api.ingest([tmp_path / "in"], engine="spark")
+    with pytest.raises(InputError, match="need --engine ray"):
+        api.ingest([tmp_path / "in"], ray_address="auto")
+    assert not (tmp_path / "data").exists()  # nothing was opened or written
+
+
+def test_ray_engine_without_ray_names_the_extra(api, tmp_path, monkeypatch):
+    write_images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(InputError, match=r"pip install 'a2v-search\[ray\]'"):
+        api.ingest([tmp_path / "in"], engine="ray")
+    assert store_state(tmp_path / "data")["counts"]["media"] == 0
+
+
+def test_ray_engine_refuses_gpu_jpeg_decoding(api, tmp_path, monkeypatch):
+    write_images(tmp_path / "in", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # refused before Ray is needed
+    with pytest.raises(InputError, match="--jpeg-decoder gpu is for the local engine"):
+        api.ingest([tmp_path / "in"], engine="ray", jpeg_decoder="gpu")
+    assert store_state(tmp_path / "data")["counts"]["media"] == 0

@@ -1,0 +1,391 @@
+"""Ingest on a Ray cluster (``--engine ray``): the local driver, with Ray doing the work in between.
+
+The driver is :class:`~a2v_search.ingest.Ingestor` itself: streaming discovery, the skip rule against SQLite, the
+duplicate rule, video segments asked for while a stream goes on, and the only writer (lock, SQLite first, FAISS
+derived). What changes is who decodes, detects and encodes:
+
+- decoding: one Ray task per file or video segment (CPU), with two results: a small one the driver reads (hash,
+  size, error, whether the video goes on) and the decoded pixels, which stay in Ray's object store;
+- detection and encoding: a pool of actors, each loading the models once (on a GPU when ``gpus_per_worker`` > 0).
+  The driver hands an actor a batch of pixel references (the pixels go from the decoding node to the actor's node,
+  never through the driver) and gets person rows back.
+
+Ray is imported only here, and only when a run has something to decode. A decode task whose worker dies is retried
+once (a second death is that file's failure, as locally); a dying actor is restarted and its batch retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from db.repo import NewPerson
+
+from .decode_pool import _timed_out
+from .errors import InputError, ModelError
+from .faults import fault_point, kill_once
+from .ingest import Ingestor, _Pending
+from .media import DecodeResult, DecodeTask, Item, decode
+
+CRASHED = "the decoder crashed on this file (corrupt or hostile content)"  # the local engine's words
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder that holds a2v_search/
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide a Ray ingest runs."""
+
+    address: str | None = None  # None: start Ray on this machine; "auto": the running cluster; else host:port
+    workers: int | None = None  # detection + encoding actors; None: one per GPU of the cluster (1 without GPUs)
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0 (encode on CPU)
+    # returns the picklable ``device -> (encoder, detector or None)`` that each actor runs once; called when the
+    # first file needs decoding
+    models: Callable[[], Callable] | None = None
+    max_retries: int = 3  # restarts of a dying actor (and retries of its batch)
+
+
+def worker_models(spec, precision: str, detector: str | None, detector_options, device: str):
+    """What an actor loads: the encoder of ``spec`` (image tower and heads: the store computes the language
+    vectors, so no text model) and the detector model named ``detector`` (None: the decoders crop, no detector)."""
+    from .detect import make_detector
+    from .models import load_encoder
+    from .settings import get_device
+
+    dev = get_device(device)
+    encoder = load_encoder(spec, device=dev, with_language=False, precision=precision)
+    return encoder, make_detector(detector, dev, detector_options) if detector else None
+
+
+def decode_split(task: DecodeTask) -> tuple[tuple[DecodeResult, int, float, float], list[Item]]:
+    """Ray task body: decode, and return (the result without its items, their number, start, end) and the items
+    apart, so the driver reads the small part and the pixels stay in the object store."""
+    kill_once("ray_decode")
+    start = time.time()
+    r = decode(task)
+    items, r.items = r.items, []
+    return (r, len(items), start, time.time()), items
+
+
+class EncoderActor:
+    """Ray actor: the models loaded once; ``run`` detects and encodes batches of decoded items."""
+
+    def __init__(self, models: Callable, device: str, batch_size: int):
+        self.encoder, self.detector = models(device)
+        self.batch_size = batch_size
+
+    def ready(self) -> bool:
+        return True
+
+    def run(self, *groups: list[Item]) -> tuple[list[list[NewPerson]], dict[str, float]]:
+        """Persons of each group (one decoded file or segment), in the order the local engine gives them."""
+        kill_once("ray_actor")
+        t = {"start": time.time(), "detect": 0.0, "encode": 0.0}
+        crops: list[tuple[int, Item, np.ndarray]] = []  # (group, person, pixels)
+        frames = [(g, it) for g, items in enumerate(groups) for it in items if it.frame is not None]
+        if frames:
+            t0 = time.perf_counter()
+            dets = self.detector.detect([it.frame for _, it in frames], [it.scale for _, it in frames])
+            t["detect"] = time.perf_counter() - t0
+            for (g, item), frame_dets in zip(frames, dets, strict=True):
+                frame = Image.fromarray(item.frame)
+                for box, score in frame_dets:
+                    person = Item(box=[v / item.scale for v in box], score=score, frame_index=item.frame_index,
+                                  t_sec=item.t_sec)
+                    crops.append((g, person, self.encoder.preprocess.crop(frame, box)))
+        crops += [(g, it, it.pixels) for g, items in enumerate(groups) for it in items if it.frame is None]
+        out: list[list[NewPerson]] = [[] for _ in groups]
+        if crops:
+            t0 = time.perf_counter()
+            v = self.encoder.encode_pixels(np.stack([px for _, _, px in crops]), self.batch_size)
+            t["encode"] = time.perf_counter() - t0
+            for i, (g, it, _) in enumerate(crops):
+                out[g].append(NewPerson(box=it.box, score=it.score, frame_index=it.frame_index, t_sec=it.t_sec,
+                                        pasta=v.pasta[i], verbs=v.verbs[i], parts=v.parts[i], visual=v.visual[i],
+                                        visual_norm=None if v.visual_norm is None else float(v.visual_norm[i])))
+        t["end"] = time.time()
+        return out, t
+
+
+@dataclass
+class _Decoding:
+    pending: _Pending
+    task: DecodeTask
+    meta: object  # ObjectRef of (DecodeResult, n_items, start, end)
+    items: object  # ObjectRef of list[Item]
+    submitted: float
+
+
+@dataclass
+class _Call:
+    """One batch on an actor: (pending, slot in its persons) per group."""
+
+    slots: list[tuple[_Pending, int]]
+    actor: int
+    submitted: float
+
+
+class RayIngestor(Ingestor):
+    """The ingest driver with decoding on Ray tasks and detection + encoding on a Ray actor pool."""
+
+    def __init__(self, *args, ray_options: RayOptions, **kwargs):
+        super().__init__(*args, **kwargs)
+        if ray_options.models is None:
+            raise InputError("the Ray engine needs a model loader for its actors (use A2VSearch.ingest)")
+        if self.opt.jpeg_decoder == "gpu":
+            raise InputError("--jpeg-decoder gpu is for the local engine; the Ray engine decodes on Ray's CPU tasks "
+                             "(use --jpeg-decoder auto or cpu)")
+        self.ray_opt = ray_options
+        self.stages.update({k: 0.0 for k in ("start", "queue", "transfer")})
+        self._ray = None
+        self._started_ray = False
+        self._actors: list = []
+        self._actor_load: list[int] = []
+        self._batch: list[tuple[_Pending, int, object, int]] = []  # (pending, slot, items ref, n items)
+        self._calls: dict = {}  # ObjectRef -> _Call
+        self._items: dict[int, tuple[object, int]] = {}  # id(DecodeResult) -> (items ref, n items)
+        self._current: tuple[object, int] = (None, 0)  # those of the result being handled
+        self._decoding = 0  # decode tasks in flight
+        self._slots = 1  # decode tasks that run at once (set when the actors start)
+
+    # ------------------------------------------------------------------ cluster
+
+    def run(self, paths: list[str]):
+        try:
+            return super().run(paths)
+        finally:
+            self._stop()
+
+    def _load_models(self) -> None:
+        if self._models_ready:
+            return
+        self._connect()  # first: without Ray or a cluster, fail before loading any model
+        super()._load_models()
+        self._gpu_jpeg = False  # decoding runs on Ray's CPU tasks: the actors get pixels, never JPEG bytes
+        ray = self._ray
+        gpus = self.ray_opt.gpus_per_worker
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus is None:
+            gpus = 1 if cluster_gpus else 0
+        if gpus > cluster_gpus:
+            raise InputError(f"--gpus-per-worker {gpus:g}, but the Ray cluster has {cluster_gpus:g} GPUs; "
+                             "use --gpus-per-worker 0 to encode on CPUs")
+        n = self.ray_opt.workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if n * gpus > cluster_gpus or n >= cpus:
+            raise InputError(f"{n} workers of {gpus:g} GPUs and 1 CPU each do not fit the Ray cluster ({cpus} CPUs, "
+                             f"{cluster_gpus:g} GPUs; decoding needs a CPU too); lower --workers")
+        retries = self.ray_opt.max_retries
+        actor_cls = ray.remote(EncoderActor).options(num_cpus=1, num_gpus=gpus, max_restarts=retries,
+                                                     max_task_retries=retries)
+        device = "cuda" if gpus else "cpu"
+        models = self.ray_opt.models()
+        self._actors = [actor_cls.remote(models, device, self.opt.batch_size) for _ in range(n)]
+        self._actor_load = [0] * n
+        self._slots = max(1, cpus - n)  # decode tasks that run at once (the actors hold one CPU each)
+        try:  # a model that cannot load on the workers is the run's error, not each file's
+            with self._stage("start"):
+                ray.get(ray.wait([a.ready.remote() for a in self._actors], num_returns=1)[0])
+        except ray.exceptions.RayActorError as e:
+            raise ModelError(f"a Ray worker could not load the models: {str(e).splitlines()[0]}") from None
+        self._decode_fn = ray.remote(decode_split).options(num_returns=2, max_retries=1, num_cpus=1)
+
+    def _connect(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise InputError("--engine ray needs Ray: pip install 'a2v-search[ray]' (ray[data])") from None
+        self._ray = ray
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a2v-search's runs
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+        try:
+            ray.init(address=self.ray_opt.address, runtime_env={"env_vars": env}, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
+        except ConnectionError as e:
+            raise InputError(f"cannot reach the Ray cluster at {self.ray_opt.address}: {e}; start it with "
+                             "`ray start --head` or give its address with --ray-address") from None
+        self._started_ray = True
+
+    def _stop(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for ref in self._calls:
+            ray.cancel(ref, force=False)
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors, self._calls = [], {}
+        if self._started_ray:
+            ray.shutdown()
+
+    # ------------------------------------------------------------------ decoding on tasks
+
+    def _decoded(self, tasks: Iterator[tuple[_Pending, DecodeTask]]):
+        """Yield (pending, result without items) in task order, decoding ahead on Ray tasks. A task still
+        running ``file_timeout`` seconds after it was submitted is cancelled and is that file's failure. At most
+        two tasks per decoding CPU are unfinished at a time, so a task waits for at most one other to start; the
+        clocks of those behind a cancelled one start again."""
+        ray = None
+        inflight: deque[_Decoding] = deque()
+
+        def next_task():
+            return self._followups.popleft() if self._followups else next(tasks, None)
+
+        try:
+            while True:
+                while True:
+                    if inflight and self._running(inflight) >= 2 * self._slots:
+                        break
+                    if len(inflight) >= 8 * self._slots or (nxt := next_task()) is None:
+                        break
+                    ray = self._ray
+                    meta, items = self._decode_fn.remote(nxt[1])
+                    inflight.append(_Decoding(nxt[0], nxt[1], meta, items, time.time()))
+                self._decoding = len(inflight)
+                if not inflight:
+                    break
+                head = inflight[0]
+                with self._stage("wait"):
+                    ready, _ = ray.wait([head.meta], timeout=0.05)
+                self._send(final=False)
+                self._harvest(need=int(len(self._calls) >= 2 * len(self._actors)))  # actors behind: wait for one
+                if not ready:
+                    limit = self.opt.file_timeout
+                    if limit is not None and time.time() - head.submitted > limit:
+                        inflight.popleft()
+                        ray.cancel(head.meta, force=True)
+                        for d in inflight:
+                            d.submitted = time.time()
+                        yield head.pending, _timed_out(head.task, limit)
+                    continue
+                inflight.popleft()
+                result = self._fetch(head)
+                fault_point("decode")
+                yield head.pending, result
+        finally:
+            self._decoding = 0
+            for d in inflight:
+                ray.cancel(d.meta, force=True)
+
+    def _running(self, inflight: deque[_Decoding]) -> int:
+        refs = [d.meta for d in inflight]
+        ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
+        return len(refs) - len(ready)
+
+    def _fetch(self, d: _Decoding) -> DecodeResult:
+        ray = self._ray
+        try:
+            result, n, start, end = ray.get(d.meta)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError):
+            return DecodeResult(path=d.task.path, kind=d.task.kind, error=("decode", CRASHED))
+        except ray.exceptions.RayError as e:
+            return DecodeResult(path=d.task.path, kind=d.task.kind,
+                                error=("decode", f"decode task failed: {type(e).__name__}"))
+        now = time.time()
+        self.stages["queue"] += max(0.0, start - d.submitted)
+        self.stages["transfer"] += max(0.0, now - end)
+        self._items[id(result)] = (d.items, n)
+        return result
+
+    # ------------------------------------------------------------------ detection and encoding on actors
+
+    def _on_decoded(self, p: _Pending, r: DecodeResult) -> None:
+        # the pixels' reference, dropped here unless _dispatch sends it (a failed, skipped or duplicate file's
+        # pixels leave the object store at once)
+        self._current = self._items.pop(id(r), (None, 0))
+        try:
+            super()._on_decoded(p, r)
+        finally:
+            self._current = (None, 0)
+
+    def _dispatch(self, p: _Pending, r: DecodeResult) -> None:
+        ref, n = self._current
+        if n == 0:
+            return
+        p.persons.append([])  # this segment's persons, filled when its batch comes back (segments keep order)
+        p.waiting += 1
+        self._batch.append((p, len(p.persons) - 1, ref, n))
+
+    def _complete(self, p: _Pending) -> None:
+        p.persons = [person for group in p.persons for person in group]
+        super()._complete(p)
+
+    def _flush(self, final: bool) -> None:
+        self._send(final or self._decoding == 0 or self.report.persons_added == 0)  # first persons: nothing waits
+        self._harvest(need=len(self._calls) if final else 0)
+        super()._flush(final)
+
+    def _send(self, final: bool) -> None:
+        """Hand the batch to the least busy actor when it holds ``batch_size`` persons (or frames), or at the end."""
+        while self._batch and (final or sum(n for *_, n in self._batch) >= self.opt.batch_size):
+            take, size = 0, 0
+            while take < len(self._batch) and (size < self.opt.batch_size or take == 0):
+                size += self._batch[take][3]
+                take += 1
+            batch, self._batch = self._batch[:take], self._batch[take:]
+            self._submit([(p, slot) for p, slot, _, _ in batch], [ref for _, _, ref, _ in batch])
+
+    def _submit(self, slots: list[tuple[_Pending, int]], groups: list) -> None:
+        a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
+        self._actor_load[a] += 1
+        ref = self._actors[a].run.remote(*groups)
+        self._calls[ref] = _Call(slots, a, time.time())
+
+    def _harvest(self, need: int) -> None:
+        """Take the persons of the batches that are back, waiting until at least ``need`` are."""
+        if not self._calls:
+            return
+        refs = list(self._calls)
+        with self._stage("wait"):
+            ray = self._ray
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            if len(ready) < need:
+                ready, _ = ray.wait(refs, num_returns=need, timeout=None)
+                ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0]
+        for ref in ready:
+            call = self._calls.pop(ref)
+            self._actor_load[call.actor] -= 1
+            self._take(ref, call)
+
+    def _take(self, ref, call: _Call) -> None:
+        ray = self._ray
+        try:
+            groups, t = ray.get(ref)
+        except ray.exceptions.RayActorError:  # the actor died more often than it may be restarted
+            for p, _ in call.slots:
+                if not p.dropped:
+                    p.dropped = True
+                    self._forget_hash(p)
+                    self._note_failure(p.cand.path, "encode", "the encoding worker died on every try with this file")
+                    self._file_done()
+            return
+        now = time.time()
+        self.stages["queue"] += max(0.0, t["start"] - call.submitted)
+        self.stages["transfer"] += max(0.0, now - t["end"])
+        self.stages["detect"] += t["detect"]
+        self.stages["encode"] += t["encode"]
+        for (p, slot), persons in zip(call.slots, groups, strict=True):
+            if p.dropped:
+                continue
+            p.persons[slot] = persons
+            p.waiting -= 1
+            if p.complete:
+                self._complete(p)
+
+    def _forget_hash(self, p: _Pending) -> None:
+        if p.content_hash and self._hashes.get(p.content_hash) is p:
+            del self._hashes[p.content_hash]
+
+
+def run_ray_ingest(store, encoder, detector, paths: list[str], options, on_progress, ray_options: RayOptions):
+    """:func:`~a2v_search.ingest.run_ingest` on a Ray cluster."""
+    return RayIngestor(store, encoder, detector, options, on_progress, ray_options=ray_options).run(
+        [str(p) for p in paths])
+
