@@ -258,6 +258,8 @@ class A2VSearch:
                              force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
                              file_timeout=file_timeout)
         with self.writer("ingest") as store:
+            if self._flags["checkpoint"] and store.space_row() is not None:
+                self.encoder(store)  # a converted folder given for the store's pickle is recorded even on a no-op run
             if engine == "ray":
                 from .ray_engine import RayOptions, run_ray_ingest, worker_models
 

@@ -228,7 +228,8 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
         os.close(to_child)
         seen = []
 
-        def on_progress(done, total, persons):
+        def on_progress(progress):
+            persons = progress.persons
             if persons and (not seen or persons > seen[-1]) and len(seen) < syncs:
                 seen.append(persons)
                 os.write(to_parent, f"{persons}\n".encode())
