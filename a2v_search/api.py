@@ -144,15 +144,22 @@ class A2VSearch:
                 self._remember_checkpoint_folder(store)
         return self._encoder
 
-    def _remember_checkpoint_folder(self, store: Store) -> None:
-        """A writer given a converted (pickle-free) folder of the store's own checkpoint records its path, so later
-        commands load the folder without flags instead of the pickled file."""
+    def _checkpoint_folder_to_record(self, store: Store) -> str | None:
+        """The converted (pickle-free) checkpoint folder given by flag when the store records another path."""
         from .models.checkpoint import is_own_checkpoint
         from .models.factory import model_ref
 
         flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
         if flag and spec is not None and is_own_checkpoint(Path(flag)) and spec.get("checkpoint") != model_ref(flag):
-            store.record_spec({**spec, "checkpoint": model_ref(flag)})  # same identity: check_space passed
+            return model_ref(flag)
+        return None
+
+    def _remember_checkpoint_folder(self, store: Store) -> None:
+        """A writer given a converted folder of the store's own checkpoint records its path, so later commands
+        load the folder without flags instead of the pickled file (``encoder`` checked the identity first)."""
+        folder = self._checkpoint_folder_to_record(store)
+        if folder is not None:
+            store.record_spec({**store.space()["spec"], "checkpoint": folder})
 
     def detector(self, name: str | None = None):
         """``none``, ``boxes:FILE`` or a detector model (loaded once). Default: the flag, else the detector the
@@ -258,8 +265,8 @@ class A2VSearch:
                              force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
                              file_timeout=file_timeout)
         with self.writer("ingest") as store:
-            if self._flags["checkpoint"] and store.space_row() is not None:
-                self.encoder(store)  # a converted folder given for the store's pickle is recorded even on a no-op run
+            if self._checkpoint_folder_to_record(store) is not None:
+                self.encoder(store)  # checks the folder's identity and records it, even when nothing needs encoding
             if engine == "ray":
                 from .ray_engine import RayOptions, run_ray_ingest, worker_models
 

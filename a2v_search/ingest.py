@@ -495,10 +495,9 @@ class Ingestor:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _note_failure(self, path: str, stage: str, reason: str, record: bool = True) -> None:
+    def _note_failure(self, path: str, stage: str, reason: str) -> None:
         path = os.path.abspath(path)  # one form for every stage: discovery sees names as given, decoding real paths
-        if record:
-            self._failures.append((path, stage, reason))
+        self._failures.append((path, stage, reason))
         self.report.failures.append({"path": path, "stage": stage, "error": reason})
         log.debug("failed %s at %s: %s", path, stage, reason)
 
