@@ -16,7 +16,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,36 +24,22 @@ import numpy as np
 from PIL import Image
 
 from db import repo
-from db.repo import NewMedia, NewPerson
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
-from .detect import BoxesFile, DetectorOptions, ModelDetector, WholeImage, make_detector
+from .detect import Detector, DetectorOptions, detector_kind, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
-from .search import Searcher, SearchResult, check_page, check_text, make_filters, top_labels
+from .records import ImportReport, import_records, read_records
+from .search import Searcher, SearchOptions, SearchResult, check_page, check_text, make_filters, top_labels
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
-from .tracks import TOP_FRAMES
 
 if TYPE_CHECKING:
     from .export import ExportReport
     from .ingest import IngestProgress, IngestReport
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
-
-
-@dataclass
-class ImportReport:
-    """What an import of precomputed records did."""
-
-    records: int = 0
-    media_added: int = 0
-    persons_added: int = 0
-    failures: list[dict] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class A2VSearch:
@@ -79,7 +64,7 @@ class A2VSearch:
         self._precision = precision
         self._compile = check_choice("--compile", compile, COMPILE_MODES)
         self._encoder = None
-        self._detectors: dict[str, object] = {}
+        self._detectors: dict[str, Detector] = {}
         self._reader: Store | None = None
         self._signature: tuple | None = None
 
@@ -161,22 +146,22 @@ class A2VSearch:
         if folder is not None:
             store.record_spec({**store.space()["spec"], "checkpoint": folder})
 
-    def detector(self, name: str | None = None):
-        """``none``, ``boxes:FILE`` or a detector model (loaded once). Default: the flag, else the detector the
-        store was last ingested with (so query persons are cut out the way stored ones were), else settings."""
-        name = name or self._detector_flag or self._store_detector() or self._default_detector
+    def detector(self, name: str | None = None) -> Detector:
+        """``none``, ``boxes:FILE`` or a detector model (loaded once); ``name`` defaults as :meth:`detector_name`."""
+        name = self.detector_name(name)
         if name not in self._detectors:
-            device = get_device(self.settings.device) if name not in ("none",) and not name.startswith("boxes:") \
-                else None
+            device = get_device(self.settings.device) if detector_kind(name) == "model" else None
             self._detectors[name] = make_detector(name, device, self._detector_options)
         return self._detectors[name]
 
+    def detector_name(self, name: str | None = None) -> str:
+        """``name``, else the flag, else the detector the store was last ingested with (so query persons are cut
+        out the way stored ones were), else settings."""
+        return name or self._detector_flag or self._store_detector() or self._default_detector
+
     def _store_detector(self) -> str | None:
         store = self._open_reader(required=False)
-        if store is None:
-            return None
-        with store.db.session() as s:
-            return repo.get_meta(s, "detector")
+        return store.meta("detector") if store is not None else None
 
     # ------------------------------------------------------------------ stores
 
@@ -258,8 +243,8 @@ class A2VSearch:
             raise InputError(f"unknown engine {engine!r}; valid: local, ray")
         if engine == "local" and (ray_address is not None or gpus_per_worker is not None):
             raise InputError("--ray-address and --gpus-per-worker need --engine ray")
-        name = detector or self._detector_flag or self._store_detector() or self._default_detector
-        cheap = name.strip().lower() == "none" or name.strip().lower().startswith("boxes:")
+        name = self.detector_name(detector)
+        cheap = detector_kind(name) != "model"  # a model detector loads when the first file needs decoding
         det = self.detector(name) if cheap else (lambda: self.detector(name))
         opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
                              force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
@@ -279,9 +264,8 @@ class A2VSearch:
                 report = run_ray_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress, ray_opt)
             else:
                 report = run_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress)
-            if not isinstance(det, BoxesFile) and (cheap or report.media_ingested):
-                with store.db.session() as s:
-                    repo.set_meta(s, "detector", self.detector(name).name)
+            if detector_kind(name) != "boxes" and (cheap or report.media_ingested):  # boxes name files, not a way
+                store.set_meta("detector", self.detector(name).name)
             return report
 
     def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default") -> ImportReport:
@@ -297,31 +281,12 @@ class A2VSearch:
 
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
         already stored is replaced."""
-        records = _read_records(source)
-        report = ImportReport(records=len(records))
+        records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)
-            dim = encoder.model.visual_dim
             store.ensure_space(encoder.space, encoder.language)
             store.indexes()
-            items: list[NewMedia] = []
-            for i, rec in enumerate(records):
-                try:
-                    items.append(_record_to_media(rec, dim, collection))
-                except InputError as e:
-                    where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
-                    report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
-            with store.db.session() as s:
-                states = repo.media_by_path(s, [m.path for m in items])
-            for m in items:
-                if m.path in states:
-                    m.replaces = states[m.path].id
-            for start in range(0, len(items), 256):
-                ids = store.write(items[start:start + 256])
-                report.persons_added += len(ids)
-            report.media_added = len(items)
-            store.save()
-        return report
+            return import_records(store, records, encoder.model.visual_dim, collection)
 
     # ------------------------------------------------------------------ predict
 
@@ -347,27 +312,32 @@ class A2VSearch:
         if box is not None:
             return [(list(box), 1.0)]
         det = self.detector(detector)
-        if isinstance(det, WholeImage):
-            return [(None, 1.0)]
-        if not isinstance(det, ModelDetector):
-            raise InputError("a boxes file cannot be used for a query image; give --box x1,y1,x2,y2 instead")
-        return [(b, s) for b, s in det.detect([np.asarray(img)])[0]]
+        return [(b, s) for b, s in det.detect([np.asarray(img)])[0]]  # a boxes file: InputError naming --box
 
     # ------------------------------------------------------------------ search
 
     def _searcher(self) -> Searcher:
         return Searcher(self._open_reader())
 
-    def search_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
-                    path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                    per_media: bool = False, min_score: float | None = None, group: str | None = None,
-                    moment_frames: int = TOP_FRAMES) -> SearchResult:
+    def _rank(self, vectors: dict[str, np.ndarray], weights: dict[str, float], opts: SearchOptions, query: dict,
+              exclude: set[int] | None = None, searcher: Searcher | None = None) -> SearchResult:
+        """The last step of every search: rank stored persons (or moments) against the query vectors."""
+        return (searcher or self._searcher()).search(
+            vectors, weights, opts.k, opts.offset, opts.filters(), opts.per_media, opts.min_score, exclude=exclude,
+            query=query, group=opts.group, moment_frames=opts.moment_frames)
+
+    def search_text(self, text: str, k: int | None = None, *, options: SearchOptions | None = None,
+                    **fields) -> SearchResult:
         """Persons matching PaSta text (``"hand: hold=2; head: drink with"``) or free text, in the language space.
 
-        Every search takes ``group="track"``: one hit per video moment (a track; see :class:`search.Moment`), scored
-        by the mean of its best ``moment_frames`` frame scores (1: its best frame)."""
+        Every search takes a :class:`~a2v_search.search.SearchOptions` as ``options=`` or its fields as keywords
+        (``k``, ``offset``, ``collection``, ``path``, ``kind``, ``where``, ``per_media``, ``min_score``, ``group``,
+        ``moment_frames``; keywords override ``options``). ``group="track"``: one hit per video moment (a track;
+        see :class:`search.Moment`), scored by the mean of its best ``moment_frames`` frame scores (1: its best
+        frame)."""
+        opts = SearchOptions.of(options, k=k, **fields)
         check_text(text)
-        check_page(k, offset)
+        check_page(opts.k, opts.offset)
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
@@ -377,46 +347,31 @@ class A2VSearch:
         vec = language.embed_query(query)
         if not np.any(vec):
             raise QueryError(f"query {text!r} maps to no PaSta or verb with meaning")
-        filters = make_filters(collection, path, kind, where)
-        return self._searcher().search({"language": vec}, {"language": 1.0}, k, offset, filters, per_media, min_score,
-                                       query={"type": "text", **query.as_dict()}, group=group,
-                                       moment_frames=moment_frames)
+        return self._rank({"language": vec}, {"language": 1.0}, opts, {"type": "text", **query.as_dict()})
 
-    def search_clip_text(self, text: str, k: int = 10, *, offset: int = 0, collection: str | None = None,
-                         path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                         per_media: bool = False, min_score: float | None = None, group: str | None = None,
-                         moment_frames: int = TOP_FRAMES) -> SearchResult:
-        """Persons whose CLIP visual embedding matches a text through CLIP's text tower."""
+    def search_clip_text(self, text: str, k: int | None = None, *, options: SearchOptions | None = None,
+                         **fields) -> SearchResult:
+        """Persons whose CLIP visual embedding matches a text through CLIP's text tower (options: as
+        :meth:`search_text`)."""
+        opts = SearchOptions.of(options, k=k, **fields)
         check_text(text)
-        check_page(k, offset)
-        store = self._open_reader()
-        vec = self.encoder(store).clip_text([text])[0]
-        filters = make_filters(collection, path, kind, where)
-        return self._searcher().search({"visual": vec}, {"visual": 1.0}, k, offset, filters, per_media, min_score,
-                                       query={"type": "clip_text", "text": text}, group=group,
-                                       moment_frames=moment_frames)
+        check_page(opts.k, opts.offset)
+        vec = self.encoder(self._open_reader()).clip_text([text])[0]
+        return self._rank({"visual": vec}, {"visual": 1.0}, opts, {"type": "clip_text", "text": text})
 
-    def search_image(self, image: str | os.PathLike | Image.Image, k: int = 10, *, box: list[float] | None = None,
-                     person_index: int | None = None, detector: str | None = None,
-                     weights: tuple[float, ...] = DEFAULT_WEIGHTS, offset: int = 0, collection: str | None = None,
-                     path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                     per_media: bool = False, min_score: float | None = None, group: str | None = None,
-                     moment_frames: int = TOP_FRAMES) -> SearchResult:
+    def search_image(self, image: str | os.PathLike | Image.Image, k: int | None = None, *,
+                     box: list[float] | None = None, person_index: int | None = None, detector: str | None = None,
+                     weights: tuple[float, ...] = DEFAULT_WEIGHTS, options: SearchOptions | None = None,
+                     **fields) -> SearchResult:
         """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
-        ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads)."""
-        check_page(k, offset)
+        ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads);
+        options: as :meth:`search_text`."""
+        opts = SearchOptions.of(options, k=k, **fields)
+        check_page(opts.k, opts.offset)
         store = self._open_reader()
         img = _query_image(image)
         boxes = self._query_boxes(img, box, detector)
-        if not boxes:
-            raise QueryError(f"no person found in {image}; give --box x1,y1,x2,y2 or --detector none")
-        areas = [((b[2] - b[0]) * (b[3] - b[1]) if b else img.width * img.height) for b, _ in boxes]
-        if person_index is None:
-            chosen = int(np.argmax(areas))
-        elif 0 <= person_index < len(boxes):
-            chosen = person_index
-        else:
-            raise QueryError(f"--person-index {person_index} is out of range: {len(boxes)} persons found")
+        chosen = _chosen_person(img, boxes, person_index, image)
         qbox = boxes[chosen][0]
         w = _weights(weights)
         out = self.encoder(store).encode_persons([img], [qbox])
@@ -424,22 +379,18 @@ class A2VSearch:
         if w.get(ACTIVITY):  # from the values a stored person would keep, so a stored image finds itself at cos 1
             vecs[ACTIVITY] = store.activity_vectors(repo.unf16(repo.f16(out.visual)).reshape(1, -1),
                                                     out.visual_norm)[0]
-        filters = make_filters(collection, path, kind, where)
         query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
                  "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),
                  "person_index": chosen, "weights": list(weights),
                  "pasta": [[n, round(p, 4)] for n, p in top_labels(out.pasta[0], tx.PASTA_NAMES,
                                                                     skip=tx.NO_INTERACTION_PASTA)]}
-        return self._searcher().search(vecs, w, k, offset, filters, per_media, min_score, query=query, group=group,
-                                       moment_frames=moment_frames)
+        return self._rank(vecs, w, opts, query)
 
-    def search_similar(self, person_id: int, k: int = 10, *, weights: tuple[float, ...] = DEFAULT_WEIGHTS,
-                       offset: int = 0, collection: str | None = None, path: str | None = None,
-                       kind: str | None = None, where: list[str] | None = None, per_media: bool = False,
-                       min_score: float | None = None, group: str | None = None,
-                       moment_frames: int = TOP_FRAMES) -> SearchResult:
+    def search_similar(self, person_id: int, k: int | None = None, *, weights: tuple[float, ...] = DEFAULT_WEIGHTS,
+                       options: SearchOptions | None = None, **fields) -> SearchResult:
         """Persons like an indexed person (the person itself left out; with ``group="track"``, its whole track);
-        ``weights`` as for :meth:`search_image`."""
+        ``weights`` as for :meth:`search_image`, options as for :meth:`search_text`."""
+        opts = SearchOptions.of(options, k=k, **fields)
         store = self._open_reader()
         searcher = self._searcher()
         row = searcher.person(person_id)
@@ -448,25 +399,21 @@ class A2VSearch:
         if w.get(ACTIVITY):
             norm = np.array([np.nan if row.visual_norm is None else row.visual_norm], np.float32)
             vecs[ACTIVITY] = store.activity_vectors(row.visual[None], norm)[0]
-        filters = make_filters(collection, path, kind, where)
         query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
         exclude = {int(person_id)}
-        if group and row.track_id is not None:  # moments: the person's own track is not a result
-            with store.db.session() as s:
-                exclude.update(repo.track_members(s, [row.track_id])[row.track_id])
-        return searcher.search(vecs, w, k, offset, filters, per_media, min_score,
-                               exclude=exclude, query=query, group=group, moment_frames=moment_frames)
+        if opts.group and row.track_id is not None:  # moments: the person's own track is not a result
+            exclude.update(store.track_members([row.track_id])[row.track_id])
+        return self._rank(vecs, w, opts, query, exclude, searcher)
 
     def track(self, track_id: int) -> dict:
         """A stored video track: its video, time range and persons (person_id, t_sec, frame_index, box) in time
         order."""
-        store = self._open_reader()
-        with store.db.session() as s:
-            t = repo.fetch_tracks(s, [int(track_id)]).get(int(track_id))
-            if t is None:
-                raise QueryError(f"no track with id {track_id} in {self.data_dir} (ids come from `search --group "
-                                 "track` results)")
-            rows = repo.fetch_persons(s, repo.track_members(s, [t.id])[t.id])
+        tracks, members = self._open_reader().tracks([int(track_id)])
+        t = tracks.get(int(track_id))
+        if t is None:
+            raise QueryError(f"no track with id {track_id} in {self.data_dir} (ids come from `search --group "
+                             "track` results)")
+        rows = self._open_reader().persons(members[t.id])
         rows.sort(key=lambda r: (r.t_sec or 0.0, r.id))
         return {"track": t.id, "media_id": t.media_id, "path": rows[0].path if rows else None,
                 "t_start": t.t_start, "t_end": t.t_end,
@@ -491,13 +438,11 @@ class A2VSearch:
 
     def media(self, media_id: int) -> dict:
         """One stored image or video: id, path, kind, collection, size in pixels, and (videos) duration."""
-        store = self._open_reader()
-        with store.db.session() as s:
-            m = repo.get_media(s, media_id)
-            if m is None:
-                raise NotFoundError(f"no media with id {media_id} in {self.data_dir} (ids come from search results)")
-            return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
-                    "height": m.height, "duration": m.duration}
+        m = self._open_reader().media(media_id)
+        if m is None:
+            raise NotFoundError(f"no media with id {media_id} in {self.data_dir} (ids come from search results)")
+        return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
+                "height": m.height, "duration": m.duration}
 
     # ------------------------------------------------------------------ export
 
@@ -531,10 +476,7 @@ class A2VSearch:
     def stats(self) -> dict:
         """Counts of media, persons, failures; collections; index types and sizes; the vector space."""
         store = self._open_reader()
-        with store.db.session() as s:
-            counts = repo.counts(s)
-            collections = repo.collections(s)
-            recent = repo.failures(s, limit=20)
+        counts, collections, recent = store.summary()
         space = store.space()
         indexes = {}
         for name in ALL_INDEX_NAMES:
@@ -572,8 +514,7 @@ class A2VSearch:
         """Remove media (files, or everything under folders) and their persons from SQLite and FAISS."""
         targets = [os.path.realpath(p) for p in paths]
         with self.writer("remove") as store:
-            with store.db.session() as s:
-                media_ids = repo.media_ids_under(s, targets)
+            media_ids = store.media_ids_under(targets)
             removed = store.remove_media(media_ids)
         return {"media_removed": len(media_ids), "persons_removed": int(len(removed))}
 
@@ -613,6 +554,18 @@ def _weights(weights) -> dict[str, float]:
     return dict(zip(("visual", "language", ACTIVITY), (float(w) for w in weights), strict=False))
 
 
+def _chosen_person(img: Image.Image, boxes: list, person_index: int | None, image) -> int:
+    """Which found person a query image means: ``person_index``, else the largest (QueryError when none fits)."""
+    if not boxes:
+        raise QueryError(f"no person found in {image}; give --box x1,y1,x2,y2 or --detector none")
+    if person_index is None:
+        areas = [((b[2] - b[0]) * (b[3] - b[1]) if b else img.width * img.height) for b, _ in boxes]
+        return int(np.argmax(areas))
+    if 0 <= person_index < len(boxes):
+        return person_index
+    raise QueryError(f"--person-index {person_index} is out of range: {len(boxes)} persons found")
+
+
 def _query_image(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -625,96 +578,3 @@ def _query_image(image) -> Image.Image:
         raise InputError(f"cannot read query image {display_path(p)}: {e}") from None
     except OSError as e:
         raise InputError(f"cannot read query image {display_path(p)}: {e.strerror or e}") from None
-
-
-# ------------------------------------------------------------------ import records
-
-
-def _read_records(source) -> list:
-    if not isinstance(source, (str, os.PathLike)):
-        return list(source)
-    p = Path(source)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)") from None
-    stripped = text.lstrip()
-    try:
-        if stripped.startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p} is not valid JSON / JSON lines (line {e.lineno}: {e.msg})") from None
-
-
-def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit_range: bool = True) -> np.ndarray:
-    if isinstance(value, dict) and names is not None:
-        out = np.zeros(n, np.float32)
-        lookup = tx.pasta_index if names is tx.PASTA_NAMES else tx.verb_index
-        for name, p in value.items():
-            try:
-                out[lookup(name)] = float(p)
-            except (TypeError, ValueError):
-                raise InputError(f"{what}[{name!r}] is not a number") from None
-            except tx.UnknownNameError as e:
-                raise InputError(str(e)) from None
-        value = out
-    try:
-        arr = np.asarray(value, np.float32)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a list of {n} numbers") from None
-    if arr.shape != (n,):
-        raise InputError(f"{what} has shape {arr.shape}, expected ({n},)")
-    if not np.all(np.isfinite(arr)):
-        raise InputError(f"{what} has non-finite values")
-    if unit_range and (arr.min() < 0 or arr.max() > 1):
-        raise InputError(f"{what} must be probabilities in [0, 1]")
-    return arr
-
-
-def _record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
-    if not isinstance(rec, dict):
-        raise InputError("a record must be a JSON object")
-    path = rec.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise InputError("'path' must be a non-empty string")
-    kind = rec.get("kind", "image")
-    if kind not in ("image", "video"):
-        raise InputError(f"'kind' must be image or video, not {kind!r}")
-    persons = rec.get("persons", [])
-    if not isinstance(persons, list):
-        raise InputError("'persons' must be a list")
-    width, height = rec.get("width"), rec.get("height")
-    out = []
-    for j, p in enumerate(persons):
-        if not isinstance(p, dict):
-            raise InputError(f"persons[{j}] must be an object")
-        pasta = _vector(p.get("pasta"), 93, f"persons[{j}].pasta", tx.PASTA_NAMES)
-        verbs = _vector(p.get("verbs", [0.0] * 157), 157, f"persons[{j}].verbs", tx.VERB_NAMES)
-        visual = _vector(p.get("visual"), visual_dim, f"persons[{j}].visual", unit_range=False)
-        norm = float(np.linalg.norm(visual))
-        if norm < 1e-6:
-            raise InputError(f"persons[{j}].visual is a zero vector")
-        tower_norm = p.get("visual_norm", norm)  # the tower output's norm when `visual` is already unit length
-        if isinstance(tower_norm, bool) or not isinstance(tower_norm, (int, float)) or not math.isfinite(tower_norm) \
-                or tower_norm <= 0:
-            raise InputError(f"persons[{j}].visual_norm must be a positive number")
-        if "parts" in p:
-            parts = _vector(p["parts"], 6, f"persons[{j}].parts")
-        else:  # the strongest interacting state of each part
-            parts = np.array([pasta[r.start:r.stop - 1].max() for r in tx.PART_RANGES.values()], np.float32)
-        box = p.get("box", [0, 0, width or 1, height or 1])
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
-                or box[2] <= box[0] or box[3] <= box[1]):
-            raise InputError(f"persons[{j}].box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
-        out.append(NewPerson(box=[float(v) for v in box], pasta=pasta, verbs=verbs, parts=parts,
-                             visual=visual / norm, visual_norm=float(tower_norm), score=float(p.get("score", 1.0)),
-                             frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
-    return NewMedia(path=path, content_hash=rec.get("content_hash"), size=int(rec.get("size", 0) or 0),
-                    mtime=float(rec.get("mtime", 0.0) or 0.0), kind=kind,
-                    collection=str(rec.get("collection") or collection),
-                    width=width if isinstance(width, int) else None, height=height if isinstance(height, int) else None,
-                    persons=out)

@@ -1,5 +1,5 @@
 """Person detectors: the whole image (``none``), a boxes file (``boxes:FILE``), or a transformers object-detection
-model (person class only, score threshold, max persons, minimum box size)."""
+model (person class only, score threshold, max persons, minimum box size). All three are a :class:`Detector`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from .errors import InputError, ModelError
 from .media import Candidate, Found
 from .person_boxes import merge_boxes
 
-Detection = tuple[list[float], float]  # (x1, y1, x2, y2) pixels, score
+Detection = tuple[list[float] | None, float]  # (x1, y1, x2, y2) pixels (None: the whole frame), score
 
 
 @dataclass
@@ -27,13 +28,47 @@ class DetectorOptions:
     batch_size: int = 8
 
 
+FrameBoxes = dict[int, list[Detection]]  # a video's boxes per frame index (frames not named hold no person)
+BoundBoxes = dict[str, list[Detection] | FrameBoxes]  # boxes per media path
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds the persons of images. ``name`` is how it is recorded (``none``, ``boxes:FILE`` or the model);
+    ``needs_frames``: whether :meth:`detect` must see decoded frames (a model) or the persons are known without
+    looking (the whole image, a boxes file)."""
+
+    name: str
+    needs_frames: bool
+
+    def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
+        """The persons of each (h, w, 3) uint8 frame, best first; a box None is the whole frame."""
+        ...
+
+    def bind(self, candidates: list[Candidate | Found]) -> BoundBoxes | None:
+        """Boxes per candidate path known before decoding (a boxes file), or None (found by :meth:`detect`)."""
+        ...
+
+
+def detector_kind(spec: str | None) -> str:
+    """``none``, ``boxes`` or ``model``: which detector a ``--detector`` value names (nothing is loaded)."""
+    spec = (spec or "none").strip().lower()
+    return "none" if spec == "none" else "boxes" if spec.startswith("boxes:") else "model"
+
+
 class WholeImage:
     """Each image (or frame) is one person in whole-image mode, as the image-level CLIP-Activity2Vec."""
 
     name = "none"
+    needs_frames = False
 
+    def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
+        """One person per frame: the whole frame (box None)."""
+        return [[(None, 1.0)] for _ in frames]
 
-FrameBoxes = dict[int, list[Detection]]  # a video's boxes per frame index (frames not named hold no person)
+    def bind(self, candidates: list[Candidate | Found]) -> None:
+        """Nothing to bind: the decoders take the whole frame."""
+        return None
 
 
 class BoxesFile:
@@ -44,12 +79,18 @@ class BoxesFile:
     In COCO files an image entry with ``"frame_index": N`` gives the boxes of frame N of a video (the source frame
     number, as stored with each person); a video without such entries uses the same boxes in every frame."""
 
+    needs_frames = False
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.name = f"boxes:{self.path}"
         self.boxes: dict[str, list[Detection] | FrameBoxes] = _read_boxes_file(self.path)
 
-    def bind(self, candidates: list[Candidate | Found]) -> dict[str, list[Detection] | FrameBoxes]:
+    def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
+        """A boxes file names files, not frames: an InputError naming the fix."""
+        raise InputError("a boxes file cannot be used for a query image; give --box x1,y1,x2,y2 instead")
+
+    def bind(self, candidates: list[Candidate | Found]) -> BoundBoxes:
         """Boxes per candidate path. Every entry of the file must name one of the files being ingested (matched
         by its path under the folder given, or by its file name when that is unique)."""
         by_rel: dict[str, str] = {}
@@ -58,7 +99,7 @@ class BoxesFile:
             rel = os.path.relpath(c.given, c.root).replace(os.sep, "/")
             by_rel[rel] = c.path
             by_name[os.path.basename(c.given)].append(c.path)
-        out: dict[str, list[Detection] | FrameBoxes] = {}
+        out: BoundBoxes = {}
         unknown = []
         for key, dets in self.boxes.items():
             k = key.replace("\\", "/").lstrip("./")
@@ -174,6 +215,8 @@ def _hake_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
 class ModelDetector:
     """A transformers object-detection model (hub id or folder); keeps the ``person`` class only."""
 
+    needs_frames = True
+
     def __init__(self, model: str, device, options: DetectorOptions | None = None):
         import torch
         from transformers import AutoImageProcessor, AutoModelForObjectDetection
@@ -222,12 +265,17 @@ class ModelDetector:
                 out.append(dets[:o.max_persons])
         return out
 
+    def bind(self, candidates: list[Candidate | Found]) -> None:
+        """Nothing known before decoding: the model looks at each frame."""
+        return None
 
-def make_detector(spec: str, device=None, options: DetectorOptions | None = None):
+
+def make_detector(spec: str, device=None, options: DetectorOptions | None = None) -> Detector:
     """``none`` -> WholeImage, ``boxes:FILE`` -> BoxesFile, anything else -> ModelDetector(model id or folder)."""
     spec = (spec or "none").strip()
-    if spec.lower() == "none":
+    kind = detector_kind(spec)
+    if kind == "none":
         return WholeImage()
-    if spec.lower().startswith("boxes:"):
+    if kind == "boxes":
         return BoxesFile(spec[6:])
     return ModelDetector(spec, device, options)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from db import repo
 from db.repo import Filters
 
 from . import taxonomy as tx
@@ -134,12 +133,8 @@ def iter_batches(store: Store, filters: Filters | None = None, fields: Sequence[
 
 
 def _batches(store: Store, filters: Filters | None, fields: list[str], batch_size: int) -> Iterator[dict]:
-    with store.db.snapshot() as s:
-        ids = repo.filter_person_ids(s, filters) if filters is not None else None
-        if ids is not None and not len(ids):
-            return
-        for batch in repo.iter_person_batches(s, ids, chunk=batch_size):
-            yield _columns(store, batch, fields)
+    for batch in store.person_batches(filters, batch_size):
+        yield _columns(store, batch, fields)
 
 
 def _columns(store: Store, batch: dict, fields: Sequence[str]) -> dict[str, np.ndarray]:

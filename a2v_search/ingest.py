@@ -27,7 +27,7 @@ from db import repo
 from db.repo import MediaState, NewMedia, NewPerson
 
 from .decode_pool import DecodePool
-from .detect import BoxesFile, ModelDetector, WholeImage
+from .detect import BoxesFile, Detector
 from .errors import InputError
 from .faults import fault_point
 from .media import DEFAULT_MAX_PIXELS, Candidate, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
@@ -252,7 +252,7 @@ class Ingestor:
         self._load_models()
         boxes = self._boxes.get(p.cand.path, []) if isinstance(self.detector, BoxesFile) else None
         segment = (0.0, self.opt.segment_s) if p.cand.kind == "video" else None
-        for_detector = isinstance(self.detector, ModelDetector)
+        for_detector = self.detector.needs_frames
         p.task = DecodeTask(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,
                             for_detector=for_detector, max_pixels=self.opt.max_pixels,
                             video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
@@ -559,6 +559,6 @@ def run_ingest(store: Store, encoder: ActivityEncoder | Callable[[], ActivityEnc
                on_progress: Callable[[IngestProgress], None] | None = None) -> IngestReport:
     """Ingest ``paths`` into ``store`` (write-locked). ``encoder`` and ``detector``: loaded ones, or callables
     that load them when the first file needs decoding."""
-    if not callable(detector) and not isinstance(detector, (WholeImage, BoxesFile, ModelDetector)):
+    if not callable(detector) and not isinstance(detector, Detector):
         raise InputError(f"unknown detector {detector!r}")
     return Ingestor(store, encoder, detector, options, on_progress).run([str(p) for p in paths])

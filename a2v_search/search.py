@@ -15,7 +15,7 @@ high as the lowest candidate, so no track outside the pool could rank above them
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -167,6 +167,36 @@ def make_filters(collection: str | None = None, path: str | None = None, kind: s
     return Filters(collection=collection, path_glob=path, kind=kind, where=[parse_where(w) for w in where or []])
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What every search takes besides its query: the page (``k`` results after ``offset``), the filters
+    (``collection``, ``path`` glob, ``kind``, ``where`` expressions), at most one hit ``per_media``, a
+    ``min_score``, and ``group="track"`` (one hit per video moment, scored by the mean of its best
+    ``moment_frames`` frame scores)."""
+
+    k: int = 10
+    offset: int = 0
+    collection: str | None = None
+    path: str | None = None
+    kind: str | None = None
+    where: list[str] | None = None
+    per_media: bool = False
+    min_score: float | None = None
+    group: str | None = None
+    moment_frames: int = TOP_FRAMES
+
+    @classmethod
+    def of(cls, options: SearchOptions | None = None, **fields) -> SearchOptions:
+        """``options`` (default: the defaults) with the given fields replaced; None values leave a field as is.
+        An unknown field is a TypeError, as an unknown keyword argument would be."""
+        given = {n: v for n, v in fields.items() if v is not None}
+        return replace(options or cls(), **given)
+
+    def filters(self) -> Filters:
+        """The filters as the store reads them (QueryError for a bad ``kind`` or ``where``)."""
+        return make_filters(self.collection, self.path, self.kind, self.where)
+
+
 class Searcher:
     """Ranks stored persons against query vectors (see module docstring)."""
 
@@ -200,8 +230,7 @@ class Searcher:
         indexes = self.store.indexes(list(weights))
         allow = None
         if filters is not None and not filters.empty():
-            with self.store.db.session() as s:
-                allow = repo.filter_person_ids(s, filters)
+            allow = self.store.filter_person_ids(filters)
             if not len(allow):
                 return SearchResult(query or {}, [])
         total = len(allow) if allow is not None else max(idx.ntotal for idx in indexes.values())
@@ -233,12 +262,11 @@ class Searcher:
                     break
             pool *= 4
         top = ranked[offset:need]
-        with self.store.db.session() as s:
-            rows = {r.id: r for r in repo.fetch_persons(s, [pid for pid, _, _, *_ in top])}
-            hits = [self._hit(offset + i + 1, rows[pid], score, cos)
-                    for i, (pid, score, cos, *_) in enumerate(top) if pid in rows]
-            if group:
-                self._add_moments(s, hits, {r[0]: r[3] for r in top})
+        rows = {r.id: r for r in self.store.persons([pid for pid, _, _, *_ in top])}
+        hits = [self._hit(offset + i + 1, rows[pid], score, cos)
+                for i, (pid, score, cos, *_) in enumerate(top) if pid in rows]
+        if group:
+            self._add_moments(hits, {r[0]: r[3] for r in top})
         if group:
             how = "the best frame's score" if moment_frames == 1 else f"mean of the best {moment_frames} frame scores"
             query = {**(query or {}), "group": group, "aggregate": how}
@@ -248,9 +276,7 @@ class Searcher:
                  exclude: set[int] | None, top: int) -> list:
         """Candidate persons -> moments [(best person id, moment score, its cosines, best frame score)], best first,
         ties by person id. Every person of a candidate track that passes the filters is re-scored exactly."""
-        with self.store.db.session() as s:
-            track_of = repo.tracks_of(s, [r[0] for r in ranked])
-            members = repo.track_members(s, [t for t in track_of.values() if t is not None])
+        track_of, members = self.store.tracks_of([r[0] for r in ranked])
         allowed = None if allow is None else set(allow.tolist())
         wanted = [pid for ids in members.values() for pid in ids
                   if (allowed is None or pid in allowed) and not (exclude and pid in exclude)]
@@ -268,20 +294,21 @@ class Searcher:
         out.sort(key=lambda r: (-r[1], r[0]))
         return out
 
-    @staticmethod
-    def _add_moments(s, hits: list[Hit], frame_scores: dict[int, float]) -> None:
+    def _add_moments(self, hits: list[Hit], frame_scores: dict[int, float]) -> None:
         """Attach each hit's track as a Moment (time range, size, best frame score, a strip of frames)."""
-        tracks = repo.fetch_tracks(s, [h.track_id for h in hits if h.track_id is not None])
-        members = repo.track_members(s, list(tracks))
+        tracks, members = self.store.tracks([h.track_id for h in hits if h.track_id is not None])
+        picks = {}  # track id -> the persons of its strip, spread over the track
+        for t in tracks.values():
+            ids = members[t.id]
+            n = min(STRIP, len(ids))
+            picks[t.id] = sorted({ids[round(j * (len(ids) - 1) / max(n - 1, 1))] for j in range(n)})
+        rows = {r.id: r for r in self.store.persons([pid for ids in picks.values() for pid in ids])}
         for h in hits:
             t = tracks.get(h.track_id)
             if t is None:
                 continue
-            ids = members[t.id]
-            n = min(STRIP, len(ids))
-            picks = sorted({ids[round(j * (len(ids) - 1) / max(n - 1, 1))] for j in range(n)})
             strip = [{"person_id": r.id, "t_sec": r.t_sec, "frame_index": r.frame_index,
-                      "box": [round(v, 2) for v in r.box]} for r in repo.fetch_persons(s, picks)]
+                      "box": [round(v, 2) for v in r.box]} for r in (rows[i] for i in picks[t.id] if i in rows)]
             h.moment = Moment(track=t.id, t_start=t.t_start, t_end=t.t_end, persons=t.persons,
                               frame_score=frame_scores[h.person_id], strip=strip)
 
@@ -295,8 +322,7 @@ class Searcher:
     def _rescore(self, ids: list[int], vectors: dict[str, np.ndarray], weights: dict[str, float]) -> list:
         """Exact fused scores of candidates from their stored vectors: [(id, score, cosines)], best first, ties by
         id."""
-        with self.store.db.session() as s:
-            stored = repo.fetch_vectors(s, ids)
+        stored = self.store.person_vectors(ids)
         pids = stored.ids
         if not len(pids):
             return []
@@ -312,8 +338,7 @@ class Searcher:
         if min_score is not None:
             ranked = [r for r in ranked if r[1] >= min_score]
         if per_media:
-            with self.store.db.session() as s:
-                media = repo.media_ids_of(s, [r[0] for r in ranked])
+            media = self.store.media_ids_of([r[0] for r in ranked])
             seen: set[int] = set()
             unique = []
             for r in ranked:
@@ -333,8 +358,7 @@ class Searcher:
 
     def person(self, person_id: int) -> PersonRow:
         """A stored person, or QueryError naming the id."""
-        with self.store.db.session() as s:
-            rows = repo.fetch_persons(s, [int(person_id)])
+        rows = self.store.persons([int(person_id)])
         if not rows:
             raise NotFoundError(f"no person with id {person_id} in {self.store.data_dir} "
                                 "(ids come from search results)")

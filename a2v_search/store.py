@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from db import repo
 from db.repo import Database, NewMedia
-from db.schema import Space
+from db.schema import Media, Space
 from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
 from index.files import read_manifest_file
 
@@ -604,6 +604,85 @@ class Store:
             for p in report.problems:
                 p.fixed = True
         return report
+
+    # ------------------------------------------------------------------ queries for api / search / export
+    # Each method is one SQLite session (one transaction): callers above the store never open their own.
+
+    def meta(self, key: str) -> str | None:
+        """A value of the store's key-value metadata (e.g. ``detector``), or None."""
+        with self.db.session() as s:
+            return repo.get_meta(s, key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a metadata value (writers)."""
+        self._require_lock()
+        with self.db.session() as s:
+            repo.set_meta(s, key, value)
+
+    def summary(self) -> tuple[dict[str, int], dict[str, int], list[tuple[str, str, str]]]:
+        """(counts of media, persons, tracks, failures; media per collection; the 20 latest failures)."""
+        with self.db.session() as s:
+            return repo.counts(s), repo.collections(s), repo.failures(s, limit=20)
+
+    def media(self, media_id: int) -> Media | None:
+        """One media row by id, or None."""
+        with self.db.session() as s:
+            return repo.get_media(s, media_id)
+
+    def media_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
+        """Stored id, hash, size and mtime of the media at these paths (those stored)."""
+        with self.db.session() as s:
+            return repo.media_by_path(s, paths)
+
+    def media_ids_under(self, paths: Sequence[str]) -> list[int]:
+        """Ids of the media at these paths or inside these folders."""
+        with self.db.session() as s:
+            return repo.media_ids_under(s, paths)
+
+    def persons(self, ids: Sequence[int]) -> list[repo.PersonRow]:
+        """Persons with their media, in the order of ``ids``; unknown ids are left out."""
+        with self.db.session() as s:
+            return repo.fetch_persons(s, ids)
+
+    def person_vectors(self, ids: Sequence[int]) -> repo.Vectors:
+        """The stored vectors (visual, PaSta, verbs, norms) of these persons."""
+        with self.db.session() as s:
+            return repo.fetch_vectors(s, ids)
+
+    def media_ids_of(self, ids: Sequence[int]) -> dict[int, int]:
+        """The media id of each of these persons."""
+        with self.db.session() as s:
+            return repo.media_ids_of(s, ids)
+
+    def filter_person_ids(self, filters: repo.Filters) -> np.ndarray | None:
+        """Ids of the persons that pass ``filters`` (None: no filter)."""
+        with self.db.session() as s:
+            return repo.filter_person_ids(s, filters)
+
+    def tracks_of(self, ids: Sequence[int]) -> tuple[dict[int, int | None], dict[int, list[int]]]:
+        """(the track of each person, None for image persons; the members of those tracks in id order)."""
+        with self.db.session() as s:
+            track_of = repo.tracks_of(s, ids)
+            return track_of, repo.track_members(s, [t for t in track_of.values() if t is not None])
+
+    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, repo.TrackRow], dict[int, list[int]]]:
+        """(the tracks that exist among ``track_ids``; their members in id order)."""
+        with self.db.session() as s:
+            tracks = repo.fetch_tracks(s, track_ids)
+            return tracks, repo.track_members(s, list(tracks))
+
+    def track_members(self, track_ids: Sequence[int]) -> dict[int, list[int]]:
+        """The person ids of each track, in id order (empty for a track that does not exist)."""
+        with self.db.session() as s:
+            return repo.track_members(s, track_ids)
+
+    def person_batches(self, filters: repo.Filters | None, batch_size: int) -> Iterator[dict]:
+        """The persons passing ``filters`` in id order, as column batches, all read from one SQLite snapshot."""
+        with self.db.snapshot() as s:
+            ids = repo.filter_person_ids(s, filters) if filters is not None else None
+            if ids is not None and not len(ids):
+                return
+            yield from repo.iter_person_batches(s, ids, chunk=batch_size)
 
 
 def change_signature(data_dir: Path | str) -> tuple:
