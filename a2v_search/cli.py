@@ -9,25 +9,23 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .cli_options import (
-    Checkpoint,
     DataDir,
     Detector,
+    DetectorFlags,
     Device,
     Json,
-    MaxPersons,
-    MinSize,
-    Model,
+    ModelFlags,
     Precision,
     PrecisionName,
-    TextModel,
-    Threshold,
     Trust,
+    flag_groups,
 )
 from .errors import A2VError, InputError
 
@@ -39,15 +37,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-def _api(data_dir=None, model=None, checkpoint=None, trust_checkpoint=False, text_model=None, device=None,
-         detector=None, threshold=0.5, max_persons=20, min_size=16.0, compile="off", precision="auto"):
+def _api(data_dir: Path | None = None, *, models: ModelFlags = ModelFlags(), detector: str | None = None,
+         detection: DetectorFlags = DetectorFlags(), compile: str = "off", precision: str = "auto"):
+    """The library object a command works with, from its flags."""
     from .api import A2VSearch
     from .detect import DetectorOptions
 
-    return A2VSearch.open(data_dir, model=model, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
-                          text_model=text_model, device=device, detector=detector,
-                          detector_options=DetectorOptions(threshold=threshold, max_persons=max_persons,
-                                                           min_size=min_size), compile=compile,
+    return A2VSearch.open(data_dir, **asdict(models), detector=detector,
+                          detector_options=DetectorOptions(**asdict(detection)), compile=compile,
                           precision=precision)
 
 
@@ -77,17 +74,14 @@ def _console(stderr: bool = False):
 
 
 @app.command()
+@flag_groups
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Image and video files, folders (recursive) or list files "
                                                     "(.txt, one path per line).", show_default=False)],
     data_dir: DataDir = None,
     collection: Annotated[str, typer.Option(help="Collection name to file these media under.")] = "default",
     detector: Detector = None,
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
+    models: ModelFlags = ModelFlags(),
     batch_size: Annotated[int | None, typer.Option(help="Persons per model batch (default: 32 on the CPU, 256 on a "
                                                         "GPU with 16 GiB or more, else 64).",
                                                    show_default=False)] = None,
@@ -108,9 +102,7 @@ def ingest(
     commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 256,
     file_timeout: Annotated[float, typer.Option(help="Seconds a decode worker may spend on one file (or 60-s "
                                                      "video segment) before it is a failure; 0 = no limit.")] = 300.0,
-    threshold: Threshold = 0.5,
-    max_persons: MaxPersons = 20,
-    min_size: MinSize = 16.0,
+    detection: DetectorFlags = DetectorFlags(),
     force: Annotated[bool, typer.Option("--force", help="Re-encode files already stored.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any file failed.")] = False,
     jpeg_decoder: Annotated[str, typer.Option(help="auto (on the GPU when the model runs on CUDA and torchvision "
@@ -123,8 +115,8 @@ def ingest(
     """Compute per-person activity vectors for images and videos and store them (incremental, resumable)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
-               min_size, compile, precision.value)
+    api = _api(data_dir, models=models, detector=detector, detection=detection, compile=compile,
+               precision=precision.value)
     columns = (TextColumn("ingest"), BarColumn(), TextColumn("{task.fields[counts]}"),
                TextColumn("{task.fields[files_rate]:.1f} files/s, {task.fields[persons]} persons, "
                           "{task.fields[rate]:.1f} persons/s"), TimeElapsedColumn())
@@ -159,20 +151,17 @@ def ingest(
 
 
 @app.command("import")
+@flag_groups
 def import_(
     file: Annotated[Path, typer.Argument(help="JSON lines (or a JSON list) of precomputed records; see docs.",
                                          show_default=False)],
     data_dir: DataDir = None,
     collection: Annotated[str, typer.Option(help="Collection for records that name none.")] = "default",
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
+    models: ModelFlags = ModelFlags(),
     as_json: Json = False,
 ) -> None:
     """Add persons whose probabilities and visual vectors were computed elsewhere."""
-    report = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device).import_records(file, collection)
+    report = _api(data_dir, models=models).import_records(file, collection)
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -188,6 +177,7 @@ def import_(
 
 
 @app.command()
+@flag_groups
 def search(
     image: Annotated[Path | None, typer.Option(help="Query by example: persons like the one in this image.",
                                                show_default=False)] = None,
@@ -222,11 +212,7 @@ def search(
                                                show_default=False)] = None,
     data_dir: DataDir = None,
     detector: Detector = None,
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
+    models: ModelFlags = ModelFlags(),
     as_json: Json = False,
 ) -> None:
     """Search stored persons by example image, PaSta text, free text, CLIP text or person id."""
@@ -239,17 +225,19 @@ def search(
         w = tuple(float(v) for v in weights.split(","))
     except ValueError:
         raise InputError(f"--weights {weights!r} must be two or three numbers VISUAL,LANGUAGE[,ACTIVITY]") from None
-    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
-    common = dict(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
-                  per_media=per_media, min_score=min_score, group=group, moment_frames=moment_frames)
+    from .search import SearchOptions
+
+    api = _api(data_dir, models=models, detector=detector)
+    opts = SearchOptions(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
+                         per_media=per_media, min_score=min_score, group=group, moment_frames=moment_frames)
     if image is not None:
-        result = api.search_image(image, box=_parse_box(box), person_index=person_index, weights=w, **common)
+        result = api.search_image(image, box=_parse_box(box), person_index=person_index, weights=w, options=opts)
     elif text is not None:
-        result = api.search_text(text, **common)
+        result = api.search_text(text, options=opts)
     elif clip_text is not None:
-        result = api.search_clip_text(clip_text, **common)
+        result = api.search_clip_text(clip_text, options=opts)
     else:
-        result = api.search_similar(person, weights=w, **common)
+        result = api.search_similar(person, weights=w, options=opts)
     if sheet is not None:
         from .render import contact_sheet
 
@@ -306,7 +294,7 @@ def export(
 ) -> None:
     """Write one row per stored person (ids, media, box, PaSta, verbs, parts, visual, language and, with trained
     heads, A2V's classifier feature) to Parquet, npz or JSON lines, with metadata that explains the file."""
-    api = _api(data_dir, device=device)
+    api = _api(data_dir, models=ModelFlags(device=device))
     report = api.export(out, format=format, fields=fields, collection=collection, path=path, kind=kind,
                         where=where or None, batch_size=batch_size)
     if as_json:
@@ -323,27 +311,21 @@ def export(
 
 
 @app.command()
+@flag_groups
 def predict(
     image: Annotated[Path, typer.Argument(help="An image file.", show_default=False)],
     box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2 (pixels).",
                                             show_default=False)] = None,
     detector: Detector = None,
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
-    threshold: Threshold = 0.5,
-    max_persons: MaxPersons = 20,
-    min_size: MinSize = 16.0,
+    models: ModelFlags = ModelFlags(),
+    detection: DetectorFlags = DetectorFlags(),
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
     """Print the PaSta, verbs and part flags of the persons in one image; nothing is stored."""
     from . import taxonomy as tx
 
-    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
-               min_size)
+    api = _api(data_dir, models=models, detector=detector, detection=detection)
     persons = api.predict(image, box=_parse_box(box))
     if as_json:
         _print_json({"image": str(image), "persons": persons})
@@ -368,6 +350,7 @@ def predict(
 
 
 @app.command()
+@flag_groups
 def show(
     image: Annotated[Path | None, typer.Argument(help="An image file.", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the picture (.png/.jpg).",
@@ -377,14 +360,8 @@ def show(
                                               show_default=False)] = None,
     box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2.", show_default=False)] = None,
     detector: Detector = None,
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
-    threshold: Threshold = 0.5,
-    max_persons: MaxPersons = 20,
-    min_size: MinSize = 16.0,
+    models: ModelFlags = ModelFlags(),
+    detection: DetectorFlags = DetectorFlags(),
     data_dir: DataDir = None,
 ) -> None:
     """Draw the persons of an image with their top PaSta and verbs, or a stored video track as a strip."""
@@ -399,8 +376,7 @@ def show(
         _console().print(f"track {track}: {moment['path']} {moment['t_start']:.2f}-{moment['t_end']:.2f} s, "
                          f"{len(moment['persons'])} frames: {written}")
         return
-    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector, threshold, max_persons,
-               min_size)
+    api = _api(data_dir, models=models, detector=detector, detection=detection)
     persons = api.predict(image, box=_parse_box(box))
     written = draw_persons(_query_image(image), persons, out)
     _console().print(f"{len(persons)} persons drawn: {written}")
@@ -475,6 +451,7 @@ def remove(
 
 
 @app.command()
+@flag_groups
 def serve(
     data_dir: DataDir = None,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback exposes the store to "
@@ -486,11 +463,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="Largest query image upload.")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger query images (decompression bombs).")] = 100_000_000,
     detector: Detector = None,
-    model: Model = None,
-    checkpoint: Checkpoint = None,
-    trust_checkpoint: Trust = False,
-    text_model: TextModel = None,
-    device: Device = None,
+    models: ModelFlags = ModelFlags(),
 ) -> None:
     """Serve a JSON HTTP API and a search page over the store (read-only; sees new persons without a restart)."""
     import ipaddress
@@ -503,7 +476,7 @@ def serve(
         raise InputError(f"serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     if not 0 < port < 65536:
         raise InputError(f"--port {port} must be between 1 and 65535")
-    api = _api(data_dir, model, checkpoint, trust_checkpoint, text_model, device, detector)
+    api = _api(data_dir, models=models, detector=detector)
     app_ = create_app(api, token=token or None, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -1,7 +1,12 @@
-"""Option types shared by the CLI commands (same flag, same help, everywhere)."""
+"""Option types shared by the CLI commands (same flag, same help, everywhere), and the flag groups that several
+commands take together (:class:`ModelFlags`, :class:`DetectorFlags`; see :func:`flag_groups`)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -44,3 +49,52 @@ class PrecisionName(str, Enum):
 
 Precision = Annotated[PrecisionName, typer.Option(help="Precision of the image tower (autocast): auto = bf16 on CUDA, "
                                                        "fp32 on the CPU. The heads always run in fp32.")]
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """--model, --checkpoint, --trust-checkpoint, --text-model, --device: the models a command loads."""
+
+    model: Model = None
+    checkpoint: Checkpoint = None
+    trust_checkpoint: Trust = False
+    text_model: TextModel = None
+    device: Device = None
+
+
+@dataclass(frozen=True)
+class DetectorFlags:
+    """--threshold, --max-persons, --min-size: how a detector model keeps persons."""
+
+    threshold: Threshold = 0.5
+    max_persons: MaxPersons = 20
+    min_size: MinSize = 16.0
+
+
+GROUPS = (ModelFlags, DetectorFlags)
+
+
+def flag_groups(command: Callable) -> Callable:
+    """Let a command take a flag group (a parameter annotated :class:`ModelFlags` or :class:`DetectorFlags`):
+    typer sees the group's flags in its place, and the command gets them as one group object."""
+    signature = inspect.signature(command, eval_str=True)
+    params, grouped = [], {}
+    for p in signature.parameters.values():
+        if p.annotation not in GROUPS:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))  # typer passes every value by name
+            continue
+        group = p.annotation
+        hints = inspect.get_annotations(group, eval_str=True)
+        grouped[p.name] = (group, [f.name for f in fields(group)])
+        params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                     annotation=hints[f.name]) for f in fields(group)]
+
+    @functools.wraps(command)
+    def run(**kwargs):
+        for name, (group, names) in grouped.items():
+            kwargs[name] = group(**{n: kwargs.pop(n) for n in names})
+        return command(**kwargs)
+
+    run.__signature__ = signature.replace(parameters=params)
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run

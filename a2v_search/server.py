@@ -37,6 +37,7 @@ from .api import A2VSearch
 from .errors import A2VError, InputError, ModelError, NotFoundError, StoreError
 from .media import DEFAULT_MAX_PIXELS, load_image
 from .models.language import is_structured
+from .search import SearchOptions
 from .serving import Shared
 
 log = logging.getLogger("a2v_search.server")
@@ -199,18 +200,18 @@ def search_options(
                                                    "instead of one per frame.")] = None,
     moment_frames: Annotated[int, Query(ge=1, le=1000, description="With group=track: a moment scores the mean "
                                                                    "of its best N frame scores (1 = the max).")] = 3,
-) -> dict:
-    """The options every search endpoint takes, as keyword arguments of the A2VSearch.search_* methods."""
+) -> SearchOptions:
+    """The options every search endpoint takes (those of the A2VSearch.search_* methods)."""
     if kind not in (None, "", "image", "video"):
         raise InputError(f"kind must be image or video, not {kind!r}")
     if min_score is not None and not math.isfinite(min_score):
         raise InputError("min_score must be a finite number")
-    return dict(k=k, offset=offset, collection=collection or None, path=path or None, kind=kind or None,
-                where=[w for w in where or [] if w.strip()] or None, per_media=per_media, min_score=min_score,
-                group=group or None, moment_frames=moment_frames)
+    return SearchOptions(k=k, offset=offset, collection=collection or None, path=path or None, kind=kind or None,
+                         where=[w for w in where or [] if w.strip()] or None, per_media=per_media,
+                         min_score=min_score, group=group or None, moment_frames=moment_frames)
 
 
-Options = Annotated[dict, Depends(search_options)]
+Options = Annotated[SearchOptions, Depends(search_options)]
 Weights = Annotated[str, Query(description="VISUAL,LANGUAGE weights of image and person queries.")]
 
 
@@ -268,11 +269,11 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
         with shared.reading() as a:
             if text is not None:
                 kind = "text" if is_structured(text) else "free_text"
-                result = shared.first_alone(kind, lambda: a.search_text(text, **opts))
+                result = shared.first_alone(kind, lambda: a.search_text(text, options=opts))
             elif clip_text is not None:
-                result = shared.first_alone("clip_text", lambda: a.search_clip_text(clip_text, **opts))
+                result = shared.first_alone("clip_text", lambda: a.search_clip_text(clip_text, options=opts))
             else:
-                result = a.search_similar(person, weights=parse_weights(weights), **opts)
+                result = a.search_similar(person, weights=parse_weights(weights), options=opts)
         return JSONResponse(result.as_dict())
 
     @app.post(UPLOAD_PATH, summary="Search by an example image (upload)")
@@ -295,7 +296,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
         qbox = parse_box(box)
         with shared.reading() as a:
             result = shared.first_alone("image", lambda: a.search_image(
-                img, box=qbox, person_index=person_index, weights=parse_weights(weights), **opts))
+                img, box=qbox, person_index=person_index, weights=parse_weights(weights), options=opts))
         result.query["image"] = image.filename or "upload"
         return JSONResponse(result.as_dict())
 
