@@ -11,6 +11,7 @@ from test_ingest import run_main
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
+from a2v_search.search import SearchOptions
 from db import repo
 
 
@@ -98,6 +99,21 @@ def test_filters_return_k_hits_and_pages_are_disjoint(semantic):
     assert 0 < len(scored) < 36 and all(h.score >= 0.5 for h in scored)
     globbed = semantic.search_text("kneeling", k=36, path="/profiles/kneel/*")
     assert len(globbed) == 3 and all(profile_of(h) == "kneel" for h in globbed)
+
+
+def test_search_options_object_and_keywords_give_the_same_hits(semantic):
+    opts = SearchOptions(k=4, offset=2, collection="odd", min_score=0.0)
+    by_object = semantic.search_text("kicking a ball", options=opts)
+    by_keywords = semantic.search_text("kicking a ball", k=4, offset=2, collection="odd", min_score=0.0)
+    assert [h.person_id for h in by_object] == [h.person_id for h in by_keywords]
+    assert len(by_object) == 4 and all(h.collection == "odd" for h in by_object)
+    assert [h.rank for h in by_object] == [3, 4, 5, 6]
+    narrowed = semantic.search_text("kicking a ball", 2, options=opts)  # keywords override the object's fields
+    assert [h.person_id for h in narrowed] == [h.person_id for h in by_object][:2]
+    similar = semantic.search_similar(by_object[0].person_id, options=opts, weights=(0.0, 1.0))
+    assert len(similar) == 4 and by_object[0].person_id not in {h.person_id for h in similar}
+    with pytest.raises(TypeError, match="colection"):
+        semantic.search_text("kicking a ball", colection="odd")
 
 
 def test_where_accepts_verbs_and_below_comparisons(semantic):
