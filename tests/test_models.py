@@ -16,7 +16,7 @@ from reference_clip_a2v import (
 from a2v_search import taxonomy as tx
 from a2v_search.errors import CheckpointError, InputError, ModelError
 from a2v_search.models import LanguageSpace, ModelSpec, load_encoder
-from a2v_search.models.checkpoint import convert_checkpoint, read_torch_file
+from a2v_search.models.checkpoint import checkpoint_identity, convert_checkpoint, read_torch_file
 from a2v_search.models.language import (
     KEEP_PER_PART,
     KEEP_VERBS,
@@ -28,6 +28,7 @@ from a2v_search.models.language import (
     pooling_mode,
 )
 from a2v_search.preprocess import Preprocess
+from a2v_search.settings import DEFAULT_CLIP_MODEL
 
 
 def noise_image(seed: int, w: int = 96, h: int = 72) -> Image.Image:
@@ -77,6 +78,22 @@ def test_converted_checkpoint_reproduces_and_loads_without_pickle(official_ckpt,
     assert np.abs(enc.encode_persons([image], [None]).verbs - ref["verb"].numpy()).max() < 1e-4
     assert enc.space["heads"] == load_encoder(ModelSpec(checkpoint=str(out)), device="cpu",
                                               with_language=False).space["heads"]
+
+
+def test_precedence_checkpoint_over_model_over_default(official_ckpt, tiny_clip_dir):
+    path, _ = official_ckpt
+    ident = f"checkpoint:{checkpoint_identity(path)}"
+    both = load_encoder(ModelSpec(model=str(tiny_clip_dir), checkpoint=str(path)), device="cpu", with_language=False)
+    assert both.space["visual_model"] == both.space["heads"] == ident  # the checkpoint's tower and heads win
+    assert both.model.visual_dim == 512 and both.image_size == 224
+    tower = both._clip_text_loader  # CLIP's text tower still comes from --model, loaded only when asked for
+    assert tower.name == str(tiny_clip_dir) and tower.loaded is None
+    alone = load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)
+    assert alone._clip_text_loader.name == DEFAULT_CLIP_MODEL and alone._clip_text_loader.loaded is None
+    model = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False)
+    assert model.space["visual_model"] == str(tiny_clip_dir.resolve())
+    assert model.space["heads"].startswith("zero-shot:") and model.space["heads"].endswith(str(tiny_clip_dir.resolve()))
+    assert model._clip_text_loader.loaded is not None  # loaded with the zero-shot heads, not loaded twice
 
 
 # ------------------------------------------------------------------ checkpoint errors

@@ -118,10 +118,46 @@ def zero_shot_heads(text: CLIPTextModelWithProjection, tokenizer, logit_scale: f
     return ZeroShotHeads(pasta, verbs, logit_scale)
 
 
+@dataclass
+class Parts:
+    """What the checkpoint and the CLIP model give, step by step: the image tower, the heads, the preprocessing,
+    how the tower and heads are recorded in a store's space, and CLIP's text tower (None: there is none)."""
+
+    vision: CLIPVisionModelWithProjection | None = None
+    heads: PastaHeads | ZeroShotHeads | None = None
+    preprocess: Preprocess | None = None
+    visual_ref: str | None = None
+    heads_ref: str | None = None
+    backbone: str | None = None  # the CLIP model an own-format checkpoint was made from
+    clip_text: ClipTextTower | None = None
+
+
+@dataclass
+class ClipTextTower:
+    """CLIP's text tower and tokenizer (``clip_text`` queries), loaded on the first call unless given loaded."""
+
+    name: str
+    device: torch.device
+    loaded: tuple[CLIPTextModelWithProjection, object] | None = None
+
+    def __call__(self) -> tuple[CLIPTextModelWithProjection, object]:
+        if self.loaded is None:
+            clip, tokenizer, _ = _load_clip(self.name)
+            self.loaded = (split_clip(clip)[1].to(self.device), tokenizer)
+        return self.loaded
+
+
 def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "auto", with_language: bool = True,
                  language: LanguageSpace | None = None, precision: str = "auto",
                  compile: str = "off") -> ActivityEncoder:
     """Load everything the spec names and return a ready encoder on ``device``.
+
+    Precedence (the one place it is decided; :meth:`A2VSearch.model_spec` first fills the spec from the flags,
+    else the store's recorded models, else the defaults):
+
+    - image tower: the checkpoint's when it holds one, else the CLIP model's;
+    - heads: the checkpoint's, else zero-shot from the CLIP model's text tower;
+    - CLIP model: ``spec.model``, else the one an own-format checkpoint was made from, else the default.
 
     ``precision`` (auto|fp32|fp16|bf16) is the image tower's dtype on CUDA (auto: bf16 where supported); the CPU
     always runs fp32. ``compile``: off (default), default, max-autotune or reduce-overhead (torch.compile).
@@ -132,73 +168,86 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
     spec = spec or ModelSpec()
     spec = replace(spec, **{k: os.fspath(v) for k, v in asdict(spec).items() if isinstance(v, os.PathLike)})
     dev = device if isinstance(device, torch.device) else get_device(device)
-    vision = heads = None
-    preprocess: Preprocess | None = None
-    visual_ref = heads_ref = None
-    clip_name = spec.model
-    if spec.checkpoint:
-        path = Path(spec.checkpoint).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        ident = ckpt.checkpoint_identity(path)
-        if ckpt.is_own_checkpoint(path):
-            vision, heads, config = ckpt.load_checkpoint(path)
-            clip_name = clip_name or config.get("backbone_ref")
-            if config.get("preprocess"):
-                preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in config["preprocess"].items()})
-        elif path.is_dir():
-            raise CheckpointError(f"{path} is a folder without {ckpt.CONFIG_NAME}; --checkpoint takes ckpt_4.pth or "
-                                  "a folder written by `manage.py convert-checkpoint` or `train-heads`")
-        else:
-            vision, heads, _ = ckpt.load_official(path, spec.trust_checkpoint)
-        heads_ref = f"checkpoint:{ident}"
-        if vision is not None:
-            visual_ref = f"checkpoint:{ident}"
-            preprocess = preprocess or Preprocess(size=int(vision.config.image_size))
-    clip_name = clip_name or DEFAULT_CLIP_MODEL
-    clip_text_loader = None
-    model_path = Path(clip_name).expanduser()
-    if model_path.is_file():  # an OpenAI CLIP state dict: image tower only
-        if vision is None:
-            vision = ckpt.load_openai_visual(model_path, spec.trust_checkpoint)
-            visual_ref = f"openai-state-dict:{ckpt.checkpoint_identity(model_path)}"
-            preprocess = Preprocess(size=int(vision.config.image_size))
-    else:
-        needs_tower = vision is None or heads is None
-
-        def clip_text_loader():
-            clip, tokenizer, _ = _load_clip(clip_name)
-            return split_clip(clip)[1].to(dev), tokenizer
-
-        if needs_tower:
-            clip, tokenizer, clip_pre = _load_clip(clip_name)
-            clip_vision, clip_text = split_clip(clip)
-            if vision is None:
-                vision, preprocess, visual_ref = clip_vision, clip_pre, model_ref(clip_name)
-            if heads is None:
-                heads = zero_shot_heads(clip_text, tokenizer, float(clip.logit_scale.detach().exp()))
-                heads_ref = f"zero-shot:{prompts.PROMPTS_VERSION}:{model_ref(clip_name)}"
-            text_tower = (clip_text.to(dev), tokenizer)
-            clip_text_loader = lambda: text_tower  # noqa: E731
-    if heads is None:
-        raise ModelError("zero-shot PaSta needs CLIP's text tower, which an OpenAI image-tower state dict lacks; "
-                         "pass --checkpoint with trained heads or a full CLIP model with --model")
-    if isinstance(heads, PastaHeads) and heads.dim_in != vision.config.projection_dim:
-        raise CheckpointError(f"the heads take {heads.dim_in}-d features but the image tower outputs "
-                              f"{vision.config.projection_dim}-d; use the CLIP model the heads were trained on")
+    parts = _from_checkpoint(spec)
+    clip_name = spec.model or parts.backbone or DEFAULT_CLIP_MODEL
+    _complete_from_clip(parts, clip_name, spec.trust_checkpoint, dev)
+    _check_heads(parts)
     if language is None and with_language:
         language = LanguageSpace.from_text_model(spec.text_model, dev)
-    model = ActivityModel(vision, heads)
-    space = {
-        "visual_model": visual_ref, "heads": heads_ref,
+    model = ActivityModel(parts.vision, parts.heads)
+    return ActivityEncoder(model, parts.preprocess, dev, language=language, space=_space(spec, parts, model, language),
+                           precision=precision, clip_text_loader=parts.clip_text, compile=compile)
+
+
+def _from_checkpoint(spec: ModelSpec) -> Parts:
+    """The heads (and, when it holds one, the image tower) of ``spec.checkpoint``; nothing without one."""
+    if not spec.checkpoint:
+        return Parts()
+    path = Path(spec.checkpoint).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    ident = ckpt.checkpoint_identity(path)
+    parts = Parts(heads_ref=f"checkpoint:{ident}")
+    if ckpt.is_own_checkpoint(path):
+        parts.vision, parts.heads, config = ckpt.load_checkpoint(path)
+        parts.backbone = config.get("backbone_ref")
+        if config.get("preprocess"):
+            parts.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in config["preprocess"].items()})
+    elif path.is_dir():
+        raise CheckpointError(f"{path} is a folder without {ckpt.CONFIG_NAME}; --checkpoint takes ckpt_4.pth or "
+                              "a folder written by `manage.py convert-checkpoint` or `train-heads`")
+    else:
+        parts.vision, parts.heads, _ = ckpt.load_official(path, spec.trust_checkpoint)
+    if parts.vision is not None:
+        parts.visual_ref = f"checkpoint:{ident}"
+        parts.preprocess = parts.preprocess or Preprocess(size=int(parts.vision.config.image_size))
+    return parts
+
+
+def _complete_from_clip(parts: Parts, clip_name: str, trust: bool, dev: torch.device) -> None:
+    """Fill in what the checkpoint did not give from the CLIP model: an OpenAI state dict file gives an image
+    tower only; a transformers CLIP model gives the tower, zero-shot heads and the text tower (loaded now when
+    the tower or heads are needed, else on the first ``clip_text`` query)."""
+    path = Path(clip_name).expanduser()
+    if path.is_file():
+        if parts.vision is None:
+            parts.vision = ckpt.load_openai_visual(path, trust)
+            parts.visual_ref = f"openai-state-dict:{ckpt.checkpoint_identity(path)}"
+            parts.preprocess = Preprocess(size=int(parts.vision.config.image_size))
+        return
+    parts.clip_text = ClipTextTower(clip_name, dev)
+    if parts.vision is not None and parts.heads is not None:
+        return
+    clip, tokenizer, clip_pre = _load_clip(clip_name)
+    clip_vision, clip_text = split_clip(clip)
+    if parts.vision is None:
+        parts.vision, parts.preprocess, parts.visual_ref = clip_vision, clip_pre, model_ref(clip_name)
+    if parts.heads is None:
+        parts.heads = zero_shot_heads(clip_text, tokenizer, float(clip.logit_scale.detach().exp()))
+        parts.heads_ref = f"zero-shot:{prompts.PROMPTS_VERSION}:{model_ref(clip_name)}"
+    parts.clip_text.loaded = (clip_text.to(dev), tokenizer)
+
+
+def _check_heads(parts: Parts) -> None:
+    """Heads exist and take what the image tower outputs (ModelError / CheckpointError naming the fix)."""
+    if parts.heads is None:
+        raise ModelError("zero-shot PaSta needs CLIP's text tower, which an OpenAI image-tower state dict lacks; "
+                         "pass --checkpoint with trained heads or a full CLIP model with --model")
+    if isinstance(parts.heads, PastaHeads) and parts.heads.dim_in != parts.vision.config.projection_dim:
+        raise CheckpointError(f"the heads take {parts.heads.dim_in}-d features but the image tower outputs "
+                              f"{parts.vision.config.projection_dim}-d; use the CLIP model the heads were trained on")
+
+
+def _space(spec: ModelSpec, parts: Parts, model: ActivityModel, language: LanguageSpace | None) -> dict:
+    """What a store records of these models (store.py compares it field by field)."""
+    return {
+        "visual_model": parts.visual_ref, "heads": parts.heads_ref,
         "text_model": model_ref(language.text_model) if language else model_ref(spec.text_model),
         "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
         "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
         **(language.record() if language else {}),
-        "image_size": preprocess.size,
+        "image_size": parts.preprocess.size,
         # what made the vectors (paths; identities are in visual_model / heads), never the consent to unpickle
         "spec": {k: v for k, v in asdict(spec).items() if k != "trust_checkpoint"},
     }
-    return ActivityEncoder(model, preprocess, dev, language=language, space=space, precision=precision,
-                           clip_text_loader=clip_text_loader, compile=compile)
