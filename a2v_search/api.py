@@ -236,13 +236,7 @@ class A2VSearch:
         from .ingest import IngestOptions, run_ingest
 
         paths = [str(p) for p in paths]
-        if not paths:
-            raise InputError("nothing to ingest: give files, folders or list files")
-        check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
-        if engine not in ("local", "ray"):
-            raise InputError(f"unknown engine {engine!r}; valid: local, ray")
-        if engine == "local" and (ray_address is not None or gpus_per_worker is not None):
-            raise InputError("--ray-address and --gpus-per-worker need --engine ray")
+        _check_ingest_args(paths, jpeg_decoder, engine, ray_address, gpus_per_worker)
         name = self.detector_name(detector)
         cheap = detector_kind(name) != "model"  # a model detector loads when the first file needs decoding
         det = self.detector(name) if cheap else (lambda: self.detector(name))
@@ -252,21 +246,24 @@ class A2VSearch:
         with self.writer("ingest") as store:
             if self._checkpoint_folder_to_record(store) is not None:
                 self.encoder(store)  # checks the folder's identity and records it, even when nothing needs encoding
-            if engine == "ray":
-                from .ray_engine import RayOptions, run_ray_ingest, worker_models
-
-                def actor_models():  # called when the first file needs decoding: a no-op run imports no torch
-                    return partial(worker_models, self.model_spec(store), self._precision, None if cheap else name,
-                                   self._detector_options)
-
-                ray_opt = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                                     models=actor_models)
-                report = run_ray_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress, ray_opt)
-            else:
-                report = run_ingest(store, lambda: self.encoder(store), det, paths, opts, on_progress)
+            run = run_ingest if engine == "local" else self._ray_engine(store, name, ray_address, workers,
+                                                                        gpus_per_worker)
+            report = run(store, lambda: self.encoder(store), det, paths, opts, on_progress)
             if detector_kind(name) != "boxes" and (cheap or report.media_ingested):  # boxes name files, not a way
                 store.set_meta("detector", self.detector(name).name)
             return report
+
+    def _ray_engine(self, store: Store, detector: str, address: str | None, workers: int | None,
+                    gpus_per_worker: float | None) -> Callable[..., IngestReport]:
+        """``run_ingest``'s counterpart on a Ray cluster, its actors loading this store's models."""
+        from .ray_engine import RayOptions, run_ray_ingest, worker_models
+
+        def actor_models():  # called when the first file needs decoding: a no-op run imports no torch
+            model = detector if detector_kind(detector) == "model" else None
+            return partial(worker_models, self.model_spec(store), self._precision, model, self._detector_options)
+
+        ray_opt = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, models=actor_models)
+        return partial(run_ray_ingest, ray_options=ray_opt)
 
     def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default") -> ImportReport:
         """Add persons computed elsewhere. ``source``: a JSON-lines file, a JSON list file, or dicts::
@@ -552,6 +549,18 @@ def _weights(weights) -> dict[str, float]:
         raise QueryError(f"weights must be two or three numbers >= 0, not all 0 (VISUAL,LANGUAGE[,ACTIVITY]); "
                          f"got {weights}")
     return dict(zip(("visual", "language", ACTIVITY), (float(w) for w in weights), strict=False))
+
+
+def _check_ingest_args(paths: list[str], jpeg_decoder: str, engine: str, ray_address: str | None,
+                       gpus_per_worker: float | None) -> None:
+    """InputError naming the flag, before anything is opened."""
+    if not paths:
+        raise InputError("nothing to ingest: give files, folders or list files")
+    check_choice("--jpeg-decoder", jpeg_decoder, JPEG_DECODERS)
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}; valid: local, ray")
+    if engine == "local" and (ray_address is not None or gpus_per_worker is not None):
+        raise InputError("--ray-address and --gpus-per-worker need --engine ray")
 
 
 def _chosen_person(img: Image.Image, boxes: list, person_index: int | None, image) -> int:
