@@ -6,7 +6,7 @@ The entry points: :class:`A2VSearch` (Python) and ``python manage.py`` (CLI, ``a
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["A2VSearch", "__version__"]
+__all__ = ["A2VSearch", "SearchOptions", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from .api import A2VSearch
 
         return A2VSearch
+    if name == "SearchOptions":
+        from .search import SearchOptions
+
+        return SearchOptions
     raise AttributeError(f"module 'a2v_search' has no attribute {name!r}")
