@@ -249,7 +249,7 @@ class A2VSearch:
             run = run_ingest if engine == "local" else self._ray_engine(store, name, ray_address, workers,
                                                                         gpus_per_worker)
             report = run(store, lambda: self.encoder(store), det, paths, opts, on_progress)
-            if detector_kind(name) != "boxes" and (cheap or report.media_ingested):  # boxes name files, not a way
+            if detector_kind(name) != "boxes" and (cheap or report.media_ingested):  # a boxes file cuts no query
                 store.set_meta("detector", self.detector(name).name)
             return report
 
