@@ -37,7 +37,7 @@ from . import activity
 from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
-from .models.language import LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
+from .models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
 
 log = logging.getLogger("a2v_search")
 
@@ -205,7 +205,7 @@ class Store:
             self._require_current_language()
             m_pasta, m_verb = repo.space_matrices(row)
             self._language = LanguageSpace(m_pasta.copy(), m_verb.copy(), text_model=row.text_model,
-                                           pooling=self.space()["pooling"])
+                                           pooling=self.space()["pooling"], vector=self.space()["language_vector"])
         return self._language
 
     def _require_current_language(self) -> None:
@@ -214,25 +214,30 @@ class Store:
         if space is None:
             return
         recorded = space.get("language_vector")
-        if recorded is None:
+        if recorded is None or (recorded != LANGUAGE_VECTOR and recorded in FORMULAS):
+            made = "before language vectors kept the strongest states" if recorded is None else \
+                f"with language vectors of the older formula {recorded!r}"
             raise LegacySpaceError(
-                f"store {self.data_dir} was made before language vectors kept each body part's strongest states "
-                f"({LANGUAGE_VECTOR}); migrate it once with `python manage.py reindex --data-dir {self.data_dir}` "
+                f"store {self.data_dir} was made {made}; this version makes {LANGUAGE_VECTOR!r}: migrate it once "
+                f"with `python manage.py reindex --data-dir {self.data_dir}` "
                 "(rebuilds the indexes from SQLite; no model is loaded, nothing is lost)")
         if recorded != LANGUAGE_VECTOR:
             raise StoreError(f"store {self.data_dir} holds language vectors of formula {recorded!r}, this version "
                              f"makes {LANGUAGE_VECTOR!r}; use the a2v-search release that wrote it")
 
     def _migrate_language(self) -> bool:
-        """Record this version's language vector in a store made before it (writers; the indexes must then be
-        rebuilt). Its matrices stay: they were pooled the old way (``legacy_pooling``), which is recorded so that
-        free-text queries are pooled the same. True when something was migrated."""
+        """Record this version's language vector in a store made with an older formula or before it was recorded
+        (writers; the indexes must then be rebuilt from the stored probabilities). Its matrices stay; a store without
+        a recorded formula was pooled the old way (``legacy_pooling``), which is recorded so that free-text queries
+        are pooled the same. True when something was migrated."""
         config = self.space()
-        if config is None or "language_vector" in config:
+        recorded = None if config is None else config.get("language_vector")
+        if config is None or recorded == LANGUAGE_VECTOR or (recorded is not None and recorded not in FORMULAS):
             return False
         self._require_lock()
-        config = {**config, "pooling": legacy_pooling(config["text_model"]),
-                  "language_vector": LANGUAGE_VECTOR}
+        if recorded is None:
+            config = {**config, "pooling": legacy_pooling(config["text_model"])}
+        config = {**config, "language_vector": LANGUAGE_VECTOR}
         fingerprint = space_fingerprint(config)
         with self.db.session() as s:
             repo.update_space(s, self.space_row().id, fingerprint, config)

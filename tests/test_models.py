@@ -18,11 +18,12 @@ from a2v_search.errors import CheckpointError, InputError, ModelError
 from a2v_search.models import LanguageSpace, ModelSpec, load_encoder
 from a2v_search.models.checkpoint import checkpoint_identity, convert_checkpoint, read_torch_file
 from a2v_search.models.language import (
-    KEEP_PER_PART,
-    KEEP_VERBS,
+    FORMULAS,
+    LANGUAGE_VECTOR,
     PART_GROUPS,
     VERB_GROUPS,
     TextEncoder,
+    TextQuery,
     legacy_pooling,
     margins,
     pooling_mode,
@@ -260,8 +261,11 @@ def test_language_vectors_are_unit_and_equal_normalised_margins_at_m(encoder):
     def norm(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    wp = _margins_by_hand(v.pasta, [list(r) for r in tx.PART_RANGES.values()], KEEP_PER_PART)
-    wv = _margins_by_hand(v.verbs, [list(range(157))], KEEP_VERBS)
+    assert lang.vector == LANGUAGE_VECTOR == "margin-v2:12/8+text0.4"
+    # the 12 strongest PaSta of the body and the 8 strongest verbs, no_interaction left out
+    wp = _margins_by_hand(v.pasta, [[i for i in range(93) if i not in tx.NO_INTERACTION_PASTA]], 12)
+    wv = _margins_by_hand(v.verbs, [[i for i in range(157) if i != tx.NO_INTERACTION_VERB]], 8)
+    assert (wp > 0).sum(1).max() <= 12 and not wp[:, list(tx.NO_INTERACTION_PASTA)].any()
     expected = norm(np.concatenate([norm(wp @ lang.m_pasta), norm(wv @ lang.m_verb)], -1))
     np.testing.assert_allclose(lang.to_full(v.language), expected, atol=1e-5)
     np.testing.assert_allclose(v.language @ v.language.T, expected @ expected.T, atol=1e-5)  # same cosines
@@ -277,6 +281,38 @@ def test_language_space_from_sentence_transformers_folder(minilm_dir):
     s = space.interpret("Hand: Hold=2; head:drink with; verb: drink_with")
     assert s.mode == "structured" and s.pasta == {"hand: hold": 2.0, "head: drink with": 1.0}
     assert s.verbs == {"drink_with": 1.0}
+
+
+def test_free_text_vector_blends_its_reading_with_its_own_embedding(minilm_dir):
+    space = LanguageSpace.from_text_model(str(minilm_dir))
+    q = space.interpret("a man sipping coffee from a mug")
+    read = space.embed_query(TextQuery(q.text, "free", q.pasta, q.verbs))  # the phrases alone, no embedding
+    e = space.encoder().encode([q.text])[0]
+    np.testing.assert_allclose(q.embedding, e, atol=1e-6)
+
+    def norm(x):
+        return x / np.linalg.norm(x)
+
+    own = norm(np.concatenate([norm(space.basis_pasta @ e), norm(space.basis_verb @ e)]))
+    np.testing.assert_allclose(space.embed_query(q), norm(0.6 * read + 0.4 * own), atol=1e-5)
+    old = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, encoder=space.encoder(), vector="margin-v1:2/4")
+    np.testing.assert_allclose(old.embed_query(q), read, atol=1e-6)  # the older formulas read phrases only
+    s = space.interpret("hand: hold; verb: drink_with")
+    np.testing.assert_array_equal(space.embed_query(s), old.embed_query(s))  # structured text: weights as written
+
+
+def test_older_formulas_stay_selectable_by_name_and_unknown_ones_are_refused(minilm_dir):
+    space = LanguageSpace.from_text_model(str(minilm_dir))
+    p = np.random.default_rng(1).uniform(0, 0.3, (4, 93)).astype(np.float32)
+    v = np.random.default_rng(2).uniform(0, 0.3, (4, 157)).astype(np.float32)
+    plain = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="p@M")
+    np.testing.assert_allclose(plain.embed(p, v), space.embed_weights(p, v), atol=1e-6)
+    v1 = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v1:2/4")
+    expected = space.embed_weights(margins(p, PART_GROUPS, 2), margins(v, VERB_GROUPS, 4))
+    np.testing.assert_allclose(v1.embed(p, v), expected, atol=1e-6)
+    assert set(FORMULAS) == {"p@M", "margin-v1:2/4", LANGUAGE_VECTOR}
+    with pytest.raises(ModelError, match="unknown language vector formula 'margin-v9'"):
+        LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v9")
 
 
 def test_plain_bert_pools_the_word_tokens_only(tiny_bert_dir):

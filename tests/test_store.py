@@ -6,10 +6,10 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import SPACE, media, random_person, writable_store
+from helpers import SPACE, media, random_language, random_person, writable_store
 
 from a2v_search.errors import LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
-from a2v_search.models.language import LANGUAGE_VECTOR
+from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import Store, space_fingerprint
 from db import repo
@@ -134,7 +134,7 @@ def _language_scores(store, ids) -> np.ndarray:
 def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_path):
     store, _, ids = filled(tmp_path)
     space = store.space()
-    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v1:2/4" and space["pooling"] is None
+    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v2:12/8+text0.4" and space["pooling"] is None
     before = _language_scores(store, ids)
     store.rebuild()
     after = _language_scores(store, ids)
@@ -160,6 +160,67 @@ def _make_legacy(data_dir) -> None:
     for name in ("visual", "language"):
         path = data_dir / "index" / f"{name}.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
+
+
+def _make_v1(data_dir) -> None:
+    """Turn a store into one written with the previous formula, margin-v1:2/4 (its indexes hold v1 vectors)."""
+    con = sqlite3.connect(data_dir / "a2v.sqlite")
+    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), "language_vector": "margin-v1:2/4"}
+    fp = space_fingerprint(config)
+    con.execute("UPDATE spaces SET config=?, fingerprint=?", (json.dumps(config, sort_keys=True), fp))
+    con.commit()
+    con.close()
+    for name in ("visual", "language"):
+        path = data_dir / "index" / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
+
+
+def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog):
+    from test_ingest import run_main
+
+    store, items, ids = filled(tmp_path)
+    store.close()
+    _make_v1(tmp_path / "data")
+    with pytest.raises(LegacySpaceError, match="older formula 'margin-v1:2/4'.*manage.py reindex --data-dir"):
+        Store(tmp_path / "data").language()
+    code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
+    assert code != 0 and "manage.py reindex" in err and "Traceback" not in out + err
+    writer = Store(tmp_path / "data").lock("test")
+    try:
+        with pytest.raises(LegacySpaceError):  # an ingest into it is refused the same way, not as other models
+            writer.ensure_space(SPACE, random_language())
+    finally:
+        writer.close(save=False)
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
+    assert code == 0, err
+    assert "migrated" in caplog.text
+    reader = Store(tmp_path / "data")
+    space = reader.space()
+    assert space["language_vector"] == LANGUAGE_VECTOR and space["pooling"] is None  # its pooling stays as recorded
+    assert reader.fingerprint == space_fingerprint(space)
+    persons = [p for m in items for p in m.persons]
+    pasta, verbs = np.stack([p.pasta for p in persons]), np.stack([p.verbs for p in persons])
+    lang = reader.language()
+    assert lang.vector == LANGUAGE_VECTOR
+    v1 = LanguageSpace(lang.m_pasta, lang.m_verb, lang.text_model, vector="margin-v1:2/4").embed(pasta, verbs)
+    v2 = lang.embed(pasta, verbs)
+    assert not np.allclose(v1, v2, atol=1e-3)  # the migration changes the vectors: the index must be rebuilt
+    scores, got = reader.indexes()["language"].search(v2[5][None], 3)
+    assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
+    store, _, _ = filled(tmp_path)
+    store.close()
+    con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
+    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), "language_vector": "margin-v9"}
+    con.execute("UPDATE spaces SET config=?", (json.dumps(config, sort_keys=True),))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="'margin-v9'.*release that wrote it") as e:
+        Store(tmp_path / "data").language()
+    assert not isinstance(e.value, LegacySpaceError)
 
 
 def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path):

@@ -4,8 +4,9 @@ M_pasta (93, D) holds the text-model embedding of each PaSta phrase (``prompts.P
 that of each verb phrase; no_interaction rows are zero. A person's language vector is
 
     concat(normalise(w_pasta @ M_pasta), normalise(w_verb @ M_verb)) / sqrt(2)        # unit length
-    w = margins(p): per body part the KEEP_PER_PART strongest PaSta, and the KEEP_VERBS strongest verbs, each
-        weighted by its margin over the next strongest of its group (the person's own background); the rest 0
+    w = margins(p) (formula ``margin-v2:12/8``): the 12 strongest PaSta of the whole body and the 8 strongest verbs
+        (no_interaction left out), each weighted by its margin over the next strongest (the person's own
+        background); the rest 0
 
 so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. The margins make the vector hold
 on real predictions: with ``p @ M`` every faint probability pulls toward the mean of all phrases (docs/design.md,
@@ -21,8 +22,9 @@ pooling and the vector formula (``LANGUAGE_VECTOR``) are recorded in the store's
 
 Query text: structured PaSta text (``"hand: hold=2; head: drink with; verb: drink with"``) maps each name to its
 row with its weight; free text is embedded and mapped onto the phrases by ``softmax(cos / temperature)`` keeping
-the strongest few; either way the query becomes the same ``p_q @ M`` vector, and the mapping is returned as the
-interpretation.
+the strongest few (returned as the interpretation); either way the query becomes the same ``p_q @ M`` vector, and a
+free text's is blended 0.6 : 0.4 with the text's own embedding projected onto the two phrase spans (``+text0.4``):
+the phrases a text is read as are sometimes wrong ("driving a car" -> "head: lick"), its embedding is never far off.
 """
 
 from __future__ import annotations
@@ -42,11 +44,6 @@ from . import prompts
 if TYPE_CHECKING:  # torch loads only when a text model is used: structured queries need numpy alone
     import torch
 
-#: the formula of a person's language vector; recorded in the store's space (stores without it are migrated by
-#: ``manage.py reindex``)
-KEEP_PER_PART = 2
-KEEP_VERBS = 4
-LANGUAGE_VECTOR = f"margin-v1:{KEEP_PER_PART}/{KEEP_VERBS}"
 POOLINGS = ("words", "mean", "cls", "max")
 FREE_TEXT_TEMPERATURE = 0.05
 FREE_TEXT_TOP = 5
@@ -185,9 +182,42 @@ def build_matrices(encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
     return m_pasta.astype(np.float32), m_verb.astype(np.float32)
 
 
-#: the groups ``margins`` works in: PaSta by body part, verbs as one group
+#: the groups ``margins`` works in: PaSta by body part, verbs as one group (margin-v1); every PaSta and every verb
+#: but no_interaction, each as one group (margin-v2)
 PART_GROUPS = tuple(np.arange(r.start, r.stop) for r in tx.PART_RANGES.values())
 VERB_GROUPS = (np.arange(len(tx.VERB_NAMES)),)
+ALL_PASTA = (np.array([i for i in range(len(tx.PASTA_NAMES)) if i not in set(tx.NO_INTERACTION_PASTA)]),)
+ALL_VERBS = (np.array([i for i in range(len(tx.VERB_NAMES)) if i != tx.NO_INTERACTION_VERB]),)
+
+
+@dataclass(frozen=True)
+class VectorFormula:
+    """How probabilities become weights (``margins`` in ``pasta_groups``/``verb_groups`` keeping ``keep_pasta``/
+    ``keep_verbs`` per group; ``None`` = the probabilities as they are) and how much of a free-text query's own
+    embedding is blended into its vector (``text_blend``; 0 = only the phrases it was read as)."""
+
+    name: str
+    pasta_groups: tuple[np.ndarray, ...]
+    verb_groups: tuple[np.ndarray, ...]
+    keep_pasta: int | None
+    keep_verbs: int | None
+    text_blend: float
+
+    def weights(self, pasta: np.ndarray, verbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities pasta (N, 93), verbs (N, 157) -> weights of the same shapes."""
+        if self.keep_pasta is None or self.keep_verbs is None:
+            return pasta, verbs
+        return margins(pasta, self.pasta_groups, self.keep_pasta), margins(verbs, self.verb_groups, self.keep_verbs)
+
+
+#: every formula a store may record, by name; ``LANGUAGE_VECTOR`` is the one this version makes (stores recording an
+#: older one, or none, are migrated by ``manage.py reindex``). ``p@M`` (the first formula) is kept for the bench.
+FORMULAS = {f.name: f for f in (
+    VectorFormula("p@M", PART_GROUPS, VERB_GROUPS, None, None, 0.0),
+    VectorFormula("margin-v1:2/4", PART_GROUPS, VERB_GROUPS, 2, 4, 0.0),
+    VectorFormula("margin-v2:12/8+text0.4", ALL_PASTA, ALL_VERBS, 12, 8, 0.4),
+)}
+LANGUAGE_VECTOR = "margin-v2:12/8+text0.4"
 
 
 def margins(p: np.ndarray, groups: tuple[np.ndarray, ...], keep: int) -> np.ndarray:
@@ -226,6 +256,8 @@ class TextQuery:
     mode: str
     pasta: dict[str, float] = field(default_factory=dict)
     verbs: dict[str, float] = field(default_factory=dict)
+    #: the free text's own (D,) embedding (None for structured text)
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         return {"text": self.text, "mode": self.mode,
@@ -237,14 +269,17 @@ class LanguageSpace:
     """The two matrices of the space, and the functions that put persons and texts into it."""
 
     def __init__(self, m_pasta: np.ndarray, m_verb: np.ndarray, text_model: str, encoder: TextEncoder | None = None,
-                 pooling: str | None = None):
+                 pooling: str | None = None, vector: str = LANGUAGE_VECTOR):
         self.m_pasta = np.asarray(m_pasta, np.float32)  # (93, D)
         self.m_verb = np.asarray(m_verb, np.float32)  # (157, D)
         self.text_model = text_model
         self._encoder = encoder
         #: how the text model pools (queries must be pooled like the phrases were); None = decide on loading
         self.pooling = encoder.pooling if encoder is not None else pooling
-        self.vector = LANGUAGE_VECTOR
+        if vector not in FORMULAS:
+            raise ModelError(f"unknown language vector formula {vector!r}; known: {', '.join(FORMULAS)}")
+        self.vector = vector
+        self.formula = FORMULAS[vector]
         if self.m_pasta.shape[0] != len(tx.PASTA_NAMES) or self.m_verb.shape[0] != len(tx.VERB_NAMES):
             raise ModelError(f"language matrices have {self.m_pasta.shape[0]}/{self.m_verb.shape[0]} rows, "
                              "expected 93/157")
@@ -277,11 +312,11 @@ class LanguageSpace:
 
     def embed(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
         """Probabilities of persons, pasta (N, 93) and verbs (N, 157) -> language vectors (N, r_p + r_v), unit
-        length (zero if empty), through ``margins``. ``to_full`` maps them back to the (N, 2D) form of the module
-        docstring."""
+        length (zero if empty), through the space's formula (``margins``). ``to_full`` maps them back to the (N, 2D)
+        form of the module docstring."""
         pasta = np.asarray(pasta, np.float32).reshape(-1, len(tx.PASTA_NAMES))
         verbs = np.asarray(verbs, np.float32).reshape(-1, len(tx.VERB_NAMES))
-        return self.embed_weights(margins(pasta, PART_GROUPS, KEEP_PER_PART), margins(verbs, VERB_GROUPS, KEEP_VERBS))
+        return self.embed_weights(*self.formula.weights(pasta, verbs))
 
     def embed_weights(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
         """Weights pasta (N, 93), verbs (N, 157) taken as they are -> (N, r_p + r_v) unit vectors."""
@@ -295,14 +330,21 @@ class LanguageSpace:
         return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:] @ self.basis_verb], axis=-1)
 
     def embed_query(self, query: TextQuery) -> np.ndarray:
-        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are."""
+        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are; for free text blended
+        with the text's own embedding projected onto the phrase spans (``text_blend`` of the formula)."""
         p = np.zeros((1, len(tx.PASTA_NAMES)), np.float32)
         v = np.zeros((1, len(tx.VERB_NAMES)), np.float32)
         for name, w in query.pasta.items():
             p[0, tx.pasta_index(name)] = w
         for name, w in query.verbs.items():
             v[0, tx.verb_index(name)] = w
-        return self.embed_weights(p, v)[0]
+        read = self.embed_weights(p, v)[0]
+        blend = self.formula.text_blend
+        if query.embedding is None or blend == 0:
+            return read
+        e = np.asarray(query.embedding, np.float32)  # (D,)
+        own = _normalise(np.concatenate([_normalise(e @ self.basis_pasta.T), _normalise(e @ self.basis_verb.T)]))
+        return _normalise((1 - blend) * read + blend * own)
 
     def interpret(self, text: str) -> TextQuery:
         """Read a query text as structured PaSta text when it names parts (``hand: hold``), else as free text."""
@@ -316,7 +358,7 @@ class LanguageSpace:
         q = self.encoder().encode([text])[0]  # (D,)
         pasta = _soft_top(self.m_pasta @ q, tx.PASTA_NAMES, set(tx.NO_INTERACTION_PASTA))
         verbs = _soft_top(self.m_verb @ q, tx.VERB_NAMES, {tx.NO_INTERACTION_VERB})
-        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs)
+        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs, embedding=q)
 
 
 def _soft_top(sims: np.ndarray, names: tuple[str, ...], skip: set[int]) -> dict[str, float]:
