@@ -52,6 +52,16 @@ INDEX_DIR = "index"
 SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim", "pooling", "language_vector")
 
 
+def _older_prompts(stored: str | None, asked: str | None) -> tuple[str, str] | None:
+    """(stored, asked) prompt versions when both heads refs are zero-shot (``zero-shot:<prompts>:<model>``) of the
+    same model with other prompts, else None."""
+    if not (stored and asked and stored.startswith("zero-shot:") and asked.startswith("zero-shot:")):
+        return None
+    _, old, model = stored.split(":", 2) if stored.count(":") >= 2 else ("", "", stored)
+    _, new, model_asked = asked.split(":", 2) if asked.count(":") >= 2 else ("", "", asked)
+    return (old, new) if model == model_asked and old != new else None
+
+
 def space_fingerprint(space: dict) -> str:
     """A short hash of the fields that identify a vector space."""
     key = json.dumps({k: space.get(k) for k in SPACE_FIELDS}, sort_keys=True)
@@ -171,6 +181,13 @@ class Store:
         self._require_current_language()
         diffs = [f"{k}: store has {stored.get(k)!r}, asked for {space.get(k)!r}"
                  for k in SPACE_FIELDS if stored.get(k) != space.get(k)]
+        prompts = _older_prompts(stored.get("heads"), space.get("heads"))
+        if prompts and len(diffs) == 1:  # the same CLIP model; only this version's zero-shot prompts differ
+            raise SpaceMismatchError(
+                f"store {self.data_dir} holds zero-shot PaSta made with the {prompts[0]} prompts; this version's "
+                f"zero-shot heads use the {prompts[1]} prompts, so new images can be neither compared with nor added "
+                f"to its persons: ingest the images again into a new --data-dir (text and structured queries on "
+                f"this store keep working)")
         raise SpaceMismatchError(
             f"the models asked for differ from the ones this store's vectors were made with ({'; '.join(diffs)}). "
             f"Omit the model flags to use the store's models, or use another --data-dir for these models")

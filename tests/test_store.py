@@ -162,10 +162,10 @@ def _make_legacy(data_dir) -> None:
         path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
 
 
-def _make_v1(data_dir) -> None:
-    """Turn a store into one written with the previous formula, margin-v1:2/4 (its indexes hold v1 vectors)."""
+def _set_space(data_dir, **changes) -> None:
+    """Rewrite a store's recorded space (fingerprint and index manifests follow), as an older version left it."""
     con = sqlite3.connect(data_dir / "a2v.sqlite")
-    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), "language_vector": "margin-v1:2/4"}
+    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), **changes}
     fp = space_fingerprint(config)
     con.execute("UPDATE spaces SET config=?, fingerprint=?", (json.dumps(config, sort_keys=True), fp))
     con.commit()
@@ -173,6 +173,28 @@ def _make_v1(data_dir) -> None:
     for name in ("visual", "language"):
         path = data_dir / "index" / f"{name}.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
+
+
+def _make_v1(data_dir) -> None:
+    """Turn a store into one written with the previous formula, margin-v1:2/4 (its indexes hold v1 vectors)."""
+    _set_space(data_dir, language_vector="margin-v1:2/4")
+
+
+def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp_path):
+    from test_ingest import run_main
+
+    store, _, _ = filled(tmp_path)
+    store.close()
+    _set_space(tmp_path / "data", heads="zero-shot:v1:/models/clip")
+    reader = Store(tmp_path / "data")
+    with pytest.raises(SpaceMismatchError, match="made with the v1 prompts; .* v2 prompts.*new --data-dir") as e:
+        reader.check_space({**reader.space(), "heads": "zero-shot:v2:/models/clip"})  # this version's heads
+    assert "Omit the model flags" not in str(e.value)  # omitting them loads the same v2 heads: no fix
+    with pytest.raises(SpaceMismatchError, match="Omit the model flags"):  # another CLIP model: flags are the cause
+        reader.check_space({**reader.space(), "heads": "zero-shot:v2:/models/other"})
+    reader.close()
+    code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
+    assert code == 0, err  # as the message says, text queries keep working
 
 
 def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog):
