@@ -16,7 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -24,13 +24,14 @@ import numpy as np
 from PIL import Image
 
 from db import repo
-from db.repo import MediaState, NewMedia, NewPerson
+from db.repo import NewMedia, NewPerson
 
+from .assembly import Assembly
 from .decode_pool import DecodePool
 from .detect import BoxesFile, Detector
 from .errors import InputError
 from .faults import fault_point
-from .media import DEFAULT_MAX_PIXELS, Candidate, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
+from .media import DEFAULT_MAX_PIXELS, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
 from .settings import JPEG_DECODERS, check_choice
 from .store import Store
 
@@ -93,31 +94,6 @@ class IngestProgress:
     persons: int
 
 
-@dataclass
-class _Pending:
-    """A media file between decode and write."""
-
-    cand: Candidate
-    state: MediaState | None
-    segments: int
-    task: DecodeTask | None = None  # the first one; a video's next segments are copies of it
-    seen_until: float | None = None  # video: end of the footage really decoded
-    content_hash: str | None = None
-    width: int | None = None
-    height: int | None = None
-    frames: int = 0
-    duration: float | None = None
-    persons: list[NewPerson | None] = field(default_factory=list)
-    waiting: int = 0  # persons not encoded yet
-    received: int = 0  # segments decoded so far
-    decided: bool = False
-    dropped: bool = False  # failed, skipped, duplicate, or already queued for writing
-
-    @property
-    def complete(self) -> bool:
-        return not self.dropped and self.received == self.segments and self.waiting == 0
-
-
 class Ingestor:
     """One ingest run into a store (which must hold the write lock).
 
@@ -143,14 +119,14 @@ class Ingestor:
                                         "save")}
         self._gpu_jpeg = False  # these two are set when the models load
         self._depth = 0
-        self._inflight: deque[tuple[list[tuple[_Pending, int, object]], object]] = deque()
-        self._encode_q: list[tuple[_Pending, int, np.ndarray | JpegCrop]] = []
-        self._detect_q: list[tuple[_Pending, Item]] = []
+        self._inflight: deque[tuple[list[tuple[Assembly, int, object]], object]] = deque()
+        self._encode_q: list[tuple[Assembly, int, np.ndarray | JpegCrop]] = []
+        self._detect_q: list[tuple[Assembly, Item]] = []
         self._write_q: list[NewMedia] = []
         self._failures: list[tuple[str, str, str]] = []
-        self._hashes: dict[str, _Pending] = {}  # content hash -> media of this run holding it, until committed
-        self._deferred_dups: list[_Pending] = []  # same content as a media not committed yet
-        self._followups: deque[tuple[_Pending, DecodeTask]] = deque()  # next segments of videos
+        self._hashes: dict[str, Assembly] = {}  # content hash -> media of this run holding it, until committed
+        self._deferred_dups: list[Assembly] = []  # same content as a media not committed yet
+        self._followups: deque[tuple[Assembly, DecodeTask]] = deque()  # next segments of videos
         self._boxes: dict | None = None
         self._models_ready = False
         self._load_seconds = 0.0  # model loading: not part of the run's seconds (as when it came first)
@@ -174,10 +150,8 @@ class Ingestor:
         self._flush(final=True)
         self._resolve_deferred()
         self._flush(final=True)
-        if self._failures:
-            with self.store.db.session() as s:
-                repo.record_failures(s, self._failures)
-            self._failures = []
+        self.store.record_failures(self._failures)
+        self._failures = []
         with self._stage("save"):
             if not self._models_ready and not self.store.indexes_current():
                 self.store.indexes()  # nothing new, but FAISS lags SQLite (a save failed last time): catch it up
@@ -188,7 +162,7 @@ class Ingestor:
         self._progress(force=True)
         return self.report
 
-    def _planned(self, found: Iterator) -> Iterator[tuple[_Pending, DecodeTask]]:
+    def _planned(self, found: Iterator) -> Iterator[tuple[Assembly, DecodeTask]]:
         """First decode tasks of the files the walk finds, chunk by chunk: each chunk is checked against SQLite
         (unchanged path, size and mtime: skipped without opening the file), the rest is sniffed and planned."""
         while True:
@@ -197,8 +171,7 @@ class Ingestor:
                 if not chunk:
                     break
                 files = [x for x in chunk if not isinstance(x, tuple)]
-                with self.store.db.session() as s:
-                    states = repo.media_by_path(s, [f.path for f in files])
+                states = self.store.stored_states([f.path for f in files])
             for x in chunk:
                 if isinstance(x, tuple):
                     self._discovery_failure(x)
@@ -215,7 +188,7 @@ class Ingestor:
                     self._discovery_failure(c)
                 elif c is not None:
                     self.report.files_seen += 1
-                    p = _Pending(cand=c, state=st, segments=1)
+                    p = Assembly(cand=c, state=st)
                     yield p, self._first_task(p)
             self._progress()
         self._total = self.report.files_seen
@@ -247,7 +220,7 @@ class Ingestor:
         self.store.indexes()  # load and catch up before writing
         self._models_ready = True
 
-    def _first_task(self, p: _Pending) -> DecodeTask:
+    def _first_task(self, p: Assembly) -> DecodeTask:
         """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""
         self._load_models()
         boxes = self._boxes.get(p.cand.path, []) if isinstance(self.detector, BoxesFile) else None
@@ -259,7 +232,7 @@ class Ingestor:
                             gpu_jpeg=self._gpu_jpeg and not for_detector and p.cand.kind == "image")
         return p.task
 
-    def _decoded(self, tasks: Iterator[tuple[_Pending, DecodeTask]]):
+    def _decoded(self, tasks: Iterator[tuple[Assembly, DecodeTask]]):
         """Yield (pending, result) in task order, decoding ahead in worker processes (started with the first
         task: a run with nothing to decode starts none). Next video segments go before new files."""
         workers = self.opt.workers if self.opt.workers is not None else max(1, (os.cpu_count() or 2) - 1)
@@ -290,40 +263,31 @@ class Ingestor:
 
     # ------------------------------------------------------------------ per file
 
-    def _on_decoded(self, p: _Pending, r: DecodeResult) -> None:
+    def _on_decoded(self, p: Assembly, r: DecodeResult) -> None:
         self.stages["decode"] += r.seconds
-        p.received += 1
+        p.receive()
         if p.dropped:
             return
         if r.error:
             p.dropped = True
-            if p.content_hash and self._hashes.get(p.content_hash) is p:
-                del self._hashes[p.content_hash]
+            self._forget_hash(p)
             self._note_failure(p.cand.path, *r.error)
             self._file_done()
             return
-        if not p.decided:
-            p.decided = True
-            p.content_hash, p.width, p.height, p.duration = r.content_hash, r.width, r.height, r.duration
-            if self._skip_or_duplicate(p):
-                return
-        if r.seen_until is not None:
-            p.seen_until = max(p.seen_until or 0.0, r.seen_until)
+        if p.decide(r) and self._skip_or_duplicate(p):
+            return
+        p.add_footage(r)
         if r.more:  # the stream really goes on (its claimed duration is never trusted): ask for the next segment
-            start = p.segments * self.opt.segment_s
-            self._followups.append((p, replace(p.task, segment=(start, start + self.opt.segment_s),
-                                               want_hash=False)))
-            p.segments += 1
-        p.frames += r.frames
+            self._followups.append((p, p.next_segment(self.opt.segment_s)))
         self._dispatch(p, r)
         if p.complete:
             self._complete(p)
 
-    def _dispatch(self, p: _Pending, r: DecodeResult) -> None:
+    def _dispatch(self, p: Assembly, r: DecodeResult) -> None:
         """Queue a decoded file's (or segment's) frames for detection and persons for encoding."""
         for item in r.items:
             if item.frame is not None:
-                p.waiting += 1  # until the detector has looked at this frame
+                p.expect()  # until the detector has looked at this frame
                 self._detect_q.append((p, item))
             else:
                 if item.jpeg is not None:
@@ -331,12 +295,11 @@ class Ingestor:
                 crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
                 self._queue_person(p, item, item.pixels if crop is None else crop)
 
-    def _skip_or_duplicate(self, p: _Pending) -> bool:
+    def _skip_or_duplicate(self, p: Assembly) -> bool:
         """Unchanged content at the same path: skip. Same content as another media: store as duplicate."""
         h = p.content_hash
         if p.state is not None and p.state.content_hash == h and not self.opt.force:
-            with self.store.db.session() as s:
-                repo.touch_media(s, p.state.id, p.cand.size, p.cand.mtime)
+            self.store.touch_media(p.state.id, p.cand.size, p.cand.mtime)
             p.dropped = True
             self.report.media_skipped += 1
             self._file_done()
@@ -346,26 +309,22 @@ class Ingestor:
             self._deferred_dups.append(p)
             self._file_done()
             return True
-        with self.store.db.session() as s:
-            other = repo.media_by_hash(s, [h]).get(h)
+        other = self.store.media_with_hashes([h]).get(h)
         if other is not None and (p.state is None or other != p.state.id):
             p.dropped = True
-            self._write_q.append(self._media_row(p, duplicate_of=other))
+            self._write_q.append(p.row(self.opt.collection, duplicate_of=other))
             self.report.duplicates += 1
             self._file_done()
             return True
         self._hashes[h] = p
         return False
 
-    def _queue_person(self, p: _Pending, item: Item, pixels: np.ndarray | JpegCrop) -> None:
-        p.persons.append(None)
-        p.waiting += 1
-        slot = len(p.persons) - 1
+    def _queue_person(self, p: Assembly, item: Item, pixels: np.ndarray | JpegCrop) -> None:
+        slot = p.open_slot(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
+                                     pasta=None, verbs=None, parts=None, visual=None))  # filled by _collect
         self._encode_q.append((p, slot, pixels))
-        p.persons[slot] = NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
-                                    pasta=None, verbs=None, parts=None, visual=None)  # filled by _encode
 
-    def _complete(self, p: _Pending) -> None:
+    def _complete(self, p: Assembly) -> None:
         p.dropped = True  # nothing more to do for it
         dim = self.store.space_row().visual_dim
         problems = [(j, why) for j, person in enumerate(p.persons) if (why := repo.person_problem(person, dim))]
@@ -374,24 +333,16 @@ class Ingestor:
             self._note_failure(p.cand.path, "encode", f"person {j}: {why}")
             self._file_done()
             return
-        self._write_q.append(self._media_row(p))
+        self._write_q.append(p.row(self.opt.collection))
         self.report.media_ingested += 1
         self._file_done()
-
-    def _media_row(self, p: _Pending, duplicate_of: int | None = None) -> NewMedia:
-        c = p.cand
-        if p.seen_until is not None:  # a header may claim years of footage: keep what was really there
-            p.duration = min(p.duration, p.seen_until) if p.duration else round(p.seen_until, 3)
-        return NewMedia(path=c.path, content_hash=p.content_hash, size=c.size, mtime=c.mtime, kind=c.kind,
-                        collection=self.opt.collection, width=p.width, height=p.height,
-                        persons=[] if duplicate_of else list(p.persons), duplicate_of=duplicate_of,
-                        frames=p.frames if c.kind == "video" else None, duration=p.duration,
-                        replaces=p.state.id if p.state else None)
 
     # ------------------------------------------------------------------ batches
 
     def _flush(self, final: bool) -> None:
-        early = final or self.report.persons_added == 0  # until the first persons are committed, nothing waits
+        """Move work along, stage by stage: detect, encode, collect, write, save. A stage runs when its queue
+        holds a batch, or at once until the first persons are committed (nothing waits), or at the end."""
+        early = final or self.report.persons_added == 0
         if self._detect_q and (early or len(self._detect_q) >= getattr(self.detector.options, "batch_size", 8)):
             self._detect()
         while self._encode_q and (early or len(self._encode_q) >= self.opt.batch_size):
@@ -399,13 +350,20 @@ class Ingestor:
             del self._encode_q[:self.opt.batch_size]
         while self._inflight and (final or len(self._inflight) > self._depth):
             self._collect()
-        queued = sum(len(m.persons) for m in self._write_q)
-        first = self.report.persons_added == 0 and queued > 0
-        if self._write_q and (final or first or queued >= self.opt.write_every or len(self._write_q) >= 256):
+        if self._write_due(final):
             self._write()
         if not final and self.store.writable:
             with self._stage("save"):
                 self.store.maybe_save(self.opt.save_every_s)
+
+    def _write_due(self, final: bool) -> bool:
+        """Whether the queued media go to SQLite now: at the end, the first persons at once, else in batches of
+        ``write_every`` persons (or 256 media)."""
+        if not self._write_q:
+            return False
+        queued = sum(len(m.persons) for m in self._write_q)
+        first = self.report.persons_added == 0 and queued > 0
+        return final or first or queued >= self.opt.write_every or len(self._write_q) >= 256
 
     def _detect(self) -> None:
         items, self._detect_q = self._detect_q, []
@@ -417,12 +375,12 @@ class Ingestor:
                 full_box = [v / item.scale for v in box]
                 person = Item(box=full_box, score=score, frame_index=item.frame_index, t_sec=item.t_sec)
                 self._queue_person(p, person, self.encoder.preprocess.crop(frame, box))
-            p.waiting -= 1  # this frame is detected
+            p.settle()  # this frame is detected
         for p in {id(p): p for p, _ in items}.values():
             if p.complete:
                 self._complete(p)
 
-    def _encode(self, batch: list[tuple[_Pending, int, np.ndarray | JpegCrop]]) -> None:
+    def _encode(self, batch: list[tuple[Assembly, int, np.ndarray | JpegCrop]]) -> None:
         """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
         queued, or at the final flush, so that the device works while this process gathers the next batch."""
         fault_point("encode")
@@ -434,7 +392,7 @@ class Ingestor:
                 x, failed = assemble(pixels, self.encoder.preprocess, self.encoder.device, self.opt.max_pixels)
             for i in sorted(failed):
                 p = batch[i][0]
-                p.waiting -= 1
+                p.settle()
                 if not p.dropped:
                     p.dropped = True
                     self._note_failure(p.cand.path, "decode", failed[i])
@@ -458,7 +416,7 @@ class Ingestor:
             person.pasta, person.verbs, person.parts, person.visual = out.pasta[i], out.verbs[i], out.parts[i], \
                 out.visual[i]
             person.visual_norm = None if out.visual_norm is None else float(out.visual_norm[i])
-            p.waiting -= 1
+            p.fill(slot, person)
             touched[id(p)] = p
         for p in touched.values():
             if p.complete:
@@ -468,8 +426,7 @@ class Ingestor:
         items, self._write_q = self._write_q, []
         with self._stage("write"):
             ids = self.store.write(items)
-            with self.store.db.session() as s:
-                repo.record_failures(s, self._failures)
+            self.store.record_failures(self._failures)
             self._failures = []
         for m in items:
             if m.duplicate_of is None:
@@ -484,11 +441,10 @@ class Ingestor:
         if not ready:
             return
         self._deferred_dups = [p for p in self._deferred_dups if p.content_hash in self._hashes]
-        with self.store.db.session() as s:
-            firsts = repo.media_by_hash(s, [p.content_hash for p in ready])
+        firsts = self.store.media_with_hashes([p.content_hash for p in ready])
         for p in ready:
             if p.content_hash in firsts:
-                self._write_q.append(self._media_row(p, duplicate_of=firsts[p.content_hash]))
+                self._write_q.append(p.row(self.opt.collection, duplicate_of=firsts[p.content_hash]))
                 self.report.duplicates += 1
             else:  # its first copy failed to encode: nothing to point at
                 self._note_failure(p.cand.path, "write", "duplicate of a file that failed")
@@ -500,6 +456,11 @@ class Ingestor:
         self._failures.append((path, stage, reason))
         self.report.failures.append({"path": path, "stage": stage, "error": reason})
         log.debug("failed %s at %s: %s", path, stage, reason)
+
+    def _forget_hash(self, p: Assembly) -> None:
+        """A file that held a content hash for this run failed: the next copy of that content is a first copy."""
+        if p.content_hash and self._hashes.get(p.content_hash) is p:
+            del self._hashes[p.content_hash]
 
     def _file_done(self) -> None:
         self._done += 1

@@ -27,10 +27,11 @@ from PIL import Image
 
 from db.repo import NewPerson
 
+from .assembly import Assembly
 from .decode_pool import _timed_out
 from .errors import InputError, ModelError
 from .faults import fault_point, kill_once
-from .ingest import Ingestor, _Pending
+from .ingest import Ingestor
 from .media import DecodeResult, DecodeTask, Item, decode
 
 CRASHED = "the decoder crashed on this file (corrupt or hostile content)"  # the local engine's words
@@ -114,7 +115,7 @@ class EncoderActor:
 
 @dataclass
 class _Decoding:
-    pending: _Pending
+    pending: Assembly
     task: DecodeTask
     meta: object  # ObjectRef of (DecodeResult, n_items, start, end)
     items: object  # ObjectRef of list[Item]
@@ -125,7 +126,7 @@ class _Decoding:
 class _Call:
     """One batch on an actor: (pending, slot in its persons) per group."""
 
-    slots: list[tuple[_Pending, int]]
+    slots: list[tuple[Assembly, int]]
     actor: int
     submitted: float
 
@@ -146,7 +147,7 @@ class RayIngestor(Ingestor):
         self._started_ray = False
         self._actors: list = []
         self._actor_load: list[int] = []
-        self._batch: list[tuple[_Pending, int, object, int]] = []  # (pending, slot, items ref, n items)
+        self._batch: list[tuple[Assembly, int, object, int]] = []  # (pending, slot, items ref, n items)
         self._calls: dict = {}  # ObjectRef -> _Call
         self._items: dict[int, tuple[object, int]] = {}  # id(DecodeResult) -> (items ref, n items)
         self._current: tuple[object, int] = (None, 0)  # those of the result being handled
@@ -227,7 +228,7 @@ class RayIngestor(Ingestor):
 
     # ------------------------------------------------------------------ decoding on tasks
 
-    def _decoded(self, tasks: Iterator[tuple[_Pending, DecodeTask]]):
+    def _decoded(self, tasks: Iterator[tuple[Assembly, DecodeTask]]):
         """Yield (pending, result without items) in task order, decoding ahead on Ray tasks. A task still
         running ``file_timeout`` seconds after it was submitted is cancelled and is that file's failure. At most
         two tasks per decoding CPU are unfinished at a time, so a task waits for at most one other to start; the
@@ -296,7 +297,7 @@ class RayIngestor(Ingestor):
 
     # ------------------------------------------------------------------ detection and encoding on actors
 
-    def _on_decoded(self, p: _Pending, r: DecodeResult) -> None:
+    def _on_decoded(self, p: Assembly, r: DecodeResult) -> None:
         # the pixels' reference, dropped here unless _dispatch sends it (a failed, skipped or duplicate file's
         # pixels leave the object store at once)
         self._current = self._items.pop(id(r), (None, 0))
@@ -305,15 +306,14 @@ class RayIngestor(Ingestor):
         finally:
             self._current = (None, 0)
 
-    def _dispatch(self, p: _Pending, r: DecodeResult) -> None:
+    def _dispatch(self, p: Assembly, r: DecodeResult) -> None:
         ref, n = self._current
         if n == 0:
             return
-        p.persons.append([])  # this segment's persons, filled when its batch comes back (segments keep order)
-        p.waiting += 1
-        self._batch.append((p, len(p.persons) - 1, ref, n))
+        slot = p.open_slot([])  # this segment's persons, filled when its batch comes back (segments keep order)
+        self._batch.append((p, slot, ref, n))
 
-    def _complete(self, p: _Pending) -> None:
+    def _complete(self, p: Assembly) -> None:
         p.persons = [person for group in p.persons for person in group]
         super()._complete(p)
 
@@ -332,7 +332,7 @@ class RayIngestor(Ingestor):
             batch, self._batch = self._batch[:take], self._batch[take:]
             self._submit([(p, slot) for p, slot, _, _ in batch], [ref for _, _, ref, _ in batch])
 
-    def _submit(self, slots: list[tuple[_Pending, int]], groups: list) -> None:
+    def _submit(self, slots: list[tuple[Assembly, int]], groups: list) -> None:
         a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
         self._actor_load[a] += 1
         ref = self._actors[a].run.remote(*groups)
@@ -374,14 +374,9 @@ class RayIngestor(Ingestor):
         for (p, slot), persons in zip(call.slots, groups, strict=True):
             if p.dropped:
                 continue
-            p.persons[slot] = persons
-            p.waiting -= 1
+            p.fill(slot, persons)
             if p.complete:
                 self._complete(p)
-
-    def _forget_hash(self, p: _Pending) -> None:
-        if p.content_hash and self._hashes.get(p.content_hash) is p:
-            del self._hashes[p.content_hash]
 
 
 def run_ray_ingest(store, encoder, detector, paths: list[str], options, on_progress, ray_options: RayOptions):

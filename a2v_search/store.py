@@ -520,6 +520,31 @@ class Store:
         if not self.writable:
             raise StoreError("this store was opened for reading; writing needs the write lock")
 
+    # ------------------------------------------------------------------ what ingest asks of SQLite
+
+    def stored_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
+        """The stored state (id, content hash, size, mtime) of the media at these paths."""
+        with self.db.session() as s:
+            return repo.media_by_path(s, paths)
+
+    def media_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """The first non-duplicate media id holding each of these content hashes (those stored)."""
+        with self.db.session() as s:
+            return repo.media_by_hash(s, hashes)
+
+    def touch_media(self, media_id: int, size: int, mtime: float) -> None:
+        """Record a new size and mtime for a media whose content is unchanged (writers)."""
+        self._require_lock()
+        with self.db.session() as s:
+            repo.touch_media(s, media_id, size, mtime)
+
+    def record_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:
+        """Record (path, stage, reason) failures of a run, replacing older ones of the same paths (writers)."""
+        self._require_lock()
+        if failures:
+            with self.db.session() as s:
+                repo.record_failures(s, failures)
+
     # ------------------------------------------------------------------ writes
 
     def write(self, items: list[NewMedia]) -> np.ndarray:

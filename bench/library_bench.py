@@ -138,20 +138,37 @@ def main() -> None:
     ap.add_argument("--per-folder", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: ingest's)")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree and store")
+    ap.add_argument("--at", type=Path, default=None,
+                    help="a fixed work folder, kept: its tree and store are reused when a previous run made them "
+                         "(with --seed-import: re-measures the no-op without regenerating anything)")
     ap.add_argument("--seed-import", action="store_true",
                     help="fill the store with `manage.py import` (one record per file) instead of a full ingest: "
                          "measures the no-op re-run only, for N where a full ingest takes hours")
     args = ap.parse_args()
     n = 50_000 if args.quick else args.files
     header("library_bench.py")
-    work = Path(tempfile.mkdtemp(prefix="a2v-library-", dir=args.dir))
+    if args.at is not None:
+        args.keep = True
+        args.at.mkdir(parents=True, exist_ok=True)
+    work = args.at or Path(tempfile.mkdtemp(prefix="a2v-library-", dir=args.dir))
     try:
-        clip, bert = tiny_models(work / "models")
-        t0 = time.perf_counter()
-        write_tree(work / "tree", n, args.per_folder)
-        log(f"tree of {n:,} files written in {time.perf_counter() - t0:.0f} s")
+        models = work / "models"
+        clip, bert = ((models / "tiny_clip", models / "tiny_bert") if args.at and (models / "tiny_bert").is_dir()
+                      else tiny_models(models))
+        tree_done, seed_done = work / "tree.done", work / "seed.done"
+        if tree_done.is_file() and int(tree_done.read_text()) == n:
+            log(f"reusing the tree of {n:,} files in {work}")
+        else:
+            t0 = time.perf_counter()
+            write_tree(work / "tree", n, args.per_folder)
+            tree_done.write_text(str(n))
+            log(f"tree of {n:,} files written in {time.perf_counter() - t0:.0f} s")
         if args.seed_import:
-            log(f"store seeded by import in {seed_by_import(work / 'tree', work / 'data', clip, bert):.0f} s")
+            if seed_done.is_file() and int(seed_done.read_text()) == n:
+                log(f"reusing the store seeded with {n:,} files in {work}")
+            else:
+                log(f"store seeded by import in {seed_by_import(work / 'tree', work / 'data', clip, bert):.0f} s")
+                seed_done.write_text(str(n))
             full = None
         else:
             full = run_ingest(work / "tree", work / "data", clip, bert, args.workers)

@@ -10,7 +10,7 @@ import pytest
 from helpers import StubEncoder
 from media_factory import write_images
 
-from a2v_search import ingest as ingest_module
+from a2v_search.assembly import Assembly
 from a2v_search.detect import WholeImage
 from a2v_search.ingest import IngestOptions, IngestProgress, run_ingest
 from a2v_search.media import Candidate, Found
@@ -32,7 +32,7 @@ class WatchingEncoder(StubEncoder):
         self.batches = 0
 
     def submit(self, pixels, pad_to: int | None = None):
-        kinds = {Found, Candidate, ingest_module._Pending}
+        kinds = {Found, Candidate, Assembly}
         held = sum(type(o) in kinds for o in gc.get_objects())
         self.peak_files = max(self.peak_files, held)
         self.batches += 1
