@@ -488,7 +488,7 @@ class Store:
         if self._indexes is None:
             return
         self._maybe_grow()
-        for name in sorted(self._dirty):
+        for name in sorted(self._dirty & set(self._indexes)):
             idx = self._indexes[name]
             with self.db.session() as s:  # the newest person, to tell a reused id apart on the next open
                 last = repo.person_digest(s, int(idx.ids()[-1])) if idx.ntotal else None
@@ -510,10 +510,14 @@ class Store:
         conf_spec, budget = self._index_spec()
         if conf_spec != "auto":
             return
-        for name, idx in self._indexes.items():
+        for name in list(self._indexes):
+            idx = self._indexes[name]
             want = choose_spec(idx.ntotal, idx.dim, budget)
             if want != idx.spec:  # a few times over a store's life: Flat -> IVF, nlist doublings, Flat -> SQ8 codes
                 log.info("index %s: %d persons, switching from %s to %s", name, idx.ntotal, idx.spec, want)
+                # the old index goes first, so that memory never holds both: the new one is built from SQLite
+                # (which holds every person), and if that fails the next use loads the saved one and catches up
+                del self._indexes[name], idx
                 self._indexes[name] = self._build_index(name, want)
 
     def _require_lock(self) -> None:

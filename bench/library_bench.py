@@ -1,7 +1,7 @@
 """Benchmark of ingest at library scale: a tree of N small JPEGs ingested with the tiny models, in one run.
 
     python bench/library_bench.py [--files N] [--dir FOLDER] [--per-folder K] [--workers W] [--quick] [--keep]
-                                  [--seed-import]
+                                  [--seed-import [--new-files M]] [--at FOLDER]
 
 Reports: time from the start of ``manage.py ingest`` (interpreter start-up included) to the first persons
 committed in SQLite (polled read-only every 0.1 s), wall time and files/s of the full run, the peak RSS of the
@@ -12,7 +12,9 @@ files <= 60 s. The tree is N copies of a 64x48 JPEG made distinct by a comment s
 (distinct content hashes, the same decoding cost), in folders of K files, under a temporary folder in ``--dir``
 (deleted at the end unless ``--keep``). N = 1,000,000 by default; ``--quick`` is 50,000. ``--seed-import`` fills
 the store with ``manage.py import`` (each file's real path, size and mtime, one random person) instead of a full
-ingest, and measures the no-op re-run only.
+ingest; with ``--new-files M`` it then adds M new files to the tree and ingests the whole tree again (the
+seeded files are skipped, the M new ones stored into the big store: first persons, files/s and peak RSS of that
+run), before the no-op re-run. ``--at FOLDER`` keeps the tree and store there and reuses them on the next run.
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ def jpeg_variants(n: int = 16) -> list[bytes]:
     return out
 
 
-def write_tree(folder: Path, n: int, per_folder: int) -> None:
-    """n distinct JPEG files: a base image with a COM segment holding the file's number after the SOI marker."""
+def write_tree(folder: Path, n: int, per_folder: int, start: int = 0) -> None:
+    """n distinct JPEG files (numbered from ``start``): a base image with a COM segment holding the file's number
+    after the SOI marker."""
     bases = jpeg_variants()
     t0 = time.perf_counter()
-    for i in range(n):
+    for i in range(start, start + n):
         sub = folder / f"d{i // per_folder:05d}"
         if i % per_folder == 0:
             sub.mkdir(parents=True, exist_ok=True)
@@ -60,8 +63,8 @@ def write_tree(folder: Path, n: int, per_folder: int) -> None:
         text = f"file {i}".encode()
         com = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
         (sub / f"img{i:07d}.jpg").write_bytes(base[:2] + com + base[2:])
-        if (i + 1) % 100_000 == 0:
-            log(f"wrote {i + 1:,} files ({(i + 1) / (time.perf_counter() - t0):.0f} files/s)")
+        if (i + 1 - start) % 100_000 == 0:
+            log(f"wrote {i + 1 - start:,} files ({(i + 1 - start) / (time.perf_counter() - t0):.0f} files/s)")
 
 
 def persons_in(db: Path) -> int:
@@ -144,6 +147,8 @@ def main() -> None:
     ap.add_argument("--seed-import", action="store_true",
                     help="fill the store with `manage.py import` (one record per file) instead of a full ingest: "
                          "measures the no-op re-run only, for N where a full ingest takes hours")
+    ap.add_argument("--new-files", type=int, default=0,
+                    help="with --seed-import: add this many new files to the seeded tree and ingest them")
     args = ap.parse_args()
     n = 50_000 if args.quick else args.files
     header("library_bench.py")
@@ -170,6 +175,22 @@ def main() -> None:
                 log(f"store seeded by import in {seed_by_import(work / 'tree', work / 'data', clip, bert):.0f} s")
                 seed_done.write_text(str(n))
             full = None
+            extra_done = work / "extra.done"  # new files earlier runs added to the tree (and the store)
+            extra = int(extra_done.read_text()) if extra_done.is_file() else 0
+            if args.new_files:
+                write_tree(work / "tree" / f"new{extra:07d}", args.new_files, args.per_folder, start=n + extra)
+                extra_done.write_text(str(extra + args.new_files))
+                full = run_ingest(work / "tree", work / "data", clip, bert, args.workers)
+                s = full["summary"]
+                if s["media_ingested"] != args.new_files or s["failures"]:
+                    raise SystemExit(f"ingested {s['media_ingested']} of {args.new_files}: {s['failures'][:3]}")
+                print(f"| files in the store before | new files | first persons committed | run | new files/s | "
+                      f"peak RSS | its CPU time |\n|---|---|---|---|---|---|---|\n"
+                      f"| {n + extra:,} | {args.new_files:,} | {full['first']:.1f} s | {full['wall']:.1f} s | "
+                      f"{args.new_files / full['wall']:.0f} | {full['rss_mb']:.0f} MB | {full['cpu']:.1f} s |\n")
+                print("New-files run stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in s["stages"].items()) + "\n")
+                extra += args.new_files
+            n += extra
         else:
             full = run_ingest(work / "tree", work / "data", clip, bert, args.workers)
             s = full["summary"]
@@ -179,7 +200,7 @@ def main() -> None:
         noop = run_ingest(work / "tree", work / "data", clip, bert, args.workers)
         if noop["summary"]["media_skipped"] != n:
             raise SystemExit(f"no-op re-run skipped {noop['summary']['media_skipped']} of {n}")
-        if full is None:
+        if args.seed_import:
             print(f"| files | no-op re-run | its CPU time | files/s | peak RSS (no-op) |\n|---|---|---|---|---|\n"
                   f"| {n:,} | {noop['wall']:.1f} s | {noop['cpu']:.1f} s | {n / noop['wall']:.0f} | "
                   f"{noop['rss_mb']:.0f} MB |\n")

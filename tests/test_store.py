@@ -397,3 +397,36 @@ def test_automatic_index_type_follows_the_store_size(tmp_path, monkeypatch):
     reader = Store(tmp_path / "data")
     hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
     assert hit.person_id == ids[7] and reader.check().problems == []
+
+
+def test_a_growth_rebuild_never_holds_the_old_and_the_new_index_of_a_space(tmp_path, monkeypatch):
+    """The writer's memory at a size threshold: the old index is let go before the new one is built from SQLite,
+    so a space never has two indexes alive at once (twice its memory, at 1M persons hundreds of MB)."""
+    import gc
+    import weakref
+
+    import a2v_search.store as store_module
+
+    monkeypatch.setattr(store_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
+    rng = np.random.default_rng(6)
+    store = writable_store(tmp_path / "data")
+    store.write([media(f"/g/{i}.jpg", [random_person(rng)]) for i in range(300)])
+    store.save()
+    people = [random_person(rng) for _ in range(300)]
+    ids = store.write([media(f"/h/{i}.jpg", [p]) for i, p in enumerate(people)])
+    old = {name: weakref.ref(idx) for name, idx in store.indexes().items()}
+    old_alive: list[bool] = []
+    real_build = store._build_index
+
+    def watching_build(name, spec=None):
+        gc.collect()
+        old_alive.append(old[name]() is not None)
+        return real_build(name, spec)
+
+    monkeypatch.setattr(store, "_build_index", watching_build)
+    store.save()
+    assert old_alive == [False, False] and {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
+    store.close()
+    reader = Store(tmp_path / "data")
+    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
+    assert hit.person_id == ids[7] and reader.check().problems == []
