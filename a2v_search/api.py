@@ -131,11 +131,13 @@ class A2VSearch:
 
     def _checkpoint_folder_to_record(self, store: Store) -> str | None:
         """The converted (pickle-free) checkpoint folder given by flag when the store records another path."""
+        flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
+        if not flag or spec is None:  # the usual case: decided without importing the models (and torch)
+            return None
         from .models.checkpoint import is_own_checkpoint
         from .models.factory import model_ref
 
-        flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
-        if flag and spec is not None and is_own_checkpoint(Path(flag)) and spec.get("checkpoint") != model_ref(flag):
+        if is_own_checkpoint(Path(flag)) and spec.get("checkpoint") != model_ref(flag):
             return model_ref(flag)
         return None
 

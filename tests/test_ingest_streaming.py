@@ -4,7 +4,11 @@ while the walk goes on, and a run that finds nothing new loads no model."""
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import StubEncoder
@@ -16,6 +20,8 @@ from a2v_search.ingest import IngestOptions, IngestProgress, run_ingest
 from a2v_search.media import Candidate, Found
 from a2v_search.store import Store
 from db import repo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree(folder, n: int, per_folder: int = 6) -> None:
@@ -75,6 +81,16 @@ def test_a_rerun_that_finds_nothing_new_loads_no_model(tmp_path, monkeypatch, ti
     with A2VSearch.open(tmp_path / "data", **flags) as api:
         first = api.ingest([tmp_path / "in"], workers=0)
     assert first.media_ingested == 5 and len(first.failures) == 1
+
+    # a fresh interpreter (this one has torch already): the no-op run, as the CLI makes it, imports no model code
+    script = ("import json, sys\nfrom a2v_search.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+              "    pass\nprint(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script, "ingest", str(tmp_path / "in"), "--data-dir",
+                          str(tmp_path / "data"), "--model", str(tiny_clip_dir), "--text-model", str(tiny_bert_dir),
+                          "--detector", "none", "--workers", "0", "--json"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    summary, imported = (json.loads(line) for line in out.stdout.splitlines()[-2:])
+    assert summary["media_skipped"] == 5 and summary["media_ingested"] == 0 and imported == [], out.stderr[-2000:]
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
