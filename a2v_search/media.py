@@ -114,7 +114,8 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found | Failure]:
     symbolic link (to a file or a folder) is followed only when its target lies inside one of the folders being
     ingested; others are reported and skipped, so a link to ``/`` or to a home directory never widens the run.
     Each file, folder and list is visited once (loops end). Problems come back as ``(path, "discover", reason)``,
-    each once."""
+    each once. Memory holds a set entry per folder and per file reached by name or link, none per file found in a
+    folder: a folder is listed once, so only a name or a link can reach its files again."""
     return _Walker(paths).run()
 
 
@@ -125,9 +126,10 @@ class _Walker:
         for p in self.paths:
             if os.path.isdir(p):
                 self._add_root(p)
-        self.seen: set[int] = set()  # hashes of the real paths of files already found (8 bytes of hash per file)
+        self.seen: set[int] = set()  # hashes of the real paths of files found by name or through a link
         self.lists: set[str] = set()  # real paths of list files already read
         self.visited: set[str] = set()  # real paths of folders already walked
+        self.listed: set[str] = set()  # those of them whose entries could be listed (their files are found there)
         self.empty: set[str] = set()  # those of them that hold nothing
         self.reported: set[str] = set()  # paths already reported
 
@@ -215,6 +217,7 @@ class _Walker:
             except OSError as e:
                 yield from self._fail(folder, f"cannot list folder: {e.strerror or e}")
                 continue
+            self.listed.add(real_folder)
             if not any(not e.name.startswith(".") for e in entries):
                 self.empty.add(real_folder)
             subfolders = []
@@ -267,8 +270,18 @@ class _Walker:
             if explicit:
                 yield from self._fail(p, "not a regular file")
             return
-        self.seen.add(key)
+        if entry is None:  # by name or through a link: remembered, unless a folder listing finds it
+            if self._in_listed_folder(real):
+                return
+            self.seen.add(key)
         yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit)
+
+
+    def _in_listed_folder(self, real: str) -> bool:
+        """Whether the walk of a folder found (or, while that folder is being walked, will find) the regular file
+        at real path ``real``: its folder was listed and its name is one a listing does not skip."""
+        folder, name = os.path.split(real)
+        return folder in self.listed and not name.startswith(".") and _utf8(name)
 
 
 MAX_LIST_DEPTH = 3

@@ -119,3 +119,27 @@ def test_duplicates_across_chunks_are_stored_once(tmp_path):
         rows = s.execute(repo.select(repo.Media.path, repo.Media.duplicate_of)).all()
     store.close()
     assert len(rows) == 14 and sum(d is not None for _, d in rows) == 4
+
+
+def test_the_walk_finds_each_file_once_and_keeps_nothing_per_file_of_a_plain_tree(tmp_path):
+    """The walk remembers only files reached by name or through a link (a folder is listed once): a plain tree
+    leaves nothing per file behind, and names, links to files listed before or after, and a link to a hidden file
+    (which a listing skips) still give each file once."""
+    from a2v_search import media
+
+    tree(tmp_path / "plain", 30)
+    walker = media._Walker([str(tmp_path / "plain")])
+    assert len([x for x in walker.run() if isinstance(x, Found)]) == 30 and walker.seen == set()
+
+    a, b = tmp_path / "root" / "a", tmp_path / "root" / "b"
+    a.mkdir(parents=True)
+    b.mkdir()
+    for name in ("m.jpg", "x.jpg", "z.jpg", ".hidden.jpg"):
+        (a / name).write_bytes(b"data " + name.encode())
+    (a / "a_link.jpg").symlink_to(a / "z.jpg")  # a sibling listed after the link
+    (a / "zz_link.jpg").symlink_to(a / "m.jpg")  # a sibling listed before the link
+    (b / "to_hidden.jpg").symlink_to(a / ".hidden.jpg")  # a listing skips it: found through the link
+    (tmp_path / "root" / "0_to_x.jpg").symlink_to(a / "x.jpg")  # listed before folder a
+    named = [str(a / "m.jpg"), str(tmp_path / "root"), str(a / "z.jpg")]  # named before and after its folder
+    found = sorted(os.path.relpath(x.path, tmp_path / "root") for x in media.walk(named) if isinstance(x, Found))
+    assert found == ["a/.hidden.jpg", "a/m.jpg", "a/x.jpg", "a/z.jpg"]
