@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
+from ..models.encoder import ActivityEncoder
+from ..models.heads import run_fp32
 from .hake_data import HakeData
 from .metrics import evaluate_heads
-from .models.encoder import ActivityEncoder
-from .models.heads import run_fp32
 from .train import cached_features
 
 
