@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_ingest import run_main
+from helpers import run_main
 
 from a2v_search import taxonomy as tx
 from a2v_search.detect import BoxesFile

@@ -246,7 +246,7 @@ def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
 
 
 def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path):
-    from test_ingest import run_main
+    from helpers import run_main
 
     store, _, _ = filled(tmp_path)
     store.close()
@@ -261,7 +261,7 @@ def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path)
 
 
 def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog):
-    from test_ingest import run_main
+    from helpers import run_main
 
     store, items, ids = filled(tmp_path)
     store.close()

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import StubEncoder, downgrade
+from helpers import StubEncoder, downgrade, in_child, run_main
 from media_factory import write_images, write_people_video
 from PIL import Image
 from sqlalchemy.exc import OperationalError
-from test_ingest import run_main
-from test_reliability import in_child
 
 from a2v_search.detect import BoxesFile
 from a2v_search.errors import InputError, QueryError, StoreError
