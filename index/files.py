@@ -15,7 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from a2v_search.faults import fault_point
+from .hooks import fault_point
 
 TMP_SUFFIX = ".tmp"
 

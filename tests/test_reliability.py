@@ -28,6 +28,7 @@ from a2v_search.errors import InputError, QueryError, StoreError, StoreLockedErr
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import INDEX_NAMES, Store
+from a2v_search.tracks import link
 from db import repo
 from index import IndexMissingError, VectorIndex
 
@@ -659,7 +660,8 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
     with store.db.session() as s:
         _, new_ids, _ = repo.add_media(s, store.space_row().id, [media("/m/idle.jpg", [idle]),
                                                                  media("/m/nan.jpg", [random_person(rng)]),
-                                                                 media("/m/short.jpg", [random_person(rng)])])
+                                                                 media("/m/short.jpg", [random_person(rng)])],
+                                       link=link)
         s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[1]))
                   .values(visual=np.full(16, np.nan, np.float16).tobytes()))
         s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[2]))
@@ -824,7 +826,8 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     store = writable_store(data)  # a writer that committed new persons and died before saving the index
     fresh = [random_person(rng) for _ in range(reused)]
     with store.db.session() as s:
-        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)])
+        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)],
+                                   link=link)
     store.close(save=False)
     assert ids.tolist() == [5, 6][:reused]  # the ids of the lost persons, handed out again
     report = Store(data).check()

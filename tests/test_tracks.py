@@ -275,13 +275,14 @@ def test_older_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monke
     shutil.copytree(tracked, old)
     downgrade(old / "a2v.sqlite", 2)
 
-    def fails_at_the_end(conn):  # the whole step runs, then the disk refuses: nothing of it may stay
-        real_step(conn)
+    def fails_at_the_end(conn, link):  # the whole step runs, then the disk refuses: nothing of it may stay
+        real_step(conn, link)
         raise OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a readonly database"))
 
     real_step = migrations.STEPS[2]
     monkeypatch.setitem(migrations.STEPS, 2, fails_at_the_end)
-    with pytest.raises(StoreError, match="schema version 2 and must be upgraded .* readonly database"):
+    with pytest.raises(StoreError, match="schema version 2 and must be upgraded .* readonly database.*; open it "
+                       r"once where it is writable \(e.g. `manage.py stats --data-dir ...`\)$"):
         Store(old)
     con = sqlite3.connect(old / "a2v.sqlite")
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
