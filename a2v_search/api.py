@@ -10,7 +10,6 @@ recorded in its space; a flag that contradicts the space is a SpaceMismatchError
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from db import repo
+from index import saved_summary
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
@@ -477,11 +477,9 @@ class A2VSearch:
         space = store.space()
         indexes = {}
         for name in ALL_INDEX_NAMES:
-            manifest = store.index_dir / f"{name}.json"
-            if manifest.exists():
-                m = json.loads(manifest.read_text())
-                indexes[name] = {"spec": m.get("spec"), "count": m.get("count"), "dim": m.get("dim"),
-                                 "bytes": m.get("size"), "saved_at": m.get("saved_at")}
+            summary = saved_summary(store.index_dir, name)
+            if summary is not None:
+                indexes[name] = summary
         problem = store.activity_problem() if space else None
         return {"data_dir": str(self.data_dir), **counts, "collections": collections, "indexes": indexes,
                 "activity_space": "available" if space and problem is None else problem,

@@ -16,9 +16,9 @@ from .errors import (
     VectorIndexError,
 )
 from .faiss_index import MANIFEST_KEYS, VectorIndex, gpu_available
-from .files import orphan_files
+from .files import orphan_files, saved_summary
 from .hooks import set_fault_hook
-from .spec import choose_nlist, choose_spec, default_nprobe
+from .spec import choose_nlist, choose_spec, default_nprobe, exact_scores
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -32,7 +32,9 @@ __all__ = [
     "choose_nlist",
     "choose_spec",
     "default_nprobe",
+    "exact_scores",
     "gpu_available",
     "orphan_files",
+    "saved_summary",
     "set_fault_hook",
 ]

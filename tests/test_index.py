@@ -23,7 +23,9 @@ from index import (
     VectorIndex,
     VectorIndexError,
     choose_spec,
+    exact_scores,
     orphan_files,
+    saved_summary,
     set_fault_hook,
 )
 
@@ -622,3 +624,17 @@ def test_db_and_index_import_nothing_of_a2v_search() -> None:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("spec", "exact"), [("Flat", True), ("IVF64,Flat", True), ("HNSW32", True), ("SQ8", False),
+                                             ("IVF64,SQ8", False), ("IVF64,PQ8", False), ("OPQ8,IVF64,PQ8", False)])
+def test_exact_scores_names_the_types_that_keep_their_vectors(spec, exact) -> None:
+    assert exact_scores(spec) is exact
+
+
+def test_saved_summary_reads_the_manifest(tmp_path) -> None:
+    assert saved_summary(tmp_path, "v") is None
+    _saved(tmp_path, n=40)
+    summary = saved_summary(tmp_path, "v")
+    assert summary == {"spec": "Flat", "count": 40, "dim": DIM, "bytes": (tmp_path / "v.1.faiss").stat().st_size,
+                       "saved_at": json.loads((tmp_path / "v.json").read_text())["saved_at"]}
