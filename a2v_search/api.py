@@ -38,6 +38,8 @@ from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_sign
 if TYPE_CHECKING:
     from .export import ExportReport
     from .ingest import IngestProgress, IngestReport
+    from .models import ModelSpec
+    from .models.encoder import ActivityEncoder
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
 
@@ -86,7 +88,7 @@ class A2VSearch:
 
     # ------------------------------------------------------------------ models
 
-    def model_spec(self, store: Store | None = None):
+    def model_spec(self, store: Store | None = None) -> ModelSpec:
         """The models to use: the store's recorded ones, overridden by explicit flags (checked against it)."""
         from .models import ModelSpec
         from .models.factory import model_ref
@@ -110,7 +112,7 @@ class A2VSearch:
         _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
         return spec
 
-    def encoder(self, store: Store | None = None, standalone: bool = False):
+    def encoder(self, store: Store | None = None, standalone: bool = False) -> ActivityEncoder:
         """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
         work that stores nothing (predict); the store's models are used only when no model flag is given."""
         from .models import load_encoder
@@ -198,7 +200,7 @@ class A2VSearch:
         return store
 
     @contextmanager
-    def writer(self, what: str):
+    def writer(self, what: str) -> Iterator[Store]:
         """The store opened for writing, holding the write lock."""
         self.close()  # a reader's indexes would go stale
         store = self._attach(Store(self.data_dir, create=True))

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 #: Track numbers (0, 1, ...) of one video's persons from their (n,) frame times, (n, 4) boxes and (n, P) visual
 #: vectors; the caller's tracker (a2v-search's Store passes its video tracker's ``link``).
 Linker = Callable[[Sequence[float], Sequence[Sequence[float]], np.ndarray], list[int]]
+#: Widths of the stored probability blobs: the HAKE taxonomy's 93 PaSta, 157 verbs and 6 parts (tests check them
+#: against the taxonomy's sizes).
 N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
 _CHUNK = 5000  # ids per IN (...) list
 
