@@ -6,7 +6,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import SPACE, media, random_language, random_person, writable_store
+from helpers import SPACE, media, random_language, random_person, run_main, writable_store
 
 from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
 from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace
@@ -186,7 +186,6 @@ def _make_v1(data_dir) -> None:
 
 
 def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp_path):
-    from test_ingest import run_main
 
     store, _, _ = filled(tmp_path)
     store.close()
@@ -203,7 +202,6 @@ def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp
 
 
 def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog):
-    from test_ingest import run_main
 
     store, items, ids = filled(tmp_path)
     store.close()
@@ -251,7 +249,6 @@ def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
 
 
 def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path):
-    from helpers import run_main
 
     store, _, _ = filled(tmp_path)
     store.close()
@@ -266,7 +263,6 @@ def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path)
 
 
 def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog):
-    from helpers import run_main
 
     store, items, ids = filled(tmp_path)
     store.close()
