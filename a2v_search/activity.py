@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 ACTIVITY = "activity"
-N_PARTS = 6
 
 ZERO_SHOT_NOTE = ("no A2V classifier feature: this store's PaSta heads are zero-shot (cosines with CLIP text "
                   "prompts), which have no hidden layers; a store ingested with trained heads (--checkpoint) has it")

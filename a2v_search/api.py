@@ -10,7 +10,6 @@ recorded in its space; a flag that contradicts the space is a SpaceMismatchError
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from db import repo
+from index import saved_summary
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
@@ -38,6 +38,8 @@ from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_sign
 if TYPE_CHECKING:
     from .export import ExportReport
     from .ingest import IngestProgress, IngestReport
+    from .models import ModelSpec
+    from .models.encoder import ActivityEncoder
 
 DEFAULT_WEIGHTS = (0.5, 0.5)
 
@@ -86,7 +88,7 @@ class A2VSearch:
 
     # ------------------------------------------------------------------ models
 
-    def model_spec(self, store: Store | None = None):
+    def model_spec(self, store: Store | None = None) -> ModelSpec:
         """The models to use: the store's recorded ones, overridden by explicit flags (checked against it)."""
         from .models import ModelSpec
         from .models.factory import model_ref
@@ -110,7 +112,7 @@ class A2VSearch:
         _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
         return spec
 
-    def encoder(self, store: Store | None = None, standalone: bool = False):
+    def encoder(self, store: Store | None = None, standalone: bool = False) -> ActivityEncoder:
         """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
         work that stores nothing (predict); the store's models are used only when no model flag is given."""
         from .models import load_encoder
@@ -200,7 +202,7 @@ class A2VSearch:
         return store
 
     @contextmanager
-    def writer(self, what: str):
+    def writer(self, what: str) -> Iterator[Store]:
         """The store opened for writing, holding the write lock."""
         self.close()  # a reader's indexes would go stale
         store = self._attach(Store(self.data_dir, create=True))
@@ -479,11 +481,9 @@ class A2VSearch:
         space = store.space()
         indexes = {}
         for name in ALL_INDEX_NAMES:
-            manifest = store.index_dir / f"{name}.json"
-            if manifest.exists():
-                m = json.loads(manifest.read_text())
-                indexes[name] = {"spec": m.get("spec"), "count": m.get("count"), "dim": m.get("dim"),
-                                 "bytes": m.get("size"), "saved_at": m.get("saved_at")}
+            summary = saved_summary(store.index_dir, name)
+            if summary is not None:
+                indexes[name] = summary
         problem = store.activity_problem() if space else None
         return {"data_dir": str(self.data_dir), **counts, "collections": collections, "indexes": indexes,
                 "activity_space": "available" if space and problem is None else problem,

@@ -507,7 +507,7 @@ def convert_checkpoint(
     _console().print(f"converted {src} -> {written} (load it with --checkpoint {written})")
 
 
-from . import cli_train  # noqa: E402
+from .training import cli_train  # noqa: E402
 
 cli_train.register(app)
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 from .media import Candidate, Found
 from .person_boxes import merge_boxes
 
@@ -231,7 +231,7 @@ class ModelDetector:
             self.processor = AutoImageProcessor.from_pretrained(model)
             self.model = AutoModelForObjectDetection.from_pretrained(model).eval().to(device)
         except Exception as e:  # OSError / ValueError from transformers
-            raise ModelError(f"cannot load detector {model!r}: {str(e).splitlines()[0] if str(e) else e!r}. Use "
+            raise ModelError(f"cannot load detector {model!r}: {first_line(e)}. Use "
                              "--detector none, --detector boxes:FILE, or a transformers object-detection model") from e
         labels = {int(i): str(n).lower() for i, n in self.model.config.id2label.items()}
         self.person = [i for i, n in labels.items() if n == "person"]

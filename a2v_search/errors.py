@@ -45,3 +45,12 @@ class QueryError(A2VError, ValueError):
 
 class NotFoundError(QueryError):
     """A person or media id that names nothing stored (or whose file is gone)."""
+
+
+def first_line(e: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message, for one-line error text; ``empty`` (default: ``repr(e)``) when
+    the message is empty."""
+    text = str(e)
+    if text:
+        return text.splitlines()[0]
+    return repr(e) if empty is None else empty

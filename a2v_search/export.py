@@ -277,7 +277,8 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Per-row shape of each numeric field (for empty exports)."""
     row = store.space_row()
     lang = store.language()
-    dims = {"box": (4,), "pasta": (93,), "verbs": (157,), "parts": (6,), "visual": (row.visual_dim,),
+    dims = {"box": (4,), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,), "parts": (tx.N_PARTS,),
+            "visual": (row.visual_dim,),
             "language": (2 * lang.m_pasta.shape[1],), "language_basis": (lang.dim,)}
     if "activity" in names:
         dims["activity"] = store.part_features(np.ones((1, row.visual_dim), np.float32),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import first_line
 from .media import DecodeError, load_image
 from .preprocess import Box, Preprocess
 
@@ -150,7 +151,7 @@ def _assemble(pixels: Sequence[np.ndarray | JpegCrop], preprocess: Preprocess, d
         except DecodeError as e:
             failed[i] = str(e)
         except Exception as e:  # as media.decode: a library error on a hostile file is that file's failure
-            failed[i] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+            failed[i] = f"{type(e).__name__}: {first_line(e, 'unreadable')}"
     for members in wholes.values():
         resized = resize_uint8(torch.stack([decoded[id(pixels[i].data)] for i in members]), preprocess.size)
         for i, row in zip(members, resized, strict=True):

@@ -11,7 +11,6 @@ here: its bytes travel to the main process (``Item.jpeg``), where ``gpu_decode``
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
@@ -24,8 +23,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .faults import fault_point, hang_point
+from .hashing import file_sha256
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 from .preprocess import Preprocess, check_box
 
@@ -314,15 +314,6 @@ def sniff_found(f: Found) -> Candidate | Failure | None:
     return Candidate(path=f.path, size=f.size, mtime=f.mtime, kind=kind, given=f.given, root=f.root)
 
 
-def file_hash(path: str) -> str:
-    """sha256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------ decoding (worker side)
 
 
@@ -383,7 +374,7 @@ def decode(task: DecodeTask) -> DecodeResult:
     try:
         hang_point(task.path)
         if task.want_hash:
-            res.content_hash = file_hash(task.path)
+            res.content_hash = file_sha256(task.path)
         if task.kind == "video":
             _decode_video(task, res)
         else:
@@ -393,7 +384,7 @@ def decode(task: DecodeTask) -> DecodeResult:
     except MemoryError:
         res.error = ("decode", "out of memory while decoding")
     except Exception as e:  # any library error on a hostile file must not stop the run
-        res.error = ("decode", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}")
+        res.error = ("decode", f"{type(e).__name__}: {first_line(e, 'unreadable')}")
     if res.error:
         res.items = []
     res.seconds = time.perf_counter() - t0

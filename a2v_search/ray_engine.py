@@ -29,7 +29,7 @@ from db.repo import NewPerson
 
 from .assembly import Assembly
 from .decode_pool import _timed_out
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, first_line
 from .faults import fault_point, kill_once
 from .ingest import Ingestor
 from .media import DecodeResult, DecodeTask, Item, decode
@@ -193,7 +193,7 @@ class RayIngestor(Ingestor):
             with self._stage("start"):
                 ray.get(ray.wait([a.ready.remote() for a in self._actors], num_returns=1)[0])
         except ray.exceptions.RayActorError as e:
-            raise ModelError(f"a Ray worker could not load the models: {str(e).splitlines()[0]}") from None
+            raise ModelError(f"a Ray worker could not load the models: {first_line(e)}") from None
         self._decode_fn = ray.remote(decode_split).options(num_returns=2, max_retries=1, num_cpus=1)
 
     def _connect(self) -> None:

@@ -119,8 +119,8 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
     for j, p in enumerate(persons):
         if not isinstance(p, dict):
             raise InputError(f"persons[{j}] must be an object")
-        pasta = _vector(p.get("pasta"), 93, f"persons[{j}].pasta", tx.PASTA_NAMES)
-        verbs = _vector(p.get("verbs", [0.0] * 157), 157, f"persons[{j}].verbs", tx.VERB_NAMES)
+        pasta = _vector(p.get("pasta"), tx.N_PASTA, f"persons[{j}].pasta", tx.PASTA_NAMES)
+        verbs = _vector(p.get("verbs", [0.0] * tx.N_VERBS), tx.N_VERBS, f"persons[{j}].verbs", tx.VERB_NAMES)
         visual = _vector(p.get("visual"), visual_dim, f"persons[{j}].visual", unit_range=False)
         norm = float(np.linalg.norm(visual))
         if norm < 1e-6:
@@ -130,7 +130,7 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
                 or tower_norm <= 0:
             raise InputError(f"persons[{j}].visual_norm must be a positive number")
         if "parts" in p:
-            parts = _vector(p["parts"], 6, f"persons[{j}].parts")
+            parts = _vector(p["parts"], tx.N_PARTS, f"persons[{j}].parts")
         else:  # the strongest interacting state of each part
             parts = np.array([pasta[r.start:r.stop - 1].max() for r in tx.PART_RANGES.values()], np.float32)
         box = p.get("box", [0, 0, width or 1, height or 1])

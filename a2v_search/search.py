@@ -21,6 +21,7 @@ import numpy as np
 
 from db import repo
 from db.repo import Filters, PersonRow
+from index import exact_scores
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
@@ -129,12 +130,6 @@ def check_text(text: str) -> str:
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"the query text has {len(text):,} characters; at most {MAX_QUERY_CHARS:,} are read")
     return text
-
-
-def exact_scores(spec: str) -> bool:
-    """True for FAISS index types that keep the vectors themselves (Flat, IVF..,Flat, HNSW), so their scores are
-    the exact cosines; False for quantised ones (SQ, PQ, ...), whose candidates are re-scored from SQLite."""
-    return not re.search(r"SQ|PQ|RQ|LSH|RaBitQ", spec)
 
 
 def parse_where(expr: str) -> tuple[int, int, str, float]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DATA_DIR = "a2v_data"
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch16"
@@ -70,7 +74,7 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def get_device(name: str = "auto"):
+def get_device(name: str = "auto") -> torch.device:
     """The torch device for ``auto|cpu|cuda|cuda:N``; ``auto`` takes CUDA when present. Nothing else picks one."""
     import torch
 

@@ -22,15 +22,28 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from db import repo
+from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from db.repo import Database, NewMedia
 from db.schema import Media, Space
-from index import IndexCorruptError, IndexMissingError, VectorIndex, choose_spec, orphan_files
+from index import (
+    IndexCorruptError,
+    IndexInputError,
+    IndexMissingError,
+    UnknownIdError,
+    VectorIndex,
+    VectorIndexError,
+    choose_spec,
+    orphan_files,
+    set_fault_hook,
+)
 from index.files import read_manifest_file
 
 from . import activity
@@ -38,6 +51,7 @@ from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError
 from .faults import fault_point
 from .lock import WriteLock
 from .models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
+from .tracks import link
 
 log = logging.getLogger("a2v_search")
 
@@ -49,6 +63,36 @@ DB_NAME = "a2v.sqlite"
 INDEX_DIR = "index"
 #: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
 #: values produce comparable vectors.
+#: the fix for an index that cannot be used
+REINDEX_HINT = "run `python manage.py reindex` to rebuild it from SQLite"
+
+set_fault_hook(fault_point)  # the reliability tests' A2V_FAULT points inside index/ (a no-op unless armed)
+
+
+def _store_error(e: DbError, data_dir: Path) -> StoreError:
+    """A db error as a StoreError, with the command-line fix where there is one."""
+    hint = {DbMissingError: f": run `manage.py ingest PATH --data-dir {data_dir}` first",
+            NotAStoreError: "; choose another --data-dir",
+            SchemaVersionError: ". Use the a2v-search release that wrote it, or ingest again into a new --data-dir",
+            UpgradeError: "; open it once where it is writable (e.g. `manage.py stats --data-dir ...`)"}
+    return StoreError(f"{e}{hint.get(type(e), '')}")
+
+
+@contextmanager
+def _index_errors() -> Iterator[None]:
+    """Index errors as a2v-search errors, with the command-line fix where an index cannot be used."""
+    try:
+        yield
+    except (IndexMissingError, IndexCorruptError) as e:
+        raise StoreError(f"{e}; {REINDEX_HINT}") from e
+    except IndexInputError as e:
+        raise InputError(str(e)) from e
+    except UnknownIdError as e:
+        raise QueryError(f"{e} or run `python manage.py doctor`") from e
+    except VectorIndexError as e:
+        raise StoreError(str(e)) from e
+
+
 SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim", "pooling", "language_vector")
 
 
@@ -107,7 +151,8 @@ class Store:
         elif not (self.data_dir / DB_NAME).is_file():
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
-        self.db = Database(self.data_dir / DB_NAME, create=create, read_only=not create)  # readers never write
+        self.db = Database(self.data_dir / DB_NAME, create=create, read_only=not create,  # readers never write
+                           link=link, translate=partial(_store_error, data_dir=self.data_dir))
         self.index_dir = self.data_dir / INDEX_DIR
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
@@ -127,7 +172,8 @@ class Store:
             self._lock = WriteLock(self.data_dir, what).acquire()
             if self.db.read_only:  # opened as a reader: writing needs a read-write connection
                 self.db.close()
-                self.db = Database(self.data_dir / DB_NAME, create=False)
+                self.db = Database(self.data_dir / DB_NAME, create=False, link=link,
+                                   translate=partial(_store_error, data_dir=self.data_dir))
         return self
 
     @property
@@ -349,6 +395,7 @@ class Store:
             budget = repo.get_meta(s, "index_memory_mb")
         return spec or "auto", int(budget) if budget else None
 
+    @_index_errors()
     def indexes(self, names: Sequence[str] | None = None) -> dict[str, VectorIndex]:
         """The FAISS indexes of ``names`` (default: every space of the store), loaded on first use and caught up
         with SQLite (rebuilt with a warning if missing or corrupt)."""
@@ -391,7 +438,7 @@ class Store:
                 log.warning("FAISS index %r is missing: rebuilding it from SQLite (%d persons)", name, n)
             return self._build_index(name)
         except IndexCorruptError as e:
-            log.warning("%s; rebuilding it from SQLite", e)
+            log.warning("%s; %s; rebuilding it from SQLite", e, REINDEX_HINT)
             return self._build_index(name)
         if manifest.get("space") != fp:
             raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
@@ -404,6 +451,7 @@ class Store:
         self._catch_up(name, idx, int(manifest["max_id"]))
         return idx
 
+    @_index_errors()
     def refresh(self) -> None:
         """Readers: bring the loaded indexes up to date with what writers committed since (persons added, removed
         or replaced), in memory. Nothing is written; indexes not loaded yet are left to load."""
@@ -467,6 +515,7 @@ class Store:
         self._dirty.add(name)
         return idx
 
+    @_index_errors()
     def rebuild(self, spec: str | None = None, memory_budget_mb: int | None = None) -> dict[str, str]:
         """Rebuild both indexes from SQLite (optionally with a new index spec, remembered) and save them; a store
         made before this version's language vector is migrated first."""
@@ -482,6 +531,7 @@ class Store:
         self.save()
         return {name: idx.spec for name, idx in self._indexes.items()}
 
+    @_index_errors()
     def save(self) -> None:
         """Save dirty indexes atomically with their manifests (writers only)."""
         self._require_lock()
@@ -551,6 +601,7 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
+    @_index_errors()
     def write(self, items: list[NewMedia]) -> np.ndarray:
         """Add media with their persons: one SQLite transaction, then the FAISS add. Returns new person ids."""
         self._require_lock()
@@ -571,7 +622,7 @@ class Store:
             vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
                                       np.stack([p.verbs for p in persons]), norms, names=add_to)
         with self.db.session() as s:
-            _, ids, removed = repo.add_media(s, row.id, items)
+            _, ids, removed = repo.add_media(s, row.id, items, link=link)
             repo.clear_failures(s, [m.path for m in items])
         fault_point("after_commit")
         if len(removed):
@@ -587,6 +638,7 @@ class Store:
             self._without_norm = None  # old persons replaced: count again
         return ids
 
+    @_index_errors()
     def remove_media(self, media_ids: list[int]) -> np.ndarray:
         """Delete media and their persons from SQLite, then from FAISS. Returns removed person ids."""
         self._require_lock()
@@ -616,7 +668,7 @@ class Store:
             if repair:
                 self._require_lock()
                 with self.db.session() as s:
-                    repo.rebuild_tracks(s, untracked)
+                    repo.rebuild_tracks(s, untracked, link=link)
         fp = self.fingerprint
         if fp is None:
             return report
@@ -625,7 +677,7 @@ class Store:
             try:
                 idx, manifest = VectorIndex.load(self.index_dir, name, verify_hash=True)
             except (IndexMissingError, IndexCorruptError) as e:
-                problem = Problem(f"index {name}", str(e))
+                problem = Problem(f"index {name}", f"{e}; {REINDEX_HINT}")
             else:
                 stale = self._newer_than_sqlite(manifest)
                 if manifest.get("space") != fp:

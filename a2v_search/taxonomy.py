@@ -45,6 +45,8 @@ def _part_ranges(names: tuple[str, ...]) -> dict[str, range]:
 PASTA_NAMES: tuple[str, ...] = _read_list("Part_State_93.txt")
 #: The 157 verb names; index 57 is ``no_interaction``.
 VERB_NAMES: tuple[str, ...] = _read_list("verb_list_157.txt")
+#: The sizes every vector of a person has: 93 PaSta, 157 verbs, 6 parts (the one place they are written).
+N_PASTA, N_VERBS, N_PARTS = len(PASTA_NAMES), len(VERB_NAMES), len(PARTS)
 #: The older 76-state list (HAKE 1.0), needed to read HICO-DET instance-level annotations.
 PASTA76_NAMES: tuple[str, ...] = _read_list("Part_State_76.txt")
 

@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import synthetic_activity as sa  # noqa: E402
-from conftest import build_tiny_bert, build_tiny_clip  # noqa: E402
 
 from a2v_search.api import A2VSearch  # noqa: E402
+from a2v_search.models.tiny import build_tiny_bert, build_tiny_clip  # noqa: E402
 
 
 def main() -> None:

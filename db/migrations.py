@@ -7,23 +7,28 @@ Each step takes a store from version N to N + 1; :func:`upgrade` runs the steps 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from .errors import DbError
 from .schema import Media, Person, Track
 
+if TYPE_CHECKING:
+    from .repo import Linker
 
-def _v1_to_v2(conn: Connection) -> None:
+
+def _v1_to_v2(conn: Connection, link: Linker | None) -> None:
     """Version 2 keeps the norm of the tower output beside the unit visual vector (NULL for older persons)."""
     conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN visual_norm FLOAT")
     conn.exec_driver_sql("CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL")
 
 
-def _v2_to_v3(conn: Connection) -> None:
+def _v2_to_v3(conn: Connection, link: Linker | None) -> None:
     """Version 3 adds tracks: the ``tracks`` table, ``persons.track_id``, and the tracks of every stored video,
-    computed from its persons exactly as ingest computes them."""
+    computed from its persons with ``link``, exactly as ingest computes them."""
     from .repo import rebuild_tracks
 
     Track.__table__.create(conn)
@@ -33,12 +38,14 @@ def _v2_to_v3(conn: Connection) -> None:
             index.create(conn)
     with Session(bind=conn) as s:
         videos = s.execute(select(Media.id).where(Media.kind == "video").order_by(Media.id)).scalars().all()
-        rebuild_tracks(s, videos)
+        if videos and link is None:
+            raise DbError("upgrading a store with videos to schema version 3 needs a track linker (Database(link=...))")
+        rebuild_tracks(s, videos, link=link)
         s.flush()
 
 
 #: version -> the step that upgrades a store of that version to the next.
-STEPS: dict[int, Callable[[Connection], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:
@@ -46,7 +53,7 @@ def can_upgrade(version: int | None, target: int) -> bool:
     return version is not None and version < target and all(v in STEPS for v in range(version, target))
 
 
-def upgrade(conn: Connection, version: int, target: int) -> None:
-    """Run the steps from ``version`` to ``target`` in the caller's transaction."""
+def upgrade(conn: Connection, version: int, target: int, link: Linker | None = None) -> None:
+    """Run the steps from ``version`` to ``target`` in the caller's transaction (``link``: the video tracker)."""
     for v in range(version, target):
-        STEPS[v](conn)
+        STEPS[v](conn, link)

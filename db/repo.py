@@ -8,7 +8,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +34,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from a2v_search.errors import StoreError
-
+from .errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from .migrations import can_upgrade, upgrade
 from .schema import (
     LABEL_MIN_P,
@@ -52,7 +51,13 @@ from .schema import (
     Track,
 )
 
-log = logging.getLogger("a2v_search")
+log = logging.getLogger(__name__)
+
+#: Track numbers (0, 1, ...) of one video's persons from their (n,) frame times, (n, 4) boxes and (n, P) visual
+#: vectors; the caller's tracker (a2v-search's Store passes its video tracker's ``link``).
+Linker = Callable[[Sequence[float], Sequence[Sequence[float]], np.ndarray], list[int]]
+#: Widths of the stored probability blobs: the HAKE taxonomy's 93 PaSta, 157 verbs and 6 parts (tests check them
+#: against the taxonomy's sizes).
 N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
 _CHUNK = 5000  # ids per IN (...) list
 
@@ -181,12 +186,14 @@ class Database:
     ``mode=ro`` (never written, no lock), or ``immutable=1`` where even that cannot open it (a folder or file
     system the user cannot write, with no ``-shm`` file left)."""
 
-    def __init__(self, path: Path, create: bool = True, read_only: bool = False):
+    def __init__(self, path: Path, create: bool = True, read_only: bool = False, *, link: Linker | None = None,
+                 translate: Callable[[DbError], Exception] | None = None):
         self.path = Path(path)
         self.read_only = read_only and not create
+        self._link = link  # the video tracker, for upgrading a store from before tracks
+        self._translate = translate or (lambda e: e)
         if not create and not self.path.exists():
-            raise StoreError(f"no store at {self.path.parent}: run `manage.py ingest PATH --data-dir "
-                             f"{self.path.parent}` first")
+            raise self._translate(DbMissingError(f"no store at {self.path.parent}"))
         if self.read_only:
             self.engine: Engine = create_engine("sqlite://", creator=lambda: _connect_read_only(self.path),
                                                 poolclass=QueuePool)
@@ -197,16 +204,16 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
-                with suppress(StoreError):
-                    Database(self.path, create=False).close()
+                with suppress(DbError):
+                    Database(self.path, create=False, link=link).close()
             self._check_schema(create)
         except OperationalError as e:
-            raise StoreError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data directory "
-                             "exists, is writable and has free space") from e
+            raise self._translate(DbError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data "
+                                          "directory exists, is writable and has free space")) from e
         except (DatabaseError, sqlite3.DatabaseError) as e:
             reason = getattr(e, "orig", e)
-            raise StoreError(f"{self.path} is not a readable a2v-search database ({reason}); move it away and "
-                             "ingest again, or restore a backup") from e
+            raise self._translate(DbError(f"{self.path} is not a readable a2v-search database ({reason}); move it "
+                                          "away and ingest again, or restore a backup")) from e
 
     def _older_schema(self) -> bool:
         with self.engine.connect() as conn:
@@ -224,11 +231,11 @@ class Database:
                 if version != SCHEMA_VERSION and can_upgrade(version, SCHEMA_VERSION):
                     self._upgrade(conn, version)
                 elif version != SCHEMA_VERSION:
-                    raise StoreError(f"store {self.path} has schema version {version}; this a2v-search reads version "
-                                     f"{SCHEMA_VERSION}. Use the a2v-search release that wrote it, or ingest again "
-                                     "into a new --data-dir")
+                    raise self._translate(SchemaVersionError(
+                        f"store {self.path} has schema version {version}; this a2v-search reads version "
+                        f"{SCHEMA_VERSION}"))
             elif tables - {"sqlite_sequence"}:
-                raise StoreError(f"{self.path} is a SQLite file but not an a2v-search store; choose another --data-dir")
+                raise self._translate(NotAStoreError(f"{self.path} is a SQLite file but not an a2v-search store"))
             elif create:
                 Base.metadata.create_all(conn)
                 conn.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -241,25 +248,31 @@ class Database:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             if conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar() != str(version):
                 return
-            upgrade(conn, version, SCHEMA_VERSION)
+            upgrade(conn, version, SCHEMA_VERSION, self._link)
             conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         except OperationalError as e:
-            raise StoreError(f"store {self.path} has schema version {version} and must be upgraded to version "
-                             f"{SCHEMA_VERSION}, which needs write access ({getattr(e, 'orig', e)}); open it once "
-                             "where it is writable (e.g. `manage.py stats --data-dir ...`)") from e
+            raise self._translate(UpgradeError(
+                f"store {self.path} has schema version {version} and must be upgraded to version {SCHEMA_VERSION}, "
+                f"which needs write access ({getattr(e, 'orig', e)})")) from e
         log.info("upgraded store %s from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error. A failing disk (full,
-        read-only, locked) becomes one StoreError that says nothing committed before was lost."""
+        read-only, locked) becomes one DbError that says nothing committed before was lost. DbErrors (this one, or
+        a repository function's inside the block) leave through the ``translate`` hook."""
         try:
             with self._sessions() as s, s.begin():
                 yield s
         except OperationalError as e:
-            raise StoreError(f"cannot write to {self.path}: {getattr(e, 'orig', e)}. Nothing stored before was "
-                             "lost; free disk space or make the data directory writable, then run the same command "
-                             "again") from e
+            raise self._translate(DbError(
+                f"cannot write to {self.path}: {getattr(e, 'orig', e)}. Nothing stored before was lost; free disk "
+                "space or make the data directory writable, then run the same command again")) from e
+        except DbError as e:
+            translated = self._translate(e)
+            if translated is e:
+                raise
+            raise translated from e
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:
@@ -356,8 +369,10 @@ def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------ writing
 
 
-def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Add media rows and their persons (and labels) in the caller's transaction.
+def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *,
+              link: Linker) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Add media rows and their persons (and labels) in the caller's transaction; ``link`` numbers the tracks of
+    a video's persons.
 
     Returns (media ids, new person ids in input order, person ids removed). A row named by ``replaces`` is
     updated in place (same media id, so duplicates pointing at it stay valid) and its old persons are removed.
@@ -380,7 +395,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia]) -> tuple[lis
     media_ids = [int(m.replaces) if m.replaces is not None else next(new_ids) for m in items]
     person_rows = []
     for mid, m in zip(media_ids, items, strict=True):
-        track_ids = _insert_tracks(s, mid, m.persons) if m.kind == "video" else [None] * len(m.persons)
+        track_ids = _insert_tracks(s, mid, m.persons, link) if m.kind == "video" else [None] * len(m.persons)
         for p, track_id in zip(m.persons, track_ids, strict=True):
             x1, y1, x2, y2 = (float(v) for v in p.box)
             person_rows.append({"media_id": mid, "space_id": space_id, "frame_index": p.frame_index,
@@ -412,11 +427,9 @@ def _frame_time(t_sec: float | None, frame_index: int | None) -> float:
     return float(t_sec) if t_sec is not None else float(frame_index or 0)
 
 
-def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson]) -> list[int]:
-    """Link the persons of one video into tracks (a2v_search.tracks), insert the track rows, and return each
-    person's track id. Part of the caller's transaction: a video is stored with its tracks or not at all."""
-    from a2v_search.tracks import link
-
+def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link: Linker) -> list[int]:
+    """Link the persons of one video into tracks with ``link``, insert the track rows, and return each person's
+    track id. Part of the caller's transaction: a video is stored with its tracks or not at all."""
     if not persons:
         return []
     times = [_frame_time(p.t_sec, p.frame_index) for p in persons]
@@ -430,7 +443,7 @@ def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson]) -> l
     return [int(ids[number]) for number in numbers]
 
 
-def rebuild_tracks(s: Session, media_ids: Sequence[int]) -> int:
+def rebuild_tracks(s: Session, media_ids: Sequence[int], *, link: Linker) -> int:
     """Recompute the tracks of stored videos from their persons (what ingest would have written); returns the
     number of tracks. Used to upgrade stores written before tracks existed."""
     total = 0
@@ -444,7 +457,7 @@ def rebuild_tracks(s: Session, media_ids: Sequence[int]) -> int:
             continue
         persons = [NewPerson(box=(r[3], r[4], r[5], r[6]), pasta=None, verbs=None, parts=None, visual=unf16(r[7]),
                              frame_index=r[2], t_sec=r[1]) for r in rows]
-        track_ids = _insert_tracks(s, mid, persons)
+        track_ids = _insert_tracks(s, mid, persons, link)
         s.execute(update(Person).execution_options(synchronize_session=False),
                   [{"id": r[0], "track_id": tid} for r, tid in zip(rows, track_ids, strict=True)])
         total += len(set(track_ids))
@@ -810,7 +823,7 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
     scan: list[tuple[int, int, str, float]] = []
     for kind, cls, op, value in f.where:
         if op not in _OPS:
-            raise StoreError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
+            raise DbError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
         if op in (">=", ">") and value >= LABEL_MIN_P:
             sub = select(Label.person_id).where(Label.kind == kind, Label.cls == cls,
                                                 Label.p >= value if op == ">=" else Label.p > value)

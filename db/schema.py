@@ -5,7 +5,7 @@ visual embedding the float32 norm of the tower output it came from, so trained h
 their hidden layers (A2V's visual feature) can be recomputed; PaSta and verb
 probabilities of at least ``LABEL_MIN_P`` are also rows of ``labels``, indexed so that ``--where`` filters are
 index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The persons of a video are
-linked into ``tracks`` (a2v_search/tracks.py); image persons have no track.
+linked into ``tracks`` (the tracker of a2v-search, passed to ``repo.add_media``); image persons have no track.
 
 Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
 (older persons have NULL there); 3 = video tracks.

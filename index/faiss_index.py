@@ -15,10 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from a2v_search.errors import InputError
-from a2v_search.faults import fault_point
-
-from .errors import REINDEX_HINT, IndexCorruptError, IndexMissingError, IndexSpecError, UnknownIdError
+from .errors import IndexCorruptError, IndexInputError, IndexMissingError, IndexSpecError, UnknownIdError
 from .files import (
     TMP_SUFFIX,
     check_name,
@@ -34,6 +31,7 @@ from .files import (
     temp_file,
     write_json_atomic,
 )
+from .hooks import fault_point
 from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST, choose_spec, default_nprobe
 
 MANIFEST_FORMAT = 1
@@ -187,8 +185,8 @@ class VectorIndex:
         self._pending = pending
         self._ids_sorted = np.sort(_index_ids(index))
         if use_gpu and not gpu_available():
-            raise InputError("use_gpu=True but faiss has no GPU support or sees no GPU; install the `gpu` extra "
-                             "(faiss-gpu) on a GPU machine or leave use_gpu unset")
+            raise IndexInputError("use_gpu=True but faiss has no GPU support or sees no GPU; install the `gpu` extra "
+                                  "(faiss-gpu) on a GPU machine or leave use_gpu unset")
         self._use_gpu = gpu_available() if use_gpu is None else use_gpu
         self._gpu_index: faiss.Index | None = None
         self._gpu_unsupported = False
@@ -202,7 +200,7 @@ class VectorIndex:
         factory string ("IVF1024,Flat", "IVF4096,SQ8", "HNSW32", "OPQ16,IVF4096,PQ16"...), metric inner product.
         nprobe: lists probed per query for IVF types (default: default_nprobe(nlist))."""
         if not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise InputError(f"index dimension must be a positive integer, got {dim!r}")
+            raise IndexInputError(f"index dimension must be a positive integer, got {dim!r}")
         if not isinstance(spec, str) or not spec.strip():
             raise IndexSpecError(f"index spec must be a non-empty string such as 'auto' or 'IVF1024,Flat', "
                                  f"not {spec!r}")
@@ -244,7 +242,7 @@ class VectorIndex:
     def nprobe(self, value: int) -> None:
         ivf = _try_ivf(self._pending if self._pending is not None else self._index)
         if ivf is None:
-            raise InputError(f"nprobe applies to IVF indexes only; this index is {self.spec!r}")
+            raise IndexInputError(f"nprobe applies to IVF indexes only; this index is {self.spec!r}")
         ivf.nprobe = max(1, min(int(value), ivf.nlist))
         self._gpu_index = None
 
@@ -256,12 +254,12 @@ class VectorIndex:
     def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         arr = np.asarray(ids)
         if arr.ndim != 1:
-            raise InputError(f"ids must be a 1-d array, got shape {arr.shape}")
+            raise IndexInputError(f"ids must be a 1-d array, got shape {arr.shape}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"ids must be integers (int64 person ids), got dtype {arr.dtype}")
+            raise IndexInputError(f"ids must be integers (int64 person ids), got dtype {arr.dtype}")
         arr = np.ascontiguousarray(arr, dtype=np.int64)
         if arr.size and arr.min() < 0:
-            raise InputError("ids must be >= 0 (-1 marks 'no result' in search output)")
+            raise IndexInputError("ids must be >= 0 (-1 marks 'no result' in search output)")
         return arr
 
     def _check_vectors(self, vectors: np.ndarray, what: str, allow_zero: bool = False) -> np.ndarray:
@@ -271,11 +269,12 @@ class VectorIndex:
         if arr.ndim == 1 and arr.size == self.dim:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise InputError(f"{what} must have shape (n, {self.dim}), got {arr.shape}")
+            raise IndexInputError(f"{what} must have shape (n, {self.dim}), got {arr.shape}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         norms = np.linalg.norm(arr, axis=1)  # (n,)
         if not np.all(np.isfinite(norms)) or (not allow_zero and np.any(norms == 0)):
-            raise InputError(f"{what} contain zero, NaN or infinite rows; every row must be a non-zero finite vector")
+            raise IndexInputError(f"{what} contain zero, NaN or infinite rows; every row must be a non-zero finite "
+                                  "vector")
         if np.any((np.abs(norms - 1) > 1e-4) & (norms > 0)):
             arr = arr / np.where(norms > 0, norms, 1.0)[:, None]
         return arr
@@ -295,12 +294,12 @@ class VectorIndex:
         ids = self._check_ids(ids)
         vectors = self._check_vectors(vectors, "vectors", allow_zero)
         if len(ids) != len(vectors):
-            raise InputError(f"add got {len(ids)} ids for {len(vectors)} vectors; give one id per vector")
+            raise IndexInputError(f"add got {len(ids)} ids for {len(vectors)} vectors; give one id per vector")
         if len(ids) == 0:
             return
         uniq = _sorted_unique(ids)
         if len(uniq) != len(ids):
-            raise InputError("add got the same id twice in one call; give each person id once")
+            raise IndexInputError("add got the same id twice in one call; give each person id once")
         present = self._present(ids)
         if present.any():
             self.remove(ids[present])
@@ -344,15 +343,16 @@ class VectorIndex:
             sample = sample[np.random.default_rng(0).choice(len(sample), self._train_cap(), replace=False)]
         ivf = _try_ivf(target)
         if ivf is not None and len(sample) < ivf.nlist:
-            raise InputError(f"training {self.spec!r} needs at least {ivf.nlist} vectors, got {len(sample)}; add more "
-                             f"vectors first or use a smaller nlist (e.g. 'IVF{max(1, len(sample) // 39)},Flat')")
+            raise IndexInputError(f"training {self.spec!r} needs at least {ivf.nlist} vectors, got {len(sample)}; "
+                                  "add more vectors first or use a smaller nlist "
+                                  f"(e.g. 'IVF{max(1, len(sample) // 39)},Flat')")
         gpu = ivf is not None and self._use_gpu
         try:
             if gpu:  # k-means assignments on the GPU
                 ivf.clustering_index = _gpu_copy(faiss.IndexFlat(ivf.d, ivf.metric_type))
             target.train(np.ascontiguousarray(sample))
         except RuntimeError as exc:
-            raise InputError(f"training {self.spec!r} on {len(sample)} vectors failed: {exc}".strip()) from None
+            raise IndexInputError(f"training {self.spec!r} on {len(sample)} vectors failed: {exc}".strip()) from None
         finally:
             if gpu:
                 ivf.clustering_index = None
@@ -375,7 +375,7 @@ class VectorIndex:
             removed = self._rebuild_without(gone)
         if removed != len(gone):
             raise IndexCorruptError(f"removing {len(gone)} ids removed {removed} vectors: the in-memory index is "
-                                    f"inconsistent; {REINDEX_HINT}")
+                                    "inconsistent")
         self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
         self._gpu_index = None
         return len(gone)
@@ -405,8 +405,7 @@ class VectorIndex:
         missing = ids[~self._present(ids)]
         if len(missing):
             shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
-            raise UnknownIdError(f"{len(missing)} id(s) not in the index: {shown}; check the ids against the store "
-                                 "or run `python manage.py doctor`")
+            raise UnknownIdError(f"{len(missing)} id(s) not in the index: {shown}; check the ids against the store")
         if len(ids) == 0:
             return np.empty((0, self.dim), np.float32)
         return self._index.reconstruct_batch(ids)
@@ -418,7 +417,7 @@ class VectorIndex:
         with nprobe escalation for IVF)."""
         queries = self._check_vectors(queries, "queries")
         if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive integer, got {k!r}")
+            raise IndexInputError(f"k must be a positive integer, got {k!r}")
         k = int(k)
         if allow is None:
             if self.ntotal == 0 or len(queries) == 0:
@@ -524,11 +523,11 @@ class VectorIndex:
         faiss_version, saved_at, nprobe, buffered, format), which replace caller keys of the same name."""
         check_name(name)
         if not isinstance(manifest, dict):
-            raise InputError(f"manifest must be a dict, got {type(manifest).__name__}")
+            raise IndexInputError(f"manifest must be a dict, got {type(manifest).__name__}")
         try:
             json.dumps(manifest)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"manifest must be JSON-serialisable: {exc}") from None
+            raise IndexInputError(f"manifest must be JSON-serialisable: {exc}") from None
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
@@ -571,14 +570,14 @@ class VectorIndex:
         mpath = manifest_path(folder, name)
 
         def corrupt(why: str) -> IndexCorruptError:
-            return IndexCorruptError(f"FAISS index {name!r} in {folder} is corrupt: {why}; {REINDEX_HINT}")
+            return IndexCorruptError(f"FAISS index {name!r} in {folder} is corrupt: {why}")
 
         try:
             doc = read_manifest_file(folder, name)
         except (OSError, ValueError) as exc:
             raise corrupt(f"manifest {mpath.name} is unreadable ({exc})") from None
         if doc is None:
-            raise IndexMissingError(f"no FAISS index {name!r} in {folder} ({mpath.name} not found); {REINDEX_HINT}")
+            raise IndexMissingError(f"no FAISS index {name!r} in {folder} ({mpath.name} not found)")
         types = {"file": str, "size": int, "sha256": str, "count": int, "dim": int, "spec": str, "max_id": int}
         for key, typ in types.items():
             if not isinstance(doc.get(key), typ) or isinstance(doc.get(key), bool):

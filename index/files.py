@@ -15,7 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from a2v_search.faults import fault_point
+from .hooks import fault_point
 
 TMP_SUFFIX = ".tmp"
 
@@ -64,6 +64,16 @@ def read_manifest_file(folder: Path, name: str) -> dict | None:
     if not isinstance(doc, dict):
         raise ValueError("manifest is not a JSON object")
     return doc
+
+
+def saved_summary(folder: Path, name: str) -> dict | None:
+    """What the manifest says of a saved index: spec, count, dim, bytes (of the index file) and saved_at; None
+    when there is no manifest. Raises ValueError/OSError when it is unreadable."""
+    doc = read_manifest_file(folder, name)
+    if doc is None:
+        return None
+    return {"spec": doc.get("spec"), "count": doc.get("count"), "dim": doc.get("dim"), "bytes": doc.get("size"),
+            "saved_at": doc.get("saved_at")}
 
 
 def _referenced_file(folder: Path, name: str) -> str | None:

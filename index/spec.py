@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 # Exact search while one query scans at most FLAT_MAX_BYTES of vectors (~6 ms at ~10 GB/s on 2 CPU cores):
 # 21k vectors at d=768, 32k at d=512. See docs/index.md.
@@ -75,3 +76,8 @@ def choose_spec(n: int, dim: int, memory_budget_mb: int | None = None) -> str:
         m -= 1
     return f"IVF{nlist},PQ{m}"
 
+
+def exact_scores(spec: str) -> bool:
+    """True for FAISS index types that keep the vectors themselves (Flat, IVF..,Flat, HNSW), so their scores are
+    the exact cosines; False for quantised ones (SQ, PQ, ...), whose candidates a caller re-scores exactly."""
+    return not re.search(r"SQ|PQ|RQ|LSH|RaBitQ", spec)

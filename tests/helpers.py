@@ -1,12 +1,20 @@
-"""Small builders shared by the store, search and reliability tests."""
+"""Small builders shared by the store, search and reliability tests, and the helpers that run the CLI in this
+process (``run_main``) or a function in a forked child with a fault point armed (``in_child``)."""
 
 from __future__ import annotations
 
+import os
+import traceback
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from a2v_search import faults
 from a2v_search import taxonomy as tx
+from a2v_search.detect import WholeImage
+from a2v_search.errors import A2VError
+from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.models.language import LanguageSpace
 from a2v_search.store import Store
 from db.repo import NewMedia, NewPerson
@@ -127,3 +135,62 @@ def downgrade(db_file, version: int) -> None:
                       f"CREATE INDEX ix_persons_space_id ON persons (space_id); {norm_index}"
                       f"UPDATE meta SET value='{int(version)}' WHERE key='schema_version';")
     con.close()
+
+
+def run_main(*args) -> tuple[int, str, str]:
+    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from a2v_search.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            return int(e.code or 0), out.getvalue(), err.getvalue()
+    return 0, out.getvalue(), err.getvalue()
+
+
+def ingest(data_dir: Path, inputs: list[Path], detector=None, **opts):
+    """One ingest run with the stand-in encoder; the store is closed (and its indexes saved) afterwards."""
+    store = Store(data_dir, create=True).lock("test-ingest")
+    try:
+        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, **opts})
+        report = run_ingest(store, StubEncoder(), detector or WholeImage(), [str(p) for p in inputs], options)
+    except BaseException:
+        store.close(save=False)
+        raise
+    store.close()
+    return report
+
+
+def in_child(fn, fault: str | None = None, setup=None) -> tuple[int, str]:
+    """Run ``fn`` in a forked child, optionally with a fault point armed; returns (exit code, stderr text).
+    A child killed by SIGKILL returns -9."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        code, message = 0, ""
+        try:
+            faults._PLAN.clear()
+            faults._hits.clear()
+            if fault:
+                point, _, n = fault.partition(":")
+                faults._PLAN[point] = int(n or 1)
+            if setup:
+                setup()
+            fn()
+        except A2VError as e:  # what the CLI would print
+            code, message = 1, f"error: {e}\n"
+        except BaseException:
+            code, message = 3, traceback.format_exc()
+        os.write(w, message.encode())
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "r", errors="replace") as f:
+        err = f.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 from media_factory import write_images
 from PIL import Image
 from reference_clip_a2v import official_checkpoint, random_official_state_dict
-from test_ingest import run_main
 
 from a2v_search import taxonomy as tx
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_main
 from profiles import PROFILES, profile_vectors
-from test_ingest import run_main
 
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch

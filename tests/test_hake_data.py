@@ -10,7 +10,7 @@ import pytest
 
 from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError
-from a2v_search.hake_data import CLIP_A2V, HAKE_INSTANCE, HICO_IMAGE, hoi_verbs, load_annotations, part_flags
+from a2v_search.training.hake_data import CLIP_A2V, HAKE_INSTANCE, HICO_IMAGE, hoi_verbs, load_annotations, part_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The shared HAKE data: beside the checkout, or beside the folder of worktrees.

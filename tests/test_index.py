@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
 import index.faiss_index as faiss_index
-from a2v_search.errors import A2VError, InputError, StoreError
 from index import (
     IndexCorruptError,
+    IndexInputError,
     IndexMissingError,
     IndexSpecError,
     UnknownIdError,
     VectorIndex,
+    VectorIndexError,
     choose_spec,
+    exact_scores,
     orphan_files,
+    saved_summary,
+    set_fault_hook,
 )
 
 DIM = 32
@@ -120,15 +128,15 @@ def test_unnormalised_vectors_are_normalised_and_bad_input_rejected() -> None:
     vi.add(np.arange(4), 3 * x)
     scores, _ = vi.search(5 * x[:1], 1)
     assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.add(np.arange(2), np.zeros((2, DIM), np.float32))
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.add(np.arange(3), x)  # 3 ids, 4 vectors
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.add(np.array([-1]), x[:1])
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.search(x[:, :5], 1)
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.search(x, 0)
 
 
@@ -144,7 +152,7 @@ def test_re_adding_an_id_replaces_it_without_duplicate(spec: str) -> None:
     _, found = vi.search(new, 3)
     assert found[0, 0] == ids[0] and ids[0] not in found[0, 1:]
     np.testing.assert_allclose(vi.reconstruct(ids[:1]), new, atol=1e-6)
-    with pytest.raises(InputError, match="same id twice"):
+    with pytest.raises(IndexInputError, match="same id twice"):
         vi.add(np.array([1, 1]), random_unit(2))
 
 
@@ -291,7 +299,7 @@ def test_explicit_train_on_a_sample() -> None:
     vi.add(np.arange(20), random_unit(20))
     vi.train(random_unit(800, seed=4))
     assert not vi.needs_training and vi.ntotal == 20
-    with pytest.raises(InputError, match="at least 16"):
+    with pytest.raises(IndexInputError, match="at least 16"):
         other = VectorIndex.create(DIM, "IVF16,Flat")
         other.add(np.arange(5), random_unit(5))
         other.train()
@@ -300,7 +308,7 @@ def test_explicit_train_on_a_sample() -> None:
 def test_invalid_factory_string_is_a_clear_error() -> None:
     with pytest.raises(IndexSpecError, match="IVF1024,Flat") as err:
         VectorIndex.create(DIM, "IVF-nonsense,Blah")
-    assert isinstance(err.value, InputError) and isinstance(err.value, A2VError)
+    assert isinstance(err.value, IndexInputError) and isinstance(err.value, VectorIndexError)
     with pytest.raises(IndexSpecError):
         VectorIndex.create(DIM, "")
 
@@ -362,9 +370,9 @@ def test_empty_index_round_trip(tmp_path) -> None:
 
 
 def test_missing_index_raises_missing(tmp_path) -> None:
-    with pytest.raises(IndexMissingError, match="reindex") as err:
+    with pytest.raises(IndexMissingError, match=r"visual\.json not found") as err:
         VectorIndex.load(tmp_path, "visual")
-    assert isinstance(err.value, StoreError)
+    assert isinstance(err.value, VectorIndexError)
     with pytest.raises(IndexMissingError):
         VectorIndex.load(tmp_path / "nowhere", "visual")
 
@@ -381,7 +389,7 @@ def test_truncated_index_file_is_corrupt(tmp_path) -> None:
     path = tmp_path / "v.1.faiss"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(IndexCorruptError, match="reindex"):
+    with pytest.raises(IndexCorruptError, match="is corrupt"):
         VectorIndex.load(tmp_path, "v")
     with pytest.raises(IndexCorruptError):
         VectorIndex.load(tmp_path, "v", verify_hash=False)
@@ -460,13 +468,10 @@ def test_crash_before_manifest_replace_leaves_old_pair_loadable(tmp_path, monkey
 
 
 def test_process_killed_between_index_file_and_manifest(tmp_path) -> None:
-    from a2v_search import faults
-
     old = _saved(tmp_path)
     pid = os.fork()
-    if pid == 0:  # child: SIGKILLed by the fault point inside save
-        faults._PLAN["index_save"] = 1
-        faults._hits.clear()
+    if pid == 0:  # child: SIGKILLed by the fault point inside save, through the hook a harness installs
+        set_fault_hook(lambda point: os.kill(os.getpid(), signal.SIGKILL) if point == "index_save" else None)
         try:
             new = VectorIndex.create(DIM, "flat")
             new.add(np.array([1, 2]), random_unit(2))
@@ -512,7 +517,7 @@ def test_orphan_files_reports_leftovers(tmp_path) -> None:
 
 def test_unserialisable_manifest_is_rejected_before_writing(tmp_path) -> None:
     vi = VectorIndex.create(DIM)
-    with pytest.raises(InputError, match="JSON"):
+    with pytest.raises(IndexInputError, match="JSON"):
         vi.save(tmp_path, "v", {"bad": object()})
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
 
@@ -548,7 +553,7 @@ def test_gpu_copy_is_used_for_unfiltered_search_when_available(tmp_path, monkeyp
 
 def test_gpu_requested_without_gpu_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(faiss_index, "gpu_available", lambda: False)
-    with pytest.raises(InputError, match="gpu"):
+    with pytest.raises(IndexInputError, match="gpu"):
         VectorIndex.create(DIM, use_gpu=True)
     assert VectorIndex.create(DIM).ntotal == 0
 
@@ -602,10 +607,34 @@ def test_zero_rows_only_when_allowed_and_they_score_zero() -> None:
     x = random_unit(40)
     x[7] = 0.0
     vi = VectorIndex.create(DIM, "flat")
-    with pytest.raises(InputError, match="zero"):
+    with pytest.raises(IndexInputError, match="zero"):
         vi.add(np.arange(40), x)
     vi.add(np.arange(40), x, allow_zero=True)
     scores, found = vi.search(x[:1], 40)
     assert vi.ntotal == 40 and scores[0][list(found[0]).index(7)] == 0.0
-    with pytest.raises(InputError):
+    with pytest.raises(IndexInputError):
         vi.add(np.array([99]), np.full((1, DIM), np.nan, np.float32), allow_zero=True)
+
+
+def test_db_and_index_import_nothing_of_a2v_search() -> None:
+    """db/ and index/ stand alone: importing every module of both loads no a2v_search module."""
+    code = ("import sys, db, db.errors, db.migrations, db.repo, db.schema, index, index.errors, index.faiss_index, "
+            "index.files, index.hooks, index.spec; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'a2v_search'))")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(("spec", "exact"), [("Flat", True), ("IVF64,Flat", True), ("HNSW32", True), ("SQ8", False),
+                                             ("IVF64,SQ8", False), ("IVF64,PQ8", False), ("OPQ8,IVF64,PQ8", False)])
+def test_exact_scores_names_the_types_that_keep_their_vectors(spec, exact) -> None:
+    assert exact_scores(spec) is exact
+
+
+def test_saved_summary_reads_the_manifest(tmp_path) -> None:
+    assert saved_summary(tmp_path, "v") is None
+    _saved(tmp_path, n=40)
+    summary = saved_summary(tmp_path, "v")
+    assert summary == {"spec": "Flat", "count": 40, "dim": DIM, "bytes": (tmp_path / "v.1.faiss").stat().st_size,
+                       "saved_at": json.loads((tmp_path / "v.json").read_text())["saved_at"]}

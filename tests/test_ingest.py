@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_main
 from media_factory import write_bad_files, write_images, write_odd_images, write_video
 
 from a2v_search.api import A2VSearch
@@ -188,22 +189,6 @@ def test_sigkill_mid_run_then_rerun_ingests_each_file_once(tmp_path, tiny_clip_d
     state = store_state(tmp_path / "data")
     assert state["counts"]["media"] == 12 and state["counts"]["persons"] == 12
     assert set(state["per_media"].values()) == {1} and state["check"].problems == []
-
-
-def run_main(*args) -> tuple[int, str, str]:
-    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr."""
-    import contextlib
-    import io
-
-    from a2v_search.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            return int(e.code or 0), out.getvalue(), err.getvalue()
-    return 0, out.getvalue(), err.getvalue()
 
 
 def test_cli_json_summary_and_exit_codes(tmp_path, tiny_clip_dir, tiny_bert_dir):

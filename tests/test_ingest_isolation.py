@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import in_child, ingest
 from media_factory import noise, write_images, write_video
 from PIL import Image
-from test_reliability import in_child, ingest
 
 from a2v_search import ingest as ingest_module
 from a2v_search.store import Store

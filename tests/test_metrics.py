@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from a2v_search import taxonomy as tx
-from a2v_search.metrics import EVAL_HEADS, ap_11point, ap_all_point, class_aps, evaluate_heads, mean_ap, pr_points
+from a2v_search.training.metrics import (
+    EVAL_HEADS,
+    ap_11point,
+    ap_all_point,
+    class_aps,
+    evaluate_heads,
+    mean_ap,
+    pr_points,
+)
 
 
 def test_hand_worked_ranking():

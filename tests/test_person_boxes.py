@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from test_ingest import run_main
+from helpers import run_main
 
 from a2v_search import taxonomy as tx
 from a2v_search.detect import BoxesFile
-from a2v_search.hake_data import load_annotations
 from a2v_search.person_boxes import iou, merge_boxes
+from a2v_search.training.hake_data import load_annotations
 
 
 def test_iou_known_values():

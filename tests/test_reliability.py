@@ -19,64 +19,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import StubEncoder
+from helpers import StubEncoder, in_child, ingest, run_main
 from media_factory import write_bad_files, write_images
 from PIL import Image
 
-from a2v_search import faults
 from a2v_search.detect import BoxesFile, WholeImage
-from a2v_search.errors import A2VError, InputError, QueryError, StoreError, StoreLockedError
+from a2v_search.errors import InputError, QueryError, StoreError, StoreLockedError
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import INDEX_NAMES, Store
+from a2v_search.tracks import link
 from db import repo
 from index import IndexMissingError, VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FILES = 12
-
-
-def ingest(data_dir: Path, inputs: list[Path], detector=None, **opts):
-    """One ingest run with the stand-in encoder; the store is closed (and its indexes saved) afterwards."""
-    store = Store(data_dir, create=True).lock("test-ingest")
-    try:
-        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, **opts})
-        report = run_ingest(store, StubEncoder(), detector or WholeImage(), [str(p) for p in inputs], options)
-    except BaseException:
-        store.close(save=False)
-        raise
-    store.close()
-    return report
-
-
-def in_child(fn, fault: str | None = None, setup=None) -> tuple[int, str]:
-    """Run ``fn`` in a forked child, optionally with a fault point armed; returns (exit code, stderr text).
-    A child killed by SIGKILL returns -9."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        code, message = 0, ""
-        try:
-            faults._PLAN.clear()
-            faults._hits.clear()
-            if fault:
-                point, _, n = fault.partition(":")
-                faults._PLAN[point] = int(n or 1)
-            if setup:
-                setup()
-            fn()
-        except A2VError as e:  # what the CLI would print
-            code, message = 1, f"error: {e}\n"
-        except BaseException:
-            code, message = 3, traceback.format_exc()
-        os.write(w, message.encode())
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "r", errors="replace") as f:
-        err = f.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), err
 
 
 def assert_exactly_once(data_dir: Path, n_files: int) -> None:
@@ -445,7 +402,6 @@ def test_stored_paths_are_real_paths(tmp_path):
 
 @pytest.mark.guarantee("G22")
 def test_nothing_is_written_outside_the_data_directory(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir):
-    from test_ingest import run_main
 
     write_images(tmp_path / "in", 2)
     home, cwd = tmp_path / "home", tmp_path / "cwd"
@@ -467,7 +423,6 @@ def test_nothing_is_written_outside_the_data_directory(tmp_path, monkeypatch, ti
 
 @pytest.mark.guarantee("G17")
 def test_untrusted_pickle_never_runs_from_the_cli(tmp_path):
-    from test_ingest import run_main
 
     marker = tmp_path / "pwned"
 
@@ -490,7 +445,6 @@ def test_untrusted_pickle_never_runs_from_the_cli(tmp_path):
 
 @pytest.mark.guarantee("G8")
 def test_doctor_and_repair_from_the_cli(tmp_path):
-    from test_ingest import run_main
 
     write_images(tmp_path / "in", 3)
     data = tmp_path / "data"
@@ -540,7 +494,6 @@ def _store_made_with(data: Path, checkpoint: Path, tiny_clip_dir: Path, tiny_ber
 def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir, tiny_bert_dir, reliability):
     """A crafted store that says trust_checkpoint=True, with a marker-writing pickle at its recorded checkpoint
     path: no command without --trust-checkpoint runs it; those that need the model say how to fix it."""
-    from test_ingest import run_main
 
     marker = tmp_path / "pwned"
     evil = _marker_pickle(tmp_path / "ckpt_4.pth", marker)
@@ -581,7 +534,6 @@ def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir,
 @pytest.mark.guarantee("G18")
 def test_a_file_swapped_in_at_the_recorded_checkpoint_path_is_refused_before_loading(tmp_path, tiny_clip_dir,
                                                                                      tiny_bert_dir):
-    from test_ingest import run_main
 
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "ckpt_4.pth"
@@ -708,7 +660,8 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
     with store.db.session() as s:
         _, new_ids, _ = repo.add_media(s, store.space_row().id, [media("/m/idle.jpg", [idle]),
                                                                  media("/m/nan.jpg", [random_person(rng)]),
-                                                                 media("/m/short.jpg", [random_person(rng)])])
+                                                                 media("/m/short.jpg", [random_person(rng)])],
+                                       link=link)
         s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[1]))
                   .values(visual=np.full(16, np.nan, np.float16).tobytes()))
         s.execute(repo.update(repo.Person).where(repo.Person.id == int(new_ids[2]))
@@ -771,7 +724,6 @@ def read_only_folder(folder: Path):
 @pytest.mark.guarantee("G6")
 def test_a_read_only_store_answers_and_writers_fail_with_one_line(tmp_path, tiny_clip_dir, tiny_bert_dir,
                                                                   reliability):
-    from test_ingest import run_main
 
     imgs = write_images(tmp_path / "in", 3)
     data = tmp_path / "data"
@@ -818,7 +770,6 @@ def _png_header(path: Path, w: int, h: int) -> Path:
 @pytest.mark.guarantee("G19")
 def test_query_inputs_are_bounded(tmp_path, monkeypatch, tiny_clip_dir, tiny_bert_dir, reliability):
     from PIL import EpsImagePlugin
-    from test_ingest import run_main
 
     write_images(tmp_path / "in", 3)
     data = tmp_path / "data"
@@ -875,7 +826,8 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     store = writable_store(data)  # a writer that committed new persons and died before saving the index
     fresh = [random_person(rng) for _ in range(reused)]
     with store.db.session() as s:
-        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)])
+        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)],
+                                   link=link)
     store.close(save=False)
     assert ids.tolist() == [5, 6][:reused]  # the ids of the lost persons, handed out again
     report = Store(data).check()
@@ -988,7 +940,6 @@ def test_every_guarantee_in_the_docs_is_held_by_a_test():
 @pytest.mark.guarantee("G17")
 def test_a_converted_folder_given_once_to_a_writer_replaces_the_recorded_pickle(tmp_path, tiny_clip_dir,
                                                                                 tiny_bert_dir):
-    from test_ingest import run_main
 
     from a2v_search.models.checkpoint import checkpoint_identity, save_checkpoint
     from a2v_search.models.heads import PastaHeads

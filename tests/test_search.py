@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import run_main
 from media_factory import write_images
 from PIL import Image
 from profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
-from test_ingest import run_main
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError

@@ -6,13 +6,17 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import SPACE, media, random_language, random_person, writable_store
+from helpers import SPACE, media, random_language, random_person, run_main, writable_store
 
-from a2v_search.errors import LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
+from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
 from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import Store, space_fingerprint
+from a2v_search.tracks import link
 from db import repo
+from db.errors import DbError
+from db.repo import Filters
+from index import IndexCorruptError, IndexSpecError, VectorIndex
 
 
 def filled(tmp_path, n_media=6, per=3, seed=0):
@@ -79,7 +83,8 @@ def test_lagging_index_catches_up_on_open(tmp_path):
     rng = np.random.default_rng(9)
     s2 = writable_store(tmp_path / "data")
     with s2.db.session() as s:
-        _, new_ids, _ = repo.add_media(s, s2.space_row().id, [media("/m/late.jpg", [random_person(rng)] * 2)])
+        _, new_ids, _ = repo.add_media(s, s2.space_row().id, [media("/m/late.jpg", [random_person(rng)] * 2)],
+                                       link=link)
         gone = repo.delete_media(s, [repo.media_by_path(s, ["/m/b/img3.jpg"])["/m/b/img3.jpg"].id])
     s2._lock.release()  # exit without saving, like a killed process
     reader = Store(tmp_path / "data")
@@ -181,7 +186,6 @@ def _make_v1(data_dir) -> None:
 
 
 def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp_path):
-    from test_ingest import run_main
 
     store, _, _ = filled(tmp_path)
     store.close()
@@ -198,7 +202,6 @@ def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp
 
 
 def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog):
-    from test_ingest import run_main
 
     store, items, ids = filled(tmp_path)
     store.close()
@@ -246,7 +249,6 @@ def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
 
 
 def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path):
-    from test_ingest import run_main
 
     store, _, _ = filled(tmp_path)
     store.close()
@@ -261,7 +263,6 @@ def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path)
 
 
 def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog):
-    from test_ingest import run_main
 
     store, items, ids = filled(tmp_path)
     store.close()
@@ -350,12 +351,13 @@ def test_schema_version_and_foreign_files_are_refused(tmp_path):
     con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     con.commit()
     con.close()
-    with pytest.raises(StoreError, match="schema version 99"):
+    with pytest.raises(StoreError, match="schema version 99; this a2v-search reads version .*. Use the a2v-search "
+                       "release that wrote it, or ingest again into a new --data-dir$"):
         Store(tmp_path / "data")
     other = tmp_path / "other"
     other.mkdir()
     sqlite3.connect(other / "a2v.sqlite").execute("CREATE TABLE x (a)").connection.commit()
-    with pytest.raises(StoreError, match="not an a2v-search store"):
+    with pytest.raises(StoreError, match="not an a2v-search store; choose another --data-dir$"):
         Store(other)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a2v.sqlite").write_bytes(b"not a database at all" * 100)
@@ -430,3 +432,25 @@ def test_a_growth_rebuild_never_holds_the_old_and_the_new_index_of_a_space(tmp_p
     reader = Store(tmp_path / "data")
     hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
     assert hit.person_id == ids[7] and reader.check().problems == []
+
+
+def test_store_turns_db_and_index_errors_into_its_own_with_the_fix(tmp_path):
+    """db/ and index/ raise their own errors; what leaves the Store is an a2v-search error naming the CLI fix."""
+    store, _, _ = filled(tmp_path)
+    with pytest.raises(InputError, match="invalid FAISS index spec 'NoSuchIndex42'") as err:
+        store.rebuild(spec="NoSuchIndex42")
+    assert isinstance(err.value.__cause__, IndexSpecError)
+    bad = Filters(where=[(repo.LABEL_PASTA, 0, "!=", 0.5)])  # a comparison parse_where never produces
+    with pytest.raises(StoreError, match="unknown comparison '!='") as err, store.db.session() as s:
+        repo.filter_person_ids(s, bad)
+    assert isinstance(err.value.__cause__, DbError)
+    store.close()
+    folder = tmp_path / "data" / "index"
+    (folder / json.loads((folder / "visual.json").read_text())["file"]).write_bytes(b"garbage")
+    report = Store(tmp_path / "data").check()
+    (problem,) = [p for p in report.problems if p.what == "index visual"]
+    assert problem.detail.startswith("FAISS index 'visual'") and "is corrupt" in problem.detail
+    assert problem.detail.endswith("; run `python manage.py reindex` to rebuild it from SQLite")
+    with pytest.raises(IndexCorruptError) as err:  # the index package itself names no CLI command
+        VectorIndex.load(folder, "visual")
+    assert "manage.py" not in str(err.value)

@@ -68,3 +68,14 @@ def test_resolve_label_and_parts():
     assert tx.resolve_label("arm: hug") == ("pasta", 73)
     assert tx.resolve_label("kick") == ("verb", tx.VERB_NAMES.index("kick"))
     assert tx.part_of("leg: kneel") == "leg" and tx.state_of(88) == "drink with"
+
+
+def test_sizes_are_written_once_and_the_store_agrees():
+    from a2v_search.models.heads import HEAD_SIZES
+    from db import repo
+
+    assert (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS) == (93, 157, 6)
+    assert (repo.N_PASTA, repo.N_VERBS, repo.N_PARTS) == (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS)  # db stands alone
+    assert HEAD_SIZES == {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "hand": 34, "arm": 8, "head": 14,
+                          "pasta_binary": 6}  # the reference's eight heads, in its order
+    assert list(HEAD_SIZES) == ["verb", *tx.PARTS, "pasta_binary"]

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import StubEncoder, downgrade
+from helpers import StubEncoder, downgrade, in_child, run_main
 from media_factory import write_images, write_people_video
 from PIL import Image
 from sqlalchemy.exc import OperationalError
-from test_ingest import run_main
-from test_reliability import in_child
 
 from a2v_search.detect import BoxesFile
 from a2v_search.errors import InputError, QueryError, StoreError
@@ -277,13 +275,14 @@ def test_older_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monke
     shutil.copytree(tracked, old)
     downgrade(old / "a2v.sqlite", 2)
 
-    def fails_at_the_end(conn):  # the whole step runs, then the disk refuses: nothing of it may stay
-        real_step(conn)
+    def fails_at_the_end(conn, link):  # the whole step runs, then the disk refuses: nothing of it may stay
+        real_step(conn, link)
         raise OperationalError("UPDATE", {}, sqlite3.OperationalError("attempt to write a readonly database"))
 
     real_step = migrations.STEPS[2]
     monkeypatch.setitem(migrations.STEPS, 2, fails_at_the_end)
-    with pytest.raises(StoreError, match="schema version 2 and must be upgraded .* readonly database"):
+    with pytest.raises(StoreError, match="schema version 2 and must be upgraded .* readonly database.*; open it "
+                       r"once where it is writable \(e.g. `manage.py stats --data-dir ...`\)$"):
         Store(old)
     con = sqlite3.connect(old / "a2v.sqlite")
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from a2v_search import taxonomy as tx
 from a2v_search.cli import app
-from a2v_search.hake_data import load_annotations
-from a2v_search.metrics import EVAL_HEADS
 from a2v_search.models import ModelSpec, load_encoder
 from a2v_search.models.checkpoint import save_checkpoint
 from a2v_search.models.heads import PastaHeads
+from a2v_search.training.hake_data import load_annotations
+from a2v_search.training.metrics import EVAL_HEADS
 
 SIZE = 64
 #: Where each part's mark is drawn (x1, y1, x2, y2): roughly where the part is on a standing person.
@@ -111,8 +111,8 @@ def test_training_beats_untrained_heads(setup, tiny_clip_dir):
 def test_saved_heads_match_the_encoder_path(setup):
     """Evaluation applies the heads to cached tower features; the encoder loaded from the checkpoint gives the
     same probabilities from the images."""
-    from a2v_search.evaluate import head_probabilities
-    from a2v_search.train import cached_features
+    from a2v_search.training.evaluate import head_probabilities
+    from a2v_search.training.train import cached_features
 
     encoder = load_encoder(ModelSpec(checkpoint=str(setup["ckpt"])), device="cpu", with_language=False)
     data = load_annotations(setup["val"], setup["images"])
@@ -128,7 +128,7 @@ def test_saved_heads_match_the_encoder_path(setup):
 
 
 def test_features_are_cached_and_training_is_deterministic(setup, monkeypatch):
-    from a2v_search import train
+    from a2v_search.training import train
 
     cache = setup["base"] / "data" / "cache" / "features"
     # train (plain and mirrored) and val (plain): zero-shot, trained and random heads share them
@@ -205,7 +205,7 @@ def test_evaluate_prints_a_table(setup):
 
 
 def test_reference_loss_and_targets(tmp_path):
-    from a2v_search.train import head_targets, reference_loss
+    from a2v_search.training.train import head_targets, reference_loss
 
     logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
     target = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
@@ -228,7 +228,7 @@ def test_reference_loss_and_targets(tmp_path):
 
 def test_mirrored_features_are_those_of_the_mirrored_image(setup, tmp_path, tiny_clip_dir):
     """The cached mirrored features are the tower's features of the left-right mirrored input."""
-    from a2v_search.train import cached_features
+    from a2v_search.training.train import cached_features
 
     images = tmp_path / "images"
     images.mkdir()
@@ -251,7 +251,7 @@ def test_mirrored_features_are_those_of_the_mirrored_image(setup, tmp_path, tiny
 def test_flip_draws_the_mirrored_features_of_the_same_sample(setup):
     """Flips have their own random stream: with mirrored features equal to the plain ones, training is exactly the
     no-flip training (so every flipped row is the same sample's); with other mirrored features it differs."""
-    from a2v_search.train import train_heads
+    from a2v_search.training.train import train_heads
 
     data = load_annotations(setup["train"], setup["images"]).subset(range(64))
     feats = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
@@ -293,7 +293,7 @@ def test_unreadable_images_are_reported_and_skipped(setup, tmp_path, tiny_clip_d
 
 def test_split_by_image_is_seeded_and_disjoint(tmp_path):
     from a2v_search.errors import InputError
-    from a2v_search.train import split_by_image
+    from a2v_search.training.train import split_by_image
 
     raw = {f"{i:02d}.jpg": {"labels": [
         {"human_bbox": [0, 0, 10, 20], "hoi_id": 1, "width": 100, "height": 100, "action_labels": []},

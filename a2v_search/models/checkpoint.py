@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.initialization import no_init_weights
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
+from ..hashing import file_sha256
 from .heads import HEAD_SIZES, PastaHeads
 
 FORMAT = "a2v-checkpoint"
@@ -36,20 +37,6 @@ BACKBONE_DIR = "backbone"
 #: Globals a safe load may construct besides tensors and containers: the reference stores its argparse args.
 SAFE_GLOBALS = [argparse.Namespace]
 OFFICIAL_PREFIX = "backbone.image_model."
-
-
-def file_sha256(path: Path, limit: int | None = None) -> str:
-    """Hex sha256 of a file (of its first ``limit`` bytes when given)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = limit
-        while chunk := f.read(1 << 20 if left is None else min(1 << 20, left)):
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-                if left <= 0:
-                    break
-    return h.hexdigest()
 
 
 def read_torch_file(path: Path, trust: bool = False) -> object:
@@ -76,7 +63,7 @@ def read_torch_file(path: Path, trust: bool = False) -> object:
             "--checkpoint OUT") from e
     except Exception as e:  # torch raises many types (RuntimeError, EOFError, IndexError...) for bad files
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or corrupt?): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                              f"{first_line(e, type(e).__name__)}") from e
 
 
 def _unsafe_reason(e: Exception) -> str:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .. import taxonomy as tx
 from ..errors import ModelError
 from ..preprocess import Box, Preprocess
 from ..settings import COMPILE_MODES, check_choice
@@ -31,7 +32,7 @@ class PersonVectors:
     pasta: np.ndarray  # (N, 93)
     verbs: np.ndarray  # (N, 157)
     parts: np.ndarray  # (N, 6)
-    language: np.ndarray | None = None  # (N, 2D) unit length
+    language: np.ndarray | None = None  # (N, r_p + r_v) unit length (LanguageSpace.embed)
     visual_norm: np.ndarray | None = None  # (N,) norm of the tower output: heads' input = visual * visual_norm
 
     def __len__(self) -> int:
@@ -118,8 +119,8 @@ class ActivityEncoder:
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""
-        empty = {"visual": (0, self.model.visual_dim), "pasta": (0, 93), "verbs": (0, 157), "parts": (0, 6),
-                 "visual_norm": (0,)}
+        empty = {"visual": (0, self.model.visual_dim), "pasta": (0, tx.N_PASTA), "verbs": (0, tx.N_VERBS),
+                 "parts": (0, tx.N_PARTS), "visual_norm": (0,)}
         arrays = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(empty[k], np.float32)
                   for k in OUTPUT_KEYS}
         vectors = PersonVectors(**arrays)

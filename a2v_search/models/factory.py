@@ -20,7 +20,7 @@ from transformers import CLIPModel, CLIPTextModelWithProjection, CLIPVisionModel
 from transformers.initialization import no_init_weights
 
 from .. import taxonomy as tx
-from ..errors import CheckpointError, ModelError
+from ..errors import CheckpointError, ModelError, first_line
 from ..preprocess import CLIP_MEAN, CLIP_STD, Preprocess
 from ..settings import DEFAULT_CLIP_MODEL, DEFAULT_TEXT_MODEL, get_device
 from . import checkpoint as ckpt
@@ -56,7 +56,7 @@ def _load_clip(name: str) -> tuple[CLIPModel, object, Preprocess]:
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:  # OSError (not found / offline), ValueError (unknown type)
-        raise ModelError(f"cannot load CLIP model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}. "
+        raise ModelError(f"cannot load CLIP model {name!r}: {first_line(e)}. "
                          "Give a hub id (downloaded on first use), a local folder, or an OpenAI CLIP state dict file "
                          "(--model)") from e
     if config.model_type != "clip":
@@ -66,7 +66,7 @@ def _load_clip(name: str) -> tuple[CLIPModel, object, Preprocess]:
         clip = CLIPModel.from_pretrained(name).eval()
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise ModelError(f"cannot load CLIP model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        raise ModelError(f"cannot load CLIP model {name!r}: {first_line(e)}") from e
     return clip, tokenizer, Preprocess(size=int(config.vision_config.image_size), **_mean_std(name))
 
 

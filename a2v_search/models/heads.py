@@ -13,8 +13,7 @@ from torch import nn
 from .. import taxonomy as tx
 
 #: The eight heads of the reference, in its order, with their class counts.
-HEAD_SIZES: dict[str, int] = {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "hand": 34, "arm": 8, "head": 14,
-                              "pasta_binary": 6}
+HEAD_SIZES: dict[str, int] = {"verb": tx.N_VERBS, **tx.PART_SIZES, "pasta_binary": tx.N_PARTS}
 
 
 def run_fp32(heads: nn.Module, feat: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import taxonomy as tx
-from ..errors import ModelError, QueryError, UnknownNameError
+from ..errors import ModelError, QueryError, UnknownNameError, first_line
 from . import prompts
 
 if TYPE_CHECKING:  # torch loads only when a text model is used: structured queries need numpy alone
@@ -73,7 +73,7 @@ class TextEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
             self.model = AutoModel.from_pretrained(name).eval().to(self.device)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError for missing or odd models
-            raise ModelError(f"cannot load text model {name!r}: {str(e).splitlines()[0] if str(e) else e!r}. "
+            raise ModelError(f"cannot load text model {name!r}: {first_line(e)}. "
                              "Give a hub id (downloaded on first use) or a local folder with config.json, "
                              "weights and tokenizer (--text-model)") from e
         self.pooling = pooling or pooling_mode(name)

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
+from .. import taxonomy as tx
+from ..errors import InputError
+from ..models.encoder import ActivityEncoder
+from ..models.heads import run_fp32
 from .hake_data import HakeData
 from .metrics import evaluate_heads
-from .models.encoder import ActivityEncoder
-from .models.heads import run_fp32
 from .train import cached_features
 
 
@@ -44,7 +45,7 @@ def head_probabilities(heads: nn.Module, features: np.ndarray, device: str | tor
             for k in outs:
                 outs[k].append(out[k].cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros((0, n), np.float32)
-            for (k, v), n in zip(outs.items(), (93, 157, 6), strict=True)}
+            for (k, v), n in zip(outs.items(), (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS), strict=True)}
 
 
 def evaluate_features(heads: nn.Module, features: np.ndarray, data: HakeData,

@@ -29,12 +29,12 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import taxonomy as tx
-from .errors import CheckpointError, InputError
+from .. import taxonomy as tx
+from ..errors import CheckpointError, InputError
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.encoder import ActivityEncoder
+from ..models.heads import HEAD_SIZES, PastaHeads
 from .hake_data import HakeData
-from .models.checkpoint import load_checkpoint, save_checkpoint
-from .models.encoder import ActivityEncoder
-from .models.heads import HEAD_SIZES, PastaHeads
 
 FEATURE_CACHE = Path("cache") / "features"
 #: Focusing factor and weight of the reference loss: mean(3 * (1 - pt) * bce).

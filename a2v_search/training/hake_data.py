@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import taxonomy as tx
-from .errors import InputError
-from .person_boxes import Box, merge_boxes
+from .. import taxonomy as tx
+from ..errors import InputError
+from ..person_boxes import Box, merge_boxes
 
 CLIP_A2V = "clip-a2v"
 HAKE_INSTANCE = "hake-instance"
@@ -109,7 +109,7 @@ def part_flags(pasta: np.ndarray) -> np.ndarray:
 @cache
 def hoi_verbs() -> tuple[int, ...]:
     """For each HICO HOI (id 1..600 at position id - 1), its verb's index in the 157-verb list."""
-    text = (Path(__file__).parent / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[1] / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
     rows = [line.split() for line in text.splitlines() if line.strip()]
     return tuple(tx.verb_index(row[2]) for row in rows)
 

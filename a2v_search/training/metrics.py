@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import taxonomy as tx
+from .. import taxonomy as tx
 
 #: The heads evaluated, in the reference's report order.
 EVAL_HEADS: tuple[str, ...] = (*tx.PARTS, "pasta_binary", "verb")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli_options import Checkpoint, DataDir, Device, Json, Model, Precision, PrecisionName, Trust
+from ..cli_options import Checkpoint, DataDir, Device, Json, Model, Precision, PrecisionName, Trust
 
 if TYPE_CHECKING:
     from .evaluate import Evaluation
@@ -29,7 +29,7 @@ ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder the annotation
 
 def _load_data(annotations: Path, images: Path | None) -> HakeData:
     """Load the annotations; report skipped entries on stderr; fail when nothing is usable."""
-    from .errors import InputError
+    from ..errors import InputError
     from .hake_data import load_annotations
 
     data = load_annotations(annotations, images)
@@ -101,11 +101,11 @@ def train_heads_command(
     """Train the eight PaSta heads on a frozen CLIP image tower (features cached) and save a checkpoint."""
     import numpy as np
 
-    from .errors import InputError
+    from ..errors import InputError
+    from ..models import ModelSpec, load_encoder
+    from ..models.factory import model_ref
+    from ..settings import Settings
     from .evaluate import evaluate_features, unreadable_samples
-    from .models import ModelSpec, load_encoder
-    from .models.factory import model_ref
-    from .settings import Settings
     from .train import cached_features, save_heads, split_by_image, train_heads
 
     settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
@@ -160,9 +160,9 @@ def evaluate_command(
     as_json: Json = False,
 ) -> None:
     """Per-head mAP (11-point reference protocol and all-point AP) of trained or zero-shot heads."""
+    from ..models import ModelSpec, load_encoder
+    from ..settings import Settings
     from .evaluate import evaluate
-    from .models import ModelSpec, load_encoder
-    from .settings import Settings
 
     settings = Settings.resolve(data_dir=data_dir, model=model, device=device)
     data = _load_data(annotations, images)
