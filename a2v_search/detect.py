@@ -36,10 +36,12 @@ BoundBoxes = dict[str, list[Detection] | FrameBoxes]  # boxes per media path
 class Detector(Protocol):
     """Finds the persons of images. ``name`` is how it is recorded (``none``, ``boxes:FILE`` or the model);
     ``needs_frames``: whether :meth:`detect` must see decoded frames (a model) or the persons are known without
-    looking (the whole image, a boxes file)."""
+    looking (the whole image, a boxes file); ``binds_tree``: whether :meth:`bind` must see every file of the run
+    before any work starts (a boxes file, whose every entry must name one of them)."""
 
     name: str
     needs_frames: bool
+    binds_tree: bool
 
     def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
         """The persons of each (h, w, 3) uint8 frame, best first; a box None is the whole frame."""
@@ -61,6 +63,7 @@ class WholeImage:
 
     name = "none"
     needs_frames = False
+    binds_tree = False
 
     def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
         """One person per frame: the whole frame (box None)."""
@@ -80,6 +83,7 @@ class BoxesFile:
     number, as stored with each person); a video without such entries uses the same boxes in every frame."""
 
     needs_frames = False
+    binds_tree = True
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -216,6 +220,7 @@ class ModelDetector:
     """A transformers object-detection model (hub id or folder); keeps the ``person`` class only."""
 
     needs_frames = True
+    binds_tree = False
 
     def __init__(self, model: str, device, options: DetectorOptions | None = None):
         import torch

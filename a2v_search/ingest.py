@@ -28,7 +28,7 @@ from db.repo import NewMedia, NewPerson
 
 from .assembly import Assembly
 from .decode_pool import DecodePool
-from .detect import BoxesFile, Detector
+from .detect import Detector
 from .errors import InputError
 from .faults import fault_point
 from .media import DEFAULT_MAX_PIXELS, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
@@ -139,7 +139,7 @@ class Ingestor:
     def run(self, paths: list[str]) -> IngestReport:
         t0 = time.perf_counter()
         found: Iterable = walk(paths)
-        if isinstance(self.detector, BoxesFile):  # the boxes must match the whole tree before any work starts
+        if self.detector is not None and self.detector.binds_tree:  # e.g. boxes that must match the whole tree
             with self._stage("discover"):
                 found = list(found)
             self._boxes = self.detector.bind([x for x in found if not isinstance(x, tuple)])
@@ -223,7 +223,7 @@ class Ingestor:
     def _first_task(self, p: Assembly) -> DecodeTask:
         """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""
         self._load_models()
-        boxes = self._boxes.get(p.cand.path, []) if isinstance(self.detector, BoxesFile) else None
+        boxes = self._boxes.get(p.cand.path, []) if self._boxes is not None else None
         segment = (0.0, self.opt.segment_s) if p.cand.kind == "video" else None
         for_detector = self.detector.needs_frames
         p.task = DecodeTask(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,

@@ -92,7 +92,7 @@ def vitb16_checkpoint(folder: Path) -> Path:
     512-d projection, eight MLP heads), in the official file layout."""
     import torch
 
-    from tests.reference_clip_a2v import official_checkpoint, random_official_state_dict
+    from a2v_search.models.tiny import official_checkpoint, random_official_state_dict
 
     path = Path(folder) / "ckpt_random_vitb16.pth"
     if not path.exists():

@@ -1,11 +1,11 @@
 """An independent plain-torch CLIP-Activity2Vec forward in the OpenAI / official layout, for tests only.
 
-It reads the official state dict directly (``backbone.image_model.*``, ``head.*``): no transformers, no project code.
+It reads the official state dict directly (``backbone.image_model.*``, ``head.*``): no transformers, no project code
+in the math. Random weights in that layout: :func:`a2v_search.models.tiny.random_official_state_dict`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -15,46 +15,6 @@ import torch.nn.functional as F
 HEADS = {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "hand": 34, "arm": 8, "head": 14, "pasta_binary": 6}
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def random_official_state_dict(width=768, layers=12, patch=16, image=224, out=512, hidden=512, seed=0):
-    """Random weights with the shapes of the released ckpt_4.pth (ViT-B/16 by default), scaled to stay finite."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, std=0.02):
-        return torch.randn(*shape, generator=g) * std
-
-    grid = image // patch
-    p = "backbone.image_model."
-    sd = {
-        p + "class_embedding": rnd(width), p + "positional_embedding": rnd(grid * grid + 1, width),
-        p + "proj": rnd(width, out, std=width ** -0.5), p + "conv1.weight": rnd(width, 3, patch, patch),
-        p + "ln_pre.weight": 1 + rnd(width, std=0.1), p + "ln_pre.bias": rnd(width),
-        p + "ln_post.weight": 1 + rnd(width, std=0.1), p + "ln_post.bias": rnd(width),
-    }
-    for i in range(layers):
-        b = f"{p}transformer.resblocks.{i}."
-        sd.update({
-            b + "attn.in_proj_weight": rnd(3 * width, width), b + "attn.in_proj_bias": rnd(3 * width),
-            b + "attn.out_proj.weight": rnd(width, width), b + "attn.out_proj.bias": rnd(width),
-            b + "ln_1.weight": 1 + rnd(width, std=0.1), b + "ln_1.bias": rnd(width),
-            b + "ln_2.weight": 1 + rnd(width, std=0.1), b + "ln_2.bias": rnd(width),
-            b + "mlp.c_fc.weight": rnd(4 * width, width), b + "mlp.c_fc.bias": rnd(4 * width),
-            b + "mlp.c_proj.weight": rnd(width, 4 * width), b + "mlp.c_proj.bias": rnd(width),
-        })
-    for name, n in HEADS.items():
-        dims = [(hidden, out), (hidden, hidden), (n, hidden)]
-        for j, (o, i_) in enumerate(dims):
-            sd[f"head.{name}_fc.layers.{j}.weight"] = rnd(o, i_, std=i_ ** -0.5)
-            sd[f"head.{name}_fc.layers.{j}.bias"] = rnd(o, std=0.1)
-    return sd
-
-
-def official_checkpoint(sd):
-    """The released file's dict layout, with an argparse Namespace as the reference stores."""
-    return {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-6, "weight_decay": 1e-5}]},
-            "lr_scheduler": {"last_epoch": 4, "base_lrs": [1e-3]}, "epoch": 4,
-            "args": argparse.Namespace(lr=1e-3, epochs=5, batch_size=32, model="ViT-B/16")}
 
 
 def reference_transform(image) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 from helpers import run_main
 from media_factory import write_images
 from PIL import Image
-from reference_clip_a2v import official_checkpoint, random_official_state_dict
 
 from a2v_search import taxonomy as tx
+from a2v_search.models.tiny import official_checkpoint, random_official_state_dict
 
 
 @pytest.fixture()

@@ -22,6 +22,7 @@ def test_every_detector_is_a_detector(tmp_path, tiny_detector_dir):
     assert all(isinstance(d, Detector) for d in (whole, from_file, model))
     assert not isinstance("none", Detector)
     assert [d.needs_frames for d in (whole, from_file, model)] == [False, False, True]
+    assert [d.binds_tree for d in (whole, from_file, model)] == [False, True, False]
     assert [detector_kind(d.name) for d in (whole, from_file, model)] == ["none", "boxes", "model"]
     frame = np.zeros((8, 6, 3), np.uint8)
     assert whole.detect([frame, frame]) == [[(None, 1.0)], [(None, 1.0)]]  # the whole frame is the person

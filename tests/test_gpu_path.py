@@ -293,7 +293,7 @@ def test_ingest_with_batches_in_flight_and_jpegs_cut_after_decode_stores_the_sam
 @needs_cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_cuda_encoder_matches_cpu_fp32_within_tolerance(tmp_path, precision) -> None:
-    from reference_clip_a2v import official_checkpoint, random_official_state_dict
+    from a2v_search.models.tiny import official_checkpoint, random_official_state_dict
 
     path = tmp_path / "ckpt_4.pth"
     torch.save(official_checkpoint(random_official_state_dict()), path)

@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_clip_a2v import (
-    official_checkpoint,
-    random_official_state_dict,
-    reference_forward,
-    reference_transform,
-)
+from reference_clip_a2v import reference_forward, reference_transform
 
 from a2v_search import taxonomy as tx
 from a2v_search.errors import CheckpointError, InputError, ModelError
@@ -28,6 +23,7 @@ from a2v_search.models.language import (
     margins,
     pooling_mode,
 )
+from a2v_search.models.tiny import official_checkpoint, random_official_state_dict
 from a2v_search.preprocess import Preprocess
 from a2v_search.settings import DEFAULT_CLIP_MODEL
 

@@ -2,7 +2,8 @@
 
 They have the real architectures (CLIP, BERT, YOLOS) at toy sizes, so every code path of loading, encoding and
 detection runs in seconds; their outputs mean nothing. The test suite builds them once per session
-(tests/conftest.py); bench/ uses them where the model's own cost must be negligible.
+(tests/conftest.py); bench/ uses them where the model's own cost must be negligible. ``random_official_state_dict``
+and ``official_checkpoint`` make random checkpoints in the released CLIP-Activity2Vec file layout (any size).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 #: Input size of the tiny CLIP's image tower unless asked otherwise.
 TINY_IMAGE_SIZE = 32
+#: The released checkpoint's heads and their output sizes, in its order (converted by models/checkpoint.py).
+OFFICIAL_HEADS = {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "hand": 34, "arm": 8, "head": 14, "pasta_binary": 6}
 
 
 def build_tiny_clip(folder: Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE) -> Path:
@@ -88,3 +91,49 @@ def build_tiny_detector(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     YolosImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
     return folder
+
+
+def random_official_state_dict(width: int = 768, layers: int = 12, patch: int = 16, image: int = 224, out: int = 512,
+                               hidden: int = 512, seed: int = 0) -> dict:
+    """Random weights with the shapes of the released ckpt_4.pth (ViT-B/16 by default), scaled to stay finite, in
+    its key layout (``backbone.image_model.*`` OpenAI ViT, ``head.{name}_fc.layers.{0,1,2}`` MLPs)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    grid = image // patch
+    p = "backbone.image_model."
+    sd = {
+        p + "class_embedding": rnd(width), p + "positional_embedding": rnd(grid * grid + 1, width),
+        p + "proj": rnd(width, out, std=width ** -0.5), p + "conv1.weight": rnd(width, 3, patch, patch),
+        p + "ln_pre.weight": 1 + rnd(width, std=0.1), p + "ln_pre.bias": rnd(width),
+        p + "ln_post.weight": 1 + rnd(width, std=0.1), p + "ln_post.bias": rnd(width),
+    }
+    for i in range(layers):
+        b = f"{p}transformer.resblocks.{i}."
+        sd.update({
+            b + "attn.in_proj_weight": rnd(3 * width, width), b + "attn.in_proj_bias": rnd(3 * width),
+            b + "attn.out_proj.weight": rnd(width, width), b + "attn.out_proj.bias": rnd(width),
+            b + "ln_1.weight": 1 + rnd(width, std=0.1), b + "ln_1.bias": rnd(width),
+            b + "ln_2.weight": 1 + rnd(width, std=0.1), b + "ln_2.bias": rnd(width),
+            b + "mlp.c_fc.weight": rnd(4 * width, width), b + "mlp.c_fc.bias": rnd(4 * width),
+            b + "mlp.c_proj.weight": rnd(width, 4 * width), b + "mlp.c_proj.bias": rnd(width),
+        })
+    for name, n in OFFICIAL_HEADS.items():
+        dims = [(hidden, out), (hidden, hidden), (n, hidden)]
+        for j, (o, i_) in enumerate(dims):
+            sd[f"head.{name}_fc.layers.{j}.weight"] = rnd(o, i_, std=i_ ** -0.5)
+            sd[f"head.{name}_fc.layers.{j}.bias"] = rnd(o, std=0.1)
+    return sd
+
+
+def official_checkpoint(sd: dict) -> dict:
+    """The released file's dict layout around ``sd``, with an argparse Namespace as the reference stores."""
+    import argparse
+
+    return {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-6, "weight_decay": 1e-5}]},
+            "lr_scheduler": {"last_epoch": 4, "base_lrs": [1e-3]}, "epoch": 4,
+            "args": argparse.Namespace(lr=1e-3, epochs=5, batch_size=32, model="ViT-B/16")}
