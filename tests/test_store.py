@@ -154,9 +154,15 @@ def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_
 def _make_legacy(data_dir) -> None:
     """Turn a store into one written before the language vector was recorded: no pooling or formula in its
     space, fingerprint and index manifests of that older space."""
+    _set_space(data_dir, drop=("pooling", "language_vector"))
+
+
+def _set_space(data_dir, drop: tuple[str, ...] = (), **changes) -> None:
+    """Rewrite a store's recorded space (keys in ``drop`` removed, ``changes`` set; fingerprint and index manifests
+    follow), as an older version left it."""
     con = sqlite3.connect(data_dir / "a2v.sqlite")
-    config = json.loads(con.execute("SELECT config FROM spaces").fetchone()[0])
-    for key in ("pooling", "language_vector"):
+    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), **changes}
+    for key in drop:
         config.pop(key)
     fp = space_fingerprint(config)
     con.execute("UPDATE spaces SET config=?, fingerprint=?", (json.dumps(config, sort_keys=True), fp))
@@ -167,17 +173,13 @@ def _make_legacy(data_dir) -> None:
         path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
 
 
-def _set_space(data_dir, **changes) -> None:
-    """Rewrite a store's recorded space (fingerprint and index manifests follow), as an older version left it."""
-    con = sqlite3.connect(data_dir / "a2v.sqlite")
-    config = {**json.loads(con.execute("SELECT config FROM spaces").fetchone()[0]), **changes}
-    fp = space_fingerprint(config)
-    con.execute("UPDATE spaces SET config=?, fingerprint=?", (json.dumps(config, sort_keys=True), fp))
-    con.commit()
-    con.close()
-    for name in ("visual", "language"):
-        path = data_dir / "index" / f"{name}.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "space": fp}))
+def _reindexed(data_dir, caplog) -> Store:
+    """Run ``manage.py reindex`` on an older store; it must say it migrated it. The store, opened to read."""
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        code, out, err = run_main("reindex", "--data-dir", data_dir)
+    assert code == 0, err
+    assert "migrated" in caplog.text
+    return Store(data_dir)
 
 
 def _make_v1(data_dir) -> None:
@@ -216,11 +218,7 @@ def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_p
             writer.ensure_space(SPACE, random_language())
     finally:
         writer.close(save=False)
-    with caplog.at_level(logging.WARNING, logger="a2v_search"):
-        code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
-    assert code == 0, err
-    assert "migrated" in caplog.text
-    reader = Store(tmp_path / "data")
+    reader = _reindexed(tmp_path / "data", caplog)
     space = reader.space()
     assert space["language_vector"] == LANGUAGE_VECTOR and space["pooling"] is None  # its pooling stays as recorded
     assert reader.fingerprint == space_fingerprint(space)
@@ -267,11 +265,7 @@ def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, capl
     store, items, ids = filled(tmp_path)
     store.close()
     _make_legacy(tmp_path / "data")
-    with caplog.at_level(logging.WARNING, logger="a2v_search"):
-        code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
-    assert code == 0, err
-    assert "migrated" in caplog.text
-    reader = Store(tmp_path / "data")
+    reader = _reindexed(tmp_path / "data", caplog)
     space = reader.space()
     assert space["language_vector"] == LANGUAGE_VECTOR
     assert space["pooling"] == "mean"  # how its matrices were pooled before word pooling: queries must match
