@@ -19,12 +19,18 @@ profiles' own states (the person side alone); then, for this version's formula, 
 (sentence-transformers' own mean over all tokens vs the mean of the word tokens, issue 14.4) and the PaSta block
 alone.
 
-    python bench/language_ablation.py [--text-model PATH] [--seeds 3] [--formulas p@M,margin-v1:2/4,...]
+``--verb-first`` adds an experiment (issue 19, second pass; not the default formula: docs/design.md says why): free
+text read through its verbs first, the PaSta it implies taken from real HAKE co-occurrence
+(``bench/verb_pasta_v1.json``, P(pasta | verb) over HICO-DET's instance-level labels, made by
+bench/verb_pasta_table.py), and how many of the bench's profiles that table agrees with.
+
+    python bench/language_ablation.py [--text-model PATH] [--seeds 3] [--formulas p@M,margin-v1:2/4,...] [--verb-first]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +45,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from language_cases import PROFILES, QUERIES  # noqa: E402
 
 from a2v_search import taxonomy as tx  # noqa: E402
-from a2v_search.models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, TextEncoder, build_matrices  # noqa: E402,E501
+from a2v_search.models.language import (  # noqa: E402
+    FORMULAS,
+    FREE_TEXT_MIN_WEIGHT,
+    FREE_TEXT_TEMPERATURE,
+    FREE_TEXT_TOP,
+    LANGUAGE_VECTOR,
+    LanguageSpace,
+    TextEncoder,
+    build_matrices,
+)
+
+VERB_PASTA_TABLE = ROOT / "bench" / "verb_pasta_v1.json"
 
 PER_PROFILE = 5
 NAMES = list(PROFILES)
@@ -92,6 +109,63 @@ def query_vectors(space: LanguageSpace) -> np.ndarray:
     return np.stack([space.embed_query(space.interpret(text)) for text in QUERIES])
 
 
+def verb_pasta_table(path: Path = VERB_PASTA_TABLE) -> tuple[np.ndarray, np.ndarray]:
+    """(P (157, 93) = P(pasta | verb) from the HAKE counts, has (157,) True where the verb has counts)."""
+    table = json.loads(path.read_text())["verbs"]
+    p, has = np.zeros((len(tx.VERB_NAMES), len(tx.PASTA_NAMES)), np.float32), np.zeros(len(tx.VERB_NAMES), bool)
+    for verb, d in table.items():
+        v = tx.verb_index(verb)
+        has[v] = True
+        for name, c in d["pasta"].items():
+            p[v, tx.pasta_index(name)] = c / d["entries"]
+    return p, has
+
+
+def _soft_top_weights(sims: np.ndarray, skip: set[int]) -> np.ndarray:
+    """(C,) weights as the free-text reading makes them (softmax(cos / T), the strongest few), zero elsewhere."""
+    idx = np.array([i for i in range(len(sims)) if i not in skip])
+    logits = sims[idx] / FREE_TEXT_TEMPERATURE
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:FREE_TEXT_TOP]
+    keep = [o for o in order if p[o] >= FREE_TEXT_MIN_WEIGHT] or [order[0]]
+    w = np.zeros(len(sims), np.float32)
+    w[idx[keep]] = p[keep] / p[keep].sum()
+    return w
+
+
+def verb_first_vectors(space: LanguageSpace, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(30, dim): each free-text query read through its verbs (as search_text reads them), its PaSta the expected
+    profile sum_v w_v P(pasta | v) (a verb without HAKE counts keeps the text's own PaSta reading), weighted by the
+    space's formula as a person is, then blended with the text's embedding like search_text's free text."""
+    p_table, has = table
+    emb = space.encoder().encode(list(QUERIES))  # (30, D)
+    out = []
+    for e in emb:
+        wv = _soft_top_weights(space.m_verb @ e, {tx.NO_INTERACTION_VERB})  # (157,)
+        read = _soft_top_weights(space.m_pasta @ e, set(tx.NO_INTERACTION_PASTA))  # (93,)
+        wp = sum(wv[v] * (p_table[v] if has[v] else read) for v in np.flatnonzero(wv))
+        wp[list(tx.NO_INTERACTION_PASTA)] = 0.0
+        vec = space.embed_weights(*space.formula.weights(wp[None], wv[None]))[0]
+        own = np.concatenate([e @ space.basis_pasta.T, e @ space.basis_verb.T])
+        own = np.concatenate([_unit(own[:space.basis_pasta.shape[0]]), _unit(own[space.basis_pasta.shape[0]:])])
+        blend = space.formula.text_blend
+        out.append(_unit((1 - blend) * vec + blend * _unit(own)))
+    return np.stack(out)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(x))
+    return x / n if n > 1e-12 else x
+
+
+def profiles_agreeing(table: tuple[np.ndarray, np.ndarray], at_least: float = 0.3) -> list[str]:
+    """The bench profiles whose first verb has HAKE counts and shows each of the profile's PaSta >= ``at_least``."""
+    p_table, has = table
+    return [name for name, (ps, vs) in PROFILES.items() if has[tx.verb_index(vs[0])]
+            and all(p_table[tx.verb_index(vs[0]), tx.pasta_index(k)] >= at_least for k in ps)]
+
+
 def profile_query_vectors(space: LanguageSpace) -> np.ndarray:
     """(30, dim): each query replaced by its profile's own states as structured text (weight 1 each): the person
     side alone, without the free-text reading."""
@@ -113,10 +187,11 @@ def scores(queries: np.ndarray, people: np.ndarray) -> tuple[int, float]:
     return top1, p5
 
 
-def row(space: LanguageSpace, seeds: int, structured: bool = False) -> list[str]:
+def row(space: LanguageSpace, seeds: int, structured: bool = False, queries: np.ndarray | None = None) -> list[str]:
     """One table row: ``top-1 range, p@5 range`` per case over the seeds, persons and queries through the space's
-    formula."""
-    queries = profile_query_vectors(space) if structured else query_vectors(space)
+    formula (``queries``: other (30, dim) query vectors)."""
+    if queries is None:
+        queries = profile_query_vectors(space) if structured else query_vectors(space)
     cells = []
     for case, level in CASES:
         got = []
@@ -146,6 +221,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--formulas", default=",".join(FORMULAS),
                     help=f"language-vector formulas to compare, by name (default: all: {', '.join(FORMULAS)})")
+    ap.add_argument("--verb-first", action="store_true",
+                    help="add the verb-first reading of free text through the HAKE verb -> PaSta table (experiment)")
     args = ap.parse_args()
     formulas = [f.strip() for f in args.formulas.split(",") if f.strip()]
     unknown = [f for f in formulas if f not in FORMULAS]
@@ -166,6 +243,11 @@ def main() -> None:
         for structured, what in ((False, "free text"), (True, "profiles' own states")):
             print(f"| `{name}` | {what} | {enc.pooling} | " + " | ".join(row(space, args.seeds, structured)) + " |",
                   flush=True)
+    if args.verb_first:
+        space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc)
+        table = verb_pasta_table()
+        print(f"| `{LANGUAGE_VECTOR}`, verb-first via HAKE table v1 | free text | {enc.pooling} | "
+              + " | ".join(row(space, args.seeds, queries=verb_first_vectors(space, table))) + " |", flush=True)
     other = "words" if enc.pooling != "words" else "mean"
     enc2 = TextEncoder(args.text_model, pooling=other)
     m2_pasta, m2_verb = build_matrices(enc2)
@@ -177,6 +259,10 @@ def main() -> None:
     space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc)
     print(f"\ncosine between two PaSta phrases: pooling {space.pooling} {phrase_spread(space)}, "
           f"pooling {space2.pooling} {phrase_spread(space2)}")
+    if args.verb_first:
+        agree = profiles_agreeing(verb_pasta_table())
+        print(f"profiles whose first verb shows each of their PaSta in >= 30% of HAKE's labels: {len(agree)}/"
+              f"{len(PROFILES)} ({', '.join(agree)})")
 
 
 def _case_name(case: tuple[str, float | None]) -> str:
