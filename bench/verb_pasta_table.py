@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from a2v_search import taxonomy as tx  # noqa: E402
-from a2v_search.hake_data import _read_json, hoi_verbs  # noqa: E402
+from a2v_search.training.hake_data import _read_json, hoi_verbs  # noqa: E402
 
 OUT = ROOT / "bench" / "verb_pasta_v1.json"
 
