@@ -1,5 +1,6 @@
 """What does each space find for search by example? A synthetic case that separates appearance from activity
-(tests/synthetic_activity.py: 6 appearances x 6 activities x 2 copies, trained PaSta heads on a tiny CLIP), stored
+(a2v_search/testing/activity_case.py: 6 appearances x 6 activities x 2 copies, trained PaSta heads on a tiny
+CLIP), stored
 through the import API; every person is the example once (search by person, itself left out), and the top k of
 each space is counted: same activity in another appearance vs. same appearance with another activity.
 
@@ -15,14 +16,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import synthetic_activity as sa  # noqa: E402
-
 from a2v_search.api import A2VSearch  # noqa: E402
 from a2v_search.models.tiny import build_tiny_bert, build_tiny_clip  # noqa: E402
+from a2v_search.testing import activity_case as sa  # noqa: E402
 
 
 def main() -> None:

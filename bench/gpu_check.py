@@ -327,7 +327,7 @@ def section_ingest(c: Check, folder: Path) -> list[str]:
     decoders = ["auto", "cpu"] if c.cuda and available(torch.device("cuda")) else ["cpu"]
     runs = [(f"{c.images} JPEGs, {d} decode", folder, dict(jpeg_decoder=d)) for d in decoders]
     if has("av"):
-        from tests.media_factory import write_video
+        from a2v_search.testing.media import write_video
 
         seconds = 2.0 if c.smoke else 20.0
         video = c.tmp / "video"

@@ -1,8 +1,8 @@
 """Thirty activity profiles and thirty paraphrased free-text queries for bench/language_ablation.py.
 
 Each profile names the PaSta and verbs a person doing that activity shows; a query is an everyday paraphrase that
-mostly avoids the taxonomy's own words ("sipping coffee", not "drink with"). Kept apart from tests/profiles.py so
-that the tests and this measurement do not tune each other.
+mostly avoids the taxonomy's own words ("sipping coffee", not "drink with"). Kept apart from
+a2v_search/testing/profiles.py so that the tests and this measurement do not tune each other.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Pictogram photos for the server and page tests: a stick figure doing each activity of tests/profiles.py (with its
-prop: a cup, a ball, a chair...), on a coloured background, so that pages and screenshots show recognisable people."""
+"""Pictogram photos for the server and page tests: a stick figure doing each activity of
+a2v_search/testing/profiles.py (with its prop: a cup, a ball, a chair...), on a coloured background, so that pages
+and screenshots show recognisable people."""
 
 from __future__ import annotations
 

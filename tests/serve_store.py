@@ -1,5 +1,6 @@
-"""The store behind the server and page tests: persons with known activity profiles (tests/profiles.py) in pictogram
-photos (tests/pictures.py), imported; plus pictures and a short video through the real ingest."""
+"""The store behind the server and page tests: persons with known activity profiles
+(a2v_search/testing/profiles.py) in pictogram photos (tests/pictures.py), imported; plus pictures and a short video
+through the real ingest."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 
 from pictures import figure
 from PIL import Image
-from profiles import profile_records
 
 from a2v_search.api import A2VSearch
+from a2v_search.testing.profiles import profile_records
 
 
 def build_serve_store(root: Path, clip_dir: Path, text_dir: Path, copies: int = 3) -> A2VSearch:

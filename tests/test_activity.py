@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import synthetic_activity as sa
 from helpers import SPACE, downgrade, media, random_language, random_person
-from media_factory import write_images
 
 from a2v_search.activity import space_vectors
 from a2v_search.api import A2VSearch
 from a2v_search.media import load_image
 from a2v_search.store import ALL_INDEX_NAMES, INDEX_NAMES, Store
+from a2v_search.testing import activity_case as sa
+from a2v_search.testing.media import write_images
 from db import repo
 from db.schema import SCHEMA_VERSION
 

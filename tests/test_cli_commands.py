@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from helpers import run_main
-from media_factory import write_images
 from PIL import Image
 
 from a2v_search import taxonomy as tx
 from a2v_search.models.tiny import official_checkpoint, random_official_state_dict
+from a2v_search.testing.media import write_images
 
 
 @pytest.fixture()

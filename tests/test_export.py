@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import run_main
-from profiles import PROFILES, profile_vectors
 
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
 from a2v_search.export import DEFAULT_FIELDS, FIELDS
 from a2v_search.models import prompts
+from a2v_search.testing.profiles import PROFILES, profile_vectors
 from db import repo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import run_main
-from media_factory import write_bad_files, write_images, write_odd_images, write_video
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError
 from a2v_search.store import Store
+from a2v_search.testing.media import write_bad_files, write_images, write_odd_images, write_video
 from db import repo
 
 ROOT = Path(__file__).resolve().parents[1]

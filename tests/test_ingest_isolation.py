@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from helpers import in_child, ingest
-from media_factory import noise, write_images, write_video
 from PIL import Image
 
 from a2v_search import ingest as ingest_module
 from a2v_search.store import Store
+from a2v_search.testing.media import noise, write_images, write_video
 from db import repo
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from helpers import StubEncoder
-from media_factory import write_images
 
 from a2v_search.assembly import Assembly
 from a2v_search.detect import WholeImage
 from a2v_search.ingest import IngestOptions, IngestProgress, run_ingest
 from a2v_search.media import Candidate, Found
 from a2v_search.store import Store
+from a2v_search.testing.media import write_images
 from db import repo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_factory import write_bad_files, write_images, write_odd_images, write_video
 
 from a2v_search.api import A2VSearch
 from a2v_search.detect import DetectorOptions, make_detector
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.models import ModelSpec, load_encoder
 from a2v_search.store import Store
+from a2v_search.testing.media import write_bad_files, write_images, write_odd_images, write_video
 from db import repo
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' to run the Ray engine tests")

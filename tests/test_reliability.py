@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import StubEncoder, in_child, ingest, run_main
-from media_factory import write_bad_files, write_images
 from PIL import Image
 
 from a2v_search.detect import BoxesFile, WholeImage
@@ -28,6 +27,7 @@ from a2v_search.errors import InputError, QueryError, StoreError, StoreLockedErr
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import INDEX_NAMES, Store
+from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
 from db import repo
 from index import IndexMissingError, VectorIndex

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 from helpers import run_main
-from media_factory import write_images
 from PIL import Image
-from profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
 from a2v_search.search import SearchOptions
+from a2v_search.testing.media import write_images
+from a2v_search.testing.profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
 from db import repo
 
 
@@ -210,10 +210,10 @@ def test_profile_records_are_the_same_in_every_process():
     import sys
     from pathlib import Path
 
-    here = Path(__file__).parent
-    code = "import json, profiles; print(json.dumps(profiles.profile_records(visual_dim=4, copies=2)))"
+    root = Path(__file__).parents[1]
+    code = ("import json; from a2v_search.testing import profiles; "
+            "print(json.dumps(profiles.profile_records(visual_dim=4, copies=2)))")
     outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": seed,
-                                "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}).stdout
+                           env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout
             for seed in ("1", "2")]
     assert outs[0] == outs[1] and json.loads(outs[0]) == profile_records(visual_dim=4, copies=2)

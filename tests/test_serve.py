@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from helpers import run_main
 from PIL import Image
-from profiles import profile_records
 from serve_store import build_serve_store
+
+from a2v_search.testing.profiles import profile_records
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402

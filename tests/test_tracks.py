@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import StubEncoder, downgrade, in_child, run_main
-from media_factory import write_images, write_people_video
 from PIL import Image
 from sqlalchemy.exc import OperationalError
 
@@ -20,6 +19,7 @@ from a2v_search.errors import InputError, QueryError, StoreError
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, make_filters
 from a2v_search.store import Store
+from a2v_search.testing.media import write_images, write_people_video
 from a2v_search.tracks import TrackRule, link, moment_score, sample_step
 from db import migrations, repo
 from db.schema import SCHEMA_VERSION, Person, Track
@@ -67,7 +67,7 @@ def test_sampling_step_and_moment_score():
 # ------------------------------------------------------------------ a synthetic video through ingest
 
 
-A, B, C = 1, 2, 4  # person looks (media_factory.person_look seeds)
+A, B, C = 1, 2, 4  # person looks (a2v_search.testing.media.person_look seeds)
 #: (look, t_start, t_end, persons) of the tracks of people_scenes(), in order of first appearance
 EXPECTED = [(A, 0.0, 5.0, 5), (B, 0.0, 3.0, 4), (C, 6.0, 11.0, 6), (B, 8.0, 11.0, 4)]
 

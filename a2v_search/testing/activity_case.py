@@ -3,8 +3,9 @@
 Each person's tower output (what trained heads see) is ``APPEARANCE_SCALE * a_i + b_j + noise``: ``a_i`` one of
 six appearances (unit vectors), ``b_j`` one of six activities (unit vectors), so appearance dominates the visual
 vector's direction. PaSta heads are trained on these features to predict each activity's PaSta and verb profile
-(tests/profiles.py), whatever the appearance. Stored through the import API with the heads' own probabilities, so
-the language space sees what the heads predict. Used by tests/test_activity.py and bench/activity_spaces.py.
+(a2v_search/testing/profiles.py), whatever the appearance. Stored through the import API with the heads' own
+probabilities, so the language space sees what the heads predict. Used by tests/test_activity.py and
+bench/activity_spaces.py.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from profiles import profile_vectors
 
 from a2v_search import taxonomy as tx
+
+from .profiles import profile_vectors
 
 ACTIVITIES = ("drink", "kick", "sit_chair", "hug", "phone", "kneel")
 N_APPEARANCES = 6
