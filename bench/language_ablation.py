@@ -47,12 +47,10 @@ from language_cases import PROFILES, QUERIES  # noqa: E402
 from a2v_search import taxonomy as tx  # noqa: E402
 from a2v_search.models.language import (  # noqa: E402
     FORMULAS,
-    FREE_TEXT_MIN_WEIGHT,
-    FREE_TEXT_TEMPERATURE,
-    FREE_TEXT_TOP,
     LANGUAGE_VECTOR,
     LanguageSpace,
     TextEncoder,
+    _soft_top,
     build_matrices,
 )
 
@@ -122,15 +120,10 @@ def verb_pasta_table(path: Path = VERB_PASTA_TABLE) -> tuple[np.ndarray, np.ndar
 
 
 def _soft_top_weights(sims: np.ndarray, skip: set[int]) -> np.ndarray:
-    """(C,) weights as the free-text reading makes them (softmax(cos / T), the strongest few), zero elsewhere."""
-    idx = np.array([i for i in range(len(sims)) if i not in skip])
-    logits = sims[idx] / FREE_TEXT_TEMPERATURE
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")[:FREE_TEXT_TOP]
-    keep = [o for o in order if p[o] >= FREE_TEXT_MIN_WEIGHT] or [order[0]]
+    """(C,) weights as the free-text reading makes them (the library's own ``_soft_top``), zero elsewhere."""
     w = np.zeros(len(sims), np.float32)
-    w[idx[keep]] = p[keep] / p[keep].sum()
+    for i, weight in _soft_top(sims, tuple(map(str, range(len(sims)))), skip).items():
+        w[int(i)] = weight
     return w
 
 
