@@ -171,7 +171,7 @@ class Ingestor:
                 if not chunk:
                     break
                 files = [x for x in chunk if not isinstance(x, tuple)]
-                states = self.store.stored_states([f.path for f in files])
+                states = self.store.media_states([f.path for f in files])
             for x in chunk:
                 if isinstance(x, tuple):
                     self._discovery_failure(x)

@@ -276,7 +276,6 @@ class _Walker:
             self.seen.add(key)
         yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit)
 
-
     def _in_listed_folder(self, real: str) -> bool:
         """Whether the walk of a folder found (or, while that folder is being walked, will find) the regular file
         at real path ``real``: its folder was listed and its name is one a listing does not skip."""

@@ -61,8 +61,6 @@ ALL_INDEX_NAMES = (*INDEX_NAMES, activity.ACTIVITY)  # with trained heads
 PartFeatures = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DB_NAME = "a2v.sqlite"
 INDEX_DIR = "index"
-#: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
-#: values produce comparable vectors.
 #: the fix for an index that cannot be used
 REINDEX_HINT = "run `python manage.py reindex` to rebuild it from SQLite"
 
@@ -93,6 +91,8 @@ def _index_errors() -> Iterator[None]:
         raise StoreError(str(e)) from e
 
 
+#: the fields that identify a vector space; two stores (or a store and a set of model flags) with the same
+#: values produce comparable vectors.
 SPACE_FIELDS = ("visual_model", "heads", "text_model", "phrases", "visual_dim", "pooling", "language_vector")
 
 
@@ -151,8 +151,7 @@ class Store:
         elif not (self.data_dir / DB_NAME).is_file():
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
-        self.db = Database(self.data_dir / DB_NAME, create=create, read_only=not create,  # readers never write
-                           link=link, translate=partial(_store_error, data_dir=self.data_dir))
+        self.db = self._open_db(create=create, read_only=not create)  # readers never write
         self.index_dir = self.data_dir / INDEX_DIR
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
@@ -164,6 +163,11 @@ class Store:
         self._part_features: PartFeatures | None = None
         self._without_norm: int | None = None
 
+    def _open_db(self, create: bool, read_only: bool) -> Database:
+        """The store's SQLite database, its errors turned into StoreErrors with the CLI's fix."""
+        return Database(self.data_dir / DB_NAME, create=create, read_only=read_only, link=link,
+                        translate=partial(_store_error, data_dir=self.data_dir))
+
     # ------------------------------------------------------------------ lock
 
     def lock(self, what: str) -> Store:
@@ -172,8 +176,7 @@ class Store:
             self._lock = WriteLock(self.data_dir, what).acquire()
             if self.db.read_only:  # opened as a reader: writing needs a read-write connection
                 self.db.close()
-                self.db = Database(self.data_dir / DB_NAME, create=False, link=link,
-                                   translate=partial(_store_error, data_dir=self.data_dir))
+                self.db = self._open_db(create=False, read_only=False)
         return self
 
     @property
@@ -575,11 +578,6 @@ class Store:
             raise StoreError("this store was opened for reading; writing needs the write lock")
 
     # ------------------------------------------------------------------ what ingest asks of SQLite
-
-    def stored_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
-        """The stored state (id, content hash, size, mtime) of the media at these paths."""
-        with self.db.session() as s:
-            return repo.media_by_path(s, paths)
 
     def media_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         """The first non-duplicate media id holding each of these content hashes (those stored)."""

