@@ -13,11 +13,12 @@ U(0.5, 0.9); every other PaSta and verb a background (seeded):
 
 Per query: top-1 (is the first person of the right profile) and precision@5 (right persons among the first 5; 5
 is the most there are). Three seeds per case; the table gives the range. Rows compare the language-vector formulas
-by name (models/language.py ``FORMULAS``: ``p@M`` the first, ``margin-v1:2/4`` the previous, ``LANGUAGE_VECTOR``
-this version's), each with the free-text queries as that formula reads them and with structured queries of the
-profiles' own states (the person side alone); then, for this version's formula, the other pooling of the phrases
-(sentence-transformers' own mean over all tokens vs the mean of the word tokens, issue 14.4) and the PaSta block
-alone.
+by name (models/language.py ``FORMULAS``: ``p@M`` the first, ``margin-v1:2/4`` and ``margin-v2:12/8+text0.4`` the
+older ones, ``LANGUAGE_VECTOR`` this version's), each with the free-text queries as that formula reads them and
+with structured queries of the profiles' own states (the person side alone); then, for this version's formula, the
+other pooling of the phrases (sentence-transformers' own mean over all tokens vs the mean of the word tokens, issue
+14.4) and the PaSta block alone. Last, the cosine between two single-PaSta persons, raw and as this version's
+formula embeds them (its whitening).
 
 ``--verb-first`` adds an experiment (issue 19, second pass; not the default formula: docs/design.md says why): free
 text read through its verbs first, the PaSta it implies taken from real HAKE co-occurrence
@@ -50,7 +51,6 @@ from a2v_search.models.language import (  # noqa: E402
     LANGUAGE_VECTOR,
     LanguageSpace,
     TextEncoder,
-    _soft_top,
     build_matrices,
 )
 
@@ -119,37 +119,25 @@ def verb_pasta_table(path: Path = VERB_PASTA_TABLE) -> tuple[np.ndarray, np.ndar
     return p, has
 
 
-def _soft_top_weights(sims: np.ndarray, skip: set[int]) -> np.ndarray:
-    """(C,) weights as the free-text reading makes them (the library's own ``_soft_top``), zero elsewhere."""
-    w = np.zeros(len(sims), np.float32)
-    for i, weight in _soft_top(sims, tuple(map(str, range(len(sims)))), skip).items():
-        w[int(i)] = weight
-    return w
-
-
 def verb_first_vectors(space: LanguageSpace, table: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """(30, dim): each free-text query read through its verbs (as search_text reads them), its PaSta the expected
     profile sum_v w_v P(pasta | v) (a verb without HAKE counts keeps the text's own PaSta reading), weighted by the
-    space's formula as a person is, then blended with the text's embedding like search_text's free text."""
+    space's formula as a person is, then made a query vector as search_text makes one (blend, gate)."""
     p_table, has = table
-    emb = space.encoder().encode(list(QUERIES))  # (30, D)
     out = []
-    for e in emb:
-        wv = _soft_top_weights(space.m_verb @ e, {tx.NO_INTERACTION_VERB})  # (157,)
-        read = _soft_top_weights(space.m_pasta @ e, set(tx.NO_INTERACTION_PASTA))  # (93,)
+    for text in QUERIES:
+        q = space.interpret(text)
+        wv = np.zeros(len(tx.VERB_NAMES), np.float32)
+        wv[[tx.verb_index(n) for n in q.verbs]] = list(q.verbs.values())
+        read = np.zeros(len(tx.PASTA_NAMES), np.float32)
+        read[[tx.pasta_index(n) for n in q.pasta]] = list(q.pasta.values())
         wp = sum(wv[v] * (p_table[v] if has[v] else read) for v in np.flatnonzero(wv))
         wp[list(tx.NO_INTERACTION_PASTA)] = 0.0
-        vec = space.embed_weights(*space.formula.weights(wp[None], wv[None]))[0]
-        own = np.concatenate([e @ space.basis_pasta.T, e @ space.basis_verb.T])
-        own = np.concatenate([_unit(own[:space.basis_pasta.shape[0]]), _unit(own[space.basis_pasta.shape[0]:])])
-        blend = space.formula.text_blend
-        out.append(_unit((1 - blend) * vec + blend * _unit(own)))
+        wp, wv = (w[0] for w in space.formula.weights(wp[None], wv[None]))
+        q.pasta = {tx.PASTA_NAMES[i]: float(wp[i]) for i in np.flatnonzero(wp)}
+        q.verbs = {tx.VERB_NAMES[i]: float(wv[i]) for i in np.flatnonzero(wv)}
+        out.append(space.embed_query(q))
     return np.stack(out)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(x))
-    return x / n if n > 1e-12 else x
 
 
 def profiles_agreeing(table: tuple[np.ndarray, np.ndarray], at_least: float = 0.3) -> list[str]:
@@ -202,9 +190,12 @@ def _span(values: list, fmt: str) -> str:
 
 
 def phrase_spread(space: LanguageSpace) -> str:
-    """Mean and spread of the cosines between different PaSta phrases: a shared component squeezes them."""
-    m = space.m_pasta[np.linalg.norm(space.m_pasta, axis=1) > 0]
-    c = (m @ m.T)[np.triu_indices(len(m), 1)]
+    """Mean and spread of the cosines between persons of one PaSta each, PaSta block, as the space's formula
+    embeds them: a shared component of the phrases squeezes them together."""
+    one_hot = np.eye(93, dtype=np.float32)[[i for i in range(93) if i not in tx.NO_INTERACTION_PASTA]]
+    x = space.embed_weights(one_hot, np.zeros((len(one_hot), 157), np.float32))[:, :space.basis_pasta.shape[0]]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = (x @ x.T)[np.triu_indices(len(x), 1)]
     return f"{c.mean():.2f} +- {c.std():.2f}"
 
 
@@ -250,8 +241,10 @@ def main() -> None:
     print(f"| `{LANGUAGE_VECTOR}`, PaSta block only | free text | {enc.pooling} | "
           + " | ".join(row(no_verbs, args.seeds)) + " |")
     space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc)
-    print(f"\ncosine between two PaSta phrases: pooling {space.pooling} {phrase_spread(space)}, "
-          f"pooling {space2.pooling} {phrase_spread(space2)}")
+    raw = LanguageSpace(m_pasta, m_verb, args.text_model, vector="p@M")
+    print(f"\ncosine between two PaSta phrases: as embedded (pooling {space.pooling}) {phrase_spread(raw)}, "
+          f"as {LANGUAGE_VECTOR} embeds them {phrase_spread(space)}; pooling {space2.pooling}: "
+          f"{phrase_spread(space2)}")
     if args.verb_first:
         agree = profiles_agreeing(verb_pasta_table())
         print(f"profiles whose first verb shows each of their PaSta in >= 30% of HAKE's labels: {len(agree)}/"

@@ -249,7 +249,14 @@ def test_margins_keep_the_strongest_states_of_each_part_above_the_next():
     np.testing.assert_allclose(margins(q, VERB_GROUPS, 4), _margins_by_hand(q, [list(range(157))], 4), atol=1e-6)
 
 
-def test_language_vectors_are_unit_and_equal_normalised_margins_at_m(encoder):
+def _whitened(m: np.ndarray, whiten: float) -> np.ndarray:
+    """The phrase matrix with its singular values s turned into s^(1 - whiten), from a fresh SVD (s > 1e-5 max)."""
+    u, s, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
+    keep = s > 1e-5 * s.max()
+    return (u[:, keep] * s[keep] ** (1 - whiten)) @ vt[keep]
+
+
+def test_language_vectors_are_unit_and_equal_normalised_margins_at_whitened_m(encoder):
     v = encoder.encode_persons([noise_image(i) for i in range(3)], [None] * 3)
     lang = encoder.language
     np.testing.assert_allclose(np.linalg.norm(v.language, axis=1), 1.0, atol=1e-5)
@@ -257,12 +264,14 @@ def test_language_vectors_are_unit_and_equal_normalised_margins_at_m(encoder):
     def norm(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    assert lang.vector == LANGUAGE_VECTOR == "margin-v2:12/8+text0.4"
+    assert lang.vector == LANGUAGE_VECTOR == "margin-v3:12/8+white0.75+gate"
     # the 12 strongest PaSta of the body and the 8 strongest verbs, no_interaction left out
     wp = _margins_by_hand(v.pasta, [[i for i in range(93) if i not in tx.NO_INTERACTION_PASTA]], 12)
     wv = _margins_by_hand(v.verbs, [[i for i in range(157) if i != tx.NO_INTERACTION_VERB]], 8)
     assert (wp > 0).sum(1).max() <= 12 and not wp[:, list(tx.NO_INTERACTION_PASTA)].any()
-    expected = norm(np.concatenate([norm(wp @ lang.m_pasta), norm(wv @ lang.m_verb)], -1))
+    # through the whitened phrases: M = U S V^T -> U S^0.25 V^T
+    expected = norm(np.concatenate([norm(wp @ _whitened(lang.m_pasta, 0.75)), norm(wv @ _whitened(lang.m_verb, 0.75))],
+                                   -1))
     np.testing.assert_allclose(lang.to_full(v.language), expected, atol=1e-5)
     np.testing.assert_allclose(v.language @ v.language.T, expected @ expected.T, atol=1e-5)  # same cosines
     assert lang.dim <= 87 + 156
@@ -279,8 +288,46 @@ def test_language_space_from_sentence_transformers_folder(minilm_dir):
     assert s.verbs == {"drink_with": 1.0}
 
 
-def test_free_text_vector_blends_its_reading_with_its_own_embedding(minilm_dir):
+def test_whitening_makes_distinct_phrases_more_distinct_and_keeps_near_ones_near(minilm_dir):
     space = LanguageSpace.from_text_model(str(minilm_dir))
+    plain = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v2:12/8+text0.4")
+    one_hot = np.eye(93, dtype=np.float32)[[i for i in range(93) if i not in tx.NO_INTERACTION_PASTA]]
+    none = np.zeros((len(one_hot), 157), np.float32)
+
+    def pasta_cosines(s):  # between single-PaSta persons, PaSta block only
+        x = s.embed_weights(one_hot, none)[:, :s.basis_pasta.shape[0]] * np.sqrt(2)
+        return (x @ x.T)[np.triu_indices(len(x), 1)]
+
+    before, after = pasta_cosines(plain), pasta_cosines(space)
+    assert before.mean() > 0.3 and after.mean() < before.mean() / 2  # the shared direction is gone
+    i, j = (list(np.flatnonzero([i not in tx.NO_INTERACTION_PASTA for i in range(93)])).index(tx.pasta_index(n))
+            for n in ("foot: run with", "leg: run with"))
+    pair = np.triu_indices(len(one_hot), 1)
+    near = after[(pair[0] == min(i, j)) & (pair[1] == max(i, j))][0]
+    assert near > np.quantile(after, 0.95)  # the same state of two parts stays among the closest pairs
+
+
+def test_free_text_blocks_are_weighted_by_how_well_the_text_matches_each(minilm_dir):
+    space = LanguageSpace.from_text_model(str(minilm_dir))
+    q = space.interpret("a woman driving a car")
+    e = space.encoder().encode([q.text])[0]
+    best_pasta = max(float(space.m_pasta[i] @ e) for i in range(93) if i not in tx.NO_INTERACTION_PASTA)
+    best_verb = max(float(space.m_verb[i] @ e) for i in range(157) if i != tx.NO_INTERACTION_VERB)
+    assert q.match == pytest.approx((best_pasta, best_verb), abs=1e-5) and best_pasta < best_verb / 2
+    assert q.as_dict()["match"] == {"pasta": round(best_pasta, 4), "verbs": round(best_verb, 4)}
+    read = space.embed_query(TextQuery(q.text, "free", q.pasta, q.verbs))  # the phrases alone, equal blocks
+    r = space.basis_pasta.shape[0]
+    gated = np.concatenate([read[:r] * best_pasta, read[r:] * best_verb])
+    np.testing.assert_allclose(space.embed_query(q), gated / np.linalg.norm(gated), atol=1e-5)
+    s = space.interpret("hand: hold; verb: drive")
+    assert s.match is None and "match" not in s.as_dict()
+    np.testing.assert_allclose(np.linalg.norm(space.embed_query(s)[:r]), np.sqrt(0.5), atol=1e-6)  # as written
+
+
+def test_free_text_vector_of_v2_blends_its_reading_with_its_own_embedding(minilm_dir):
+    space = LanguageSpace.from_text_model(str(minilm_dir))
+    space = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, encoder=space.encoder(),
+                          vector="margin-v2:12/8+text0.4")
     q = space.interpret("a man sipping coffee from a mug")
     read = space.embed_query(TextQuery(q.text, "free", q.pasta, q.verbs))  # the phrases alone, no embedding
     e = space.encoder().encode([q.text])[0]
@@ -302,11 +349,13 @@ def test_older_formulas_stay_selectable_by_name_and_unknown_ones_are_refused(min
     p = np.random.default_rng(1).uniform(0, 0.3, (4, 93)).astype(np.float32)
     v = np.random.default_rng(2).uniform(0, 0.3, (4, 157)).astype(np.float32)
     plain = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="p@M")
-    np.testing.assert_allclose(plain.embed(p, v), space.embed_weights(p, v), atol=1e-6)
     v1 = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v1:2/4")
-    expected = space.embed_weights(margins(p, PART_GROUPS, 2), margins(v, VERB_GROUPS, 4))
+    v2 = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v2:12/8+text0.4")
+    np.testing.assert_allclose(plain.embed(p, v), v2.embed_weights(p, v), atol=1e-6)  # neither whitens
+    expected = v2.embed_weights(margins(p, PART_GROUPS, 2), margins(v, VERB_GROUPS, 4))
     np.testing.assert_allclose(v1.embed(p, v), expected, atol=1e-6)
-    assert set(FORMULAS) == {"p@M", "margin-v1:2/4", LANGUAGE_VECTOR}
+    assert not np.allclose(v2.embed(p, v), space.embed(p, v), atol=1e-3)  # v3 whitens the same margins
+    assert set(FORMULAS) == {"p@M", "margin-v1:2/4", "margin-v2:12/8+text0.4", LANGUAGE_VECTOR}
     with pytest.raises(ModelError, match="unknown language vector formula 'margin-v9'"):
         LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v9")
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
+from a2v_search.models.language import LanguageSpace
 from a2v_search.search import SearchOptions
 from a2v_search.testing.media import write_images
 from a2v_search.testing.profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
@@ -65,10 +66,12 @@ def test_text_queries_hold_on_a_noisy_background(noisy):
     language = store.language()
     with store.db.session() as s:
         rows = repo.fetch_persons(s, repo.person_ids(s))
-    plain = language.embed_weights(np.stack([r.pasta for r in rows]), np.stack([r.verbs for r in rows]))
+    first = LanguageSpace(language.m_pasta, language.m_verb, language.text_model, encoder=language.encoder(),
+                          vector="p@M")
+    plain = first.embed(np.stack([r.pasta for r in rows]), np.stack([r.verbs for r in rows]))
     missed = 0
     for text, profile in queries.items():
-        order = np.argsort(-(plain @ language.embed_query(language.interpret(text))), kind="stable")[:3]
+        order = np.argsort(-(plain @ first.embed_query(first.interpret(text))), kind="stable")[:3]
         missed += [rows[i].path.split("/")[2] for i in order] != [profile] * 3
     assert missed >= 3
 
@@ -190,6 +193,7 @@ def test_cli_search_errors_are_one_line(tmp_path, semantic):
     assert code == 1 and "contradicts this store" in err
     code, out, _ = run_main("search", "--text", "kneeling", "--data-dir", data, "-k", "2")
     assert code == 0 and "query read as free text" in out and "kneel" in out
+    assert "(best match with a PaSta 0." in out and ", a verb 0." in out
 
 
 def test_predict_with_model_flags_ignores_the_store(semantic, tiny_clip_dir, tiny_bert_dir, tmp_path):

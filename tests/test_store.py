@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 
 import numpy as np
@@ -139,7 +140,7 @@ def _language_scores(store, ids) -> np.ndarray:
 def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_path):
     store, _, ids = filled(tmp_path)
     space = store.space()
-    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v2:12/8+text0.4" and space["pooling"] is None
+    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v3:12/8+white0.75+gate" and space["pooling"] is None
     before = _language_scores(store, ids)
     store.rebuild()
     after = _language_scores(store, ids)
@@ -182,11 +183,6 @@ def _reindexed(data_dir, caplog) -> Store:
     return Store(data_dir)
 
 
-def _make_v1(data_dir) -> None:
-    """Turn a store into one written with the previous formula, margin-v1:2/4 (its indexes hold v1 vectors)."""
-    _set_space(data_dir, language_vector="margin-v1:2/4")
-
-
 def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp_path):
 
     store, _, _ = filled(tmp_path)
@@ -203,12 +199,13 @@ def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp
     assert code == 0, err  # as the message says, text queries keep working
 
 
-def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog):
+@pytest.mark.parametrize("older", ["margin-v1:2/4", "margin-v2:12/8+text0.4"])
+def test_store_of_an_older_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog, older):
 
     store, items, ids = filled(tmp_path)
     store.close()
-    _make_v1(tmp_path / "data")
-    with pytest.raises(LegacySpaceError, match="older formula 'margin-v1:2/4'.*manage.py reindex --data-dir"):
+    _set_space(tmp_path / "data", language_vector=older)  # as that release wrote it (its indexes hold its vectors)
+    with pytest.raises(LegacySpaceError, match=f"older formula '{re.escape(older)}'.*manage.py reindex --data-dir"):
         Store(tmp_path / "data").language()
     code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
     assert code != 0 and "manage.py reindex" in err and "Traceback" not in out + err
@@ -226,10 +223,10 @@ def test_store_of_the_previous_formula_is_refused_then_migrated_by_reindex(tmp_p
     pasta, verbs = np.stack([p.pasta for p in persons]), np.stack([p.verbs for p in persons])
     lang = reader.language()
     assert lang.vector == LANGUAGE_VECTOR
-    v1 = LanguageSpace(lang.m_pasta, lang.m_verb, lang.text_model, vector="margin-v1:2/4").embed(pasta, verbs)
-    v2 = lang.embed(pasta, verbs)
-    assert not np.allclose(v1, v2, atol=1e-3)  # the migration changes the vectors: the index must be rebuilt
-    scores, got = reader.indexes()["language"].search(v2[5][None], 3)
+    was = LanguageSpace(lang.m_pasta, lang.m_verb, lang.text_model, vector=older).embed(pasta, verbs)
+    now = lang.embed(pasta, verbs)
+    assert not np.allclose(was, now, atol=1e-3)  # the migration changes the vectors: the index must be rebuilt
+    scores, got = reader.indexes()["language"].search(now[5][None], 3)
     assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
 
 

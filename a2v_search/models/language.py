@@ -1,30 +1,38 @@
 """The language space: PaSta and verb probabilities, and query texts, as vectors of a BERT-family text model.
 
 M_pasta (93, D) holds the text-model embedding of each PaSta phrase (``prompts.PASTA_PHRASE``), M_verb (157, D)
-that of each verb phrase; no_interaction rows are zero. A person's language vector is
+that of each verb phrase; no_interaction rows are zero. A person's language vector (formula
+``margin-v3:12/8+white0.75+gate``, ``LANGUAGE_VECTOR``) is
 
-    concat(normalise(w_pasta @ M_pasta), normalise(w_verb @ M_verb)) / sqrt(2)        # unit length
-    w = margins(p) (formula ``margin-v2:12/8``): the 12 strongest PaSta of the whole body and the 8 strongest verbs
-        (no_interaction left out), each weighted by its margin over the next strongest (the person's own
-        background); the rest 0
+    concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb)) / sqrt(2)        # unit length
+    w = margins(p): the 12 strongest PaSta of the whole body and the 8 strongest verbs (no_interaction left out),
+        each weighted by its margin over the next strongest (the person's own background); the rest 0
+    W = M whitened: M = U S V^T (SVD of each block), W = U S^0.25 V^T (singular values s -> s^(1 - 0.75))
 
 so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. The margins make the vector hold
-on real predictions: with ``p @ M`` every faint probability pulls toward the mean of all phrases (docs/design.md,
-measured by bench/language_ablation.py). Queries keep their own weights (no margins). Each block lies in the span of
-its phrase rows, so vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D),
-``basis_verb`` (r_v, D), from an SVD): the same cosines exactly, in r_p + r_v <= 243 dimensions instead of 2D
-(1536 for bert-base). The verb block is there because
-many activities have no PaSta of their own ("riding a bike" is a verb, not a part state); see docs/design.md.
+on real predictions: with ``p @ M`` every faint probability pulls toward the mean of all phrases. The whitening
+makes it hold again where margins cannot: the phrases of a text model share a large common direction (two PaSta
+phrases of all-MiniLM-L6-v2 have cosine 0.33 +- 0.17), so the background states a person keeps resemble every
+query a little; flattening the spectrum makes distinct states more distinct while near-synonyms stay near
+(docs/design.md, measured by bench/language_ablation.py). Each block lies in the span of its phrase rows, so
+vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D), ``basis_verb`` (r_v, D), the
+SVD's V): the same cosines exactly, in r_p + r_v <= 243 dimensions instead of 2D (1536 for bert-base). The verb
+block is there because many activities have no PaSta of their own ("riding a bike" is a verb, not a part state);
+see docs/design.md. Everything the formula uses is computed from the stored matrices, so an index rebuilt from
+SQLite is the same and an older store migrates without its text model.
+
 Pooling: what a sentence-transformers model says (``modules.json`` -> its Pooling folder's ``config.json``: mean
 over all tokens as it was trained, CLS or max), else the mean of the word tokens' last hidden states ([CLS], [SEP]
 and padding left out: they carry a component shared by every phrase). Embeddings are L2-normalised. Both the
-pooling and the vector formula (``LANGUAGE_VECTOR``) are recorded in the store's space.
+pooling and the vector formula are recorded in the store's space.
 
 Query text: structured PaSta text (``"hand: hold=2; head: drink with; verb: drink with"``) maps each name to its
-row with its weight; free text is embedded and mapped onto the phrases by ``softmax(cos / temperature)`` keeping
-the strongest few (returned as the interpretation); either way the query becomes the same ``p_q @ M`` vector, and a
-free text's is blended 0.6 : 0.4 with the text's own embedding projected onto the two phrase spans (``+text0.4``):
-the phrases a text is read as are sometimes wrong ("driving a car" -> "head: lick"), its embedding is never far off.
+row with its weight; free text is embedded and mapped onto the (unwhitened) phrases by ``softmax(cos /
+temperature)`` keeping the strongest few (returned as the interpretation); either way the query becomes the same
+``w_q @ W`` vector, queries keeping their own weights (no margins). For free text the formula's ``gate`` then
+weights the two blocks by how well the text matches each (its best cosine with a PaSta phrase, with a verb phrase;
+``TextQuery.match``): "a woman driving a car" matches the verb "drive" at 0.36 but no PaSta phrase above 0.09, and
+its PaSta reading ("head: lick") is a guess that should weigh little.
 """
 
 from __future__ import annotations
@@ -193,8 +201,11 @@ ALL_VERBS = (np.array([i for i in range(len(tx.VERB_NAMES)) if i != tx.NO_INTERA
 @dataclass(frozen=True)
 class VectorFormula:
     """How probabilities become weights (``margins`` in ``pasta_groups``/``verb_groups`` keeping ``keep_pasta``/
-    ``keep_verbs`` per group; ``None`` = the probabilities as they are) and how much of a free-text query's own
-    embedding is blended into its vector (``text_blend``; 0 = only the phrases it was read as)."""
+    ``keep_verbs`` per group; ``None`` = the probabilities as they are), how far the phrase matrices are whitened
+    (``whiten``: each block's singular values s become s^(1 - whiten); 0 = as embedded, 1 = every phrase
+    orthogonal), how much of a free-text query's own embedding is blended into its vector (``text_blend``; 0 = only
+    the phrases it was read as) and whether a free-text query's two blocks are weighted by how well the text
+    matches each (``gate``: its best cosine with a PaSta phrase and with a verb phrase)."""
 
     name: str
     pasta_groups: tuple[np.ndarray, ...]
@@ -202,6 +213,8 @@ class VectorFormula:
     keep_pasta: int | None
     keep_verbs: int | None
     text_blend: float
+    whiten: float = 0.0
+    gate: bool = False
 
     def weights(self, pasta: np.ndarray, verbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities pasta (N, 93), verbs (N, 157) -> weights of the same shapes."""
@@ -211,13 +224,17 @@ class VectorFormula:
 
 
 #: every formula a store may record, by name; ``LANGUAGE_VECTOR`` is the one this version makes (stores recording an
-#: older one, or none, are migrated by ``manage.py reindex``). ``p@M`` (the first formula) is kept for the bench.
+#: older one, or none, are migrated by ``manage.py reindex``: every formula is computed from the stored matrices and
+#: probabilities alone). ``p@M`` (the first formula) is kept for the bench.
 FORMULAS = {f.name: f for f in (
     VectorFormula("p@M", PART_GROUPS, VERB_GROUPS, None, None, 0.0),
     VectorFormula("margin-v1:2/4", PART_GROUPS, VERB_GROUPS, 2, 4, 0.0),
     VectorFormula("margin-v2:12/8+text0.4", ALL_PASTA, ALL_VERBS, 12, 8, 0.4),
+    VectorFormula("margin-v3:12/8+white0.75+gate", ALL_PASTA, ALL_VERBS, 12, 8, 0.0, whiten=0.75, gate=True),
 )}
-LANGUAGE_VECTOR = "margin-v2:12/8+text0.4"
+LANGUAGE_VECTOR = "margin-v3:12/8+white0.75+gate"
+#: the least weight ``gate`` gives a block (a text that matches no phrase of a block still counts a little)
+GATE_FLOOR = 0.01
 
 
 def margins(p: np.ndarray, groups: tuple[np.ndarray, ...], keep: int) -> np.ndarray:
@@ -236,11 +253,19 @@ def margins(p: np.ndarray, groups: tuple[np.ndarray, ...], keep: int) -> np.ndar
     return out
 
 
-def _row_basis(m: np.ndarray, rtol: float = 1e-5) -> np.ndarray:
-    """Orthonormal basis (r, D) of the row space of ``m`` (float64 SVD, singular values above ``rtol * max``)."""
+def _row_basis(m: np.ndarray, rtol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Orthonormal basis (r, D) of the row space of ``m`` and its singular values (r,), largest first (float64 SVD,
+    singular values above ``rtol * max``)."""
     _, s, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
     r = int((s > rtol * s.max()).sum()) if s.size and s.max() > 0 else 0
-    return vt[:max(r, 1)].astype(np.float32)
+    return vt[:max(r, 1)].astype(np.float32), s[:max(r, 1)]
+
+
+def _whitening(s: np.ndarray, whiten: float) -> np.ndarray:
+    """(r,) scale per basis direction that turns singular values s into s^(1 - whiten) (relative to the largest)."""
+    if whiten == 0 or s.max() <= 0:
+        return np.ones(len(s), np.float32)
+    return ((s / s.max()) ** -whiten).astype(np.float32)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -258,11 +283,17 @@ class TextQuery:
     verbs: dict[str, float] = field(default_factory=dict)
     #: the free text's own (D,) embedding (None for structured text)
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: how well free text matches each block: its best cosine with a PaSta phrase and with a verb phrase (None for
+    #: structured text); a ``gate`` formula weights the query's two blocks by them
+    match: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
-        return {"text": self.text, "mode": self.mode,
-                "pasta": [[k, round(v, 4)] for k, v in self.pasta.items()],
-                "verbs": [[k, round(v, 4)] for k, v in self.verbs.items()]}
+        out = {"text": self.text, "mode": self.mode,
+               "pasta": [[k, round(v, 4)] for k, v in self.pasta.items()],
+               "verbs": [[k, round(v, 4)] for k, v in self.verbs.items()]}
+        if self.match is not None:
+            out["match"] = {"pasta": round(self.match[0], 4), "verbs": round(self.match[1], 4)}
+        return out
 
 
 class LanguageSpace:
@@ -283,10 +314,12 @@ class LanguageSpace:
         if self.m_pasta.shape[0] != len(tx.PASTA_NAMES) or self.m_verb.shape[0] != len(tx.VERB_NAMES):
             raise ModelError(f"language matrices have {self.m_pasta.shape[0]}/{self.m_verb.shape[0]} rows, "
                              "expected 93/157")
-        self.basis_pasta = _row_basis(self.m_pasta)  # (r_p, D) orthonormal rows
-        self.basis_verb = _row_basis(self.m_verb)  # (r_v, D)
-        self._red_pasta = self.m_pasta @ self.basis_pasta.T  # (93, r_p): M_pasta in that basis
-        self._red_verb = self.m_verb @ self.basis_verb.T  # (157, r_v)
+        self.basis_pasta, s_pasta = _row_basis(self.m_pasta)  # (r_p, D) orthonormal rows, (r_p,) singular values
+        self.basis_verb, s_verb = _row_basis(self.m_verb)  # (r_v, D), (r_v,)
+        self._white_pasta = _whitening(s_pasta, self.formula.whiten)  # (r_p,) scale per basis direction
+        self._white_verb = _whitening(s_verb, self.formula.whiten)  # (r_v,)
+        self._red_pasta = self.m_pasta @ self.basis_pasta.T * self._white_pasta  # (93, r_p): M_pasta, whitened
+        self._red_verb = self.m_verb @ self.basis_verb.T * self._white_verb  # (157, r_v)
 
     @classmethod
     def from_text_model(cls, name: str, device: torch.device | str = "cpu") -> LanguageSpace:
@@ -325,26 +358,33 @@ class LanguageSpace:
         return _normalise(np.concatenate([a, b], axis=-1))
 
     def to_full(self, vectors: np.ndarray) -> np.ndarray:
-        """Language vectors (N, r_p + r_v) -> (N, 2D) in the text model's own coordinates (same inner products)."""
+        """Language vectors (N, r_p + r_v) -> (N, 2D) in the text model's own coordinates (same inner products; with
+        a whitening formula these are the coordinates of the whitened phrases)."""
         r = self.basis_pasta.shape[0]
         return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:] @ self.basis_verb], axis=-1)
 
     def embed_query(self, query: TextQuery) -> np.ndarray:
-        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are; for free text blended
-        with the text's own embedding projected onto the phrase spans (``text_blend`` of the formula)."""
+        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are; for free text, as the
+        formula says, blended with the text's own embedding projected onto the phrase spans (``text_blend``) and its
+        two blocks weighted by how well the text matches each (``gate``: ``query.match``)."""
         p = np.zeros((1, len(tx.PASTA_NAMES)), np.float32)
         v = np.zeros((1, len(tx.VERB_NAMES)), np.float32)
         for name, w in query.pasta.items():
             p[0, tx.pasta_index(name)] = w
         for name, w in query.verbs.items():
             v[0, tx.verb_index(name)] = w
-        read = self.embed_weights(p, v)[0]
+        vec = self.embed_weights(p, v)[0]  # (r_p + r_v,)
         blend = self.formula.text_blend
-        if query.embedding is None or blend == 0:
-            return read
-        e = np.asarray(query.embedding, np.float32)  # (D,)
-        own = _normalise(np.concatenate([_normalise(e @ self.basis_pasta.T), _normalise(e @ self.basis_verb.T)]))
-        return _normalise((1 - blend) * read + blend * own)
+        if query.embedding is not None and blend > 0:
+            e = np.asarray(query.embedding, np.float32)  # (D,)
+            own = np.concatenate([_normalise(e @ self.basis_pasta.T * self._white_pasta),
+                                  _normalise(e @ self.basis_verb.T * self._white_verb)])
+            vec = _normalise((1 - blend) * vec + blend * _normalise(own))
+        if query.match is not None and self.formula.gate:
+            r = self.basis_pasta.shape[0]
+            vec = _normalise(np.concatenate([vec[:r] * max(query.match[0], GATE_FLOOR),
+                                             vec[r:] * max(query.match[1], GATE_FLOOR)]))
+        return vec
 
     def interpret(self, text: str) -> TextQuery:
         """Read a query text as structured PaSta text when it names parts (``hand: hold``), else as free text."""
@@ -356,9 +396,17 @@ class LanguageSpace:
 
     def _interpret_free(self, text: str) -> TextQuery:
         q = self.encoder().encode([text])[0]  # (D,)
-        pasta = _soft_top(self.m_pasta @ q, tx.PASTA_NAMES, set(tx.NO_INTERACTION_PASTA))
-        verbs = _soft_top(self.m_verb @ q, tx.VERB_NAMES, {tx.NO_INTERACTION_VERB})
-        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs, embedding=q)
+        sim_pasta, sim_verb = self.m_pasta @ q, self.m_verb @ q  # (93,), (157,) cosines with the phrases
+        skip_pasta, skip_verb = set(tx.NO_INTERACTION_PASTA), {tx.NO_INTERACTION_VERB}
+        pasta = _soft_top(sim_pasta, tx.PASTA_NAMES, skip_pasta)
+        verbs = _soft_top(sim_verb, tx.VERB_NAMES, skip_verb)
+        match = (_best(sim_pasta, skip_pasta), _best(sim_verb, skip_verb))
+        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs, embedding=q, match=match)
+
+
+def _best(sims: np.ndarray, skip: set[int]) -> float:
+    """The largest of ``sims`` outside the rows in ``skip``."""
+    return float(np.delete(sims, sorted(skip)).max())
 
 
 def _soft_top(sims: np.ndarray, names: tuple[str, ...], skip: set[int]) -> dict[str, float]:
