@@ -126,6 +126,9 @@ def test_search_open_person_more_like_this_and_upload(live, browser):
     page.wait_for_function("document.querySelectorAll('.card').length === 3")
     assert sorted(page.locator(".badge.time").all_inner_texts()) == ["▶ 0:00", "▶ 0:01", "▶ 0:02"]
     page.wait_for_function(ALL_LOADED, arg=3)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('read as (free)')")
+    status = page.inner_text("#status")  # free text: its reading and how well it matched each block
+    assert "read as (free)" in status and "best match: PaSta 0." in status and ", verb 0." in status
     assert errors == []
     page.close()
 
