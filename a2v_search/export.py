@@ -63,7 +63,9 @@ FIELDS: dict[str, str] = {
     "visual_norm": "float32: norm of the projection output; visual * visual_norm is the trained heads' input "
                    "(null / NaN for persons stored before schema 2)",
     "language": "float32 (2D,): the language vector in the text model's own dimension, "
-                "concat(normalise(pasta @ M_pasta), normalise(verbs @ M_verb)) / sqrt(2) (see language)",
+                "concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb)) / sqrt(2): w the weights the "
+                "space's formula (language.formula) makes of pasta and verbs, W the phrase matrices as it whitens "
+                "them (docs/design.md)",
     "language_basis": "float32 (r_p + r_v,): the same vector in the compact orthonormal basis the store "
                       "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:] @ basis_verb)",
     "activity": "float32 (6, h): A2V's visual feature, the last hidden layer of the six part heads (foot, leg, "
@@ -168,7 +170,7 @@ def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes
                     "about": "M_pasta / M_verb rows are the text model's embeddings of these phrases; "
                              "no_interaction rows are zero"},
         "language": {"text_dim": int(lang.m_pasta.shape[1]), "rank_pasta": int(lang.basis_pasta.shape[0]),
-                     "rank_verb": int(lang.basis_verb.shape[0])},
+                     "rank_verb": int(lang.basis_verb.shape[0]), "formula": lang.vector, "pooling": lang.pooling},
         "activity": ("A2V's visual feature: the last hidden layer of each part head (foot, leg, hip, hand, arm, "
                      "head) of the trained heads; the activity search space uses "
                      "normalise(concat(normalise(part) for each part))") if problem is None else problem,

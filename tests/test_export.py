@@ -18,6 +18,7 @@ from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
 from a2v_search.export import DEFAULT_FIELDS, FIELDS
 from a2v_search.models import prompts
+from a2v_search.models.language import LANGUAGE_VECTOR
 from a2v_search.testing.profiles import PROFILES, profile_vectors
 from db import repo
 
@@ -175,6 +176,7 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
     lang = store.language()
     basis = meta.get("basis_arrays") or (np.array(meta["basis"]["pasta"], np.float32),
                                          np.array(meta["basis"]["verb"], np.float32))
+    assert meta["language"]["formula"] == lang.vector == LANGUAGE_VECTOR
     r = meta["language"]["rank_pasta"]
     rebuilt = np.concatenate([want["language_basis"][:, :r] @ basis[0], want["language_basis"][:, r:] @ basis[1]], 1)
     np.testing.assert_allclose(rebuilt, want["language"], atol=1e-5)
