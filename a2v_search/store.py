@@ -441,7 +441,7 @@ class Store:
                 log.warning("FAISS index %r is missing: rebuilding it from SQLite (%d persons)", name, n)
             return self._build_index(name)
         except IndexCorruptError as e:
-            log.warning("%s; %s; rebuilding it from SQLite", e, REINDEX_HINT)
+            log.warning("%s; rebuilding it from SQLite (nothing is lost)", e)
             return self._build_index(name)
         if manifest.get("space") != fp:
             raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
