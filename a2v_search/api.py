@@ -294,7 +294,7 @@ class A2VSearch:
     def predict(self, image: str | os.PathLike | Image.Image, box: list[float] | None = None,
                 detector: str | None = None) -> list[dict]:
         """PaSta, verbs and part flags of the persons in one image (nothing is stored)."""
-        img = _query_image(image)
+        img = query_image(image)
         boxes = self._query_boxes(img, box, detector)
         encoder = self.encoder(standalone=True)
         out = encoder.encode_persons([img] * len(boxes), [b for b, _ in boxes])
@@ -370,7 +370,7 @@ class A2VSearch:
         opts = SearchOptions.of(options, k=k, **fields)
         check_page(opts.k, opts.offset)
         store = self._open_reader()
-        img = _query_image(image)
+        img = query_image(image)
         boxes = self._query_boxes(img, box, detector)
         chosen = _chosen_person(img, boxes, person_index, image)
         qbox = boxes[chosen][0]
@@ -577,7 +577,8 @@ def _chosen_person(img: Image.Image, boxes: list, person_index: int | None, imag
     raise QueryError(f"--person-index {person_index} is out of range: {len(boxes)} persons found")
 
 
-def _query_image(image) -> Image.Image:
+def query_image(image: str | os.PathLike | Image.Image) -> Image.Image:
+    """A query image (a path or a PIL image) as RGB; InputError naming the file when it is missing or unreadable."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     p = Path(image)

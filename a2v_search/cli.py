@@ -367,7 +367,7 @@ def show(
     data_dir: DataDir = None,
 ) -> None:
     """Draw the persons of an image with their top PaSta and verbs, or a stored video track as a strip."""
-    from .api import _query_image
+    from .api import query_image
     from .render import draw_persons, draw_track
 
     if out is None or (image is None) == (track is None):
@@ -380,7 +380,7 @@ def show(
         return
     api = _api(data_dir, models=models, detector=detector, detection=detection)
     persons = api.predict(image, box=_parse_box(box))
-    written = draw_persons(_query_image(image), persons, out)
+    written = draw_persons(query_image(image), persons, out)
     _console().print(f"{len(persons)} persons drawn: {written}")
 
 
