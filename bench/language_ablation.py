@@ -127,10 +127,7 @@ def verb_first_vectors(space: LanguageSpace, table: tuple[np.ndarray, np.ndarray
     out = []
     for text in QUERIES:
         q = space.interpret(text)
-        wv = np.zeros(len(tx.VERB_NAMES), np.float32)
-        wv[[tx.verb_index(n) for n in q.verbs]] = list(q.verbs.values())
-        read = np.zeros(len(tx.PASTA_NAMES), np.float32)
-        read[[tx.pasta_index(n) for n in q.pasta]] = list(q.pasta.values())
+        read, wv = q.weights()  # (93,), (157,)
         wp = sum(wv[v] * (p_table[v] if has[v] else read) for v in np.flatnonzero(wv))
         wp[list(tx.NO_INTERACTION_PASTA)] = 0.0
         wp, wv = (w[0] for w in space.formula.weights(wp[None], wv[None]))

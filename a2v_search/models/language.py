@@ -287,6 +287,16 @@ class TextQuery:
     #: structured text); a ``gate`` formula weights the query's two blocks by them
     match: tuple[float, float] | None = None
 
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weights as arrays: pasta (93,), verbs (157,), zero where the query names nothing."""
+        pasta = np.zeros(len(tx.PASTA_NAMES), np.float32)
+        verbs = np.zeros(len(tx.VERB_NAMES), np.float32)
+        for name, w in self.pasta.items():
+            pasta[tx.pasta_index(name)] = w
+        for name, w in self.verbs.items():
+            verbs[tx.verb_index(name)] = w
+        return pasta, verbs
+
     def as_dict(self) -> dict:
         out = {"text": self.text, "mode": self.mode,
                "pasta": [[k, round(v, 4)] for k, v in self.pasta.items()],
@@ -367,13 +377,8 @@ class LanguageSpace:
         """The (r_p + r_v,) language vector of an interpreted query: its weights as they are; for free text, as the
         formula says, blended with the text's own embedding projected onto the phrase spans (``text_blend``) and its
         two blocks weighted by how well the text matches each (``gate``: ``query.match``)."""
-        p = np.zeros((1, len(tx.PASTA_NAMES)), np.float32)
-        v = np.zeros((1, len(tx.VERB_NAMES)), np.float32)
-        for name, w in query.pasta.items():
-            p[0, tx.pasta_index(name)] = w
-        for name, w in query.verbs.items():
-            v[0, tx.verb_index(name)] = w
-        vec = self.embed_weights(p, v)[0]  # (r_p + r_v,)
+        pasta, verbs = query.weights()  # (93,), (157,)
+        vec = self.embed_weights(pasta[None], verbs[None])[0]  # (r_p + r_v,)
         blend = self.formula.text_blend
         if query.embedding is not None and blend > 0:
             e = np.asarray(query.embedding, np.float32)  # (D,)
