@@ -47,6 +47,15 @@ PASTA_NAMES: tuple[str, ...] = _read_list("Part_State_93.txt")
 VERB_NAMES: tuple[str, ...] = _read_list("verb_list_157.txt")
 #: The sizes every vector of a person has: 93 PaSta, 157 verbs, 6 parts (the one place they are written).
 N_PASTA, N_VERBS, N_PARTS = len(PASTA_NAMES), len(VERB_NAMES), len(PARTS)
+#: The 80 object classes of HICO-DET, which are COCO's 80 (HICO's spelling, alphabetical; HICO's object id - 1).
+OBJECT_NAMES: tuple[str, ...] = _read_list("hico_obj_list.txt")
+N_OBJECTS = len(OBJECT_NAMES)
+#: Other spellings of the same classes (older COCO / VOC names); ``_`` and spaces are interchangeable anyway.
+OBJECT_ALIASES: dict[str, str] = {
+    "aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "tvmonitor": "tv", "tv monitor": "tv",
+    "diningtable": "dining_table", "pottedplant": "potted_plant", "hair dryer": "hair_drier",
+    "cellphone": "cell_phone", "mobile phone": "cell_phone", "ball": "sports_ball", "racket": "tennis_racket",
+}
 #: The older 76-state list (HAKE 1.0), needed to read HICO-DET instance-level annotations.
 PASTA76_NAMES: tuple[str, ...] = _read_list("Part_State_76.txt")
 
@@ -94,14 +103,19 @@ def normalize_name(name: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
+_NAMES = {"pasta": PASTA_NAMES, "verb": VERB_NAMES, "object": OBJECT_NAMES}
+
+
 @cache
 def _lookup(kind: str) -> dict[str, int]:
-    names = PASTA_NAMES if kind == "pasta" else VERB_NAMES
-    return {normalize_name(n): i for i, n in enumerate(names)}
+    table = {normalize_name(n): i for i, n in enumerate(_NAMES[kind])}
+    if kind == "object":
+        table.update({normalize_name(a): table[normalize_name(n)] for a, n in OBJECT_ALIASES.items()})
+    return table
 
 
 def _closest(key: str, kind: str, n: int = 5) -> list[str]:
-    names = PASTA_NAMES if kind == "pasta" else VERB_NAMES
+    names = _NAMES[kind]
     table = _lookup(kind)
     close = difflib.get_close_matches(key, list(table), n=n, cutoff=0.5)
     if not close and ":" in key:  # right part, unknown state: list that part's states
@@ -118,7 +132,7 @@ def _index(kind: str, name: str, hint_suffix: str = "") -> int:
     table = _lookup(kind)
     if key in table:
         return table[key]
-    label = "PaSta" if kind == "pasta" else "verb"
+    label = {"pasta": "PaSta", "verb": "verb", "object": "object"}[kind]
     raise UnknownNameError(f"unknown {label} {name!r}; closest: {', '.join(_closest(key, kind)) or 'none'}"
                            + hint_suffix)
 
@@ -131,6 +145,11 @@ def pasta_index(name: str) -> int:
 def verb_index(name: str) -> int:
     """Index (0..156) of a verb name, tolerant of case, spaces and underscores (``"drink with"``)."""
     return _index("verb", name)
+
+
+def object_index(name: str) -> int:
+    """Index (0..79) of an object class: HICO's names (``"sports_ball"``), COCO's (``"sports ball"``) or an alias."""
+    return _index("object", name, " (the 80 COCO / HICO-DET object classes)")
 
 
 def resolve_label(name: str) -> tuple[str, int]:
