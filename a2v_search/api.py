@@ -260,7 +260,7 @@ class A2VSearch:
     def _ray_engine(self, store: Store, detector: str, address: str | None, workers: int | None,
                     gpus_per_worker: float | None) -> Callable[..., IngestReport]:
         """``run_ingest``'s counterpart on a Ray cluster, its actors loading this store's models."""
-        from .ray_engine import RayOptions, run_ray_ingest, worker_models
+        from .ingest.ray_engine import RayOptions, run_ray_ingest, worker_models
 
         def actor_models():  # called when the first file needs decoding: a no-op run imports no torch
             model = detector if detector_kind(detector) == "model" else None

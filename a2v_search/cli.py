@@ -239,7 +239,7 @@ def search(
     else:
         result = api.search_similar(person, weights=w, options=opts)
     if sheet is not None:
-        from .render import contact_sheet
+        from .pictures import contact_sheet
 
         contact_sheet(result.hits, sheet)
     if as_json:
@@ -368,7 +368,7 @@ def show(
 ) -> None:
     """Draw the persons of an image with their top PaSta and verbs, or a stored video track as a strip."""
     from .api import query_image
-    from .render import draw_persons, draw_track
+    from .pictures import draw_persons, draw_track
 
     if out is None or (image is None) == (track is None):
         raise typer.BadParameter("give an image or --track ID, and --out")
@@ -473,7 +473,7 @@ def serve(
     try:
         import uvicorn
 
-        from .server import create_app
+        from .serve.server import create_app
     except ImportError as e:
         raise InputError(f"serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     if not 0 < port < 65536:

@@ -9,13 +9,15 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import InputError, ModelError, first_line
-from .media import Candidate, Found
 from .person_boxes import merge_boxes
+
+if TYPE_CHECKING:  # the ingest wing's discovery types (detect is imported by the wing, not the reverse)
+    from .ingest.discover import Candidate, Found
 
 Detection = tuple[list[float] | None, float]  # (x1, y1, x2, y2) pixels (None: the whole frame), score
 

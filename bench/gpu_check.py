@@ -279,8 +279,8 @@ def section_decode(c: Check, folder: Path) -> list[str]:
     """Decode throughput: the worker's CPU path (hash, decode, resize), the worker's pass-through, the GPU batch."""
     import torch
 
-    from a2v_search.gpu_decode import JpegCrop, assemble, available
-    from a2v_search.media import DecodeTask, decode
+    from a2v_search.ingest.decode import DecodeTask, decode
+    from a2v_search.ingest.gpu_decode import JpegCrop, assemble, available
     from a2v_search.preprocess import Preprocess
 
     pre = Preprocess(size=224)
@@ -319,7 +319,7 @@ def section_ingest(c: Check, folder: Path) -> list[str]:
     import torch
 
     from a2v_search.api import A2VSearch
-    from a2v_search.gpu_decode import available
+    from a2v_search.ingest.gpu_decode import available
 
     p = c.best_precision()
     batch, model_rate = c.best[p]

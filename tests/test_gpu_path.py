@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from a2v_search import gpu_decode, ingest
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError
-from a2v_search.gpu_decode import JpegCrop, assemble, crop_resize
-from a2v_search.jpeg_info import gpu_fallback_reason, read_jpeg_info
-from a2v_search.media import DecodeTask, decode, load_image
+from a2v_search.ingest import driver as ingest
+from a2v_search.ingest import gpu_decode
+from a2v_search.ingest.decode import DecodeTask, decode
+from a2v_search.ingest.gpu_decode import JpegCrop, assemble, crop_resize
+from a2v_search.ingest.jpeg_info import gpu_fallback_reason, read_jpeg_info
+from a2v_search.media import load_image
 from a2v_search.models import ModelSpec, load_encoder
 from a2v_search.models.encoder import default_batch_size
 from a2v_search.preprocess import Preprocess

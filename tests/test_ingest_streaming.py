@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import StubEncoder
 
-from a2v_search.assembly import Assembly
 from a2v_search.detect import WholeImage
 from a2v_search.ingest import IngestOptions, IngestProgress, run_ingest
-from a2v_search.media import Candidate, Found
+from a2v_search.ingest.assembly import Assembly
+from a2v_search.ingest.discover import Candidate, Found
 from a2v_search.store import Store
 from a2v_search.testing.media import write_images
 from db import repo
@@ -125,7 +125,7 @@ def test_the_walk_finds_each_file_once_and_keeps_nothing_per_file_of_a_plain_tre
     """The walk remembers only files reached by name or through a link (a folder is listed once): a plain tree
     leaves nothing per file behind, and names, links to files listed before or after, and a link to a hidden file
     (which a listing skips) still give each file once."""
-    from a2v_search import media
+    from a2v_search.ingest import discover as media
 
     tree(tmp_path / "plain", 30)
     walker = media._Walker([str(tmp_path / "plain")])

@@ -107,7 +107,7 @@ def corpus(folder: Path) -> Path:
 
 
 def test_ray_gives_the_same_store_as_local(ray_cluster, tmp_path, tiny_clip_dir, tiny_bert_dir, tiny_detector_dir):
-    from a2v_search.ray_engine import RayOptions, run_ray_ingest, worker_models
+    from a2v_search.ingest.ray_engine import RayOptions, run_ray_ingest, worker_models
 
     inputs = corpus(tmp_path / "in")
     spec = ModelSpec(model=str(tiny_clip_dir), text_model=str(tiny_bert_dir))

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from a2v_search import taxonomy as tx  # noqa: E402
 from a2v_search.api import A2VSearch  # noqa: E402
-from a2v_search.server import create_app  # noqa: E402
+from a2v_search.serve.server import create_app  # noqa: E402
 
 DRINK = "hand: hold; head: drink with"
 
@@ -333,7 +333,7 @@ def test_read_write_lock_excludes_writers_from_readers():
     import threading
     import time
 
-    from a2v_search.serving import ReadWriteLock
+    from a2v_search.serve.shared import ReadWriteLock
 
     lock, events = ReadWriteLock(), []
     inside = threading.Barrier(3)  # two readers inside at once, and this thread

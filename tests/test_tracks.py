@@ -435,7 +435,7 @@ def test_http_api_groups_by_track(tracked):
     from fastapi.testclient import TestClient
 
     from a2v_search.api import A2VSearch
-    from a2v_search.server import create_app
+    from a2v_search.serve.server import create_app
 
     api = A2VSearch.open(tracked)
     with TestClient(create_app(api)) as client:

@@ -54,7 +54,7 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def live(serve_store):
     """(base URL, store root) of the server without a token."""
-    from a2v_search.server import create_app
+    from a2v_search.serve.server import create_app
 
     api, root = serve_store
     server = LiveServer(create_app(api))
@@ -153,7 +153,7 @@ def test_screenshot(live, browser):
 
 def test_token_page_works_through_its_cookie(serve_store, browser):
     """The URL serve prints (``/?token=...``) opens the page; its API calls and images then carry the cookie."""
-    from a2v_search.server import create_app
+    from a2v_search.serve.server import create_app
 
     api, _ = serve_store
     server = LiveServer(create_app(api, token="tok-123"))

@@ -1,6 +1,6 @@
 """Ingest on a Ray cluster (``--engine ray``): the local driver, with Ray doing the work in between.
 
-The driver is :class:`~a2v_search.ingest.Ingestor` itself: streaming discovery, the skip rule against SQLite, the
+The driver is :class:`~a2v_search.ingest.driver.Ingestor` itself: streaming discovery, the skip rule against SQLite, the
 duplicate rule, video segments asked for while a stream goes on, and the only writer (lock, SQLite first, FAISS
 derived). What changes is who decodes, detects and encodes:
 
@@ -27,15 +27,15 @@ from PIL import Image
 
 from db.repo import NewPerson
 
+from ..errors import InputError, ModelError, first_line
+from ..faults import fault_point, kill_once
 from .assembly import Assembly
+from .decode import DecodeResult, DecodeTask, Item, decode
 from .decode_pool import _timed_out
-from .errors import InputError, ModelError, first_line
-from .faults import fault_point, kill_once
-from .ingest import Ingestor
-from .media import DecodeResult, DecodeTask, Item, decode
+from .driver import Ingestor
 
 CRASHED = "the decoder crashed on this file (corrupt or hostile content)"  # the local engine's words
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder that holds a2v_search/
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder that holds a2v_search/
 
 
 @dataclass
@@ -54,9 +54,9 @@ class RayOptions:
 def worker_models(spec, precision: str, detector: str | None, detector_options, device: str):
     """What an actor loads: the encoder of ``spec`` (image tower and heads: the store computes the language
     vectors, so no text model) and the detector model named ``detector`` (None: the decoders crop, no detector)."""
-    from .detect import make_detector
-    from .models import load_encoder
-    from .settings import get_device
+    from ..detect import make_detector
+    from ..models import load_encoder
+    from ..settings import get_device
 
     dev = get_device(device)
     encoder = load_encoder(spec, device=dev, with_language=False, precision=precision)
@@ -380,7 +380,7 @@ class RayIngestor(Ingestor):
 
 
 def run_ray_ingest(store, encoder, detector, paths: list[str], options, on_progress, ray_options: RayOptions):
-    """:func:`~a2v_search.ingest.run_ingest` on a Ray cluster."""
+    """:func:`~a2v_search.ingest.driver.run_ingest` on a Ray cluster."""
     return RayIngestor(store, encoder, detector, options, on_progress, ray_options=ray_options).run(
         [str(p) for p in paths])
 

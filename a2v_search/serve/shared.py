@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from .api import A2VSearch
+from ..api import A2VSearch
 
 T = TypeVar("T")
 

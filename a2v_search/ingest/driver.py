@@ -26,18 +26,20 @@ from PIL import Image
 from db import repo
 from db.repo import NewMedia, NewPerson
 
+from ..detect import Detector
+from ..errors import InputError
+from ..faults import fault_point
+from ..media import DEFAULT_MAX_PIXELS
+from ..settings import JPEG_DECODERS, check_choice
+from ..store import Store
 from .assembly import Assembly
+from .decode import DecodeResult, DecodeTask, Item, decode
 from .decode_pool import DecodePool
-from .detect import Detector
-from .errors import InputError
-from .faults import fault_point
-from .media import DEFAULT_MAX_PIXELS, DecodeResult, DecodeTask, Item, decode, sniff_found, walk
-from .settings import JPEG_DECODERS, check_choice
-from .store import Store
+from .discover import sniff_found, walk
 
 if TYPE_CHECKING:  # importing the models means importing torch: a no-op run never does
+    from ..models.encoder import ActivityEncoder
     from .gpu_decode import JpegCrop
-    from .models.encoder import ActivityEncoder
 
 log = logging.getLogger("a2v_search")
 
@@ -213,7 +215,7 @@ class Ingestor:
         self._gpu_jpeg = _use_gpu_jpeg(self.opt.jpeg_decoder, device)
         self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(device.type == "cuda")
         if self.opt.batch_size is None:
-            from .models.encoder import default_batch_size
+            from ..models.encoder import default_batch_size
 
             self.opt.batch_size = default_batch_size(device)
         self.store.ensure_space(self.encoder.space, self.encoder.language)

@@ -13,7 +13,8 @@ from typing import Any
 
 from db.repo import MediaState, NewMedia
 
-from .media import Candidate, DecodeResult, DecodeTask
+from .decode import DecodeResult, DecodeTask
+from .discover import Candidate
 
 
 @dataclass

@@ -31,16 +31,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from . import thumbnails as th
-from .api import A2VSearch
-from .errors import A2VError, InputError, ModelError, NotFoundError, StoreError
-from .media import DEFAULT_MAX_PIXELS, load_image
-from .models.language import is_structured
-from .search import SearchOptions
-from .serving import Shared
+from .. import __version__
+from .. import pictures as th
+from ..api import A2VSearch
+from ..errors import A2VError, InputError, ModelError, NotFoundError, StoreError
+from ..media import DEFAULT_MAX_PIXELS, load_image
+from ..models.language import is_structured
+from ..search import SearchOptions
+from .shared import Shared
 
-log = logging.getLogger("a2v_search.server")
+log = logging.getLogger("a2v_search.serve.server")
 
 TOKEN_COOKIE = "a2v_token"
 DEFAULT_MAX_UPLOAD_MB = 20
@@ -350,7 +350,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
 
     # -------------------------------------------------------------- the page
 
-    page = resources.files("a2v_search").joinpath("web/index.html").read_text(encoding="utf-8")
+    page = resources.files("a2v_search.serve").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:

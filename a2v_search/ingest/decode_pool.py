@@ -21,7 +21,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .media import DecodeResult, DecodeTask, decode
+from .decode import DecodeResult, DecodeTask, decode
 
 PR_SET_PDEATHSIG = 1
 _started = None  # worker side: the queue on which each task's number is put when its decoding starts

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import first_line
-from .media import DecodeError, load_image
-from .preprocess import Box, Preprocess
+from ..errors import first_line
+from ..media import DecodeError, load_image
+from ..preprocess import Box, Preprocess
 
 
 @dataclass

@@ -1,0 +1,287 @@
+"""Discovery: files, folders and list files walked as a stream (the link policy), each file typed by its first
+bytes (sniffed, never trusted by name)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..media import display_path
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
+LIST_EXTS = {".txt", ".lst", ".list"}
+
+Failure = tuple[str, str, str]  # (path, stage, reason)
+
+
+def sniff(head: bytes) -> str | None:
+    """``"image"``, ``"video"`` or None from a file's first bytes."""
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free") or head.startswith(b"\x1aE\xdf\xa3"):
+        return "video"
+    return None
+
+
+# ------------------------------------------------------------------ discovery
+
+
+@dataclass
+class Found:
+    """A file found by the walk, not opened yet. ``path`` is the real path (symlinks resolved)."""
+
+    path: str
+    size: int
+    mtime: float
+    given: str  # as the user named it (or as found under a folder they named)
+    root: str  # the folder it was found under (for boxes-file lookups), or its own folder
+    explicit: bool  # named by the user or with a media extension: report it when it is not media
+
+
+@dataclass
+class Candidate:
+    """A media file found by discovery. ``path`` is the real path (symlinks resolved)."""
+
+    path: str
+    size: int
+    mtime: float
+    kind: str
+    given: str
+    root: str
+
+
+@dataclass
+class Discovery:
+    candidates: list[Candidate] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+def discover(paths: list[str | os.PathLike]) -> Discovery:
+    """All of :func:`walk` at once, each file sniffed (small inputs; ingest streams :func:`walk` instead)."""
+    out = Discovery()
+    for x in walk(paths):
+        if isinstance(x, tuple):
+            out.failures.append(x)
+        elif isinstance(c := sniff_found(x), tuple):
+            out.failures.append(c)
+        elif c is not None:
+            out.candidates.append(c)
+    return out
+
+
+def walk(paths: list[str | os.PathLike]) -> Iterator[Found | Failure]:
+    """Expand files, folders (recursive, hidden entries skipped) and list files (``.txt``/``.lst``: one path per
+    line, ``#`` comments, relative to the list's folder) into files, lazily: a folder is listed when the walk
+    reaches it, so memory holds one folder's names, not the tree's.
+
+    Links: a path the user names (argument or list line) is followed wherever it points. Inside a folder, a
+    symbolic link (to a file or a folder) is followed only when its target lies inside one of the folders being
+    ingested; others are reported and skipped, so a link to ``/`` or to a home directory never widens the run.
+    Each file, folder and list is visited once (loops end). Problems come back as ``(path, "discover", reason)``,
+    each once. Memory holds a set entry per folder and per file reached by name or link, none per file found in a
+    folder: a folder is listed once, so only a name or a link can reach its files again."""
+    return _Walker(paths).run()
+
+
+class _Walker:
+    def __init__(self, paths: list[str | os.PathLike]):
+        self.paths = [os.fspath(p) for p in paths]
+        self.roots: list[str] = []  # real paths of the folders being ingested (named so far)
+        for p in self.paths:
+            if os.path.isdir(p):
+                self._add_root(p)
+        self.seen: set[int] = set()  # hashes of the real paths of files found by name or through a link
+        self.lists: set[str] = set()  # real paths of list files already read
+        self.visited: set[str] = set()  # real paths of folders already walked
+        self.listed: set[str] = set()  # those of them whose entries could be listed (their files are found there)
+        self.empty: set[str] = set()  # those of them that hold nothing
+        self.reported: set[str] = set()  # paths already reported
+
+    def _add_root(self, folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real not in self.roots:
+            self.roots.append(real)
+
+    def _inside_roots(self, real: str) -> bool:
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+
+    def _fail(self, path: str, reason: str) -> Iterator[Failure]:
+        shown = display_path(path)
+        if shown not in self.reported:
+            self.reported.add(shown)
+            yield (shown, "discover", reason)
+
+    def run(self) -> Iterator[Found | Failure]:
+        for p in self.paths:
+            yield from self._named(p, list_depth=0)
+
+    def _named(self, p: str, list_depth: int) -> Iterator[Found | Failure]:
+        """A path the user named: followed wherever it points."""
+        if display_path(p) != p:
+            yield from self._fail(p, "file name is not valid UTF-8; rename the file")
+            return
+        if not os.path.lexists(p):
+            yield from self._fail(p, "no such file or directory")
+            return
+        if not os.path.exists(p):
+            yield from self._fail(p, f"broken symbolic link (points to {display_path(os.readlink(p))})")
+            return
+        real = os.path.realpath(p)
+        if display_path(real) != real:
+            yield from self._fail(p, f"links to a name that is not valid UTF-8 ({display_path(real)}); rename it")
+            return
+        if os.path.isdir(p):
+            if real in self.visited:  # named twice, or inside a folder already walked
+                if real in self.empty:
+                    yield from self._fail(p, "folder holds no images or videos")
+                return
+            self._add_root(p)
+            found = 0
+            for x in self._folder(p, real):
+                found += 1
+                yield x
+            if found == 0:
+                yield from self._fail(p, "folder holds no images or videos")
+            return
+        if Path(p).suffix.lower() in LIST_EXTS:
+            yield from self._list(p, real, list_depth)
+            return
+        yield from self._file(p, real, given=p, root=str(Path(p).parent), explicit=True)
+
+    def _list(self, p: str, real: str, list_depth: int) -> Iterator[Found | Failure]:
+        if real in self.lists:
+            yield from self._fail(p, "list file names itself or a list that names it; read once")
+            return
+        if list_depth >= MAX_LIST_DEPTH:
+            yield from self._fail(p, f"list files nested more than {MAX_LIST_DEPTH} deep; not read")
+            return
+        self.lists.add(real)
+        try:
+            lines = Path(p).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            yield from self._fail(p, f"cannot read list file: {e}")
+            return
+        base = Path(p).parent
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield from self._named(str(base / line), list_depth + 1)
+
+    def _folder(self, top: str, top_real: str) -> Iterator[Found | Failure]:
+        """Depth first, names sorted, as ``os.walk`` top-down; only followed links lead outside ``top``."""
+        stack = [(top, top_real)]
+        while stack:
+            folder, real_folder = stack.pop()
+            if real_folder in self.visited:  # a symlink loop or a folder reached twice
+                continue
+            self.visited.add(real_folder)
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                yield from self._fail(folder, f"cannot list folder: {e.strerror or e}")
+                continue
+            self.listed.add(real_folder)
+            if not any(not e.name.startswith(".") for e in entries):
+                self.empty.add(real_folder)
+            subfolders = []
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                full = os.path.join(folder, e.name)
+                if not _utf8(e.name):
+                    yield from self._fail(full, "name is not valid UTF-8; rename it")
+                    continue
+                try:
+                    is_link = e.is_symlink()
+                    is_dir = e.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_link = is_dir = False
+                if is_link:
+                    target = os.path.realpath(full)
+                    if not os.path.exists(full):
+                        yield from self._fail(full, "broken symbolic link")
+                    elif display_path(target) != target:
+                        yield from self._fail(full, f"links to a name that is not valid UTF-8 "
+                                                    f"({display_path(target)}); rename it")
+                    elif not self._inside_roots(target):
+                        yield from self._fail(full, f"symbolic link to {target}, outside the folders being "
+                                                    "ingested: not followed (name that place to ingest it)")
+                    elif os.path.isdir(target):
+                        subfolders.append((full, target))
+                    else:
+                        yield from self._file(full, target, given=full, root=top,
+                                              explicit=_media_ext(e.name))
+                elif is_dir:
+                    subfolders.append((full, os.path.join(real_folder, e.name)))
+                else:
+                    yield from self._file(full, os.path.join(real_folder, e.name), given=full, root=top,
+                                          explicit=_media_ext(e.name), entry=e)
+            stack.extend(reversed(subfolders))
+
+    def _file(self, p: str, real: str, given: str, root: str, explicit: bool,
+              entry: os.DirEntry | None = None) -> Iterator[Found | Failure]:
+        key = hash(real)
+        if key in self.seen:
+            return
+        try:
+            st = entry.stat() if entry is not None else os.stat(real)
+        except OSError as e:
+            if explicit:
+                yield from self._fail(p, f"cannot read: {e.strerror or e}")
+            return
+        if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices: never open them (a FIFO would block)
+            if explicit:
+                yield from self._fail(p, "not a regular file")
+            return
+        if entry is None:  # by name or through a link: remembered, unless a folder listing finds it
+            if self._in_listed_folder(real):
+                return
+            self.seen.add(key)
+        yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit)
+
+    def _in_listed_folder(self, real: str) -> bool:
+        """Whether the walk of a folder found (or, while that folder is being walked, will find) the regular file
+        at real path ``real``: its folder was listed and its name is one a listing does not skip."""
+        folder, name = os.path.split(real)
+        return folder in self.listed and not name.startswith(".") and _utf8(name)
+
+
+MAX_LIST_DEPTH = 3
+
+
+def _media_ext(name: str) -> bool:
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTS or ext in VIDEO_EXTS
+
+
+def _utf8(name: str) -> bool:
+    return name.isascii() or display_path(name) == name
+
+
+def sniff_found(f: Found) -> Candidate | Failure | None:
+    """Open a found file and type it by its first bytes: a Candidate, a failure (for ``explicit`` files that are
+    not media), or None (other files that are not media are skipped quietly)."""
+    try:
+        with open(f.path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as e:
+        return (display_path(f.given), "discover", f"cannot read: {e.strerror or e}") if f.explicit else None
+    kind = sniff(head)
+    if kind is None:
+        if not f.explicit:
+            return None
+        reason = "empty file (0 bytes)" if f.size == 0 else \
+            "not an image or video (its content matches no supported format)"
+        return (display_path(f.given), "discover", reason)
+    return Candidate(path=f.path, size=f.size, mtime=f.mtime, kind=kind, given=f.given, root=f.root)
+
+
