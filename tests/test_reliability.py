@@ -169,9 +169,10 @@ def test_failed_index_save_is_reported_and_recovered(tmp_path, reliability):
 
 @pytest.mark.guarantee("G9", "G10")
 def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, reliability):
-    """The ingest (a forked child) stops after each of its first SYNCS commits until the parent has searched:
-    every search then sees exactly the persons committed so far, each with its media row. Between those points
-    the parent keeps searching while the child runs."""
+    """The ingest (a forked child) stops after each of its first SYNCS commits (each ``Store.write``) until the
+    parent has searched: every search then sees exactly the persons committed so far, each with its media row.
+    Between those points the parent keeps searching while the child runs. The sync points are the writes
+    themselves, never timing (the progress callback is rate-limited, so it is not called once per commit)."""
     syncs = 5
     write_images(tmp_path / "in", 2)
     data = tmp_path / "data"
@@ -183,19 +184,23 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
     if pid == 0:
         os.close(from_child)
         os.close(to_child)
-        seen = []
-
-        def on_progress(progress):
-            persons = progress.persons
-            if persons and (not seen or persons > seen[-1]) and len(seen) < syncs:
-                seen.append(persons)
-                os.write(to_parent, f"{persons}\n".encode())
-                os.read(from_parent, 1)  # wait until the parent has searched
+        seen = [0]
 
         try:
             store = Store(data, create=True).lock("test-ingest")
+            write = store.write
+
+            def write_then_wait(items):
+                ids = write(items)  # committed: SQLite, then FAISS
+                if len(ids) and len(seen) <= syncs:
+                    seen.append(seen[-1] + len(ids))
+                    os.write(to_parent, f"{seen[-1]}\n".encode())
+                    os.read(from_parent, 1)  # wait until the parent has searched
+                return ids
+
+            store.write = write_then_wait
             run_ingest(store, StubEncoder(), WholeImage(), [str(tmp_path / "in")],
-                       IngestOptions(workers=0, batch_size=2, write_every=2, save_every_s=0.0), on_progress)
+                       IngestOptions(workers=0, batch_size=2, write_every=2, save_every_s=0.0))
             store.close()
             os._exit(0)
         except BaseException:
