@@ -245,7 +245,7 @@ class A2VSearch:
         cheap = detector_kind(name) != "model"  # a model detector loads when the first file needs decoding
         det = self.detector(name) if cheap else (lambda: self.detector(name))
         opts = IngestOptions(collection=collection, batch_size=batch_size, workers=workers, video_fps=video_fps,
-                             force=force, max_pixels=max_pixels, write_every=commit_every, jpeg_decoder=jpeg_decoder,
+                             force=force, max_pixels=max_pixels, commit_every=commit_every, jpeg_decoder=jpeg_decoder,
                              file_timeout=file_timeout)
         with self.writer("ingest") as store:
             if self._checkpoint_folder_to_record(store) is not None:

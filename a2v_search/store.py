@@ -112,10 +112,6 @@ def space_fingerprint(space: dict) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def describe_space(space: dict) -> str:
-    return (f"model {space.get('visual_model')}, heads {space.get('heads')}, text model {space.get('text_model')}")
-
-
 @dataclass
 class Problem:
     """One inconsistency found by :meth:`Store.check`."""

@@ -157,7 +157,7 @@ def ingest(data_dir: Path, inputs: list[Path], detector=None, **opts):
     """One ingest run with the stand-in encoder; the store is closed (and its indexes saved) afterwards."""
     store = Store(data_dir, create=True).lock("test-ingest")
     try:
-        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, **opts})
+        options = IngestOptions(**{"workers": 0, "batch_size": 2, "commit_every": 2, **opts})
         report = run_ingest(store, StubEncoder(), detector or WholeImage(), [str(p) for p in inputs], options)
     except BaseException:
         store.close(save=False)

@@ -48,7 +48,7 @@ class WatchingEncoder(StubEncoder):
 def run(data_dir, folder, encoder, progress=None, **opts):
     store = Store(data_dir, create=True).lock("test")
     try:
-        options = IngestOptions(**{"workers": 0, "batch_size": 2, "write_every": 2, "chunk_files": 4, **opts})
+        options = IngestOptions(**{"workers": 0, "batch_size": 2, "commit_every": 2, "chunk_files": 4, **opts})
         return run_ingest(store, encoder, WholeImage(), [str(folder)], options, on_progress=progress)
     finally:
         store.close()

@@ -114,7 +114,7 @@ def test_ray_gives_the_same_store_as_local(ray_cluster, tmp_path, tiny_clip_dir,
     encoder = load_encoder(spec, device="cpu")
     detector = make_detector(str(tiny_detector_dir), "cpu", DetectorOptions())
     # 1-s video segments: the 3-s clip is three units of work, asked for one after the other
-    opts = dict(max_pixels=10_000_000, segment_s=1.0, video_fps=2.0, batch_size=4, write_every=4)
+    opts = dict(max_pixels=10_000_000, segment_s=1.0, video_fps=2.0, batch_size=4, commit_every=4)
     snaps, reports = [], []
     for engine in ("local", "ray"):
         store = Store(tmp_path / engine, create=True).lock("test")

@@ -200,7 +200,7 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
 
             store.write = write_then_wait
             run_ingest(store, StubEncoder(), WholeImage(), [str(tmp_path / "in")],
-                       IngestOptions(workers=0, batch_size=2, write_every=2, save_every_s=0.0))
+                       IngestOptions(workers=0, batch_size=2, commit_every=2, save_every_s=0.0))
             store.close()
             os._exit(0)
         except BaseException:
@@ -604,7 +604,7 @@ def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliabi
     data = tmp_path / "data"
     store = Store(data, create=True).lock("test")
     report = run_ingest(store, IdleOrBrokenEncoder(), WholeImage(), [str(tmp_path / "in")],
-                        IngestOptions(workers=0, batch_size=8, write_every=8))
+                        IngestOptions(workers=0, batch_size=8, commit_every=8))
     store.close()
     assert report.media_ingested == 4 and report.persons_added == 4
     assert [(Path(f["path"]).name, f["stage"]) for f in report.failures] == [("nan.png", "encode")]

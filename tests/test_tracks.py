@@ -113,7 +113,7 @@ def videos(tmp_path_factory) -> Path:
 def ingest(data: Path, inputs: list[Path], boxes: Path, **opts):
     store = Store(data, create=True).lock("test")
     try:
-        options = IngestOptions(**{"workers": 0, "batch_size": 4, "write_every": 4, **opts})
+        options = IngestOptions(**{"workers": 0, "batch_size": 4, "commit_every": 4, **opts})
         report = run_ingest(store, StubEncoder(), BoxesFile(boxes), [str(p) for p in inputs], options)
     except BaseException:
         store.close(save=False)

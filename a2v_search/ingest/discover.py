@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..media import display_path
@@ -56,25 +56,6 @@ class Candidate:
     kind: str
     given: str
     root: str
-
-
-@dataclass
-class Discovery:
-    candidates: list[Candidate] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-
-
-def discover(paths: list[str | os.PathLike]) -> Discovery:
-    """All of :func:`walk` at once, each file sniffed (small inputs; ingest streams :func:`walk` instead)."""
-    out = Discovery()
-    for x in walk(paths):
-        if isinstance(x, tuple):
-            out.failures.append(x)
-        elif isinstance(c := sniff_found(x), tuple):
-            out.failures.append(c)
-        elif c is not None:
-            out.candidates.append(c)
-    return out
 
 
 def walk(paths: list[str | os.PathLike]) -> Iterator[Found | Failure]:

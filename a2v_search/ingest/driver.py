@@ -57,7 +57,7 @@ class IngestOptions:
     segment_s: float = 60.0  # videos are decoded in segments of this many seconds
     file_timeout: float | None = 300.0  # seconds a decode worker may spend on one file (or video segment)
     chunk_files: int = 1024  # files found by the walk that are checked against SQLite at a time
-    write_every: int = 256  # persons per SQLite transaction (whole media only)
+    commit_every: int = 256  # persons per SQLite transaction (whole media only)
     save_every_s: float = 60.0  # FAISS is saved at least this often during a run, and at the end
     jpeg_decoder: str = "auto"  # auto | gpu | cpu: where eligible JPEGs are decoded (see gpu_decode)
     inflight: int | None = None  # batches queued on the device before the oldest is collected; None: 1 CUDA, 0 CPU
@@ -190,8 +190,8 @@ class Ingestor:
                     self._discovery_failure(c)
                 elif c is not None:
                     self.report.files_seen += 1
-                    p = Assembly(cand=c, state=st)
-                    yield p, self._first_task(p)
+                    asm = Assembly(cand=c, state=st)
+                    yield asm, self._first_task(asm)
             self._progress()
         self._total = self.report.files_seen
         self._progress(force=True)
@@ -222,17 +222,17 @@ class Ingestor:
         self.store.indexes()  # load and catch up before writing
         self._models_ready = True
 
-    def _first_task(self, p: Assembly) -> DecodeTask:
+    def _first_task(self, asm: Assembly) -> DecodeTask:
         """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""
         self._load_models()
-        boxes = self._boxes.get(p.cand.path, []) if self._boxes is not None else None
-        segment = (0.0, self.opt.segment_s) if p.cand.kind == "video" else None
+        boxes = self._boxes.get(asm.cand.path, []) if self._boxes is not None else None
+        segment = (0.0, self.opt.segment_s) if asm.cand.kind == "video" else None
         for_detector = self.detector.needs_frames
-        p.task = DecodeTask(path=p.cand.path, kind=p.cand.kind, preprocess=self.encoder.preprocess,
+        asm.task = DecodeTask(path=asm.cand.path, kind=asm.cand.kind, preprocess=self.encoder.preprocess,
                             for_detector=for_detector, max_pixels=self.opt.max_pixels,
                             video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
-                            gpu_jpeg=self._gpu_jpeg and not for_detector and p.cand.kind == "image")
-        return p.task
+                            gpu_jpeg=self._gpu_jpeg and not for_detector and asm.cand.kind == "image")
+        return asm.task
 
     def _decoded(self, tasks: Iterator[tuple[Assembly, DecodeTask]]):
         """Yield (pending, result) in task order, decoding ahead in worker processes (started with the first
@@ -256,86 +256,86 @@ class Ingestor:
                 if pool is None or not len(pool):
                     break
                 with self._stage("wait"):
-                    p, result = pool.take()
+                    asm, result = pool.take()
                 fault_point("decode")
-                yield p, result
+                yield asm, result
         finally:
             if pool is not None:
                 pool.close()
 
     # ------------------------------------------------------------------ per file
 
-    def _on_decoded(self, p: Assembly, r: DecodeResult) -> None:
+    def _on_decoded(self, asm: Assembly, r: DecodeResult) -> None:
         self.stages["decode"] += r.seconds
-        p.receive()
-        if p.dropped:
+        asm.receive()
+        if asm.dropped:
             return
         if r.error:
-            p.dropped = True
-            self._forget_hash(p)
-            self._note_failure(p.cand.path, *r.error)
+            asm.dropped = True
+            self._forget_hash(asm)
+            self._note_failure(asm.cand.path, *r.error)
             self._file_done()
             return
-        if p.decide(r) and self._skip_or_duplicate(p):
+        if asm.decide(r) and self._skip_or_duplicate(asm):
             return
-        p.add_footage(r)
+        asm.add_footage(r)
         if r.more:  # the stream really goes on (its claimed duration is never trusted): ask for the next segment
-            self._followups.append((p, p.next_segment(self.opt.segment_s)))
-        self._dispatch(p, r)
-        if p.complete:
-            self._complete(p)
+            self._followups.append((asm, asm.next_segment(self.opt.segment_s)))
+        self._dispatch(asm, r)
+        if asm.complete:
+            self._complete(asm)
 
-    def _dispatch(self, p: Assembly, r: DecodeResult) -> None:
+    def _dispatch(self, asm: Assembly, r: DecodeResult) -> None:
         """Queue a decoded file's (or segment's) frames for detection and persons for encoding."""
         for item in r.items:
             if item.frame is not None:
-                p.expect()  # until the detector has looked at this frame
-                self._detect_q.append((p, item))
+                asm.expect()  # until the detector has looked at this frame
+                self._detect_q.append((asm, item))
             else:
                 if item.jpeg is not None:
                     from .gpu_decode import JpegCrop
                 crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
-                self._queue_person(p, item, item.pixels if crop is None else crop)
+                self._queue_person(asm, item, item.pixels if crop is None else crop)
 
-    def _skip_or_duplicate(self, p: Assembly) -> bool:
+    def _skip_or_duplicate(self, asm: Assembly) -> bool:
         """Unchanged content at the same path: skip. Same content as another media: store as duplicate."""
-        h = p.content_hash
-        if p.state is not None and p.state.content_hash == h and not self.opt.force:
-            self.store.touch_media(p.state.id, p.cand.size, p.cand.mtime)
-            p.dropped = True
+        h = asm.content_hash
+        if asm.state is not None and asm.state.content_hash == h and not self.opt.force:
+            self.store.touch_media(asm.state.id, asm.cand.size, asm.cand.mtime)
+            asm.dropped = True
             self.report.media_skipped += 1
             self._file_done()
             return True
-        if h in self._hashes and self._hashes[h] is not p:
-            p.dropped = True
-            self._deferred_dups.append(p)
+        if h in self._hashes and self._hashes[h] is not asm:
+            asm.dropped = True
+            self._deferred_dups.append(asm)
             self._file_done()
             return True
         other = self.store.media_with_hashes([h]).get(h)
-        if other is not None and (p.state is None or other != p.state.id):
-            p.dropped = True
-            self._write_q.append(p.row(self.opt.collection, duplicate_of=other))
+        if other is not None and (asm.state is None or other != asm.state.id):
+            asm.dropped = True
+            self._write_q.append(asm.row(self.opt.collection, duplicate_of=other))
             self.report.duplicates += 1
             self._file_done()
             return True
-        self._hashes[h] = p
+        self._hashes[h] = asm
         return False
 
-    def _queue_person(self, p: Assembly, item: Item, pixels: np.ndarray | JpegCrop) -> None:
-        slot = p.open_slot(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
+    def _queue_person(self, asm: Assembly, item: Item, pixels: np.ndarray | JpegCrop) -> None:
+        slot = asm.open_slot(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
                                      pasta=None, verbs=None, parts=None, visual=None))  # filled by _collect
-        self._encode_q.append((p, slot, pixels))
+        self._encode_q.append((asm, slot, pixels))
 
-    def _complete(self, p: Assembly) -> None:
-        p.dropped = True  # nothing more to do for it
+    def _complete(self, asm: Assembly) -> None:
+        asm.dropped = True  # nothing more to do for it
         dim = self.store.space_row().visual_dim
-        problems = [(j, why) for j, person in enumerate(p.persons) if (why := repo.person_problem(person, dim))]
+        problems = [(j, why) for j, person in enumerate(asm.persons) if (why := repo.person_problem(person, dim))]
         if problems:  # checked before the commit, so one bad model output never reaches SQLite
             j, why = problems[0]
-            self._note_failure(p.cand.path, "encode", f"person {j}: {why}")
+            self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")
             self._file_done()
             return
-        self._write_q.append(p.row(self.opt.collection))
+        self._write_q.append(asm.row(self.opt.collection))
         self.report.media_ingested += 1
         self._file_done()
 
@@ -360,27 +360,27 @@ class Ingestor:
 
     def _write_due(self, final: bool) -> bool:
         """Whether the queued media go to SQLite now: at the end, the first persons at once, else in batches of
-        ``write_every`` persons (or 256 media)."""
+        ``commit_every`` persons (or 256 media)."""
         if not self._write_q:
             return False
         queued = sum(len(m.persons) for m in self._write_q)
         first = self.report.persons_added == 0 and queued > 0
-        return final or first or queued >= self.opt.write_every or len(self._write_q) >= 256
+        return final or first or queued >= self.opt.commit_every or len(self._write_q) >= 256
 
     def _detect(self) -> None:
         items, self._detect_q = self._detect_q, []
         with self._stage("detect"):
             dets = self.detector.detect([it.frame for _, it in items], [it.scale for _, it in items])
-        for (p, item), frame_dets in zip(items, dets, strict=True):
+        for (asm, item), frame_dets in zip(items, dets, strict=True):
             frame = Image.fromarray(item.frame)
             for box, score in frame_dets:
                 full_box = [v / item.scale for v in box]
                 person = Item(box=full_box, score=score, frame_index=item.frame_index, t_sec=item.t_sec)
-                self._queue_person(p, person, self.encoder.preprocess.crop(frame, box))
-            p.settle()  # this frame is detected
-        for p in {id(p): p for p, _ in items}.values():
-            if p.complete:
-                self._complete(p)
+                self._queue_person(asm, person, self.encoder.preprocess.crop(frame, box))
+            asm.settle()  # this frame is detected
+        for asm in {id(asm): asm for asm, _ in items}.values():
+            if asm.complete:
+                self._complete(asm)
 
     def _encode(self, batch: list[tuple[Assembly, int, np.ndarray | JpegCrop]]) -> None:
         """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
@@ -393,11 +393,11 @@ class Ingestor:
             with self._stage("gpu_decode"):
                 x, failed = assemble(pixels, self.encoder.preprocess, self.encoder.device, self.opt.max_pixels)
             for i in sorted(failed):
-                p = batch[i][0]
-                p.settle()
-                if not p.dropped:
-                    p.dropped = True
-                    self._note_failure(p.cand.path, "decode", failed[i])
+                asm = batch[i][0]
+                asm.settle()
+                if not asm.dropped:
+                    asm.dropped = True
+                    self._note_failure(asm.cand.path, "decode", failed[i])
                     self._file_done()
             batch = [b for i, b in enumerate(batch) if i not in failed]
         else:
@@ -413,16 +413,16 @@ class Ingestor:
         with self._stage("encode"):
             out = self.encoder.vectors([pending.result()])
         touched = {}
-        for i, (p, slot, _) in enumerate(batch):
-            person = p.persons[slot]
+        for i, (asm, slot, _) in enumerate(batch):
+            person = asm.persons[slot]
             person.pasta, person.verbs, person.parts, person.visual = out.pasta[i], out.verbs[i], out.parts[i], \
                 out.visual[i]
             person.visual_norm = None if out.visual_norm is None else float(out.visual_norm[i])
-            p.fill(slot, person)
-            touched[id(p)] = p
-        for p in touched.values():
-            if p.complete:
-                self._complete(p)
+            asm.fill(slot, person)
+            touched[id(asm)] = asm
+        for asm in touched.values():
+            if asm.complete:
+                self._complete(asm)
 
     def _write(self) -> None:
         items, self._write_q = self._write_q, []
@@ -439,17 +439,17 @@ class Ingestor:
 
     def _resolve_deferred(self) -> None:
         """Queue the duplicates whose first copy is now committed (or failed: then they are failures)."""
-        ready = [p for p in self._deferred_dups if p.content_hash not in self._hashes]
+        ready = [asm for asm in self._deferred_dups if asm.content_hash not in self._hashes]
         if not ready:
             return
-        self._deferred_dups = [p for p in self._deferred_dups if p.content_hash in self._hashes]
-        firsts = self.store.media_with_hashes([p.content_hash for p in ready])
-        for p in ready:
-            if p.content_hash in firsts:
-                self._write_q.append(p.row(self.opt.collection, duplicate_of=firsts[p.content_hash]))
+        self._deferred_dups = [asm for asm in self._deferred_dups if asm.content_hash in self._hashes]
+        firsts = self.store.media_with_hashes([asm.content_hash for asm in ready])
+        for asm in ready:
+            if asm.content_hash in firsts:
+                self._write_q.append(asm.row(self.opt.collection, duplicate_of=firsts[asm.content_hash]))
                 self.report.duplicates += 1
             else:  # its first copy failed to encode: nothing to point at
-                self._note_failure(p.cand.path, "write", "duplicate of a file that failed")
+                self._note_failure(asm.cand.path, "write", "duplicate of a file that failed")
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -459,10 +459,10 @@ class Ingestor:
         self.report.failures.append({"path": path, "stage": stage, "error": reason})
         log.debug("failed %s at %s: %s", path, stage, reason)
 
-    def _forget_hash(self, p: Assembly) -> None:
+    def _forget_hash(self, asm: Assembly) -> None:
         """A file that held a content hash for this run failed: the next copy of that content is a first copy."""
-        if p.content_hash and self._hashes.get(p.content_hash) is p:
-            del self._hashes[p.content_hash]
+        if asm.content_hash and self._hashes.get(asm.content_hash) is asm:
+            del self._hashes[asm.content_hash]
 
     def _file_done(self) -> None:
         self._done += 1

@@ -297,25 +297,25 @@ class RayIngestor(Ingestor):
 
     # ------------------------------------------------------------------ detection and encoding on actors
 
-    def _on_decoded(self, p: Assembly, r: DecodeResult) -> None:
+    def _on_decoded(self, asm: Assembly, r: DecodeResult) -> None:
         # the pixels' reference, dropped here unless _dispatch sends it (a failed, skipped or duplicate file's
         # pixels leave the object store at once)
         self._current = self._items.pop(id(r), (None, 0))
         try:
-            super()._on_decoded(p, r)
+            super()._on_decoded(asm, r)
         finally:
             self._current = (None, 0)
 
-    def _dispatch(self, p: Assembly, r: DecodeResult) -> None:
+    def _dispatch(self, asm: Assembly, r: DecodeResult) -> None:
         ref, n = self._current
         if n == 0:
             return
-        slot = p.open_slot([])  # this segment's persons, filled when its batch comes back (segments keep order)
-        self._batch.append((p, slot, ref, n))
+        slot = asm.open_slot([])  # this segment's persons, filled when its batch comes back (segments keep order)
+        self._batch.append((asm, slot, ref, n))
 
-    def _complete(self, p: Assembly) -> None:
-        p.persons = [person for group in p.persons for person in group]
-        super()._complete(p)
+    def _complete(self, asm: Assembly) -> None:
+        asm.persons = [person for group in asm.persons for person in group]
+        super()._complete(asm)
 
     def _flush(self, final: bool) -> None:
         self._send(final or self._decoding == 0 or self.report.persons_added == 0)  # first persons: nothing waits
@@ -330,7 +330,7 @@ class RayIngestor(Ingestor):
                 size += self._batch[take][3]
                 take += 1
             batch, self._batch = self._batch[:take], self._batch[take:]
-            self._submit([(p, slot) for p, slot, _, _ in batch], [ref for _, _, ref, _ in batch])
+            self._submit([(asm, slot) for asm, slot, _, _ in batch], [ref for _, _, ref, _ in batch])
 
     def _submit(self, slots: list[tuple[Assembly, int]], groups: list) -> None:
         a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
@@ -359,11 +359,11 @@ class RayIngestor(Ingestor):
         try:
             groups, t = ray.get(ref)
         except ray.exceptions.RayActorError:  # the actor died more often than it may be restarted
-            for p, _ in call.slots:
-                if not p.dropped:
-                    p.dropped = True
-                    self._forget_hash(p)
-                    self._note_failure(p.cand.path, "encode", "the encoding worker died on every try with this file")
+            for asm, _ in call.slots:
+                if not asm.dropped:
+                    asm.dropped = True
+                    self._forget_hash(asm)
+                    self._note_failure(asm.cand.path, "encode", "the encoding worker died on every try with this file")
                     self._file_done()
             return
         now = time.time()
@@ -371,12 +371,12 @@ class RayIngestor(Ingestor):
         self.stages["transfer"] += max(0.0, now - t["end"])
         self.stages["detect"] += t["detect"]
         self.stages["encode"] += t["encode"]
-        for (p, slot), persons in zip(call.slots, groups, strict=True):
-            if p.dropped:
+        for (asm, slot), persons in zip(call.slots, groups, strict=True):
+            if asm.dropped:
                 continue
-            p.fill(slot, persons)
-            if p.complete:
-                self._complete(p)
+            asm.fill(slot, persons)
+            if asm.complete:
+                self._complete(asm)
 
 
 def run_ray_ingest(store, encoder, detector, paths: list[str], options, on_progress, ray_options: RayOptions):
