@@ -10,7 +10,6 @@ recorded in its space; a flag that contradicts the space is a SpaceMismatchError
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,7 +30,16 @@ from .detect import Detector, DetectorOptions, detector_kind, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .records import ImportReport, import_records, read_records
-from .search import Searcher, SearchOptions, SearchResult, check_page, check_text, make_filters, top_labels
+from .search import (
+    Searcher,
+    SearchOptions,
+    SearchResult,
+    check_text,
+    make_filters,
+    parse_box,
+    top_labels,
+    weights_by_space,
+)
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
 from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
 
@@ -323,9 +331,31 @@ class A2VSearch:
     def _rank(self, vectors: dict[str, np.ndarray], weights: dict[str, float], opts: SearchOptions, query: dict,
               exclude: set[int] | None = None, searcher: Searcher | None = None) -> SearchResult:
         """The last step of every search: rank stored persons (or moments) against the query vectors."""
-        return (searcher or self._searcher()).search(
-            vectors, weights, opts.k, opts.offset, opts.filters(), opts.per_media, opts.min_score, exclude=exclude,
-            query=query, group=opts.group, moment_frames=opts.moment_frames)
+        return (searcher or self._searcher()).search(vectors, weights, opts, exclude=exclude, query=query)
+
+    def search(self, *, text: str | None = None, clip_text: str | None = None,
+               image: str | os.PathLike | Image.Image | None = None, person: int | None = None,
+               box: str | list[float] | None = None, person_index: int | None = None, detector: str | None = None,
+               weights: str | tuple[float, ...] = DEFAULT_WEIGHTS, options: SearchOptions | None = None,
+               **fields) -> SearchResult:
+        """One door for every search: exactly one of ``text`` (PaSta or free text), ``clip_text``, ``image`` (an
+        example; ``box``, ``person_index``, ``detector`` choose its person) or ``person`` (a stored person id).
+        ``weights`` (VISUAL,LANGUAGE[,ACTIVITY]) weigh the spaces of image and person queries. Options: as
+        :meth:`search_text`. :meth:`search_text`, :meth:`search_clip_text`, :meth:`search_image` and
+        :meth:`search_similar` are its typed cases."""
+        given = [n for n, v in (("text", text), ("clip_text", clip_text), ("image", image), ("person", person))
+                 if v is not None]
+        if len(given) != 1:
+            raise QueryError("give exactly one of text, clip_text, image, person"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if text is not None:
+            return self.search_text(text, options=options, **fields)
+        if clip_text is not None:
+            return self.search_clip_text(clip_text, options=options, **fields)
+        if image is not None:
+            return self.search_image(image, box=parse_box(box), person_index=person_index, detector=detector,
+                                     weights=weights, options=options, **fields)
+        return self.search_similar(person, weights=weights, options=options, **fields)
 
     def search_text(self, text: str, k: int | None = None, *, options: SearchOptions | None = None,
                     **fields) -> SearchResult:
@@ -338,7 +368,6 @@ class A2VSearch:
         frame)."""
         opts = SearchOptions.of(options, k=k, **fields)
         check_text(text)
-        check_page(opts.k, opts.offset)
         store = self._open_reader()
         if store.space_row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
@@ -356,25 +385,23 @@ class A2VSearch:
         :meth:`search_text`)."""
         opts = SearchOptions.of(options, k=k, **fields)
         check_text(text)
-        check_page(opts.k, opts.offset)
         vec = self.encoder(self._open_reader()).clip_text([text])[0]
         return self._rank({"visual": vec}, {"visual": 1.0}, opts, {"type": "clip_text", "text": text})
 
     def search_image(self, image: str | os.PathLike | Image.Image, k: int | None = None, *,
                      box: list[float] | None = None, person_index: int | None = None, detector: str | None = None,
-                     weights: tuple[float, ...] = DEFAULT_WEIGHTS, options: SearchOptions | None = None,
+                     weights: str | tuple[float, ...] = DEFAULT_WEIGHTS, options: SearchOptions | None = None,
                      **fields) -> SearchResult:
         """Persons like the one in a query image (the largest detected, or ``person_index``, or ``box``).
         ``weights``: VISUAL,LANGUAGE or VISUAL,LANGUAGE,ACTIVITY (the activity space needs trained heads);
         options: as :meth:`search_text`."""
         opts = SearchOptions.of(options, k=k, **fields)
-        check_page(opts.k, opts.offset)
+        w = weights_by_space(weights)
         store = self._open_reader()
         img = query_image(image)
         boxes = self._query_boxes(img, box, detector)
         chosen = _chosen_person(img, boxes, person_index, image)
         qbox = boxes[chosen][0]
-        w = _weights(weights)
         out = self.encoder(store).encode_persons([img], [qbox])
         vecs = {"visual": out.visual[0], "language": store.language().embed(out.pasta, out.verbs)[0]}
         if w.get(ACTIVITY):  # from the values a stored person would keep, so a stored image finds itself at cos 1
@@ -382,25 +409,26 @@ class A2VSearch:
                                                     out.visual_norm)[0]
         query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
                  "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),
-                 "person_index": chosen, "weights": list(weights),
+                 "person_index": chosen, "weights": list(w.values()),
                  "pasta": [[n, round(p, 4)] for n, p in top_labels(out.pasta[0], tx.PASTA_NAMES,
                                                                     skip=tx.NO_INTERACTION_PASTA)]}
         return self._rank(vecs, w, opts, query)
 
-    def search_similar(self, person_id: int, k: int | None = None, *, weights: tuple[float, ...] = DEFAULT_WEIGHTS,
-                       options: SearchOptions | None = None, **fields) -> SearchResult:
+    def search_similar(self, person_id: int, k: int | None = None, *,
+                       weights: str | tuple[float, ...] = DEFAULT_WEIGHTS, options: SearchOptions | None = None,
+                       **fields) -> SearchResult:
         """Persons like an indexed person (the person itself left out; with ``group="track"``, its whole track);
         ``weights`` as for :meth:`search_image`, options as for :meth:`search_text`."""
         opts = SearchOptions.of(options, k=k, **fields)
+        w = weights_by_space(weights)
         store = self._open_reader()
         searcher = self._searcher()
         row = searcher.person(person_id)
-        w = _weights(weights)
         vecs = {"visual": row.visual, "language": store.language().embed(row.pasta[None], row.verbs[None])[0]}
         if w.get(ACTIVITY):
             norm = np.array([np.nan if row.visual_norm is None else row.visual_norm], np.float32)
             vecs[ACTIVITY] = store.activity_vectors(row.visual[None], norm)[0]
-        query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(weights)}
+        query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(w.values())}
         exclude = {int(person_id)}
         if opts.group and row.track_id is not None:  # moments: the person's own track is not a result
             exclude.update(store.track_members([row.track_id])[row.track_id])
@@ -542,15 +570,6 @@ def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, 
         raise SpaceMismatchError(f"{what} is not the one this store's vectors were made with (content identity "
                                  f"{got}, store has {recorded}); pass {flag} with the original file (or its "
                                  "converted folder), or use another --data-dir")
-
-
-def _weights(weights) -> dict[str, float]:
-    """(VISUAL, LANGUAGE) or (VISUAL, LANGUAGE, ACTIVITY) -> weights per space."""
-    if len(weights) not in (2, 3) or any(not math.isfinite(float(w)) or float(w) < 0 for w in weights) \
-            or not any(weights):
-        raise QueryError(f"weights must be two or three numbers >= 0, not all 0 (VISUAL,LANGUAGE[,ACTIVITY]); "
-                         f"got {weights}")
-    return dict(zip(("visual", "language", ACTIVITY), (float(w) for w in weights), strict=False))
 
 
 def _check_ingest_args(paths: list[str], jpeg_decoder: str, engine: str, ray_address: str | None,

@@ -20,6 +20,7 @@ from .cli_options import (
     Detector,
     DetectorFlags,
     Device,
+    FilterFlags,
     Json,
     ModelFlags,
     Precision,
@@ -50,18 +51,6 @@ def _api(data_dir: Path | None = None, *, models: ModelFlags = ModelFlags(), det
 
 def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False))
-
-
-def _parse_box(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        box = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"--box {text!r} must be four numbers x1,y1,x2,y2") from None
-    if len(box) != 4:
-        raise InputError(f"--box {text!r} must be four numbers x1,y1,x2,y2")
-    return box
 
 
 def _console(stderr: bool = False):
@@ -189,12 +178,7 @@ def search(
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
     offset: Annotated[int, typer.Option(help="Skip this many results (pagination).")] = 0,
     min_score: Annotated[float | None, typer.Option(help="Drop results scoring below.", show_default=False)] = None,
-    collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None,
-    path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
-                                             show_default=False)] = None,
-    where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
-                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
-    kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
+    filters: FilterFlags = FilterFlags(),
     per_media: Annotated[bool, typer.Option("--per-media", help="At most one person per image or video.")] = False,
     group: Annotated[str | None, typer.Option(help="'track': one result per video moment (a person tracked "
                                                    "through frames) instead of one per frame.",
@@ -221,23 +205,13 @@ def search(
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --image, --text, --clip-text, --person"
                                  + (f" (got {', '.join(given)})" if given else ""))
-    try:
-        w = tuple(float(v) for v in weights.split(","))
-    except ValueError:
-        raise InputError(f"--weights {weights!r} must be two or three numbers VISUAL,LANGUAGE[,ACTIVITY]") from None
     from .search import SearchOptions
 
     api = _api(data_dir, models=models, detector=detector)
-    opts = SearchOptions(k=k, offset=offset, collection=collection, path=path, kind=kind, where=where or None,
-                         per_media=per_media, min_score=min_score, group=group, moment_frames=moment_frames)
-    if image is not None:
-        result = api.search_image(image, box=_parse_box(box), person_index=person_index, weights=w, options=opts)
-    elif text is not None:
-        result = api.search_text(text, options=opts)
-    elif clip_text is not None:
-        result = api.search_clip_text(clip_text, options=opts)
-    else:
-        result = api.search_similar(person, weights=w, options=opts)
+    opts = SearchOptions(k=k, offset=offset, per_media=per_media, min_score=min_score, group=group,
+                         moment_frames=moment_frames, **filters.as_dict())
+    result = api.search(image=image, text=text, clip_text=clip_text, person=person, box=box,
+                        person_index=person_index, weights=weights, options=opts)
     if sheet is not None:
         from .pictures import contact_sheet
 
@@ -277,18 +251,14 @@ def _print_hits(result, sheet: Path | None) -> None:
 
 
 @app.command()
+@flag_groups
 def export(
     out: Annotated[Path, typer.Option("--out", help="Output file (.parquet, .npz or .jsonl).", show_default=False)],
     format: Annotated[str | None, typer.Option("--format", help="parquet, npz or jsonl (default: from --out's "
                                                                 "suffix).", show_default=False)] = None,
     fields: Annotated[list[str] | None, typer.Option(help="Fields to write, comma-separated or repeated (default: "
                                                           "all but language_basis).", show_default=False)] = None,
-    collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None,
-    path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
-                                             show_default=False)] = None,
-    where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
-                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None,
-    kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None,
+    filters: FilterFlags = FilterFlags(),
     batch_size: Annotated[int, typer.Option(help="Persons read and written at a time (memory bound).")] = 4096,
     data_dir: DataDir = None,
     device: Device = None,
@@ -297,8 +267,7 @@ def export(
     """Write one row per stored person (ids, media, box, PaSta, verbs, parts, visual, language and, with trained
     heads, A2V's classifier feature) to Parquet, npz or JSON lines, with metadata that explains the file."""
     api = _api(data_dir, models=ModelFlags(device=device))
-    report = api.export(out, format=format, fields=fields, collection=collection, path=path, kind=kind,
-                        where=where or None, batch_size=batch_size)
+    report = api.export(out, format=format, fields=fields, batch_size=batch_size, **filters.as_dict())
     if as_json:
         _print_json(report.as_dict())
         return
@@ -328,7 +297,9 @@ def predict(
     from . import taxonomy as tx
 
     api = _api(data_dir, models=models, detector=detector, detection=detection)
-    persons = api.predict(image, box=_parse_box(box))
+    from .search import parse_box
+
+    persons = api.predict(image, box=parse_box(box))
     if as_json:
         _print_json({"image": str(image), "persons": persons})
         return
@@ -379,7 +350,9 @@ def show(
                          f"{len(moment['persons'])} frames: {written}")
         return
     api = _api(data_dir, models=models, detector=detector, detection=detection)
-    persons = api.predict(image, box=_parse_box(box))
+    from .search import parse_box
+
+    persons = api.predict(image, box=parse_box(box))
     written = draw_persons(query_image(image), persons, out)
     _console().print(f"{len(persons)} persons drawn: {written}")
 

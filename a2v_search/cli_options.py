@@ -71,11 +71,28 @@ class DetectorFlags:
     min_size: MinSize = 16.0
 
 
-GROUPS = (ModelFlags, DetectorFlags)
+@dataclass(frozen=True)
+class FilterFlags:
+    """--collection, --path, --where, --kind: which stored persons a command reads (search, export, ...)."""
+
+    collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None
+    path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
+                                             show_default=False)] = None
+    where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
+                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None
+    kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None
+
+    def as_dict(self) -> dict:
+        """The filters as keyword arguments of the search and export calls (no --where: None)."""
+        return {"collection": self.collection, "path": self.path, "where": self.where or None, "kind": self.kind}
+
+
+GROUPS = (ModelFlags, DetectorFlags, FilterFlags)
 
 
 def flag_groups(command: Callable) -> Callable:
-    """Let a command take a flag group (a parameter annotated :class:`ModelFlags` or :class:`DetectorFlags`):
+    """Let a command take a flag group (a parameter annotated :class:`ModelFlags`, :class:`DetectorFlags` or
+    :class:`FilterFlags`):
     typer sees the group's flags in its place, and the command gets them as one group object."""
     signature = inspect.signature(command, eval_str=True)
     params, grouped = [], {}

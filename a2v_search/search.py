@@ -14,8 +14,11 @@ high as the lowest candidate, so no track outside the pool could rank above them
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,7 +28,7 @@ from index import exact_scores
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
-from .errors import NotFoundError, QueryError, UnknownNameError
+from .errors import InputError, NotFoundError, QueryError, UnknownNameError
 from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
@@ -37,6 +40,17 @@ EXTRA = 16  # extra candidates when one exact index ranks alone (ties at the cut
 TOP = 5
 GROUPS = ("track",)
 STRIP = 5  # frames of a moment's strip
+SPACES = ("visual", "language", ACTIVITY)  # the spaces that image and person queries weigh, in --weights order
+
+
+class Ranked(NamedTuple):
+    """A ranked candidate: a person (or, grouped, a moment's best person) with its fused score, its cosine in
+    each weighted space and, for a moment, the score of its best frame."""
+
+    id: int
+    score: float
+    cosines: dict[str, float]
+    frame_score: float | None = None
 
 
 @dataclass
@@ -132,6 +146,38 @@ def check_text(text: str) -> str:
     return text
 
 
+def parse_weights(value: str | Sequence[float]) -> tuple[float, ...]:
+    """``"0.5,0.5"`` / ``"0.5,0.5,1"`` or a sequence -> VISUAL, LANGUAGE[, ACTIVITY] weights: two or three finite
+    numbers >= 0, not all 0 (InputError otherwise). The one reader of ``--weights`` and the API's ``weights``."""
+    try:
+        w = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        w = ()
+    if len(w) not in (2, 3) or not all(math.isfinite(v) and v >= 0 for v in w) or not any(w):
+        raise QueryError(f"weights {value!r} must be two or three numbers >= 0, not all 0: VISUAL,LANGUAGE[,ACTIVITY] "
+                         "(ACTIVITY: A2V's classifier feature, trained heads only)")
+    return w
+
+
+def weights_by_space(weights: str | Sequence[float]) -> dict[str, float]:
+    """Parsed weights as ``{space: weight}`` (visual, language and, given a third, activity)."""
+    return dict(zip(SPACES, parse_weights(weights), strict=False))
+
+
+def parse_box(value: str | Sequence[float] | None) -> list[float] | None:
+    """``"x1,y1,x2,y2"`` or four numbers -> a box of four finite numbers with x2 > x1 and y2 > y1 (InputError
+    otherwise); None or blank -> None. The one reader of ``--box`` and the API's ``box``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        box = [float(v) for v in (value.split(",") if isinstance(value, str) else value)]
+    except (TypeError, ValueError):
+        box = []
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        raise InputError(f"box {value!r} must be four numbers x1,y1,x2,y2 with x2 > x1 and y2 > y1")
+    return box
+
+
 def parse_where(expr: str) -> tuple[int, int, str, float]:
     """``"hand: hold>=0.5"`` / ``"verb: ride > 0.3"`` / ``"kick<0.1"`` -> (label kind, class, op, value)."""
     m = re.match(r"^\s*(.+?)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$", expr or "")
@@ -167,7 +213,7 @@ class SearchOptions:
     """What every search takes besides its query: the page (``k`` results after ``offset``), the filters
     (``collection``, ``path`` glob, ``kind``, ``where`` expressions), at most one hit ``per_media``, a
     ``min_score``, and ``group="track"`` (one hit per video moment, scored by the mean of its best
-    ``moment_frames`` frame scores)."""
+    ``moment_frames`` frame scores). Checked when made: a bad value is a QueryError naming it."""
 
     k: int = 10
     offset: int = 0
@@ -179,6 +225,18 @@ class SearchOptions:
     min_score: float | None = None
     group: str | None = None
     moment_frames: int = TOP_FRAMES
+
+    def __post_init__(self) -> None:
+        check_page(self.k, self.offset)
+        if self.kind not in (None, "image", "video"):
+            raise QueryError(f"--kind must be image or video, not {self.kind!r}")
+        if self.group is not None and self.group not in GROUPS:
+            raise QueryError(f"--group must be one of {', '.join(GROUPS)}, not {self.group!r}")
+        if not isinstance(self.moment_frames, (int, np.integer)) or self.moment_frames < 1:
+            raise QueryError(f"--moment-frames must be >= 1 (1 scores a moment by its best frame), "
+                             f"not {self.moment_frames}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise QueryError(f"--min-score must be a finite number, not {self.min_score!r}")
 
     @classmethod
     def of(cls, options: SearchOptions | None = None, **fields) -> SearchOptions:
@@ -198,18 +256,14 @@ class Searcher:
     def __init__(self, store: Store):
         self.store = store
 
-    def search(self, vectors: dict[str, np.ndarray], weights: dict[str, float], k: int = 10, offset: int = 0,
-               filters: Filters | None = None, per_media: bool = False, min_score: float | None = None,
-               exclude: set[int] | None = None, query: dict | None = None, group: str | None = None,
-               moment_frames: int = TOP_FRAMES) -> SearchResult:
-        """Top ``k`` persons (or moments, with ``group="track"``, scored by the mean of their best
-        ``moment_frames`` frames; 1 = the max) after ``offset`` for query vectors (one per space name) with their
-        weights."""
-        check_page(k, offset)
-        if group is not None and group not in GROUPS:
-            raise QueryError(f"--group must be one of {', '.join(GROUPS)}, not {group!r}")
-        if moment_frames < 1:
-            raise QueryError(f"--moment-frames must be >= 1 (1 scores a moment by its best frame), not {moment_frames}")
+    def search(self, vectors: dict[str, np.ndarray], weights: dict[str, float], options: SearchOptions | None = None,
+               exclude: set[int] | None = None, query: dict | None = None) -> SearchResult:
+        """The page of ``options`` (default: the first 10) of persons, or of moments with ``group="track"``, for
+        query vectors (one per space name) with their weights; ``exclude``: person ids that are no result;
+        ``query``: how the query was read, returned with the hits."""
+        opts = options or SearchOptions()
+        k, offset, group, min_score, per_media = opts.k, opts.offset, opts.group, opts.min_score, opts.per_media
+        filters = opts.filters()
         weights = {n: float(w) for n, w in weights.items() if w and n in vectors}
         if not weights:
             raise QueryError("the query has no space with a positive weight (--weights VISUAL,LANGUAGE)")
@@ -224,7 +278,7 @@ class Searcher:
             raise QueryError(f"no activity space: {self.store.activity_problem()}")
         indexes = self.store.indexes(list(weights))
         allow = None
-        if filters is not None and not filters.empty():
+        if not filters.empty():
             allow = self.store.filter_person_ids(filters)
             if not len(allow):
                 return SearchResult(query or {}, [])
@@ -245,11 +299,11 @@ class Searcher:
                     cand.update(int(i) for i in ids[0] if i >= 0)
                 ranked = self._rescore(sorted(cand), vectors, weights)
             if group:
-                floor = ranked[-1][1] if ranked and pool < total else -np.inf
+                floor = ranked[-1].score if ranked and pool < total else -np.inf
                 ranked = self._moments(self._keep(ranked, exclude, None, False), vectors, weights, allow, exclude,
-                                       moment_frames)
+                                       opts.moment_frames)
                 ranked = self._keep(ranked, None, min_score, per_media)
-                if sum(r[1] >= floor for r in ranked) >= need or pool >= total:
+                if sum(r.score >= floor for r in ranked) >= need or pool >= total:
                     break
             else:
                 ranked = self._keep(ranked, exclude, min_score, per_media)
@@ -257,36 +311,34 @@ class Searcher:
                     break
             pool *= 4
         top = ranked[offset:need]
-        rows = {r.id: r for r in self.store.persons([pid for pid, _, _, *_ in top])}
-        hits = [self._hit(offset + i + 1, rows[pid], score, cos)
-                for i, (pid, score, cos, *_) in enumerate(top) if pid in rows]
+        rows = {r.id: r for r in self.store.persons([r.id for r in top])}
+        hits = [self._hit(offset + i + 1, rows[r.id], r.score, r.cosines) for i, r in enumerate(top) if r.id in rows]
         if group:
-            self._add_moments(hits, {r[0]: r[3] for r in top})
-        if group:
-            how = "the best frame's score" if moment_frames == 1 else f"mean of the best {moment_frames} frame scores"
+            self._add_moments(hits, {r.id: r.frame_score for r in top})
+            n = opts.moment_frames
+            how = "the best frame's score" if n == 1 else f"mean of the best {n} frame scores"
             query = {**(query or {}), "group": group, "aggregate": how}
         return SearchResult(query or {}, hits)
 
-    def _moments(self, ranked: list, vectors: dict[str, np.ndarray], weights: dict[str, float], allow,
-                 exclude: set[int] | None, top: int) -> list:
-        """Candidate persons -> moments [(best person id, moment score, its cosines, best frame score)], best first,
-        ties by person id. Every person of a candidate track that passes the filters is re-scored exactly."""
-        track_of, members = self.store.tracks_of([r[0] for r in ranked])
+    def _moments(self, ranked: list[Ranked], vectors: dict[str, np.ndarray], weights: dict[str, float], allow,
+                 exclude: set[int] | None, top: int) -> list[Ranked]:
+        """Candidate persons -> moments (the best person's id, the moment's score, its cosines, the best frame's
+        score), best first, ties by person id. Every person of a candidate track that passes the filters is
+        re-scored exactly."""
+        track_of, members = self.store.tracks_of([r.id for r in ranked])
         allowed = None if allow is None else set(allow.tolist())
         wanted = [pid for ids in members.values() for pid in ids
                   if (allowed is None or pid in allowed) and not (exclude and pid in exclude)]
         # every frame of a candidate track scored the same way, from SQLite (FAISS may hold renormalised vectors)
-        known = {r[0]: r for r in self._rescore(wanted, vectors, weights)} if wanted else {}
-        out = []
-        for pid, score, cos in ranked:
-            if track_of.get(pid) is None:
-                out.append((pid, score, cos, score))
+        known = {r.id: r for r in self._rescore(wanted, vectors, weights)} if wanted else {}
+        out = [r._replace(frame_score=r.score) for r in ranked if track_of.get(r.id) is None]
         for ids in members.values():
-            scored = sorted((known[i] for i in ids if i in known), key=lambda r: (-r[1], r[0]))
+            scored = sorted((known[i] for i in ids if i in known), key=lambda r: (-r.score, r.id))
             if scored:
                 best = scored[0]
-                out.append((best[0], moment_score(np.array([r[1] for r in scored]), top), best[2], best[1]))
-        out.sort(key=lambda r: (-r[1], r[0]))
+                out.append(Ranked(best.id, moment_score(np.array([r.score for r in scored]), top), best.cosines,
+                                  best.score))
+        out.sort(key=lambda r: (-r.score, r.id))
         return out
 
     def _add_moments(self, hits: list[Hit], frame_scores: dict[int, float]) -> None:
@@ -308,15 +360,14 @@ class Searcher:
                               frame_score=frame_scores[h.person_id], strip=strip)
 
     @staticmethod
-    def _from_index(name: str, index, vector: np.ndarray, weight: float, pool: int, allow) -> list:
+    def _from_index(name: str, index, vector: np.ndarray, weight: float, pool: int, allow) -> list[Ranked]:
         scores, ids = index.search(np.asarray(vector, np.float32)[None], pool, allow=allow)
         found = [(int(i), float(c)) for i, c in zip(ids[0], scores[0], strict=True) if i >= 0]
         found.sort(key=lambda t: (-t[1], t[0]))
-        return [(pid, weight * cos, {name: cos}) for pid, cos in found]
+        return [Ranked(pid, weight * cos, {name: cos}) for pid, cos in found]
 
-    def _rescore(self, ids: list[int], vectors: dict[str, np.ndarray], weights: dict[str, float]) -> list:
-        """Exact fused scores of candidates from their stored vectors: [(id, score, cosines)], best first, ties by
-        id."""
+    def _rescore(self, ids: list[int], vectors: dict[str, np.ndarray], weights: dict[str, float]) -> list[Ranked]:
+        """Exact fused scores of candidates from their stored vectors, best first, ties by id."""
         stored = self.store.person_vectors(ids)
         pids = stored.ids
         if not len(pids):
@@ -325,20 +376,21 @@ class Searcher:
         cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)
         order = np.lexsort((pids, -score))
-        return [(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]
+        return [Ranked(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]
 
-    def _keep(self, ranked: list, exclude: set[int] | None, min_score: float | None, per_media: bool) -> list:
+    def _keep(self, ranked: list[Ranked], exclude: set[int] | None, min_score: float | None,
+              per_media: bool) -> list[Ranked]:
         if exclude:
-            ranked = [r for r in ranked if r[0] not in exclude]
+            ranked = [r for r in ranked if r.id not in exclude]
         if min_score is not None:
-            ranked = [r for r in ranked if r[1] >= min_score]
+            ranked = [r for r in ranked if r.score >= min_score]
         if per_media:
-            media = self.store.media_ids_of([r[0] for r in ranked])
+            media = self.store.media_ids_of([r.id for r in ranked])
             seen: set[int] = set()
             unique = []
             for r in ranked:
-                if r[0] in media and media[r[0]] not in seen:
-                    seen.add(media[r[0]])
+                if r.id in media and media[r.id] not in seen:
+                    seen.add(media[r.id])
                     unique.append(r)
             ranked = unique
         return ranked

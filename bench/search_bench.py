@@ -11,8 +11,9 @@ media. ``Store.save`` then picks the index type for N (``index.choose_spec``) an
 Text: ``language.interpret`` (the default text model, the real all-MiniLM-L6-v2 from its offline package, with
 its real phrase matrices; ``--text-model bert-base``: a random bert-base-shaped model, see common.bert_base, with
 random matrices) -> ``embed_query`` ->
-``Searcher.search({"language": v}, {"language": 1}, k=10)``: the steps of ``A2VSearch.search_text``.
-Image vectors: ``Searcher.search({"visual": v, "language": l}, {"visual": .5, "language": .5}, k=10)`` for
+``Searcher.search({"language": v}, {"language": 1}, SearchOptions(k=10))``: the steps of ``A2VSearch.search_text``.
+Image vectors:
+``Searcher.search({"visual": v, "language": l}, {"visual": .5, "language": .5}, SearchOptions(k=10))`` for
 persons drawn like the stored ones (not in the store). Then ``Store.rebuild(spec="Flat")`` (``reindex
 --index-spec Flat``) and the same queries again, exactly. Also: text encoding alone with the fp32 model, the same
 model with dynamic int8 Linear layers, and the real all-MiniLM-L6-v2 (when installed).
@@ -121,7 +122,7 @@ def image_queries(n: int, seed: int, language) -> list[dict[str, np.ndarray]]:
 
 def measure(data_dir: Path, n_queries: int, seed: int, profile: bool) -> dict:
     """Latencies (seconds per query) of text and image-vector queries on the store with its saved indexes."""
-    from a2v_search.search import MIN_POOL, Searcher
+    from a2v_search.search import MIN_POOL, Searcher, SearchOptions
     from a2v_search.store import Store
     from db import repo
 
@@ -142,12 +143,12 @@ def measure(data_dir: Path, n_queries: int, seed: int, profile: bool) -> dict:
             c0, t0 = time.process_time(), time.perf_counter()
             vec = language.embed_query(language.interpret(text))
             t1 = time.perf_counter()
-            searcher.search({"language": vec}, {"language": 1.0}, k=K)
+            searcher.search({"language": vec}, {"language": 1.0}, SearchOptions(k=K))
             return t1 - t0, time.perf_counter() - t1, time.process_time() - c0
 
         def image_query(q: dict[str, np.ndarray]) -> float:
             t0 = time.perf_counter()
-            searcher.search(q, {"visual": 0.5, "language": 0.5}, k=K)
+            searcher.search(q, {"visual": 0.5, "language": 0.5}, SearchOptions(k=K))
             return time.perf_counter() - t0
 
         for i in range(min(5, n_queries)):  # warm-up

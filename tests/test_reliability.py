@@ -25,7 +25,7 @@ from PIL import Image
 from a2v_search.detect import BoxesFile, WholeImage
 from a2v_search.errors import InputError, QueryError, StoreError, StoreLockedError
 from a2v_search.ingest import IngestOptions, run_ingest
-from a2v_search.search import Searcher, make_filters
+from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.store import INDEX_NAMES, Store
 from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
@@ -137,7 +137,7 @@ def test_full_disk_gives_one_clear_error_and_loses_nothing(tmp_path, reliability
     assert len(lines) == 1 and lines[0].startswith("error: cannot") and "lost" in lines[0], err
     reliability["faults"] += 1
     reader = Store(data)  # still valid and usable: search works
-    hits = Searcher(reader).search({"visual": np.eye(16, dtype=np.float32)[0]}, {"visual": 1.0}, k=3)
+    hits = Searcher(reader).search({"visual": np.eye(16, dtype=np.float32)[0]}, {"visual": 1.0}, SearchOptions(k=3))
     assert len(hits) == 3 and all(Path(h.path).exists() for h in hits)
     reader.close()
     ingest(data, [tmp_path / "in"])  # space again: the same command completes the job
@@ -217,7 +217,7 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
             with store.db.session() as s:
                 before = repo.counts(s)["persons"]
             q = rng.normal(size=16).astype(np.float32)
-            result = Searcher(store).search({"visual": q / np.linalg.norm(q)}, {"visual": 1.0}, k=100)
+            result = Searcher(store).search({"visual": q / np.linalg.norm(q)}, {"visual": 1.0}, SearchOptions(k=100))
             assert all(h.path and h.media_id and Path(h.path).exists() for h in result)
             with store.db.session() as s:
                 after = repo.counts(s)["persons"]
@@ -589,10 +589,11 @@ def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
     lang_q = store.language().embed(rng.random((1, 93), np.float32), rng.random((1, 157), np.float32))[0]
     assert np.any(lang_q)
     searcher = Searcher(store)
-    hits = searcher.search({"visual": visual[0], "language": lang_q}, {"visual": 1.0, "language": 0.1}, k=3)
+    hits = searcher.search({"visual": visual[0], "language": lang_q}, {"visual": 1.0, "language": 0.1},
+                           SearchOptions(k=3))
     assert hits[0].person_id == person_id and hits[0].score == pytest.approx(1.0, abs=2e-3)
     assert hits[0].cosines["language"] == 0.0 and hits[0].path and len(hits[0].pasta) == 5
-    text_hits = searcher.search({"language": lang_q}, {"language": 1.0}, k=100)
+    text_hits = searcher.search({"language": lang_q}, {"language": 1.0}, SearchOptions(k=100))
     assert {h.person_id: h.score for h in text_hits}[person_id] == 0.0
 
 
@@ -841,7 +842,7 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     reader = Store(data)
     assert all(idx.ids().tolist() == list(range(1, 5 + reused)) for idx in reader.indexes().values())
     for pid, p in zip(ids, fresh, strict=True):
-        hit = Searcher(reader).search({"visual": p.visual}, {"visual": 1.0}, k=1)[0]
+        hit = Searcher(reader).search({"visual": p.visual}, {"visual": 1.0}, SearchOptions(k=1))[0]
         assert hit.person_id == pid and hit.score == pytest.approx(1.0, abs=2e-3)
     reader.close()
     fixer = Store(data).lock("doctor --repair")

@@ -10,7 +10,7 @@ from PIL import Image
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
 from a2v_search.models.language import LanguageSpace
-from a2v_search.search import SearchOptions
+from a2v_search.search import SearchOptions, parse_box, parse_weights
 from a2v_search.testing.media import write_images
 from a2v_search.testing.profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
 from db import repo
@@ -45,6 +45,52 @@ def test_structured_pasta_text_ranks_exactly(semantic, text, profile):
     assert result.query["mode"] == "structured"
     named = {n for n, _ in result.query["pasta"]}
     assert named == {part.split("=")[0].strip() for part in text.split(";")}
+
+
+def test_one_search_door_runs_each_typed_case(semantic):
+    text = "drinking from a cup"
+    assert [h.person_id for h in semantic.search(text=text, k=4)] == \
+        [h.person_id for h in semantic.search_text(text, k=4)]
+    first = semantic.search_text(text, k=1).hits[0].person_id
+    opts = SearchOptions(k=3, per_media=True)
+    assert [h.person_id for h in semantic.search(person=first, weights="0,1", options=opts)] == \
+        [h.person_id for h in semantic.search_similar(first, weights=(0.0, 1.0), options=opts)]
+    for given in ({}, {"text": text, "person": first}, {"text": text, "image": "x.jpg"}):
+        with pytest.raises(QueryError, match="exactly one of text, clip_text, image, person"):
+            semantic.search(**given)
+
+
+@pytest.mark.parametrize("value,want", [("1,2,3,4", [1, 2, 3, 4]), ((0, 0.5, 10, 20.5), [0, 0.5, 10, 20.5]),
+                                        (None, None), ("  ", None)])
+def test_box_parser_reads_boxes(value, want):
+    assert parse_box(value) == want
+
+
+@pytest.mark.parametrize("value", ["1,2,3", "1,2,3,x", "5,5,1,1", "0,0,nan,4", (0, 0, 0, 1), "0,0,inf,1"])
+def test_box_parser_refuses_what_is_no_box(value):
+    with pytest.raises(InputError, match="x2 > x1 and y2 > y1"):
+        parse_box(value)
+
+
+@pytest.mark.parametrize("value,want", [("0.5,0.5", (0.5, 0.5)), ("1,0,2", (1.0, 0.0, 2.0)), ((0, 1), (0.0, 1.0))])
+def test_weights_parser_reads_two_or_three(value, want):
+    assert parse_weights(value) == want
+
+
+@pytest.mark.parametrize("value", ["1", "1,2,3,4", "0,0", "-1,2", "nan,1", "a,b", (1,)])
+def test_weights_parser_refuses_the_rest(value):
+    with pytest.raises(QueryError, match="two or three numbers"):
+        parse_weights(value)
+
+
+@pytest.mark.parametrize("fields,words", [({"k": 0}, "-k"), ({"offset": -1}, "--offset"), ({"kind": "audio"}, "--kind"),
+                                          ({"group": "media"}, "--group"), ({"moment_frames": 0}, "--moment-frames"),
+                                          ({"min_score": float("nan")}, "--min-score")])
+def test_search_options_check_themselves(fields, words):
+    with pytest.raises(QueryError, match=words):
+        SearchOptions(**fields)
+    with pytest.raises(QueryError, match=words):
+        SearchOptions.of(SearchOptions(), **fields)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +217,8 @@ def test_image_query_boxes_and_sheet(tmp_path, tiny_clip_dir, tiny_bert_dir):
     assert again.query["box"] is None and again.hits[0].path == str(paths[3])
     boxed = api.search_image(paths[0], box=[10, 5, 50, 55], k=2)
     assert boxed.query["box"] == [10, 5, 50, 55] and len(boxed) == 2
+    code, _, err = run_main("search", "--image", paths[1], "--box", "50,5,10,55", "--data-dir", tmp_path / "data")
+    assert code != 0 and "x2 > x1 and y2 > y1" in err and "Traceback" not in err  # the parser the API uses
     code, out, err = run_main("search", "--image", paths[1], "--detector", "none", "--data-dir", tmp_path / "data",
                               "-k", "3", "--sheet", tmp_path / "sheet.png", "--json")
     assert code == 0, err

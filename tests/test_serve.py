@@ -95,6 +95,9 @@ def test_clip_text_and_person_queries(client):
     assert body["query"]["type"] == "person" and body["query"]["person_id"] == first
     assert first not in [h["person_id"] for h in body["results"]]
     assert [profile(h) for h in body["results"]] == ["drink", "drink"]  # language only: the other drinkers
+    three = client.get("/api/search", params={"person": first, "k": 2, "weights": "0,1,0"})  # the CLI's three weights
+    assert three.status_code == 200 and three.json()["results"] == body["results"]
+    assert three.json()["query"]["weights"] == [0.0, 1.0, 0.0]
 
 
 def test_image_upload_finds_itself(client, serve_store):
@@ -172,7 +175,8 @@ def test_stats_is_the_stats_json_object(client, serve_store):
     ("/api/search?person=999999", 404, "no person with id 999999"),
     ("/api/search?person=abc", 422, "person"),
     ("/api/search?text=hand:%20hold&min_score=nan", 400, "finite"),
-    ("/api/search?person=1&weights=1", 400, "two numbers"),
+    ("/api/search?person=1&weights=1", 400, "two or three numbers"),
+    ("/api/search?person=1&weights=0.5,0.5,1", 400, "no activity space"),  # zero-shot heads have none
     ("/api/persons/999999", 404, "no person with id"),
     ("/api/persons/abc", 422, "person_id"),
     ("/api/persons/1/thumbnail?size=99999", 422, "size"),

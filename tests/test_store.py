@@ -11,7 +11,7 @@ from helpers import SPACE, media, random_language, random_person, run_main, writ
 
 from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
 from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace
-from a2v_search.search import Searcher, make_filters
+from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.store import Store, space_fingerprint
 from a2v_search.tracks import link
 from db import repo
@@ -54,7 +54,7 @@ def test_search_results_join_back_to_their_media(tmp_path):
     searcher = Searcher(store)
     for i in (0, 7, 20):
         path, p = persons[i]
-        result = searcher.search({"visual": p.visual}, {"visual": 1.0}, k=3)
+        result = searcher.search({"visual": p.visual}, {"visual": 1.0}, SearchOptions(k=3))
         assert result.hits[0].person_id == ids[i] and result.hits[0].path == path
         assert result.hits[0].score == pytest.approx(1.0, abs=2e-3)
     store.close()
@@ -293,7 +293,7 @@ def test_filtered_search_matches_exact_search_on_the_allowed(tmp_path):
     allowed = np.array([c == "b" for c, _ in persons])
     q = np.random.default_rng(3).normal(size=visual.shape[1]).astype(np.float32)
     q /= np.linalg.norm(q)
-    result = Searcher(store).search({"visual": q}, {"visual": 1.0}, k=10, filters=make_filters(collection="b"))
+    result = Searcher(store).search({"visual": q}, {"visual": 1.0}, SearchOptions(k=10, collection="b"))
     assert len(result) == 10 and all(h.collection == "b" for h in result)
     exact = ids[allowed][np.argsort(-(visual[allowed] @ q), kind="stable")][:10]
     assert [h.person_id for h in result] == exact.tolist()
@@ -389,7 +389,7 @@ def test_automatic_index_type_follows_the_store_size(tmp_path, monkeypatch):
     assert {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
     store.close()
     reader = Store(tmp_path / "data")
-    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
+    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, SearchOptions(k=1)).hits[0]
     assert hit.person_id == ids[7] and reader.check().problems == []
 
 
@@ -422,7 +422,7 @@ def test_a_growth_rebuild_never_holds_the_old_and_the_new_index_of_a_space(tmp_p
     assert old_alive == [False, False] and {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
     store.close()
     reader = Store(tmp_path / "data")
-    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, k=1).hits[0]
+    hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, SearchOptions(k=1)).hits[0]
     assert hit.person_id == ids[7] and reader.check().problems == []
 
 

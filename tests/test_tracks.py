@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from a2v_search.detect import BoxesFile
 from a2v_search.errors import InputError, QueryError, StoreError
 from a2v_search.ingest import IngestOptions, run_ingest
-from a2v_search.search import Searcher, make_filters
+from a2v_search.search import Searcher, SearchOptions
 from a2v_search.store import Store
 from a2v_search.testing.media import write_images, write_people_video
 from a2v_search.tracks import TrackRule, link, moment_score, sample_step
@@ -204,11 +204,11 @@ def test_grouped_search_returns_one_moment_per_track(tracked):
     store = Store(tracked)
     searcher = Searcher(store)
     q = look_query(store, 105.0, 1.0)  # B before she leaves
-    frames = searcher.search(q, {"visual": 1.0}, k=50)
+    frames = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50))
     assert len(frames) == 40  # every person is a hit of its own, and knows its track
     assert {h.as_dict()["track"] is None for h in frames if h.kind == "image"} == {True}
     assert all(isinstance(h.as_dict()["track"], int) for h in frames if h.kind == "video")
-    result = searcher.search(q, {"visual": 1.0}, k=50, group="track")
+    result = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50, group="track"))
     assert len(result) == 8 + 2 and len({h.moment.track for h in result if h.moment}) == 8
     top = result[0]
     assert top.path.endswith("walk.mp4") and (top.moment.t_start, top.moment.t_end) == (0.0, 3.0)
@@ -225,19 +225,19 @@ def test_grouped_search_returns_one_moment_per_track(tracked):
     assert (as_json["track"], as_json["t_start"], as_json["t_end"]) == (top.moment.track, 0.0, 3.0)
     assert result.query["group"] == "track" and "3" in result.query["aggregate"]
     # pages are slices of one ranking of moments; filters and per-media work on moments
-    pages = [searcher.search(q, {"visual": 1.0}, k=3, offset=o, group="track") for o in (0, 3, 6)]
+    pages = [searcher.search(q, {"visual": 1.0}, SearchOptions(k=3, offset=o, group="track")) for o in (0, 3, 6)]
     assert [h.person_id for p in pages for h in p] == [h.person_id for h in result][:9]
     assert [h.rank for h in pages[1]] == [4, 5, 6]
-    videos_only = searcher.search(q, {"visual": 1.0}, k=50, group="track", filters=make_filters(kind="video"))
+    videos_only = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50, group="track", kind="video"))
     assert len(videos_only) == 8
-    other = searcher.search(q, {"visual": 1.0}, k=50, group="track", filters=make_filters(path="*/other.mp4"))
+    other = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50, group="track", path="*/other.mp4"))
     assert len(other) == 4 and all(h.path.endswith("other.mp4") for h in other)
-    per_media = searcher.search(q, {"visual": 1.0}, k=50, group="track", per_media=True)
+    per_media = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50, group="track", per_media=True))
     assert len(per_media) == 4 and per_media[0].person_id == top.person_id
-    high = searcher.search(q, {"visual": 1.0}, k=50, group="track", min_score=0.9)
+    high = searcher.search(q, {"visual": 1.0}, SearchOptions(k=50, group="track", min_score=0.9))
     assert [h.person_id for h in high] == [h.person_id for h in result if h.score >= 0.9]
     with pytest.raises(QueryError, match="--group"):
-        searcher.search(q, {"visual": 1.0}, group="media")
+        searcher.search(q, {"visual": 1.0}, SearchOptions(group="media"))
     store.close()
 
 
@@ -251,16 +251,16 @@ def test_grouped_scores_aggregate_every_frame_of_a_track(tracked):
         stored = repo.fetch_vectors(s, repo.person_ids(s))
         pids, visual = stored.ids, stored.visual
     scores = dict(zip(pids.tolist(), (visual @ q["visual"]).tolist(), strict=True))
-    [moment] = searcher.search(q, {"visual": 1.0}, k=1, group="track")
+    [moment] = searcher.search(q, {"visual": 1.0}, SearchOptions(k=1, group="track"))
     assert (moment.moment.t_start, moment.moment.t_end) == (0.0, 5.0)
     with store.db.session() as s:
         members = repo.track_members(s, [moment.moment.track])[moment.moment.track]
     assert moment.score == pytest.approx(moment_score(np.array([scores[m] for m in members])), abs=1e-5)
     assert moment.score < moment.moment.frame_score == pytest.approx(max(scores[m] for m in members), abs=1e-5)
-    best = searcher.search(q, {"visual": 1.0}, k=1, group="track", moment_frames=1)
+    best = searcher.search(q, {"visual": 1.0}, SearchOptions(k=1, group="track", moment_frames=1))
     assert best[0].score == pytest.approx(best[0].moment.frame_score) and "best frame" in best.query["aggregate"]
     with pytest.raises(QueryError, match="--moment-frames"):
-        searcher.search(q, {"visual": 1.0}, group="track", moment_frames=0)
+        searcher.search(q, {"visual": 1.0}, SearchOptions(group="track", moment_frames=0))
     store.close()
 
 
@@ -423,8 +423,8 @@ def test_grouped_ranking_equals_brute_force(tmp_path):
     for pid, t in track_of.items():
         by_track.setdefault(t, []).append(scores[pid])
     want = sorted(((moment_score(np.array(v)), t) for t, v in by_track.items()), key=lambda x: -x[0])
-    got = [h for o in (0, 10, 20) for h in searcher.search({"visual": q}, {"visual": 1.0}, k=10, offset=o,
-                                                            group="track")]
+    got = [h for o in (0, 10, 20) for h in searcher.search({"visual": q}, {"visual": 1.0},
+                                                            SearchOptions(k=10, offset=o, group="track"))]
     assert [h.track_id for h in got] == [t for _, t in want[:30]]
     assert [h.score for h in got] == pytest.approx([s for s, _ in want[:30]], abs=1e-5)
     store.close()

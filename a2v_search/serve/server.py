@@ -163,29 +163,6 @@ def _file_etag(path: str, *parts) -> str:
 # ------------------------------------------------------------------ the app
 
 
-def parse_box(text: str | None) -> list[float] | None:
-    """``"x1,y1,x2,y2"`` -> four finite numbers with x2 > x1 and y2 > y1 (InputError otherwise)."""
-    if text is None or not text.strip():
-        return None
-    try:
-        box = [float(v) for v in text.split(",")]
-    except ValueError:
-        box = []
-    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]:
-        raise InputError(f"box {text!r} must be four numbers x1,y1,x2,y2 with x2 > x1 and y2 > y1")
-    return box
-
-
-def parse_weights(text: str) -> tuple[float, float]:
-    try:
-        w = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        w = ()
-    if len(w) != 2:
-        raise InputError(f"weights {text!r} must be two numbers VISUAL,LANGUAGE")
-    return w  # type: ignore[return-value]
-
-
 def search_options(
     k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")] = 10,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many (paging).")] = 0,
@@ -201,18 +178,15 @@ def search_options(
     moment_frames: Annotated[int, Query(ge=1, le=1000, description="With group=track: a moment scores the mean "
                                                                    "of its best N frame scores (1 = the max).")] = 3,
 ) -> SearchOptions:
-    """The options every search endpoint takes (those of the A2VSearch.search_* methods)."""
-    if kind not in (None, "", "image", "video"):
-        raise InputError(f"kind must be image or video, not {kind!r}")
-    if min_score is not None and not math.isfinite(min_score):
-        raise InputError("min_score must be a finite number")
+    """The options every search endpoint takes (those of A2VSearch.search; SearchOptions checks them)."""
     return SearchOptions(k=k, offset=offset, collection=collection or None, path=path or None, kind=kind or None,
                          where=[w for w in where or [] if w.strip()] or None, per_media=per_media,
                          min_score=min_score, group=group or None, moment_frames=moment_frames)
 
 
 Options = Annotated[SearchOptions, Depends(search_options)]
-Weights = Annotated[str, Query(description="VISUAL,LANGUAGE weights of image and person queries.")]
+Weights = Annotated[str, Query(description="VISUAL,LANGUAGE[,ACTIVITY] weights of image and person queries "
+                                           "(ACTIVITY: A2V's classifier feature, trained heads only).")]
 
 
 def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -263,17 +237,15 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
                person: Annotated[int | None, Query(description="More like this stored person id.")] = None,
                weights: Weights = "0.5,0.5") -> JSONResponse:
         given = [n for n, v in (("text", text), ("clip_text", clip_text), ("person", person)) if v is not None]
-        if len(given) != 1:
+        if len(given) != 1:  # the image is the upload endpoint's
             raise InputError("give exactly one of text, clip_text, person" + (f" (got {', '.join(given)})"
                                                                               if given else ""))
+        # the first query of a kind that may load a model runs alone (Shared.first_alone)
+        kind = ("person" if person is not None else "clip_text" if clip_text is not None
+                else "text" if is_structured(text) else "free_text")
         with shared.reading() as a:
-            if text is not None:
-                kind = "text" if is_structured(text) else "free_text"
-                result = shared.first_alone(kind, lambda: a.search_text(text, options=opts))
-            elif clip_text is not None:
-                result = shared.first_alone("clip_text", lambda: a.search_clip_text(clip_text, options=opts))
-            else:
-                result = a.search_similar(person, weights=parse_weights(weights), options=opts)
+            result = shared.first_alone(kind, lambda: a.search(text=text, clip_text=clip_text, person=person,
+                                                               weights=weights, options=opts))
         return JSONResponse(result.as_dict())
 
     @app.post(UPLOAD_PATH, summary="Search by an example image (upload)")
@@ -293,10 +265,9 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
             img = load_image(io.BytesIO(data), max_pixels=max_pixels)
         except InputError as e:
             raise InputError(f"cannot read the uploaded image: {e}") from None
-        qbox = parse_box(box)
         with shared.reading() as a:
-            result = shared.first_alone("image", lambda: a.search_image(
-                img, box=qbox, person_index=person_index, weights=parse_weights(weights), options=opts))
+            result = shared.first_alone("image", lambda: a.search(
+                image=img, box=box, person_index=person_index, weights=weights, options=opts))
         result.query["image"] = image.filename or "upload"
         return JSONResponse(result.as_dict())
 
