@@ -21,7 +21,7 @@ from a2v_search.store import Store
 from a2v_search.testing.media import write_images
 from db import repo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tree(folder, n: int, per_folder: int = 6) -> None:

@@ -17,7 +17,7 @@ from a2v_search.store import Store
 from a2v_search.testing.media import write_bad_files, write_images, write_odd_images, write_video
 from db import repo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

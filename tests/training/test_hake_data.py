@@ -12,7 +12,7 @@ from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError
 from a2v_search.training.hake_data import CLIP_A2V, HAKE_INSTANCE, HICO_IMAGE, hoi_verbs, load_annotations, part_flags
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: The shared HAKE data: beside the checkout, or beside the folder of worktrees.
 HAKE_DIR = next((d for d in (ROOT.parent / "shared" / "hake", ROOT.parents[1] / "shared" / "hake") if d.is_dir()),
                 ROOT.parent / "shared" / "hake")

@@ -28,7 +28,7 @@ from db import repo
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' to run the Ray engine tests")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # a Ray instance, model actors and a driver in a subprocess: minutes on 2 cores
 
 

@@ -211,7 +211,7 @@ def test_cli_ingest_takes_the_gpu_flags_and_refuses_bad_values_in_one_line(tmp_p
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     run = lambda *a: subprocess.run([sys.executable, "manage.py", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=root, timeout=300)
     helped = run("ingest", "--help")

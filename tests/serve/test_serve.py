@@ -406,7 +406,7 @@ def test_the_serve_command_serves_while_another_process_writes(tmp_path, tiny_cl
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     server = subprocess.Popen([sys.executable, str(root / "manage.py"), "serve", "--data-dir", str(data), "--port",
                                str(port)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
