@@ -94,6 +94,11 @@ class A2VSearch:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def store(self) -> Store:
+        """The store this object reads, opened on first use (its query methods, for tools and tests)."""
+        return self._open_reader()
+
     # ------------------------------------------------------------------ models
 
     def model_spec(self, store: Store | None = None) -> ModelSpec:

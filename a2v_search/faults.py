@@ -31,6 +31,14 @@ def fault_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def arm(plan: dict[str, int]) -> None:
+    """Replace the plan (point -> the hit that kills) and forget the hits so far: how a forked test child arms a
+    fault point without an environment variable."""
+    _PLAN.clear()
+    _PLAN.update(plan)
+    _hits.clear()
+
+
 _HANG = os.environ.get("A2V_HANG")
 
 

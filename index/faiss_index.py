@@ -57,7 +57,7 @@ def _older_than(path: Path, t: float) -> bool:
         return False
 
 
-def _try_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
     """The IndexIVF inside `index` (through IndexPreTransform/IDMap wrappers), or None."""
     try:
         return faiss.extract_index_ivf(index)
@@ -87,7 +87,7 @@ def _build_index(dim: int, spec: str, nprobe: int | None = None) -> faiss.Index:
             "such as 'IVF1024,Flat', 'IVF4096,SQ8' or 'HNSW32'") from None
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexSpecError(f"index spec {spec!r} does not support inner-product search; use e.g. 'IVF1024,Flat'")
-    ivf = _try_ivf(index)
+    ivf = ivf_of(index)
     if ivf is not None:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         ivf.nprobe = max(1, min(ivf.nlist, nprobe)) if nprobe is not None else default_nprobe(ivf.nlist)
@@ -106,7 +106,7 @@ def _index_ids(index: faiss.Index) -> np.ndarray:
     """All ids stored in `index` (int64, unsorted): the IDMap's id_map or the IVF inverted lists."""
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
-    ivf = _try_ivf(index)
+    ivf = ivf_of(index)
     if ivf is None:
         raise TypeError(f"{type(index).__name__} stores no ids")
     invlists = ivf.invlists
@@ -218,6 +218,11 @@ class VectorIndex:
         return int(self._index.ntotal)
 
     @property
+    def ivf(self) -> faiss.IndexIVF | None:
+        """The IVF part of the CPU index (its quantizer, its lists), or None for an index without one."""
+        return ivf_of(self._index)
+
+    @property
     def needs_training(self) -> bool:
         """True while vectors are staged because the index type needs training and has not been trained."""
         return self._pending is not None
@@ -228,19 +233,19 @@ class VectorIndex:
         target = self._pending
         if target is None:
             return 0
-        ivf = _try_ivf(target)
+        ivf = ivf_of(target)
         need = TRAIN_POINTS_PER_LIST * ivf.nlist if ivf is not None else MIN_TRAIN_OTHER
         return max(need, PQ_MIN_TRAIN) if "PQ" in self.spec else need
 
     @property
     def nprobe(self) -> int | None:
         """Lists probed per query (IVF types), None for other types. Settable; saved with the index."""
-        ivf = _try_ivf(self._pending if self._pending is not None else self._index)
+        ivf = ivf_of(self._pending if self._pending is not None else self._index)
         return None if ivf is None else int(ivf.nprobe)
 
     @nprobe.setter
     def nprobe(self, value: int) -> None:
-        ivf = _try_ivf(self._pending if self._pending is not None else self._index)
+        ivf = ivf_of(self._pending if self._pending is not None else self._index)
         if ivf is None:
             raise IndexInputError(f"nprobe applies to IVF indexes only; this index is {self.spec!r}")
         ivf.nprobe = max(1, min(int(value), ivf.nlist))
@@ -322,7 +327,7 @@ class VectorIndex:
 
     def _train_cap(self) -> int:
         """Most vectors used to train the pending index (a random sample is drawn above that)."""
-        ivf = _try_ivf(self._pending)
+        ivf = ivf_of(self._pending)
         cap = TRAIN_MAX_POINTS_PER_LIST * ivf.nlist if ivf is not None else 100_000
         return max(cap, PQ_MIN_TRAIN) if "PQ" in self.spec else cap
 
@@ -341,7 +346,7 @@ class VectorIndex:
             sample = np.concatenate([staged[from_staged], new_vectors[pick[len(from_staged):] - len(staged)]])
         elif len(sample) > self._train_cap():
             sample = sample[np.random.default_rng(0).choice(len(sample), self._train_cap(), replace=False)]
-        ivf = _try_ivf(target)
+        ivf = ivf_of(target)
         if ivf is not None and len(sample) < ivf.nlist:
             raise IndexInputError(f"training {self.spec!r} needs at least {ivf.nlist} vectors, got {len(sample)}; "
                                   "add more vectors first or use a smaller nlist "
@@ -455,7 +460,7 @@ class VectorIndex:
         """FAISS search (GPU when available and unfiltered). With an allow-list covering a fraction f of the index,
         IVF types probe nprobe / f lists. Rows that found fewer than `want` results are searched again with 4x
         nprobe until nprobe = nlist, then exactly."""
-        ivf = _try_ivf(self._index)
+        ivf = ivf_of(self._index)
         scores = ids = None
         if allowed is None:
             gpu_result = self._search_gpu(queries, k)
@@ -467,11 +472,11 @@ class VectorIndex:
             # probe 1/fraction more lists, so that as many allowed vectors are scored as in an unfiltered search
             nprobe = min(ivf.nlist, -(-nprobe * self.ntotal // len(allowed)))
         if scores is None:
-            scores, ids = self._search_cpu(queries, k, sel, nprobe)
+            scores, ids = self.search_cpu(queries, k, sel, nprobe)
         short = (ids >= 0).sum(axis=1) < want  # (q,)
         while short.any() and ivf is not None and nprobe < ivf.nlist:
             nprobe = min(ivf.nlist, nprobe * 4)
-            scores[short], ids[short] = self._search_cpu(queries[short], k, sel, nprobe)
+            scores[short], ids[short] = self.search_cpu(queries[short], k, sel, nprobe)
             short[short] = (ids[short] >= 0).sum(axis=1) < want
         if short.any():
             cand = self._ids_sorted if allowed is None else allowed
@@ -479,8 +484,10 @@ class VectorIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
-    def _search_cpu(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,
-                    nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def search_cpu(self, queries: np.ndarray, k: int, sel: faiss.IDSelector | None,
+                   nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The search on the CPU index (the reference of the GPU path): ``sel`` an id selector, ``nprobe`` IVF
+        lists probed."""
         if sel is None and nprobe is None:
             return self._index.search(queries, k)
         if nprobe is not None:

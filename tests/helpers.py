@@ -175,11 +175,8 @@ def in_child(fn, fault: str | None = None, setup=None) -> tuple[int, str]:
         os.close(r)
         code, message = 0, ""
         try:
-            faults._PLAN.clear()
-            faults._hits.clear()
-            if fault:
-                point, _, n = fault.partition(":")
-                faults._PLAN[point] = int(n or 1)
+            point, _, n = (fault or "").partition(":")
+            faults.arm({point: int(n or 1)} if fault else {})
             if setup:
                 setup()
             fn()

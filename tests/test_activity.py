@@ -62,7 +62,7 @@ def test_a2v_feature_recomputed_from_the_store_equals_a_direct_forward(trained):
 
 def test_activity_index_export_and_stats(trained):
     api, _ = trained
-    store = api._open_reader()
+    store = api.store
     assert store.index_names() == ALL_INDEX_NAMES and api.stats()["activity_space"] == "available"
     assert (store.index_dir / "activity.json").is_file()
     rows = next(api.export_batches())  # default fields include the activity with trained heads

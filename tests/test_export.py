@@ -141,7 +141,7 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
             assert cols[name].dtype == values.dtype, (name, cols[name].dtype, values.dtype)
             np.testing.assert_array_equal(cols[name], values, err_msg=name)
     # the values are the ones search uses: the stored float16 vectors and the FAISS vectors
-    store = api._open_reader()
+    store = api.store
     ids = want["person_id"]
     assert ids.tolist() == sorted(ids.tolist()) and len(set(ids.tolist())) == N_PERSONS
     with store.db.session() as s:
@@ -196,7 +196,7 @@ def test_pandas_and_polars_read_parquet_as_is(api, tmp_path):
 
 
 def test_filters_select_the_same_persons_as_search(api, tmp_path):
-    store = api._open_reader()
+    store = api.store
     cases = [({"collection": "odd"}, 12), ({"kind": "video"}, 4), ({"path": "/media/main/img0*"}, None),
              ({"where": ["foot: walk with>=0.5"]}, None), ({"collection": "main", "where": ["verb: walk<0.5"]}, None)]
     from a2v_search.search import make_filters

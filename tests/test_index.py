@@ -578,13 +578,13 @@ def test_ivf_build_with_gpu_assist_gives_the_cpu_index(monkeypatch) -> None:
     monkeypatch.setattr(faiss_index, "_gpu_resources", None)
     assisted = VectorIndex.create(DIM, "IVF16,Flat")
     assisted.add(ids, x)
-    ivf_cpu, ivf_gpu = faiss_index._try_ivf(cpu._index), faiss_index._try_ivf(assisted._index)
+    ivf_cpu, ivf_gpu = cpu.ivf, assisted.ivf
     assert [c.ntotal for c in copies] == [16, 16]  # k-means ran on the clustering index; the quantizer copy added
     assert all(c.metric_type == faiss.METRIC_INNER_PRODUCT for c in copies)
     np.testing.assert_array_equal(ivf_cpu.quantizer.reconstruct_n(0, 16), ivf_gpu.quantizer.reconstruct_n(0, 16))
     assert [ivf_gpu.invlists.list_size(i) for i in range(16)] == [ivf_cpu.invlists.list_size(i) for i in range(16)]
     assert int(ivf_gpu.quantizer.this) not in {int(c.this) for c in copies}  # the CPU quantizer is back
-    cpu_found, gpu_found = cpu.search(x[:50], 5)[1], assisted._search_cpu(x[:50], 5, None, assisted.nprobe)[1]
+    cpu_found, gpu_found = cpu.search(x[:50], 5)[1], assisted.search_cpu(x[:50], 5, None, assisted.nprobe)[1]
     np.testing.assert_array_equal(cpu_found, gpu_found)
 
 

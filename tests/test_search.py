@@ -108,7 +108,7 @@ def test_text_queries_hold_on_a_noisy_background(noisy):
     for text, profile in queries.items():
         assert [profile_of(h) for h in noisy.search_text(text, k=3)] == [profile] * 3, text
     # the same persons as plain p @ M vectors (the formula before margins) lose several of these queries
-    store = noisy._open_reader()
+    store = noisy.store
     language = store.language()
     with store.db.session() as s:
         rows = repo.fetch_persons(s, repo.person_ids(s))

@@ -212,7 +212,7 @@ class Ingestor:
             self.detector = self._detector_src()
         self._load_seconds = time.perf_counter() - t0
         device = self.encoder.device
-        self._gpu_jpeg = _use_gpu_jpeg(self.opt.jpeg_decoder, device)
+        self._gpu_jpeg = use_gpu_jpeg(self.opt.jpeg_decoder, device)
         self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(device.type == "cuda")
         if self.opt.batch_size is None:
             from ..models.encoder import default_batch_size
@@ -503,7 +503,7 @@ def assemble(*args, **kwargs):
     return gpu_assemble(*args, **kwargs)
 
 
-def _use_gpu_jpeg(choice: str, device) -> bool:
+def use_gpu_jpeg(choice: str, device) -> bool:
     """Whether eligible JPEGs are decoded on the GPU: ``auto`` when the encoder is on CUDA and torchvision can,
     ``gpu`` demands it (an InputError naming the fix otherwise), ``cpu`` never."""
     check_choice("--jpeg-decoder", choice, JPEG_DECODERS)

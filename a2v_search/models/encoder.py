@@ -66,6 +66,11 @@ class ActivityEncoder:
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
+    def clip_text_loader(self) -> Callable[[], tuple] | None:
+        """What loads CLIP's text tower when a CLIP text query first needs it (None: this encoder has none)."""
+        return self._clip_text_loader
+
+    @property
     def image_size(self) -> int:
         return self.preprocess.size
 

@@ -197,8 +197,8 @@ def test_compile_and_jpeg_decoder_flags_are_checked_before_any_work(tmp_path, ti
     with pytest.raises(InputError, match="unknown --jpeg-decoder 'nvjpeg'; valid: auto, gpu, cpu"):
         A2VSearch.open(tmp_path / "s").ingest([str(tmp_path)], jpeg_decoder="nvjpeg")
     with pytest.raises(InputError, match="--jpeg-decoder gpu needs a CUDA device"):
-        ingest._use_gpu_jpeg("gpu", torch.device("cpu"))
-    assert not ingest._use_gpu_jpeg("auto", torch.device("cpu")) and not ingest._use_gpu_jpeg("cpu",
+        ingest.use_gpu_jpeg("gpu", torch.device("cpu"))
+    assert not ingest.use_gpu_jpeg("auto", torch.device("cpu")) and not ingest.use_gpu_jpeg("cpu",
                                                                                              torch.device("cpu"))
     assert default_batch_size(torch.device("cpu")) == 32  # the CPU batch stays what it was
     enc = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False,

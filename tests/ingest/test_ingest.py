@@ -135,7 +135,8 @@ def test_boxes_files(api, tmp_path):
 
     hake = {paths[0].name: {"labels": [{"human_bbox": [1, 1, 30, 50]}, {"human_bbox": [1, 1, 30, 50]}]}}
     (tmp_path / "hake.json").write_text(json.dumps(hake))
-    r2 = A2VSearch.open(tmp_path / "d2", model=api._flags["model"], text_model=api._flags["text_model"])
+    spec = api.model_spec()
+    r2 = A2VSearch.open(tmp_path / "d2", model=spec.model, text_model=spec.text_model)
     assert r2.ingest([tmp_path / "in"], detector=f"boxes:{tmp_path / 'hake.json'}", workers=0).persons_added == 1
 
 

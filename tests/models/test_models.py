@@ -83,14 +83,14 @@ def test_precedence_checkpoint_over_model_over_default(official_ckpt, tiny_clip_
     both = load_encoder(ModelSpec(model=str(tiny_clip_dir), checkpoint=str(path)), device="cpu", with_language=False)
     assert both.space["visual_model"] == both.space["heads"] == ident  # the checkpoint's tower and heads win
     assert both.model.visual_dim == 512 and both.image_size == 224
-    tower = both._clip_text_loader  # CLIP's text tower still comes from --model, loaded only when asked for
+    tower = both.clip_text_loader  # CLIP's text tower still comes from --model, loaded only when asked for
     assert tower.name == str(tiny_clip_dir) and tower.loaded is None
     alone = load_encoder(ModelSpec(checkpoint=str(path)), device="cpu", with_language=False)
-    assert alone._clip_text_loader.name == DEFAULT_CLIP_MODEL and alone._clip_text_loader.loaded is None
+    assert alone.clip_text_loader.name == DEFAULT_CLIP_MODEL and alone.clip_text_loader.loaded is None
     model = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False)
     assert model.space["visual_model"] == str(tiny_clip_dir.resolve())
     assert model.space["heads"].startswith("zero-shot:") and model.space["heads"].endswith(str(tiny_clip_dir.resolve()))
-    assert model._clip_text_loader.loaded is not None  # loaded with the zero-shot heads, not loaded twice
+    assert model.clip_text_loader.loaded is not None  # loaded with the zero-shot heads, not loaded twice
 
 
 # ------------------------------------------------------------------ checkpoint errors
