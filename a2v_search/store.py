@@ -50,7 +50,7 @@ from . import activity
 from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
-from .models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, legacy_pooling
+from .models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, PhraseBasis, legacy_pooling
 from .tracks import link
 
 log = logging.getLogger("a2v_search")
@@ -152,6 +152,8 @@ class Store:
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
         self._language: LanguageSpace | None = None
+        self._basis: PhraseBasis | None = None
+        self._basis_recorded = False
         self._space: Space | None = None
         self._lock: WriteLock | None = None
         self._last_save = time.monotonic()
@@ -245,8 +247,9 @@ class Store:
             return row
         config = {**space, "language_dim": language.dim, **language.record()}
         with self.db.session() as s:
-            row = repo.add_space(s, space_fingerprint(config), config, language.m_pasta, language.m_verb)
-        self._language, self._space = language, row
+            row = repo.add_space(s, space_fingerprint(config), config, language.m_pasta, language.m_verb,
+                                 language.basis.arrays())
+        self._language, self._space, self._basis, self._basis_recorded = language, row, language.basis, True
         return row
 
     def record_spec(self, spec: dict) -> None:
@@ -267,8 +270,32 @@ class Store:
             self._require_current_language()
             m_pasta, m_verb = repo.space_matrices(row)
             self._language = LanguageSpace(m_pasta.copy(), m_verb.copy(), text_model=row.text_model,
-                                           pooling=self.space()["pooling"], vector=self.space()["language_vector"])
+                                           pooling=self.space()["pooling"], vector=self.space()["language_vector"],
+                                           basis=self.phrase_basis())
         return self._language
+
+    def phrase_basis(self) -> PhraseBasis:
+        """The language space's compact basis as the store records it. A store made before it was recorded (schema
+        < 4) gets it computed from its matrices (signs fixed, so the same on every machine), recorded by the next
+        writer's save; a language index built in another basis is rebuilt when loaded (``_load_index``)."""
+        if self._basis is None:
+            row = self.space_row()
+            try:
+                recorded = repo.space_basis(row)
+            except ValueError as e:  # blobs of the wrong length
+                raise StoreError(f"the language basis recorded in {self.data_dir} is damaged ({e}); restore a "
+                                 "backup, or ingest again into a new --data-dir") from e
+            self._basis_recorded = recorded is not None
+            self._basis = PhraseBasis(*recorded) if recorded else PhraseBasis.of(*repo.space_matrices(row))
+        return self._basis
+
+    def _record_basis(self) -> None:
+        """Writers: record the basis of a store made before it was kept (the one this process's vectors used)."""
+        if self._basis is not None and not self._basis_recorded:
+            with self.db.session() as s:
+                repo.set_space_basis(s, self.space_row().id, self._basis.arrays())
+            self._basis_recorded = True
+            log.info("store %s: recorded its language basis", self.data_dir)
 
     def _require_current_language(self) -> None:
         """Refuse a store whose language vectors were made with another formula than this version's."""
@@ -305,7 +332,7 @@ class Store:
             repo.update_space(s, self.space_row().id, fingerprint, config)
         log.warning("store %s: language vectors migrated to %s; rebuilding the indexes", self.data_dir,
                     LANGUAGE_VECTOR)
-        self._space = self._language = None
+        self._space = self._language = None  # the basis stays: it does not depend on the formula
         return True
 
     def set_language(self, language: LanguageSpace) -> None:
@@ -419,7 +446,7 @@ class Store:
                     manifest = read_manifest_file(self.index_dir, name)
                 except (OSError, ValueError):
                     return False
-                if manifest is None or manifest.get("space") != self.fingerprint:
+                if manifest is None or manifest.get("space") != self.fingerprint or self._other_basis(name, manifest):
                     return False
                 max_id = int(manifest.get("max_id", -1))
                 if repo.id_stats(s, upto_id=max_id) != (int(manifest.get("count", -1)), max_id) or newest > max_id:
@@ -443,12 +470,23 @@ class Store:
             raise SpaceMismatchError(f"FAISS index {name!r} in {self.index_dir} was built for vector space "
                                      f"{manifest.get('space')}, but this store's space is {fp}; rebuild it with "
                                      f"`python manage.py reindex --data-dir {self.data_dir}`")
-        stale = self._newer_than_sqlite(manifest)
+        stale = self._newer_than_sqlite(manifest) or self._other_basis(name, manifest)
         if stale:
-            log.warning("FAISS index %r %s; rebuilding it from SQLite", name, stale)
+            log.warning("FAISS index %r %s; rebuilding it from SQLite%s", name, stale,
+                        "" if self.writable else f" (in memory: `python manage.py reindex --data-dir {self.data_dir}` "
+                        "saves it once)")
             return self._build_index(name)
         self._catch_up(name, idx, int(manifest["max_id"]))
         return idx
+
+    def _other_basis(self, name: str, manifest: dict) -> str | None:
+        """Why a saved language index is not in the store's language basis (saved by a version that did not record
+        it, or in another basis), or None. Other indexes have no basis."""
+        if name != "language" or manifest.get("basis") == self.phrase_basis().digest():
+            return None
+        if manifest.get("basis") is None:
+            return "was saved before its language basis was recorded (an older version)"
+        return f"was built in language basis {manifest['basis']}, not the store's {self.phrase_basis().digest()}"
 
     @_index_errors()
     def refresh(self) -> None:
@@ -541,8 +579,12 @@ class Store:
             idx = self._indexes[name]
             with self.db.session() as s:  # the newest person, to tell a reused id apart on the next open
                 last = repo.person_digest(s, int(idx.ids()[-1])) if idx.ntotal else None
+            manifest = {"space": self.fingerprint, "last": last}
+            if name == "language":  # the basis its vectors are in, recorded in SQLite first
+                manifest["basis"] = self.phrase_basis().digest()
+                self._record_basis()
             try:
-                idx.save(self.index_dir, name, {"space": self.fingerprint, "last": last})
+                idx.save(self.index_dir, name, manifest)
             except (OSError, RuntimeError) as e:  # disk full, read-only folder: SQLite still holds everything
                 raise StoreError(f"cannot save the FAISS index {name!r} in {self.index_dir}: {e}. SQLite holds every "
                                  "person, so nothing is lost; free disk space, then run the same command again (or "
@@ -673,7 +715,7 @@ class Store:
             except (IndexMissingError, IndexCorruptError) as e:
                 problem = Problem(f"index {name}", f"{e}; {REINDEX_HINT}")
             else:
-                stale = self._newer_than_sqlite(manifest)
+                stale = self._newer_than_sqlite(manifest) or self._other_basis(name, manifest)
                 if manifest.get("space") != fp:
                     problem = Problem(f"index {name}", f"built for space {manifest.get('space')}, store space is {fp}")
                 elif stale:

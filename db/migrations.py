@@ -44,8 +44,17 @@ def _v2_to_v3(conn: Connection, link: Linker | None) -> None:
         s.flush()
 
 
+def _v3_to_v4(conn: Connection, link: Linker | None) -> None:
+    """Version 4 records the language space's compact basis with the space (NULL here: the store's first writer
+    records it, a2v_search.store)."""
+    conn.exec_driver_sql("ALTER TABLE spaces ADD COLUMN basis_pasta BLOB")
+    conn.exec_driver_sql("ALTER TABLE spaces ADD COLUMN basis_verb BLOB")
+    conn.exec_driver_sql("ALTER TABLE spaces ADD COLUMN sv_pasta BLOB")
+    conn.exec_driver_sql("ALTER TABLE spaces ADD COLUMN sv_verb BLOB")
+
+
 #: version -> the step that upgrades a store of that version to the next.
-STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
+STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

@@ -337,16 +337,34 @@ def spaces(s: Session) -> list[Space]:
     return list(s.execute(select(Space).order_by(Space.id)).scalars())
 
 
-def add_space(s: Session, fingerprint: str, config: dict, m_pasta: np.ndarray, m_verb: np.ndarray) -> Space:
-    """Register a vector space with its language matrices."""
+#: the compact basis of a language space: pasta (r_p, D), verb (r_v, D) float32; their singular values (r_p,),
+#: (r_v,) float64
+Basis = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _basis_columns(basis: Basis) -> dict[str, bytes]:
+    pasta, verb, s_pasta, s_verb = basis
+    return {"basis_pasta": np.asarray(pasta, np.float32).tobytes(),
+            "basis_verb": np.asarray(verb, np.float32).tobytes(),
+            "sv_pasta": np.asarray(s_pasta, np.float64).tobytes(), "sv_verb": np.asarray(s_verb, np.float64).tobytes()}
+
+
+def add_space(s: Session, fingerprint: str, config: dict, m_pasta: np.ndarray, m_verb: np.ndarray,
+              basis: Basis) -> Space:
+    """Register a vector space with its language matrices and their compact basis."""
     space = Space(fingerprint=fingerprint, visual_model=str(config["visual_model"]), heads=str(config["heads"]),
                   text_model=str(config["text_model"]), phrases=str(config["phrases"]),
                   visual_dim=int(config["visual_dim"]), language_dim=int(config["language_dim"]),
                   config=json.dumps(config, sort_keys=True), m_pasta=np.asarray(m_pasta, np.float32).tobytes(),
-                  m_verb=np.asarray(m_verb, np.float32).tobytes(), created_at=time.time())
+                  m_verb=np.asarray(m_verb, np.float32).tobytes(), created_at=time.time(), **_basis_columns(basis))
     s.add(space)
     s.flush()
     return space
+
+
+def set_space_basis(s: Session, space_id: int, basis: Basis) -> None:
+    """Record the compact basis of a space made before it was stored (schema < 4)."""
+    s.execute(update(Space).where(Space.id == space_id).values(**_basis_columns(basis)))
 
 
 def update_space(s: Session, space_id: int, fingerprint: str, config: dict) -> None:
@@ -364,6 +382,15 @@ def space_matrices(space: Space) -> tuple[np.ndarray, np.ndarray]:
     """The stored (93, D) and (157, D) language matrices of a space."""
     m_pasta = np.frombuffer(space.m_pasta, np.float32).reshape(N_PASTA, -1)
     return m_pasta, np.frombuffer(space.m_verb, np.float32).reshape(N_VERBS, -1)
+
+
+def space_basis(space: Space) -> Basis | None:
+    """The recorded compact basis of a space, or None where none is recorded yet."""
+    if None in (space.basis_pasta, space.basis_verb, space.sv_pasta, space.sv_verb):
+        return None
+    s_pasta, s_verb = np.frombuffer(space.sv_pasta, np.float64), np.frombuffer(space.sv_verb, np.float64)
+    return (np.frombuffer(space.basis_pasta, np.float32).reshape(len(s_pasta), -1),
+            np.frombuffer(space.basis_verb, np.float32).reshape(len(s_verb), -1), s_pasta, s_verb)
 
 
 # ------------------------------------------------------------------ writing

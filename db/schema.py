@@ -8,7 +8,8 @@ index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT)
 linked into ``tracks`` (the tracker of a2v-search, passed to ``repo.add_media``); image persons have no track.
 
 Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
-(older persons have NULL there); 3 = video tracks.
+(older persons have NULL there); 3 = video tracks; 4 = the language space's compact basis on ``spaces``
+(NULL in older stores until a writer records it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Probabilities at or above this are copied into ``labels`` (filters with lower thresholds scan the blobs).
 LABEL_MIN_P = 0.05
 LABEL_PASTA, LABEL_VERB = 0, 1
@@ -49,6 +50,13 @@ class Space(Base):
     config: Mapped[str] = mapped_column(Text)  # JSON: the model flags and everything above
     m_pasta: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (93, D)
     m_verb: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (157, D)
+    # the compact basis of the language space (a2v_search.models.language.PhraseBasis), recorded so that it is never
+    # recomputed (another machine's SVD may return other signs); NULL in stores older than version 4 until a writer
+    # records it
+    basis_pasta: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 (r_p, D)
+    basis_verb: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 (r_v, D)
+    sv_pasta: Mapped[bytes | None] = mapped_column(LargeBinary)  # float64 (r_p,): singular values
+    sv_verb: Mapped[bytes | None] = mapped_column(LargeBinary)  # float64 (r_v,)
     created_at: Mapped[float] = mapped_column(Float)
 
 

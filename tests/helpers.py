@@ -109,8 +109,9 @@ class StubEncoder:
 
 
 def downgrade(db_file, version: int) -> None:
-    """Turn a store into what an older schema version wrote: 2 = without tracks (no ``tracks`` table, no
-    ``persons.track_id``); 1 = also without ``persons.visual_norm``."""
+    """Turn a store into what an older schema version wrote: 3 = without the recorded language basis (no basis
+    columns on ``spaces``); 2 = also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also without
+    ``persons.visual_norm``."""
     import sqlite3
 
     from sqlalchemy import MetaData, Table
@@ -119,21 +120,24 @@ def downgrade(db_file, version: int) -> None:
 
     from db.schema import Media, Person, Space
 
-    dropped = {"track_id"} | ({"visual_norm"} if version < 2 else set())
-    md = MetaData()
-    Media.__table__.to_metadata(md)
-    Space.__table__.to_metadata(md)
-    old = Table("persons_old", md, *[c._copy() for c in Person.__table__.columns if c.name not in dropped],
-                sqlite_autoincrement=True)
-    cols = ", ".join(c.name for c in old.columns)
-    norm_index = "" if version < 2 else "CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL;"
     con = sqlite3.connect(db_file)
-    con.executescript(f"PRAGMA foreign_keys=OFF; {CreateTable(old).compile(dialect=sqlite.dialect())};"
-                      f"INSERT INTO persons_old ({cols}) SELECT {cols} FROM persons; DROP TABLE persons;"
-                      "ALTER TABLE persons_old RENAME TO persons; DROP TABLE tracks;"
-                      "CREATE INDEX ix_persons_media_id ON persons (media_id);"
-                      f"CREATE INDEX ix_persons_space_id ON persons (space_id); {norm_index}"
+    con.executescript("ALTER TABLE spaces DROP COLUMN basis_pasta; ALTER TABLE spaces DROP COLUMN basis_verb;"
+                      "ALTER TABLE spaces DROP COLUMN sv_pasta; ALTER TABLE spaces DROP COLUMN sv_verb;"
                       f"UPDATE meta SET value='{int(version)}' WHERE key='schema_version';")
+    if version < 3:
+        dropped = {"track_id"} | ({"visual_norm"} if version < 2 else set())
+        md = MetaData()
+        Media.__table__.to_metadata(md)
+        Space.__table__.to_metadata(md)
+        old = Table("persons_old", md, *[c._copy() for c in Person.__table__.columns if c.name not in dropped],
+                    sqlite_autoincrement=True)
+        cols = ", ".join(c.name for c in old.columns)
+        norm_index = "" if version < 2 else "CREATE INDEX ix_persons_no_norm ON persons (id) WHERE visual_norm IS NULL;"
+        con.executescript(f"PRAGMA foreign_keys=OFF; {CreateTable(old).compile(dialect=sqlite.dialect())};"
+                          f"INSERT INTO persons_old ({cols}) SELECT {cols} FROM persons; DROP TABLE persons;"
+                          "ALTER TABLE persons_old RENAME TO persons; DROP TABLE tracks;"
+                          "CREATE INDEX ix_persons_media_id ON persons (media_id);"
+                          f"CREATE INDEX ix_persons_space_id ON persons (space_id); {norm_index}")
     con.close()
 
 

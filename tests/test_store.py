@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
 
@@ -446,3 +447,148 @@ def test_store_turns_db_and_index_errors_into_its_own_with_the_fix(tmp_path):
     with pytest.raises(IndexCorruptError) as err:  # the index package itself names no CLI command
         VectorIndex.load(folder, "visual")
     assert "manage.py" not in str(err.value)
+
+
+# ------------------------------------------------------------------ the recorded language basis (issue 30)
+
+#: run in a child process: numpy's SVD returns another valid decomposition (the signs of every other singular pair
+#: flipped, as another LAPACK build may), or none at all; then the store answers text, free-text and person queries
+_OTHER_SVD = """
+import json, sys
+import numpy as np
+real = np.linalg.svd
+def flipped(a, *args, **kw):
+    u, s, vt = real(a, *args, **kw)
+    u, vt = u.copy(), vt.copy()
+    u[..., 1::2] *= -1
+    vt[..., 1::2, :] *= -1
+    return u, s, vt
+def refused(*args, **kw):
+    raise AssertionError("SVD called")
+np.linalg.svd = {"flipped": flipped, "refused": refused, "real": real}[sys.argv[2]]
+from a2v_search.api import A2VSearch
+with A2VSearch.open(sys.argv[1]) as api:
+    out = [[(h.person_id, round(h.score, 4)) for h in r.hits] for r in (
+        api.search_text("hand: hold; head: drink with; verb: drink with", k=8),
+        api.search_text("a person drinking from a cup", k=8), api.search_similar(7, k=8))]
+print(json.dumps(out))
+"""
+
+
+def _answers(data_dir, svd: str) -> list:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _OTHER_SVD, str(data_dir), svd], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def text_store(tmp_path_factory, tiny_bert_dir):
+    """A store of 300 persons (more than one search's candidate pool) whose language space is the tiny BERT's."""
+    data = tmp_path_factory.mktemp("basis") / "data"
+    rng = np.random.default_rng(3)
+    space = {**SPACE, "text_model": str(tiny_bert_dir), "spec": {**SPACE["spec"], "text_model": str(tiny_bert_dir)}}
+    store = Store(data, create=True).lock("test")
+    store.ensure_space(space, LanguageSpace.from_text_model(str(tiny_bert_dir)))
+    store.write([media(f"/m/{i}.jpg", [random_person(rng) for _ in range(3)]) for i in range(100)])
+    store.close()
+    return data
+
+
+@pytest.mark.guarantee("G35")
+def test_a_store_answers_the_same_where_the_svd_returns_other_signs_or_is_never_called(text_store):
+    ours = _answers(text_store, "real")
+    assert all(len(hits) == 8 for hits in ours) and ours[0][0][1] > 0.5
+    assert _answers(text_store, "flipped") == ours  # another LAPACK build: the same persons, the same scores
+    assert _answers(text_store, "refused") == ours  # opening and searching never recompute the basis
+    with pytest.MonkeyPatch.context() as mp:  # nor does writing
+        mp.setattr(np.linalg, "svd", lambda *a, **kw: pytest.fail("SVD called"))
+        writer = Store(text_store, create=True).lock("test")
+        writer.write([media("/m/new.jpg", [random_person(np.random.default_rng(9))])])
+        writer.close()
+
+
+def test_the_computed_basis_does_not_depend_on_the_svd_signs():
+    lang = random_language()
+    real = np.linalg.svd
+
+    def negated(a, **kw):  # every singular pair with the other sign: an equally valid SVD
+        u, s, vt = real(a, **kw)
+        return -u, s, -vt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(np.linalg, "svd", negated)
+        other = LanguageSpace(lang.m_pasta, lang.m_verb, "test-text")
+    np.testing.assert_array_equal(other.basis_pasta, lang.basis_pasta)
+    assert other.basis.digest() == lang.basis.digest()
+
+
+def _as_older_store(data_dir) -> None:
+    """What a version before the recorded basis left: schema 3, language manifest without a basis."""
+    from helpers import downgrade
+
+    downgrade(data_dir / "a2v.sqlite", 3)
+    path = data_dir / "index" / "language.json"
+    manifest = json.loads(path.read_text())
+    del manifest["basis"]
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.guarantee("G27", "G35")
+def test_an_older_store_built_in_another_basis_answers_right_and_records_its_basis_once(tmp_path, caplog):
+    from a2v_search.models.language import PhraseBasis
+
+    lang = random_language()
+    b = lang.basis
+    flip = np.where(np.arange(len(b.pasta)) % 2, -1, 1)[:, None].astype(np.float32)
+    other = PhraseBasis(b.pasta * flip, b.verb, b.s_pasta, b.s_verb)  # another machine's SVD built its indexes
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    store = writable_store(data, LanguageSpace(lang.m_pasta, lang.m_verb, "test-text", basis=other))
+    store.write([media(f"/m/{i}.jpg", [random_person(rng) for _ in range(3)]) for i in range(20)])
+    store.close()
+    _as_older_store(data)
+
+    def expected(store) -> np.ndarray:  # the ranking by exact cosines in the store's basis
+        with store.db.session() as s:
+            batch = next(repo.iter_vectors(s))
+        q = store.language().embed_query(store.language().interpret("hand: hold; verb: drink with"))
+        return batch.ids[np.argsort(-(store.language().embed(batch.pasta, batch.verbs) @ q), kind="stable")][:5]
+
+    saved, _ = VectorIndex.load(data / "index", "language")
+    q = lang.embed_query(lang.interpret("hand: hold; verb: drink with"))
+    assert saved.search(q[None], 5)[1][0].tolist() != expected(Store(data)).tolist()  # what the old version found
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        reader = Store(data)
+        assert reader.phrase_basis().digest() == b.digest()  # computed here, signs fixed: not the flipped one
+        got = _top(reader, "hand: hold; verb: drink with")
+    assert "before its language basis was recorded" in caplog.text and "reindex" in caplog.text
+    assert got == expected(reader).tolist()
+    reader.close()
+    con = sqlite3.connect(data / "a2v.sqlite")
+    assert con.execute("SELECT basis_pasta FROM spaces").fetchone() == (None,)  # a reader writes nothing
+    con.close()
+    writer = Store(data, create=True).lock("test")  # the first writer records the basis and saves the index
+    writer.indexes()
+    writer.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        again = Store(data)
+        assert _top(again, "hand: hold; verb: drink with") == got
+        assert again.check().problems == []
+    assert caplog.text == ""
+    assert repo.space_basis(again.space_row()) is not None
+    assert json.loads((data / "index" / "language.json").read_text())["basis"] == b.digest()
+    again.close()
+
+
+def _top(store, text: str, k: int = 5) -> list[int]:
+    lang = store.language()
+    _, ids = store.indexes()["language"].search(lang.embed_query(lang.interpret(text))[None], k)
+    return ids[0].tolist()

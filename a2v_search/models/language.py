@@ -16,10 +16,12 @@ phrases of all-MiniLM-L6-v2 have cosine 0.33 +- 0.17), so the background states 
 query a little; flattening the spectrum makes distinct states more distinct while near-synonyms stay near
 (docs/design.md, measured by bench/language_ablation.py). Each block lies in the span of its phrase rows, so
 vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D), ``basis_verb`` (r_v, D), the
-SVD's V): the same cosines exactly, in r_p + r_v <= 243 dimensions instead of 2D (1536 for bert-base). The verb
-block is there because many activities have no PaSta of their own ("riding a bike" is a verb, not a part state);
-see docs/design.md. Everything the formula uses is computed from the stored matrices, so an index rebuilt from
-SQLite is the same and an older store migrates without its text model.
+SVD's V with each vector's sign fixed; ``PhraseBasis``): the same cosines exactly, in r_p + r_v <= 243 dimensions
+instead of 2D (1536 for bert-base). A store records that basis with its matrices and never computes it again, so
+another machine's SVD (other signs, another rotation) cannot put queries into another basis than its indexes. The
+verb block is there because many activities have no PaSta of their own ("riding a bike" is a verb, not a part
+state); see docs/design.md. Everything the formula uses is stored with the space (matrices, basis), so an index
+rebuilt from SQLite is the same and an older store migrates without its text model.
 
 Pooling: what a sentence-transformers model says (``modules.json`` -> its Pooling folder's ``config.json``: mean
 over all tokens as it was trained, CLS or max), else the mean of the word tokens' last hidden states ([CLS], [SEP]
@@ -37,6 +39,7 @@ its PaSta reading ("head: lick") is a guess that should weigh little.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -255,10 +258,52 @@ def margins(p: np.ndarray, groups: tuple[np.ndarray, ...], keep: int) -> np.ndar
 
 def _row_basis(m: np.ndarray, rtol: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal basis (r, D) of the row space of ``m`` and its singular values (r,), largest first (float64 SVD,
-    singular values above ``rtol * max``)."""
+    singular values above ``rtol * max``). Each basis vector's sign is fixed (its largest-magnitude entry is
+    positive), so the result does not depend on which signs the LAPACK build's SVD happened to return."""
     _, s, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
-    r = int((s > rtol * s.max()).sum()) if s.size and s.max() > 0 else 0
-    return vt[:max(r, 1)].astype(np.float32), s[:max(r, 1)]
+    r = max(int((s > rtol * s.max()).sum()) if s.size and s.max() > 0 else 0, 1)
+    vt = vt[:r]  # (r, D)
+    signs = np.sign(vt[np.arange(r), np.abs(vt).argmax(axis=1)])  # (r,)
+    return (vt * np.where(signs == 0, 1.0, signs)[:, None]).astype(np.float32), s[:r]
+
+
+@dataclass(frozen=True)
+class PhraseBasis:
+    """The compact basis of a language space: orthonormal bases of the two phrase blocks' row spaces, pasta (r_p, D)
+    and verb (r_v, D) float32, and their singular values (r_p,), (r_v,) float64 (the whitening scales each direction
+    by them). A store records it with its space, so that queries are put into exactly the basis its indexes were
+    built in, whatever another machine's SVD would return (signs, rotations within equal singular values)."""
+
+    pasta: np.ndarray
+    verb: np.ndarray
+    s_pasta: np.ndarray
+    s_verb: np.ndarray
+
+    @classmethod
+    def of(cls, m_pasta: np.ndarray, m_verb: np.ndarray) -> PhraseBasis:
+        """Computed from the phrase matrices (a float64 SVD per block, signs fixed)."""
+        (pasta, s_pasta), (verb, s_verb) = _row_basis(m_pasta), _row_basis(m_verb)
+        return cls(pasta, verb, s_pasta, s_verb)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pasta, verb, s_pasta, s_verb) as stored: float32, float32, float64, float64."""
+        return (np.asarray(self.pasta, np.float32), np.asarray(self.verb, np.float32),
+                np.asarray(self.s_pasta, np.float64), np.asarray(self.s_verb, np.float64))
+
+    def digest(self) -> str:
+        """A short hash of the basis: an index records the one its language vectors were made in."""
+        h = hashlib.sha256()
+        for a in self.arrays():
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def check(self, dim: int) -> None:
+        """Raise ModelError unless the basis fits phrase matrices of width ``dim``."""
+        pasta, verb, s_pasta, s_verb = self.arrays()
+        if (pasta.ndim != 2 or verb.ndim != 2 or pasta.shape[1] != dim or verb.shape[1] != dim
+                or s_pasta.shape != (len(pasta),) or s_verb.shape != (len(verb),)):
+            raise ModelError(f"the recorded language basis ({pasta.shape}, {verb.shape}) does not fit the phrase "
+                             f"matrices (width {dim})")
 
 
 def _whitening(s: np.ndarray, whiten: float) -> np.ndarray:
@@ -310,7 +355,7 @@ class LanguageSpace:
     """The two matrices of the space, and the functions that put persons and texts into it."""
 
     def __init__(self, m_pasta: np.ndarray, m_verb: np.ndarray, text_model: str, encoder: TextEncoder | None = None,
-                 pooling: str | None = None, vector: str = LANGUAGE_VECTOR):
+                 pooling: str | None = None, vector: str = LANGUAGE_VECTOR, basis: PhraseBasis | None = None):
         self.m_pasta = np.asarray(m_pasta, np.float32)  # (93, D)
         self.m_verb = np.asarray(m_verb, np.float32)  # (157, D)
         self.text_model = text_model
@@ -324,8 +369,11 @@ class LanguageSpace:
         if self.m_pasta.shape[0] != len(tx.PASTA_NAMES) or self.m_verb.shape[0] != len(tx.VERB_NAMES):
             raise ModelError(f"language matrices have {self.m_pasta.shape[0]}/{self.m_verb.shape[0]} rows, "
                              "expected 93/157")
-        self.basis_pasta, s_pasta = _row_basis(self.m_pasta)  # (r_p, D) orthonormal rows, (r_p,) singular values
-        self.basis_verb, s_verb = _row_basis(self.m_verb)  # (r_v, D), (r_v,)
+        #: the compact basis: a store's recorded one, else computed from the matrices (``PhraseBasis.of``)
+        self.basis = basis if basis is not None else PhraseBasis.of(self.m_pasta, self.m_verb)
+        self.basis.check(self.m_pasta.shape[1])
+        # (r_p, D), (r_v, D) orthonormal rows; (r_p,), (r_v,) singular values
+        self.basis_pasta, self.basis_verb, s_pasta, s_verb = self.basis.arrays()
         self._white_pasta = _whitening(s_pasta, self.formula.whiten)  # (r_p,) scale per basis direction
         self._white_verb = _whitening(s_verb, self.formula.whiten)  # (r_v,)
         self._red_pasta = self.m_pasta @ self.basis_pasta.T * self._white_pasta  # (93, r_p): M_pasta, whitened
