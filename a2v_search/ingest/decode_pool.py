@@ -1,10 +1,13 @@
 """Decode worker processes: the isolation that keeps one file from stopping or stalling an ingest.
 
 Workers are spawned (they never import torch) and die with the ingest process, even when it is killed by SIGKILL
-(``PR_SET_PDEATHSIG`` on Linux, a watch on the parent's pid elsewhere). Results come back in submission order. A
-file whose decoding crashes its worker is retried alone in a fresh process (a second crash is that file's
-failure); a file still decoding after ``timeout`` seconds has its worker killed and is that file's failure. Other
-files in flight at that moment are decoded again by new workers.
+(``PR_SET_PDEATHSIG`` on Linux, a watch on the parent's pid elsewhere). They never run the caller's main module:
+multiprocessing's spawn re-runs it in every worker (a script without ``if __name__ == "__main__":`` would start its
+ingest again there, and ``python - <<EOF`` names a ``<stdin>`` file that does not exist), so each worker is launched
+as if the main module were empty (``_CleanSpawnContext``); workers need nothing of it. Results come back in
+submission order. A file whose decoding crashes its worker is retried alone in a fresh process (a second crash is
+that file's failure); a file still decoding after ``timeout`` seconds has its worker killed and is that file's
+failure. Other files in flight at that moment are decoded again by new workers.
 """
 
 from __future__ import annotations
@@ -16,15 +19,47 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from .decode import DecodeResult, DecodeTask, decode
 
 PR_SET_PDEATHSIG = 1
 _started = None  # worker side: the queue on which each task's number is put when its decoding starts
+
+
+_LAUNCH = threading.Lock()  # one launch at a time hides (and restores) the main module
+
+
+@contextmanager
+def _empty_main():
+    """While a worker is launched, ``__main__`` is an empty module: spawn then passes the worker no main module to
+    re-run (neither a script's path nor ``-m``'s module name). Nothing of the caller's main is pickled for it."""
+    with _LAUNCH:
+        real = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if real is not None:
+                sys.modules["__main__"] = real
+
+
+class _CleanSpawnProcess(mp.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):
+        with _empty_main():
+            return mp.context.SpawnProcess._Popen(process_obj)
+
+
+class _CleanSpawnContext(mp.context.SpawnContext):
+    """The spawn start method, without the caller's main module in the workers."""
+
+    Process = _CleanSpawnProcess
 
 
 def _worker_init(parent_pid: int, started) -> None:
@@ -78,7 +113,7 @@ class DecodePool:
         return len(self._queue)
 
     def _new_pool(self) -> None:
-        ctx = mp.get_context("spawn")
+        ctx = _CleanSpawnContext()
         self._started = ctx.SimpleQueue()
         self._starts.clear()
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,

@@ -183,3 +183,42 @@ def test_a_named_link_is_followed_wherever_it_points(tmp_path):
     report = ingest(tmp_path / "data", [tmp_path / "in" / "linked"])  # named by the user: followed
     assert report.failures == [] and report.media_ingested == 1
     assert set(stored(tmp_path / "data")) == {os.path.realpath(img)}
+
+
+# ------------------------------------------------------------------ 30.2: the README's example, run as users run it
+
+#: the README's Python example with tiny models, as a user writes it: no ``if __name__ == "__main__":`` guard
+_EXAMPLE = """
+from a2v_search import A2VSearch
+store = A2VSearch.open({data!r}, model={clip!r}, text_model={bert!r}, device="cpu")
+report = store.ingest([{images!r}], detector="none", workers=2)
+print("ingested", report.persons_added, "failed", len(report.failures), [f["error"] for f in report.failures])
+print("hits", len(store.search_text("hand: hold; head: drink with", k=3).hits))
+"""
+
+
+@pytest.mark.guarantee("G36")
+@pytest.mark.parametrize("how", ["script", "stdin", "notebook"])
+def test_the_readme_example_ingests_as_a_script_from_stdin_and_in_a_notebook(tmp_path, tiny_clip_dir, tiny_bert_dir,
+                                                                              how):
+    import subprocess
+    import sys
+
+    write_images(tmp_path / "photos", 3)
+    code = _EXAMPLE.format(data=str(tmp_path / "data"), clip=str(tiny_clip_dir), bert=str(tiny_bert_dir),
+                           images=str(tmp_path / "photos"))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "A2V_TEST_MARK": str(tmp_path / "ran")}
+    code = "import os; open(os.environ['A2V_TEST_MARK'], 'a').write('x')\n" + code  # counts runs of the code
+    if how == "script":  # python script.py
+        (tmp_path / "script.py").write_text(code)
+        args, stdin = [sys.executable, str(tmp_path / "script.py")], None
+    elif how == "stdin":  # python - <<EOF
+        args, stdin = [sys.executable, "-"], code
+    else:  # a notebook cell: code run by exec in a main module without a file
+        args, stdin = [sys.executable, "-c", f"exec(compile({code!r}, '<cell>', 'exec'))"], None
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "ingested 3 failed 0 []" in done.stdout and "hits 3" in done.stdout, done.stdout + done.stderr
+    assert (tmp_path / "ran").read_text() == "x"  # the user's code ran once: never again in a decode worker
