@@ -120,7 +120,9 @@ class A2VSearch:
         spec = ModelSpec(model=f["model"] or stored.get("model"),
                          checkpoint=f["checkpoint"] or stored.get("checkpoint"),
                          trust_checkpoint=self._trust,  # consent is this process's flag, never the store's
-                         text_model=f["text_model"] or stored.get("text_model") or self._default_text_model)
+                         text_model=f["text_model"] or stored.get("text_model") or self._default_text_model,
+                         expect_checkpoint=_recorded_identity(space.get("heads"), "checkpoint"),
+                         expect_model=_recorded_identity(space.get("visual_model"), "openai-state-dict"))
         _check_recorded_identity(spec.checkpoint, space.get("heads"), "checkpoint", bool(f["checkpoint"]))
         _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
         return spec
@@ -556,6 +558,11 @@ def _filters(collection, path, kind, where):
     return None if filters.empty() else filters
 
 
+def _recorded_identity(recorded: str | None, kind: str) -> str | None:
+    """The content identity in a store's ``kind:identity`` model reference, or None for another kind."""
+    return recorded.split(":", 1)[1] if recorded and recorded.startswith(f"{kind}:") else None
+
+
 def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, flagged: bool) -> None:
     """A checkpoint (or OpenAI state dict) file must be the one the store recorded (``kind:identity``), checked
     by content before anything in it is read: a file swapped in at the recorded path is refused."""
@@ -570,7 +577,7 @@ def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, 
     from .models.checkpoint import checkpoint_identity
 
     got = checkpoint_identity(Path(path))
-    if got != recorded.split(":", 1)[1]:
+    if got != _recorded_identity(recorded, kind):
         what = f"{flag} {path}" if flagged else f"the file at this store's recorded path {path}"
         raise SpaceMismatchError(f"{what} is not the one this store's vectors were made with (content identity "
                                  f"{got}, store has {recorded}); pass {flag} with the original file (or its "

@@ -23,7 +23,7 @@ from helpers import StubEncoder, in_child, ingest, run_main
 from PIL import Image
 
 from a2v_search.detect import BoxesFile, WholeImage
-from a2v_search.errors import InputError, QueryError, StoreError, StoreLockedError
+from a2v_search.errors import CheckpointError, InputError, QueryError, StoreError, StoreLockedError
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.store import INDEX_NAMES, Store
@@ -525,7 +525,6 @@ def test_consent_to_unpickle_is_never_read_from_a_store(tmp_path, tiny_clip_dir,
         assert (code == 0 or args == ("doctor",) and "index activity" in out) and "Traceback" not in err, (args, err)
         assert not marker.exists(), args
     from a2v_search.api import A2VSearch
-    from a2v_search.errors import CheckpointError
 
     with A2VSearch.open(data) as api, pytest.raises(CheckpointError, match="--trust-checkpoint"):
         api.predict(img, box=[0, 0, 10, 10])
@@ -551,6 +550,51 @@ def test_a_file_swapped_in_at_the_recorded_checkpoint_path_is_refused_before_loa
     code, _, err = run_main("predict", img, "--detector", "none", "--trust-checkpoint", "--data-dir", data)
     assert code == 1 and "is not the one this store's vectors were made with" in err, err
     assert not marker.exists()
+
+
+@pytest.mark.guarantee("G18")
+def test_a_file_swapped_in_after_the_identity_check_is_never_unpickled(tmp_path, tiny_clip_dir, tiny_bert_dir,
+                                                                       monkeypatch):
+    """The checkpoint is swapped between the check of its identity and its loading (a race an attacker can win):
+    the bytes loaded are the bytes hashed, so the swapped-in pickle never runs, even with --trust-checkpoint."""
+    from a2v_search import api as api_module
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt_4.pth"
+    ckpt.write_bytes(b"the original weights")
+    data = tmp_path / "data"
+    _store_made_with(data, ckpt, tiny_clip_dir, tiny_bert_dir)
+    real_check = api_module._check_recorded_identity
+
+    def check_then_swap(path, *args):
+        real_check(path, *args)
+        if path == str(ckpt) and not marker.with_suffix(".swapped").exists():
+            marker.with_suffix(".swapped").touch()
+            _marker_pickle(ckpt, marker)
+
+    monkeypatch.setattr(api_module, "_check_recorded_identity", check_then_swap)
+    [img] = write_images(tmp_path / "in", 1)
+    code, _, err = run_main("predict", img, "--detector", "none", "--trust-checkpoint", "--data-dir", data)
+    assert marker.with_suffix(".swapped").exists()  # the swap happened after the check passed
+    assert code == 1 and "is not the one this store's vectors were made with" in err, err
+    assert not marker.exists()
+
+
+@pytest.mark.guarantee("G18")
+def test_a_converted_folder_is_its_source_only_while_its_weights_are_the_converters(tmp_path, tiny_clip_dir):
+    from a2v_search.models.checkpoint import HEADS_NAME, checkpoint_identity, load_checkpoint, save_checkpoint
+    from a2v_search.models.heads import PastaHeads
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    folder = save_checkpoint(tmp_path / "converted", PastaHeads(dim_in=16, dim_hidden=8),
+                             backbone_ref=str(tiny_clip_dir), extra={"identity": "0123456789abcdef"})
+    assert checkpoint_identity(folder) == "0123456789abcdef" == load_checkpoint(folder)[2]["identity"]
+    other = save_checkpoint(tmp_path / "other", PastaHeads(dim_in=16, dim_hidden=8), backbone_ref=str(tiny_clip_dir))
+    (folder / HEADS_NAME).write_bytes((other / HEADS_NAME).read_bytes())  # other weights, same config
+    assert checkpoint_identity(folder) != "0123456789abcdef"
+    with pytest.raises(CheckpointError, match="is not the one this store's vectors were made with"):
+        load_checkpoint(folder, expect="0123456789abcdef")
 
 
 # ------------------------------------------------------------------ no person or record bricks a store
@@ -936,7 +980,7 @@ def test_every_guarantee_in_the_docs_is_held_by_a_test():
     ids = guarantee_ids()
     assert sorted(ids, key=lambda g: int(g[1:])) == [f"G{i}" for i in range(1, len(ids) + 1)] and len(ids) >= 24
     marked = set()
-    for py in (ROOT / "tests").glob("test_*.py"):
+    for py in (ROOT / "tests").rglob("test_*.py"):
         for args in re.findall(r"@pytest\.mark\.guarantee\(([^)]*)\)", py.read_text()):
             marked.update(re.findall(r'"(G\d+)"', args))
     assert sorted(set(ids) - marked, key=lambda g: int(g[1:])) == []

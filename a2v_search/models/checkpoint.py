@@ -6,6 +6,12 @@ Own format, a folder:
     heads.safetensors    the eight heads (PastaHeads state dict)
     backbone/            optional: a transformers CLIPVisionModelWithProjection (config.json + model.safetensors)
 When ``backbone`` is absent, ``a2v_config.json`` names the CLIP model the heads were trained on.
+
+Identity: a checkpoint's content identity is checked on the bytes that are loaded. A file is read once; its sha256
+is taken of those bytes, compared with the identity a store recorded (``expect``) and only then are they unpickled,
+so a file swapped in at the path in between is never loaded. A folder's identity is that of its weight files
+(``heads.safetensors``, ``backbone/*.safetensors``), read once the same way; a converted folder keeps the identity
+of its source (``identity`` in its config) only while its weights are the ones the converter wrote (``weights``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import io
 import json
 import math
 import pickle
@@ -21,7 +28,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.initialization import no_init_weights
 
@@ -39,19 +48,40 @@ SAFE_GLOBALS = [argparse.Namespace]
 OFFICIAL_PREFIX = "backbone.image_model."
 
 
-def read_torch_file(path: Path, trust: bool = False) -> object:
-    """Load a ``torch.save`` file. Without ``trust`` no pickled code can run: only tensors, containers and
-    ``argparse.Namespace`` are allowed, and anything else is refused with the reason."""
+def _identity(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_once(path: Path, expect: str | None = None) -> tuple[bytes, str]:
+    """A checkpoint file's bytes, read once, and their content identity; with ``expect`` (the identity a store
+    recorded) other bytes are refused before anything reads them."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from e
+    ident = _identity(data)
+    if expect is not None and ident != expect:
+        raise CheckpointError(f"{path} is not the one this store's vectors were made with (content identity {ident}, "
+                              f"the store recorded {expect}); restore that file, or use another --data-dir")
+    return data, ident
+
+
+def read_torch_file(path: Path, trust: bool = False, expect: str | None = None) -> tuple[object, str]:
+    """Load a ``torch.save`` file: (its object, the identity of the bytes loaded; ``expect`` as in ``read_once``).
+    Without ``trust`` no pickled code can run: only tensors, containers and ``argparse.Namespace`` are allowed, and
+    anything else is refused with the reason."""
+    path = Path(path)
+    data, ident = read_once(path, expect)
+    if not data:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); download it again")
     try:
         if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), ident
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), ident
     except pickle.UnpicklingError as e:
         reason = str(e).split("\n")[0] if trust else _unsafe_reason(e)
         if trust:
@@ -198,10 +228,11 @@ def build_heads(state_dict: dict[str, torch.Tensor], source: str) -> PastaHeads:
     return heads.eval()
 
 
-def load_official(path: Path, trust: bool = False
+def load_official(path: Path, trust: bool = False, expect: str | None = None
                   ) -> tuple[CLIPVisionModelWithProjection, PastaHeads, dict]:
-    """The published CLIP-Activity2Vec checkpoint (``ckpt_4.pth``): its image tower and heads."""
-    obj = read_torch_file(path, trust)
+    """The published CLIP-Activity2Vec checkpoint (``ckpt_4.pth``): its image tower and heads; the info holds the
+    ``identity`` of the bytes loaded (``expect``: as in ``read_once``)."""
+    obj, ident = read_torch_file(path, trust, expect)
     sd = state_dict_of(obj, path)
     if not any(k.startswith(OFFICIAL_PREFIX) for k in sd):
         raise CheckpointError(f"{path}: not a CLIP-Activity2Vec checkpoint (no '{OFFICIAL_PREFIX}*' keys); "
@@ -213,18 +244,21 @@ def load_official(path: Path, trust: bool = False
     if heads.dim_in != config.projection_dim:
         raise CheckpointError(f"{path}: heads take {heads.dim_in}-d input but the image tower outputs "
                               f"{config.projection_dim}-d")
-    info = {"source": "official", "epoch": obj.get("epoch") if isinstance(obj, dict) else None}
+    info = {"source": "official", "epoch": obj.get("epoch") if isinstance(obj, dict) else None, "identity": ident}
     return vision, heads, info
 
 
-def load_openai_visual(path: Path, trust: bool = False) -> CLIPVisionModelWithProjection:
-    """The image tower of an OpenAI CLIP state dict (``visual.*`` keys; .pt/.pth/.bin or .safetensors)."""
+def load_openai_visual(path: Path, trust: bool = False, expect: str | None = None
+                       ) -> tuple[CLIPVisionModelWithProjection, str]:
+    """The image tower of an OpenAI CLIP state dict (``visual.*`` keys; .pt/.pth/.bin or .safetensors) and the
+    identity of the bytes loaded (``expect``: as in ``read_once``)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        sd = load_file(str(path))
+        data, ident = read_once(path, expect)
+        sd = _safetensors(data, path)
     else:
         try:
-            obj = read_torch_file(path, trust)
+            obj, ident = read_torch_file(path, trust, expect)
         except CheckpointError:
             if not trust and zipfile.is_zipfile(path) and _is_torchscript(path):
                 raise CheckpointError(f"{path} is a TorchScript archive (it carries code); pass --trust-checkpoint "
@@ -234,7 +268,14 @@ def load_openai_visual(path: Path, trust: bool = False) -> CLIPVisionModelWithPr
     if not any(k.startswith("visual.") for k in sd):
         raise CheckpointError(f"{path}: no 'visual.*' keys; expected an OpenAI CLIP state dict")
     config, vision_sd = openai_visual_to_hf(sd, "visual.", str(path))
-    return build_vision(config, vision_sd, str(path))
+    return build_vision(config, vision_sd, str(path)), ident
+
+
+def _safetensors(data: bytes, source: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{source} is missing or corrupt: {first_line(e)}") from e
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -265,36 +306,76 @@ def save_checkpoint(folder: Path, heads: PastaHeads, vision: CLIPVisionModelWith
     config = {"format": FORMAT, "version": FORMAT_VERSION,
               "heads": {"dim_in": heads.dim_in, "dim_hidden": heads.dim_hidden, "sizes": HEAD_SIZES},
               "backbone": BACKBONE_DIR if vision is not None else None, "backbone_ref": backbone_ref,
-              **(extra or {})}
+              **(extra or {}), "weights": _weights_identity(_weight_files(folder))}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return folder
 
 
-def load_checkpoint(folder: Path) -> tuple[CLIPVisionModelWithProjection | None, PastaHeads, dict]:
-    """Read an own-format checkpoint: (image tower or None, heads, config). No pickle is involved."""
-    folder = Path(folder)
+def _weight_files(folder: Path) -> dict[str, bytes]:
+    """The weight files of an own-format folder, each read once: heads, then the tower's in name order."""
+    files = [folder / HEADS_NAME]
+    backbone = folder / BACKBONE_DIR
+    files += sorted(backbone.glob("*.safetensors")) if backbone.is_dir() else []
+    out = {}
+    for f in files:
+        try:
+            out[str(f.relative_to(folder))] = f.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{f} is missing or unreadable: {e.strerror}") from e
+    return out
+
+
+def _weights_identity(files: dict[str, bytes]) -> str:
+    h = hashlib.sha256(hashlib.sha256(files[HEADS_NAME]).hexdigest().encode())
+    for name in sorted(n for n in files if n != HEADS_NAME):
+        h.update(hashlib.sha256(files[name]).hexdigest().encode())
+    return h.hexdigest()[:16]
+
+
+def _folder_config(folder: Path) -> dict:
     try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
+        return json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{folder / CONFIG_NAME} is unreadable: {e}") from e
+
+
+def _folder_identity(config: dict, files: dict[str, bytes]) -> str:
+    """A converted folder's recorded source identity while its weights are the converter's, else its weights'."""
+    weights = _weights_identity(files)
+    recorded = config.get("identity")
+    return str(recorded) if recorded and config.get("weights") == weights else weights
+
+
+def load_checkpoint(folder: Path, expect: str | None = None
+                    ) -> tuple[CLIPVisionModelWithProjection | None, PastaHeads, dict]:
+    """Read an own-format checkpoint: (image tower or None, heads, config with the ``identity`` of the weights
+    loaded). No pickle is involved; each weight file is read once, and with ``expect`` (the identity a store
+    recorded) other weights are refused before they are loaded."""
+    folder = Path(folder)
+    config = _folder_config(folder)
     if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{folder}: format {config.get('format')} v{config.get('version')} is not "
                               f"{FORMAT} v{FORMAT_VERSION}")
-    try:
-        heads_sd = load_file(str(folder / HEADS_NAME))
-    except Exception as e:  # safetensors raises several types for bad files
-        raise CheckpointError(f"{folder / HEADS_NAME} is missing or corrupt: {e}") from e
-    heads = build_heads(heads_sd, str(folder))
+    files = _weight_files(folder)
+    ident = _folder_identity(config, files)
+    if expect is not None and ident != expect:
+        raise CheckpointError(f"{folder} is not the one this store's vectors were made with (content identity "
+                              f"{ident}, the store recorded {expect}); restore it, or use another --data-dir")
+    heads = build_heads(_safetensors(files[HEADS_NAME], folder / HEADS_NAME), str(folder))
     vision = None
     if config.get("backbone"):
+        tower = folder / config["backbone"]
         try:
-            vision = CLIPVisionModelWithProjection.from_pretrained(folder / config["backbone"]).eval()
-        except Exception as e:  # transformers raises OSError/ValueError/RuntimeError for bad folders
-            raise CheckpointError(f"{folder / config['backbone']}: image tower unreadable: {e}") from e
+            vision_config = CLIPVisionConfig.from_pretrained(tower)
+        except Exception as e:  # transformers raises OSError/ValueError for bad folders
+            raise CheckpointError(f"{tower}: image tower unreadable: {first_line(e)}") from e
+        sd = {k: v for name, data in files.items() if name != HEADS_NAME
+              for k, v in _safetensors(data, folder / name).items()}
+        vision = build_vision(vision_config, sd, str(tower))
         if vision.config.projection_dim != heads.dim_in:
             raise CheckpointError(f"{folder}: heads take {heads.dim_in}-d input, image tower outputs "
                                   f"{vision.config.projection_dim}-d")
-    return vision, heads, config
+    return vision, heads, {**config, "identity": ident}
 
 
 def convert_checkpoint(src: Path, out: Path, trust: bool = False) -> Path:
@@ -303,28 +384,23 @@ def convert_checkpoint(src: Path, out: Path, trust: bool = False) -> Path:
     if Path(out).exists() and any(Path(out).iterdir()):
         raise CheckpointError(f"{out} exists and is not empty; choose a new output folder")
     return save_checkpoint(out, heads, vision, extra={"converted_from": Path(src).name, "epoch": info.get("epoch"),
-                                                      "identity": checkpoint_identity(Path(src)),
+                                                      "identity": info["identity"],
                                                       "preprocess": {"size": int(vision.config.image_size)}})
 
 
 def checkpoint_identity(path: Path) -> str:
-    """A short stable identity of a checkpoint's content (sha256 of its heads and tower files). A converted
-    checkpoint keeps the identity of its source: same weights, same vector space."""
+    """A short stable identity of a checkpoint's content: the sha256 of a file, or of a folder's weight files (a
+    converted folder keeps its source's identity while its weights are the converter's: same weights, same vector
+    space). Loading checks it again on the bytes it loads (``expect``)."""
     path = Path(path).resolve()
     if is_own_checkpoint(path):
-        recorded = json.loads((path / CONFIG_NAME).read_text()).get("identity")
-        if recorded:
-            return str(recorded)
-        h = hashlib.sha256(file_sha256(path / HEADS_NAME).encode())
-        backbone = path / BACKBONE_DIR
-        for f in sorted(backbone.glob("*.safetensors")) if backbone.is_dir() else []:
-            h.update(file_sha256(f).encode())
-        return h.hexdigest()[:16]
+        return _folder_identity(_folder_config(path), _weight_files(path))
     st = path.stat()
     return _file_identity(path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 @functools.lru_cache(maxsize=16)
 def _file_identity(path: Path, _size: int, _mtime_ns: int, _ino: int) -> str:
-    """The identity of a checkpoint file, hashed once per version of the file (the stat values are the key)."""
+    """The identity of a checkpoint file (streamed, not held in memory), hashed once per version of the file (the
+    stat values are the key); loading hashes the bytes it loads again."""
     return file_sha256(path)[:16]

@@ -41,6 +41,10 @@ class ModelSpec:
     checkpoint: str | None = None
     trust_checkpoint: bool = False
     text_model: str = DEFAULT_TEXT_MODEL
+    #: the content identities a store recorded for the checkpoint and for an OpenAI state dict file given as
+    #: ``model``: the bytes loaded must have them (checked on those bytes, before anything reads them)
+    expect_checkpoint: str | None = None
+    expect_model: str | None = None
 
 
 def model_ref(name: str) -> str:
@@ -170,7 +174,7 @@ def load_encoder(spec: ModelSpec | None = None, device: str | torch.device = "au
     dev = device if isinstance(device, torch.device) else get_device(device)
     parts = _from_checkpoint(spec)
     clip_name = spec.model or parts.backbone or DEFAULT_CLIP_MODEL
-    _complete_from_clip(parts, clip_name, spec.trust_checkpoint, dev)
+    _complete_from_clip(parts, clip_name, spec.trust_checkpoint, dev, spec.expect_model)
     _check_heads(parts)
     if language is None and with_language:
         language = LanguageSpace.from_text_model(spec.text_model, dev)
@@ -186,10 +190,10 @@ def _from_checkpoint(spec: ModelSpec) -> Parts:
     path = Path(spec.checkpoint).expanduser()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    ident = ckpt.checkpoint_identity(path)
-    parts = Parts(heads_ref=f"checkpoint:{ident}")
+    parts = Parts()
     if ckpt.is_own_checkpoint(path):
-        parts.vision, parts.heads, config = ckpt.load_checkpoint(path)
+        parts.vision, parts.heads, config = ckpt.load_checkpoint(path, spec.expect_checkpoint)
+        ident = config["identity"]
         parts.backbone = config.get("backbone_ref")
         if config.get("preprocess"):
             parts.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
@@ -198,22 +202,25 @@ def _from_checkpoint(spec: ModelSpec) -> Parts:
         raise CheckpointError(f"{path} is a folder without {ckpt.CONFIG_NAME}; --checkpoint takes ckpt_4.pth or "
                               "a folder written by `manage.py convert-checkpoint` or `train-heads`")
     else:
-        parts.vision, parts.heads, _ = ckpt.load_official(path, spec.trust_checkpoint)
+        parts.vision, parts.heads, info = ckpt.load_official(path, spec.trust_checkpoint, spec.expect_checkpoint)
+        ident = info["identity"]
+    parts.heads_ref = f"checkpoint:{ident}"  # the identity of the bytes loaded
     if parts.vision is not None:
         parts.visual_ref = f"checkpoint:{ident}"
         parts.preprocess = parts.preprocess or Preprocess(size=int(parts.vision.config.image_size))
     return parts
 
 
-def _complete_from_clip(parts: Parts, clip_name: str, trust: bool, dev: torch.device) -> None:
+def _complete_from_clip(parts: Parts, clip_name: str, trust: bool, dev: torch.device,
+                        expect: str | None = None) -> None:
     """Fill in what the checkpoint did not give from the CLIP model: an OpenAI state dict file gives an image
     tower only; a transformers CLIP model gives the tower, zero-shot heads and the text tower (loaded now when
     the tower or heads are needed, else on the first ``clip_text`` query)."""
     path = Path(clip_name).expanduser()
     if path.is_file():
         if parts.vision is None:
-            parts.vision = ckpt.load_openai_visual(path, trust)
-            parts.visual_ref = f"openai-state-dict:{ckpt.checkpoint_identity(path)}"
+            parts.vision, ident = ckpt.load_openai_visual(path, trust, expect)
+            parts.visual_ref = f"openai-state-dict:{ident}"
             parts.preprocess = Preprocess(size=int(parts.vision.config.image_size))
         return
     parts.clip_text = ClipTextTower(clip_name, dev)
@@ -249,5 +256,6 @@ def _space(spec: ModelSpec, parts: Parts, model: ActivityModel, language: Langua
         **(language.record() if language else {}),
         "image_size": parts.preprocess.size,
         # what made the vectors (paths; identities are in visual_model / heads), never the consent to unpickle
-        "spec": {k: v for k, v in asdict(spec).items() if k != "trust_checkpoint"},
+        "spec": {k: v for k, v in asdict(spec).items() if k not in ("trust_checkpoint", "expect_checkpoint",
+                                                                     "expect_model")},
     }
