@@ -473,12 +473,13 @@ class A2VSearch:
                 "parts": {n: round(float(p), 4) for n, p in zip(tx.PARTS, row.parts, strict=True)}}
 
     def media(self, media_id: int) -> dict:
-        """One stored image or video: id, path, kind, collection, size in pixels, and (videos) duration."""
+        """One stored image or video: id, path, kind, collection, size in pixels, (videos) duration, and the file's
+        size in bytes and modification time as ingested (``file_size``, ``file_mtime``; 0 when not recorded)."""
         m = self._open_reader().media(media_id)
         if m is None:
             raise NotFoundError(f"no media with id {media_id} in {self.data_dir} (ids come from search results)")
         return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
-                "height": m.height, "duration": m.duration}
+                "height": m.height, "duration": m.duration, "file_size": m.size, "file_mtime": m.mtime}
 
     # ------------------------------------------------------------------ export
 

@@ -435,6 +435,11 @@ def serve(
     token: Annotated[str | None, typer.Option(envvar="A2V_TOKEN", help="Require this bearer token on every "
                                                                        "request (env A2V_TOKEN).",
                                               show_default=False)] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer requests for this host name "
+                                                                "(repeatable; '*': any, for a reverse proxy that "
+                                                                "checks it). Loopback names, and off loopback any IP "
+                                                                "address, are always answered.",
+                                                           show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest query image upload.")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger query images (decompression bombs).")] = 100_000_000,
     detector: Detector = None,
@@ -446,27 +451,30 @@ def serve(
     try:
         import uvicorn
 
-        from .serve.server import create_app
+        from .serve.server import LOOPBACK_HOSTS, create_app, server_options
     except ImportError as e:
         raise InputError(f"serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
     if not 0 < port < 65536:
         raise InputError(f"--port {port} must be between 1 and 65535")
-    api = _api(data_dir, models=models, detector=detector)
-    app_ = create_app(api, token=token or None, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
+    hosts = [*LOOPBACK_HOSTS, *(allowed_host or []), *([] if loopback or host in ("0.0.0.0", "::") else [host])]
+    api = _api(data_dir, models=models, detector=detector)
+    app_ = create_app(api, token=token or None, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                      allowed_hosts=hosts, any_ip=not loopback)
     con = _console(stderr=True)
     if not loopback:
         con.print(f"warning: listening on {host}, not loopback: anyone who can reach this machine can search the "
-                  "store and see its images" + ("" if token else "; set --token to require a token"))
+                  "store and see its images" + ("" if token else "; set A2V_TOKEN (or --token) to require a token")
+                  + "; off a trusted network, put a reverse proxy with TLS in front (docs/serve.md)")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     if not (api.data_dir / "a2v.sqlite").is_file():
         con.print(f"warning: no store at {api.data_dir} yet; searches answer once something is ingested there")
-    con.print(f"serving {api.data_dir} at {url} (API docs: /docs); Ctrl-C stops")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    con.print(f"serving {api.data_dir} at {url} (API: /openapi.json, /docs); Ctrl-C stops")
+    uvicorn.run(app_, host=host, port=port, **server_options())
 
 
 @app.command("convert-checkpoint")

@@ -47,6 +47,10 @@ class NotFoundError(QueryError):
     """A person or media id that names nothing stored (or whose file is gone)."""
 
 
+class FileChangedError(QueryError):
+    """A stored file that is no longer what was ingested (another size or modification time)."""
+
+
 def first_line(e: BaseException, empty: str | None = None) -> str:
     """The first line of an exception's message, for one-line error text; ``empty`` (default: ``repr(e)``) when
     the message is empty."""

@@ -2,8 +2,10 @@
 frame scaled down, as JPEG bytes (the server's image endpoints, contact sheets). Drawn: persons on an image
 (``show``) and contact sheets of search hits (``--sheet``).
 
-Paths come from SQLite rows only. JPEGs are decoded at a reduced scale when the output is small (``Image.draft``:
-1/2, 1/4 or 1/8 of the pixels), so a thumbnail of a 24-megapixel photo does not decode all of it.
+Paths come from SQLite rows only, and are reopened with care (:func:`open_stored`): never through a symbolic link,
+never anything but a regular file (a FIFO would block), and only while it is the file that was ingested. JPEGs are
+decoded at a reduced scale when the output is small (``Image.draft``: 1/2, 1/4 or 1/8 of the pixels), so a
+thumbnail of a 24-megapixel photo does not decode all of it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from .errors import InputError
+from .errors import FileChangedError, InputError, NotFoundError
 from .media import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, DecodeError, to_rgb
 from .search import Hit
 
@@ -25,7 +29,33 @@ BACKGROUND = (38, 41, 48)
 CONTEXT = 1.2  # crop side = CONTEXT x the longer side of the box
 
 
-def open_scaled(path: str, need_scale: float = 1.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, float]:
+def open_stored(path: str, size: int | None = None, mtime: float | None = None) -> BinaryIO:
+    """The stored media file at ``path`` (a real path: symlinks were resolved at ingest), opened for reading without
+    following a link and without blocking. NotFoundError when it is gone, a link now, or not a regular file;
+    FileChangedError when ``size`` or ``mtime`` (as stored; 0 or None: not recorded) differ from the file's."""
+    if os.path.realpath(path) != path:
+        raise NotFoundError(f"the file of this media is now reached through a symbolic link; not followed: {path}")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise NotFoundError(f"the file of this media is missing or unreadable ({e.strerror or e}): {path}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"the file of this media is no longer a regular file: {path}")
+        if size and st.st_size != size or mtime and abs(st.st_mtime - mtime) > 1e-3:
+            raise FileChangedError(f"the file of this media changed since it was ingested (size or modification "
+                                   f"time); ingest it again to see it: {path}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_scaled(path: str | BinaryIO, need_scale: float = 1.0,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, float]:
     """An image file as upright RGB, decoded at no less than ``need_scale`` of its size where the format allows
     (JPEG). Returns (image, scale): pixel coordinates of the file times ``scale`` are coordinates in the image."""
     try:  # the ingest allow-list of formats; Pillow's own bomb guard stays on (its warning is ours below)
@@ -53,7 +83,7 @@ def open_scaled(path: str, need_scale: float = 1.0, max_pixels: int = DEFAULT_MA
     return to_rgb(img), scale
 
 
-def video_frame(path: str, t_sec: float | None) -> Image.Image:
+def video_frame(path: str | BinaryIO, t_sec: float | None) -> Image.Image:
     """The first decoded frame of a video at or after ``t_sec`` seconds (the start when None), as RGB."""
     import av
 
@@ -71,7 +101,8 @@ def video_frame(path: str, t_sec: float | None) -> Image.Image:
     raise InputError(f"no frame at {t_sec} s in this video")
 
 
-def media_frame(path: str, kind: str, t_sec: float | None = None, need_scale: float = 1.0) -> tuple[Image.Image, float]:
+def media_frame(path: str | BinaryIO, kind: str, t_sec: float | None = None,
+                need_scale: float = 1.0) -> tuple[Image.Image, float]:
     """(the image, or the video frame at ``t_sec``; its scale relative to the stored pixel coordinates)."""
     if kind == "video":
         return video_frame(path, t_sec), 1.0
@@ -102,14 +133,14 @@ def person_crop(frame: Image.Image, box, size: int, scale: float = 1.0, context:
     return crop
 
 
-def person_thumbnail(path: str, kind: str, box, t_sec: float | None, size: int = 256) -> Image.Image:
+def person_thumbnail(path: str | BinaryIO, kind: str, box, t_sec: float | None, size: int = 256) -> Image.Image:
     """The crop of a stored person (see :func:`person_crop`), decoding only as many pixels as it needs."""
     side = crop_region(box)[2] - crop_region(box)[0]
     frame, scale = media_frame(path, kind, t_sec, need_scale=min(1.0, size / max(side, 1.0)))
     return person_crop(frame, box, size, scale)
 
 
-def scaled_image(path: str, kind: str, width: int | None, height: int | None, max_side: int,
+def scaled_image(path: str | BinaryIO, kind: str, width: int | None, height: int | None, max_side: int,
                  t_sec: float | None = None) -> Image.Image:
     """A media image (or the video frame at ``t_sec``) whose longer side is at most ``max_side``."""
     need = min(1.0, max_side / max(width or 0, height or 0, 1)) if width and height else 1.0

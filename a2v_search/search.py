@@ -15,7 +15,6 @@ high as the lowest candidate, so no track outside the pool could rank above them
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -36,6 +35,8 @@ MIN_POOL = 256  # candidates per index for fused queries
 MAX_K = 10_000  # results per query
 MAX_DEPTH = 100_000  # offset + k: deeper pages cost memory and time for nothing a person reads
 MAX_QUERY_CHARS = 2_000  # query texts
+MAX_FILTERS = 32  # --where items per query
+MAX_FILTER_CHARS = 200  # characters of one --where item
 EXTRA = 16  # extra candidates when one exact index ranks alone (ties at the cut)
 TOP = 5
 GROUPS = ("track",)
@@ -179,15 +180,25 @@ def parse_box(value: str | Sequence[float] | None) -> list[float] | None:
 
 
 def parse_where(expr: str) -> tuple[int, int, str, float]:
-    """``"hand: hold>=0.5"`` / ``"verb: ride > 0.3"`` / ``"kick<0.1"`` -> (label kind, class, op, value)."""
-    m = re.match(r"^\s*(.+?)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$", expr or "")
-    if not m:
+    """``"hand: hold>=0.5"`` / ``"verb: ride > 0.3"`` / ``"kick<0.1"`` -> (label kind, class, op, value).
+
+    A plain split, not a regular expression: the first ``<`` or ``>`` ends the name, so any input takes time
+    linear in its length (a filter is at most MAX_FILTER_CHARS characters)."""
+    if not isinstance(expr, str):
+        raise QueryError(f"a filter must be text, not {type(expr).__name__}")
+    if len(expr) > MAX_FILTER_CHARS:
+        raise QueryError(f"a filter has {len(expr):,} characters; at most {MAX_FILTER_CHARS} are read")
+    cut = min((i for i in (expr.find("<"), expr.find(">")) if i >= 0), default=-1)
+    op = expr[cut:cut + 2] if expr[cut + 1:cut + 2] == "=" else expr[cut:cut + 1]
+    name, value = expr[:cut].strip(), expr[cut + len(op):].strip()
+    if cut < 0 or not name or not value or "<" in value or ">" in value:
         raise QueryError(f"cannot read filter {expr!r}; write it like 'hand: hold>=0.5' or 'verb: ride>0.3' "
                          "(comparisons: >=, >, <=, <)")
-    name, op, value = m.groups()
     try:
         v = float(value)
     except ValueError:
+        v = float("nan")
+    if not math.isfinite(v):
         raise QueryError(f"{value!r} in filter {expr!r} is not a number") from None
     key = tx.normalize_name(name)
     try:
@@ -205,6 +216,8 @@ def make_filters(collection: str | None = None, path: str | None = None, kind: s
     """Filters from CLI-style values (``where`` items parsed with :func:`parse_where`)."""
     if kind not in (None, "image", "video"):
         raise QueryError(f"--kind must be image or video, not {kind!r}")
+    if len(where or []) > MAX_FILTERS:
+        raise QueryError(f"{len(where):,} filters; at most {MAX_FILTERS} are read")
     return Filters(collection=collection, path_glob=path, kind=kind, where=[parse_where(w) for w in where or []])
 
 

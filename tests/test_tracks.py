@@ -438,7 +438,7 @@ def test_http_api_groups_by_track(tracked):
     from a2v_search.serve.server import create_app
 
     api = A2VSearch.open(tracked)
-    with TestClient(create_app(api)) as client:
+    with TestClient(create_app(api), base_url="http://127.0.0.1") as client:
         params = {"text": "hand: hold", "kind": "video", "k": 20, "group": "track"}
         grouped = client.get("/api/search", params=params).json()
         assert len(grouped["results"]) == 8 and grouped["query"]["group"] == "track"
