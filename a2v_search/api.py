@@ -10,6 +10,7 @@ recorded in its space; a flag that contradicts the space is a SpaceMismatchError
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +42,7 @@ from .search import (
     weights_by_space,
 )
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
-from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature
+from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature, store_identity
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .models import ModelSpec
     from .models.encoder import ActivityEncoder
 
+log = logging.getLogger("a2v_search")
 DEFAULT_WEIGHTS = (0.5, 0.5)
 
 
@@ -203,7 +205,12 @@ class A2VSearch:
 
     def refresh(self) -> None:
         """For long-running readers (the server): load the store's indexes, or bring them up to date with the
-        persons that writers added, removed or replaced since, in memory. Nothing is written."""
+        persons that writers added, removed or replaced since, in memory. Nothing is written. A store replaced
+        since it was opened (another database file or creation id: a folder moved in its place) is closed and the
+        new one opened, indexes and all."""
+        if self._reader is not None and self._reader.identity != store_identity(self.data_dir):
+            log.warning("the store at %s was replaced; opening the new one", self.data_dir)
+            self.close()
         store = self._open_reader(required=False)  # opening may create the WAL file: before the signature
         self._signature = change_signature(self.data_dir)  # before the catch-up: a commit during it is seen next time
         if store is not None and store.space_row() is not None:

@@ -11,17 +11,15 @@ thumbnail of a 24-megapixel photo does not decode all of it.
 from __future__ import annotations
 
 import io
-import math
 import os
 import stat
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from .errors import FileChangedError, InputError, NotFoundError
-from .media import DEFAULT_MAX_PIXELS, IMAGE_FORMATS, DecodeError, to_rgb
+from .media import DEFAULT_MAX_PIXELS, DecodeError, open_image
 from .search import Hit
 
 BOX_COLOR = (230, 25, 75)
@@ -56,31 +54,11 @@ def open_stored(path: str, size: int | None = None, mtime: float | None = None) 
 
 def open_scaled(path: str | BinaryIO, need_scale: float = 1.0,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, float]:
-    """An image file as upright RGB, decoded at no less than ``need_scale`` of its size where the format allows
-    (JPEG). Returns (image, scale): pixel coordinates of the file times ``scale`` are coordinates in the image."""
-    try:  # the ingest allow-list of formats; Pillow's own bomb guard stays on (its warning is ours below)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise DecodeError("decode", f"{e} (a decompression bomb?)") from None
-    except Image.UnidentifiedImageError:
-        raise DecodeError("decode", "not a decodable image (unknown or corrupt format)") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        raise DecodeError("decode", f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}")
-    if w == 0 or h == 0:
-        raise DecodeError("decode", "image has no pixels")
-    if need_scale < 1.0 and img.format == "JPEG":
-        img.draft("RGB", (max(1, math.ceil(w * need_scale)), max(1, math.ceil(h * need_scale))))
-    try:
-        img.seek(0)
-        img.load()
-    except OSError as e:
-        raise DecodeError("decode", f"corrupt or truncated image ({e})") from None
-    scale = img.size[0] / w
-    img = ImageOps.exif_transpose(img) or img
-    return to_rgb(img), scale
+    """An image file as upright RGB, decoded at no less than ``need_scale`` of its size where that suffices, and
+    never over REDUCE_ABOVE_PIXELS (:func:`media.open_image`). Returns (image, scale): pixel coordinates of the
+    file times ``scale`` are coordinates in the image."""
+    img, size = open_image(path, max_pixels, need_scale)
+    return img, img.width / size[0]
 
 
 def video_frame(path: str | BinaryIO, t_sec: float | None) -> Image.Image:

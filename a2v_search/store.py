@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ ALL_INDEX_NAMES = (*INDEX_NAMES, activity.ACTIVITY)  # with trained heads
 #: (unit visual (N, P), norms (N,)) -> A2V features (N, 6, h)
 PartFeatures = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DB_NAME = "a2v.sqlite"
+STORE_ID = "store_id"  # meta key: a random id a writer gives a store once (its identity with the file's inode)
 INDEX_DIR = "index"
 #: the fix for an index that cannot be used
 REINDEX_HINT = "run `python manage.py reindex` to rebuild it from SQLite"
@@ -147,7 +149,10 @@ class Store:
         elif not (self.data_dir / DB_NAME).is_file():
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
+        st = (self.data_dir / DB_NAME).stat() if (self.data_dir / DB_NAME).exists() else None
         self.db = self._open_db(create=create, read_only=not create)  # readers never write
+        #: (device, inode, creation id) of the database this object opened; see :func:`store_identity`
+        self.identity = (st.st_dev, st.st_ino, self.meta(STORE_ID)) if st is not None else None
         self.index_dir = self.data_dir / INDEX_DIR
         self._indexes: dict[str, VectorIndex] | None = None
         self._dirty: set[str] = set()
@@ -175,6 +180,8 @@ class Store:
             if self.db.read_only:  # opened as a reader: writing needs a read-write connection
                 self.db.close()
                 self.db = self._open_db(create=False, read_only=False)
+            if self.meta(STORE_ID) is None:
+                self.set_meta(STORE_ID, uuid.uuid4().hex)
         return self
 
     @property
@@ -824,6 +831,21 @@ class Store:
             yield from repo.iter_person_batches(s, ids, chunk=batch_size)
 
 
+def store_identity(data_dir: Path | str) -> tuple | None:
+    """(device, inode, creation id) of the store's database file as it is now (None: no store): another value than
+    :attr:`Store.identity` means the store was replaced (a folder moved in its place) since that Store was opened."""
+    path = Path(data_dir) / DB_NAME
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    probe = Store(data_dir)
+    try:
+        return st.st_dev, st.st_ino, probe.meta(STORE_ID)
+    finally:
+        probe.close()
+
+
 def change_signature(data_dir: Path | str) -> tuple:
     """What changes whenever a writer commits or saves: size and mtime of the SQLite file, its WAL and the index
     manifests (a few ``stat`` calls). Readers compare it between requests to know when to :meth:`Store.refresh`."""
@@ -832,7 +854,7 @@ def change_signature(data_dir: Path | str) -> tuple:
     for p in (folder / DB_NAME, folder / f"{DB_NAME}-wal", *(folder / INDEX_DIR / f"{n}.json" for n in INDEX_NAMES)):
         try:
             st = p.stat()
-            out.append((st.st_size, st.st_mtime_ns))
+            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
         except OSError:
             out.append(None)
     return tuple(out)

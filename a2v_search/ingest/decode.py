@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import first_line
 from ..faults import fault_point, hang_point
 from ..hashing import file_sha256
-from ..media import DEFAULT_MAX_PIXELS, DecodeError, load_image
+from ..media import DEFAULT_MAX_PIXELS, DecodeError, open_image
 from ..preprocess import Preprocess, check_box
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 
@@ -104,12 +104,16 @@ def decode(task: DecodeTask) -> DecodeResult:
 
 
 
-def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_sec: float | None) -> list[Item]:
-    w, h = img.size
+def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_sec: float | None,
+                 size: tuple[int, int] | None = None) -> list[Item]:
+    """The items of one image or frame. ``size``: the full size when ``img`` was decoded smaller (boxes are in full
+    size coordinates)."""
+    w, h = size or img.size
+    s = img.width / w  # image pixels per full-size pixel
     if task.for_detector:
         scale = min(1.0, DETECT_MAX_SIDE / max(w, h))
-        small = img if scale == 1.0 else img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                    Image.BILINEAR)
+        small = img if scale == s else img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                  Image.BILINEAR)
         return [Item(box=[0.0, 0.0, float(w), float(h)], frame=np.asarray(small), scale=scale,
                      frame_index=frame_index, t_sec=t_sec)]
     if task.boxes is None:  # whole-image mode
@@ -119,7 +123,7 @@ def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_
     items = []
     for box, score in boxes:
         clipped = list(check_box(box, w, h))
-        items.append(Item(box=clipped, score=score, pixels=task.preprocess.crop(img, clipped),
+        items.append(Item(box=clipped, score=score, pixels=task.preprocess.crop(img, [v * s for v in clipped]),
                           frame_index=frame_index, t_sec=t_sec))
     return items
 
@@ -127,10 +131,10 @@ def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_
 def _decode_image(task: DecodeTask, res: DecodeResult) -> None:
     if task.gpu_jpeg and _pass_jpeg(task, res):
         return
-    img = load_image(task.path, task.max_pixels)
-    res.width, res.height = img.size
+    img, size = open_image(task.path, task.max_pixels)  # images over REDUCE_ABOVE_PIXELS come smaller
+    res.width, res.height = size
     res.frames = 1
-    res.items = _frame_items(task, img, None, None)
+    res.items = _frame_items(task, img, None, None, size)
 
 
 def _pass_jpeg(task: DecodeTask, res: DecodeResult) -> bool:

@@ -42,9 +42,9 @@ from .. import __version__
 from .. import pictures as th
 from ..api import A2VSearch
 from ..errors import A2VError, FileChangedError, InputError, ModelError, NotFoundError, StoreError
-from ..media import DEFAULT_MAX_PIXELS, load_image
+from ..media import DEFAULT_MAX_PIXELS, open_image
 from ..models.language import is_structured
-from ..search import SearchOptions
+from ..search import SearchOptions, parse_box
 from .shared import Shared
 
 log = logging.getLogger("a2v_search.serve.server")
@@ -438,14 +438,19 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
             raise _TooLargeUpload(max_upload_mb)
         if not data:
             raise InputError("the uploaded image is empty")
-        try:
-            img = decoder.run(load_image, io.BytesIO(data), max_pixels)
+        try:  # images over REDUCE_ABOVE_PIXELS come smaller (bounded memory); boxes are scaled both ways
+            img, full = decoder.run(open_image, io.BytesIO(data), max_pixels)
         except InputError as e:
             raise InputError(f"cannot read the uploaded image: {e}") from None
+        scale = img.width / full[0]
+        qbox = parse_box(box)
         with shared.reading() as a:
             result = shared.first_alone("image", lambda: a.search(
-                image=img, box=box, person_index=person_index, weights=weights, options=opts))
+                image=img, box=[v * scale for v in qbox] if qbox else None, person_index=person_index,
+                weights=weights, options=opts))
         result.query["image"] = image.filename or "upload"
+        if scale != 1 and result.query.get("box"):
+            result.query["box"] = [round(v / scale, 2) for v in result.query["box"]]
         return JSONResponse(result.as_dict())
 
     # -------------------------------------------------------------- persons, media, stats

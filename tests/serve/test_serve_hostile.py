@@ -392,3 +392,60 @@ def test_a_decode_that_hangs_answers_503():
             decoder.run(release.wait, 60)  # a decoder stuck on a file
     finally:
         release.set()
+
+
+# ------------------------------------------------------------------ 4. a replaced or damaged store
+
+
+def _import(folder, records, clip, bert):
+    from a2v_search.api import A2VSearch
+
+    with A2VSearch.open(folder, model=str(clip), text_model=str(bert), device="cpu") as w:
+        w.import_records(records)
+
+
+@pytest.mark.guarantee("G40")
+def test_a_store_replaced_while_serving_is_served_whole(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """`mv store store.old && mv new store`: the server answers from the new store, its indexes and all, never from
+    the old file through pooled connections nor from indexes mixing both."""
+    import os
+
+    from a2v_search.api import A2VSearch
+    from a2v_search.testing.profiles import profile_records
+
+    records = profile_records(visual_dim=16, copies=2)
+    kicks = [r for r in records if "/kick/" in r["path"]]
+    _import(tmp_path / "store", [r for r in records if "/kick/" not in r["path"]], tiny_clip_dir, tiny_bert_dir)
+    _import(tmp_path / "new", kicks, tiny_clip_dir, tiny_bert_dir)
+    reader = A2VSearch.open(tmp_path / "store", device="cpu")
+    with TestClient(create_app(reader), base_url=BASE) as c:
+        assert c.get("/api/stats").json()["persons"] == len(records) - len(kicks)
+        hits = c.get("/api/search", params={"text": "foot: kick", "k": 50}).json()["results"]
+        assert len(hits) == len(records) - len(kicks) and not any("/kick/" in h["path"] for h in hits)
+        os.rename(tmp_path / "store", tmp_path / "store.old")
+        os.rename(tmp_path / "new", tmp_path / "store")
+        assert c.get("/api/stats").json()["persons"] == len(kicks)
+        for _ in range(3):  # every request (pooled connections, indexes) sees the new store only
+            hits = c.get("/api/search", params={"text": "foot: kick", "k": 50}).json()["results"]
+            assert sorted(h["path"] for h in hits) == sorted(r["path"] for r in kicks)
+            p = c.get(f"/api/persons/{hits[0]['person_id']}").json()
+            assert p["media"]["path"] == hits[0]["path"]
+    reader.close()
+
+
+@pytest.mark.guarantee("G40")
+def test_a_truncated_store_is_503_not_500(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    from a2v_search.api import A2VSearch
+    from a2v_search.testing.profiles import profile_records
+
+    _import(tmp_path / "store", profile_records(visual_dim=16, copies=1), tiny_clip_dir, tiny_bert_dir)
+    reader = A2VSearch.open(tmp_path / "store", device="cpu")
+    with TestClient(create_app(reader), base_url=BASE) as c:
+        assert c.get("/api/stats").status_code == 200
+        with open(tmp_path / "store" / "a2v.sqlite", "r+b") as f:
+            f.truncate(2048)
+        for url in ("/api/stats", "/api/search?text=foot:%20kick", "/api/persons/1"):
+            r = c.get(url)
+            assert r.status_code == 503 and r.headers["content-type"] == "application/json", (url, r.text)
+            assert "Traceback" not in r.text
+    reader.close()
