@@ -1,9 +1,12 @@
 """The store behind the server and page tests: persons with known activity profiles
 (a2v_search/testing/profiles.py) in pictogram photos (tests/pictures.py), imported; plus pictures and a short video
-through the real ingest."""
+through the real ingest. And :class:`LiveServer`: an app served by uvicorn on loopback."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 
 from pictures import figure
@@ -55,3 +58,27 @@ def write_figure_video(path: Path, activities: list[str], fps: int = 10, size: t
         for packet in stream.encode():
             c.mux(packet)
     return path
+
+
+class LiveServer:
+    """uvicorn serving an app in a thread, on a free loopback port (``options``: more uvicorn settings)."""
+
+    def __init__(self, app, **options):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    **{"log_level": "warning", **options}))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import io
 import socket
 import threading
-import time
 
 import pytest
 from helpers import run_main
 from PIL import Image
+from serve_store import LiveServer
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -166,27 +166,6 @@ def test_repeated_wrong_tokens_are_slowed(serve_store, monkeypatch):
 # ------------------------------------------------------------------ 6. slow clients
 
 
-class _Live:
-    def __init__(self, app, **options):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    **srv.server_options(**options)))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def _closed_by_server(sock: socket.socket, within: float) -> bool:
     sock.settimeout(within)
     try:
@@ -204,7 +183,7 @@ def test_idle_and_dribbling_connections_are_closed(serve_store):
     import httpx
 
     api, _ = serve_store
-    live = _Live(create_app(api), header_timeout=0.5, max_connections=8)
+    live = LiveServer(create_app(api), **srv.server_options(header_timeout=0.5, max_connections=8))
     socks = []
     try:
         for i in range(24):  # three times the connection limit

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from serve_store import LiveServer
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
@@ -26,29 +24,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed:
                                                          "or set A2V_CHROMIUM to its executable")
 ALL_LOADED = """n => { const imgs = [...document.querySelectorAll('.card img')].slice(0, n);
   return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }"""
-
-
-class LiveServer:
-    """uvicorn serving an app in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
