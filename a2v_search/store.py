@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db import repo
+from db import labels, repo
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from db.repo import Database, NewMedia
 from db.schema import Media, Space
@@ -650,23 +650,24 @@ class Store:
         self._require_lock()
         row = self.space_row()
         indexes = self.indexes()
-        for m in items:  # every check before the commit: a row SQLite holds is a row FAISS takes
-            for j, p in enumerate(m.persons):
-                problem = repo.person_problem(p, row.visual_dim)
-                if problem:
-                    raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
         persons = [p for m in items for p in m.persons]
+        arrays = None
+        if persons:  # every check before the commit: a row SQLite holds is a row FAISS takes
+            arrays, problem = repo.as_arrays(persons, row.visual_dim)
+            if arrays is None:
+                self._raise_first_problem(items, row.visual_dim)
         add_to, vecs = tuple(indexes), None
-        if persons:
-            norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
-            if np.isnan(norms).any() and activity.ACTIVITY in indexes:  # no A2V feature for these: no activity space
+        if arrays is not None:
+            if np.isnan(arrays.norms).any() and activity.ACTIVITY in indexes:  # no A2V feature: no activity space
                 self._without_norm = None
                 add_to = tuple(n for n in indexes if n != activity.ACTIVITY)
-            vecs = self.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
-                                      np.stack([p.verbs for p in persons]), norms, names=add_to)
+            vecs = self.vectors(arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
+                                arrays.verbs.astype(np.float32), arrays.norms, names=add_to)
         with self.db.session() as s:
-            _, ids, removed = repo.add_media(s, row.id, items, link=link)
+            _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)
             repo.clear_failures(s, [m.path for m in items])
+            # reliability tests kill the process after a chunk is written, before the commit
+            labels.close_chunks(s, each=partial(fault_point, "label_chunk"))
         fault_point("after_commit")
         if len(removed):
             for idx in indexes.values():
@@ -680,6 +681,16 @@ class Store:
         if self._without_norm and len(removed):
             self._without_norm = None  # old persons replaced: count again
         return ids
+
+    @staticmethod
+    def _raise_first_problem(items: list[NewMedia], visual_dim: int) -> None:
+        """InputError naming the first person that cannot be stored."""
+        for m in items:
+            for j, p in enumerate(m.persons):
+                problem = repo.person_problem(p, visual_dim)
+                if problem:
+                    raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
+        raise InputError(f"{items[0].path}: a person cannot be stored; nothing of this batch was stored")
 
     @_index_errors()
     def remove_media(self, media_ids: list[int]) -> np.ndarray:

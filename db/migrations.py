@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .errors import DbError
-from .schema import Media, Person, Track
+from .schema import LabelChunk, LabelColumn, Media, Person, Track
 
 if TYPE_CHECKING:
     from .repo import Linker
@@ -53,8 +53,22 @@ def _v3_to_v4(conn: Connection, link: Linker | None) -> None:
     conn.exec_driver_sql("ALTER TABLE spaces ADD COLUMN sv_verb BLOB")
 
 
+def _v4_to_v5(conn: Connection, link: Linker | None) -> None:
+    """Version 5 keeps the PaSta and verb probabilities by class in chunks (db/labels.py) instead of one ``labels``
+    row per person and class: the new tables are filled from the persons' blobs and ``labels`` is dropped."""
+    from . import labels
+
+    LabelChunk.__table__.create(conn)
+    LabelColumn.__table__.create(conn)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS labels")
+    with Session(bind=conn) as s:
+        labels.rebuild(s)
+        s.flush()
+
+
 #: version -> the step that upgrades a store of that version to the next.
-STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
+                                                                 4: _v4_to_v5}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

@@ -34,16 +34,16 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from . import labels
+from .blobs import f16, fixed16, stack16, unf16
 from .errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from .migrations import can_upgrade, upgrade
 from .schema import (
-    LABEL_MIN_P,
-    LABEL_PASTA,
-    LABEL_VERB,
+    LABEL_PASTA,  # noqa: F401  (the kinds of Filters.where items, for callers of this module)
+    LABEL_VERB,  # noqa: F401
     SCHEMA_VERSION,
     Base,
     Failure,
-    Label,
     Media,
     Meta,
     Person,
@@ -60,16 +60,6 @@ Linker = Callable[[Sequence[float], Sequence[Sequence[float]], np.ndarray], list
 #: against the taxonomy's sizes).
 N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
 _CHUNK = 5000  # ids per IN (...) list
-
-
-def f16(x: np.ndarray) -> bytes:
-    """float array -> float16 blob."""
-    return np.asarray(x, np.float16).tobytes()
-
-
-def unf16(b: bytes) -> np.ndarray:
-    """float16 blob -> float32 array."""
-    return np.frombuffer(b, np.float16).astype(np.float32)
 
 
 # ------------------------------------------------------------------ records
@@ -396,53 +386,120 @@ def space_basis(space: Space) -> Basis | None:
 # ------------------------------------------------------------------ writing
 
 
-def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *,
-              link: Linker) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Add media rows and their persons (and labels) in the caller's transaction; ``link`` numbers the tracks of
-    a video's persons.
+#: bulk inserts through the DBAPI (literal SQL, every value bound)
+_INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, frame_index, t_sec, x1, y1, x2, y2, score, pasta, "
+                  "verbs, parts, visual, visual_norm, track_id) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
+                 "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+@dataclass
+class PersonArrays:
+    """A batch's persons as arrays, row i = the i-th person of the batch in media order (see :func:`as_arrays`)."""
+
+    pasta: np.ndarray  # (n, 93) float16, the stored values
+    verbs: np.ndarray  # (n, 157) float16
+    parts: np.ndarray  # (n, 6) float16
+    visual: np.ndarray  # (n, P) float16
+    boxes: np.ndarray  # (n, 4) float64
+    norms: np.ndarray  # (n,) float32, NaN where unknown
+
+
+def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArrays | None, str | None]:
+    """The persons as stored arrays, checked all at once: (arrays, None), or (None, why not) when some person
+    cannot be stored (:func:`person_problem` then names it)."""
+    n = len(persons)
+    try:
+        pasta = np.array([p.pasta for p in persons], np.float32).reshape(n, N_PASTA)
+        verbs = np.array([p.verbs for p in persons], np.float32).reshape(n, N_VERBS)
+        parts = np.array([p.parts for p in persons], np.float32).reshape(n, N_PARTS)
+        visual = np.array([p.visual for p in persons], np.float32).reshape(n, visual_dim)
+        boxes = np.array([p.box for p in persons], np.float64).reshape(n, 4)
+    except (TypeError, ValueError):
+        return None, "shape"
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not all(np.isfinite(x).all() for x in (pasta, verbs, parts, visual, boxes)):
+            return None, "finite"
+        visual16 = visual.astype(np.float16)
+    if not np.any(visual16, axis=1).all():
+        return None, "zero"
+    norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
+    return PersonArrays(pasta.astype(np.float16), verbs.astype(np.float16), parts.astype(np.float16), visual16,
+                        boxes, norms), None
+
+
+def _next_id(s: Session, table: type[Media] | type[Person] | type[Track]) -> int:
+    """The id the next row of ``table`` gets: past every id used, and for the AUTOINCREMENT tables (persons,
+    tracks) past every id SQLite ever handed out, so that a deleted row's id is never used again."""
+    largest = int(s.execute(select(func.max(table.id))).scalar() or 0)
+    if table is Media:
+        return largest + 1
+    seq = s.execute(select(_SEQUENCE.c.seq).where(_SEQUENCE.c.name == table.__tablename__)).scalar()
+    return max(largest, int(seq or 0)) + 1
+
+
+def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Linker,
+              arrays: PersonArrays | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Add media rows and their persons in the caller's transaction; ``link`` numbers the tracks of a video's
+    persons; ``arrays``: the persons as :func:`as_arrays` gives them (made here when not given). Rows go through
+    the DBAPI's ``executemany`` with ids given (the next free ones: one writer holds the lock). The caller then
+    closes the labels' chunks these persons fill (``labels.close_chunks``, in the same transaction).
 
     Returns (media ids, new person ids in input order, person ids removed). A row named by ``replaces`` is
     updated in place (same media id, so duplicates pointing at it stay valid) and its old persons are removed.
     """
     now = time.time()
-    fields = [{"path": m.path, "content_hash": m.content_hash, "size": m.size, "mtime": m.mtime, "width": m.width,
-               "height": m.height, "kind": m.kind, "collection": m.collection, "ingested_at": now,
-               "duplicate_of": m.duplicate_of, "frames": m.frames, "duration": m.duration} for m in items]
     replaced = [int(m.replaces) for m in items if m.replaces is not None]
     removed = _person_ids_of(s, replaced)
     for i in range(0, len(replaced), _CHUNK):
         s.execute(delete(Person).where(Person.media_id.in_(replaced[i:i + _CHUNK])))
         s.execute(delete(Track).where(Track.media_id.in_(replaced[i:i + _CHUNK])))
-    for m, f in zip(items, fields, strict=True):
+    labels.drop_persons(s, removed)
+    for m in items:
         if m.replaces is not None:
-            s.execute(update(Media).where(Media.id == m.replaces).values(**f))
-    new = [f for m, f in zip(items, fields, strict=True) if m.replaces is None]
-    new_ids = iter(s.execute(insert(Media).returning(Media.id, sort_by_parameter_order=True), new).scalars().all()
-                   if new else [])
-    media_ids = [int(m.replaces) if m.replaces is not None else next(new_ids) for m in items]
-    person_rows = []
-    for mid, m in zip(media_ids, items, strict=True):
-        track_ids = _insert_tracks(s, mid, m.persons, link) if m.kind == "video" else [None] * len(m.persons)
-        for p, track_id in zip(m.persons, track_ids, strict=True):
-            x1, y1, x2, y2 = (float(v) for v in p.box)
-            person_rows.append({"media_id": mid, "space_id": space_id, "frame_index": p.frame_index,
-                                "t_sec": p.t_sec, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": float(p.score),
-                                "pasta": f16(p.pasta), "verbs": f16(p.verbs), "parts": f16(p.parts),
-                                "visual": f16(p.visual), "visual_norm": _norm32(p.visual_norm),
-                                "track_id": track_id})
-    if not person_rows:
-        return media_ids, np.zeros(0, np.int64), removed
-    ids = s.execute(insert(Person).returning(Person.id, sort_by_parameter_order=True), person_rows).scalars().all()
+            s.execute(update(Media).where(Media.id == m.replaces).values(
+                path=m.path, content_hash=m.content_hash, size=m.size, mtime=m.mtime, width=m.width,
+                height=m.height, kind=m.kind, collection=m.collection, ingested_at=now, duplicate_of=m.duplicate_of,
+                frames=m.frames, duration=m.duration))
+    cursor = s.connection().connection.driver_connection.cursor()  # the session's transaction, raw executemany
+    next_media = _next_id(s, Media)
+    media_ids = []
+    for m in items:
+        media_ids.append(int(m.replaces) if m.replaces is not None else next_media)
+        next_media += m.replaces is None
+    cursor.executemany(_INSERT_MEDIA, [(mid, m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind,
+                                        m.collection, now, m.duplicate_of, m.frames, m.duration)
+                                       for mid, m in zip(media_ids, items, strict=True) if m.replaces is None])
     persons = [p for m in items for p in m.persons]
-    labels = []
-    for pid, p in zip(ids, persons, strict=True):
-        for kind, probs in ((LABEL_PASTA, p.pasta), (LABEL_VERB, p.verbs)):
-            probs16 = unf16(f16(probs))  # the stored value, so labels and blobs agree exactly
-            for c in np.flatnonzero(probs16 >= LABEL_MIN_P):
-                labels.append({"person_id": pid, "kind": kind, "cls": int(c), "p": float(probs16[c])})
-    if labels:
-        s.execute(insert(Label), labels)
-    return media_ids, np.asarray(ids, np.int64), removed
+    if not persons:
+        return media_ids, np.zeros(0, np.int64), removed
+    if arrays is None:
+        arrays, problem = as_arrays(persons, len(np.asarray(persons[0].visual).ravel()))
+        if arrays is None:
+            raise DbError(f"a person cannot be stored ({problem}); check them with person_problem first")
+    track_ids: list[int | None] = []
+    owner: list[int] = []
+    for mid, m in zip(media_ids, items, strict=True):
+        track_ids += _insert_tracks(s, mid, m.persons, link) if m.kind == "video" else [None] * len(m.persons)
+        owner += [mid] * len(m.persons)
+    first = _next_id(s, Person)
+    ids = np.arange(first, first + len(persons), dtype=np.int64)
+    boxes, norms = arrays.boxes.tolist(), arrays.norms.tolist()
+    pasta, verbs, parts, visual = (_row_blobs(x) for x in (arrays.pasta, arrays.verbs, arrays.parts, arrays.visual))
+    cursor.executemany(_INSERT_PERSON, [
+        (int(pid), mid, space_id, p.frame_index, p.t_sec, *box, float(p.score), pa, ve, pt, vi,
+         None if norm != norm else norm, tid)
+        for pid, mid, p, box, pa, ve, pt, vi, norm, tid in zip(
+            ids.tolist(), owner, persons, boxes, pasta, verbs, parts, visual, norms, track_ids, strict=True)])
+    return media_ids, ids, removed
+
+
+def _row_blobs(x: np.ndarray) -> list[bytes]:
+    """(n, d) -> n blobs of its rows."""
+    x = np.ascontiguousarray(x)
+    raw, width = x.tobytes(), x.shape[1] * x.itemsize
+    return [raw[i:i + width] for i in range(0, len(raw), width)]
 
 
 def _norm32(norm: float | None) -> float | None:
@@ -454,6 +511,9 @@ def _frame_time(t_sec: float | None, frame_index: int | None) -> float:
     return float(t_sec) if t_sec is not None else float(frame_index or 0)
 
 
+_INSERT_TRACK = "INSERT INTO tracks (id, media_id, number, t_start, t_end, persons) VALUES (?, ?, ?, ?, ?, ?)"
+
+
 def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link: Linker) -> list[int]:
     """Link the persons of one video into tracks with ``link``, insert the track rows, and return each person's
     track id. Part of the caller's transaction: a video is stored with its tracks or not at all."""
@@ -461,13 +521,14 @@ def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link
         return []
     times = [_frame_time(p.t_sec, p.frame_index) for p in persons]
     numbers = link(times, [[float(v) for v in p.box] for p in persons], np.stack([p.visual for p in persons]))
-    rows: dict[int, dict] = {}
+    rows: dict[int, list] = {}
     for number, t in zip(numbers, times, strict=True):
-        r = rows.setdefault(number, {"media_id": media_id, "number": number, "t_start": t, "t_end": t, "persons": 0})
-        r["t_start"], r["t_end"], r["persons"] = min(r["t_start"], t), max(r["t_end"], t), r["persons"] + 1
-    ordered = [rows[k] for k in sorted(rows)]
-    ids = s.execute(insert(Track).returning(Track.id, sort_by_parameter_order=True), ordered).scalars().all()
-    return [int(ids[number]) for number in numbers]
+        r = rows.setdefault(number, [media_id, number, t, t, 0])
+        r[2], r[3], r[4] = min(r[2], t), max(r[3], t), r[4] + 1
+    first = _next_id(s, Track)
+    s.connection().connection.driver_connection.cursor().executemany(
+        _INSERT_TRACK, [(first + k, *rows[k]) for k in sorted(rows)])
+    return [first + number for number in numbers]
 
 
 def rebuild_tracks(s: Session, media_ids: Sequence[int], *, link: Linker) -> int:
@@ -506,13 +567,14 @@ def _person_ids_of(s: Session, media_ids: Sequence[int]) -> np.ndarray:
 
 
 def delete_media(s: Session, media_ids: Sequence[int]) -> np.ndarray:
-    """Delete media rows with their persons and labels; returns the removed person ids."""
+    """Delete media rows with their persons (and their labels); returns the removed person ids."""
     media_ids = [int(m) for m in media_ids]
     removed = _person_ids_of(s, media_ids)
     for i in range(0, len(media_ids), _CHUNK):
         chunk = media_ids[i:i + _CHUNK]
         s.execute(update(Media).where(Media.duplicate_of.in_(chunk)).values(duplicate_of=None))
-        s.execute(delete(Media).where(Media.id.in_(chunk)))  # persons and labels go by ON DELETE CASCADE
+        s.execute(delete(Media).where(Media.id.in_(chunk)))  # persons go by ON DELETE CASCADE
+    labels.drop_persons(s, removed)
     return removed
 
 
@@ -602,31 +664,10 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
         for r in s.execute(q):
             rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                    height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
-                                   score=r[13], pasta=_fixed16(r[14], N_PASTA), verbs=_fixed16(r[15], N_VERBS),
-                                   parts=_fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
+                                   score=r[13], pasta=fixed16(r[14], N_PASTA), verbs=fixed16(r[15], N_VERBS),
+                                   parts=fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
                                    track_id=r[19])
     return [rows[i] for i in ids if i in rows]
-
-
-def _fixed16(blob: bytes, n: int) -> np.ndarray:
-    """A float16 blob of ``n`` values -> (n,) float32; a damaged blob (another length) reads as zeros."""
-    return unf16(blob) if len(blob) == 2 * n else np.zeros(n, np.float32)
-
-
-def _stack16(blobs: Sequence[bytes], width: int | None = None) -> np.ndarray:
-    """float16 blobs -> (n, d) float32, decoded in one go. ``d`` is ``width`` (else the most common length); a
-    blob of another length (a damaged row) becomes a row of NaN, which the store treats as no direction."""
-    sizes = {len(b) for b in blobs}
-    if width is None:
-        lengths = [len(b) for b in blobs]
-        width = max(set(lengths), key=lengths.count) // 2 if lengths else 0
-    if sizes == {2 * width}:
-        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(np.float32)
-    out = np.full((len(blobs), width), np.nan, np.float32)
-    for i, b in enumerate(blobs):
-        if len(b) == 2 * width:
-            out[i] = np.frombuffer(b, np.float16)
-    return out
 
 
 def _norms(values: Sequence[float | None]) -> np.ndarray:
@@ -648,8 +689,8 @@ _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.
 
 
 def _vector_batch(rows: Sequence) -> Vectors:
-    return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), _stack16([r[1] for r in rows]),
-                   _stack16([r[2] for r in rows], N_PASTA), _stack16([r[3] for r in rows], N_VERBS),
+    return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), stack16([r[1] for r in rows]),
+                   stack16([r[2] for r in rows], N_PASTA), stack16([r[3] for r in rows], N_VERBS),
                    _norms([r[4] for r in rows]))
 
 
@@ -724,8 +765,8 @@ def iter_person_batches(s: Session, ids: np.ndarray | None = None, chunk: int = 
                "t_sec": np.array([np.nan if r[6] is None else r[6] for r in rows], np.float64),
                "box": np.array([r[7:11] for r in rows], np.float32).reshape(len(rows), 4),
                "score": np.array([r[11] for r in rows], np.float32),
-               "pasta": _stack16([r[12] for r in rows]), "verbs": _stack16([r[13] for r in rows]),
-               "parts": _stack16([r[14] for r in rows]), "visual": _stack16([r[15] for r in rows]),
+               "pasta": stack16([r[12] for r in rows]), "verbs": stack16([r[13] for r in rows]),
+               "parts": stack16([r[14] for r in rows]), "visual": stack16([r[15] for r in rows]),
                "visual_norm": _norms([r[16] for r in rows])}
 
 
@@ -829,17 +870,20 @@ def collections(s: Session) -> dict[str, int]:
 # ------------------------------------------------------------------ filters
 
 
-_OPS = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}
-
-
 def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
     """The sorted ids of persons passing the filters (None when there are no filters).
 
-    Media filters are indexed columns; ``where`` items with ``>=``/``>`` and a threshold of at least LABEL_MIN_P
-    are lookups in the labels index; other comparisons read the probability blobs of the candidates.
+    Media filters are indexed columns; ``where`` items read the stored probabilities of their class from the
+    labels' chunks (db/labels.py), whatever the comparison and threshold.
     """
     if f.empty():
         return None
+    for _, _, op, _ in f.where:
+        if op not in labels.OPS:
+            raise DbError(f"unknown comparison {op!r}; use one of {', '.join(labels.OPS)}")
+    ids = labels.where_ids(s, f.where) if f.where else None
+    if not (f.collection or f.kind or f.path_glob):
+        return ids
     q = select(Person.id).join(Media, Media.id == Person.media_id)
     if f.collection:
         q = q.where(Media.collection == f.collection)
@@ -847,29 +891,5 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
         q = q.where(Media.kind == f.kind)
     if f.path_glob:
         q = q.where(Media.path.op("GLOB")(f.path_glob))
-    scan: list[tuple[int, int, str, float]] = []
-    for kind, cls, op, value in f.where:
-        if op not in _OPS:
-            raise DbError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
-        if op in (">=", ">") and value >= LABEL_MIN_P:
-            sub = select(Label.person_id).where(Label.kind == kind, Label.cls == cls,
-                                                Label.p >= value if op == ">=" else Label.p > value)
-            q = q.where(Person.id.in_(sub))
-        else:
-            scan.append((kind, cls, op, value))
-    ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
-    if scan and len(ids):
-        keep = np.ones(len(ids), bool)
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK].tolist()
-            q = select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(chunk))
-            blobs = {r[0]: (r[1], r[2]) for r in s.execute(q)}
-            probs = {LABEL_PASTA: np.stack([unf16(blobs[i][0]) for i in chunk]),  # (n, 93)
-                     LABEL_VERB: np.stack([unf16(blobs[i][1]) for i in chunk])}  # (n, 157)
-            mask = np.ones(len(chunk), bool)
-            for kind, cls, op, value in scan:
-                mask &= _OPS[op](probs[kind][:, cls], np.float32(value))
-            keep[start:start + len(chunk)] = mask
-        ids = ids[keep]
-    return ids
-
+    media_ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
+    return media_ids if ids is None else np.intersect1d(media_ids, ids, assume_unique=True)

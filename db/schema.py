@@ -2,14 +2,17 @@
 
 Probabilities and the visual embedding are float16 blobs (``np.float16(...).tobytes()``), and beside the unit
 visual embedding the float32 norm of the tower output it came from, so trained heads' input (unit * norm) and so
-their hidden layers (A2V's visual feature) can be recomputed; PaSta and verb
-probabilities of at least ``LABEL_MIN_P`` are also rows of ``labels``, indexed so that ``--where`` filters are
-index lookups. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The persons of a video are
-linked into ``tracks`` (the tracker of a2v-search, passed to ``repo.add_media``); image persons have no track.
+their hidden layers (A2V's visual feature) can be recomputed. For ``--where`` filters and per-class counts the
+PaSta and verb probabilities are also kept by class (db/labels.py): ``label_chunks`` cuts the persons into runs
+of ``LABEL_CHUNK`` ids, and ``label_columns`` holds, per class and chunk, the chunk's float16 probabilities (one
+blob) and how many reach 0.01, 0.02, ... 1.0 (another); persons after the last chunk are read from their own
+blobs. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The persons of a video are linked into
+``tracks`` (the tracker of a2v-search, passed to ``repo.add_media``); image persons have no track.
 
 Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
 (older persons have NULL there); 3 = video tracks; 4 = the language space's compact basis on ``spaces``
-(NULL in older stores until a writer records it).
+(NULL in older stores until a writer records it); 5 = labels by class in chunks (``label_chunks``,
+``label_columns``) instead of one row per person and class (``labels``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 4
-#: Probabilities at or above this are copied into ``labels`` (filters with lower thresholds scan the blobs).
-LABEL_MIN_P = 0.05
+SCHEMA_VERSION = 5
 LABEL_PASTA, LABEL_VERB = 0, 1
 
 
@@ -125,16 +126,26 @@ class Track(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
 
-class Label(Base):
-    """A PaSta (kind 0) or verb (kind 1) probability >= LABEL_MIN_P of a person, for indexed filters."""
+class LabelChunk(Base):
+    """A run of person ids whose probabilities are stored by class in ``label_columns``: the ids from ``first_id``
+    to ``last_id``, all of them (``ids`` NULL) or, once some were deleted, those in ``ids`` (int64 blob)."""
 
-    __tablename__ = "labels"
-    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "label_chunks"
+    first_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Integer)
+    ids: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class LabelColumn(Base):
+    """The PaSta (kind 0) or verb (kind 1) probabilities of class ``cls`` of one chunk's persons: ``p`` float16
+    (n,) in the chunk's id order; ``hist`` uint16 (100,): how many reach 0.01, 0.02, ..., 1.0."""
+
+    __tablename__ = "label_columns"
     kind: Mapped[int] = mapped_column(Integer, primary_key=True)
     cls: Mapped[int] = mapped_column(Integer, primary_key=True)
-    p: Mapped[float] = mapped_column(Float)
-
-    __table_args__ = (Index("ix_labels_kind_cls_p", "kind", "cls", "p"),)
+    chunk: Mapped[int] = mapped_column(ForeignKey("label_chunks.first_id", ondelete="CASCADE"), primary_key=True)
+    p: Mapped[bytes] = mapped_column(LargeBinary)
+    hist: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Failure(Base):

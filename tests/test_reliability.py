@@ -29,7 +29,7 @@ from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.store import INDEX_NAMES, Store
 from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
-from db import repo
+from db import labels, repo
 from index import IndexMissingError, VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +43,8 @@ def assert_exactly_once(data_dir: Path, n_files: int) -> None:
         per_media = [n for _, n in s.execute(repo.select(repo.Person.media_id, repo.func.count(repo.Person.id))
                                              .group_by(repo.Person.media_id))]
         paths = [p for (p,) in s.execute(repo.select(repo.Media.path))]
+        by_label = labels.where_ids(s, [(repo.LABEL_VERB, 0, ">=", 0.0)])  # each person once in the labels' chunks
+        assert by_label.tolist() == repo.person_ids(s).tolist()
     report = store.check()
     store.close()
     assert counts["media"] == n_files and counts["persons"] == n_files, counts
@@ -53,12 +55,13 @@ def assert_exactly_once(data_dir: Path, n_files: int) -> None:
 # ------------------------------------------------------------------ crash matrix
 
 
-KILL_POINTS = ["decode", "encode", "after_commit", "index_save", "manifest_write"]
+KILL_POINTS = ["decode", "encode", "label_chunk", "after_commit", "index_save", "manifest_write"]
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 @pytest.mark.guarantee("G1")
-def test_crash_matrix(tmp_path, point, reliability):
+def test_crash_matrix(tmp_path, point, reliability, monkeypatch):
+    monkeypatch.setattr(labels, "LABEL_CHUNK", 2)  # the labels' chunks close (label_chunk) several times a run
     inputs = write_images(tmp_path / "in", N_FILES)
     for hit in (1, 2, 4):  # repeated trials: early, middle, late in the run
         data = tmp_path / f"data-{hit}"

@@ -72,7 +72,7 @@ def test_delete_removes_from_both(tmp_path):
         assert not np.isin(removed, idx.ids()).any() and idx.ntotal == 33
     with store.db.session() as s:
         assert repo.counts(s)["persons"] == 33 and not repo.fetch_persons(s, removed)
-        assert not s.execute(repo.select(repo.Label).where(repo.Label.person_id.in_(removed.tolist()))).first()
+        assert not np.isin(removed, repo.labels.where_ids(s, [(0, 0, ">=", 0.0)])).any()
     store.close()
     assert Store(tmp_path / "data").check().ok
 

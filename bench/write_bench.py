@@ -1,0 +1,382 @@
+"""Benchmark of the one writer: persons/s through ``Store.write``, through ``import`` (JSON lines and Python dicts)
+and in the Ray driver's shape, into stores of 0, 100k and 1M persons, with realistic persons and the time split by
+part.
+
+    python bench/write_bench.py [--sizes 0 100000 1000000] [--persons 40000] [--data-dir DIR] [--quick]
+
+Persons are realistic: the clustered activity profiles of ``common.SyntheticPersons`` turned into sigmoid outputs
+over a background (logits N(-3.3, 1.1) off the profile), as trained heads give: about 94 of the 250 PaSta and verb
+probabilities are >= 0.05. The media mix: images of 1-5 persons, videos of 24 sampled frames whose 1-3 persons
+are linked into tracks in the write transaction (2% of the media, a quarter of the persons), 5% duplicates (a media row, no persons) and 5% replaced files
+(a path written again with new persons: the old ones are removed from SQLite, the labels' chunks and FAISS).
+
+Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
+its persons to it):
+- ``Store.write``: transactions of ``--batch`` persons (ingest's ``write_every`` is 256, an import's 256 media);
+  the time split into checks (``repo.as_arrays``), vectors (``Store.vectors``: language embedding and the visual
+  copy), SQLite rows (``repo.add_media``), label chunks (``labels.close_chunks``), commit and the rest, FAISS add;
+  then the index save apart.
+- ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
+- ``import jsonl`` / ``import dicts``: ``records.read_records`` of a JSON-lines file (or the dicts) and
+  ``records.import_records``, what ``manage.py import`` and ``A2VSearch.import_records`` do once the models are
+  loaded; its final index save is counted.
+Also: ``--where`` filter latency and the SQLite bytes per person of each store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import VISUAL_DIM, SyntheticPersons, header, log, random_language_matrices  # noqa: E402
+
+SPACE = {"visual_model": "bench:random-vitb16", "heads": "bench:random", "text_model": "bench-text",
+         "phrases": "bench", "visual_dim": VISUAL_DIM,
+         "spec": {"model": None, "checkpoint": None, "trust_checkpoint": False, "text_model": "bench-text"}}
+PARTS = ("checks", "vectors", "sqlite rows", "label chunks", "commit + rest", "faiss add")
+WHERE = ["hand: hold>=0.5", "hand: hold>=0.1", "verb: ride>=0.3", "hand: hold<0.02"]
+
+
+def realistic(gen: SyntheticPersons, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """n persons with sigmoid outputs over a background (see the module docstring)."""
+    d = gen.draw(n)
+    for key in ("pasta", "verbs"):
+        clean = d[key]
+        p = np.clip(clean, 1e-3, 0.999)
+        active = np.log(p / (1 - p)) + rng.normal(0, 0.3, clean.shape)
+        logits = np.where(clean > 0.2, active, rng.normal(-3.3, 1.1, clean.shape))
+        d[key] = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    return d
+
+
+class Workload:
+    """Batches of media with realistic persons: images, videos with tracks, duplicates, replaced files."""
+
+    def __init__(self, prefix: str, seed: int = 0, driver: bool = False):
+        from db.repo import NewPerson
+
+        self.NewPerson = NewPerson
+        self.gen, self.rng = SyntheticPersons(seed=seed, stream=1), np.random.default_rng(seed)
+        self.prefix, self.driver, self.n_media = prefix, driver, 0
+        self.pending: list[str] = []  # paths with persons, until the caller says they are committed
+        self.written: list[str] = []  # committed paths with persons, for replacing
+        self.stored: dict[str, int] = {}  # their media ids
+
+    def _persons(self, n: int, video: bool = False, tracks: int = 1) -> list:
+        d = realistic(self.gen, n, self.rng)
+        out = []
+        for i in range(n):
+            frame = i // tracks if video else None
+            x = 40.0 * (i % tracks) + 2.0 * (frame or 0)
+            out.append(self.NewPerson(box=[x, 20.0, x + 120.0, 300.0], pasta=d["pasta"][i], verbs=d["verbs"][i],
+                                      parts=d["parts"][i], visual=d["visual"][i], visual_norm=9.5, frame_index=frame,
+                                      t_sec=None if frame is None else frame * 0.5))
+        return out
+
+    def batch(self, persons: int) -> list:
+        """Media holding about ``persons`` persons (whole media)."""
+        from db.repo import NewMedia
+
+        items, n = [], 0
+        while n < persons:
+            self.n_media += 1
+            path = f"{self.prefix}/{self.n_media:09d}"
+            roll = self.rng.random()
+            if self.driver:
+                m = NewMedia(path=path + ".jpg", content_hash=path, size=1, mtime=0.0, kind="image",
+                             collection="default", width=640, height=480, persons=self._persons(1))
+            elif roll < 0.05 and self.stored:  # a duplicate of a stored file: a media row without persons
+                first = next(iter(self.stored.values()))
+                m = NewMedia(path=path + ".jpg", content_hash=f"dup{first}", size=1, mtime=0.0, kind="image",
+                             collection="default", duplicate_of=first)
+            elif roll < 0.10 and self.stored:  # a file written again with new content: replaces its row
+                old = self.written.pop(int(self.rng.integers(len(self.written))))
+                k = int(self.rng.integers(1, 6))
+                m = NewMedia(path=old, content_hash=path, size=2, mtime=1.0, kind="image", collection="default",
+                             width=640, height=480, persons=self._persons(k), replaces=self.stored.pop(old))
+            elif roll < 0.12:  # a video: 24 sampled frames, 1-3 persons followed through them
+                tracks = int(self.rng.integers(1, 4))
+                m = NewMedia(path=path + ".mp4", content_hash=path, size=1, mtime=0.0, kind="video",
+                             collection="videos", width=640, height=360, frames=24, duration=12.0,
+                             persons=self._persons(24 * tracks, video=True, tracks=tracks))
+            else:
+                m = NewMedia(path=path + ".jpg", content_hash=path, size=1, mtime=0.0, kind="image",
+                             collection="default", width=640, height=480,
+                             persons=self._persons(int(self.rng.integers(1, 6))))
+            items.append(m)
+            n += len(m.persons)
+            if m.persons and m.replaces is None:
+                self.pending.append(m.path)
+        return items
+
+    def committed(self, states: dict) -> None:
+        """The media states (``Store.media_states``) of the pending paths, now committed."""
+        for path, state in states.items():
+            self.stored[path] = state.id
+            self.written.append(path)
+        self.pending = []
+
+
+@contextmanager
+def timed_parts():
+    """Time spent in the parts of ``Store.write`` (and the index save), by wrapping the functions it calls."""
+    from a2v_search import store as store_mod
+    from db import labels, repo
+    from index.faiss_index import VectorIndex
+
+    spent: dict[str, float] = defaultdict(float)
+    targets = [(repo, "as_arrays", "checks"), (store_mod.Store, "vectors", "vectors"),
+               (repo, "add_media", "sqlite rows"), (labels, "close_chunks", "label chunks"),
+               (VectorIndex, "add", "faiss add"), (store_mod.Store, "save", "save"),
+               (store_mod.Store, "write", "total")]
+    originals = []
+    for owner, name, part in targets:
+        fn = getattr(owner, name)
+        originals.append((owner, name, fn))
+
+        def wrapped(*a, _fn=fn, _part=part, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                spent[_part] += time.perf_counter() - t0
+
+        setattr(owner, name, wrapped)
+    try:
+        yield spent
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+
+
+def open_store(path: Path, create: bool):
+    from a2v_search.models.language import LanguageSpace
+    from a2v_search.store import Store
+
+    store = Store(path, create=create).lock("write_bench")
+    store.ensure_space(SPACE, LanguageSpace(*random_language_matrices(), text_model="bench-text"))
+    return store
+
+
+def persons_in(store) -> int:
+    return store.summary()[0]["persons"]
+
+
+def seeded(folder: Path, n: int, batch: int) -> Path:
+    """A store of about n realistic persons under ``folder`` (made once through Store.write, then reused)."""
+    path = folder / f"store-{n}"
+    if n == 0:
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+    store = open_store(path, create=True)
+    try:
+        have = persons_in(store)
+        if have < n:
+            log(f"seeding {path}: {have:,} -> {n:,} persons")
+            work, t0 = Workload(f"/seed/{n}", seed=7), time.perf_counter()
+            work.n_media = store.summary()[0]["media"]
+            while have < n:
+                items = work.batch(min(batch, n - have))
+                have += len(store.write(items))
+                store.maybe_save(600)
+            store.save()
+            log(f"seeded in {time.perf_counter() - t0:.0f} s")
+    finally:
+        store.close()
+    return path
+
+
+def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> dict:
+    """persons/s of Store.write (workload of ``persons``) into the store at ``path``, split by part."""
+    store = open_store(path, create=True)
+    try:
+        n0 = persons_in(store)
+        t0 = time.perf_counter()
+        store.indexes()
+        open_s = time.perf_counter() - t0
+        work = Workload(f"/run/{tag}/{time.time_ns()}", seed=int(time.time()) % 1000, driver=driver)
+        if not driver:  # a first batch, not timed: the files that the timed ones replace and duplicate
+            store.write(work.batch(batch))
+            work.committed(store.media_states(work.pending))
+        batches, written = [], 0
+        while written < persons:
+            batches.append(work.batch(min(batch, persons - written)))
+            written += sum(len(m.persons) for m in batches[-1])
+        added = 0
+        with timed_parts() as spent:
+            for items in batches:
+                added += len(store.write(items))
+            write_s = spent["total"]
+            store.save()
+        save_s = spent["save"]
+        parts = {p: spent[p] for p in PARTS}
+        parts["commit + rest"] = write_s - sum(spent[p] for p in PARTS if p != "commit + rest")
+        return {"N": n0, "persons": added, "write_s": write_s, "rate": added / write_s, "save_s": save_s,
+                "open_s": open_s, "parts": parts,
+                "us": {p: 1e6 * v / added for p, v in parts.items()}}
+    finally:
+        store.close()
+
+
+def records_of(items: list) -> list[dict]:
+    """The media as import records (what another system exports), tracks left to the importer."""
+    out = []
+    for m in items:
+        out.append({"path": m.path, "kind": m.kind, "width": m.width, "height": m.height, "collection": m.collection,
+                    "persons": [{"box": [float(v) for v in p.box], "pasta": p.pasta.tolist(), "verbs": p.verbs.tolist(),
+                                 "visual": (p.visual * 9.5).tolist(), "frame_index": p.frame_index,
+                                 "t_sec": p.t_sec} for p in m.persons]})
+    return out
+
+
+def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
+    """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included."""
+    from a2v_search.records import import_records, read_records
+
+    work = Workload(f"/import/{time.time_ns()}", seed=3)
+    records = records_of(work.batch(persons))
+    source: object = records
+    if jsonl:
+        source = tmp / "records.jsonl"
+        source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    store = open_store(path, create=True)
+    try:
+        n0 = persons_in(store)
+        store.indexes()
+        with timed_parts() as spent:
+            t0 = time.perf_counter()
+            recs = read_records(source)
+            read_s = time.perf_counter() - t0
+            report = import_records(store, recs, VISUAL_DIM)
+            total = time.perf_counter() - t0
+        assert not report.failures, report.failures[:3]
+        return {"N": n0, "persons": report.persons_added, "total_s": total, "read_s": read_s,
+                "write_s": spent["total"], "save_s": spent["save"],
+                "rate": report.persons_added / total,
+                "rate_no_save": report.persons_added / (total - spent["save"])}
+    finally:
+        store.close()
+
+
+def filter_rows(path: Path, repeats: int = 5) -> list[tuple[str, int, float]]:
+    """(filter, ids, median ms) of --where filters on the store at ``path``."""
+    from a2v_search.search import make_filters
+    from a2v_search.store import Store
+
+    store = Store(path)
+    out = []
+    try:
+        for expr in WHERE:
+            for collection in (None, "videos"):
+                f = make_filters(where=[expr], collection=collection)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    ids = store.filter_person_ids(f)
+                    times.append(time.perf_counter() - t0)
+                label = expr + (f" --collection {collection}" if collection else "")
+                out.append((label, len(ids), 1000 * float(np.median(times))))
+    finally:
+        store.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 100_000, 1_000_000])
+    parser.add_argument("--persons", type=int, default=40_000, help="persons written per row")
+    parser.add_argument("--batch", type=int, default=1024, help="persons per Store.write transaction")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where the seeded stores are kept between runs (default: a temporary folder)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["write", "driver", "jsonl", "dicts", "filters"])
+    parser.add_argument("--quick", action="store_true", help="smoke: sizes 0 and 20k, 5,000 persons per row")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.persons = [0, 20_000], 5_000
+    header("write_bench")
+    tmp = Path(tempfile.mkdtemp(prefix="a2v-write-"))
+    folder = args.data_dir or tmp
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        results = []
+        for n in args.sizes:
+            path = seeded(folder, n, args.batch)
+            row: dict = {"N": n}
+            if "write" not in args.skip:
+                row["write"] = write_row(path, args.persons, args.batch, driver=False, tag="write")
+                log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
+                    + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
+                    f"save {row['write']['save_s']:.2f} s")
+            if "driver" not in args.skip:
+                row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
+                log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s")
+            for kind in ("jsonl", "dicts"):
+                if kind not in args.skip:
+                    row[kind] = import_row(path, args.persons // 2, kind == "jsonl", tmp)
+                    log(f"N={n:,}: import {kind} {row[kind]['rate']:,.0f} persons/s "
+                        f"({row[kind]['rate_no_save']:,.0f} without the final save of {row[kind]['save_s']:.2f} s; "
+                        f"reading {row[kind]['read_s']:.2f} s)")
+            if "filters" not in args.skip:
+                row["filters"] = filter_rows(path)
+            db = path / "a2v.sqlite"
+            row["bytes_per_person"] = (db.stat().st_size + sum(
+                p.stat().st_size for p in path.glob("a2v.sqlite-wal"))) / max(1, _count(path))
+            results.append(row)
+            if n == 0:
+                shutil.rmtree(path, ignore_errors=True)
+        report(results, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _count(path: Path) -> int:
+    from a2v_search.store import Store
+
+    store = Store(path)
+    try:
+        return persons_in(store)
+    finally:
+        store.close()
+
+
+def report(results: list[dict], args) -> None:
+    print(f"\nStore.write, {args.persons:,} realistic persons per row, {args.batch} per transaction "
+          "(us per person by part; save: the index save after the row)\n")
+    print("| N | persons/s | " + " | ".join(PARTS) + " | save s | driver persons/s |")
+    print("|---:|---:|" + "---:|" * len(PARTS) + "---:|---:|")
+    for r in results:
+        w, d = r.get("write"), r.get("driver")
+        if w:
+            print(f"| {w['N']:,} | {w['rate']:,.0f} | " + " | ".join(f"{w['us'].get(p, 0):.1f}" for p in PARTS)
+                  + f" | {w['save_s']:.2f} | {d['rate']:,.0f} |" if d else " | |")
+    print("\n| N | import | persons | persons/s | without the final save | read s | write s | save s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        for kind in ("jsonl", "dicts"):
+            if kind in r:
+                x = r[kind]
+                print(f"| {x['N']:,} | {kind} | {x['persons']:,} | {x['rate']:,.0f} | {x['rate_no_save']:,.0f} | "
+                      f"{x['read_s']:.2f} | {x['write_s']:.2f} | {x['save_s']:.2f} |")
+    print("\n| N | filter | ids | median ms |\n|---:|---|---:|---:|")
+    for r in results:
+        for label, n_ids, ms in r.get("filters", []):
+            print(f"| {r['N']:,} | `{label}` | {n_ids:,} | {ms:.1f} |")
+    print("\n| N | SQLite bytes per person |\n|---:|---:|")
+    for r in results:
+        print(f"| {r['N']:,} | {r['bytes_per_person']:,.0f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

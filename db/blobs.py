@@ -1,0 +1,38 @@
+"""float16 blobs: how probabilities and visual vectors are stored, and read back (a damaged blob never raises)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def f16(x: np.ndarray) -> bytes:
+    """float array -> float16 blob."""
+    return np.asarray(x, np.float16).tobytes()
+
+
+def unf16(b: bytes) -> np.ndarray:
+    """float16 blob -> float32 array."""
+    return np.frombuffer(b, np.float16).astype(np.float32)
+
+
+def fixed16(blob: bytes, n: int) -> np.ndarray:
+    """A float16 blob of ``n`` values -> (n,) float32; a damaged blob (another length) reads as zeros."""
+    return unf16(blob) if len(blob) == 2 * n else np.zeros(n, np.float32)
+
+
+def stack16(blobs: Sequence[bytes], width: int | None = None) -> np.ndarray:
+    """float16 blobs -> (n, d) float32, decoded in one go. ``d`` is ``width`` (else the most common length); a
+    blob of another length (a damaged row) becomes a row of NaN, which the store treats as no direction."""
+    sizes = {len(b) for b in blobs}
+    if width is None:
+        lengths = [len(b) for b in blobs]
+        width = max(set(lengths), key=lengths.count) // 2 if lengths else 0
+    if sizes == {2 * width}:
+        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(np.float32)
+    out = np.full((len(blobs), width), np.nan, np.float32)
+    for i, b in enumerate(blobs):
+        if len(b) == 2 * width:
+            out[i] = np.frombuffer(b, np.float16)
+    return out
