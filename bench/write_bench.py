@@ -72,6 +72,7 @@ class Workload:
         self.pending: list[str] = []  # paths with persons, until the caller says they are committed
         self.written: list[str] = []  # committed paths with persons, for replacing
         self.stored: dict[str, int] = {}  # their media ids
+        self.replaced: list[str] = []  # paths replaced in the current batch
 
     def _persons(self, n: int, video: bool = False, tracks: int = 1) -> list:
         d = realistic(self.gen, n, self.rng)
@@ -89,6 +90,8 @@ class Workload:
         from db.repo import NewMedia
 
         items, n = [], 0
+        self.written += self.replaced  # replaced in the last batch (same media ids): may be replaced again
+        self.replaced = []
         while n < persons:
             self.n_media += 1
             path = f"{self.prefix}/{self.n_media:09d}"
@@ -100,11 +103,12 @@ class Workload:
                 first = next(iter(self.stored.values()))
                 m = NewMedia(path=path + ".jpg", content_hash=f"dup{first}", size=1, mtime=0.0, kind="image",
                              collection="default", duplicate_of=first)
-            elif roll < 0.10 and self.stored:  # a file written again with new content: replaces its row
+            elif roll < 0.10 and self.written:  # a file written again with new content: replaces its row
                 old = self.written.pop(int(self.rng.integers(len(self.written))))
+                self.replaced.append(old)
                 k = int(self.rng.integers(1, 6))
                 m = NewMedia(path=old, content_hash=path, size=2, mtime=1.0, kind="image", collection="default",
-                             width=640, height=480, persons=self._persons(k), replaces=self.stored.pop(old))
+                             width=640, height=480, persons=self._persons(k), replaces=self.stored[old])
             elif roll < 0.12:  # a video: 24 sampled frames, 1-3 persons followed through them
                 tracks = int(self.rng.integers(1, 4))
                 m = NewMedia(path=path + ".mp4", content_hash=path, size=1, mtime=0.0, kind="video",

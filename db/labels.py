@@ -3,10 +3,12 @@
 Persons are cut into chunks of ``LABEL_CHUNK`` consecutive ids (``label_chunks``). For each closed chunk and each
 of the 250 classes, ``label_columns`` holds the chunk's probabilities of that class (float16, in id order) and how
 many of them reach each level 0.01, 0.02, ..., 1.0. The persons after the last chunk, the *tail* (fewer than
-``LABEL_CHUNK``), are read from their own ``pasta``/``verbs`` blobs. Writing a person therefore adds no row of its
-own: the writer closes a chunk (250 rows) in the transaction whose persons fill it (:func:`close_chunks`), and a
-deletion rewrites the chunks that held the deleted persons (:func:`drop_persons`). The values are the stored
-float16 probabilities, so a filter here answers exactly what a scan of the blobs would.
+``LABEL_CHUNK`` ids), are read from their own ``pasta``/``verbs`` blobs. Writing a person therefore adds no row of its
+own: the writer closes a chunk (250 rows) in the transaction whose persons fill it (:func:`close_chunks`). A
+deletion (a replaced file, ``remove``) only notes the ids in their chunk's ``dead`` list, with their level counts
+(``dead_counts``) so that counts subtract them (:func:`drop_persons`); a chunk whose dead reach half of it is
+rewritten without them. The values are the stored float16 probabilities, so a filter here answers exactly what a
+scan of the blobs would.
 """
 
 from __future__ import annotations
@@ -34,45 +36,62 @@ def boundary(s: Session) -> int:
     return int(s.execute(select(func.max(LabelChunk.last_id))).scalar() or 0)
 
 
-def _tail(s: Session, after: int, limit: int | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """(ids (n,), {kind: (n, classes) float32}) of the persons after ``after``, in id order."""
-    q = select(Person.id, Person.pasta, Person.verbs).where(Person.id > after).order_by(Person.id)
-    rows = s.execute(q if limit is None else q.limit(limit)).all()
+def _probs(rows: Sequence) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(id, pasta blob, verbs blob) rows -> (ids (n,), {kind: (n, classes) float16}); a damaged blob is NaN."""
     ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    return ids, {LABEL_PASTA: stack16([r[1] for r in rows], 93), LABEL_VERB: stack16([r[2] for r in rows], 157)}
+    return ids, {LABEL_PASTA: stack16([r[1] for r in rows], 93).astype(np.float16),
+                 LABEL_VERB: stack16([r[2] for r in rows], 157).astype(np.float16)}
 
 
-def level_counts(p: np.ndarray) -> np.ndarray:
-    """(n, c) probabilities -> (c, 100) uint16: how many of each column reach each of ``LEVELS`` (NaN: none)."""
-    n, c = p.shape
-    reached = np.searchsorted(LEVELS, np.nan_to_num(p, nan=0.0), side="right")  # (n, c): levels <= p
-    hist = np.bincount((np.arange(c) * 101 + reached).ravel(), minlength=c * 101).reshape(c, 101)
+def _tail(s: Session, after: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(ids (n,), {kind: (n, classes) float16}) of the persons after ``after``, in id order."""
+    return _probs(s.execute(select(Person.id, Person.pasta, Person.verbs).where(Person.id > after)
+                            .order_by(Person.id)).all())
+
+
+def _level_table() -> np.ndarray:
+    """(65536,) uint8: for each float16 bit pattern, how many of ``LEVELS`` its value reaches (NaN: none)."""
+    values = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    return np.searchsorted(LEVELS, np.nan_to_num(values, nan=0.0), side="right").astype(np.uint8)
+
+
+_REACHED = _level_table()
+
+
+def level_counts(p16: np.ndarray) -> np.ndarray:
+    """(n, c) float16 probabilities -> (c, 100) uint16: how many of each column reach each of ``LEVELS``."""
+    n, c = p16.shape
+    reached = _REACHED[np.ascontiguousarray(p16, np.float16).view(np.uint16)].astype(np.int64)  # (n, c)
+    hist = np.bincount((reached + np.arange(c) * 101).ravel(), minlength=c * 101).reshape(c, 101)
     return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.uint16)  # (c, 100): count with level >= k
 
 
 def _column_rows(first_id: int, probs: dict[int, np.ndarray]) -> list[dict]:
+    """The ``label_columns`` rows of a chunk from its (n, classes) float16 probabilities of each kind."""
     rows = []
     for kind, p in probs.items():
-        p16 = np.ascontiguousarray(p.T.astype(np.float16))  # (classes, n)
+        columns = np.ascontiguousarray(p.T)  # (classes, n)
         hist = level_counts(p)
-        rows += [{"kind": kind, "cls": c, "chunk": first_id, "p": p16[c].tobytes(), "hist": hist[c].tobytes()}
+        rows += [{"kind": kind, "cls": c, "chunk": first_id, "p": columns[c].tobytes(), "hist": hist[c].tobytes()}
                  for c in range(p.shape[1])]
     return rows
 
 
 def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
-    """Close a chunk for every ``LABEL_CHUNK`` tail persons (in the caller's transaction), calling ``each`` after
-    each one; returns how many."""
+    """Close a chunk for every ``LABEL_CHUNK`` ids after the last chunk (in the caller's transaction), calling
+    ``each`` after each one; returns how many. A chunk holds the ids ``k * LABEL_CHUNK + 1`` to
+    ``(k + 1) * LABEL_CHUNK`` that exist when it closes."""
     assert LABEL_CHUNK < 2 ** 16  # counts are uint16
     closed = 0
     while True:
         after = boundary(s)
-        n = s.execute(select(func.count(Person.id)).where(Person.id > after)).scalar() or 0
-        if n < LABEL_CHUNK:
+        newest = s.execute(select(func.max(Person.id))).scalar() or 0  # O(1): the end of the id b-tree
+        if newest - after < LABEL_CHUNK:
             return closed
-        ids, probs = _tail(s, after, LABEL_CHUNK)
-        first, last = after + 1, int(ids[-1])
-        whole = len(ids) == last - first + 1  # every id of the range (no deletion): ids need not be stored
+        first, last = after + 1, after + LABEL_CHUNK
+        ids, probs = _probs(s.execute(select(Person.id, Person.pasta, Person.verbs).where(
+            Person.id >= first, Person.id <= last).order_by(Person.id)).all())
+        whole = len(ids) == LABEL_CHUNK  # every id of the range: the ids need not be stored
         s.execute(insert(LabelChunk).values(first_id=first, last_id=last, ids=None if whole else ids.tobytes()))
         s.execute(insert(LabelColumn), _column_rows(first, probs))
         closed += 1
@@ -81,31 +100,53 @@ def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
 
 
 def _chunk_ids(first: int, last: int, ids: bytes | None) -> np.ndarray:
+    """The ids of a chunk's column positions."""
     return np.arange(first, last + 1, dtype=np.int64) if ids is None else np.frombuffer(ids, np.int64)
 
 
+def _int64(blob: bytes | None) -> np.ndarray:
+    return np.frombuffer(blob or b"", np.int64)
+
+
 def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray) -> None:
-    """Take deleted persons out of the closed chunks that held them (the tail needs nothing)."""
+    """Note persons about to be deleted (call it before deleting them) in the chunks that hold them: their ids
+    join the chunk's dead and their level counts its dead counts; a chunk half dead is rewritten without them."""
     gone = np.unique(np.asarray(person_ids, np.int64))
+    gone = gone[gone <= boundary(s)]  # the tail needs nothing: it is read from the persons themselves
     if not len(gone):
         return
-    q = select(LabelChunk.first_id, LabelChunk.last_id, LabelChunk.ids).where(
+    q = select(LabelChunk.first_id, LabelChunk.last_id, LabelChunk.ids, LabelChunk.dead, LabelChunk.dead_counts).where(
         LabelChunk.last_id >= int(gone[0]), LabelChunk.first_id <= int(gone[-1]))
-    for first, last, blob in s.execute(q).all():
-        ids = _chunk_ids(first, last, blob)
-        keep = ~np.isin(ids, gone)
-        if keep.all():
+    for first, last, ids_blob, dead_blob, counts_blob in s.execute(q).all():
+        ids = _chunk_ids(first, last, ids_blob)
+        new = np.setdiff1d(gone[(gone >= first) & (gone <= last)], _int64(dead_blob))
+        new = new[np.isin(new, ids)]
+        if not len(new):
             continue
-        s.execute(update(LabelChunk).where(LabelChunk.first_id == first).values(ids=ids[keep].tobytes()))
-        cols = s.execute(select(LabelColumn.kind, LabelColumn.cls, LabelColumn.p).where(
-            LabelColumn.chunk == first)).all()
-        rows = []
-        for kind, cls, p in cols:
-            kept = np.frombuffer(p, np.float16)[keep]
-            rows.append({"kind": kind, "cls": cls, "chunk": first, "p": kept.tobytes(),
-                         "hist": level_counts(kept.astype(np.float32)[:, None])[0].tobytes()})
-        s.execute(delete(LabelColumn).where(LabelColumn.chunk == first))
-        s.execute(insert(LabelColumn), rows)
+        dead = np.union1d(_int64(dead_blob), new)
+        if 2 * len(dead) >= len(ids):  # rewrite the chunk without its dead
+            _rewrite(s, first, ids, dead)
+            continue
+        _, probs = _probs(s.execute(select(Person.id, Person.pasta, Person.verbs).where(
+            Person.id.in_(new.tolist())).order_by(Person.id)).all())
+        counts = np.concatenate([level_counts(probs[kind]) for kind, _ in KINDS]).astype(np.int64)  # (250, 100)
+        if counts_blob:
+            counts += np.frombuffer(counts_blob, np.uint16).reshape(counts.shape)
+        s.execute(update(LabelChunk).where(LabelChunk.first_id == first).values(
+            dead=dead.tobytes(), dead_counts=counts.astype(np.uint16).tobytes()))
+
+
+def _rewrite(s: Session, first: int, ids: np.ndarray, dead: np.ndarray) -> None:
+    """Write a chunk's columns again without its ``dead`` ids."""
+    keep = ~np.isin(ids, dead)
+    probs = {kind: np.zeros((int(keep.sum()), n), np.float16) for kind, n in KINDS}
+    for kind, cls, p in s.execute(select(LabelColumn.kind, LabelColumn.cls, LabelColumn.p).where(
+            LabelColumn.chunk == first)):
+        probs[kind][:, cls] = np.frombuffer(p, np.float16)[keep]
+    s.execute(delete(LabelColumn).where(LabelColumn.chunk == first))
+    s.execute(insert(LabelColumn), _column_rows(first, probs))
+    s.execute(update(LabelChunk).where(LabelChunk.first_id == first).values(
+        ids=ids[keep].tobytes(), dead=None, dead_counts=None))
 
 
 def rebuild(s: Session) -> int:
@@ -115,10 +156,19 @@ def rebuild(s: Session) -> int:
     return close_chunks(s)
 
 
+def _chunks(s: Session) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """first id -> (ids of the column positions, mask of the living ones or None when all live)."""
+    out = {}
+    for first, last, ids_blob, dead_blob in s.execute(select(
+            LabelChunk.first_id, LabelChunk.last_id, LabelChunk.ids, LabelChunk.dead).order_by(LabelChunk.first_id)):
+        ids = _chunk_ids(first, last, ids_blob)
+        out[first] = (ids, ~np.isin(ids, _int64(dead_blob)) if dead_blob else None)
+    return out
+
+
 def where_ids(s: Session, where: Sequence[tuple[int, int, str, float]]) -> np.ndarray:
     """The sorted ids of the persons whose stored probabilities pass every ``(kind, cls, op, value)``."""
-    chunks = {first: _chunk_ids(first, last, ids) for first, last, ids in s.execute(
-        select(LabelChunk.first_id, LabelChunk.last_id, LabelChunk.ids).order_by(LabelChunk.first_id))}
+    chunks = _chunks(s)
     tail_ids, tail = _tail(s, boundary(s))
     out: np.ndarray | None = None
     for kind, cls, op, value in where:
@@ -126,7 +176,9 @@ def where_ids(s: Session, where: Sequence[tuple[int, int, str, float]]) -> np.nd
         parts = []
         q = select(LabelColumn.chunk, LabelColumn.p).where(LabelColumn.kind == kind, LabelColumn.cls == cls)
         for chunk, p in s.execute(q.order_by(LabelColumn.chunk)):
-            parts.append(chunks[chunk][test(np.frombuffer(p, np.float16), v)])
+            ids, alive = chunks[chunk]
+            hit = test(np.frombuffer(p, np.float16), v)
+            parts.append(ids[hit if alive is None else hit & alive])
         parts.append(tail_ids[test(tail[kind][:, cls], v)])
         ids = np.concatenate(parts)
         out = ids if out is None else np.intersect1d(out, ids, assume_unique=True)
@@ -135,17 +187,25 @@ def where_ids(s: Session, where: Sequence[tuple[int, int, str, float]]) -> np.nd
 
 def count_at_least(s: Session, p: float) -> dict[int, np.ndarray]:
     """{kind: (classes,) int64}: how many persons of each class have a probability >= ``p``. On the 0.01 grid
-    (0.01 ... 1.0) it adds up the columns' stored counts (250 small rows per chunk); elsewhere it reads the
-    columns."""
+    (0.01 ... 1.0) it adds up the columns' stored counts (250 small rows per chunk) less those of the deleted;
+    elsewhere it reads the columns."""
     v = np.float32(p)
     level = int(round(float(p) * 100))
     out = {kind: np.zeros(n, np.int64) for kind, n in KINDS}
     if 1 <= level <= 100 and LEVELS[level - 1] == v:
         for kind, cls, hist in s.execute(select(LabelColumn.kind, LabelColumn.cls, LabelColumn.hist)):
             out[kind][cls] += int(np.frombuffer(hist, np.uint16)[level - 1])
+        dead = np.zeros(250, np.int64)
+        for (blob,) in s.execute(select(LabelChunk.dead_counts).where(LabelChunk.dead_counts.is_not(None))):
+            dead += np.frombuffer(blob, np.uint16).reshape(250, 100)[:, level - 1]
+        out[LABEL_PASTA] -= dead[:93]
+        out[LABEL_VERB] -= dead[93:]
     else:
-        for kind, cls, col in s.execute(select(LabelColumn.kind, LabelColumn.cls, LabelColumn.p)):
-            out[kind][cls] += int(np.count_nonzero(np.frombuffer(col, np.float16) >= v))
+        chunks = _chunks(s)
+        for kind, cls, chunk, col in s.execute(select(LabelColumn.kind, LabelColumn.cls, LabelColumn.chunk,
+                                                      LabelColumn.p)):
+            hit, alive = np.frombuffer(col, np.float16) >= v, chunks[chunk][1]
+            out[kind][cls] += int(np.count_nonzero(hit if alive is None else hit & alive))
     _, tail = _tail(s, boundary(s))
     for kind, _ in KINDS:
         out[kind] += np.count_nonzero(tail[kind] >= v, axis=0)

@@ -390,6 +390,8 @@ def space_basis(space: Space) -> Basis | None:
 _INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, frame_index, t_sec, x1, y1, x2, y2, score, pasta, "
                   "verbs, parts, visual, visual_norm, track_id) "
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_UPDATE_MEDIA = ("UPDATE media SET path = ?, content_hash = ?, size = ?, mtime = ?, width = ?, height = ?, kind = ?, "
+                 "collection = ?, ingested_at = ?, duplicate_of = ?, frames = ?, duration = ? WHERE id = ?")
 _INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
                  "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -429,14 +431,22 @@ def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArra
                         boxes, norms), None
 
 
-def _next_id(s: Session, table: type[Media] | type[Person] | type[Track]) -> int:
+#: (largest id, AUTOINCREMENT's counter) of each table, literal SQL run on the session's own DBAPI connection
+_LAST_IDS = {"media": "SELECT max(id), NULL FROM media",
+             "persons": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'persons') FROM persons",
+             "tracks": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'tracks') FROM tracks"}
+
+
+def _next_id(s: Session, table: str) -> int:
     """The id the next row of ``table`` gets: past every id used, and for the AUTOINCREMENT tables (persons,
     tracks) past every id SQLite ever handed out, so that a deleted row's id is never used again."""
-    largest = int(s.execute(select(func.max(table.id))).scalar() or 0)
-    if table is Media:
-        return largest + 1
-    seq = s.execute(select(_SEQUENCE.c.seq).where(_SEQUENCE.c.name == table.__tablename__)).scalar()
-    return max(largest, int(seq or 0)) + 1
+    largest, seq = _dbapi(s).execute(_LAST_IDS[table]).fetchone()
+    return max(int(largest or 0), int(seq or 0)) + 1
+
+
+def _dbapi(s: Session):
+    """A DBAPI cursor inside the session's transaction (for bulk inserts and the id queries of the write path)."""
+    return s.connection().connection.driver_connection.cursor()
 
 
 def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Linker,
@@ -452,18 +462,16 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     now = time.time()
     replaced = [int(m.replaces) for m in items if m.replaces is not None]
     removed = _person_ids_of(s, replaced)
+    labels.drop_persons(s, removed)
     for i in range(0, len(replaced), _CHUNK):
         s.execute(delete(Person).where(Person.media_id.in_(replaced[i:i + _CHUNK])))
         s.execute(delete(Track).where(Track.media_id.in_(replaced[i:i + _CHUNK])))
-    labels.drop_persons(s, removed)
-    for m in items:
-        if m.replaces is not None:
-            s.execute(update(Media).where(Media.id == m.replaces).values(
-                path=m.path, content_hash=m.content_hash, size=m.size, mtime=m.mtime, width=m.width,
-                height=m.height, kind=m.kind, collection=m.collection, ingested_at=now, duplicate_of=m.duplicate_of,
-                frames=m.frames, duration=m.duration))
-    cursor = s.connection().connection.driver_connection.cursor()  # the session's transaction, raw executemany
-    next_media = _next_id(s, Media)
+    cursor = _dbapi(s)
+    cursor.executemany(_UPDATE_MEDIA, [(m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind,
+                                        m.collection, now, m.duplicate_of, m.frames, m.duration, int(m.replaces))
+                                       for m in items if m.replaces is not None])
+    cursor = _dbapi(s)
+    next_media = _next_id(s, "media")
     media_ids = []
     for m in items:
         media_ids.append(int(m.replaces) if m.replaces is not None else next_media)
@@ -483,7 +491,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     for mid, m in zip(media_ids, items, strict=True):
         track_ids += _insert_tracks(s, mid, m.persons, link) if m.kind == "video" else [None] * len(m.persons)
         owner += [mid] * len(m.persons)
-    first = _next_id(s, Person)
+    first = _next_id(s, "persons")
     ids = np.arange(first, first + len(persons), dtype=np.int64)
     boxes, norms = arrays.boxes.tolist(), arrays.norms.tolist()
     pasta, verbs, parts, visual = (_row_blobs(x) for x in (arrays.pasta, arrays.verbs, arrays.parts, arrays.visual))
@@ -525,8 +533,8 @@ def _insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link
     for number, t in zip(numbers, times, strict=True):
         r = rows.setdefault(number, [media_id, number, t, t, 0])
         r[2], r[3], r[4] = min(r[2], t), max(r[3], t), r[4] + 1
-    first = _next_id(s, Track)
-    s.connection().connection.driver_connection.cursor().executemany(
+    first = _next_id(s, "tracks")
+    _dbapi(s).executemany(
         _INSERT_TRACK, [(first + k, *rows[k]) for k in sorted(rows)])
     return [first + number for number in numbers]
 
@@ -570,11 +578,11 @@ def delete_media(s: Session, media_ids: Sequence[int]) -> np.ndarray:
     """Delete media rows with their persons (and their labels); returns the removed person ids."""
     media_ids = [int(m) for m in media_ids]
     removed = _person_ids_of(s, media_ids)
+    labels.drop_persons(s, removed)
     for i in range(0, len(media_ids), _CHUNK):
         chunk = media_ids[i:i + _CHUNK]
         s.execute(update(Media).where(Media.duplicate_of.in_(chunk)).values(duplicate_of=None))
         s.execute(delete(Media).where(Media.id.in_(chunk)))  # persons go by ON DELETE CASCADE
-    labels.drop_persons(s, removed)
     return removed
 
 

@@ -127,13 +127,16 @@ class Track(Base):
 
 
 class LabelChunk(Base):
-    """A run of person ids whose probabilities are stored by class in ``label_columns``: the ids from ``first_id``
-    to ``last_id``, all of them (``ids`` NULL) or, once some were deleted, those in ``ids`` (int64 blob)."""
+    """A run of person ids whose probabilities are stored by class in ``label_columns``: the columns' positions
+    are the ids from ``first_id`` to ``last_id`` (``ids`` NULL) or those in ``ids`` (int64 blob); ``dead``: the
+    ids deleted since (int64, sorted), ``dead_counts`` their level counts (uint16 (250, 100), PaSta then verbs)."""
 
     __tablename__ = "label_chunks"
     first_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_id: Mapped[int] = mapped_column(Integer)
     ids: Mapped[bytes | None] = mapped_column(LargeBinary)
+    dead: Mapped[bytes | None] = mapped_column(LargeBinary)
+    dead_counts: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class LabelColumn(Base):

@@ -61,16 +61,24 @@ def test_filters_and_counts_answer_like_the_blobs(tmp_path, monkeypatch):
     with store.db.session() as s:
         chunks = s.execute(repo.select(LabelChunk.first_id, LabelChunk.last_id)).all()
         assert chunks == [(1 + 7 * i, 7 + 7 * i) for i in range(5)]  # 36 persons: 5 chunks and a tail of one
-        old = repo.media_by_path(s, ["/x/1-2.jpg", "/x/4-0.jpg"])
+        old = repo.media_by_path(s, ["/x/1-2.jpg", "/x/4-0.jpg", "/x/0-1.jpg", "/x/0-2.jpg"])
     assert_labels_match_blobs(store)
-    replaced = media("/x/1-2.jpg", [noisy_person(rng)], collection="b")  # 3 persons in chunks 1-2 become 1
+    replaced = media("/x/1-2.jpg", [noisy_person(rng)], collection="b")  # 3 persons of chunk 2 become 1
     replaced.replaces = old["/x/1-2.jpg"].id
     store.write([replaced])
     store.remove_media([old["/x/4-0.jpg"].id])
+    with store.db.session() as s:  # noted as dead, the columns unchanged
+        dead = dict(s.execute(repo.select(LabelChunk.first_id, LabelChunk.dead)).all())
+        assert {k: np.frombuffer(v, np.int64).tolist() for k, v in dead.items() if v} == {8: [10, 11, 12], 22: [25]}
+    assert_labels_match_blobs(store)
+    store.remove_media([old["/x/0-1.jpg"].id, old["/x/0-2.jpg"].id])  # 5 of chunk 1's 7: written again without
+    with store.db.session() as s:
+        assert s.execute(repo.select(LabelChunk.ids, LabelChunk.dead).where(LabelChunk.first_id == 1)).one() == (
+            np.array([1, 7], np.int64).tobytes(), None)
     assert_labels_match_blobs(store)
     store.write([media(f"/y/{j}.jpg", [noisy_person(rng)] * 4, collection="b") for j in range(3)])
     with store.db.session() as s:
-        assert repo.counts(s)["persons"] == 36 - 3 + 1 - 1 + 12
+        assert repo.counts(s)["persons"] == 36 - 3 + 1 - 1 - 5 + 12
         assert labels.boundary(s) > 36  # the new persons fill chunks after the gaps
     assert_labels_match_blobs(store)
     store.close()
