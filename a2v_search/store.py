@@ -23,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -165,6 +166,8 @@ class Store:
         self._activity_source: Callable[[], PartFeatures] | None = None
         self._part_features: PartFeatures | None = None
         self._without_norm: int | None = None
+        self._worker: ThreadPoolExecutor | None = None  # the writer's second thread: vectors and FAISS adds
+        self._pending: Future | None = None  # the FAISS add of the last batch written, until settled
 
     def _open_db(self, create: bool, read_only: bool) -> Database:
         """The store's SQLite database, its errors turned into StoreErrors with the CLI's fix."""
@@ -191,9 +194,13 @@ class Store:
     def close(self, save: bool = True) -> None:
         """Save dirty indexes (writers, unless ``save=False``), release the lock, close the database."""
         try:
+            self._settle()
             if save and self.writable and self._dirty:
                 self.save()
         finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -431,7 +438,12 @@ class Store:
     @_index_errors()
     def indexes(self, names: Sequence[str] | None = None) -> dict[str, VectorIndex]:
         """The FAISS indexes of ``names`` (default: every space of the store), loaded on first use and caught up
-        with SQLite (rebuilt with a warning if missing or corrupt)."""
+        with SQLite (rebuilt with a warning if missing or corrupt), holding every person written."""
+        self._settle()
+        return self._index_map(names)
+
+    def _index_map(self, names: Sequence[str] | None = None) -> dict[str, VectorIndex]:
+        """:meth:`indexes` without waiting for the last batch's FAISS add (the writer's own use)."""
         if self.space_row() is None:
             raise StoreError(f"store {self.data_dir} is empty; ingest something first")
         if self._indexes is None:
@@ -499,6 +511,7 @@ class Store:
     def refresh(self) -> None:
         """Readers: bring the loaded indexes up to date with what writers committed since (persons added, removed
         or replaced), in memory. Nothing is written; indexes not loaded yet are left to load."""
+        self._settle()
         for name, idx in (self._indexes or {}).items():
             ids = idx.ids()
             self._catch_up(name, idx, int(ids.max()) if len(ids) else -1)
@@ -564,6 +577,7 @@ class Store:
         """Rebuild both indexes from SQLite (optionally with a new index spec, remembered) and save them; a store
         made before this version's language vector is migrated first."""
         self._require_lock()
+        self._settle()
         self._migrate_language()
         if spec or memory_budget_mb:
             with self.db.session() as s:
@@ -579,6 +593,7 @@ class Store:
     def save(self) -> None:
         """Save dirty indexes atomically with their manifests (writers only)."""
         self._require_lock()
+        self._settle()
         if self._indexes is None:
             return
         self._maybe_grow()
@@ -646,10 +661,17 @@ class Store:
 
     @_index_errors()
     def write(self, items: list[NewMedia]) -> np.ndarray:
-        """Add media with their persons: one SQLite transaction, then the FAISS add. Returns new person ids."""
+        """Add media with their persons: one SQLite transaction, then the FAISS add. Returns new person ids.
+
+        Two threads: while this one checks the batch and writes its rows, the writer's second thread finishes the
+        FAISS add of the previous batch and computes this batch's vectors (numpy, FAISS and SQLite release the
+        GIL). The vectors are awaited inside the transaction, so an error there stores nothing; the FAISS add
+        runs after the commit and is awaited by the next write and by anything that uses the indexes
+        (:meth:`indexes`, :meth:`save`, :meth:`close`...). A kill before it is done is a kill after the commit:
+        the next open adds those persons from SQLite."""
         self._require_lock()
         row = self.space_row()
-        indexes = self.indexes()
+        indexes = self._index_map()
         persons = [p for m in items for p in m.persons]
         arrays = None
         if persons:  # every check before the commit: a row SQLite holds is a row FAISS takes
@@ -661,26 +683,50 @@ class Store:
             if np.isnan(arrays.norms).any() and activity.ACTIVITY in indexes:  # no A2V feature: no activity space
                 self._without_norm = None
                 add_to = tuple(n for n in indexes if n != activity.ACTIVITY)
-            vecs = self.vectors(arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
-                                arrays.verbs.astype(np.float32), arrays.norms, names=add_to)
-        with self.db.session() as s:
-            _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)
-            repo.clear_failures(s, [m.path for m in items])
-            # reliability tests kill the process after a chunk is written, before the commit
-            labels.close_chunks(s, each=partial(fault_point, "label_chunk"))
+            self.language()  # loaded here, not in the second thread
+            vecs = self._second_thread().submit(
+                self.vectors, arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
+                arrays.verbs.astype(np.float32), arrays.norms, names=add_to)
+        try:
+            with self.db.session() as s:
+                _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)
+                repo.clear_failures(s, [m.path for m in items])
+                # reliability tests kill the process after a chunk is written, before the commit
+                labels.close_chunks(s, each=partial(fault_point, "label_chunk"))
+                vectors = vecs.result() if vecs is not None else None  # an error here stores nothing
+        finally:
+            if vecs is not None:
+                wait([vecs])
         fault_point("after_commit")
-        if len(removed):
-            for idx in indexes.values():
-                idx.remove(removed)
-        indexes = {n: idx for n, idx in indexes.items() if n in add_to}
-        if vecs is not None:
-            for name, idx in indexes.items():
-                idx.add(ids, vecs[name], allow_zero=True)
+        self._settle()  # the previous batch's add, done by now (the second thread worked in order)
+        self._pending = self._second_thread().submit(self._add_to_indexes, indexes, add_to, ids, removed, vectors)
         if len(ids) or len(removed):
-            self._dirty.update(indexes)
+            self._dirty.update(n for n in indexes if n in add_to or len(removed))
         if self._without_norm and len(removed):
             self._without_norm = None  # old persons replaced: count again
         return ids
+
+    @staticmethod
+    def _add_to_indexes(indexes: dict[str, VectorIndex], add_to: Sequence[str], ids: np.ndarray,
+                        removed: np.ndarray, vectors: dict[str, np.ndarray] | None) -> None:
+        """A committed batch into FAISS: its replaced persons out, its persons in (the second thread)."""
+        if len(removed):
+            for idx in indexes.values():
+                idx.remove(removed)
+        if vectors is not None:
+            for name in add_to:
+                indexes[name].add(ids, vectors[name], allow_zero=True)
+
+    def _second_thread(self) -> ThreadPoolExecutor:
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-writer")
+        return self._worker
+
+    def _settle(self) -> None:
+        """Wait for the last batch's FAISS add (raising its error, if any)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     @staticmethod
     def _raise_first_problem(items: list[NewMedia], visual_dim: int) -> None:
@@ -696,6 +742,7 @@ class Store:
     def remove_media(self, media_ids: list[int]) -> np.ndarray:
         """Delete media and their persons from SQLite, then from FAISS. Returns removed person ids."""
         self._require_lock()
+        self._settle()
         indexes = self.indexes() if self.space_row() is not None else {}
         with self.db.session() as s:
             removed = repo.delete_media(s, media_ids)
@@ -711,6 +758,7 @@ class Store:
 
     def check(self, repair: bool = False) -> CheckReport:
         """Compare SQLite and FAISS (ids, counts, manifests, spaces, orphan files); fix what is found if asked."""
+        self._settle()
         report = CheckReport()
         with self.db.session() as s:
             report.counts = repo.counts(s)

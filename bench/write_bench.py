@@ -6,16 +6,19 @@ part.
 
 Persons are realistic: the clustered activity profiles of ``common.SyntheticPersons`` turned into sigmoid outputs
 over a background (logits N(-3.3, 1.1) off the profile), as trained heads give: about 94 of the 250 PaSta and verb
-probabilities are >= 0.05. The media mix: images of 1-5 persons, videos of 24 sampled frames whose 1-3 persons
-are linked into tracks in the write transaction (2% of the media, a quarter of the persons), 5% duplicates (a media row, no persons) and 5% replaced files
-(a path written again with new persons: the old ones are removed from SQLite, the labels' chunks and FAISS).
+probabilities are >= 0.05. The media mix: images of 1-5 persons; videos of 24 sampled frames whose 1-3 persons
+are linked into tracks in the write transaction (2% of the media, a quarter of the persons); 5% duplicates (a
+media row, no persons); 5% replaced files (a path written again with new persons: the old ones are removed from
+SQLite, the labels' chunks and FAISS).
 
 Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
 its persons to it):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``write_every`` is 256, an import's 256 media);
-  the time split into checks (``repo.as_arrays``), vectors (``Store.vectors``: language embedding and the visual
-  copy), SQLite rows (``repo.add_media``), label chunks (``labels.close_chunks``), commit and the rest, FAISS add;
-  then the index save apart.
+  the time split into the calling thread's parts: checks (``repo.as_arrays``), SQLite rows (``repo.add_media``
+  less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
+  rest); and the writer's second thread's, which overlap them: vectors (``Store.vectors``: language embedding,
+  visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
+  per CPU second say what an idle one would do.
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
 - ``import jsonl`` / ``import dicts``: ``records.read_records`` of a JSON-lines file (or the dicts) and
   ``records.import_records``, what ``manage.py import`` and ``A2VSearch.import_records`` do once the models are
@@ -44,7 +47,9 @@ from common import VISUAL_DIM, SyntheticPersons, header, log, random_language_ma
 SPACE = {"visual_model": "bench:random-vitb16", "heads": "bench:random", "text_model": "bench-text",
          "phrases": "bench", "visual_dim": VISUAL_DIM,
          "spec": {"model": None, "checkpoint": None, "trust_checkpoint": False, "text_model": "bench-text"}}
-PARTS = ("checks", "vectors", "sqlite rows", "label chunks", "commit + rest", "faiss add")
+#: parts of Store.write: the calling thread's, then the second thread's (vectors, FAISS add: they overlap the first)
+PARTS = ("checks", "sqlite rows", "tracks", "label chunks", "commit + waits", "vectors", "faiss add")
+MAIN = PARTS[:4]
 WHERE = ["hand: hold>=0.5", "hand: hold>=0.1", "verb: ride>=0.3", "hand: hold<0.02"]
 
 
@@ -140,7 +145,7 @@ def timed_parts():
     from index.faiss_index import VectorIndex
 
     spent: dict[str, float] = defaultdict(float)
-    targets = [(repo, "as_arrays", "checks"), (store_mod.Store, "vectors", "vectors"),
+    targets = [(repo, "as_arrays", "checks"), (store_mod.Store, "vectors", "vectors"), (store_mod, "link", "tracks"),
                (repo, "add_media", "sqlite rows"), (labels, "close_chunks", "label chunks"),
                (VectorIndex, "add", "faiss add"), (store_mod.Store, "save", "save"),
                (store_mod.Store, "write", "total")]
@@ -219,14 +224,18 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
             written += sum(len(m.persons) for m in batches[-1])
         added = 0
         with timed_parts() as spent:
+            cpu0 = time.process_time()
             for items in batches:
                 added += len(store.write(items))
+            cpu_s = time.process_time() - cpu0
             write_s = spent["total"]
             store.save()
         save_s = spent["save"]
         parts = {p: spent[p] for p in PARTS}
-        parts["commit + rest"] = write_s - sum(spent[p] for p in PARTS if p != "commit + rest")
+        parts["sqlite rows"] -= parts["tracks"]  # the tracker runs inside add_media
+        parts["commit + waits"] = write_s - sum(spent[p] for p in MAIN)
         return {"N": n0, "persons": added, "write_s": write_s, "rate": added / write_s, "save_s": save_s,
+                "cpu_rate": added / cpu_s,
                 "open_s": open_s, "parts": parts,
                 "us": {p: 1e6 * v / added for p, v in parts.items()}}
     finally:
@@ -320,11 +329,13 @@ def main() -> None:
             if "write" not in args.skip:
                 row["write"] = write_row(path, args.persons, args.batch, driver=False, tag="write")
                 log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
+                    f"({row['write']['cpu_rate']:,.0f} per CPU second) "
                     + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
                     f"save {row['write']['save_s']:.2f} s")
             if "driver" not in args.skip:
                 row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
-                log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s")
+                log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s "
+                    f"({row['driver']['cpu_rate']:,.0f} per CPU second)")
             for kind in ("jsonl", "dicts"):
                 if kind not in args.skip:
                     row[kind] = import_row(path, args.persons // 2, kind == "jsonl", tmp)
@@ -357,13 +368,14 @@ def _count(path: Path) -> int:
 def report(results: list[dict], args) -> None:
     print(f"\nStore.write, {args.persons:,} realistic persons per row, {args.batch} per transaction "
           "(us per person by part; save: the index save after the row)\n")
-    print("| N | persons/s | " + " | ".join(PARTS) + " | save s | driver persons/s |")
-    print("|---:|---:|" + "---:|" * len(PARTS) + "---:|---:|")
+    print("| N | persons/s | per CPU s | " + " | ".join(PARTS) + " | save s | driver persons/s | per CPU s |")
+    print("|---:|---:|---:|" + "---:|" * len(PARTS) + "---:|---:|---:|")
     for r in results:
         w, d = r.get("write"), r.get("driver")
         if w:
-            print(f"| {w['N']:,} | {w['rate']:,.0f} | " + " | ".join(f"{w['us'].get(p, 0):.1f}" for p in PARTS)
-                  + f" | {w['save_s']:.2f} | {d['rate']:,.0f} |" if d else " | |")
+            driver = f"{d['rate']:,.0f} | {d['cpu_rate']:,.0f}" if d else " | "
+            print(f"| {w['N']:,} | {w['rate']:,.0f} | {w['cpu_rate']:,.0f} | "
+                  + " | ".join(f"{w['us'].get(p, 0):.1f}" for p in PARTS) + f" | {w['save_s']:.2f} | {driver} |")
     print("\n| N | import | persons | persons/s | without the final save | read s | write s | save s |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

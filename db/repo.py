@@ -604,6 +604,8 @@ def record_failures(s: Session, failures: Sequence[tuple[str, str, str]]) -> Non
 
 def clear_failures(s: Session, paths: Sequence[str]) -> None:
     """Forget the failures of paths that have now been ingested."""
+    if not s.execute(select(Failure.id).limit(1)).first():  # the usual case: nothing failed
+        return
     for i in range(0, len(paths), _CHUNK):
         s.execute(delete(Failure).where(Failure.path.in_(list(paths[i:i + _CHUNK]))))
 
