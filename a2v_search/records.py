@@ -3,7 +3,6 @@ an ingest result, and writing the valid ones (``manage.py import``, :meth:`A2VSe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -11,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from db.repo import NewMedia, NewPerson
 
@@ -39,12 +39,18 @@ def import_records(store: Store, records: list, visual_dim: int, collection: str
     locked, its space registered); a stored path is replaced. Bad records are reported and skipped."""
     report = ImportReport(records=len(records))
     items: list[NewMedia] = []
-    for i, rec in enumerate(records):
-        try:
-            items.append(record_to_media(rec, visual_dim, collection))
-        except InputError as e:
-            where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
-            report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
+    for start in range(0, len(records), WRITE_EVERY):
+        chunk = records[start:start + WRITE_EVERY]
+        fast = plain_records_to_media(chunk, visual_dim, collection)
+        if fast is not None:
+            items += fast
+            continue
+        for i, rec in enumerate(chunk, start):  # one by one, to name what is wrong with each bad record
+            try:
+                items.append(record_to_media(rec, visual_dim, collection))
+            except InputError as e:
+                where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
+                report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
     states = store.media_states([m.path for m in items])
     for m in items:
         if m.path in states:
@@ -57,23 +63,31 @@ def import_records(store: Store, records: list, visual_dim: int, collection: str
 
 
 def read_records(source: str | os.PathLike | Iterable[dict]) -> list:
-    """The records of a JSON-lines or JSON-list file (InputError naming the problem), or of an iterable of dicts."""
+    """The records of a JSON-lines or JSON-list file (InputError naming the problem), or of an iterable of dicts.
+    Parsed with orjson (about ten times json's speed on the long number lists of a person)."""
     if not isinstance(source, (str, os.PathLike)):
         return list(source)
     p = Path(source)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
+        data.decode("utf-8")
     except OSError as e:
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)") from None
-    stripped = text.lstrip()
-    try:
-        if stripped.startswith("["):
-            return json.loads(text)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p} is not valid JSON / JSON lines (line {e.lineno}: {e.msg})") from None
+    if data.lstrip().startswith(b"["):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise InputError(f"{p} is not valid JSON / JSON lines (line {e.lineno}: {e.msg})") from None
+    out = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError as e:
+                raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
+    return out
 
 
 def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit_range: bool = True) -> np.ndarray:
@@ -101,6 +115,92 @@ def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit
     return arr
 
 
+def _norms(visual: np.ndarray) -> np.ndarray:
+    """(n, P) float32 -> (n,) float32 norms (one formula for a record and a batch of them)."""
+    return np.sqrt(np.einsum("ij,ij->i", visual, visual))
+
+
+def _parts(pasta: np.ndarray) -> np.ndarray:
+    """(n, 93) -> (n, 6): the strongest interacting state of each part."""
+    return np.stack([pasta[:, r.start:r.stop - 1].max(1) for r in tx.PART_RANGES.values()], axis=1)
+
+
+def _plain_number_list(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n
+
+
+def _positive(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
+
+
+def _plain_box(box) -> bool:
+    return (isinstance(box, list) and len(box) == 4 and all(type(v) in (int, float) for v in box)
+            and box[2] > box[0] and box[3] > box[1])
+
+
+def plain_records_to_media(records: list, visual_dim: int, collection: str) -> list[NewMedia] | None:
+    """Records -> media, all at once (numpy over the whole list), when every record is plain and valid: PaSta and
+    verbs as lists of numbers (not names). None when any is not: the caller then converts them one by one with
+    :func:`record_to_media`, which names what is wrong; both give the same values."""
+    persons = []
+    for rec in records:
+        if not (isinstance(rec, dict) and isinstance(rec.get("path"), str) and rec["path"].strip()
+                and rec.get("kind", "image") in ("image", "video") and isinstance(rec.get("persons", []), list)):
+            return None
+        for p in rec.get("persons", []):
+            if not (isinstance(p, dict) and _plain_number_list(p.get("pasta"), tx.N_PASTA)
+                    and _plain_number_list(p.get("verbs", [0.0] * tx.N_VERBS), tx.N_VERBS)
+                    and _plain_number_list(p.get("visual"), visual_dim)
+                    and ("parts" not in p or _plain_number_list(p["parts"], tx.N_PARTS))
+                    and ("visual_norm" not in p or _positive(p["visual_norm"]))
+                    and ("box" not in p or _plain_box(p["box"]))):
+                return None
+            persons.append(p)
+    try:
+        pasta = np.array([p["pasta"] for p in persons], np.float32).reshape(len(persons), tx.N_PASTA)
+        verbs = np.array([p.get("verbs", [0.0] * tx.N_VERBS) for p in persons], np.float32).reshape(
+            len(persons), tx.N_VERBS)
+        visual = np.array([p["visual"] for p in persons], np.float32).reshape(len(persons), visual_dim)
+    except (TypeError, ValueError):
+        return None
+    parts = _parts(pasta)
+    given = [i for i, p in enumerate(persons) if "parts" in p]
+    if given:
+        try:
+            parts[given] = np.array([persons[i]["parts"] for i in given], np.float32)
+        except (TypeError, ValueError):
+            return None
+    probs = np.concatenate([pasta, verbs, parts], axis=1)
+    if not (np.isfinite(probs).all() and np.isfinite(visual).all() and (probs >= 0).all() and (probs <= 1).all()):
+        return None
+    norms = _norms(visual)
+    if (norms < 1e-6).any():
+        return None
+    unit = visual / norms[:, None]
+    out, i = [], 0
+    for rec in records:
+        width, height = rec.get("width"), rec.get("height")
+        people = []
+        for p in rec.get("persons", []):
+            box = p.get("box", [0, 0, width or 1, height or 1])
+            people.append(NewPerson(box=[float(v) for v in box], pasta=pasta[i], verbs=verbs[i], parts=parts[i],
+                                    visual=unit[i], visual_norm=float(p.get("visual_norm", norms[i])),
+                                    score=float(p.get("score", 1.0)),
+                                    frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
+            i += 1
+        out.append(_media(rec, collection, people))
+    return out
+
+
+def _media(rec: dict, collection: str, persons: list[NewPerson]) -> NewMedia:
+    width, height = rec.get("width"), rec.get("height")
+    return NewMedia(path=rec["path"], content_hash=rec.get("content_hash"), size=int(rec.get("size", 0) or 0),
+                    mtime=float(rec.get("mtime", 0.0) or 0.0), kind=rec.get("kind", "image"),
+                    collection=str(rec.get("collection") or collection),
+                    width=width if isinstance(width, int) else None, height=height if isinstance(height, int) else None,
+                    persons=persons)
+
+
 def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
     """One record -> the media and persons to store (InputError naming the first bad field)."""
     if not isinstance(rec, dict):
@@ -122,7 +222,7 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
         pasta = _vector(p.get("pasta"), tx.N_PASTA, f"persons[{j}].pasta", tx.PASTA_NAMES)
         verbs = _vector(p.get("verbs", [0.0] * tx.N_VERBS), tx.N_VERBS, f"persons[{j}].verbs", tx.VERB_NAMES)
         visual = _vector(p.get("visual"), visual_dim, f"persons[{j}].visual", unit_range=False)
-        norm = float(np.linalg.norm(visual))
+        norm = float(_norms(visual[None])[0])
         if norm < 1e-6:
             raise InputError(f"persons[{j}].visual is a zero vector")
         tower_norm = p.get("visual_norm", norm)  # the tower output's norm when `visual` is already unit length
@@ -132,7 +232,7 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
         if "parts" in p:
             parts = _vector(p["parts"], tx.N_PARTS, f"persons[{j}].parts")
         else:  # the strongest interacting state of each part
-            parts = np.array([pasta[r.start:r.stop - 1].max() for r in tx.PART_RANGES.values()], np.float32)
+            parts = _parts(pasta[None])[0]
         box = p.get("box", [0, 0, width or 1, height or 1])
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
@@ -141,8 +241,4 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
         out.append(NewPerson(box=[float(v) for v in box], pasta=pasta, verbs=verbs, parts=parts,
                              visual=visual / norm, visual_norm=float(tower_norm), score=float(p.get("score", 1.0)),
                              frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
-    return NewMedia(path=path, content_hash=rec.get("content_hash"), size=int(rec.get("size", 0) or 0),
-                    mtime=float(rec.get("mtime", 0.0) or 0.0), kind=kind,
-                    collection=str(rec.get("collection") or collection),
-                    width=width if isinstance(width, int) else None, height=height if isinstance(height, int) else None,
-                    persons=out)
+    return _media(rec, collection, out)

@@ -1,0 +1,73 @@
+"""Import records: the batch conversion gives exactly what the record-by-record one gives, and JSON lines are read
+with the line of an error named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from a2v_search.errors import InputError
+from a2v_search.records import plain_records_to_media, read_records, record_to_media
+
+
+def records(rng, n=6):
+    out = []
+    for i in range(n):
+        persons = []
+        for j in range(i % 3):
+            p = {"pasta": rng.random(93).tolist(), "verbs": rng.random(157).tolist(),
+                 "visual": rng.normal(size=16).tolist(), "score": 0.5 + j / 10}
+            if j == 1:
+                p.update(box=[1, 2, 30.5, 40], parts=rng.random(6).tolist(), visual_norm=3.5, frame_index=j, t_sec=0.5)
+            persons.append(p)
+        out.append({"path": f"/r/{i}.jpg", "width": 64, "height": 48, "persons": persons,
+                    **({"collection": "c", "kind": "video"} if i == 4 else {})})
+    return out
+
+
+def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
+    recs = records(np.random.default_rng(0))
+    fast = plain_records_to_media(recs, 16, "default")
+    slow = [record_to_media(r, 16, "default") for r in recs]
+    assert fast is not None and len(fast) == len(slow) == 6
+    for a, b in zip(fast, slow, strict=True):
+        assert (a.path, a.kind, a.collection, a.width, a.height) == (b.path, b.kind, b.collection, b.width, b.height)
+        assert len(a.persons) == len(b.persons)
+        for p, q in zip(a.persons, b.persons, strict=True):
+            assert (p.box, p.score, p.visual_norm, p.frame_index, p.t_sec) == (q.box, q.score, q.visual_norm,
+                                                                                 q.frame_index, q.t_sec)
+            for name in ("pasta", "verbs", "parts", "visual"):
+                assert np.array_equal(getattr(p, name), getattr(q, name)), name
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: r["persons"][0]["pasta"].__setitem__(0, 1.5),  # out of range
+    lambda r: r["persons"][0].__setitem__("pasta", {"hand: hold": 0.9}),  # names: the one-by-one path
+    lambda r: r["persons"][0].__setitem__("visual", [0.0] * 16),
+    lambda r: r["persons"][0].__setitem__("box", [5, 5, 1, 1]),
+    lambda r: r.__setitem__("kind", "audio"),
+])
+def test_anything_not_plain_goes_one_by_one(change):
+    recs = records(np.random.default_rng(1))
+    change(recs[1])
+    assert plain_records_to_media(recs, 16, "default") is None
+
+
+def test_json_lines_name_the_bad_line(tmp_path):
+    recs = records(np.random.default_rng(2), n=3)
+    good = tmp_path / "r.jsonl"
+    good.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    assert read_records(good) == recs
+    listed = tmp_path / "r.json"
+    listed.write_text(json.dumps(recs))
+    assert read_records(listed) == recs
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(recs[0]) + "\n" + json.dumps(recs[1])[:-3] + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl is not valid JSON / JSON lines \(line 2: "):
+        read_records(bad)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"path": "caf\xe9"}\n')
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_records(latin)
