@@ -13,7 +13,7 @@ SQLite, the labels' chunks and FAISS).
 
 Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
 its persons to it):
-- ``Store.write``: transactions of ``--batch`` persons (ingest's ``write_every`` is 256, an import's 256 media);
+- ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
   the time split into the calling thread's parts: checks (``repo.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
   rest); and the writer's second thread's, which overlap them: vectors (``Store.vectors``: language embedding,

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from helpers import downgrade, media, random_person, writable_store
 
-from a2v_search.search import make_filters
 from a2v_search.store import Store
 from db import labels, repo
 from db.schema import LABEL_PASTA, LABEL_VERB, LabelChunk
@@ -81,17 +80,6 @@ def test_filters_and_counts_answer_like_the_blobs(tmp_path, monkeypatch):
         assert repo.counts(s)["persons"] == 36 - 3 + 1 - 1 - 5 + 12
         assert labels.boundary(s) > 36  # the new persons fill chunks after the gaps
     assert_labels_match_blobs(store)
-    store.close()
-
-
-def test_where_parses_to_the_same_ids_through_search_filters(tmp_path):
-    rng = np.random.default_rng(1)
-    store = writable_store(tmp_path / "data")
-    people = [noisy_person(rng) for _ in range(30)]
-    store.write([media(f"/x/{i}.jpg", [p]) for i, p in enumerate(people)])
-    hold = np.array([p.pasta[37] for p in people], np.float16).astype(np.float32)
-    got = store.filter_person_ids(make_filters(where=["hand: hold>=0.1"]))
-    assert got.tolist() == [i + 1 for i in np.flatnonzero(hold >= np.float32(0.1))]
     store.close()
 
 
