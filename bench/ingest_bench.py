@@ -5,6 +5,9 @@ JPEGs (``detector="none"``: one person per image, whole-image mode), in one run.
 
 Row "tiny": a tiny random CLIP (2 layers, width 32, 224 px input) + tiny BERT, so that wall time is the
 pipeline's own cost per image (discover, decode + resize in worker processes, write, save).
+With ``--image-size 64x48 --batch-size 256 --images 4000 --no-vit`` it measures the pipeline's own cost per person
+in the main process (issue 26's goal: <= 50 us outside decoding and the model): the tiny row's stages per person,
+with the tiny model's own time (``encode_pixels`` at the same batch) taken out of ``encode``.
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
 of the same encoder (``encode_pixels`` on one batch of the same size, measured right after; GPU goal >= 80%).
@@ -55,6 +58,23 @@ def model_only_rate(encoder, batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
+def main_process_costs(tiny: dict, model_s: float, args: argparse.Namespace, width: int, height: int) -> None:
+    """The tiny row per person: the main process's stages, the tiny model's own time taken out of encode."""
+    n = tiny["persons"]
+    own = {k: tiny[k] for k in STAGES if k not in ("decode", "wait")}
+    own["encode"] = max(0.0, own["encode"] - model_s)
+    own["other"] = tiny["seconds"] - tiny["wait"] - sum(tiny[k] for k in STAGES if k not in ("decode", "wait"))
+    print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none: {tiny['rate']:.0f} "
+          f"persons/s, wall {tiny['seconds']:.2f} s, main process waiting for decoders {tiny['wait']:.2f} s, decode "
+          f"{1e6 * tiny['decode'] / n:.0f} us/person of worker time, tiny model {1e6 * model_s / n:.0f} us/person.\n")
+    print("| main process, us per person | " + " | ".join(own) + " | total |")
+    print("|---|" + "---:|" * (len(own) + 1))
+    print("| tiny row | " + " | ".join(f"{1e6 * v / n:.1f}" for v in own.values())
+          + f" | {1e6 * sum(own.values()) / n:.1f} |")
+    print("\nencode: the stage less the model's own time (encode_pixels at the same batch, same run); other: wall "
+          "time in none of the stages (assembly, hashing, queues).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=None, help="images for the tiny row (default 200, quick 30)")
@@ -65,8 +85,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     parser.add_argument("--repeats", type=int, default=None, help="model-only timed calls (default 3, quick 1)")
+    parser.add_argument("--image-size", default="640x480", help="WxH of the generated JPEGs (default 640x480)")
+    parser.add_argument("--no-vit", action="store_true", help="the tiny row only (the pipeline's own cost)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 + 8 images, batch 4")
     args = parser.parse_args()
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
     import torch
 
     from a2v_search.settings import get_device
@@ -82,7 +105,7 @@ def main() -> None:
         clip_dir, bert_dir = tiny_models(tmp / "models")
         ckpt = vitb16_checkpoint(tmp / "models")
         n_max = max(args.images, args.vit_images)
-        write_jpegs(tmp / "images_all", n_max)
+        write_jpegs(tmp / "images_all", n_max, width=width, height=height)
         log(f"{n_max} JPEGs and the models are ready")
         tiny_images, vit_images = tmp / "images_tiny", tmp / "images_vit"
         for folder, n in ((tiny_images, args.images), (vit_images, args.vit_images)):
@@ -90,8 +113,13 @@ def main() -> None:
             for p in sorted((tmp / "images_all").iterdir())[:n]:
                 (folder / p.name).hardlink_to(p)
 
-        tiny, _ = run_ingest("tiny", tmp / "store_tiny", tiny_images, args.images, args,
-                             model=str(clip_dir), text_model=str(bert_dir))
+        tiny, tiny_a2v = run_ingest("tiny", tmp / "store_tiny", tiny_images, args.images, args,
+                                    model=str(clip_dir), text_model=str(bert_dir))
+        tiny_model_s = tiny["persons"] / model_only_rate(tiny_a2v.encoder(), args.batch_size, args.repeats)
+        tiny_a2v.close()
+        if args.no_vit:
+            main_process_costs(tiny, tiny_model_s, args, width, height)
+            return
         vit, a2v = run_ingest("ViT-B/16", tmp / "store_vit", vit_images, args.vit_images, args,
                               checkpoint=str(ckpt), text_model=str(bert_dir))
         encoder = a2v.encoder()
