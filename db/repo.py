@@ -301,6 +301,8 @@ def _on_connect_read_only(dbapi_conn, _record) -> None:
 
 def _on_connect(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
+    # a new database only (a no-op on one with tables): a person's row (~1.6 KB) fills 8 KB pages better than 4 KB
+    cur.execute("PRAGMA page_size=8192")
     with suppress(sqlite3.OperationalError):  # read-only folder: readers still work on an existing WAL database
         cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")

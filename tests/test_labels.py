@@ -104,3 +104,10 @@ def test_a_schema_3_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     assert_labels_match_blobs(store)
     assert store.check().problems == []
     store.close()
+
+
+def test_new_stores_use_8_kb_pages(tmp_path):
+    writable_store(tmp_path / "data").close()
+    con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
+    assert con.execute("PRAGMA page_size").fetchone() == (8192,)
+    con.close()
