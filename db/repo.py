@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from . import labels
-from .blobs import f16, fixed16, stack16, unf16
+from .blobs import f16, fixed16, stack16, unf16  # noqa: F401  (f16: callers use repo.f16)
 from .errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from .migrations import can_upgrade, upgrade
 from .schema import (
@@ -84,19 +85,21 @@ def person_problem(p: NewPerson, visual_dim: int) -> str | None:
     """Why a person cannot be stored (None when it can). Checked before anything is committed. A person whose
     PaSta and verbs are all zero (or all "no interaction") is valid: it has no language direction, and scores 0
     against text queries while image queries find it by its visual vector."""
-    arrays = {"pasta": (p.pasta, N_PASTA), "verbs": (p.verbs, N_VERBS), "parts": (p.parts, N_PARTS),
-              "visual": (p.visual, visual_dim)}
-    for name, (value, n) in arrays.items():
+    arrays = {}
+    for name, value, n in (("pasta", p.pasta, N_PASTA), ("verbs", p.verbs, N_VERBS), ("parts", p.parts, N_PARTS),
+                           ("visual", p.visual, visual_dim)):
         if value is None:
             return f"{name} is missing"
         arr = np.asarray(value, np.float32)
         if arr.shape != (n,):
             return f"{name} has shape {arr.shape}, expected ({n},)"
-        if not np.all(np.isfinite(arr)):
-            return f"{name} has non-finite values (NaN or infinity)"
-    if not np.any(unf16(f16(p.visual))):
+        arrays[name] = arr
+    if not np.isfinite(np.concatenate(list(arrays.values()))).all():  # one pass; then name the array
+        bad = next(name for name, arr in arrays.items() if not np.isfinite(arr).all())
+        return f"{bad} has non-finite values (NaN or infinity)"
+    if not arrays["visual"].astype(np.float16).any():
         return "visual is a zero vector (no direction to search by)"
-    if len(p.box) != 4 or not all(np.isfinite(float(v)) for v in p.box):
+    if len(p.box) != 4 or not all(math.isfinite(float(v)) for v in p.box):
         return "box must be four finite numbers"
     return None
 
