@@ -310,6 +310,10 @@ def _on_connect(dbapi_conn, _record) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
+    # the writer: checkpoint the WAL into the database every 8,192 pages (64 MB) instead of 1,000 (fewer, longer
+    # checkpoints, each with its fsync), and a 64 MB page cache; durability is unchanged (docs/guarantees.md)
+    cur.execute("PRAGMA wal_autocheckpoint=8192")
+    cur.execute("PRAGMA cache_size=-65536")
     cur.close()
 
 
