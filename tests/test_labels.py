@@ -84,19 +84,19 @@ def test_filters_and_counts_answer_like_the_blobs(tmp_path, monkeypatch):
 
 
 @pytest.mark.guarantee("G27")
-def test_a_schema_3_store_gets_its_labels_by_class(tmp_path, monkeypatch):
+def test_a_schema_4_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     monkeypatch.setattr(labels, "LABEL_CHUNK", 5)
     rng = np.random.default_rng(2)
     store = writable_store(tmp_path / "data")
     store.write([media(f"/x/{j}.jpg", [noisy_person(rng) for _ in range(3)]) for j in range(6)])
     store.close()
-    downgrade(tmp_path / "data" / "a2v.sqlite", 3)
+    downgrade(tmp_path / "data" / "a2v.sqlite", 4)
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("SELECT count(*) FROM labels").fetchone()[0] > 18 * 20  # one row per person and class
     con.close()
     store = Store(tmp_path / "data").lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == "4"
+        assert repo.get_meta(s, "schema_version") == "5"
         assert s.execute(repo.select(LabelChunk.first_id)).scalars().all() == [1, 6, 11]
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'labels'").fetchone() == (0,)
