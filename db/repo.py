@@ -366,10 +366,16 @@ def set_space_basis(s: Session, space_id: int, basis: Basis) -> None:
     s.execute(update(Space).where(Space.id == space_id).values(**_basis_columns(basis)))
 
 
-def update_space(s: Session, space_id: int, fingerprint: str, config: dict) -> None:
-    """Record a migrated space: its new fingerprint and configuration (the matrices stay)."""
-    s.execute(update(Space).where(Space.id == space_id).values(fingerprint=fingerprint,
-                                                               config=json.dumps(config, sort_keys=True)))
+def update_space(s: Session, space_id: int, fingerprint: str, config: dict,
+                 matrices: tuple[np.ndarray, np.ndarray, Basis] | None = None) -> None:
+    """Record a migrated space: its new fingerprint and configuration, and its new language matrices (93, D),
+    (157, D) with their basis when its phrases changed (else the matrices and basis stay)."""
+    values = {"fingerprint": fingerprint, "config": json.dumps(config, sort_keys=True),
+              "phrases": str(config["phrases"]), "language_dim": int(config["language_dim"])}
+    if matrices is not None:
+        values.update(m_pasta=np.asarray(matrices[0], np.float32).tobytes(),
+                      m_verb=np.asarray(matrices[1], np.float32).tobytes(), **_basis_columns(matrices[2]))
+    s.execute(update(Space).where(Space.id == space_id).values(**values))
 
 
 def set_space_config(s: Session, space_id: int, config: dict) -> None:

@@ -11,7 +11,8 @@ import pytest
 from helpers import SPACE, media, random_language, random_person, run_main, writable_store
 
 from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
-from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace
+from a2v_search.models import prompts
+from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace, PhraseBasis, TextEncoder, build_matrices
 from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.store import Store, space_fingerprint
 from a2v_search.tracks import link
@@ -142,7 +143,8 @@ def _language_scores(store, ids) -> np.ndarray:
 def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_path):
     store, _, ids = filled(tmp_path)
     space = store.space()
-    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v3:12/8+white0.75+gate" and space["pooling"] is None
+    assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v4:24/32+white0.75+gate+senses"
+    assert space["pooling"] is None
     before = _language_scores(store, ids)
     store.rebuild()
     after = _language_scores(store, ids)
@@ -154,10 +156,10 @@ def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_
         np.testing.assert_array_equal(got[1], before[1])
 
 
-def _make_legacy(data_dir) -> None:
+def _make_legacy(data_dir, **changes) -> None:
     """Turn a store into one written before the language vector was recorded: no pooling or formula in its
-    space, fingerprint and index manifests of that older space."""
-    _set_space(data_dir, drop=("pooling", "language_vector"))
+    space, fingerprint and index manifests of that older space (``changes`` set too)."""
+    _set_space(data_dir, drop=("pooling", "language_vector"), **changes)
 
 
 def _set_space(data_dir, drop: tuple[str, ...] = (), **changes) -> None:
@@ -201,12 +203,14 @@ def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp
     assert code == 0, err  # as the message says, text queries keep working
 
 
-@pytest.mark.parametrize("older", ["margin-v1:2/4", "margin-v2:12/8+text0.4"])
-def test_store_of_an_older_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog, older):
+@pytest.mark.parametrize("older", ["margin-v1:2/4", "margin-v2:12/8+text0.4", "margin-v3:12/8+white0.75+gate"])
+def test_store_of_an_older_formula_is_refused_then_migrated_by_reindex(tmp_path, caplog, older, tiny_bert_dir):
 
     store, items, ids = filled(tmp_path)
     store.close()
-    _set_space(tmp_path / "data", language_vector=older)  # as that release wrote it (its indexes hold its vectors)
+    # as that release wrote it (its indexes hold its vectors; its phrases were the bare verb names)
+    _set_space(tmp_path / "data", language_vector=older, text_model=str(tiny_bert_dir),
+               phrases="v1|{part} {state}|{verb}")
     with pytest.raises(LegacySpaceError, match=f"older formula '{re.escape(older)}'.*manage.py reindex --data-dir"):
         Store(tmp_path / "data").language()
     code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
@@ -225,11 +229,32 @@ def test_store_of_an_older_formula_is_refused_then_migrated_by_reindex(tmp_path,
     pasta, verbs = np.stack([p.pasta for p in persons]), np.stack([p.verbs for p in persons])
     lang = reader.language()
     assert lang.vector == LANGUAGE_VECTOR
+    # this version's phrases (verb senses), embedded by the store's text model, replaced the older matrices
+    assert space["phrases"] == prompts.phrases_ref() and reader.space_row().phrases == prompts.phrases_ref()
+    expected = build_matrices(TextEncoder(str(tiny_bert_dir)))
+    np.testing.assert_allclose(lang.m_verb, expected[1], atol=1e-6)
+    np.testing.assert_allclose(lang.m_pasta, expected[0], atol=1e-6)
+    assert reader.space_row().language_dim == lang.dim == space["language_dim"]
+    assert repo.space_basis(reader.space_row()) is not None  # the new matrices' basis, recorded with them
+    assert reader.phrase_basis().digest() == PhraseBasis.of(*expected).digest() == lang.basis.digest()
     was = LanguageSpace(lang.m_pasta, lang.m_verb, lang.text_model, vector=older).embed(pasta, verbs)
     now = lang.embed(pasta, verbs)
     assert not np.allclose(was, now, atol=1e-3)  # the migration changes the vectors: the index must be rebuilt
     scores, got = reader.indexes()["language"].search(now[5][None], 3)
     assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_migration_whose_text_model_is_gone_names_the_fix_and_changes_nothing(tmp_path):
+    store, _, _ = filled(tmp_path)
+    store.close()
+    _set_space(tmp_path / "data", language_vector="margin-v3:12/8+white0.75+gate", text_model=str(tmp_path / "gone"),
+               phrases="v1|{part} {state}|{verb}")
+    before = Store(tmp_path / "data").space()
+    with pytest.raises(LegacySpaceError, match="its text model .*gone embeds this version's phrases"):
+        Store(tmp_path / "data").language()
+    code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
+    assert code != 0 and "gone" in err and "run reindex again" in err and "Traceback" not in out + err
+    assert Store(tmp_path / "data").space() == before  # nothing was changed
 
 
 def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
@@ -259,11 +284,11 @@ def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path)
         writable_store(tmp_path / "data")  # an ingest into it is refused the same way
 
 
-def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog):
+def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, caplog, tiny_bert_dir):
 
     store, items, ids = filled(tmp_path)
     store.close()
-    _make_legacy(tmp_path / "data")
+    _make_legacy(tmp_path / "data", text_model=str(tiny_bert_dir))
     reader = _reindexed(tmp_path / "data", caplog)
     space = reader.space()
     assert space["language_vector"] == LANGUAGE_VECTOR

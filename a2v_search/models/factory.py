@@ -251,7 +251,7 @@ def _space(spec: ModelSpec, parts: Parts, model: ActivityModel, language: Langua
     return {
         "visual_model": parts.visual_ref, "heads": parts.heads_ref,
         "text_model": model_ref(language.text_model) if language else model_ref(spec.text_model),
-        "phrases": f"{prompts.PHRASES_VERSION}|{prompts.PASTA_PHRASE}|{prompts.VERB_PHRASE}",
+        "phrases": prompts.phrases_ref(),
         "visual_dim": model.visual_dim, "language_dim": language.dim if language else None,
         **(language.record() if language else {}),
         "image_size": parts.preprocess.size,

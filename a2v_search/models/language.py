@@ -1,11 +1,14 @@
 """The language space: PaSta and verb probabilities, and query texts, as vectors of a BERT-family text model.
 
 M_pasta (93, D) holds the text-model embedding of each PaSta phrase (``prompts.PASTA_PHRASE``), M_verb (157, D)
-that of each verb phrase; no_interaction rows are zero. A person's language vector (formula
-``margin-v3:12/8+white0.75+gate``, ``LANGUAGE_VECTOR``) is
+each verb in its own sense: the normalised mean of the embeddings of its sentences (``prompts.verb_sense_phrases``:
+a verb HICO labels, one sentence per object it takes there, "a person getting on a bus"; the 40 others, a sentence
+of what the person does), not its bare name, which a sentence model often reads as a noun ("train", "board",
+"park"); no_interaction rows are zero. A person's language vector (formula
+``margin-v4:24/32+white0.75+gate+senses``, ``LANGUAGE_VECTOR``) is
 
     concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb)) / sqrt(2)        # unit length
-    w = margins(p): the 12 strongest PaSta of the whole body and the 8 strongest verbs (no_interaction left out),
+    w = margins(p): the 24 strongest PaSta of the whole body and the 32 strongest verbs (no_interaction left out),
         each weighted by its margin over the next strongest (the person's own background); the rest 0
     W = M whitened: M = U S V^T (SVD of each block), W = U S^0.25 V^T (singular values s -> s^(1 - 0.75))
 
@@ -21,7 +24,9 @@ instead of 2D (1536 for bert-base). A store records that basis with its matrices
 another machine's SVD (other signs, another rotation) cannot put queries into another basis than its indexes. The
 verb block is there because many activities have no PaSta of their own ("riding a bike" is a verb, not a part
 state); see docs/design.md. Everything the formula uses is stored with the space (matrices, basis), so an index
-rebuilt from SQLite is the same and an older store migrates without its text model.
+rebuilt from SQLite is the same and an older store migrates without its text model, unless the formulas' phrases
+differ (a store of bare verb names, ``phrases`` v1, needs its text model once to embed the verb senses:
+``manage.py reindex``).
 
 Pooling: what a sentence-transformers model says (``modules.json`` -> its Pooling folder's ``config.json``: mean
 over all tokens as it was trained, CLS or max), else the mean of the word tokens' last hidden states ([CLS], [SEP]
@@ -33,8 +38,9 @@ row with its weight; free text is embedded and mapped onto the (unwhitened) phra
 temperature)`` keeping the strongest few (returned as the interpretation); either way the query becomes the same
 ``w_q @ W`` vector, queries keeping their own weights (no margins). For free text the formula's ``gate`` then
 weights the two blocks by how well the text matches each (its best cosine with a PaSta phrase, with a verb phrase;
-``TextQuery.match``): "a woman driving a car" matches the verb "drive" at 0.36 but no PaSta phrase above 0.09, and
-its PaSta reading ("head: lick") is a guess that should weigh little.
+``TextQuery.match``): "a woman driving a car" matches a verb far better than any PaSta phrase, and its PaSta
+reading is a guess that should weigh little. The 40 verbs HICO never labels have their cosines lowered by the
+formula's ``extra_prior`` (0.1) before the reading: a prior that they win only when clearly better.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ FREE_TEXT_TEMPERATURE = 0.05
 FREE_TEXT_TOP = 5
 FREE_TEXT_MIN_WEIGHT = 0.05
 STRUCTURED_PREFIXES = (*tx.PARTS, "verb")
+#: the verbs HICO never labels (117-156 of the 157 list)
+EXTRA_VERBS = np.array([i for i, v in enumerate(tx.VERB_NAMES) if v in prompts.EXTRA_VERB_SENSES])
 
 
 def quiet_transformers() -> None:
@@ -184,13 +192,30 @@ def _read_json(path: Path) -> object:
         return None
 
 
-def build_matrices(encoder: TextEncoder) -> tuple[np.ndarray, np.ndarray]:
-    """(M_pasta (93, D), M_verb (157, D)) from the phrases; no_interaction rows zeroed."""
+def build_matrices(encoder: TextEncoder, phrases: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(M_pasta (93, D), M_verb (157, D)) from the phrases of version ``phrases`` (default: this version's,
+    ``prompts.PHRASES_VERSION``); no_interaction rows zeroed. ``v1``: the bare verb names; ``v2``: each verb the
+    normalised mean of its sense sentences (``prompts.verb_sense_phrases``)."""
     m_pasta = encoder.encode(prompts.pasta_phrases())
-    m_verb = encoder.encode(prompts.verb_phrases())
+    if (phrases or prompts.PHRASES_VERSION) == "v1":
+        m_verb = encoder.encode(prompts.verb_phrases())
+    else:
+        m_verb = sense_matrix(encoder, prompts.verb_sense_phrases())
     m_pasta[list(tx.NO_INTERACTION_PASTA)] = 0.0
     m_verb[tx.NO_INTERACTION_VERB] = 0.0
     return m_pasta.astype(np.float32), m_verb.astype(np.float32)
+
+
+def sense_matrix(encoder: TextEncoder, sentences: list[list[str]]) -> np.ndarray:
+    """(len(sentences), D): each row the normalised mean of its sentences' embeddings (zero for none)."""
+    flat = [t for group in sentences for t in group]
+    emb = encoder.encode(flat) if flat else np.zeros((0, encoder.dim), np.float32)
+    out, i = np.zeros((len(sentences), emb.shape[1] if flat else encoder.dim), np.float32), 0
+    for row, group in enumerate(sentences):
+        if group:
+            out[row] = emb[i:i + len(group)].mean(0)
+            i += len(group)
+    return _normalise(out)
 
 
 #: the groups ``margins`` works in: PaSta by body part, verbs as one group (margin-v1); every PaSta and every verb
@@ -218,12 +243,16 @@ class VectorFormula:
     text_blend: float
     whiten: float = 0.0
     gate: bool = False
+    #: the phrases its matrices are made of (``build_matrices``): ``v1`` bare verb names, ``v2`` verb senses
+    phrases: str = "v1"
+    #: subtracted from the cosines of the 40 verbs HICO never labels when free text is read (a prior: they win a
+    #: reading only when clearly better than every verb people were labelled with)
+    extra_prior: float = 0.0
 
     def weights(self, pasta: np.ndarray, verbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities pasta (N, 93), verbs (N, 157) -> weights of the same shapes."""
-        if self.keep_pasta is None or self.keep_verbs is None:
-            return pasta, verbs
-        return margins(pasta, self.pasta_groups, self.keep_pasta), margins(verbs, self.verb_groups, self.keep_verbs)
+        return (pasta if self.keep_pasta is None else margins(pasta, self.pasta_groups, self.keep_pasta),
+                verbs if self.keep_verbs is None else margins(verbs, self.verb_groups, self.keep_verbs))
 
 
 #: every formula a store may record, by name; ``LANGUAGE_VECTOR`` is the one this version makes (stores recording an
@@ -234,8 +263,10 @@ FORMULAS = {f.name: f for f in (
     VectorFormula("margin-v1:2/4", PART_GROUPS, VERB_GROUPS, 2, 4, 0.0),
     VectorFormula("margin-v2:12/8+text0.4", ALL_PASTA, ALL_VERBS, 12, 8, 0.4),
     VectorFormula("margin-v3:12/8+white0.75+gate", ALL_PASTA, ALL_VERBS, 12, 8, 0.0, whiten=0.75, gate=True),
+    VectorFormula("margin-v4:24/32+white0.75+gate+senses", ALL_PASTA, ALL_VERBS, 24, 32, 0.0, whiten=0.75,
+                  gate=True, phrases="v2", extra_prior=0.1),
 )}
-LANGUAGE_VECTOR = "margin-v3:12/8+white0.75+gate"
+LANGUAGE_VECTOR = "margin-v4:24/32+white0.75+gate+senses"
 #: the least weight ``gate`` gives a block (a text that matches no phrase of a block still counts a little)
 GATE_FLOOR = 0.01
 
@@ -450,6 +481,7 @@ class LanguageSpace:
     def _interpret_free(self, text: str) -> TextQuery:
         q = self.encoder().encode([text])[0]  # (D,)
         sim_pasta, sim_verb = self.m_pasta @ q, self.m_verb @ q  # (93,), (157,) cosines with the phrases
+        sim_verb[EXTRA_VERBS] -= self.formula.extra_prior
         skip_pasta, skip_verb = set(tx.NO_INTERACTION_PASTA), {tx.NO_INTERACTION_VERB}
         pasta = _soft_top(sim_pasta, tx.PASTA_NAMES, skip_pasta)
         verbs = _soft_top(sim_verb, tx.VERB_NAMES, skip_verb)

@@ -16,6 +16,8 @@ the verb name with ``_`` as a space (``"drink with"``).
 from __future__ import annotations
 
 import re
+from functools import cache
+from pathlib import Path
 
 from .. import taxonomy as tx
 
@@ -75,9 +77,15 @@ VERB_WORDS = {
     "talk to (e.g., self, a person, a group)": "talk",
 }
 
-PHRASES_VERSION = "v1"
+#: v1: a verb's row is its bare name; v2: the mean of its sense sentences (``verb_sense_phrases``)
+PHRASES_VERSION = "v2"
 PASTA_PHRASE = "{part} {state}"
 VERB_PHRASE = "{verb}"
+
+
+def phrases_ref(version: str = PHRASES_VERSION) -> str:
+    """How a store records the phrases of its matrices (``spaces.phrases``)."""
+    return f"{version}|{PASTA_PHRASE}|{VERB_PHRASE if version == 'v1' else 'verb senses'}"
 
 
 def _verb_words(name: str) -> str:
@@ -140,3 +148,110 @@ def pasta_phrases() -> list[str]:
 def verb_phrases() -> list[str]:
     """The 157 phrases embedded by the text model for the verb block of the language space."""
     return [VERB_PHRASE.format(verb=_verb_words(v)) for v in tx.VERB_NAMES]
+
+
+# ---------------------------------------------------------------- verbs and objects in their own senses (phrases v2)
+
+#: How HICO uses a verb, where "<verb>ing <object>" is not it: ``{obj}`` is the object with its article.
+VERB_SENSES = {
+    "blow": "blowing out the candles on {obj}", "board": "getting on {obj}", "brush_with": "brushing teeth with {obj}",
+    "direct": "directing {obj} with hand signals", "drink_with": "drinking from {obj}", "dry": "drying {obj}",
+    "eat_at": "eating a meal at {obj}", "exit": "getting off {obj}", "fly": "flying {obj}",
+    "grind": "grinding a rail on {obj}", "hop_on": "hopping on {obj}", "hose": "spraying {obj} with a hose",
+    "light": "lighting the candles on {obj}", "lose": "losing {obj} to the wind", "pay": "paying at {obj}",
+    "pick": "picking {obj} from a tree", "point": "pointing {obj}", "set": "setting {obj}",
+    "sign": "signing an autograph on {obj}", "sit_at": "sitting at {obj}", "slide": "sliding {obj} into an oven",
+    "spin": "spinning {obj} on a finger", "stick": "sticking {obj} into food", "stop_at": "stopping at {obj}",
+    "tag": "tagging {obj} in a game", "toast": "raising {obj} in a toast", "train": "training {obj}",
+    "wave": "waving at {obj}", "zip": "zipping up {obj}", "lasso": "lassoing {obj} with a rope",
+    "milk": "milking {obj}", "shear": "shearing the wool of {obj}", "herd": "herding {obj}",
+    "launch": "launching {obj}", "release": "setting {obj} free", "serve": "serving {obj} in tennis",
+    "check": "checking {obj}", "race": "racing {obj}", "turn": "turning {obj} around a corner",
+    "tie": "tying {obj}", "park": "parking {obj}", "run": "running with {obj}", "pour": "pouring from {obj}",
+    "fill": "filling {obj}", "stand_under": "standing under {obj}",
+}
+#: The verbs HICO never labels (117-156 of the 157 list), as what a person does.
+EXTRA_VERB_SENSES = {
+    "bend/bow (at the waist)": "bending over at the waist", "crawl": "crawling on hands and knees",
+    "crouch/kneel": "crouching or kneeling down", "dance": "dancing", "fall down": "falling down to the ground",
+    "get up": "getting up from the ground", "martial art": "doing martial arts", "swim": "swimming in water",
+    "chop": "chopping wood with an axe", "close (e.g., a door, a box)": "closing a door or a box",
+    "dig": "digging a hole", "shovel": "shovelling with a spade", "climb (e.g., a mountain)": "climbing up a mountain",
+    "dress/put on clothing": "putting on clothes", "enter": "entering a building through a door",
+    "fishing": "fishing with a rod", "play board game": "playing a board game",
+    "play musical instrument": "playing a musical instrument", "play with pets": "playing with a pet",
+    "play with kids": "playing with children", "extract": "pulling something out", "press": "pressing a button",
+    "put down": "putting something down", "shoot": "shooting a gun", "smoke": "smoking a cigarette",
+    "clink glass": "clinking glasses", "hand clap": "clapping hands", "hand shake": "shaking hands with someone",
+    "take a photo": "taking a photo with a camera", "touch (an object)": "touching an object with a hand",
+    "work on a computer": "working on a computer", "write": "writing with a pen",
+    "fight/hit (a person)": "fighting or hitting another person",
+    "give/serve (an object) to (a person)": "handing an object to another person",
+    "take (an object) from (a person)": "taking an object from another person",
+    "grab (a person)": "grabbing another person", "listen to (a person)": "listening to another person",
+    "listen (e.g., to music)": "listening to music with headphones",
+    "sing to (e.g., self, a person, a group)": "singing a song", "talk to (e.g., self, a person, a group)":
+        "talking to someone",
+}
+#: Objects as a person would name them, where HICO's name is not it.
+OBJECT_WORDS = {"person": "another person", "sports_ball": "ball", "cell_phone": "phone", "tv": "television",
+                "hair_drier": "hair dryer", "dining_table": "dining table"}
+#: Object words that take no article ("wearing skis").
+_NO_ARTICLE = {"skis", "broccoli"}
+_GERUND_KEEP_E = {"be", "see", "flee"}
+_GERUND_DOUBLE = {"cut", "hit", "hop", "jog", "pet", "run", "set", "sit", "stab", "stir", "swim", "tag", "zip",
+                  "drag", "grab", "hug", "shop", "flip", "skip", "chop", "dig", "put", "get", "clap"}
+
+
+def gerund(verb: str) -> str:
+    """``"sit_on"`` -> ``"sitting on"``; ``"lie_on"`` -> ``"lying on"``: the first word as its -ing form."""
+    first, _, rest = verb.replace("_", " ").partition(" ")
+    if first in ("lie", "tie"):
+        ing = first[:-2] + "ying"
+    elif first in _GERUND_DOUBLE:
+        ing = first + first[-1] + "ing"
+    elif first.endswith("e") and not first.endswith(("ee", "ye", "oe")) and first not in _GERUND_KEEP_E:
+        ing = first[:-1] + "ing"
+    else:
+        ing = first + "ing"
+    return f"{ing} {rest}".strip()
+
+
+def object_words(name: str, article: bool = True) -> str:
+    """An object class as words: ``"sports_ball"`` -> ``"a ball"``, ``"apple"`` -> ``"an apple"``."""
+    words = OBJECT_WORDS.get(name, name.replace("_", " "))
+    if not article or words.startswith("another") or words in _NO_ARTICLE:
+        return words
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+@cache
+def hico_verb_objects() -> dict[str, tuple[str, ...]]:
+    """Each HICO verb's objects (HICO's 600 verb-object pairs), in the list's order."""
+    text = (Path(__file__).parents[1] / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
+    out: dict[str, list[str]] = {}
+    for row in (line.split() for line in text.splitlines() if line.strip()):
+        out.setdefault(row[2], []).append(row[1])
+    return {v: tuple(objs) for v, objs in out.items()}
+
+
+def verb_sense_phrases() -> list[list[str]]:
+    """For each of the 157 verbs, the sentences its row averages: a HICO verb as HICO uses it, one sentence per
+    object it takes ("a person getting on a bus", "... a train"); an extra verb as ``EXTRA_VERB_SENSES`` says;
+    no_interaction: none (its row is zero)."""
+    objects = hico_verb_objects()
+    out = []
+    for name in tx.VERB_NAMES:
+        if name == tx.NO_INTERACTION:
+            out.append([])
+        elif name in EXTRA_VERB_SENSES:
+            out.append([f"a person {EXTRA_VERB_SENSES[name]}"])
+        else:
+            template = VERB_SENSES.get(name, gerund(name) + " {obj}")
+            out.append([f"a person {template.format(obj=object_words(o))}" for o in objects[name]])
+    return out
+
+
+def object_phrases() -> list[str]:
+    """The 80 object classes as the text model reads them (``"a ball"``, ``"a dining table"``)."""
+    return [object_words(name) for name in tx.OBJECT_NAMES]

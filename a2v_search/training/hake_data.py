@@ -74,6 +74,8 @@ class HakeData:
     entries: int  # image entries in the file (instance-level: images, with or without persons)
     labels_read: int  # labels of the loaded entries before merging: (part, state) pairs or indices
     boxes_read: int = -1  # samples before merging persons (instance-level: distinct image + box); -1: = len
+    #: instance-level: the HICO HOI ids (1..600: a verb and its object, ``hoi_objects``) of each sample; else None
+    hois: list[frozenset[int]] | None = None
 
     def __post_init__(self) -> None:
         if self.boxes_read < 0:
@@ -86,7 +88,8 @@ class HakeData:
         """The samples at ``rows`` (indices or a boolean mask), same source and format; counts of the file kept."""
         idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
         return replace(self, images=[self.images[i] for i in idx], boxes=[self.boxes[i] for i in idx],
-                       pasta=self.pasta[idx], verbs=self.verbs[idx])
+                       pasta=self.pasta[idx], verbs=self.verbs[idx],
+                       hois=None if self.hois is None else [self.hois[i] for i in idx])
 
     @property
     def parts(self) -> np.ndarray:
@@ -107,11 +110,22 @@ def part_flags(pasta: np.ndarray) -> np.ndarray:
 
 
 @cache
+def _hoi_rows() -> tuple[tuple[str, str], ...]:
+    """(object, verb) of each HICO HOI, in id order (HICO's names)."""
+    text = (Path(__file__).parents[1] / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
+    return tuple((row[1], row[2]) for row in (line.split() for line in text.splitlines() if line.strip()))
+
+
+@cache
 def hoi_verbs() -> tuple[int, ...]:
     """For each HICO HOI (id 1..600 at position id - 1), its verb's index in the 157-verb list."""
-    text = (Path(__file__).parents[1] / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
-    rows = [line.split() for line in text.splitlines() if line.strip()]
-    return tuple(tx.verb_index(row[2]) for row in rows)
+    return tuple(tx.verb_index(verb) for _, verb in _hoi_rows())
+
+
+@cache
+def hoi_objects() -> tuple[int, ...]:
+    """For each HICO HOI (id 1..600 at position id - 1), its object's index in ``taxonomy.OBJECT_NAMES``."""
+    return tuple(tx.object_index(obj) for obj, _ in _hoi_rows())
 
 
 def load_annotations(path: str | Path, images_root: str | Path | None = None) -> HakeData:
@@ -259,8 +273,8 @@ def _load_clip_a2v(path: Path, annotations: list, root: Path | None) -> HakeData
                     _multi_hot(verb_rows, len(tx.VERB_NAMES)), problems, len(annotations), labels)
 
 
-def _instance_label(label: object) -> tuple[Box, list[int], list[int]]:
-    """One label entry -> (person box, 93-state indices, verb indices)."""
+def _instance_label(label: object) -> tuple[Box, list[int], list[int], list[int]]:
+    """One label entry -> (person box, 93-state indices, verb indices, HOI ids)."""
     if not isinstance(label, dict):
         raise _BadEntry(f"expected an object, got {type(label).__name__}")
     for key in ("human_bbox", "width", "height"):
@@ -269,9 +283,10 @@ def _instance_label(label: object) -> tuple[Box, list[int], list[int]]:
     width = _int(label["width"], "width", 1, 1 << 20)
     height = _int(label["height"], "height", 1, 1 << 20)
     box = _box(label["human_bbox"], width, height)
-    verbs = []
+    verbs, hois = [], []
     if "hoi_id" in label:
-        verbs.append(hoi_verbs()[_int(label["hoi_id"], "hoi_id", 1, len(hoi_verbs())) - 1])
+        hois.append(_int(label["hoi_id"], "hoi_id", 1, len(hoi_verbs())))
+        verbs.append(hoi_verbs()[hois[0] - 1])
     actions = label.get("action_labels", [])
     if not isinstance(actions, list):
         raise _BadEntry(f"action_labels must be a list, got {type(actions).__name__}")
@@ -282,7 +297,7 @@ def _instance_label(label: object) -> tuple[Box, list[int], list[int]]:
         part = tx.BODY_PART_TO_PART[_int(a["human_part"], "human_part", 0, len(tx.BODY_PARTS) - 1)]
         n76 = len(tx.PART_RANGES_76[tx.PARTS[part]])
         states.append(tx.pasta_76_to_93(part, _int(a["partstate"], f"{tx.PARTS[part]} partstate", 0, n76 - 1)))
-    return box, states, verbs
+    return box, states, verbs, hois
 
 
 def _image_name(path: Path, root: Path | None, image: str, prefix: object, problems: list[Problem]) -> str | None:
@@ -303,6 +318,7 @@ def _load_instance(path: Path, raw: dict, root: Path | None) -> HakeData:
     boxes: list[Box] = []
     pasta_rows: list[set[int]] = []
     verb_rows: list[set[int]] = []
+    hoi_rows: list[set[int]] = []
     problems: list[Problem] = []
     labels = boxes_read = 0
     for image, entry in raw.items():
@@ -312,16 +328,17 @@ def _load_instance(path: Path, raw: dict, root: Path | None) -> HakeData:
         name = _image_name(path, root, image, entry.get("path_prefix"), problems)
         if name is None:
             continue
-        drawn: dict[Box, tuple[set[int], set[int]]] = {}  # each distinct box of the image -> (pasta, verbs)
+        drawn: dict[Box, tuple[set[int], set[int], set[int]]] = {}  # each distinct box -> (pasta, verbs, hois)
         for j, label in enumerate(entry["labels"]):
             try:
-                box, states, verbs = _instance_label(label)
+                box, states, verbs, hois = _instance_label(label)
             except _BadEntry as e:
                 problems.append(Problem(str(path), f"image {image}, label {j}", str(e)))
                 continue
-            pasta_set, verb_set = drawn.setdefault(box, (set(), set()))
+            pasta_set, verb_set, hoi_set = drawn.setdefault(box, (set(), set(), set()))
             pasta_set.update(states)
             verb_set.update(verbs)
+            hoi_set.update(hois)
             labels += len(states)
         boxes_read += len(drawn)
         merged, owner = merge_boxes(list(drawn))
@@ -331,11 +348,14 @@ def _load_instance(path: Path, raw: dict, root: Path | None) -> HakeData:
             boxes.append(box)
             pasta_rows.append(set())
             verb_rows.append(set())
-        for (pasta_set, verb_set), g in zip(drawn.values(), owner, strict=True):
+            hoi_rows.append(set())
+        for (pasta_set, verb_set, hoi_set), g in zip(drawn.values(), owner, strict=True):
             pasta_rows[first + g] |= pasta_set
             verb_rows[first + g] |= verb_set
+            hoi_rows[first + g] |= hoi_set
     return HakeData(path, HAKE_INSTANCE, images, boxes, _multi_hot(pasta_rows, len(tx.PASTA_NAMES)),
-                    _multi_hot(verb_rows, len(tx.VERB_NAMES)), problems, len(raw), labels, boxes_read)
+                    _multi_hot(verb_rows, len(tx.VERB_NAMES)), problems, len(raw), labels, boxes_read,
+                    hois=[frozenset(h) for h in hoi_rows])
 
 
 #: Keys of the HICO image-level file, one per PaSta part, in PARTS order.

@@ -73,3 +73,34 @@ def test_transitivity_table_names_real_states():
     assert set(prompts.VERB_WORDS) <= set(tx.VERB_NAMES)
     # every verb name with a bracket or a slash has a rewrite, so the generic rule never sees one
     assert {v for v in tx.VERB_NAMES if "(" in v} <= set(prompts.VERB_WORDS)
+
+
+# ------------------------------------------------------------------ the language space's verb senses (phrases v2)
+
+
+def test_every_verb_has_its_sense_sentences():
+    senses = prompts.verb_sense_phrases()
+    objects = prompts.hico_verb_objects()
+    assert len(senses) == len(tx.VERB_NAMES) == 157 and senses[tx.NO_INTERACTION_VERB] == []
+    for name, sentences in zip(tx.VERB_NAMES, senses, strict=True):
+        if name == tx.NO_INTERACTION:
+            continue
+        want = len(objects[name]) if name in objects else 1  # HICO's: one per object it takes; extras: one
+        assert len(sentences) == want and len(set(sentences)) == want, name
+        for s in sentences:
+            assert s.startswith("a person ") and not re.search(r"[()\[\]/_{}]|\s\s|\ba an?\b|\ban? an?\b", s), s
+    assert set(prompts.EXTRA_VERB_SENSES) == set(tx.VERB_NAMES[117:])  # the 40 verbs HICO never labels
+
+
+def test_verbs_are_read_as_the_actions_hico_labels():
+    sense = dict(zip(tx.VERB_NAMES, prompts.verb_sense_phrases(), strict=True))
+    assert "a person getting on a bus" in sense["board"] and "a person training a dog" in sense["train"]
+    assert sense["fly"] == ["a person flying an airplane", "a person flying a kite"]
+    assert "a person parking a car" in sense["park"] and "a person grooming a horse" in sense["groom"]
+    assert "a person drinking from a cup" in sense["drink_with"] and "a person wearing skis" in sense["wear"]
+    assert "a person hugging a teddy bear" in sense["hug"] and "a person kicking a ball" in sense["kick"]
+    assert sense["crouch/kneel"] == ["a person crouching or kneeling down"]
+    assert [prompts.gerund(v) for v in ("sit_on", "lie_on", "ride", "run", "hop_on", "see", "type_on")] == [
+        "sitting on", "lying on", "riding", "running", "hopping on", "seeing", "typing on"]
+    assert prompts.object_phrases()[:3] == ["an airplane", "an apple", "a backpack"]
+    assert prompts.phrases_ref("v1") == "v1|{part} {state}|{verb}" and prompts.phrases_ref().startswith("v2|")

@@ -10,7 +10,15 @@ import pytest
 
 from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError
-from a2v_search.training.hake_data import CLIP_A2V, HAKE_INSTANCE, HICO_IMAGE, hoi_verbs, load_annotations, part_flags
+from a2v_search.training.hake_data import (
+    CLIP_A2V,
+    HAKE_INSTANCE,
+    HICO_IMAGE,
+    hoi_objects,
+    hoi_verbs,
+    load_annotations,
+    part_flags,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The shared HAKE data: beside the checkout, or beside the folder of worktrees.
@@ -114,6 +122,11 @@ def test_instance_level_merges_persons_and_maps_states(tmp_path):
                         tx.PASTA76_NAMES[tx.PART_RANGES_76["foot"][10]]}
     verbs = [{tx.VERB_NAMES[i] for i in np.flatnonzero(row)} for row in data.verbs]
     assert verbs == [{"race", "straddle"}, {"no_interaction"}, {"board"}]  # HOI 1: airplane board
+    # the HOIs of each merged person: verb and object together (hoi_verbs / hoi_objects)
+    assert data.hois == [frozenset({153, 156}), frozenset({600}), frozenset({1})]
+    assert [(tx.VERB_NAMES[hoi_verbs()[h - 1]], tx.OBJECT_NAMES[hoi_objects()[h - 1]]) for h in (1, 153, 600)] == [
+        ("board", "airplane"), ("race", "motorcycle"), ("no_interaction", "zebra")]
+    assert data.subset([2, 0]).hois == [frozenset({1}), frozenset({153, 156})]
     assert data.parts.tolist() == [[0, 1, 1, 1, 0, 0], [0] * 6, [1, 0, 0, 0, 0, 1]]
     # the images root may also be the image folder itself
     assert load_annotations(path, tmp_path / "imgs" / "sub").images == ["a.jpg", "a.jpg", "b.jpg"]
