@@ -88,14 +88,15 @@ def open_image(path: str | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, need_
         if decoded_bytes(img.mode, w * h) > MAX_DECODED_BYTES:
             raise DecodeError("decode", f"image is {w}x{h} in mode {img.mode}: {decoded_bytes(img.mode, w * h) >> 20:,}"
                                         f" MB decoded, over the limit of {MAX_DECODED_BYTES >> 20} MB")
-        factor = max(1, math.floor(1 / need_scale)) if 0 < need_scale < 1 else 1
-        if bounded and w * h > REDUCE_ABOVE_PIXELS:
-            factor = max(factor, math.ceil(math.sqrt(w * h / REDUCED_PIXELS)))
+        need = max(1, math.floor(1 / need_scale)) if 0 < need_scale < 1 else 1
+        memory = math.ceil(math.sqrt(w * h / REDUCED_PIXELS)) if bounded and w * h > REDUCE_ABOVE_PIXELS else 1
+        factor = max(need, memory)
         try:
             img.seek(0)
-            if factor > 1 and img.format == "JPEG":
-                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (math.ceil(w / factor),
-                                                                             math.ceil(h / factor)))
+            if factor > 1 and img.format == "JPEG":  # DCT scaling: 1/2, 1/4 or 1/8, at least the size asked
+                scaled = max(need, 1 << (memory - 1).bit_length())  # the memory factor, up to a power of two
+                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (math.ceil(w / scaled),
+                                                                             math.ceil(h / scaled)))
             img.load()
         except Image.DecompressionBombError as e:
             raise DecodeError("decode", f"{e} (a decompression bomb?)") from None

@@ -2,7 +2,8 @@
 file inside the limits (100 M pixels), whatever its mode: 16-bit PNG, float and 32-bit TIFF, RGBA, palette, JPEG.
 
 Measured, not timed: each case runs in a fresh Python process that reports its peak resident memory (``VmHWM`` in
-``/proc/self/status``; around one request, the peak since ``/proc/self/clear_refs`` reset it)."""
+``/proc/self/status``; around one request, the peak since ``/proc/self/clear_refs`` reset it, after ``malloc_trim``
+returned freed memory, so that the RSS before is what is live)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def peak_mb(key='VmHWM'):
             return int(line.split()[1]) / 1024
 
 def reset_peak():
+    import ctypes, gc
+    gc.collect()
+    ctypes.CDLL('libc.so.6').malloc_trim(0)  # freed memory back to the OS: RSS is what is live
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
 """
