@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from db import repo
+from db.schema import COUNT_MIN_P
 from index import saved_summary
 
 from . import taxonomy as tx
@@ -488,25 +489,91 @@ class A2VSearch:
         return {"id": m.id, "path": m.path, "kind": m.kind, "collection": m.collection, "width": m.width,
                 "height": m.height, "duration": m.duration, "file_size": m.size, "file_mtime": m.mtime}
 
+    # ------------------------------------------------------------------ activities and clusters
+
+    def activities(self, *, collection: str | None = None, path: str | None = None, kind: str | None = None,
+                   where: list[str] | None = None, cluster: str | None = None, min_p: float = COUNT_MIN_P,
+                   top: int = 20, examples: int = 4) -> dict:
+        """What the persons passing the filters are doing: how many show each verb, PaSta and verb + PaSta pair
+        (probability >= ``min_p``), the ``top`` most frequent of each with ``examples`` example person ids
+        (a2v_search/overview.py; the schema of ``activities --json``)."""
+        from .overview import overview
+
+        filters = _filters(collection, path, kind, where, cluster)
+        store = self._open_reader()
+        result = overview(store, filters, min_p, top, examples)
+        given = {"collection": collection, "path": path, "kind": kind, "where": where or None, "cluster": cluster}
+        return {**result, "filters": {n: v for n, v in given.items() if v is not None}}
+
+    def cluster(self, *, k: int | None = None, auto: bool = False, space: str = "language", name: str = "default",
+                collection: str | None = None, path: str | None = None, kind: str | None = None,
+                where: list[str] | None = None, cluster: str | None = None, seed: int = 0,
+                niter: int = 20) -> dict:
+        """k-means over the stored vectors of ``space`` (of the persons passing the filters) into ``k`` clusters,
+        or a k chosen with ``auto``; stored as the clustering ``name`` (replacing one of that name). See
+        a2v_search/clusters.py."""
+        from .clusters import check_name, make_clustering
+
+        if (k is None) == (not auto):
+            raise InputError("give either --k N or --auto")
+        check_name(name)
+        filters = _filters(collection, path, kind, where, cluster)
+        given = {"collection": collection, "path": path, "kind": kind, "where": where or None, "cluster": cluster}
+        with self.writer("cluster") as store:
+            return make_clustering(store, filters, {n: v for n, v in given.items() if v is not None}, name, space,
+                                   None if auto else k, seed, niter)
+
+    def clusterings(self) -> list[dict]:
+        """Every stored clustering: name, space, k, persons, whether persons were stored since (stale)."""
+        from .clusters import clustering_dict
+
+        store = self._open_reader()
+        return [clustering_dict(store, row.name, with_clusters=False) for row in store.clusterings()]
+
+    def clustering(self, name: str) -> dict:
+        """One stored clustering with its clusters (name, live size, distinctive verbs and PaSta, examples)."""
+        from .clusters import clustering_dict
+
+        return clustering_dict(self._open_reader(), name)
+
+    def drop_clustering(self, name: str) -> None:
+        """Delete a stored clustering."""
+        with self.writer("cluster --drop") as store:
+            if not store.drop_clustering(name):
+                raise NotFoundError(f"no clustering named {name!r} in {self.data_dir}")
+
+    def cluster_persons(self, cluster: str, k: int = 20, offset: int = 0) -> SearchResult:
+        """The persons of one cluster (``NAME:ID``), closest to its centroid first (scores: their cosine)."""
+        from .clusters import parse_cluster
+
+        name, number = parse_cluster(cluster)
+        store = self._open_reader()
+        opts = SearchOptions(k=k, offset=offset, cluster=cluster)
+        store.check_filters(opts.filters())  # QueryError for an unknown clustering or cluster
+        row = store.clustering(name)[0]
+        query = {"type": "cluster", "cluster": cluster, "space": row.space, "name": row.clusters[number]["name"]}
+        return self._rank({row.space: row.centroids[number]}, {row.space: 1.0}, opts, query)
+
     # ------------------------------------------------------------------ export
 
     def export(self, out: str | os.PathLike, *, format: str | None = None, fields: list[str] | None = None,
                collection: str | None = None, path: str | None = None, kind: str | None = None,
-               where: list[str] | None = None, batch_size: int = 4096) -> ExportReport:
+               where: list[str] | None = None, cluster: str | None = None, batch_size: int = 4096) -> ExportReport:
         """Write one row per stored person (passing the filters) to a Parquet, npz or JSON-lines file, with
         metadata that explains it, in bounded memory (a2v_search/export.py)."""
         from .export import export
 
-        return export(self._open_reader(), out, format, _filters(collection, path, kind, where), fields, batch_size)
+        return export(self._open_reader(), out, format, _filters(collection, path, kind, where, cluster), fields,
+                      batch_size)
 
     def export_batches(self, *, fields: list[str] | None = None, collection: str | None = None,
                        path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                       batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+                       cluster: str | None = None, batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
         """The same rows as :meth:`export`, as numpy batches ``{field: array}`` of at most ``batch_size`` persons;
         ``export_fields()`` describes the fields."""
         from .export import iter_batches
 
-        return iter_batches(self._open_reader(), _filters(collection, path, kind, where), fields, batch_size)
+        return iter_batches(self._open_reader(), _filters(collection, path, kind, where, cluster), fields, batch_size)
 
     @staticmethod
     def export_fields() -> dict[str, str]:
@@ -561,8 +628,8 @@ class A2VSearch:
         return {"media_removed": len(media_ids), "persons_removed": int(len(removed))}
 
 
-def _filters(collection, path, kind, where):
-    filters = make_filters(collection, path, kind, where)
+def _filters(collection, path, kind, where, cluster=None):
+    filters = make_filters(collection, path, kind, where, cluster)
     return None if filters.empty() else filters
 
 

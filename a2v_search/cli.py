@@ -278,6 +278,120 @@ def export(
         con.print(f"note: {note}")
 
 
+# ------------------------------------------------------------------ activities and clusters
+
+
+@app.command()
+@flag_groups
+def activities(
+    filters: FilterFlags = FilterFlags(),
+    min_p: Annotated[float, typer.Option(help="A person shows a label when its probability is at least this (0.5 "
+                                              "suits trained heads; zero-shot heads give distributions: try "
+                                              "0.2).")] = 0.5,
+    top: Annotated[int, typer.Option(help="Labels (and pairs) listed per kind.")] = 20,
+    examples: Annotated[int, typer.Option(help="Example persons per label.")] = 4,
+    sheet: Annotated[Path | None, typer.Option(help="Also write a PNG: the top labels, each with its example "
+                                                    "persons.", show_default=False)] = None,
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
+    """What are people doing here? The verbs, PaSta and verb + PaSta pairs of the persons (of a collection or
+    filter) with their counts and example persons."""
+    api = _api(data_dir)
+    o = api.activities(min_p=min_p, top=top, examples=examples, **filters.as_dict())
+    if sheet is not None:
+        from .pictures import labelled_rows
+
+        shown = ([(f"verb {e['name']}", e) for e in o["verbs"][:8]] + [(e["name"], e) for e in o["pasta"][:8]]
+                 + [(f"{e['verb']} + {e['pasta']}", e) for e in o["pairs"]["verb_pasta"][:8]])
+        rows = {r.id: r for r in api._open_reader().persons([i for _, e in shown for i in e["examples"]])}
+        labelled_rows([(f"{label}: {e['count']} persons ({100 * e['share']:.1f}%)",
+                        [rows[i] for i in e["examples"] if i in rows]) for label, e in shown], sheet)
+    if as_json:
+        _print_json(o)
+        return
+    con = _console()
+    con.print(f"{o['persons']} persons; a label counts where its probability is >= {o['min_p']:g} "
+              f"({o['counted']} counts)")
+    for title, entries, label in (("verbs", o["verbs"], lambda e: e["name"]),
+                                  ("PaSta", o["pasta"], lambda e: e["name"]),
+                                  ("verb + PaSta", o["pairs"]["verb_pasta"], lambda e: f"{e['verb']} + {e['pasta']}")):
+        con.print(f"{title}:" + ("" if entries else " none"))
+        for e in entries:
+            con.print(f"  {e['count']:>8}  {100 * e['share']:5.1f}%  {label(e)}   e.g. persons "
+                      + ", ".join(map(str, e["examples"])))
+    if sheet is not None:
+        con.print(f"sheet: {sheet}")
+
+
+@app.command()
+@flag_groups
+def cluster(
+    k: Annotated[int | None, typer.Option("-k", "--k", help="Number of clusters.", show_default=False)] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="Choose k: the highest silhouette among 2 to 128 "
+                                                      "(docs/design.md).")] = False,
+    space: Annotated[str, typer.Option(help="language (PaSta and verbs in the BERT space), visual (CLIP) or "
+                                            "activity (A2V's feature, trained heads).")] = "language",
+    name: Annotated[str, typer.Option(help="Store the clustering under this name (replaces one of that name); "
+                                           "clusters are then NAME:ID.")] = "default",
+    filters: FilterFlags = FilterFlags(),
+    seed: Annotated[int, typer.Option(help="Seed of the sample and of k-means.")] = 0,
+    niter: Annotated[int, typer.Option(help="k-means iterations.")] = 20,
+    drop: Annotated[bool, typer.Option("--drop", help="Delete the clustering --name instead.")] = False,
+    data_dir: DataDir = None,
+    device: Device = None,
+    as_json: Json = False,
+) -> None:
+    """Group the stored persons into k clusters of similar activity (k-means), each named by what sets it apart;
+    search or show a cluster afterwards with --cluster NAME:ID."""
+    api = _api(data_dir, models=ModelFlags(device=device))
+    if drop:
+        api.drop_clustering(name)
+        _console().print(f"clustering {name!r} deleted")
+        return
+    r = api.cluster(k=k, auto=auto, space=space, name=name, seed=seed, niter=niter, **filters.as_dict())
+    if as_json:
+        _print_json(r)
+        return
+    con = _console()
+    how = f" (--auto: silhouette {r['info']['auto']['silhouette']})" if "auto" in r["info"] else ""
+    con.print(f"clustering {r['name']!r}: {r['persons']} persons in {r['k']} clusters of the {r['space']} space"
+              f"{how}, {r['info']['seconds']['total']:.1f} s")
+    _print_clusters(r["clusters"], r["name"])
+
+
+def _print_clusters(clusters: list[dict], name: str) -> None:
+    con = _console()
+    for c in sorted(clusters, key=lambda c: (-c["size"], c["cluster"])):
+        con.print(f"  {name}:{c['cluster']:<4} {c['size']:>8} persons  {c['name']}   e.g. persons "
+                  + ", ".join(map(str, c["examples"][:4])))
+
+
+@app.command()
+def clusters(
+    name: Annotated[str | None, typer.Argument(help="A clustering to show (default: list them all).",
+                                               show_default=False)] = None,
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
+    """The stored clusterings, or the clusters of one: names, sizes, example persons, staleness."""
+    api = _api(data_dir)
+    found = [api.clustering(name)] if name is not None else api.clusterings()
+    if as_json:
+        _print_json(found[0] if name is not None else found)
+        return
+    con = _console()
+    if not found:
+        con.print("no clusterings yet; make one with `manage.py cluster --k 20`")
+    for c in found:
+        stale = f"; STALE: {c['persons_since']} persons stored since belong to no cluster (run `manage.py " \
+                f"cluster --name {c['name']}` again)" if c["stale"] else ""
+        con.print(f"{c['name']}: {c['k']} clusters of the {c['space']} space, {c['persons']} persons"
+                  + (f", filters {json.dumps(c['filters'])}" if c["filters"] else "") + stale)
+        if name is not None:
+            _print_clusters(c["clusters"], c["name"])
+
+
 # ------------------------------------------------------------------ predict / show
 
 
@@ -331,6 +445,9 @@ def show(
     track: Annotated[int | None, typer.Option(help="Instead of an image: a stored video track (the 'track' of "
                                                    "`search --group track`), drawn as a strip of its frames.",
                                               show_default=False)] = None,
+    cluster: Annotated[str | None, typer.Option(help="Instead of an image: a contact sheet of the persons of a "
+                                                     "cluster NAME:ID (`manage.py clusters`), closest to its "
+                                                     "centre first.", show_default=False)] = None,
     box: Annotated[str | None, typer.Option(help="The person's box x1,y1,x2,y2.", show_default=False)] = None,
     detector: Detector = None,
     models: ModelFlags = ModelFlags(),
@@ -341,8 +458,16 @@ def show(
     from .api import query_image
     from .pictures import draw_persons, draw_track
 
-    if out is None or (image is None) == (track is None):
-        raise typer.BadParameter("give an image or --track ID, and --out")
+    if out is None or sum(v is not None for v in (image, track, cluster)) != 1:
+        raise typer.BadParameter("give an image, --track ID or --cluster NAME:ID, and --out")
+    if cluster is not None:
+        from .pictures import contact_sheet
+
+        result = _api(data_dir, models=models).cluster_persons(cluster, k=20)
+        written = contact_sheet(result.hits, out)
+        _console().print(f"cluster {cluster} ({result.query['name']}): {len(result.hits)} persons closest to its "
+                         f"centre: {written}")
+        return
     if track is not None:
         moment = _api(data_dir).track(track)
         written = draw_track(moment, out)

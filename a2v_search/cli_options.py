@@ -73,7 +73,7 @@ class DetectorFlags:
 
 @dataclass(frozen=True)
 class FilterFlags:
-    """--collection, --path, --where, --kind: which stored persons a command reads (search, export, ...)."""
+    """--collection, --path, --where, --kind, --cluster: which stored persons a command reads (search, export, ...)."""
 
     collection: Annotated[str | None, typer.Option(help="Only this collection.", show_default=False)] = None
     path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
@@ -81,10 +81,13 @@ class FilterFlags:
     where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
                                                          "'hand: hold>=0.5' (repeatable).", show_default=False)] = None
     kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None
+    cluster: Annotated[str | None, typer.Option(help="Only the persons of one cluster NAME:ID of a stored "
+                                                     "clustering (`manage.py clusters`).", show_default=False)] = None
 
     def as_dict(self) -> dict:
         """The filters as keyword arguments of the search and export calls (no --where: None)."""
-        return {"collection": self.collection, "path": self.path, "where": self.where or None, "kind": self.kind}
+        return {"collection": self.collection, "path": self.path, "where": self.where or None, "kind": self.kind,
+                "cluster": self.cluster}
 
 
 GROUPS = (ModelFlags, DetectorFlags, FilterFlags)

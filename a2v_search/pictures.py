@@ -243,3 +243,26 @@ def draw_track(track: dict, out: str | os.PathLike, height: int = 160, frames: i
         strip.paste(t, (x, title))
         x += t.width + 4
     return _save(strip, out)
+
+
+def labelled_rows(rows: list[tuple[str, list]], out: str | os.PathLike, tile: int = 128, columns: int = 6) -> Path:
+    """A sheet of captioned rows of persons (``activities --sheet``): each row a caption (a label, its count) and
+    the crops of up to ``columns`` stored persons (rows of ``Store.persons``)."""
+    if not rows:
+        raise InputError("nothing to draw: no label has a person")
+    caption = 20
+    width = max(columns * tile, 480)
+    sheet = Image.new("RGB", (width, len(rows) * (tile + caption)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = _font(13)
+    for r, (text, persons) in enumerate(rows):
+        y0 = r * (tile + caption)
+        draw.text((4, y0 + 3), text[:110], fill=(0, 0, 0), font=font)
+        for j, p in enumerate(persons[:columns]):
+            try:
+                frame, scale = media_frame(p.path, p.kind, p.t_sec)
+                sheet.paste(person_crop(frame, p.box, tile, scale), (j * tile, y0 + caption))
+            except Exception as e:  # a moved or unreadable file must not stop the sheet
+                draw.text((j * tile + 4, y0 + caption + tile // 2), f"unreadable: {type(e).__name__}",
+                          fill=(200, 0, 0), font=font)
+    return _save(sheet, out)

@@ -212,21 +212,26 @@ def parse_where(expr: str) -> tuple[int, int, str, float]:
 
 
 def make_filters(collection: str | None = None, path: str | None = None, kind: str | None = None,
-                 where: list[str] | None = None) -> Filters:
-    """Filters from CLI-style values (``where`` items parsed with :func:`parse_where`)."""
+                 where: list[str] | None = None, cluster: str | None = None) -> Filters:
+    """Filters from CLI-style values (``where`` items parsed with :func:`parse_where`, ``cluster`` as
+    ``NAME:ID``)."""
+    from .clusters import parse_cluster
+
     if kind not in (None, "image", "video"):
         raise QueryError(f"--kind must be image or video, not {kind!r}")
     if len(where or []) > MAX_FILTERS:
         raise QueryError(f"{len(where):,} filters; at most {MAX_FILTERS} are read")
-    return Filters(collection=collection, path_glob=path, kind=kind, where=[parse_where(w) for w in where or []])
+    return Filters(collection=collection, path_glob=path, kind=kind, where=[parse_where(w) for w in where or []],
+                   cluster=parse_cluster(cluster) if cluster else None)
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """What every search takes besides its query: the page (``k`` results after ``offset``), the filters
     (``collection``, ``path`` glob, ``kind``, ``where`` expressions), at most one hit ``per_media``, a
-    ``min_score``, and ``group="track"`` (one hit per video moment, scored by the mean of its best
-    ``moment_frames`` frame scores). Checked when made: a bad value is a QueryError naming it."""
+    ``min_score``, ``group="track"`` (one hit per video moment, scored by the mean of its best
+    ``moment_frames`` frame scores), and ``cluster`` (``NAME:ID``: only the persons of one cluster of a stored
+    clustering). Checked when made: a bad value is a QueryError naming it."""
 
     k: int = 10
     offset: int = 0
@@ -238,6 +243,7 @@ class SearchOptions:
     min_score: float | None = None
     group: str | None = None
     moment_frames: int = TOP_FRAMES
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         check_page(self.k, self.offset)
@@ -260,7 +266,7 @@ class SearchOptions:
 
     def filters(self) -> Filters:
         """The filters as the store reads them (QueryError for a bad ``kind`` or ``where``)."""
-        return make_filters(self.collection, self.path, self.kind, self.where)
+        return make_filters(self.collection, self.path, self.kind, self.where, self.cluster)
 
 
 class Searcher:

@@ -31,10 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from db import labels, repo
+from db import activities, clusterings, labels, repo
+from db.activities import Counts
+from db.clusterings import ClusteringRow
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from db.repo import Database, NewMedia
-from db.schema import Media, Space
+from db.schema import COUNT_MIN_P, Media, Space
 from index import (
     IndexCorruptError,
     IndexInputError,
@@ -883,7 +885,90 @@ class Store:
     def filter_person_ids(self, filters: repo.Filters) -> np.ndarray | None:
         """Ids of the persons that pass ``filters`` (None: no filter)."""
         with self.db.session() as s:
+            _check_cluster_filter(s, filters)
             return repo.filter_person_ids(s, filters)
+
+    def check_filters(self, filters: repo.Filters) -> None:
+        """QueryError when a filter names something the store does not hold (a clustering, a cluster)."""
+        with self.db.session() as s:
+            _check_cluster_filter(s, filters)
+
+    def person_ids(self, filters: repo.Filters | None = None) -> np.ndarray:
+        """Ids (sorted) of the persons that pass ``filters``, or of every person."""
+        with self.db.session() as s:
+            _check_cluster_filter(s, filters)
+            ids = repo.filter_person_ids(s, filters) if filters is not None else None
+            return repo.person_ids(s) if ids is None else ids
+
+    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[repo.Vectors]:
+        """The stored vectors of the persons ``ids`` (sorted), ``chunk`` at a time, from one read snapshot."""
+        with self.db.snapshot() as s:
+            yield from repo.iter_vectors(s, ids=ids, chunk=chunk)
+
+    # ------------------------------------------------------------------ activity counts and clusterings
+
+    def activity_counts(self, filters: repo.Filters | None, min_p: float, examples: int,
+                        choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
+        """How many persons (passing ``filters``) show each PaSta, verb and verb + PaSta pair (probability >=
+        ``min_p``), with ``examples`` example persons of the labels and pairs that ``choose(counts)`` names
+        (keys ``("pasta", c)``, ``("verbs", v)``, ``("pair", v, c)``): (counts, {key: ids}, how they were counted).
+        A whole store, a collection or a media kind at the kept threshold reads the kept counts (a few rows) and
+        takes examples from its newest persons; other filters or thresholds read the probabilities of the persons
+        that pass (db/activities.py)."""
+        with self.db.snapshot() as s:
+            f = filters or repo.Filters()
+            _check_cluster_filter(s, f)
+            if min_p == COUNT_MIN_P and not (f.path_glob or f.where or f.cluster or f.after_id is not None):
+                counts = activities.read_counts(s, f.collection, f.kind)
+                pool = activities.newest_ids(s, activities.EXAMPLE_POOL, f.collection, f.kind)
+                keys = choose(counts)
+                found = activities.scan_counts(s, pool, examples, [k[1:] for k in keys if k[0] == "pair"], min_p)[1]
+                found = {k: found.get(k, []) for k in keys}
+                return counts, found, "kept"
+            ids = repo.filter_person_ids(s, f)
+            ids = repo.person_ids(s) if ids is None else ids
+            counts, found = activities.scan_counts(s, ids, examples, min_p=min_p)
+            keys = choose(counts)
+            pairs = [k[1:] for k in keys if k[0] == "pair"]
+            if pairs:
+                found.update(activities.scan_counts(s, ids, examples, pairs, min_p=min_p)[1])
+            return counts, {k: found.get(k, []) for k in keys}, "scanned"
+
+    def recount_activities(self) -> None:
+        """Recompute the kept activity counts from every stored person (writers)."""
+        self._require_lock()
+        with self.db.session() as s:
+            activities.recount_all(s)
+
+    def save_clustering(self, name: str, space: str, filters: dict, max_person_id: int, centroids: np.ndarray,
+                        clusters: list[dict], info: dict, person_ids: np.ndarray, assignment: np.ndarray) -> int:
+        """Store a named clustering with its members, replacing one of the same name (writers)."""
+        self._require_lock()
+        with self.db.session() as s:
+            return clusterings.save(s, name, space, filters, max_person_id, centroids, clusters, info, person_ids,
+                                    assignment)
+
+    def clustering(self, name: str) -> tuple[ClusteringRow, dict[int, int]] | None:
+        """A stored clustering and the live size of each cluster, or None."""
+        with self.db.session() as s:
+            row = clusterings.get(s, name)
+            return None if row is None else (row, clusterings.sizes(s, row.id))
+
+    def clusterings(self) -> list[ClusteringRow]:
+        """Every stored clustering, by name."""
+        with self.db.session() as s:
+            return clusterings.all_rows(s)
+
+    def drop_clustering(self, name: str) -> bool:
+        """Delete a clustering (writers); False when there is none of that name."""
+        self._require_lock()
+        with self.db.session() as s:
+            return clusterings.drop(s, name)
+
+    def clusters_of(self, clustering_id: int, person_ids: np.ndarray) -> np.ndarray:
+        """The cluster of each person in a clustering (-1: not a member)."""
+        with self.db.session() as s:
+            return clusterings.clusters_of(s, clustering_id, person_ids)
 
     def tracks_of(self, ids: Sequence[int]) -> tuple[dict[int, int | None], dict[int, list[int]]]:
         """(the track of each person, None for image persons; the members of those tracks in id order)."""
@@ -905,6 +990,7 @@ class Store:
     def person_batches(self, filters: repo.Filters | None, batch_size: int) -> Iterator[dict]:
         """The persons passing ``filters`` in id order, as column batches, all read from one SQLite snapshot."""
         with self.db.snapshot() as s:
+            _check_cluster_filter(s, filters)
             ids = repo.filter_person_ids(s, filters) if filters is not None else None
             if ids is not None and not len(ids):
                 return
@@ -940,6 +1026,20 @@ def _embed_phrases(text_model: str, pooling: str) -> tuple[np.ndarray, np.ndarra
                          f"phrases: {e}. Make {text_model} loadable here (the folder it was made from, or a hub "
                          "id in the cache) and run reindex again; nothing was changed") from e
     return build_matrices(encoder)
+
+
+def _check_cluster_filter(s, filters: repo.Filters | None) -> None:
+    """QueryError when a cluster filter names no stored clustering or a cluster it does not have."""
+    if filters is None or filters.cluster is None:
+        return
+    name, number = filters.cluster
+    row = clusterings.get(s, name)
+    if row is None:
+        names = ", ".join(r.name for r in clusterings.all_rows(s)) or "none yet"
+        raise QueryError(f"no clustering named {name!r} (stored: {names}); make one with "
+                         f"`manage.py cluster --name {name}`")
+    if not 0 <= number < row.k:
+        raise QueryError(f"clustering {name!r} has clusters 0 to {row.k - 1}, not {number}")
 
 
 def change_signature(data_dir: Path | str) -> tuple:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .errors import DbError
-from .schema import LabelChunk, LabelColumn, Media, Person, Track
+from .schema import ActivityCount, Clustering, ClusterMember, LabelChunk, LabelColumn, Media, Person, Track
 
 if TYPE_CHECKING:
     from .repo import Linker
@@ -66,9 +66,20 @@ def _v4_to_v5(conn: Connection, link: Linker | None) -> None:
         s.flush()
 
 
+def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
+    """Version 6 keeps activity counts (counted here from every stored person) and named clusterings (none yet)."""
+    from .activities import recount_all
+
+    for table in (ActivityCount.__table__, Clustering.__table__, ClusterMember.__table__):
+        table.create(conn)
+    with Session(bind=conn) as s:
+        recount_all(s)
+        s.flush()
+
+
 #: version -> the step that upgrades a store of that version to the next.
 STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                                 4: _v4_to_v5}
+                                                                 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

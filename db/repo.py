@@ -35,7 +35,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from . import labels
+from . import activities, clusterings, labels
 from .blobs import f16, fixed16, stack16, unf16  # noqa: F401  (f16: callers use repo.f16)
 from .errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from .migrations import can_upgrade, upgrade
@@ -166,9 +166,12 @@ class Filters:
     path_glob: str | None = None
     kind: str | None = None
     where: list[tuple[int, int, str, float]] = field(default_factory=list)
+    cluster: tuple[str, int] | None = None  # (clustering name, cluster id)
+    after_id: int | None = None  # only persons with a larger id
 
     def empty(self) -> bool:
-        return not (self.collection or self.path_glob or self.kind or self.where)
+        return not (self.collection or self.path_glob or self.kind or self.where or self.cluster
+                    or self.after_id is not None)
 
 
 # ------------------------------------------------------------------ engine
@@ -478,6 +481,8 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     replaced = [int(m.replaces) for m in items if m.replaces is not None]
     removed = _person_ids_of(s, replaced)
     labels.drop_persons(s, removed)
+    if len(removed):
+        activities.uncount_media(s, replaced)
     for i in range(0, len(replaced), _CHUNK):
         s.execute(delete(Person).where(Person.media_id.in_(replaced[i:i + _CHUNK])))
         s.execute(delete(Track).where(Track.media_id.in_(replaced[i:i + _CHUNK])))
@@ -515,6 +520,10 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
          None if norm != norm else norm, tid)
         for pid, mid, p, box, pa, ve, pt, vi, norm, tid in zip(
             ids.tolist(), owner, persons, boxes, pasta, verbs, parts, visual, norms, track_ids, strict=True)])
+    keys = [(m.collection, m.kind) for m in items for _ in m.persons]
+    stored_pasta, stored_verbs = (np.asarray(x, np.float16).astype(np.float32) for x in (arrays.pasta, arrays.verbs))
+    activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows]) for key in set(keys)
+                               for rows in [[i for i, k in enumerate(keys) if k == key]]})
     return media_ids, ids, removed
 
 
@@ -594,6 +603,8 @@ def delete_media(s: Session, media_ids: Sequence[int]) -> np.ndarray:
     media_ids = [int(m) for m in media_ids]
     removed = _person_ids_of(s, media_ids)
     labels.drop_persons(s, removed)
+    if len(removed):
+        activities.uncount_media(s, media_ids)
     for i in range(0, len(media_ids), _CHUNK):
         chunk = media_ids[i:i + _CHUNK]
         s.execute(update(Media).where(Media.duplicate_of.in_(chunk)).values(duplicate_of=None))
@@ -907,7 +918,7 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
         if op not in labels.OPS:
             raise DbError(f"unknown comparison {op!r}; use one of {', '.join(labels.OPS)}")
     ids = labels.where_ids(s, f.where) if f.where else None
-    if not (f.collection or f.kind or f.path_glob):
+    if not (f.collection or f.kind or f.path_glob or f.cluster or f.after_id is not None):
         return ids
     q = select(Person.id).join(Media, Media.id == Person.media_id)
     if f.collection:
@@ -916,5 +927,9 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
         q = q.where(Media.kind == f.kind)
     if f.path_glob:
         q = q.where(Media.path.op("GLOB")(f.path_glob))
+    if f.cluster:
+        q = q.where(Person.id.in_(clusterings.member_query(*f.cluster)))
+    if f.after_id is not None:
+        q = q.where(Person.id > f.after_id)
     media_ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
     return media_ids if ids is None else np.intersect1d(media_ids, ids, assume_unique=True)

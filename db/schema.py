@@ -12,7 +12,9 @@ blobs. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The pe
 Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
 (older persons have NULL there); 3 = video tracks; 4 = the language space's compact basis on ``spaces``
 (NULL in older stores until a writer records it); 5 = labels by class in chunks (``label_chunks``,
-``label_columns``) instead of one row per person and class (``labels``).
+``label_columns``) instead of one row per person and class (``labels``); 6 = ``activity_counts`` (how many persons
+show each PaSta, verb and verb + PaSta pair, kept by every write: the activity overview of a whole collection reads
+a few rows) and named clusterings (``clusterings``, ``cluster_members``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 LABEL_PASTA, LABEL_VERB = 0, 1
+#: A person shows a PaSta or verb in ``activity_counts`` (and the activity overview) when its probability is at least
+#: this: the usual cut of independent sigmoid outputs (trained heads); zero-shot distributions rarely reach it.
+COUNT_MIN_P = 0.5
 
 
 class Base(DeclarativeBase):
@@ -160,3 +165,47 @@ class Failure(Base):
     stage: Mapped[str] = mapped_column(String)
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[float] = mapped_column(Float)
+
+
+class ActivityCount(Base):
+    """How many persons of a collection and media kind show each PaSta / verb / verb + PaSta pair (probability >=
+    COUNT_MIN_P): ``facet`` names an int64 blob (``persons`` (1,), ``pasta`` (93,), ``verbs`` (157,),
+    ``verb_pasta`` (157 * 93,), row-major by verb). Kept in the same transaction as the persons it counts."""
+
+    __tablename__ = "activity_counts"
+    collection: Mapped[str] = mapped_column(String, primary_key=True)
+    kind: Mapped[str] = mapped_column(String, primary_key=True)
+    facet: Mapped[str] = mapped_column(String, primary_key=True)
+    counts: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Clustering(Base):
+    """A named k-means clustering of (some) persons in one vector space: its centroids, and per cluster a name,
+    size, distinctive labels and example persons (JSON). ``max_person_id``: the newest person when it was made."""
+
+    __tablename__ = "clusterings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    space: Mapped[str] = mapped_column(String)
+    k: Mapped[int] = mapped_column(Integer)
+    filters: Mapped[str] = mapped_column(Text)  # JSON: the search filters it was made with
+    persons: Mapped[int] = mapped_column(Integer)
+    max_person_id: Mapped[int] = mapped_column(Integer)
+    centroids: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (k, D), unit rows
+    clusters: Mapped[str] = mapped_column(Text)  # JSON list, one dict per cluster
+    info: Mapped[str] = mapped_column(Text)  # JSON: how k was chosen, timings, seed
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class ClusterMember(Base):
+    """A person's cluster in a clustering; goes with the person (or the clustering) by ON DELETE CASCADE."""
+
+    __tablename__ = "cluster_members"
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("clusterings.id", ondelete="CASCADE"), primary_key=True)
+    cluster: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_cluster_members_cluster", "clustering_id", "cluster", "person_id"),
+                      {"sqlite_with_rowid": False})

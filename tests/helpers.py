@@ -109,7 +109,8 @@ class StubEncoder:
 
 
 def downgrade(db_file, version: int) -> None:
-    """Turn a store into what an older schema version wrote: 4 = labels as one row per person and class >= 0.05
+    """Turn a store into what an older schema version wrote: 5 = without activity counts and clusterings; 4 = also
+    labels as one row per person and class >= 0.05
     (``labels``) instead of chunks by class; 3 = also without the recorded language basis (no basis columns on
     ``spaces``); 2 = also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also without
     ``persons.visual_norm``."""
@@ -122,6 +123,11 @@ def downgrade(db_file, version: int) -> None:
     from db.schema import Media, Person, Space
 
     con = sqlite3.connect(db_file)
+    con.executescript("DROP TABLE activity_counts; DROP TABLE cluster_members; DROP TABLE clusterings;"
+                      f"UPDATE meta SET value='{int(version)}' WHERE key='schema_version';")
+    if version >= 5:
+        con.close()
+        return
     rows = []
     for pid, pasta, verbs in con.execute("SELECT id, pasta, verbs FROM persons"):
         for kind, blob in ((0, pasta), (1, verbs)):

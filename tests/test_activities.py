@@ -1,0 +1,239 @@
+"""The activity overview (``activities``) and clusters (``cluster``, ``--cluster NAME:ID``) on stores whose persons
+have known activities."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import downgrade, media, run_main, writable_store
+
+from a2v_search import A2VSearch
+from a2v_search import taxonomy as tx
+from a2v_search.errors import InputError, QueryError
+from a2v_search.search import make_filters
+from a2v_search.store import Store
+from db.activities import count_block
+from db.repo import NewPerson
+
+# profile -> (verbs, PaSta) at the given probabilities; everything else 0.01
+PROFILES = {
+    "ride": ({"ride": 0.9, "straddle": 0.6}, {"hip: sit on": 0.8, "foot: stand on": 0.7}),
+    "drink": ({"drink_with": 0.7}, {"hand: hold": 0.9, "head: drink with": 0.8}),
+    "kick": ({"kick": 0.6, "run": 0.45}, {"foot: kick": 0.9}),
+}
+
+
+def person(rng, profile: str, bump: float = 0.0) -> NewPerson:
+    verbs, pasta = np.full(tx.N_VERBS, 0.01, np.float32), np.full(tx.N_PASTA, 0.01, np.float32)
+    for name, p in PROFILES[profile][0].items():
+        verbs[tx.verb_index(name)] = p + bump
+    for name, p in PROFILES[profile][1].items():
+        pasta[tx.pasta_index(name)] = p + bump
+    visual = rng.normal(size=16).astype(np.float32)
+    return NewPerson(box=[1, 2, 30, 40], pasta=pasta, verbs=verbs, parts=np.ones(6, np.float32),
+                     visual=visual / np.linalg.norm(visual), visual_norm=float(np.linalg.norm(visual)))
+
+
+def fill(data_dir, per: dict[str, int], collection=lambda profile: "trip" if profile == "ride" else "home",
+         start: int = 0):
+    """Write ``per[profile]`` persons of each profile, one image each; person i of a profile gets its probabilities
+    raised by i / 1000, so the last one written is the best example. Returns {profile: ids in write order}."""
+    rng = np.random.default_rng(start)
+    store = writable_store(data_dir) if start == 0 else Store(data_dir).lock("test")
+    if start:
+        store.ensure_space(store.space(), store.language())
+    ids = {}
+    for profile, n in per.items():
+        items = [media(f"/m/{profile}/{start + i}.jpg", [person(rng, profile, i / 1000)],
+                       collection=collection(profile)) for i in range(n)]
+        ids[profile] = store.write(items).tolist()
+    store.close()
+    return ids
+
+
+def names(entries, key="name"):
+    return {e[key]: e["count"] for e in entries}
+
+
+@pytest.fixture
+def known(tmp_path):
+    ids = fill(tmp_path / "data", {"ride": 10, "drink": 6, "kick": 4})
+    return tmp_path / "data", ids
+
+
+def test_overview_counts_examples_and_pairs_of_a_whole_store(known):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        o = api.activities()
+    assert o["persons"] == 20 and o["counted"] == "kept" and o["min_p"] == 0.5
+    assert names(o["verbs"]) == {"ride": 10, "straddle": 10, "drink_with": 6, "kick": 4}  # run (0.45) is below
+    assert [e["name"] for e in o["verbs"]] == ["ride", "straddle", "drink_with", "kick"]  # count, then index order
+    assert names(o["pasta"]) == {"hip: sit on": 10, "foot: stand on": 10, "hand: hold": 6, "head: drink with": 6,
+                                 "foot: kick": 4}
+    pairs = {(e["verb"], e["pasta"]): e["count"] for e in o["pairs"]["verb_pasta"]}
+    assert pairs[("ride", "hip: sit on")] == 10 and pairs[("drink_with", "head: drink with")] == 6
+    assert pairs[("kick", "foot: kick")] == 4 and ("ride", "hand: hold") not in pairs and len(pairs) == 4 + 2 + 1
+    ride = o["verbs"][0]
+    assert ride["share"] == 0.5 and ride["examples"] == ids["ride"][::-1][:4]  # highest probability first
+    assert o["pairs"]["verb_pasta"][0]["examples"] == ids["ride"][::-1][:4]
+
+
+def test_filters_other_than_collection_and_kind_count_by_scanning_with_the_same_answer(known):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        kept = api.activities(collection="home")
+        scanned = api.activities(collection="home", path="/m/*")
+        low = api.activities(min_p=0.4)
+        drinkers = api.activities(where=["verb: drink_with>=0.5"])
+    assert kept["counted"] == "kept" and scanned["counted"] == "scanned" and kept["persons"] == 10
+    assert {k: v for k, v in kept.items() if k not in ("counted", "filters")} == \
+        {k: v for k, v in scanned.items() if k not in ("counted", "filters")}
+    assert names(kept["verbs"]) == {"drink_with": 6, "kick": 4}
+    assert low["counted"] == "scanned" and names(low["verbs"])["run"] == 4
+    assert drinkers["persons"] == 6 and names(drinkers["verbs"]) == {"drink_with": 6}
+    assert drinkers["filters"] == {"where": ["verb: drink_with>=0.5"]}
+
+
+def test_kept_counts_follow_removals_replacements_and_the_schema_upgrade(known, tmp_path):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        api.remove(["/m/kick/0.jpg", "/m/kick/1.jpg"])
+    store = Store(data_dir).lock("test")  # the same path again: its old person is replaced by a drinker
+    rng = np.random.default_rng(5)
+    item = media("/m/ride/0.jpg", [person(rng, "drink")], collection="trip")
+    item.replaces = store.media_ids_under(["/m/ride/0.jpg"])[0]
+    store.write([item])
+    store.close()
+
+    def both(d):
+        with A2VSearch.open(d) as api:
+            return api.activities(), api.activities(path="*")
+
+    kept, scanned = both(data_dir)
+    assert names(kept["verbs"]) == {"ride": 9, "straddle": 9, "drink_with": 7, "kick": 2}
+    assert kept["verbs"] == scanned["verbs"] and kept["pasta"] == scanned["pasta"] and kept["pairs"] == \
+        scanned["pairs"]
+    downgrade(data_dir / "a2v.sqlite", 4)  # a store made before the counts: counted once when it is opened
+    Store(data_dir).close()
+    assert both(data_dir)[0]["verbs"] == kept["verbs"]
+
+
+def test_count_block_counts_pairs_of_labels_shown_together():
+    pasta = np.zeros((3, tx.N_PASTA), np.float32)
+    verbs = np.zeros((3, tx.N_VERBS), np.float32)
+    pasta[:2, 5] = 0.5  # exactly the threshold counts
+    verbs[1:, 7] = 0.9
+    c = count_block(pasta, verbs)
+    assert c.persons == 3 and c.pasta[5] == 2 and c.verbs[7] == 2 and c.verb_pasta[7, 5] == 1
+    assert c.verb_pasta.sum() == 1
+
+
+def test_activities_cli_prints_json_text_and_a_sheet(known, tmp_path):
+    data_dir, _ = known
+    code, out, err = run_main("activities", "--data-dir", data_dir, "--json", "--top", "2", "--examples", "1")
+    assert code == 0, err
+    o = json.loads(out)
+    assert [e["name"] for e in o["verbs"]] == ["ride", "straddle"] and len(o["verbs"][0]["examples"]) == 1
+    code, out, err = run_main("activities", "--data-dir", data_dir, "--collection", "trip")
+    assert code == 0 and "10 persons" in out and "ride" in out and "drink_with" not in out
+    code, _, err = run_main("activities", "--data-dir", data_dir, "--min-p", "0")
+    assert code == 1 and "--min-p" in err
+    code, out, err = run_main("activities", "--data-dir", data_dir, "--sheet", tmp_path / "o.png")
+    assert code == 0 and (tmp_path / "o.png").stat().st_size > 0  # files are missing: tiles say unreadable
+
+
+# ------------------------------------------------------------------ clusters
+
+
+def test_clusters_find_the_profiles_and_are_named_by_them(known):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        r = api.cluster(k=3, name="acts")
+        c = api.clustering("acts")
+    by_verb = {cl["verbs"][0][0]: cl for cl in r["clusters"]}
+    assert set(by_verb) == {"ride", "drink_with", "kick"}  # each cluster's most distinctive verb is its profile's
+    for profile, verb in (("ride", "ride"), ("drink", "drink_with"), ("kick", "kick")):
+        cl = by_verb[verb]
+        assert cl["size"] == len(ids[profile]) and set(cl["examples"]) <= set(ids[profile])
+        assert cl["name"].startswith(verb)
+    assert by_verb["ride"]["name"].startswith("ride, straddle, ")
+    assert c["k"] == 3 and c["persons"] == 20 and not c["stale"] and c["space"] == "language"
+    assert [cl["size"] for cl in c["clusters"]] == [cl["size"] for cl in r["clusters"]]
+
+
+def test_a_cluster_filters_search_show_and_activities(known, tmp_path):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        r = api.cluster(k=3, name="acts")
+        kick = next(cl["cluster"] for cl in r["clusters"] if cl["verbs"][0][0] == "kick")
+        hits = api.search_text("hand: hold", k=20, cluster=f"acts:{kick}")
+        assert {h.person_id for h in hits} == set(ids["kick"])
+        close = api.cluster_persons(f"acts:{kick}")
+        assert {h.person_id for h in close} == set(ids["kick"])
+        assert [h.score for h in close] == sorted((h.score for h in close), reverse=True)
+        assert names(api.activities(cluster=f"acts:{kick}")["verbs"]) == {"kick": 4}
+        for bad, why in (("acts:9", "clusters 0 to 2"), ("nope:0", "no clustering named 'nope'"),
+                         ("acts", "NAME:ID")):
+            with pytest.raises(QueryError, match=why):
+                api.search_text("hand: hold", cluster=bad)
+    code, out, err = run_main("search", "--data-dir", data_dir, "--text", "foot: kick", "--cluster", f"acts:{kick}",
+                              "--json")
+    assert code == 0 and {h["person_id"] for h in json.loads(out)["results"]} == set(ids["kick"])
+    code, out, err = run_main("show", "--data-dir", data_dir, "--cluster", f"acts:{kick}", "--out",
+                              tmp_path / "c.png")
+    assert code == 0 and (tmp_path / "c.png").is_file(), err
+
+
+def test_clusterings_coexist_replace_by_name_and_go_stale_when_persons_arrive(known):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        api.cluster(k=3, name="a")
+        api.cluster(k=2, name="b", collection="home")
+        api.cluster(k=2, name="a")  # replaces a
+        listed = {c["name"]: c for c in api.clusterings()}
+    assert listed["a"]["k"] == 2 and listed["b"]["persons"] == 10 and listed["b"]["filters"] == {
+        "collection": "home"}
+    fill(data_dir, {"ride": 3}, start=100)  # three riders arrive in "trip": outside b's filter
+    with A2VSearch.open(data_dir) as api:
+        a, b = api.clustering("a"), api.clustering("b")
+        assert a["stale"] and a["persons_since"] == 3 and a["persons"] == 20
+        assert not b["stale"] and b["persons_since"] == 0
+        api.remove(["/m/drink/0.jpg"])
+        assert api.clustering("b")["persons"] == 9  # removed persons leave their cluster
+        api.drop_clustering("a")
+        assert [c["name"] for c in api.clusterings()] == ["b"]
+
+
+def test_auto_picks_the_number_of_profiles(tmp_path):
+    fill(tmp_path / "d", {"ride": 30, "drink": 30, "kick": 30})
+    with A2VSearch.open(tmp_path / "d") as api:
+        r = api.cluster(auto=True, name="auto")
+    assert r["k"] == 3 and set(r["info"]["auto"]["silhouette"]) == {2, 3, 4}
+    assert sorted(c["size"] for c in r["clusters"]) == [30, 30, 30]
+
+
+def test_cluster_arguments_are_checked(known):
+    data_dir, _ = known
+    with A2VSearch.open(data_dir) as api:
+        for kwargs, why in (({}, "--k N or --auto"), ({"k": 3, "auto": True}, "--k N or --auto"),
+                            ({"k": 3, "name": "a:b"}, "without ':'"), ({"k": 3, "space": "smell"}, "--space"),
+                            ({"k": 0}, "--k must be")):
+            with pytest.raises(InputError, match=why):
+                api.cluster(**kwargs)
+        with pytest.raises(QueryError, match="activity space"):
+            api.cluster(k=2, space="activity")  # the test space has no trained heads
+        with pytest.raises(QueryError, match="no person passes"):
+            api.cluster(k=2, collection="elsewhere")
+    code, out, err = run_main("cluster", "--data-dir", data_dir, "-k", "3", "--name", "x")
+    assert code == 0 and "x:" in out, err
+    code, out, err = run_main("clusters", "--data-dir", data_dir, "--json")
+    assert code == 0 and json.loads(out)[0]["name"] == "x"
+    code, out, err = run_main("clusters", "x", "--data-dir", data_dir)
+    assert code == 0 and "x:0" in out
+
+
+def test_filters_carry_the_cluster():
+    f = make_filters(cluster="acts:3")
+    assert f.cluster == ("acts", 3) and not f.empty()
