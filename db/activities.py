@@ -72,7 +72,7 @@ def count_block(pasta: np.ndarray, verbs: np.ndarray, min_p: float = COUNT_MIN_P
     v = np.asarray(verbs) >= np.float32(min_p)  # (n, 157)
     pairs = np.zeros((N_VERBS, N_PASTA), np.int64)
     for i in range(0, len(p), 1 << 20):  # float32 sums are exact below 2^24 persons a block
-        pairs += np.rint(v[i:i + (1 << 20)].T.astype(np.float32) @ p[i:i + (1 << 20)].astype(np.float32)
+        pairs += np.rint(v[i:i + (1 << 20)].astype(np.float32).T @ p[i:i + (1 << 20)].astype(np.float32)
                          ).astype(np.int64)
     return Counts(len(p), p.sum(0, dtype=np.int64), v.sum(0, dtype=np.int64), pairs)
 
