@@ -30,7 +30,7 @@ from db.repo import Filters
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
-from .errors import InputError, QueryError
+from .errors import InputError, NotFoundError, QueryError
 from .store import Store
 
 SPACES = ("language", "visual", ACTIVITY)
@@ -226,7 +226,7 @@ def clustering_dict(store: Store, name: str, with_clusters: bool = True) -> dict
     found = store.clustering(name)
     if found is None:
         names = ", ".join(r.name for r in store.clusterings()) or "none yet"
-        raise QueryError(f"no clustering named {name!r} (stored: {names}); make one with "
+        raise NotFoundError(f"no clustering named {name!r} (stored: {names}); make one with "
                          f"`manage.py cluster --name {name}`")
     row, sizes = found
     f = row.filters

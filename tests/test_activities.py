@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import downgrade, media, run_main, writable_store
+from activity_store import fill, person
+from helpers import downgrade, media, run_main
 
 from a2v_search import A2VSearch
 from a2v_search import taxonomy as tx
@@ -15,42 +16,6 @@ from a2v_search.errors import InputError, QueryError
 from a2v_search.search import make_filters
 from a2v_search.store import Store
 from db.activities import count_block
-from db.repo import NewPerson
-
-# profile -> (verbs, PaSta) at the given probabilities; everything else 0.01
-PROFILES = {
-    "ride": ({"ride": 0.9, "straddle": 0.6}, {"hip: sit on": 0.8, "foot: stand on": 0.7}),
-    "drink": ({"drink_with": 0.7}, {"hand: hold": 0.9, "head: drink with": 0.8}),
-    "kick": ({"kick": 0.6, "run": 0.45}, {"foot: kick": 0.9}),
-}
-
-
-def person(rng, profile: str, bump: float = 0.0) -> NewPerson:
-    verbs, pasta = np.full(tx.N_VERBS, 0.01, np.float32), np.full(tx.N_PASTA, 0.01, np.float32)
-    for name, p in PROFILES[profile][0].items():
-        verbs[tx.verb_index(name)] = p + bump
-    for name, p in PROFILES[profile][1].items():
-        pasta[tx.pasta_index(name)] = p + bump
-    visual = rng.normal(size=16).astype(np.float32)
-    return NewPerson(box=[1, 2, 30, 40], pasta=pasta, verbs=verbs, parts=np.ones(6, np.float32),
-                     visual=visual / np.linalg.norm(visual), visual_norm=float(np.linalg.norm(visual)))
-
-
-def fill(data_dir, per: dict[str, int], collection=lambda profile: "trip" if profile == "ride" else "home",
-         start: int = 0):
-    """Write ``per[profile]`` persons of each profile, one image each; person i of a profile gets its probabilities
-    raised by i / 1000, so the last one written is the best example. Returns {profile: ids in write order}."""
-    rng = np.random.default_rng(start)
-    store = writable_store(data_dir) if start == 0 else Store(data_dir).lock("test")
-    if start:
-        store.ensure_space(store.space(), store.language())
-    ids = {}
-    for profile, n in per.items():
-        items = [media(f"/m/{profile}/{start + i}.jpg", [person(rng, profile, i / 1000)],
-                       collection=collection(profile)) for i in range(n)]
-        ids[profile] = store.write(items).tolist()
-    store.close()
-    return ids
 
 
 def names(entries, key="name"):

@@ -1,12 +1,15 @@
 """``manage.py serve``: a JSON HTTP API and a web page over a store (FastAPI; the ``serve`` extra).
 
-    GET  /api/search?text=...|clip_text=...|person=ID [&k &offset &collection &path &kind &where... &per_media
-                     &min_score &weights &group=track &moment_frames]  -> the ``search --json`` object
+    GET  /api/search?text=...|clip_text=...|person=ID [&k &offset &collection &path &kind &where... &cluster
+                     &per_media &min_score &weights &group=track &moment_frames]  -> the ``search --json`` object
     POST /api/search/image  (multipart: image, optional box "x1,y1,x2,y2", person_index; same query parameters)
     GET  /api/persons/{id}                                     -> every PaSta, verb and part, box, media, time
     GET  /api/persons/{id}/thumbnail?size=256                  -> JPEG: the person with context, box drawn
     GET  /api/media/{id}/image?size=1024[&t=SECONDS]           -> JPEG: the image (or video frame), scaled
     GET  /api/stats                                            -> the ``stats --json`` object
+    GET  /api/activities[?collection &path &kind &where &cluster &min_p &top &examples] -> ``activities --json``
+    GET  /api/clusterings, /api/clusterings/{name}             -> ``clusters --json`` (all; one)
+    GET  /api/clusterings/{name}/{id}?k&offset                 -> a cluster's persons, closest to its centre first
     GET  /                                                     -> the page; /docs and /openapi.json: the API
 
 Every search goes through :class:`A2VSearch`, exactly as the CLI's. Files are found through ids in SQLite; nothing
@@ -341,14 +344,27 @@ def _etag(st: os.stat_result, *parts) -> str:
 # ------------------------------------------------------------------ the app
 
 
-def search_options(
-    k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")] = 10,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many (paging).")] = 0,
+def filter_options(
     collection: Annotated[str | None, Query(description="Only this collection.")] = None,
     path: Annotated[str | None, Query(description="Only media whose path matches this glob.")] = None,
     kind: Annotated[str | None, Query(description="image or video.")] = None,
     where: Annotated[list[str] | None, Query(description="PaSta or verb filter such as 'hand: hold>=0.5' "
                                                          "(repeatable).")] = None,
+    cluster: Annotated[str | None, Query(description="Only the persons of one cluster NAME:ID of a stored "
+                                                     "clustering.")] = None,
+) -> dict:
+    """The filters every endpoint that reads persons takes (those of the CLI's --collection, --path, ...)."""
+    return {"collection": collection or None, "path": path or None, "kind": kind or None,
+            "where": [w for w in where or [] if w.strip()] or None, "cluster": cluster or None}
+
+
+FilterArgs = Annotated[dict, Depends(filter_options)]
+
+
+def search_options(
+    filters: FilterArgs,
+    k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")] = 10,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many (paging).")] = 0,
     per_media: Annotated[bool, Query(description="At most one person per image or video.")] = False,
     min_score: Annotated[float | None, Query(description="Drop results scoring below.")] = None,
     group: Annotated[str | None, Query(description="'track': one result per video moment (a tracked person) "
@@ -357,9 +373,8 @@ def search_options(
                                                                    "of its best N frame scores (1 = the max).")] = 3,
 ) -> SearchOptions:
     """The options every search endpoint takes (those of A2VSearch.search; SearchOptions checks them)."""
-    return SearchOptions(k=k, offset=offset, collection=collection or None, path=path or None, kind=kind or None,
-                         where=[w for w in where or [] if w.strip()] or None, per_media=per_media,
-                         min_score=min_score, group=group or None, moment_frames=moment_frames)
+    return SearchOptions(k=k, offset=offset, per_media=per_media, min_score=min_score, group=group or None,
+                         moment_frames=moment_frames, **filters)
 
 
 Options = Annotated[SearchOptions, Depends(search_options)]
@@ -525,6 +540,36 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
     def stats() -> JSONResponse:
         with shared.reading() as a:
             return JSONResponse(a.stats())
+
+    # -------------------------------------------------------------- activities and clusters
+
+    @app.get("/api/activities", summary="What the persons are doing: verbs, PaSta, pairs, counts, examples")
+    def activities(filters: FilterArgs,
+                   min_p: Annotated[float, Query(gt=0, le=1, description="A person shows a label at this "
+                                                                         "probability or more.")] = 0.5,
+                   top: Annotated[int, Query(ge=1, le=250, description="Labels listed per kind.")] = 20,
+                   examples: Annotated[int, Query(ge=0, le=50, description="Example persons per label.")] = 4
+                   ) -> JSONResponse:
+        with shared.reading() as a:
+            return JSONResponse(a.activities(min_p=min_p, top=top, examples=examples, **filters))
+
+    @app.get("/api/clusterings", summary="The stored clusterings: name, space, k, persons, staleness")
+    def clusterings() -> JSONResponse:
+        with shared.reading() as a:
+            return JSONResponse(a.clusterings())
+
+    @app.get("/api/clusterings/{name}", summary="One clustering: its clusters, names, sizes, example persons")
+    def clustering(name: str) -> JSONResponse:
+        with shared.reading() as a:
+            return JSONResponse(a.clustering(name))
+
+    @app.get("/api/clusterings/{name}/{cluster}", summary="The persons of a cluster, closest to its centre first")
+    def cluster_persons(name: str, cluster: int,
+                        k: Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")] = 10,
+                        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many.")] = 0
+                        ) -> JSONResponse:
+        with shared.reading() as a:
+            return JSONResponse(a.cluster_persons(f"{name}:{cluster}", k=k, offset=offset).as_dict())
 
     # -------------------------------------------------------------- the page and the API's own page
 
