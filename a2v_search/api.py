@@ -558,22 +558,26 @@ class A2VSearch:
 
     def export(self, out: str | os.PathLike, *, format: str | None = None, fields: list[str] | None = None,
                collection: str | None = None, path: str | None = None, kind: str | None = None,
-               where: list[str] | None = None, cluster: str | None = None, batch_size: int = 4096) -> ExportReport:
+               where: list[str] | None = None, cluster: str | None = None, batch_size: int = 4096,
+               clustering: str | None = None) -> ExportReport:
         """Write one row per stored person (passing the filters) to a Parquet, npz or JSON-lines file, with
-        metadata that explains it, in bounded memory (a2v_search/export.py)."""
+        metadata that explains it, in bounded memory (a2v_search/export.py); ``clustering``: add the ``cluster``
+        column, each person's cluster in that stored clustering."""
         from .export import export
 
         return export(self._open_reader(), out, format, _filters(collection, path, kind, where, cluster), fields,
-                      batch_size)
+                      batch_size, clustering)
 
     def export_batches(self, *, fields: list[str] | None = None, collection: str | None = None,
                        path: str | None = None, kind: str | None = None, where: list[str] | None = None,
-                       cluster: str | None = None, batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+                       cluster: str | None = None, batch_size: int = 4096,
+                       clustering: str | None = None) -> Iterator[dict[str, np.ndarray]]:
         """The same rows as :meth:`export`, as numpy batches ``{field: array}`` of at most ``batch_size`` persons;
         ``export_fields()`` describes the fields."""
         from .export import iter_batches
 
-        return iter_batches(self._open_reader(), _filters(collection, path, kind, where, cluster), fields, batch_size)
+        return iter_batches(self._open_reader(), _filters(collection, path, kind, where, cluster), fields, batch_size,
+                            clustering)
 
     @staticmethod
     def export_fields() -> dict[str, str]:

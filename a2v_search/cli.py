@@ -260,6 +260,9 @@ def export(
                                                           "all but language_basis).", show_default=False)] = None,
     filters: FilterFlags = FilterFlags(),
     batch_size: Annotated[int, typer.Option(help="Persons read and written at a time (memory bound).")] = 4096,
+    clustering: Annotated[str | None, typer.Option(help="Add the column 'cluster': each person's cluster in this "
+                                                        "stored clustering (`manage.py clusters`).",
+                                                   show_default=False)] = None,
     data_dir: DataDir = None,
     device: Device = None,
     as_json: Json = False,
@@ -267,7 +270,8 @@ def export(
     """Write one row per stored person (ids, media, box, PaSta, verbs, parts, visual, language and, with trained
     heads, A2V's classifier feature) to Parquet, npz or JSON lines, with metadata that explains the file."""
     api = _api(data_dir, models=ModelFlags(device=device))
-    report = api.export(out, format=format, fields=fields, batch_size=batch_size, **filters.as_dict())
+    report = api.export(out, format=format, fields=fields, batch_size=batch_size, clustering=clustering,
+                        **filters.as_dict())
     if as_json:
         _print_json(report.as_dict())
         return

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from db.clusterings import ClusteringRow
 from db.repo import Filters
 
 from . import taxonomy as tx
-from .errors import InputError
+from .errors import InputError, NotFoundError
 from .models import prompts
 from .store import Store
 
@@ -70,8 +71,10 @@ FIELDS: dict[str, str] = {
                       "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:] @ basis_verb)",
     "activity": "float32 (6, h): A2V's visual feature, the last hidden layer of the six part heads (foot, leg, "
                 "hip, hand, arm, head) on visual * visual_norm; only with trained heads",
+    "cluster": "int64: the person's cluster in the clustering named by --clustering (meta.clustering describes "
+               "its clusters); -1: in none of them (stored after it, or without a direction in its space)",
 }
-DEFAULT_FIELDS = tuple(f for f in FIELDS if f != "language_basis")
+DEFAULT_FIELDS = tuple(f for f in FIELDS if f not in ("language_basis", "cluster"))
 
 
 @dataclass
@@ -101,13 +104,16 @@ def format_of(out: Path, fmt: str | None) -> str:
     return _SUFFIXES[Path(out).suffix.lower()]
 
 
-def resolve_fields(store: Store, fields: Sequence[str] | None) -> tuple[list[str], list[str]]:
-    """(fields to write, notes). Default: every field but ``language_basis``, and ``activity`` only when the
-    store has A2V features; asking for ``activity`` without them is an error that says why."""
+def resolve_fields(store: Store, fields: Sequence[str] | None,
+                   clustering: ClusteringRow | None = None) -> tuple[list[str], list[str]]:
+    """(fields to write, notes). Default: every field but ``language_basis``, ``activity`` only when the store has
+    A2V features, ``cluster`` only with a clustering; asking for ``activity`` without them, or ``cluster`` without a
+    clustering, is an error that says why."""
     problem = store.activity_problem()
     notes = [] if problem is None else [f"activity: {problem}"]
     if not fields:
-        return [f for f in DEFAULT_FIELDS if f != "activity" or problem is None], notes
+        return [f for f in DEFAULT_FIELDS if f != "activity" or problem is None] + (
+            ["cluster"] if clustering is not None else []), notes
     wanted = []
     for f in (x.strip() for name in fields for x in name.split(",")):
         if not f:
@@ -116,6 +122,8 @@ def resolve_fields(store: Store, fields: Sequence[str] | None) -> tuple[list[str
             raise InputError(f"unknown field {f!r}; fields: {', '.join(FIELDS)}")
         if f == "activity" and problem is not None:
             raise InputError(f"field 'activity' is not available: {problem}")
+        if f == "cluster" and clustering is None:
+            raise InputError("field 'cluster' needs --clustering NAME (`manage.py clusters` lists them)")
         if f not in wanted:
             wanted.append(f)
     if not wanted:
@@ -123,24 +131,43 @@ def resolve_fields(store: Store, fields: Sequence[str] | None) -> tuple[list[str
     return wanted, notes
 
 
+def find_clustering(store: Store, name: str | None) -> ClusteringRow | None:
+    """The stored clustering ``name`` (None: none asked for); NotFoundError naming the stored ones."""
+    if name is None:
+        return None
+    found = store.clustering(name)
+    if found is None:
+        names = ", ".join(r.name for r in store.clusterings()) or "none yet"
+        raise NotFoundError(f"no clustering named {name!r} (stored: {names}); make one with "
+                            f"`manage.py cluster --name {name}`")
+    return found[0]
+
+
 def iter_batches(store: Store, filters: Filters | None = None, fields: Sequence[str] | None = None,
-                 batch_size: int = 4096) -> Iterator[dict[str, np.ndarray]]:
+                 batch_size: int = 4096, clustering: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """Batches of at most ``batch_size`` persons (in id order) as numpy columns, one per field: ``path``,
-    ``collection``, ``kind`` are unicode arrays, the rest as :data:`FIELDS` says. Read from one SQLite snapshot."""
+    ``collection``, ``kind`` are unicode arrays, the rest as :data:`FIELDS` says (``cluster``: of the clustering
+    named ``clustering``). Read from one SQLite snapshot."""
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
     if store.space_row() is None:
         return iter(())
-    return _batches(store, filters, resolve_fields(store, fields)[0], batch_size)  # bad fields fail here, not later
+    row = find_clustering(store, clustering)
+    names = resolve_fields(store, fields, row)[0]  # bad fields fail here, not later
+    return _batches(store, filters, names, batch_size, row)
 
 
-def _batches(store: Store, filters: Filters | None, fields: list[str], batch_size: int) -> Iterator[dict]:
+def _batches(store: Store, filters: Filters | None, fields: list[str], batch_size: int,
+             clustering: ClusteringRow | None) -> Iterator[dict]:
     for batch in store.person_batches(filters, batch_size):
-        yield _columns(store, batch, fields)
+        yield _columns(store, batch, fields, clustering)
 
 
-def _columns(store: Store, batch: dict, fields: Sequence[str]) -> dict[str, np.ndarray]:
+def _columns(store: Store, batch: dict, fields: Sequence[str], clustering: ClusteringRow | None = None
+             ) -> dict[str, np.ndarray]:
     out = {f: np.array(batch[f]) if f in STRING_FIELDS else batch[f] for f in fields if f in batch}
+    if "cluster" in fields:
+        out["cluster"] = store.clusters_of(clustering.id, batch["person_id"])
     if "language" in fields or "language_basis" in fields:
         compact = store.language().embed(batch["pasta"], batch["verbs"])  # (n, r): what the FAISS index holds
         if "language_basis" in fields:
@@ -152,7 +179,8 @@ def _columns(store: Store, batch: dict, fields: Sequence[str]) -> dict[str, np.n
     return {f: out[f] for f in fields}
 
 
-def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes: Sequence[str]) -> dict:
+def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes: Sequence[str],
+             clustering: ClusteringRow | None = None) -> dict:
     """What a file needs to explain itself: models, names, phrases, fields, filters."""
     space = store.space() or {}
     lang = store.language()
@@ -179,12 +207,16 @@ def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes
     }
     if "language_basis" in fields:
         meta["basis"] = {"pasta": lang.basis_pasta.tolist(), "verb": lang.basis_verb.tolist()}
+    if clustering is not None:
+        meta["clustering"] = {"name": clustering.name, "space": clustering.space, "k": clustering.k,
+                              "filters": clustering.filters, "clusters": clustering.clusters}
     return meta
 
 
 def export(store: Store, out: str | os.PathLike, fmt: str | None = None, filters: Filters | None = None,
-           fields: Sequence[str] | None = None, batch_size: int = 4096) -> ExportReport:
-    """Write the persons passing ``filters`` to ``out`` (format from ``fmt`` or the suffix)."""
+           fields: Sequence[str] | None = None, batch_size: int = 4096, clustering: str | None = None) -> ExportReport:
+    """Write the persons passing ``filters`` to ``out`` (format from ``fmt`` or the suffix); ``clustering``: the
+    name of a stored clustering whose cluster ids go into the ``cluster`` column."""
     start = time.monotonic()
     out = Path(out)
     fmt = format_of(out, fmt)
@@ -194,9 +226,10 @@ def export(store: Store, out: str | os.PathLike, fmt: str | None = None, filters
         raise InputError(f"{out} is a folder; --out takes a file name")
     if not out.parent.is_dir():
         raise InputError(f"folder {out.parent} does not exist")
-    names, notes = resolve_fields(store, fields)
-    meta = metadata(store, names, filters, notes)
-    batches = iter_batches(store, filters, names, batch_size)
+    row = find_clustering(store, clustering)
+    names, notes = resolve_fields(store, fields, row)
+    meta = metadata(store, names, filters, notes, row)
+    batches = iter_batches(store, filters, names, batch_size, clustering)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = {"parquet": _write_parquet, "npz": _write_npz, "jsonl": _write_jsonl}[fmt]
     try:
@@ -264,7 +297,7 @@ def _empty_schema(pa, names: list[str], store: Store):
     for n in names:
         if n in STRING_FIELDS:
             types[n] = pa.string()
-        elif n in ("person_id", "media_id", "frame_index"):
+        elif n in ("person_id", "media_id", "frame_index", "cluster"):
             types[n] = pa.int64()
         elif n == "t_sec":
             types[n] = pa.float64()
@@ -318,7 +351,7 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
             dims = _dims(store, names)
             for n in names:
                 shapes[n] = dims[n]
-                dtypes[n] = np.dtype(np.int64 if n in ("person_id", "media_id", "frame_index") else
+                dtypes[n] = np.dtype(np.int64 if n in ("person_id", "media_id", "frame_index", "cluster") else
                                      np.float64 if n == "t_sec" else np.float32)
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for n in names:

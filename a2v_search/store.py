@@ -794,6 +794,14 @@ class Store:
                 self._require_lock()
                 with self.db.session() as s:
                     repo.rebuild_tracks(s, untracked, link=link)
+        with self.db.snapshot() as s:
+            kept = activities.read_counts(s)
+            counted = activities.scan_counts(s, repo.person_ids(s), examples=0)[0]
+        if not activities.same(kept, counted):
+            report.problems.append(Problem("activity counts", f"the kept counts (of {kept.persons} persons) differ "
+                                           f"from the {counted.persons} stored persons' labels", fixed=repair))
+            if repair:
+                self.recount_activities()
         fp = self.fingerprint
         if fp is None:
             return report

@@ -128,6 +128,12 @@ def uncount_media(s: Session, media_ids: Sequence[int]) -> None:
             _add(s, *key, -count_block(pasta, verbs))
 
 
+def same(a: Counts, b: Counts) -> bool:
+    """Whether two counts agree everywhere."""
+    return a.persons == b.persons and all(np.array_equal(getattr(a, f), getattr(b, f))
+                                          for f in ("pasta", "verbs", "verb_pasta"))
+
+
 def recount_all(s: Session, chunk: int = 20000) -> None:
     """Recompute every kept count from the stored persons (the schema upgrade; ``doctor --repair``)."""
     s.execute(delete(ActivityCount))
@@ -196,6 +202,8 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
         pid = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         pasta, verbs = _stack16([r[1] for r in rows], N_PASTA), _stack16([r[2] for r in rows], N_VERBS)
         total = total + count_block(pasta, verbs, min_p)
+        if not examples:
+            continue
         for name, probs in (("pasta", pasta), ("verbs", verbs)):
             for cls in np.flatnonzero((probs >= min_p).any(0)):
                 _keep_best(best, (name, int(cls)), probs[:, cls], pid, probs[:, cls] >= min_p, examples)

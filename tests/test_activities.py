@@ -4,6 +4,7 @@ have known activities."""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -202,3 +203,45 @@ def test_cluster_arguments_are_checked(known):
 def test_filters_carry_the_cluster():
     f = make_filters(cluster="acts:3")
     assert f.cluster == ("acts", 3) and not f.empty()
+
+
+def test_export_writes_each_persons_cluster(known, tmp_path):
+    data_dir, ids = known
+    with A2VSearch.open(data_dir) as api:
+        r = api.cluster(k=3, name="acts")
+    fill(data_dir, {"kick": 1}, start=50)  # stored after the clustering: in no cluster
+    with A2VSearch.open(data_dir) as api:
+        api.export(tmp_path / "p.jsonl", clustering="acts")
+        rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+        npz = np.load(api.export(tmp_path / "p.npz", fields=["person_id", "cluster"], clustering="acts").path)
+        with pytest.raises(InputError, match="needs --clustering"):
+            api.export(tmp_path / "x.jsonl", fields=["person_id", "cluster"])
+        with pytest.raises(QueryError, match="no clustering named 'nope'"):
+            api.export(tmp_path / "x.jsonl", clustering="nope")
+    meta = rows[0]["a2v_search_export"]
+    assert meta["clustering"]["name"] == "acts" and len(meta["clustering"]["clusters"]) == 3
+    got = {row["person_id"]: row["cluster"] for row in rows[1:]}
+    for c in r["clusters"]:
+        verb = c["verbs"][0][0]
+        profile = {"ride": "ride", "drink_with": "drink", "kick": "kick"}[verb]
+        assert {got[i] for i in ids[profile]} == {c["cluster"]}
+    assert list(got.values())[-1] == -1 and len(got) == 21
+    assert dict(zip(npz["person_id"].tolist(), npz["cluster"].tolist(), strict=True)) == got
+    code, out, err = run_main("export", "--data-dir", data_dir, "--out", tmp_path / "c.jsonl", "--clustering", "acts",
+                              "--cluster", "acts:0")
+    assert code == 0, err
+    assert {json.loads(line)["cluster"] for line in (tmp_path / "c.jsonl").read_text().splitlines()[1:]} == {0}
+
+
+def test_doctor_finds_and_repairs_kept_counts_that_disagree_with_the_persons(known):
+    data_dir, _ = known
+    con = sqlite3.connect(data_dir / "a2v.sqlite")
+    con.execute("DELETE FROM activity_counts WHERE collection = 'trip'")  # lost: what a bug would leave
+    con.commit()
+    con.close()
+    report = Store(data_dir).check()
+    assert [p.what for p in report.problems] == ["activity counts"] and "of 10 persons" in report.problems[0].detail
+    code, out, _ = run_main("doctor", "--data-dir", data_dir, "--repair")
+    assert code == 0 and "fixed: activity counts" in out
+    with A2VSearch.open(data_dir) as api:
+        assert api.activities()["persons"] == 20 and Store(data_dir).check().problems == []
