@@ -212,7 +212,7 @@ def captions(pasta: np.ndarray, verbs: np.ndarray | None) -> list[str]:
     out = []
     for i in range(len(pasta)):
         states = ", ".join(tx.PASTA_NAMES[j].replace(":", "") for j in np.flatnonzero(pasta[i]) if j not in skip)
-        verb = "" if verbs is None else " who is " + tx.VERB_NAMES[int(verbs[i].argmax())].replace("_", " ") + ";"
+        verb = "" if verbs is None else ", " + tx.VERB_NAMES[int(verbs[i].argmax())].replace("_", " ") + ","
         out.append(f"a person{verb} {states}.")
     return out
 
