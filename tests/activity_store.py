@@ -54,6 +54,10 @@ def fill(data_dir, per: dict[str, int], collection=lambda profile: "trip" if pro
                 Image.new("RGB", (64, 48), COLORS[profile]).save(p)
         items = [media(path, [person(rng, profile, i / 1000)], collection=collection(profile))
                  for i, path in enumerate(paths)]
+        if images is not None:  # the file as stored: the server serves it only while it is unchanged
+            for item in items:
+                st = Path(item.path).stat()
+                item.size, item.mtime = st.st_size, st.st_mtime
         ids[profile] = store.write(items).tolist()
     store.close()
     return ids

@@ -7,8 +7,9 @@ import pytest
 from activity_store import fill
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
-from test_web import ARGS, CHROMIUM, LiveServer, playwright  # noqa: E402
+from serve_store import LiveServer  # noqa: E402
+from test_serve import local  # noqa: E402
+from test_web import ARGS, CHROMIUM, playwright  # noqa: E402
 
 from a2v_search import A2VSearch  # noqa: E402
 from a2v_search.serve.server import create_app  # noqa: E402
@@ -27,7 +28,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def client(store):
     api = A2VSearch.open(store[0])
-    with TestClient(create_app(api)) as c:
+    with local(create_app(api)) as c:
         yield c
     api.close()
 
