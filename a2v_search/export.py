@@ -38,6 +38,7 @@ from db.repo import Filters
 from . import taxonomy as tx
 from .errors import InputError
 from .models import prompts
+from .objects import MAX_OBJECTS_PER_PERSON, PersonObject
 from .store import Store
 
 EXPORT_VERSION = 1
@@ -68,6 +69,10 @@ FIELDS: dict[str, str] = {
                 "them (docs/design.md)",
     "language_basis": "float32 (r_p + r_v,): the same vector in the compact orthonormal basis the store "
                       "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:] @ basis_verb)",
+    "objects": "the objects the person acts on, best first (at most 4): in jsonl a list of {name, p, box} (box "
+               "[x1, y1, x2, y2] or null: the form `import` reads), in parquet a list of structs of the same "
+               "fields, in npz and numpy batches float32 (4, 6): rows [class, p, x1, y1, x2, y2] (class: index in "
+               "names.objects, -1 in unused rows; box NaN where unknown)",
     "activity": "float32 (6, h): A2V's visual feature, the last hidden layer of the six part heads (foot, leg, "
                 "hip, hand, arm, head) on visual * visual_norm; only with trained heads",
 }
@@ -141,6 +146,8 @@ def _batches(store: Store, filters: Filters | None, fields: list[str], batch_siz
 
 def _columns(store: Store, batch: dict, fields: Sequence[str]) -> dict[str, np.ndarray]:
     out = {f: np.array(batch[f]) if f in STRING_FIELDS else batch[f] for f in fields if f in batch}
+    if "objects" in fields:
+        out["objects"] = object_array(batch["objects"])
     if "language" in fields or "language_basis" in fields:
         compact = store.language().embed(batch["pasta"], batch["verbs"])  # (n, r): what the FAISS index holds
         if "language_basis" in fields:
@@ -150,6 +157,26 @@ def _columns(store: Store, batch: dict, fields: Sequence[str]) -> dict[str, np.n
     if "activity" in fields:
         out["activity"] = store.part_features(batch["visual"], batch["visual_norm"]).astype(np.float32)
     return {f: out[f] for f in fields}
+
+
+def object_array(objects: Sequence[Sequence[PersonObject]]) -> np.ndarray:
+    """Persons' objects -> float32 (n, MAX_OBJECTS_PER_PERSON, 6): [class, p, x1, y1, x2, y2], class -1 in unused
+    rows, NaN boxes where unknown."""
+    out = np.full((len(objects), MAX_OBJECTS_PER_PERSON, 6), np.nan, np.float32)
+    out[:, :, 0], out[:, :, 1] = -1, 0
+    for i, objs in enumerate(objects):
+        for r, (cls, p, box) in enumerate(objs[:MAX_OBJECTS_PER_PERSON]):
+            out[i, r, :2] = cls, p
+            if box is not None:
+                out[i, r, 2:] = box
+    return out
+
+
+def object_lists(rows: np.ndarray) -> list[list[dict]]:
+    """float32 (n, MAX, 6) -> per person ``[{"name", "p", "box"}]`` (the import form)."""
+    return [[{"name": tx.OBJECT_NAMES[int(o[0])], "p": round(float(o[1]), 4),
+              "box": None if np.isnan(o[2]) else [round(float(v), 2) for v in o[2:]]} for o in row if o[0] >= 0]
+            for row in rows]
 
 
 def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes: Sequence[str]) -> dict:
@@ -165,7 +192,8 @@ def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes
                                             "language_dim", "spec")},
         "filters": asdict(filters) if filters is not None else None,
         "fields": {f: FIELDS[f] for f in fields},
-        "names": {"pasta": list(tx.PASTA_NAMES), "verbs": list(tx.VERB_NAMES), "parts": list(tx.PARTS)},
+        "names": {"pasta": list(tx.PASTA_NAMES), "verbs": list(tx.VERB_NAMES), "parts": list(tx.PARTS),
+                  "objects": list(tx.OBJECT_NAMES)},
         "phrases": {"pasta": prompts.pasta_phrases(), "verbs": prompts.verb_sense_phrases(),
                     "about": "M_pasta rows are the text model's embeddings of these phrases, M_verb rows the "
                              "normalised mean of the embeddings of each verb's sentences; no_interaction rows are "
@@ -223,9 +251,15 @@ def _pyarrow():
     return pa, pq
 
 
+def _object_type(pa):
+    return pa.list_(pa.struct([("name", pa.string()), ("p", pa.float32()), ("box", pa.list_(pa.float32(), 4))]))
+
+
 def _arrow_column(pa, name: str, values: np.ndarray):
     if name in STRING_FIELDS:
         return pa.array(values.tolist(), pa.string())
+    if name == "objects":
+        return pa.array(object_lists(values), _object_type(pa))
     if name == "frame_index":
         return pa.array(values, pa.int64(), mask=values < 0)
     if name in ("t_sec", "visual_norm"):
@@ -264,6 +298,8 @@ def _empty_schema(pa, names: list[str], store: Store):
     for n in names:
         if n in STRING_FIELDS:
             types[n] = pa.string()
+        elif n == "objects":
+            types[n] = _object_type(pa)
         elif n in ("person_id", "media_id", "frame_index"):
             types[n] = pa.int64()
         elif n == "t_sec":
@@ -280,8 +316,8 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Per-row shape of each numeric field (for empty exports)."""
     row = store.space_row()
     lang = store.language()
-    dims = {"box": (4,), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,), "parts": (tx.N_PARTS,),
-            "visual": (row.visual_dim,),
+    dims = {"box": (4,), "objects": (MAX_OBJECTS_PER_PERSON, 6), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,),
+            "parts": (tx.N_PARTS,), "visual": (row.visual_dim,),
             "language": (2 * lang.m_pasta.shape[1],), "language_basis": (lang.dim,)}
     if "activity" in names:
         dims["activity"] = store.part_features(np.ones((1, row.visual_dim), np.float32),
@@ -368,7 +404,7 @@ def _write_jsonl(tmp: Path, batches, names: list[str], meta: dict, store: Store)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps({"a2v_search_export": meta}, ensure_ascii=False) + "\n")
         for batch in batches:
-            cols = {n: batch[n].tolist() for n in names}
+            cols = {n: object_lists(batch[n]) if n == "objects" else batch[n].tolist() for n in names}
             n_rows = len(cols[names[0]])
             for i in range(n_rows):
                 row = {n: cols[n][i] for n in names}

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .errors import DbError
-from .schema import LabelChunk, LabelColumn, Media, Person, Track
+from .schema import LabelChunk, LabelColumn, Media, Person, PersonObject, Track
 
 if TYPE_CHECKING:
     from .repo import Linker
@@ -66,9 +66,14 @@ def _v4_to_v5(conn: Connection, link: Linker | None) -> None:
         s.flush()
 
 
+def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
+    """Version 6 adds the objects of a person's activity (the ``objects`` table; older persons have none)."""
+    PersonObject.__table__.create(conn)  # with its index
+
+
 #: version -> the step that upgrades a store of that version to the next.
 STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                                 4: _v4_to_v5}
+                                                                 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

@@ -16,13 +16,23 @@ from helpers import run_main
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
-from a2v_search.export import DEFAULT_FIELDS, FIELDS
+from a2v_search.export import DEFAULT_FIELDS, FIELDS, object_array
 from a2v_search.models import prompts
 from a2v_search.models.language import LANGUAGE_VECTOR
 from a2v_search.testing.profiles import PROFILES, profile_vectors
 from db import repo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: the objects of the imported persons, in turn (the store keeps them best first)
+OBJECTS = [[], [{"name": "cup", "p": 0.9, "box": [1, 2, 5, 6]}],
+           [{"name": "sports_ball", "p": 0.5}, {"name": "dining table", "p": 0.75, "box": [0, 20, 60, 48]}]]
+
+
+def object_rows(lists: list) -> np.ndarray:
+    """Exported ``[{name, p, box}]`` lists -> the (n, 4, 6) array of numpy batches."""
+    return object_array([[(tx.object_index(o["name"]), o["p"], o["box"]) for o in objs] for objs in lists])
 
 
 def records(n_images: int = 24, seed: int = 0) -> list[dict]:
@@ -35,7 +45,8 @@ def records(n_images: int = 24, seed: int = 0) -> list[dict]:
         for j in range(1 + i % 2):
             pasta, verbs = profile_vectors(names[(i + j) % len(names)], seed=i * 2 + j)
             persons.append({"box": [j, 2, 30 + j, 40], "pasta": pasta.tolist(), "verbs": verbs.tolist(),
-                            "visual": (3 * rng.normal(size=16)).tolist(), "score": 0.9})
+                            "visual": (3 * rng.normal(size=16)).tolist(), "score": 0.9,
+                            "objects": OBJECTS[(i + j) % len(OBJECTS)]})
         out.append({"path": f"/media/{'odd' if i % 3 == 0 else 'main'}/img{i:02d}.jpg",
                     "collection": "odd" if i % 3 == 0 else "main", "width": 64, "height": 48, "persons": persons})
     video = []
@@ -77,6 +88,8 @@ def read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         col = table.column(name).combine_chunks()
         if name in ("path", "collection", "kind"):
             cols[name] = np.array(col.to_pylist())
+        elif name == "objects":
+            cols[name] = object_rows(col.to_pylist())
         elif name == "frame_index":
             cols[name] = np.array([-1 if v is None else v for v in col.to_pylist()], np.int64)
         elif pa.types.is_fixed_size_list(col.type):
@@ -114,6 +127,8 @@ def read_jsonl(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             cols[name] = np.array(values, np.int64)
         elif name in ("path", "collection", "kind"):
             cols[name] = np.array(values)
+        elif name == "objects":
+            cols[name] = object_rows(values)
         else:
             cols[name] = np.array([np.nan if v is None else v for v in values] if name == "visual_norm" else values,
                                   np.float32)

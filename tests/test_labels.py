@@ -11,7 +11,7 @@ from helpers import downgrade, media, random_person, writable_store
 
 from a2v_search.store import Store
 from db import labels, repo
-from db.schema import LABEL_PASTA, LABEL_VERB, LabelChunk
+from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk
 
 WHERE = [(LABEL_PASTA, 37, ">=", 0.5), (LABEL_PASTA, 37, ">", 0.3), (LABEL_VERB, 12, "<", 0.02),
          (LABEL_VERB, 3, "<=", 0.3), (LABEL_PASTA, 0, ">=", 0.0), (LABEL_VERB, 156, ">=", 0.05)]
@@ -96,7 +96,7 @@ def test_a_schema_4_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     con.close()
     store = Store(tmp_path / "data").lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == "5"
+        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)  # through 5 (labels) to the newest
         assert s.execute(repo.select(LabelChunk.first_id)).scalars().all() == [1, 6, 11]
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'labels'").fetchone() == (0,)

@@ -29,6 +29,7 @@ from db.repo import NewPerson
 
 from ..errors import InputError, ModelError, first_line
 from ..faults import fault_point, kill_once
+from ..objects import scaled
 from .assembly import Assembly
 from .decode import DecodeResult, DecodeTask, Item, decode
 from .decode_pool import _timed_out
@@ -95,9 +96,9 @@ class EncoderActor:
             t["detect"] = time.perf_counter() - t0
             for (g, item), frame_dets in zip(frames, dets, strict=True):
                 frame = Image.fromarray(item.frame)
-                for box, score in frame_dets:
+                for box, score, objects in frame_dets:
                     person = Item(box=[v / item.scale for v in box], score=score, frame_index=item.frame_index,
-                                  t_sec=item.t_sec)
+                                  t_sec=item.t_sec, objects=scaled(objects, 1 / item.scale))
                     crops.append((g, person, self.encoder.preprocess.crop(frame, box)))
         crops += [(g, it, it.pixels) for g, items in enumerate(groups) for it in items if it.frame is None]
         out: list[list[NewPerson]] = [[] for _ in groups]
@@ -107,6 +108,7 @@ class EncoderActor:
             t["encode"] = time.perf_counter() - t0
             for i, (g, it, _) in enumerate(crops):
                 out[g].append(NewPerson(box=it.box, score=it.score, frame_index=it.frame_index, t_sec=it.t_sec,
+                                        objects=it.objects,
                                         pasta=v.pasta[i], verbs=v.verbs[i], parts=v.parts[i], visual=v.visual[i],
                                         visual_norm=None if v.visual_norm is None else float(v.visual_norm[i])))
         t["end"] = time.time()

@@ -347,7 +347,8 @@ def search_options(
     collection: Annotated[str | None, Query(description="Only this collection.")] = None,
     path: Annotated[str | None, Query(description="Only media whose path matches this glob.")] = None,
     kind: Annotated[str | None, Query(description="image or video.")] = None,
-    where: Annotated[list[str] | None, Query(description="PaSta or verb filter such as 'hand: hold>=0.5' "
+    where: Annotated[list[str] | None, Query(description="PaSta or verb filter such as 'hand: hold>=0.5', or an "
+                                                         "object: 'object: cup', 'object: cup>=0.5' "
                                                          "(repeatable).")] = None,
     per_media: Annotated[bool, Query(description="At most one person per image or video.")] = False,
     min_score: Annotated[float | None, Query(description="Drop results scoring below.")] = None,
