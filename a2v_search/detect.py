@@ -152,6 +152,8 @@ def _read_boxes_file(path: Path) -> dict[str, list[Detection]]:
         raise InputError(f"cannot read boxes file {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"boxes file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise InputError(f"boxes file {path} nests its JSON too deeply to be a boxes file") from None
     if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
         return _coco_boxes(doc, path)
     if isinstance(doc, dict) and doc and all(isinstance(v, dict) and "labels" in v for v in doc.values()):

@@ -87,8 +87,14 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> list:
             try:
                 out.append(orjson.loads(line))
             except orjson.JSONDecodeError as e:
-                raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
+                if "depth" not in e.msg:
+                    raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
+                out.append(_TooDeep())  # that record is bad, not the file: reported and skipped
     return out
+
+
+class _TooDeep:
+    """A JSON line nested too deeply to parse: a bad record (reported and skipped), not the end of the import."""
 
 
 def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit_range: bool = True) -> np.ndarray:
@@ -208,6 +214,8 @@ def _media(rec: dict, collection: str, persons: list[NewPerson]) -> NewMedia:
 
 def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
     """One record -> the media and persons to store (InputError naming the first bad field)."""
+    if isinstance(rec, _TooDeep):
+        raise InputError("its JSON is nested too deeply to be a record")
     if not isinstance(rec, dict):
         raise InputError("a record must be a JSON object")
     path = rec.get("path")
