@@ -10,13 +10,15 @@ snapshot ``batch_size`` at a time and written as they come:
   schema key ``a2v_search``.
 - **npz**: a .npy file cannot be appended to inside a zip, so each field goes to its own temporary file next to the
   output while rows stream in; at the end each one gets its .npy header (the row count is known then) and is
-  copied into the zip (ZIP64, stored); strings become fixed-width unicode once their longest value is known.
-  ``np.load(f)`` reads it without pickle; the metadata is the JSON string ``f["meta"][()]``; images have
-  ``frame_index`` -1 and ``t_sec`` NaN.
+  copied into the zip (ZIP64, stored). A string field is stored compactly, as its values' UTF-8 bytes one after
+  another (``path``, uint8) and where each starts (``path_offsets``, int64, rows + 1): one long path does not widen
+  the column (:func:`npz_strings` reads it back). ``np.load(f)`` reads it without pickle; the metadata is the JSON
+  string ``f["meta"][()]``; images have ``frame_index`` -1 and ``t_sec`` NaN.
 - **jsonl**: line 1 is ``{"a2v_search_export": METADATA}``, then one JSON object per person, written line by line;
   missing values are null.
 
-The output appears under its name only when complete (temporary file, then rename).
+The output appears under its name only when complete: it is written to a new temporary file beside it (created
+exclusively, with an unpredictable name, so a link planted there is never written through), then renamed.
 """
 
 from __future__ import annotations
@@ -225,15 +227,20 @@ def export(store: Store, out: str | os.PathLike, fmt: str | None = None, filters
     names, notes = resolve_fields(store, fields)
     meta = metadata(store, names, filters, notes)
     batches = iter_batches(store, filters, names, batch_size)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = {"parquet": _write_parquet, "npz": _write_npz, "jsonl": _write_jsonl}[fmt]
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # O_EXCL, random name
+        os.close(fd)
+        tmp = Path(name)
         rows = writer(tmp, batches, names, meta, store)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except OSError as e:
         raise InputError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return ExportReport(path=str(out), format=fmt, rows=rows, fields=names, notes=notes,
                         seconds=round(time.monotonic() - start, 3))
 
@@ -328,9 +335,17 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------ npz
 
 
+def npz_strings(npz, name: str) -> list[str]:
+    """A string field of an npz export (``np.load(f)``) as Python strings."""
+    data, offsets = npz[name], npz[f"{name}_offsets"]
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b].decode("utf-8", "surrogateescape") for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -> int:
     rows = 0
-    width = dict.fromkeys(STRING_FIELDS, 1)
+    offsets = {n: [0] for n in STRING_FIELDS}
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, np.dtype] = {}
     with tempfile.TemporaryDirectory(prefix=f".{tmp.name}.", dir=tmp.parent) as work:
@@ -340,9 +355,10 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
                 for n in names:
                     values = batch[n]
                     if n in STRING_FIELDS:
-                        width[n] = max(width[n], int(values.dtype.itemsize // 4))
                         for v in values.tolist():
-                            parts[n].write(json.dumps(v).encode() + b"\n")
+                            data = v.encode("utf-8", "surrogateescape")
+                            parts[n].write(data)
+                            offsets[n].append(offsets[n][-1] + len(data))
                     else:
                         shapes[n], dtypes[n] = values.shape[1:], values.dtype
                         parts[n].write(np.ascontiguousarray(values).tobytes())
@@ -360,12 +376,14 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
             for n in names:
                 with zf.open(f"{n}.npy", "w", force_zip64=True) as dst, open(Path(work) / n, "rb") as src:
                     if n in STRING_FIELDS:
-                        dtype = np.dtype(f"<U{width[n]}")
-                        _npy_header(dst, dtype, (rows,))
-                        _copy_strings(src, dst, dtype)
+                        _npy_header(dst, np.dtype(np.uint8), (offsets[n][-1],))
+                        shutil.copyfileobj(src, dst, 1 << 20)
                     else:
                         _npy_header(dst, dtypes[n], (rows, *shapes[n]))
                         shutil.copyfileobj(src, dst, 1 << 20)
+            for n in STRING_FIELDS:
+                if n in names:
+                    _add_array(zf, f"{n}_offsets", np.asarray(offsets[n], np.int64))
             _add_array(zf, "meta", np.array(json.dumps(meta)))
             if "basis" in meta:
                 lang = store.language()
@@ -377,18 +395,6 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
 def _npy_header(f, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_2_0(f, header)
-
-
-def _copy_strings(src, dst, dtype: np.dtype, chunk: int = 65536) -> None:
-    """JSON-lines strings -> fixed-width unicode rows, ``chunk`` at a time."""
-    lines: list[str] = []
-    for line in src:
-        lines.append(json.loads(line))
-        if len(lines) == chunk:
-            dst.write(np.array(lines, dtype).tobytes())
-            lines = []
-    if lines:
-        dst.write(np.array(lines, dtype).tobytes())
 
 
 def _add_array(zf: zipfile.ZipFile, name: str, value: np.ndarray) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,7 @@ from helpers import run_main
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
-from a2v_search.export import DEFAULT_FIELDS, FIELDS, object_array
+from a2v_search.export import DEFAULT_FIELDS, FIELDS, STRING_FIELDS, npz_strings, object_array
 from a2v_search.models import prompts
 from a2v_search.models.language import LANGUAGE_VECTOR
 from a2v_search.testing.profiles import PROFILES, profile_vectors
@@ -105,7 +106,10 @@ def read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     with np.load(path) as f:  # allow_pickle=False by default: nothing here needs it
-        cols = {k: f[k] for k in f.files if k not in ("meta", "basis_pasta", "basis_verb")}
+        strings = [k for k in STRING_FIELDS if k in f.files]
+        cols = {k: f[k] for k in f.files if k not in ("meta", "basis_pasta", "basis_verb")
+                and not k.endswith("_offsets")}
+        cols.update({k: np.array(npz_strings(f, k)) for k in strings})
         meta = json.loads(f["meta"][()])
         if "basis_pasta" in f.files:
             meta["basis_arrays"] = (f["basis_pasta"], f["basis_verb"])
@@ -255,6 +259,34 @@ def test_fields_and_errors(api, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         api.export(tmp_path / "missing" / "x.npz")
     assert set(FIELDS) >= set(DEFAULT_FIELDS) and "language_basis" not in DEFAULT_FIELDS
+
+
+@pytest.mark.guarantee("G21")
+@pytest.mark.parametrize("fmt", ["parquet", "npz", "jsonl"])
+def test_a_link_planted_beside_the_output_is_never_written_through(api, tmp_path, fmt):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / f"persons.{fmt}"
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # the names the temporary file used to have
+        (tmp_path / f".{out.name}.{pid}.tmp").symlink_to(victim)
+    api.export(out)
+    assert victim.read_text() == "precious" and READERS[fmt](out)[0]["person_id"].size == N_PERSONS
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+
+def test_npz_strings_are_compact(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """One 4,000-character path does not widen the path column of every row."""
+    rows = records()
+    rows[0]["path"] = "/" + "x" * 3999
+    with A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
+                        device="cpu") as api:
+        api.import_records(rows)
+        api.export(tmp_path / "p.npz", fields=["person_id", "path"])
+    with np.load(tmp_path / "p.npz") as f:
+        paths = npz_strings(f, "path")
+        stored = f["path"].nbytes + f["path_offsets"].nbytes
+    assert "/" + "x" * 3999 in paths and len(paths) == N_PERSONS
+    assert stored <= sum(len(p.encode()) for p in paths) + 8 * (N_PERSONS + 1)
 
 
 def test_zero_shot_store_says_it_has_no_activity_space(api):
