@@ -10,7 +10,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -199,10 +199,12 @@ class Database:
     system the user cannot write, with no ``-shm`` file left)."""
 
     def __init__(self, path: Path, create: bool = True, read_only: bool = False, *, link: Linker | None = None,
-                 translate: Callable[[DbError], Exception] | None = None):
+                 translate: Callable[[DbError], Exception] | None = None,
+                 upgrade_lock: Callable[[], AbstractContextManager] | None = None):
         self.path = Path(path)
         self.read_only = read_only and not create
         self._link = link  # the video tracker, for upgrading a store from before tracks
+        self._upgrade_lock = upgrade_lock or nullcontext  # held while an older store is upgraded
         self._translate = translate or (lambda e: e)
         if not create and not self.path.exists():
             raise self._translate(DbMissingError(f"no store at {self.path.parent}"))
@@ -217,7 +219,7 @@ class Database:
         try:
             if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
                 with suppress(DbError):
-                    Database(self.path, create=False, link=link).close()
+                    Database(self.path, create=False, link=link, upgrade_lock=upgrade_lock).close()
             self._check_schema(create)
         except OperationalError as e:
             raise self._translate(DbError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data "
@@ -241,7 +243,8 @@ class Database:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
                 version = int(row) if row is not None else None
                 if version != SCHEMA_VERSION and can_upgrade(version, SCHEMA_VERSION):
-                    self._upgrade(conn, version)
+                    with self._upgrade_lock():
+                        self._upgrade(conn, version)
                 elif version != SCHEMA_VERSION:
                     raise self._translate(SchemaVersionError(
                         f"store {self.path} has schema version {version}; this a2v-search reads version "
