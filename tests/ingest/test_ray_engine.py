@@ -230,7 +230,7 @@ ray.shutdown()
 """
 
 
-@pytest.mark.guarantee("G37")
+@pytest.mark.guarantee("G45")
 def test_a_local_ray_listens_on_loopback_only_in_a_private_folder_with_token_auth(tmp_path):
     import json
     import subprocess
