@@ -56,7 +56,7 @@ def local_ray_options() -> dict:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
-        if "ray" in sys.modules:  # imported earlier: make it read the variables again, as Ray's own switch does
+        if sys.modules.get("ray") is not None:  # imported earlier: read the variables again, as Ray does
             from ray._raylet import Config
 
             Config.initialize("")
@@ -231,6 +231,8 @@ class RayIngestor(Ingestor):
         try:
             import ray
         except ImportError:
+            if local:
+                shutil.rmtree(os.path.dirname(local["_temp_dir"]), ignore_errors=True)
             raise InputError("--engine ray needs Ray: pip install 'a2v-search[ray]' (ray[data])") from None
         self._ray = ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a2v-search's runs
