@@ -990,5 +990,10 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
         q = q.where(Media.kind == f.kind)
     if f.path_glob:
         q = q.where(Media.path.op("GLOB")(f.path_glob))
+    if ids is not None and len(ids) <= 10 * _CHUNK:  # few label matches: check only those against the media
+        found: list[int] = []
+        for i in range(0, len(ids), _CHUNK):
+            found += s.execute(q.where(Person.id.in_(ids[i:i + _CHUNK].tolist()))).scalars().all()
+        return np.array(sorted(found), np.int64)
     media_ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
     return media_ids if ids is None else np.intersect1d(media_ids, ids, assume_unique=True)
