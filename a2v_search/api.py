@@ -28,9 +28,10 @@ from index import saved_summary
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
-from .detect import Detector, DetectorOptions, detector_kind, make_detector
+from .detect import Detection, Detector, DetectorOptions, detector_kind, make_detector
 from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
+from .objects import object_dicts
 from .records import ImportReport, import_records, read_records
 from .search import (
     Searcher,
@@ -298,7 +299,9 @@ class A2VSearch:
             {"path": "...", "collection": "...", "kind": "image", "width": W, "height": H,
              "persons": [{"box": [x1, y1, x2, y2], "pasta": [93 floats] or {"hand: hold": 0.9},
                           "verbs": [157] or {"drink_with": 0.8}, "visual": [P floats], "parts": [6] (optional),
-                          "score": 1.0, "frame_index": null, "t_sec": null, "visual_norm": (optional)}]}
+                          "score": 1.0, "frame_index": null, "t_sec": null, "visual_norm": (optional),
+                          "objects": [{"name": "cup", "p": 0.9, "box": [x1, y1, x2, y2]}] (optional; box
+                          optional; names: the 80 COCO classes, HICO's spellings too; at most 4)}]}
 
         ``visual`` is the image tower's output; give it unnormalised (or unit length with ``visual_norm``, the
         tower output's norm), so that trained heads' input, and A2V's classifier feature, can be recomputed.
@@ -316,27 +319,27 @@ class A2VSearch:
 
     def predict(self, image: str | os.PathLike | Image.Image, box: list[float] | None = None,
                 detector: str | None = None) -> list[dict]:
-        """PaSta, verbs and part flags of the persons in one image (nothing is stored)."""
+        """PaSta, verbs and part flags of the persons in one image, and the objects the detector tied to them
+        (nothing is stored)."""
         img = query_image(image)
         boxes = self._query_boxes(img, box, detector)
         encoder = self.encoder(standalone=True)
-        out = encoder.encode_persons([img] * len(boxes), [b for b, _ in boxes])
+        out = encoder.encode_persons([img] * len(boxes), [b for b, _, _ in boxes])
         persons = []
-        for i, (b, score) in enumerate(boxes):
+        for i, (b, score, objects) in enumerate(boxes):
             persons.append({
                 "box": [round(v, 2) for v in (b or [0.0, 0.0, float(img.width), float(img.height)])],
-                "score": round(score, 4),
+                "score": round(score, 4), "objects": object_dicts(objects),
                 "pasta": {n: round(float(p), 6) for n, p in zip(tx.PASTA_NAMES, out.pasta[i], strict=True)},
                 "verbs": {n: round(float(p), 6) for n, p in zip(tx.VERB_NAMES, out.verbs[i], strict=True)},
                 "parts": {n: round(float(p), 6) for n, p in zip(tx.PARTS, out.parts[i], strict=True)},
             })
         return persons
 
-    def _query_boxes(self, img: Image.Image, box, detector: str | None) -> list[tuple[list[float] | None, float]]:
+    def _query_boxes(self, img: Image.Image, box, detector: str | None) -> list[Detection]:
         if box is not None:
-            return [(list(box), 1.0)]
-        det = self.detector(detector)
-        return [(b, s) for b, s in det.detect([np.asarray(img)])[0]]  # a boxes file: InputError naming --box
+            return [(list(box), 1.0, ())]
+        return self.detector(detector).detect([np.asarray(img)])[0]  # a boxes file: InputError naming --box
 
     # ------------------------------------------------------------------ search
 
@@ -465,10 +468,11 @@ class A2VSearch:
                              "box": [round(v, 2) for v in r.box]} for r in rows]}
 
     def person(self, person_id: int) -> dict:
-        """One stored person: box, detector score, frame and time, its media, and every PaSta, verb and part
-        probability (``top_pasta`` / ``top_verbs``: the strongest, no_interaction left out)."""
+        """One stored person: box, detector score, frame and time, its media, the objects it acts on, and every
+        PaSta, verb and part probability (``top_pasta`` / ``top_verbs``: the strongest, no_interaction left out)."""
         row = self._searcher().person(person_id)
         return {"person_id": row.id, "score": round(float(row.score), 4), "box": [round(v, 2) for v in row.box],
+                "objects": object_dicts(row.objects),
                 "frame_index": row.frame_index, "t_sec": row.t_sec,
                 "media": {"id": row.media_id, "path": row.path, "kind": row.kind, "collection": row.collection,
                           "width": row.width, "height": row.height},
@@ -680,7 +684,7 @@ def _chosen_person(img: Image.Image, boxes: list, person_index: int | None, imag
     if not boxes:
         raise QueryError(f"no person found in {image}; give --box x1,y1,x2,y2 or --detector none")
     if person_index is None:
-        areas = [((b[2] - b[0]) * (b[3] - b[1]) if b else img.width * img.height) for b, _ in boxes]
+        areas = [((b[2] - b[0]) * (b[3] - b[1]) if b else img.width * img.height) for b, _, _ in boxes]
         return int(np.argmax(areas))
     if 0 <= person_index < len(boxes):
         return person_index

@@ -223,6 +223,8 @@ def search(
 
 
 def _print_hits(result, sheet: Path | None) -> None:
+    from .objects import objects_text
+
     con = _console()
     q = result.query
     if q.get("mode"):
@@ -242,7 +244,8 @@ def _print_hits(result, sheet: Path | None) -> None:
         else:
             con.print(f"{h.rank:>3}  {h.score:.4f}  person {h.person_id}  {h.path}  box {box}{where}")
         con.print("     PaSta: " + ", ".join(f"{n} {p:.2f}" for n, p in h.pasta[:3])
-                  + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3]))
+                  + " | verbs: " + ", ".join(f"{n} {p:.2f}" for n, p in h.verbs[:3])
+                  + (f" | objects: {objects_text(h.objects)}" if h.objects else ""))
     if sheet is not None:
         con.print(f"contact sheet: {sheet}")
 
@@ -437,6 +440,8 @@ def predict(
                           ", ".join(f"{n.split(': ', 1)[1]} {v:.2f}" for n, v in states[:3]))
         verbs = sorted(p["verbs"].items(), key=lambda t: -t[1])[:5]
         table.add_row("verbs", "", ", ".join(f"{n} {v:.2f}" for n, v in verbs))
+        if p["objects"]:
+            table.add_row("objects", "", ", ".join(f"{o['name']} {o['p']:.2f}" for o in p["objects"]))
         con.print(table)
 
 

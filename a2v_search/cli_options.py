@@ -79,7 +79,9 @@ class FilterFlags:
     path: Annotated[str | None, typer.Option(help="Only media whose path matches this glob.",
                                              show_default=False)] = None
     where: Annotated[list[str] | None, typer.Option(help="Filter on a PaSta or verb probability, e.g. "
-                                                         "'hand: hold>=0.5' (repeatable).", show_default=False)] = None
+                                                         "'hand: hold>=0.5', or an object: 'object: cup', "
+                                                         "'object: cup>=0.5' (repeatable).",
+                                                    show_default=False)] = None
     kind: Annotated[str | None, typer.Option(help="image or video.", show_default=False)] = None
     cluster: Annotated[str | None, typer.Option(help="Only the persons of one cluster NAME:ID of a stored "
                                                      "clustering (`manage.py clusters`).", show_default=False)] = None

@@ -1,5 +1,6 @@
 """Person detectors: the whole image (``none``), a boxes file (``boxes:FILE``), or a transformers object-detection
-model (person class only, score threshold, max persons, minimum box size). All three are a :class:`Detector`."""
+model (persons: score threshold, max persons, minimum box size; every other COCO class it finds is an object, tied
+to the persons it is near by :func:`a2v_search.objects.tie_objects`). All three are a :class:`Detector`."""
 
 from __future__ import annotations
 
@@ -7,19 +8,23 @@ import json
 import math
 import os
 from collections import defaultdict
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import InputError, ModelError, first_line
+from .errors import InputError, ModelError, UnknownNameError, first_line
+from .objects import MAX_OBJECTS_PER_PERSON, PersonObject, tie_objects
 from .person_boxes import merge_boxes
+from .taxonomy import NO_INTERACTION_VERB, hico_hois, object_index
 
 if TYPE_CHECKING:  # the ingest wing's discovery types (detect is imported by the wing, not the reverse)
     from .ingest.discover import Candidate, Found
 
-Detection = tuple[list[float] | None, float]  # (x1, y1, x2, y2) pixels (None: the whole frame), score
+#: A person: (x1, y1, x2, y2) pixels (None: the whole frame), score, and the objects it acts on, best first.
+Detection = tuple[list[float] | None, float, tuple[PersonObject, ...]]
 
 
 @dataclass
@@ -68,8 +73,8 @@ class WholeImage:
     binds_tree = False
 
     def detect(self, frames: list[np.ndarray], scales: list[float] | None = None) -> list[list[Detection]]:
-        """One person per frame: the whole frame (box None)."""
-        return [[(None, 1.0)] for _ in frames]
+        """One person per frame: the whole frame (box None), with no objects."""
+        return [[(None, 1.0, ())] for _ in frames]
 
     def bind(self, candidates: list[Candidate | Found]) -> None:
         """Nothing to bind: the decoders take the whole frame."""
@@ -80,6 +85,12 @@ class BoxesFile:
     """Boxes given in a COCO-style JSON (``images`` + ``annotations`` with ``bbox`` xywh, person category) or a HAKE
     instance-level JSON (``{file: {"labels": [{"human_bbox": [x1,y1,x2,y2]}]}}``; a person's boxes, one per
     interaction, are merged as in training: IoU >= 0.7, mean box, see :mod:`a2v_search.person_boxes`).
+
+    Objects: a COCO file's annotations of other categories named as one of the 80 COCO classes (others are left
+    out) are tied to the persons of their image (or frame) by :func:`a2v_search.objects.tie_objects`, their
+    ``score`` (default 1) as the detector's; a HAKE label's ``object_bbox`` with its HOI's object (``hoi_id``; HOIs
+    of ``no_interaction`` give none) belongs to that label's person, p 1 (one box per object: the same object
+    drawn for several interactions is merged like persons).
 
     In COCO files an image entry with ``"frame_index": N`` gives the boxes of frame N of a video (the source frame
     number, as stored with each person); a video without such entries uses the same boxes in every frame."""
@@ -141,6 +152,8 @@ def _read_boxes_file(path: Path) -> dict[str, list[Detection]]:
         raise InputError(f"cannot read boxes file {path}: {e}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"boxes file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise InputError(f"boxes file {path} nests its JSON too deeply to be a boxes file") from None
     if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
         return _coco_boxes(doc, path)
     if isinstance(doc, dict) and doc and all(isinstance(v, dict) and "labels" in v for v in doc.values()):
@@ -180,6 +193,8 @@ def _coco_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
     person_ids = {c.get("id") for c in cats if isinstance(c, dict) and str(c.get("name", "")).lower() == "person"}
     if cats and not person_ids:
         raise InputError(f"boxes file {path}: no category named 'person' in 'categories'")
+    object_of = _coco_object_classes(cats)
+    found: dict[tuple[object, int | None], list] = defaultdict(list)  # (image id, frame) -> objects
     out: dict[str, list[Detection] | FrameBoxes] = {}
     for image_id, name in names.items():
         entry = out.setdefault(name, {} if image_id in frames else [])
@@ -190,15 +205,34 @@ def _coco_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
     for i, a in enumerate(anns):
         if not isinstance(a, dict) or "image_id" not in a or "bbox" not in a:
             raise InputError(f"boxes file {path}: annotations[{i}] needs 'image_id' and 'bbox'")
-        if person_ids and a.get("category_id") not in person_ids:
+        is_object = a.get("category_id") in object_of
+        if person_ids and a.get("category_id") not in person_ids and not is_object:
             continue
         if a["image_id"] not in names:
             raise InputError(f"boxes file {path}: annotations[{i}] refers to unknown image_id {a['image_id']!r}")
         score = a.get("score", 1.0)
-        score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) else 1.0
-        det = (_box(a["bbox"], f"annotations[{i}]", path, xywh=True), score)
+        score = float(score) if isinstance(score, (int, float)) and math.isfinite(score) and 0 < score <= 1 else 1.0
+        box = _box(a["bbox"], f"annotations[{i}]", path, xywh=True)
+        if is_object:
+            found[(a["image_id"], frames.get(a["image_id"]))].append((object_of[a["category_id"]], score, box))
+            continue
         entry = out[names[a["image_id"]]]
-        (entry[frames[a["image_id"]]] if isinstance(entry, dict) else entry).append(det)
+        (entry[frames[a["image_id"]]] if isinstance(entry, dict) else entry).append((box, score, ()))
+    for (image_id, frame), objects in found.items():
+        entry = out[names[image_id]]
+        dets = entry[frame] if isinstance(entry, dict) else entry
+        dets[:] = [(b, sc, objs) for (b, sc, _), objs in zip(dets, tie_objects([b for b, _, _ in dets], objects),
+                                                               strict=True)]
+    return out
+
+
+def _coco_object_classes(cats: list) -> dict:
+    """COCO category id -> object class (0..79) for the categories named as one of the 80 object classes."""
+    out = {}
+    for c in cats:
+        if isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"].lower() != "person":
+            with suppress(UnknownNameError):
+                out[c.get("id")] = object_index(c["name"])
     return out
 
 
@@ -208,18 +242,48 @@ def _hake_boxes(doc: dict, path: Path) -> dict[str, list[Detection]]:
         labels = entry.get("labels")
         if not isinstance(labels, list):
             raise InputError(f"boxes file {path}: {name!r} has no 'labels' list")
-        boxes = []
+        boxes, objects = [], []
         for j, lab in enumerate(labels):
             if not isinstance(lab, dict) or "human_bbox" not in lab:
                 raise InputError(f"boxes file {path}: {name!r} labels[{j}] has no 'human_bbox'")
             boxes.append(tuple(_box(lab["human_bbox"], f"{name!r} labels[{j}]", path, xywh=False)))
-        merged, _ = merge_boxes(boxes)  # one entry per human-object pair: the same person repeats
-        out[name] = [(list(box), 1.0) for box in merged]
+            objects.append(_hake_object(lab, f"{name!r} labels[{j}]", path))
+        merged, owner = merge_boxes(boxes)  # one entry per human-object pair: the same person repeats
+        mine: list[list] = [[] for _ in merged]
+        for o, obj in zip(owner, objects, strict=True):
+            if obj is not None:
+                mine[o].append(obj)
+        out[name] = [(list(box), 1.0, _one_per_object(objs)) for box, objs in zip(merged, mine, strict=True)]
     return out
 
 
+def _hake_object(lab: dict, where: str, path: Path) -> tuple[int, tuple[float, ...]] | None:
+    """(object class, box) of a HAKE label's HOI, or None (no object box, no HOI, or a no_interaction HOI)."""
+    hoi = lab.get("hoi_id")
+    if lab.get("object_bbox") is None or isinstance(hoi, bool) or not isinstance(hoi, int):
+        return None
+    if not 1 <= hoi <= len(hico_hois()):
+        raise InputError(f"boxes file {path}: {where} has hoi_id {hoi!r}; HICO's HOIs are 1..{len(hico_hois())}")
+    cls, verb = hico_hois()[hoi - 1]
+    if verb == NO_INTERACTION_VERB:
+        return None
+    return cls, tuple(_box(lab["object_bbox"], where, path, xywh=False))
+
+
+def _one_per_object(objects: list[tuple[int, tuple[float, ...]]]) -> tuple[PersonObject, ...]:
+    """One person's HAKE objects, each object once (its boxes merged per class like persons), at most
+    MAX_OBJECTS_PER_PERSON, p 1."""
+    out: list[PersonObject] = []
+    for cls in dict.fromkeys(c for c, _ in objects):
+        merged, _ = merge_boxes([box for c, box in objects if c == cls])
+        out += [(cls, 1.0, box) for box in merged]
+    return tuple(out[:MAX_OBJECTS_PER_PERSON])
+
+
 class ModelDetector:
-    """A transformers object-detection model (hub id or folder); keeps the ``person`` class only."""
+    """A transformers object-detection model (hub id or folder): its ``person`` class gives the persons, and its
+    other classes named as one of the 80 COCO classes (RT-DETR's, DETR's, YOLOS' are exactly those) the objects,
+    above the same score threshold, tied to the persons by :func:`a2v_search.objects.tie_objects`."""
 
     needs_frames = True
     binds_tree = False
@@ -242,6 +306,7 @@ class ModelDetector:
                              "--detector none, --detector boxes:FILE, or a transformers object-detection model") from e
         labels = {int(i): str(n).lower() for i, n in self.model.config.id2label.items()}
         self.person = [i for i, n in labels.items() if n == "person"]
+        self.objects = _coco_object_classes([{"id": i, "name": n} for i, n in labels.items()])  # label -> class
         if not self.person:
             raise ModelError(f"detector {model!r} has no 'person' class (labels: {sorted(labels.values())[:8]}...)")
         self._torch = torch
@@ -262,14 +327,20 @@ class ModelDetector:
             results = self.processor.post_process_object_detection(outputs, threshold=o.threshold,
                                                                    target_sizes=sizes)
             for r, (h, w), scale in zip(results, sizes, batch_scales, strict=True):
-                dets = []
+                persons, objects = [], []
                 for box, label, score in zip(r["boxes"].tolist(), r["labels"].tolist(), r["scores"].tolist(),
                                              strict=True):
                     x1, y1, x2, y2 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(w)), min(box[3], float(h))
+                    if x2 <= x1 or y2 <= y1:
+                        continue
                     if int(label) in self.person and min(x2 - x1, y2 - y1) >= o.min_size * scale:
-                        dets.append(([x1, y1, x2, y2], float(score)))
-                dets.sort(key=lambda d: -d[1])
-                out.append(dets[:o.max_persons])
+                        persons.append(([x1, y1, x2, y2], float(score)))
+                    elif int(label) in self.objects:
+                        objects.append((self.objects[int(label)], float(score), (x1, y1, x2, y2)))
+                persons.sort(key=lambda d: -d[1])
+                persons = persons[:o.max_persons]
+                tied = tie_objects([b for b, _ in persons], objects)
+                out.append([(b, sc, objs) for (b, sc), objs in zip(persons, tied, strict=True)])
         return out
 
     def bind(self, candidates: list[Candidate | Found]) -> None:

@@ -10,13 +10,15 @@ snapshot ``batch_size`` at a time and written as they come:
   schema key ``a2v_search``.
 - **npz**: a .npy file cannot be appended to inside a zip, so each field goes to its own temporary file next to the
   output while rows stream in; at the end each one gets its .npy header (the row count is known then) and is
-  copied into the zip (ZIP64, stored); strings become fixed-width unicode once their longest value is known.
-  ``np.load(f)`` reads it without pickle; the metadata is the JSON string ``f["meta"][()]``; images have
-  ``frame_index`` -1 and ``t_sec`` NaN.
+  copied into the zip (ZIP64, stored). A string field is stored compactly, as its values' UTF-8 bytes one after
+  another (``path``, uint8) and where each starts (``path_offsets``, int64, rows + 1): one long path does not widen
+  the column (:func:`npz_strings` reads it back). ``np.load(f)`` reads it without pickle; the metadata is the JSON
+  string ``f["meta"][()]``; images have ``frame_index`` -1 and ``t_sec`` NaN.
 - **jsonl**: line 1 is ``{"a2v_search_export": METADATA}``, then one JSON object per person, written line by line;
   missing values are null.
 
-The output appears under its name only when complete (temporary file, then rename).
+The output appears under its name only when complete: it is written to a new temporary file beside it (created
+exclusively, with an unpredictable name, so a link planted there is never written through), then renamed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from db.repo import Filters
 from . import taxonomy as tx
 from .errors import InputError, NotFoundError
 from .models import prompts
+from .objects import MAX_OBJECTS_PER_PERSON, PersonObject
 from .store import Store
 
 EXPORT_VERSION = 1
@@ -69,6 +72,10 @@ FIELDS: dict[str, str] = {
                 "them (docs/design.md)",
     "language_basis": "float32 (r_p + r_v,): the same vector in the compact orthonormal basis the store "
                       "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:] @ basis_verb)",
+    "objects": "the objects the person acts on, best first (at most 4): in jsonl a list of {name, p, box} (box "
+               "[x1, y1, x2, y2] or null: the form `import` reads), in parquet a list of structs of the same "
+               "fields, in npz and numpy batches float32 (4, 6): rows [class, p, x1, y1, x2, y2] (class: index in "
+               "names.objects, -1 in unused rows; box NaN where unknown)",
     "activity": "float32 (6, h): A2V's visual feature, the last hidden layer of the six part heads (foot, leg, "
                 "hip, hand, arm, head) on visual * visual_norm; only with trained heads",
     "cluster": "int64: the person's cluster in the clustering named by --clustering (meta.clustering describes "
@@ -168,6 +175,8 @@ def _columns(store: Store, batch: dict, fields: Sequence[str], clustering: Clust
     out = {f: np.array(batch[f]) if f in STRING_FIELDS else batch[f] for f in fields if f in batch}
     if "cluster" in fields:
         out["cluster"] = store.clusters_of(clustering.id, batch["person_id"])
+    if "objects" in fields:
+        out["objects"] = object_array(batch["objects"])
     if "language" in fields or "language_basis" in fields:
         compact = store.language().embed(batch["pasta"], batch["verbs"])  # (n, r): what the FAISS index holds
         if "language_basis" in fields:
@@ -177,6 +186,26 @@ def _columns(store: Store, batch: dict, fields: Sequence[str], clustering: Clust
     if "activity" in fields:
         out["activity"] = store.part_features(batch["visual"], batch["visual_norm"]).astype(np.float32)
     return {f: out[f] for f in fields}
+
+
+def object_array(objects: Sequence[Sequence[PersonObject]]) -> np.ndarray:
+    """Persons' objects -> float32 (n, MAX_OBJECTS_PER_PERSON, 6): [class, p, x1, y1, x2, y2], class -1 in unused
+    rows, NaN boxes where unknown."""
+    out = np.full((len(objects), MAX_OBJECTS_PER_PERSON, 6), np.nan, np.float32)
+    out[:, :, 0], out[:, :, 1] = -1, 0
+    for i, objs in enumerate(objects):
+        for r, (cls, p, box) in enumerate(objs[:MAX_OBJECTS_PER_PERSON]):
+            out[i, r, :2] = cls, p
+            if box is not None:
+                out[i, r, 2:] = box
+    return out
+
+
+def object_lists(rows: np.ndarray) -> list[list[dict]]:
+    """float32 (n, MAX, 6) -> per person ``[{"name", "p", "box"}]`` (the import form)."""
+    return [[{"name": tx.OBJECT_NAMES[int(o[0])], "p": round(float(o[1]), 4),
+              "box": None if np.isnan(o[2]) else [round(float(v), 2) for v in o[2:]]} for o in row if o[0] >= 0]
+            for row in rows]
 
 
 def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes: Sequence[str],
@@ -193,7 +222,8 @@ def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes
                                             "language_dim", "spec")},
         "filters": asdict(filters) if filters is not None else None,
         "fields": {f: FIELDS[f] for f in fields},
-        "names": {"pasta": list(tx.PASTA_NAMES), "verbs": list(tx.VERB_NAMES), "parts": list(tx.PARTS)},
+        "names": {"pasta": list(tx.PASTA_NAMES), "verbs": list(tx.VERB_NAMES), "parts": list(tx.PARTS),
+                  "objects": list(tx.OBJECT_NAMES)},
         "phrases": {"pasta": prompts.pasta_phrases(), "verbs": prompts.verb_sense_phrases(),
                     "about": "M_pasta rows are the text model's embeddings of these phrases, M_verb rows the "
                              "normalised mean of the embeddings of each verb's sentences; no_interaction rows are "
@@ -230,15 +260,20 @@ def export(store: Store, out: str | os.PathLike, fmt: str | None = None, filters
     names, notes = resolve_fields(store, fields, row)
     meta = metadata(store, names, filters, notes, row)
     batches = iter_batches(store, filters, names, batch_size, clustering)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = {"parquet": _write_parquet, "npz": _write_npz, "jsonl": _write_jsonl}[fmt]
+    tmp = None
     try:
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # O_EXCL, random name
+        os.close(fd)
+        tmp = Path(name)
         rows = writer(tmp, batches, names, meta, store)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except OSError as e:
         raise InputError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return ExportReport(path=str(out), format=fmt, rows=rows, fields=names, notes=notes,
                         seconds=round(time.monotonic() - start, 3))
 
@@ -256,9 +291,15 @@ def _pyarrow():
     return pa, pq
 
 
+def _object_type(pa):
+    return pa.list_(pa.struct([("name", pa.string()), ("p", pa.float32()), ("box", pa.list_(pa.float32(), 4))]))
+
+
 def _arrow_column(pa, name: str, values: np.ndarray):
     if name in STRING_FIELDS:
         return pa.array(values.tolist(), pa.string())
+    if name == "objects":
+        return pa.array(object_lists(values), _object_type(pa))
     if name == "frame_index":
         return pa.array(values, pa.int64(), mask=values < 0)
     if name in ("t_sec", "visual_norm"):
@@ -297,6 +338,8 @@ def _empty_schema(pa, names: list[str], store: Store):
     for n in names:
         if n in STRING_FIELDS:
             types[n] = pa.string()
+        elif n == "objects":
+            types[n] = _object_type(pa)
         elif n in ("person_id", "media_id", "frame_index", "cluster"):
             types[n] = pa.int64()
         elif n == "t_sec":
@@ -313,8 +356,8 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Per-row shape of each numeric field (for empty exports)."""
     row = store.space_row()
     lang = store.language()
-    dims = {"box": (4,), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,), "parts": (tx.N_PARTS,),
-            "visual": (row.visual_dim,),
+    dims = {"box": (4,), "objects": (MAX_OBJECTS_PER_PERSON, 6), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,),
+            "parts": (tx.N_PARTS,), "visual": (row.visual_dim,),
             "language": (2 * lang.m_pasta.shape[1],), "language_basis": (lang.dim,)}
     if "activity" in names:
         dims["activity"] = store.part_features(np.ones((1, row.visual_dim), np.float32),
@@ -325,9 +368,17 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------ npz
 
 
+def npz_strings(npz, name: str) -> list[str]:
+    """A string field of an npz export (``np.load(f)``) as Python strings."""
+    data, offsets = npz[name], npz[f"{name}_offsets"]
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    return [raw[a:b].decode("utf-8", "surrogateescape") for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -> int:
     rows = 0
-    width = dict.fromkeys(STRING_FIELDS, 1)
+    offsets = {n: [0] for n in STRING_FIELDS}
     shapes: dict[str, tuple[int, ...]] = {}
     dtypes: dict[str, np.dtype] = {}
     with tempfile.TemporaryDirectory(prefix=f".{tmp.name}.", dir=tmp.parent) as work:
@@ -337,9 +388,10 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
                 for n in names:
                     values = batch[n]
                     if n in STRING_FIELDS:
-                        width[n] = max(width[n], int(values.dtype.itemsize // 4))
                         for v in values.tolist():
-                            parts[n].write(json.dumps(v).encode() + b"\n")
+                            data = v.encode("utf-8", "surrogateescape")
+                            parts[n].write(data)
+                            offsets[n].append(offsets[n][-1] + len(data))
                     else:
                         shapes[n], dtypes[n] = values.shape[1:], values.dtype
                         parts[n].write(np.ascontiguousarray(values).tobytes())
@@ -357,12 +409,14 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
             for n in names:
                 with zf.open(f"{n}.npy", "w", force_zip64=True) as dst, open(Path(work) / n, "rb") as src:
                     if n in STRING_FIELDS:
-                        dtype = np.dtype(f"<U{width[n]}")
-                        _npy_header(dst, dtype, (rows,))
-                        _copy_strings(src, dst, dtype)
+                        _npy_header(dst, np.dtype(np.uint8), (offsets[n][-1],))
+                        shutil.copyfileobj(src, dst, 1 << 20)
                     else:
                         _npy_header(dst, dtypes[n], (rows, *shapes[n]))
                         shutil.copyfileobj(src, dst, 1 << 20)
+            for n in STRING_FIELDS:
+                if n in names:
+                    _add_array(zf, f"{n}_offsets", np.asarray(offsets[n], np.int64))
             _add_array(zf, "meta", np.array(json.dumps(meta)))
             if "basis" in meta:
                 lang = store.language()
@@ -374,18 +428,6 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
 def _npy_header(f, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_2_0(f, header)
-
-
-def _copy_strings(src, dst, dtype: np.dtype, chunk: int = 65536) -> None:
-    """JSON-lines strings -> fixed-width unicode rows, ``chunk`` at a time."""
-    lines: list[str] = []
-    for line in src:
-        lines.append(json.loads(line))
-        if len(lines) == chunk:
-            dst.write(np.array(lines, dtype).tobytes())
-            lines = []
-    if lines:
-        dst.write(np.array(lines, dtype).tobytes())
 
 
 def _add_array(zf: zipfile.ZipFile, name: str, value: np.ndarray) -> None:
@@ -401,7 +443,7 @@ def _write_jsonl(tmp: Path, batches, names: list[str], meta: dict, store: Store)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps({"a2v_search_export": meta}, ensure_ascii=False) + "\n")
         for batch in batches:
-            cols = {n: batch[n].tolist() for n in names}
+            cols = {n: object_lists(batch[n]) if n == "objects" else batch[n].tolist() for n in names}
             n_rows = len(cols[names[0]])
             for i in range(n_rows):
                 row = {n: cols[n][i] for n in names}

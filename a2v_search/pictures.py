@@ -158,14 +158,20 @@ def _save(img: Image.Image, out: str | os.PathLike) -> Path:
 
 
 def draw_persons(image: Image.Image, persons: list[dict], out: str | os.PathLike, top: int = 3) -> Path:
-    """The image with each person's box, its top PaSta (per part, best first) and top verbs written beside it."""
+    """The image with each person's box, its top PaSta (per part, best first) and top verbs written beside it, and
+    the boxes of its objects (dashed, in its colour, with the object's name)."""
     img = image.convert("RGB").copy()
     draw = ImageDraw.Draw(img)
     font = _font(max(12, img.width // 60))
+    width = max(2, img.width // 300)
     for i, p in enumerate(persons):
         color = COLORS[i % len(COLORS)]
+        for o in p.get("objects", []):
+            if o["box"] is not None:
+                _dashed(draw, o["box"], color, max(1, width // 2))
+                draw.text((o["box"][0] + 3, o["box"][1] + 3), f"{o['name']} {o['p']:.2f}", fill=color, font=font)
         x1, y1, x2, y2 = p["box"]
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=max(2, img.width // 300))
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=width)
         pasta = sorted(((n, v) for n, v in p["pasta"].items() if "no_interaction" not in n), key=lambda t: -t[1])
         verbs = sorted(((n, v) for n, v in p["verbs"].items() if n != "no_interaction"), key=lambda t: -t[1])
         lines = [f"#{i} {p.get('score', 1.0):.2f}"] + [f"{n} {v:.2f}" for n, v in pasta[:top]] \
@@ -175,6 +181,16 @@ def draw_persons(image: Image.Image, persons: list[dict], out: str | os.PathLike
         draw.rectangle(box, fill=(0, 0, 0))
         draw.multiline_text((x1 + 3, y1 + 3), text, fill=color, font=font)
     return _save(img, out)
+
+
+def _dashed(draw: ImageDraw.ImageDraw, box, color, width: int, dash: int = 6) -> None:
+    x1, y1, x2, y2 = box
+    for a, b in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+        length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+        for t in range(0, int(length), 2 * dash):
+            s, e = t / max(length, 1), min(t + dash, length) / max(length, 1)
+            draw.line([(a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s),
+                       (a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e)], fill=color, width=width)
 
 
 def contact_sheet(hits: list[Hit], out: str | os.PathLike, tile: int = 224, columns: int = 5) -> Path:

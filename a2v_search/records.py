@@ -16,6 +16,7 @@ from db.repo import NewMedia, NewPerson
 
 from . import taxonomy as tx
 from .errors import InputError
+from .objects import parse_objects
 from .store import Store
 
 WRITE_EVERY = 256  # media per SQLite transaction
@@ -86,8 +87,14 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> list:
             try:
                 out.append(orjson.loads(line))
             except orjson.JSONDecodeError as e:
-                raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
+                if "depth" not in e.msg:
+                    raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
+                out.append(_TooDeep())  # that record is bad, not the file: reported and skipped
     return out
+
+
+class _TooDeep:
+    """A JSON line nested too deeply to parse: a bad record (reported and skipped), not the end of the import."""
 
 
 def _vector(value, n: int, what: str, names: tuple[str, ...] | None = None, unit_range: bool = True) -> np.ndarray:
@@ -142,7 +149,7 @@ def plain_records_to_media(records: list, visual_dim: int, collection: str) -> l
     """Records -> media, all at once (numpy over the whole list), when every record is plain and valid: PaSta and
     verbs as lists of numbers (not names). None when any is not: the caller then converts them one by one with
     :func:`record_to_media`, which names what is wrong; both give the same values."""
-    persons = []
+    persons, objects = [], []
     for rec in records:
         if not (isinstance(rec, dict) and isinstance(rec.get("path"), str) and rec["path"].strip()
                 and rec.get("kind", "image") in ("image", "video") and isinstance(rec.get("persons", []), list)):
@@ -154,6 +161,10 @@ def plain_records_to_media(records: list, visual_dim: int, collection: str) -> l
                     and ("parts" not in p or _plain_number_list(p["parts"], tx.N_PARTS))
                     and ("visual_norm" not in p or _positive(p["visual_norm"]))
                     and ("box" not in p or _plain_box(p["box"]))):
+                return None
+            try:
+                objects.append(parse_objects(p.get("objects"), "objects"))
+            except ValueError:
                 return None
             persons.append(p)
     try:
@@ -186,7 +197,7 @@ def plain_records_to_media(records: list, visual_dim: int, collection: str) -> l
             people.append(NewPerson(box=[float(v) for v in box], pasta=pasta[i], verbs=verbs[i], parts=parts[i],
                                     visual=unit[i], visual_norm=float(p.get("visual_norm", norms[i])),
                                     score=float(p.get("score", 1.0)),
-                                    frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
+                                    frame_index=p.get("frame_index"), t_sec=p.get("t_sec"), objects=objects[i]))
             i += 1
         out.append(_media(rec, collection, people))
     return out
@@ -203,6 +214,8 @@ def _media(rec: dict, collection: str, persons: list[NewPerson]) -> NewMedia:
 
 def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
     """One record -> the media and persons to store (InputError naming the first bad field)."""
+    if isinstance(rec, _TooDeep):
+        raise InputError("its JSON is nested too deeply to be a record")
     if not isinstance(rec, dict):
         raise InputError("a record must be a JSON object")
     path = rec.get("path")
@@ -238,7 +251,11 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
                 or box[2] <= box[0] or box[3] <= box[1]):
             raise InputError(f"persons[{j}].box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
+        try:
+            objects = parse_objects(p.get("objects"), f"persons[{j}].objects")
+        except ValueError as e:
+            raise InputError(str(e)) from None
         out.append(NewPerson(box=[float(v) for v in box], pasta=pasta, verbs=verbs, parts=parts,
                              visual=visual / norm, visual_norm=float(tower_norm), score=float(p.get("score", 1.0)),
-                             frame_index=p.get("frame_index"), t_sec=p.get("t_sec")))
+                             frame_index=p.get("frame_index"), t_sec=p.get("t_sec"), objects=objects))
     return _media(rec, collection, out)

@@ -28,6 +28,7 @@ from index import exact_scores
 from . import taxonomy as tx
 from .activity import ACTIVITY
 from .errors import InputError, NotFoundError, QueryError, UnknownNameError
+from .objects import object_dicts
 from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
@@ -73,12 +74,13 @@ class Hit:
     cosines: dict[str, float] = field(default_factory=dict)
     track_id: int | None = None
     moment: Moment | None = None  # set in grouped searches (None there for image persons)
+    objects: tuple = ()  # the objects it acts on: (class, p, box or None), best first (a2v_search.objects)
 
     def as_dict(self) -> dict:
         d = {"rank": self.rank, "person_id": self.person_id, "score": round(self.score, 6), "path": self.path,
              "box": [round(v, 2) for v in self.box], "frame_index": self.frame_index, "t_sec": self.t_sec,
              "pasta": [[n, round(p, 4)] for n, p in self.pasta], "verbs": [[n, round(p, 4)] for n, p in self.verbs],
-             "track": self.track_id}
+             "track": self.track_id, "objects": object_dicts(self.objects)}
         if self.moment is not None:
             d.update(self.moment.as_dict())
         return d
@@ -180,7 +182,8 @@ def parse_box(value: str | Sequence[float] | None) -> list[float] | None:
 
 
 def parse_where(expr: str) -> tuple[int, int, str, float]:
-    """``"hand: hold>=0.5"`` / ``"verb: ride > 0.3"`` / ``"kick<0.1"`` -> (label kind, class, op, value).
+    """``"hand: hold>=0.5"`` / ``"verb: ride > 0.3"`` / ``"kick<0.1"`` / ``"object: cup"`` (the person acts on a
+    cup: p > 0) / ``"object: cup>=0.5"`` -> (label kind, class, op, value).
 
     A plain split, not a regular expression: the first ``<`` or ``>`` ends the name, so any input takes time
     linear in its length (a filter is at most MAX_FILTER_CHARS characters)."""
@@ -188,12 +191,14 @@ def parse_where(expr: str) -> tuple[int, int, str, float]:
         raise QueryError(f"a filter must be text, not {type(expr).__name__}")
     if len(expr) > MAX_FILTER_CHARS:
         raise QueryError(f"a filter has {len(expr):,} characters; at most {MAX_FILTER_CHARS} are read")
-    cut = min((i for i in (expr.find("<"), expr.find(">")) if i >= 0), default=-1)
-    op = expr[cut:cut + 2] if expr[cut + 1:cut + 2] == "=" else expr[cut:cut + 1]
-    name, value = expr[:cut].strip(), expr[cut + len(op):].strip()
+    bare_object = expr.strip().lower().startswith("object") and "<" not in expr and ">" not in expr
+    text = f"{expr}>0" if bare_object else expr  # an object named without a comparison: the person has one
+    cut = min((i for i in (text.find("<"), text.find(">")) if i >= 0), default=-1)
+    op = text[cut:cut + 2] if text[cut + 1:cut + 2] == "=" else text[cut:cut + 1]
+    name, value = text[:cut].strip(), text[cut + len(op):].strip()
     if cut < 0 or not name or not value or "<" in value or ">" in value:
-        raise QueryError(f"cannot read filter {expr!r}; write it like 'hand: hold>=0.5' or 'verb: ride>0.3' "
-                         "(comparisons: >=, >, <=, <)")
+        raise QueryError(f"cannot read filter {expr!r}; write it like 'hand: hold>=0.5', 'verb: ride>0.3' or "
+                         "'object: cup' (comparisons: >=, >, <=, <)")
     try:
         v = float(value)
     except ValueError:
@@ -202,6 +207,8 @@ def parse_where(expr: str) -> tuple[int, int, str, float]:
         raise QueryError(f"{value!r} in filter {expr!r} is not a number") from None
     key = tx.normalize_name(name)
     try:
+        if key.startswith("object:"):
+            return repo.LABEL_OBJECT, tx.object_index(key[7:].strip()), op, v
         if key.startswith("verb:"):
             kind, idx = "verb", tx.verb_index(key[5:])
         else:
@@ -420,7 +427,7 @@ class Searcher:
                    frame_index=row.frame_index, t_sec=row.t_sec, kind=row.kind, collection=row.collection,
                    media_id=row.media_id, pasta=top_labels(row.pasta, tx.PASTA_NAMES, skip=tx.NO_INTERACTION_PASTA),
                    verbs=top_labels(row.verbs, tx.VERB_NAMES, skip=(tx.NO_INTERACTION_VERB,)), cosines=cos,
-                   track_id=row.track_id)
+                   track_id=row.track_id, objects=row.objects)
 
     def person(self, person_id: int) -> PersonRow:
         """A stored person, or QueryError naming the id."""

@@ -51,7 +51,15 @@ from index import (
 from index.files import read_manifest_file
 
 from . import activity
-from .errors import InputError, LegacySpaceError, ModelError, QueryError, SpaceMismatchError, StoreError
+from .errors import (
+    InputError,
+    LegacySpaceError,
+    ModelError,
+    QueryError,
+    SpaceMismatchError,
+    StoreError,
+    StoreLockedError,
+)
 from .faults import fault_point
 from .lock import WriteLock
 from .models import prompts
@@ -162,7 +170,8 @@ class Store:
             raise StoreError(f"no store at {self.data_dir} (no {DB_NAME}); ingest something first: "
                              f"`python manage.py ingest PATH --data-dir {self.data_dir}`")
         st = (self.data_dir / DB_NAME).stat() if (self.data_dir / DB_NAME).exists() else None
-        self.db = self._open_db(create=create, read_only=not create)  # readers never write
+        self._lock: WriteLock | None = None
+        self.db = self._open_db(create=create, read_only=not create)  # readers never write (but an upgrade)
         #: (device, inode, creation id) of the database this object opened; see :func:`store_identity`
         self.identity = (st.st_dev, st.st_ino, self.meta(STORE_ID)) if st is not None else None
         self.index_dir = self.data_dir / INDEX_DIR
@@ -172,7 +181,6 @@ class Store:
         self._basis: PhraseBasis | None = None
         self._basis_recorded = False
         self._space: Space | None = None
-        self._lock: WriteLock | None = None
         self._last_save = time.monotonic()
         self._activity_source: Callable[[], PartFeatures] | None = None
         self._part_features: PartFeatures | None = None
@@ -183,7 +191,27 @@ class Store:
     def _open_db(self, create: bool, read_only: bool) -> Database:
         """The store's SQLite database, its errors turned into StoreErrors with the CLI's fix."""
         return Database(self.data_dir / DB_NAME, create=create, read_only=read_only, link=link,
-                        translate=partial(_store_error, data_dir=self.data_dir))
+                        translate=partial(_store_error, data_dir=self.data_dir), upgrade_lock=self._upgrade_lock)
+
+    @contextmanager
+    def _upgrade_lock(self) -> Iterator[None]:
+        """Held while an older store is upgraded on open: the write lock, so that a reader (``serve``, ``search``)
+        never writes beside a writer (StoreLockedError names it). Where not even the lock file can be made, the
+        upgrade fails on its own with the fix (write access)."""
+        if self._lock is not None:
+            yield
+            return
+        try:
+            lock = WriteLock(self.data_dir, "schema upgrade").acquire()
+        except StoreLockedError:
+            raise
+        except StoreError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ lock
 

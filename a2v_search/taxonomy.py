@@ -152,6 +152,13 @@ def object_index(name: str) -> int:
     return _index("object", name, " (the 80 COCO / HICO-DET object classes)")
 
 
+@cache
+def hico_hois() -> tuple[tuple[int, int], ...]:
+    """For each HICO HOI (id 1..600 at position id - 1): (its object class 0..79, its verb's index 0..156)."""
+    rows = [line.split() for line in _read_list("hico_hoi_list.txt")]
+    return tuple((object_index(r[1]), verb_index(r[2])) for r in rows)
+
+
 def resolve_label(name: str) -> tuple[str, int]:
     """A PaSta or verb name to ``("pasta", i)`` or ``("verb", i)``; PaSta names win (they hold a part)."""
     key = normalize_name(name)

@@ -14,7 +14,17 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .errors import DbError
-from .schema import ActivityCount, Clustering, ClusterMember, LabelChunk, LabelColumn, Media, Person, Track
+from .schema import (
+    ActivityCount,
+    Clustering,
+    ClusterMember,
+    LabelChunk,
+    LabelColumn,
+    Media,
+    Person,
+    PersonObject,
+    Track,
+)
 
 if TYPE_CHECKING:
     from .repo import Linker
@@ -67,7 +77,12 @@ def _v4_to_v5(conn: Connection, link: Linker | None) -> None:
 
 
 def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
-    """Version 6 keeps activity counts (counted here from every stored person) and named clusterings (none yet)."""
+    """Version 6 adds the objects of a person's activity (the ``objects`` table; older persons have none)."""
+    PersonObject.__table__.create(conn)  # with its index
+
+
+def _v6_to_v7(conn: Connection, link: Linker | None) -> None:
+    """Version 7 keeps activity counts (counted here from every stored person) and named clusterings (none yet)."""
     from .activities import recount_all
 
     for table in (ActivityCount.__table__, Clustering.__table__, ClusterMember.__table__):
@@ -79,7 +94,7 @@ def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
 
 #: version -> the step that upgrades a store of that version to the next.
 STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                                 4: _v4_to_v5, 5: _v5_to_v6}
+                                                                 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

@@ -10,7 +10,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -40,6 +40,7 @@ from .blobs import f16, fixed16, stack16, unf16  # noqa: F401  (f16: callers use
 from .errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from .migrations import can_upgrade, upgrade
 from .schema import (
+    LABEL_OBJECT,
     LABEL_PASTA,  # noqa: F401  (the kinds of Filters.where items, for callers of this module)
     LABEL_VERB,  # noqa: F401
     SCHEMA_VERSION,
@@ -48,6 +49,7 @@ from .schema import (
     Media,
     Meta,
     Person,
+    PersonObject,
     Space,
     Track,
 )
@@ -60,6 +62,10 @@ Linker = Callable[[Sequence[float], Sequence[Sequence[float]], np.ndarray], list
 #: Widths of the stored probability blobs: the HAKE taxonomy's 93 PaSta, 157 verbs and 6 parts (tests check them
 #: against the taxonomy's sizes).
 N_PASTA, N_VERBS, N_PARTS = 93, 157, 6
+#: Object classes (HICO-DET's 80 = COCO's 80; a2v_search.taxonomy.OBJECT_NAMES).
+N_OBJECTS = 80
+#: A person's object: (class 0..79, p in (0, 1], (x1, y1, x2, y2) in media pixels or None).
+ObjectRow = tuple[int, float, tuple[float, float, float, float] | None]
 _CHUNK = 5000  # ids per IN (...) list
 
 
@@ -79,6 +85,7 @@ class NewPerson:
     frame_index: int | None = None
     t_sec: float | None = None
     visual_norm: float | None = None  # norm of the tower output ``visual`` was normalised from
+    objects: tuple[ObjectRow, ...] = ()  # the objects it acts on, best first
 
 
 def person_problem(p: NewPerson, visual_dim: int) -> str | None:
@@ -101,6 +108,17 @@ def person_problem(p: NewPerson, visual_dim: int) -> str | None:
         return "visual is a zero vector (no direction to search by)"
     if len(p.box) != 4 or not all(math.isfinite(float(v)) for v in p.box):
         return "box must be four finite numbers"
+    return _objects_problem(p.objects)
+
+
+def _objects_problem(objects: Sequence[ObjectRow]) -> str | None:
+    for cls, prob, box in objects:
+        if not 0 <= int(cls) < N_OBJECTS:
+            return f"object class {cls} is not one of the {N_OBJECTS} classes"
+        if not (np.isfinite(prob) and 0 < prob <= 1):
+            return f"object p {prob!r} is not in (0, 1]"
+        if box is not None and (len(box) != 4 or not all(np.isfinite(float(v)) for v in box)):
+            return "an object's box must be four finite numbers"
     return None
 
 
@@ -144,6 +162,7 @@ class PersonRow:
     visual: np.ndarray
     visual_norm: float | None = None
     track_id: int | None = None
+    objects: tuple[ObjectRow, ...] = ()  # best first
 
 
 @dataclass
@@ -183,10 +202,12 @@ class Database:
     system the user cannot write, with no ``-shm`` file left)."""
 
     def __init__(self, path: Path, create: bool = True, read_only: bool = False, *, link: Linker | None = None,
-                 translate: Callable[[DbError], Exception] | None = None):
+                 translate: Callable[[DbError], Exception] | None = None,
+                 upgrade_lock: Callable[[], AbstractContextManager] | None = None):
         self.path = Path(path)
         self.read_only = read_only and not create
         self._link = link  # the video tracker, for upgrading a store from before tracks
+        self._upgrade_lock = upgrade_lock or nullcontext  # held while an older store is upgraded
         self._translate = translate or (lambda e: e)
         if not create and not self.path.exists():
             raise self._translate(DbMissingError(f"no store at {self.path.parent}"))
@@ -201,7 +222,7 @@ class Database:
         try:
             if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
                 with suppress(DbError):
-                    Database(self.path, create=False, link=link).close()
+                    Database(self.path, create=False, link=link, upgrade_lock=upgrade_lock).close()
             self._check_schema(create)
         except OperationalError as e:
             raise self._translate(DbError(f"cannot open {self.path}: {getattr(e, 'orig', e)}; check that the data "
@@ -225,7 +246,8 @@ class Database:
                 row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
                 version = int(row) if row is not None else None
                 if version != SCHEMA_VERSION and can_upgrade(version, SCHEMA_VERSION):
-                    self._upgrade(conn, version)
+                    with self._upgrade_lock():
+                        self._upgrade(conn, version)
                 elif version != SCHEMA_VERSION:
                     raise self._translate(SchemaVersionError(
                         f"store {self.path} has schema version {version}; this a2v-search reads version "
@@ -410,6 +432,7 @@ _INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, frame_index, t_s
                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UPDATE_MEDIA = ("UPDATE media SET path = ?, content_hash = ?, size = ?, mtime = ?, width = ?, height = ?, kind = ?, "
                  "collection = ?, ingested_at = ?, duplicate_of = ?, frames = ?, duration = ? WHERE id = ?")
+_INSERT_OBJECT = "INSERT INTO objects (person_id, rank, cls, p, x1, y1, x2, y2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
                  "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -444,6 +467,8 @@ def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArra
         visual16 = visual.astype(np.float16)
     if not np.any(visual16, axis=1).all():
         return None, "zero"
+    if any(p.objects and _objects_problem(p.objects) for p in persons):
+        return None, "objects"
     norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
     return PersonArrays(pasta.astype(np.float16), verbs.astype(np.float16), parts.astype(np.float16), visual16,
                         boxes, norms), None
@@ -520,6 +545,10 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
          None if norm != norm else norm, tid)
         for pid, mid, p, box, pa, ve, pt, vi, norm, tid in zip(
             ids.tolist(), owner, persons, boxes, pasta, verbs, parts, visual, norms, track_ids, strict=True)])
+    objects = [(pid, rank, int(c), float(prob), *((None,) * 4 if box is None else (float(v) for v in box)))
+               for pid, p in zip(ids.tolist(), persons, strict=True) for rank, (c, prob, box) in enumerate(p.objects)]
+    if objects:
+        cursor.executemany(_INSERT_OBJECT, objects)
     keys = [(m.collection, m.kind) for m in items for _ in m.persons]
     stored_pasta, stored_verbs = (np.asarray(x, np.float16).astype(np.float32) for x in (arrays.pasta, arrays.verbs))
     activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows]) for key in set(keys)
@@ -703,7 +732,23 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
                                    score=r[13], pasta=fixed16(r[14], N_PASTA), verbs=fixed16(r[15], N_VERBS),
                                    parts=fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
                                    track_id=r[19])
+    found = objects_of(s, list(rows))
+    for pid, row in rows.items():
+        row.objects = found.get(pid, ())
     return [rows[i] for i in ids if i in rows]
+
+
+def objects_of(s: Session, ids: Sequence[int]) -> dict[int, tuple[ObjectRow, ...]]:
+    """person id -> its objects, best first (persons without objects are left out)."""
+    ids = [int(i) for i in ids]
+    out: dict[int, list[ObjectRow]] = {}
+    for i in range(0, len(ids), _CHUNK):
+        q = (select(PersonObject.person_id, PersonObject.cls, PersonObject.p, PersonObject.x1, PersonObject.y1,
+                    PersonObject.x2, PersonObject.y2).where(PersonObject.person_id.in_(ids[i:i + _CHUNK]))
+             .order_by(PersonObject.person_id, PersonObject.rank))
+        for pid, cls, p, *box in s.execute(q):
+            out.setdefault(pid, []).append((cls, p, None if box[0] is None else tuple(box)))
+    return {pid: tuple(objs) for pid, objs in out.items()}
 
 
 def _norms(values: Sequence[float | None]) -> np.ndarray:
@@ -778,7 +823,8 @@ def iter_person_batches(s: Session, ids: np.ndarray | None = None, chunk: int = 
     """Every stored person (or exactly ``ids``, sorted) with its media, ``chunk`` rows at a time, as columns:
     ``person_id``, ``media_id`` (int64), ``path``, ``collection``, ``kind`` (lists of str), ``frame_index``
     (int64, -1 for images), ``t_sec`` (float64, NaN for images), ``box`` (n, 4), ``score``, ``pasta``, ``verbs``,
-    ``parts``, ``visual`` (float32, the stored float16 values), ``visual_norm`` (float32, NaN where unknown).
+    ``parts``, ``visual`` (float32, the stored float16 values), ``visual_norm`` (float32, NaN where unknown),
+    ``objects`` (a list: each person's objects, best first).
     Keyset pagination: memory is bounded by ``chunk``, whatever the number of persons."""
     base = select(*_EXPORT_COLUMNS).join(Media, Media.id == Person.media_id)
     last, pos = -1, 0
@@ -803,7 +849,13 @@ def iter_person_batches(s: Session, ids: np.ndarray | None = None, chunk: int = 
                "score": np.array([r[11] for r in rows], np.float32),
                "pasta": stack16([r[12] for r in rows]), "verbs": stack16([r[13] for r in rows]),
                "parts": stack16([r[14] for r in rows]), "visual": stack16([r[15] for r in rows]),
-               "visual_norm": _norms([r[16] for r in rows])}
+               "visual_norm": _norms([r[16] for r in rows]),
+               "objects": _object_columns(s, [r[0] for r in rows])}
+
+
+def _object_columns(s: Session, ids: list[int]) -> list[tuple[ObjectRow, ...]]:
+    found = objects_of(s, ids)
+    return [found.get(i, ()) for i in ids]
 
 
 def tracks_of(s: Session, ids: Sequence[int]) -> dict[int, int | None]:
@@ -906,18 +958,40 @@ def collections(s: Session) -> dict[str, int]:
 # ------------------------------------------------------------------ filters
 
 
+def _object_ids(s: Session, where: Sequence[tuple[int, int, str, float]]) -> np.ndarray:
+    """The sorted ids of persons whose objects pass every object item of ``where`` (its best object of the class
+    compared with the value; no such object: p = 0). ``>``, ``>=`` are lookups in the objects index of those that
+    pass, ``<``, ``<=`` of those that fail."""
+    q = select(Person.id)
+    for _, cls, op, value in where:
+        obj = select(PersonObject.person_id).where(PersonObject.cls == cls)
+        if op in (">=", ">"):
+            q = q.where(Person.id.in_(obj.where(PersonObject.p >= value if op == ">=" else PersonObject.p > value)))
+        elif (op == "<" and value <= 0) or value < 0:
+            return np.zeros(0, np.int64)  # no p is below 0
+        else:
+            q = q.where(Person.id.not_in(obj.where(PersonObject.p >= value if op == "<" else PersonObject.p > value)))
+    return np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
+
+
 def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
     """The sorted ids of persons passing the filters (None when there are no filters).
 
     Media filters are indexed columns; ``where`` items read the stored probabilities of their class from the
     labels' chunks (db/labels.py), whatever the comparison and threshold.
+    Object items (kind LABEL_OBJECT) read the objects table (:func:`_object_ids`).
     """
     if f.empty():
         return None
     for _, _, op, _ in f.where:
         if op not in labels.OPS:
             raise DbError(f"unknown comparison {op!r}; use one of {', '.join(labels.OPS)}")
-    ids = labels.where_ids(s, f.where) if f.where else None
+    label_where = [w for w in f.where if w[0] != LABEL_OBJECT]
+    object_where = [w for w in f.where if w[0] == LABEL_OBJECT]
+    ids = labels.where_ids(s, label_where) if label_where else None
+    if object_where:
+        found = _object_ids(s, object_where)
+        ids = found if ids is None else np.intersect1d(ids, found, assume_unique=True)
     if not (f.collection or f.kind or f.path_glob or f.cluster or f.after_id is not None):
         return ids
     q = select(Person.id).join(Media, Media.id == Person.media_id)
@@ -931,5 +1005,10 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
         q = q.where(Person.id.in_(clusterings.member_query(*f.cluster)))
     if f.after_id is not None:
         q = q.where(Person.id > f.after_id)
+    if ids is not None and len(ids) <= 10 * _CHUNK:  # few label matches: check only those against the media
+        found: list[int] = []
+        for i in range(0, len(ids), _CHUNK):
+            found += s.execute(q.where(Person.id.in_(ids[i:i + _CHUNK].tolist()))).scalars().all()
+        return np.array(sorted(found), np.int64)
     media_ids = np.fromiter(s.execute(q.order_by(Person.id)).scalars(), np.int64)
     return media_ids if ids is None else np.intersect1d(media_ids, ids, assume_unique=True)

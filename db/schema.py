@@ -12,9 +12,10 @@ blobs. A person's id is its FAISS id and is never reused (AUTOINCREMENT). The pe
 Version history (db/migrations.py upgrades older stores on open): 1 = first release; 2 = ``persons.visual_norm``
 (older persons have NULL there); 3 = video tracks; 4 = the language space's compact basis on ``spaces``
 (NULL in older stores until a writer records it); 5 = labels by class in chunks (``label_chunks``,
-``label_columns``) instead of one row per person and class (``labels``); 6 = ``activity_counts`` (how many persons
-show each PaSta, verb and verb + PaSta pair, kept by every write: the activity overview of a whole collection reads
-a few rows) and named clusterings (``clusterings``, ``cluster_members``).
+``label_columns``) instead of one row per person and class (``labels``); 6 = ``objects``, the objects of a
+person's activity (older persons have none); 7 = ``activity_counts`` (how many persons show each PaSta, verb and
+verb + PaSta pair, kept by every write: the activity overview of a whole collection reads a few rows) and named
+clusterings (``clusterings``, ``cluster_members``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 LABEL_PASTA, LABEL_VERB = 0, 1
+#: The kind of a filter on a person's objects (``Filters.where``); objects live in their own table.
+LABEL_OBJECT = 2
 #: A person shows a PaSta or verb in ``activity_counts`` (and the activity overview) when its probability is at least
 #: this: the usual cut of independent sigmoid outputs (trained heads); zero-shot distributions rarely reach it.
 COUNT_MIN_P = 0.5
@@ -154,6 +157,24 @@ class LabelColumn(Base):
     chunk: Mapped[int] = mapped_column(ForeignKey("label_chunks.first_id", ondelete="CASCADE"), primary_key=True)
     p: Mapped[bytes] = mapped_column(LargeBinary)
     hist: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PersonObject(Base):
+    """An object a person acts on (a cup, a bicycle...): its class (0..79, HICO-DET's / COCO's 80 objects), how
+    sure (``p`` in (0, 1]), its box in media pixels (NULL when unknown), and its ``rank`` among the person's objects
+    (0 = best). A person has a few (a2v-search keeps at most 4); filters look them up by (cls, p)."""
+
+    __tablename__ = "objects"
+    person_id: Mapped[int] = mapped_column(ForeignKey("persons.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cls: Mapped[int] = mapped_column(Integer)
+    p: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_objects_cls_p", "cls", "p"),)
 
 
 class Failure(Base):

@@ -599,6 +599,9 @@ class VectorIndex:
             raise corrupt(f"{doc['file']} has {size} bytes, manifest says {doc['size']} (truncated or replaced)")
         if verify_hash and file_sha256(fpath) != doc["sha256"]:
             raise corrupt(f"{doc['file']} does not match the sha256 in the manifest")
+        lie = _reads_beyond_bound(fpath, size)
+        if lie:
+            raise corrupt(f"FAISS cannot read {doc['file']} ({lie})")
         try:
             index = faiss.read_index(str(fpath))
         except RuntimeError as exc:
@@ -624,6 +627,47 @@ class VectorIndex:
             raise corrupt(f"{doc['file']} ids do not match the manifest (max id {max_id} vs {doc['max_id']}, or "
                           "duplicate ids)")
         return vi, doc
+
+
+#: what reading an index file may take beyond the file's own size (its structures are that size, give or take)
+READ_SLACK_BYTES = 256 << 20
+
+
+def _reads_beyond_bound(path: Path, size: int) -> str | None:
+    """Why FAISS cannot read ``path`` within 4x its size + READ_SLACK_BYTES of memory, tried first in a forked child
+    whose address space is bounded (None: it can, or no fork here). A header that claims a huge length (a corrupt or
+    crafted file) would otherwise make this process allocate it before FAISS finds the file short."""
+    if not hasattr(os, "fork"):
+        return None
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), None)
+    if vm is None:
+        return None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: read the file under the bound and say how it went
+        os.close(r)
+        code = 0
+        try:
+            limit = vm + 4 * size + READ_SLACK_BYTES
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            faiss.read_index(str(path))
+        except BaseException as exc:  # noqa: BLE001 - MemoryError, RuntimeError: either way not readable here
+            lines = str(exc).strip().splitlines()
+            os.write(w, (f"{type(exc).__name__}: {lines[-1] if lines else ''}")[:500].encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        reason = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    if "MemoryError" in reason or "bad_alloc" in reason or "memory" in reason.lower():
+        return f"it claims more memory than a file of {size} bytes can hold"
+    return reason or "the reader died"
 
 
 def _selector(allowed: np.ndarray) -> faiss.IDSelector:

@@ -60,7 +60,10 @@ def read_manifest_file(folder: Path, name: str) -> dict | None:
     path = manifest_path(folder, name)
     if not path.exists():
         return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("manifest nests its JSON too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("manifest is not a JSON object")
     return doc

@@ -109,11 +109,10 @@ class StubEncoder:
 
 
 def downgrade(db_file, version: int) -> None:
-    """Turn a store into what an older schema version wrote: 5 = without activity counts and clusterings; 4 = also
-    labels as one row per person and class >= 0.05
-    (``labels``) instead of chunks by class; 3 = also without the recorded language basis (no basis columns on
-    ``spaces``); 2 = also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also without
-    ``persons.visual_norm``."""
+    """Turn a store into what an older schema version wrote: 6 = without activity counts and clusterings; 5 = also
+    without objects (no ``objects`` table); 4 = also labels as one row per person and class >= 0.05 (``labels``)
+    instead of chunks by class; 3 = also without the recorded language basis (no basis columns on ``spaces``); 2 =
+    also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also without ``persons.visual_norm``."""
     import sqlite3
 
     from sqlalchemy import MetaData, Table
@@ -123,23 +122,23 @@ def downgrade(db_file, version: int) -> None:
     from db.schema import Media, Person, Space
 
     con = sqlite3.connect(db_file)
-    con.executescript("DROP TABLE activity_counts; DROP TABLE cluster_members; DROP TABLE clusterings;"
-                      f"UPDATE meta SET value='{int(version)}' WHERE key='schema_version';")
-    if version >= 5:
-        con.close()
-        return
-    rows = []
-    for pid, pasta, verbs in con.execute("SELECT id, pasta, verbs FROM persons"):
-        for kind, blob in ((0, pasta), (1, verbs)):
-            p = np.frombuffer(blob, np.float16).astype(np.float32)
-            rows += [(pid, kind, int(c), float(p[c])) for c in np.flatnonzero(p >= 0.05)]
-    con.executescript("DROP TABLE label_columns; DROP TABLE label_chunks; CREATE TABLE labels (person_id INTEGER "
-                      "NOT NULL, kind INTEGER NOT NULL, cls INTEGER NOT NULL, p FLOAT NOT NULL, PRIMARY KEY "
-                      "(person_id, kind, cls), FOREIGN KEY(person_id) REFERENCES persons (id) ON DELETE CASCADE); "
-                      "CREATE INDEX ix_labels_kind_cls_p ON labels (kind, cls, p);")
-    con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", rows)
+    con.executescript("DROP TABLE activity_counts; DROP TABLE cluster_members; DROP TABLE clusterings;")
+    if version < 6:
+        con.executescript("DROP TABLE objects;")
     con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(int(version)),))
     con.commit()
+    if version < 5:
+        rows = []
+        for pid, pasta, verbs in con.execute("SELECT id, pasta, verbs FROM persons"):
+            for kind, blob in ((0, pasta), (1, verbs)):
+                p = np.frombuffer(blob, np.float16).astype(np.float32)
+                rows += [(pid, kind, int(c), float(p[c])) for c in np.flatnonzero(p >= 0.05)]
+        con.executescript("DROP TABLE label_columns; DROP TABLE label_chunks; CREATE TABLE labels (person_id "
+                          "INTEGER NOT NULL, kind INTEGER NOT NULL, cls INTEGER NOT NULL, p FLOAT NOT NULL, PRIMARY "
+                          "KEY (person_id, kind, cls), FOREIGN KEY(person_id) REFERENCES persons (id) ON DELETE "
+                          "CASCADE); CREATE INDEX ix_labels_kind_cls_p ON labels (kind, cls, p);")
+        con.executemany("INSERT INTO labels VALUES (?, ?, ?, ?)", rows)
+        con.commit()
     if version < 4:
         con.executescript("ALTER TABLE spaces DROP COLUMN basis_pasta; ALTER TABLE spaces DROP COLUMN basis_verb;"
                           "ALTER TABLE spaces DROP COLUMN sv_pasta; ALTER TABLE spaces DROP COLUMN sv_verb;")

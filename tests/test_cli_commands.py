@@ -27,7 +27,8 @@ def test_predict_json_has_every_class(tmp_path, models):
     doc = json.loads(out)
     assert doc["image"] == str(img) and len(doc["persons"]) == 1
     person = doc["persons"][0]
-    assert set(person) == {"box", "score", "pasta", "verbs", "parts"}
+    assert set(person) == {"box", "score", "objects", "pasta", "verbs", "parts"}
+    assert person["objects"] == []  # --detector none: the whole image, no objects
     assert list(person["pasta"]) == list(tx.PASTA_NAMES) and list(person["verbs"]) == list(tx.VERB_NAMES)
     assert list(person["parts"]) == list(tx.PARTS) and person["box"] == [0, 0, 80, 60]
     code, out, _ = run_main("predict", img, "--box", "10,5,50,55", *models, "--data-dir", tmp_path / "d")

@@ -25,7 +25,7 @@ def test_every_detector_is_a_detector(tmp_path, tiny_detector_dir):
     assert [d.binds_tree for d in (whole, from_file, model)] == [False, True, False]
     assert [detector_kind(d.name) for d in (whole, from_file, model)] == ["none", "boxes", "model"]
     frame = np.zeros((8, 6, 3), np.uint8)
-    assert whole.detect([frame, frame]) == [[(None, 1.0)], [(None, 1.0)]]  # the whole frame is the person
+    assert whole.detect([frame, frame]) == [[(None, 1.0, ())], [(None, 1.0, ())]]  # the whole frame, no objects
     assert whole.bind([]) is None and model.bind([]) is None
     with pytest.raises(InputError, match="--box x1,y1,x2,y2"):
         from_file.detect([frame])  # a boxes file names files, not frames

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,13 +17,23 @@ from helpers import run_main
 from a2v_search import taxonomy as tx
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError, QueryError
-from a2v_search.export import DEFAULT_FIELDS, FIELDS
+from a2v_search.export import DEFAULT_FIELDS, FIELDS, STRING_FIELDS, npz_strings, object_array
 from a2v_search.models import prompts
 from a2v_search.models.language import LANGUAGE_VECTOR
 from a2v_search.testing.profiles import PROFILES, profile_vectors
 from db import repo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+#: the objects of the imported persons, in turn (the store keeps them best first)
+OBJECTS = [[], [{"name": "cup", "p": 0.9, "box": [1, 2, 5, 6]}],
+           [{"name": "sports_ball", "p": 0.5}, {"name": "dining table", "p": 0.75, "box": [0, 20, 60, 48]}]]
+
+
+def object_rows(lists: list) -> np.ndarray:
+    """Exported ``[{name, p, box}]`` lists -> the (n, 4, 6) array of numpy batches."""
+    return object_array([[(tx.object_index(o["name"]), o["p"], o["box"]) for o in objs] for objs in lists])
 
 
 def records(n_images: int = 24, seed: int = 0) -> list[dict]:
@@ -35,7 +46,8 @@ def records(n_images: int = 24, seed: int = 0) -> list[dict]:
         for j in range(1 + i % 2):
             pasta, verbs = profile_vectors(names[(i + j) % len(names)], seed=i * 2 + j)
             persons.append({"box": [j, 2, 30 + j, 40], "pasta": pasta.tolist(), "verbs": verbs.tolist(),
-                            "visual": (3 * rng.normal(size=16)).tolist(), "score": 0.9})
+                            "visual": (3 * rng.normal(size=16)).tolist(), "score": 0.9,
+                            "objects": OBJECTS[(i + j) % len(OBJECTS)]})
         out.append({"path": f"/media/{'odd' if i % 3 == 0 else 'main'}/img{i:02d}.jpg",
                     "collection": "odd" if i % 3 == 0 else "main", "width": 64, "height": 48, "persons": persons})
     video = []
@@ -77,6 +89,8 @@ def read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         col = table.column(name).combine_chunks()
         if name in ("path", "collection", "kind"):
             cols[name] = np.array(col.to_pylist())
+        elif name == "objects":
+            cols[name] = object_rows(col.to_pylist())
         elif name == "frame_index":
             cols[name] = np.array([-1 if v is None else v for v in col.to_pylist()], np.int64)
         elif pa.types.is_fixed_size_list(col.type):
@@ -92,7 +106,10 @@ def read_parquet(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     with np.load(path) as f:  # allow_pickle=False by default: nothing here needs it
-        cols = {k: f[k] for k in f.files if k not in ("meta", "basis_pasta", "basis_verb")}
+        strings = [k for k in STRING_FIELDS if k in f.files]
+        cols = {k: f[k] for k in f.files if k not in ("meta", "basis_pasta", "basis_verb")
+                and not k.endswith("_offsets")}
+        cols.update({k: np.array(npz_strings(f, k)) for k in strings})
         meta = json.loads(f["meta"][()])
         if "basis_pasta" in f.files:
             meta["basis_arrays"] = (f["basis_pasta"], f["basis_verb"])
@@ -114,6 +131,8 @@ def read_jsonl(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             cols[name] = np.array(values, np.int64)
         elif name in ("path", "collection", "kind"):
             cols[name] = np.array(values)
+        elif name == "objects":
+            cols[name] = object_rows(values)
         else:
             cols[name] = np.array([np.nan if v is None else v for v in values] if name == "visual_norm" else values,
                                   np.float32)
@@ -240,6 +259,34 @@ def test_fields_and_errors(api, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         api.export(tmp_path / "missing" / "x.npz")
     assert set(FIELDS) >= set(DEFAULT_FIELDS) and "language_basis" not in DEFAULT_FIELDS
+
+
+@pytest.mark.guarantee("G21")
+@pytest.mark.parametrize("fmt", ["parquet", "npz", "jsonl"])
+def test_a_link_planted_beside_the_output_is_never_written_through(api, tmp_path, fmt):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / f"persons.{fmt}"
+    for pid in range(os.getpid() - 5, os.getpid() + 5):  # the names the temporary file used to have
+        (tmp_path / f".{out.name}.{pid}.tmp").symlink_to(victim)
+    api.export(out)
+    assert victim.read_text() == "precious" and READERS[fmt](out)[0]["person_id"].size == N_PERSONS
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+
+def test_npz_strings_are_compact(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """One 4,000-character path does not widen the path column of every row."""
+    rows = records()
+    rows[0]["path"] = "/" + "x" * 3999
+    with A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
+                        device="cpu") as api:
+        api.import_records(rows)
+        api.export(tmp_path / "p.npz", fields=["person_id", "path"])
+    with np.load(tmp_path / "p.npz") as f:
+        paths = npz_strings(f, "path")
+        stored = f["path"].nbytes + f["path_offsets"].nbytes
+    assert "/" + "x" * 3999 in paths and len(paths) == N_PERSONS
+    assert stored <= sum(len(p.encode()) for p in paths) + 8 * (N_PERSONS + 1)
 
 
 def test_zero_shot_store_says_it_has_no_activity_space(api):

@@ -638,3 +638,44 @@ def test_saved_summary_reads_the_manifest(tmp_path) -> None:
     summary = saved_summary(tmp_path, "v")
     assert summary == {"spec": "Flat", "count": 40, "dim": DIM, "bytes": (tmp_path / "v.1.faiss").stat().st_size,
                        "saved_at": json.loads((tmp_path / "v.json").read_text())["saved_at"]}
+
+
+_LOAD_PEAK = """
+import sys
+from index import IndexCorruptError, VectorIndex
+try:
+    VectorIndex.load(sys.argv[1], "v")
+    print("loaded")
+except IndexCorruptError as e:
+    print("corrupt:", e)
+print([int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")][0] // 1024)
+"""
+
+
+@pytest.mark.guarantee("G8")
+def test_an_index_file_claiming_a_huge_length_is_corrupt_without_being_allocated(tmp_path):
+    """A crafted file (and a manifest that matches it) whose id list claims 3 GB: refused as corrupt, and the
+    reading process never holds more than a few hundred MB."""
+    import hashlib
+    import struct
+    import subprocess
+    import sys
+
+    vi = VectorIndex.create(8, "Flat")
+    vi.add(np.arange(10), np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32))
+    vi.save(tmp_path, "v", {})
+    manifest = json.loads((tmp_path / "v.json").read_text())
+    path = tmp_path / manifest["file"]
+    data = bytearray(path.read_bytes())
+    at = len(data) - 8 * 10 - 8  # IndexIDMap2 ends with its id list: a uint64 length, then the ids
+    assert struct.unpack("<Q", data[at:at + 8])[0] == 10
+    data[at:at + 8] = struct.pack("<Q", 3 << 27)  # 3 GB of int64 ids claimed
+    path.write_bytes(bytes(data))
+    (tmp_path / "v.json").write_text(json.dumps({**manifest, "sha256": hashlib.sha256(data).hexdigest()}))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(tmp_path)], capture_output=True, text=True,
+                          cwd=root, timeout=300)
+    assert done.returncode == 0, done.stderr
+    verdict, peak_mb = done.stdout.strip().splitlines()
+    assert int(peak_mb) < 1000, (peak_mb, verdict)  # the old reader allocated the 3 GB first
+    assert verdict.startswith("corrupt:") and "claims more memory" in verdict, verdict

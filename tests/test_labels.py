@@ -96,7 +96,7 @@ def test_a_schema_4_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     con.close()
     store = Store(tmp_path / "data").lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
+        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)  # through 5 (labels) to the newest
         assert s.execute(repo.select(LabelChunk.first_id)).scalars().all() == [1, 6, 11]
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'labels'").fetchone() == (0,)

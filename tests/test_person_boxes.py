@@ -69,7 +69,9 @@ def test_instance_loader_merges_a_redrawn_person(redrawn):
 
 def test_boxes_file_merges_a_redrawn_person(redrawn):
     boxes = BoxesFile(redrawn).boxes
-    assert boxes["a.jpg"] == [([10.0, 10.0, 110.0, 120.0], 1.0), ([200.0, 10.0, 260.0, 200.0], 1.0)]
+    obj = (0.0, 0.0, 10.0, 10.0)  # every label's object_bbox; HOIs 153 and 156 (race, straddle) name one motorcycle
+    assert boxes["a.jpg"] == [([10.0, 10.0, 110.0, 120.0], 1.0, ((tx.object_index("motorcycle"), 1.0, obj),)),
+                              ([200.0, 10.0, 260.0, 200.0], 1.0, ((tx.object_index("airplane"), 1.0, obj),))]
     assert len(boxes["b.jpg"]) == 1
 
 

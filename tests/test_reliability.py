@@ -673,6 +673,48 @@ def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliabi
     reliability["hostile files"] += 2
 
 
+@pytest.mark.guarantee("G32", "G12", "G14", "G8")
+def test_files_that_lie_never_hang_or_exhaust_a_run(tmp_path, tiny_clip_dir, tiny_bert_dir, reliability):
+    """A list file that is a FIFO or /dev/zero, JSON nested a million deep in a boxes file, an import record and an
+    index manifest: each is one clear failure and the run goes on."""
+    from a2v_search.api import A2VSearch
+
+    write_images(tmp_path / "in", 2)
+    os.mkfifo(tmp_path / "fifo.txt")  # nobody ever writes to it
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    data = tmp_path / "data"
+    reports = []
+
+    def run() -> None:
+        signal.alarm(120)  # the old code waited on the FIFO for good
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # and read /dev/zero until memory ran out
+        reports.append(ingest(data, [tmp_path / "in", tmp_path / "fifo.txt", tmp_path / "zero.txt"]))
+        failed = {Path(f["path"]).name: f["error"] for f in reports[0].failures}
+        assert reports[0].media_ingested == 2 and set(failed) == {"fifo.txt", "zero.txt"}, failed
+        assert all("not a regular file" in why for why in failed.values()), failed
+
+    code, err = in_child(run)
+    assert code == 0, err
+    deep = "[" * 1_000_000 + "]" * 1_000_000
+    (tmp_path / "deep.json").write_text(deep)
+    with pytest.raises(InputError, match="nests its JSON too deeply"):
+        BoxesFile(tmp_path / "deep.json")
+    rng = np.random.default_rng(0)
+    good = {"path": "/a.jpg", "persons": [{"pasta": {"hand: hold": 0.9}, "visual": rng.normal(size=16).tolist()}]}
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps(good) + "\n" + deep + "\n" + json.dumps({**good, "path": "/b.jpg"}) + "\n")
+    imported = tmp_path / "imported"
+    with A2VSearch.open(imported, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
+        report = api.import_records(records)
+        assert report.persons_added == 2 and len(report.failures) == 1, report
+        assert "nested too deeply" in report.failures[0]["error"]
+    (imported / "index" / "visual.json").write_text(deep)
+    reader = Store(imported)
+    assert reader.indexes()["visual"].ntotal == 2  # the manifest is unreadable: rebuilt from SQLite
+    reader.close()
+    reliability["hostile files"] += 5
+
+
 @pytest.mark.guarantee("G14")
 def test_import_of_a_record_without_pasta_or_verbs_keeps_the_store_working(tmp_path, tiny_clip_dir, tiny_bert_dir):
     from a2v_search.api import A2VSearch

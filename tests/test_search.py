@@ -225,7 +225,8 @@ def test_image_query_boxes_and_sheet(tmp_path, tiny_clip_dir, tiny_bert_dir):
     doc = json.loads(out)
     assert set(doc) == {"query", "results"} and doc["results"][0]["path"] == str(paths[1])
     assert set(doc["results"][0]) == {"rank", "person_id", "score", "path", "box", "frame_index", "t_sec", "pasta",
-                                      "verbs", "track"}
+                                      "verbs", "track", "objects"}
+    assert doc["results"][0]["objects"] == []  # --detector none stores no objects
     assert len(doc["results"][0]["pasta"]) == 5 and len(doc["results"][0]["verbs"]) == 5
     sheet = Image.open(tmp_path / "sheet.png")
     assert sheet.size[0] > 0 and np.asarray(sheet).std() > 0

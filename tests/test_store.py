@@ -617,3 +617,31 @@ def _top(store, text: str, k: int = 5) -> list[int]:
     lang = store.language()
     _, ids = store.indexes()["language"].search(lang.embed_query(lang.interpret(text))[None], k)
     return ids[0].tolist()
+
+
+@pytest.mark.guarantee("G25", "G27")
+def test_a_reader_upgrades_an_older_store_only_under_the_write_lock(tmp_path):
+    from helpers import downgrade
+
+    from a2v_search.lock import WriteLock
+    from db.schema import SCHEMA_VERSION
+
+    store, _, _ = filled(tmp_path)
+    store.close()
+    downgrade(tmp_path / "data" / "a2v.sqlite", 3)
+
+    def version() -> str:
+        con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
+        try:
+            return con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        finally:
+            con.close()
+
+    with WriteLock(tmp_path / "data", "ingest"), pytest.raises(StoreLockedError, match=r"locked by PID \d+ \(ingest"):
+        Store(tmp_path / "data")  # e.g. serve, while an older release's ingest writes: it never writes beside it
+    assert version() == "3"
+    reader = Store(tmp_path / "data")  # alone: upgraded once, under the lock
+    assert version() == str(SCHEMA_VERSION) and reader.indexes()["visual"].ntotal == 36
+    reader.close()
+    with WriteLock(tmp_path / "data", "ingest"):  # an upgraded store's readers never need the lock
+        Store(tmp_path / "data").close()

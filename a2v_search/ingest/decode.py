@@ -36,8 +36,8 @@ class DecodeTask:
     path: str
     kind: str
     preprocess: Preprocess
-    # None: whole image; [] : no persons; else (box, score) in every frame, or {frame_index: [(box, score)]}
-    boxes: list[tuple[list[float], float]] | dict[int, list[tuple[list[float], float]]] | None = None
+    # None: whole image; [] : no persons; else (box, score, objects) in every frame, or {frame_index: [...]}
+    boxes: list[tuple[list[float], float, tuple]] | dict[int, list[tuple[list[float], float, tuple]]] | None = None
     for_detector: bool = False  # return (downscaled) frames for a detector model instead of crops
     max_pixels: int = DEFAULT_MAX_PIXELS
     video_fps: float = 1.0
@@ -59,6 +59,7 @@ class Item:
     scale: float = 1.0  # frame pixels per original pixel
     frame_index: int | None = None
     t_sec: float | None = None
+    objects: tuple = ()  # the objects it acts on: (class, p, box in media pixels), best first
 
 
 @dataclass
@@ -121,10 +122,10 @@ def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_
                      t_sec=t_sec)]
     boxes = task.boxes.get(frame_index or 0, []) if isinstance(task.boxes, dict) else task.boxes
     items = []
-    for box, score in boxes:
+    for box, score, objects in boxes:
         clipped = list(check_box(box, w, h))
         items.append(Item(box=clipped, score=score, pixels=task.preprocess.crop(img, [v * s for v in clipped]),
-                          frame_index=frame_index, t_sec=t_sec))
+                          frame_index=frame_index, t_sec=t_sec, objects=objects))
     return items
 
 
@@ -152,7 +153,8 @@ def _pass_jpeg(task: DecodeTask, res: DecodeResult) -> bool:
     if task.boxes is None:  # whole-image mode
         res.items = [Item(box=[0.0, 0.0, float(w), float(h)], jpeg=data, whole=True)]
     else:
-        res.items = [Item(box=list(check_box(box, w, h)), score=score, jpeg=data) for box, score in task.boxes]
+        res.items = [Item(box=list(check_box(box, w, h)), score=score, jpeg=data, objects=objects)
+                     for box, score, objects in task.boxes]
     return True
 
 

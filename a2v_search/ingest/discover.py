@@ -146,9 +146,12 @@ class _Walker:
             return
         self.lists.add(real)
         try:
-            lines = Path(p).read_text(encoding="utf-8").splitlines()
+            lines = read_list_file(real).splitlines()
         except (OSError, UnicodeDecodeError) as e:
             yield from self._fail(p, f"cannot read list file: {e}")
+            return
+        except ValueError as e:
+            yield from self._fail(p, str(e))
             return
         base = Path(p).parent
         for line in lines:
@@ -237,6 +240,21 @@ class _Walker:
 
 
 MAX_LIST_DEPTH = 3
+MAX_LIST_BYTES = 256 << 20  # a list of a few million paths
+
+
+def read_list_file(path: str, limit: int = MAX_LIST_BYTES) -> str:
+    """The text of a list file, opened without blocking (a FIFO named ``*.txt`` would wait for a writer forever)
+    and only when it is a regular file of at most ``limit`` bytes (``/dev/zero`` never ends); ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("list file is not a regular file (a FIFO, socket or device); not read")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"list file is larger than {limit >> 20} MiB; split it")
+    return data.decode("utf-8")
 
 
 def _media_ext(name: str) -> bool:

@@ -30,6 +30,7 @@ from ..detect import Detector
 from ..errors import InputError
 from ..faults import fault_point
 from ..media import DEFAULT_MAX_PIXELS
+from ..objects import scaled
 from ..settings import JPEG_DECODERS, check_choice
 from ..store import Store
 from .assembly import Assembly
@@ -323,7 +324,8 @@ class Ingestor:
 
     def _queue_person(self, asm: Assembly, item: Item, pixels: np.ndarray | JpegCrop) -> None:
         slot = asm.open_slot(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
-                                     pasta=None, verbs=None, parts=None, visual=None))  # filled by _collect
+                                       pasta=None, verbs=None, parts=None, visual=None,  # filled by _collect
+                                       objects=item.objects))
         self._encode_q.append((asm, slot, pixels))
 
     def _complete(self, asm: Assembly) -> None:
@@ -373,9 +375,10 @@ class Ingestor:
             dets = self.detector.detect([it.frame for _, it in items], [it.scale for _, it in items])
         for (asm, item), frame_dets in zip(items, dets, strict=True):
             frame = Image.fromarray(item.frame)
-            for box, score in frame_dets:
+            for box, score, objects in frame_dets:
                 full_box = [v / item.scale for v in box]
-                person = Item(box=full_box, score=score, frame_index=item.frame_index, t_sec=item.t_sec)
+                person = Item(box=full_box, score=score, frame_index=item.frame_index, t_sec=item.t_sec,
+                              objects=scaled(objects, 1 / item.scale))
                 self._queue_person(asm, person, self.encoder.preprocess.crop(frame, box))
             asm.settle()  # this frame is detected
         for asm in {id(asm): asm for asm, _ in items}.values():

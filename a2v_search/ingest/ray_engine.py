@@ -17,6 +17,10 @@ once (a second death is that file's failure, as locally); a dying actor is resta
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -29,6 +33,7 @@ from db.repo import NewPerson
 
 from ..errors import InputError, ModelError, first_line
 from ..faults import fault_point, kill_once
+from ..objects import scaled
 from .assembly import Assembly
 from .decode import DecodeResult, DecodeTask, Item, decode
 from .decode_pool import _timed_out
@@ -36,6 +41,26 @@ from .driver import Ingestor
 
 CRASHED = "the decoder crashed on this file (corrupt or hostile content)"  # the local engine's words
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder that holds a2v_search/
+
+
+def local_ray_options() -> dict:
+    """How a run without ``--ray-address`` starts its own Ray (call before Ray is imported: it reads these variables
+    then): on loopback only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: the single-machine mode, in which Ray's
+    servers listen on 127.0.0.1), in a private folder (mode 0700; Ray's sockets, logs and the token under it) and
+    with token authentication: unless ``RAY_AUTH_MODE`` is set already, a random token in a 0600 file there
+    (``RAY_AUTH_TOKEN_PATH``). Ray's processes inherit the variables. Returns ``ray.init``'s extra arguments."""
+    private = tempfile.mkdtemp(prefix="a2v-ray-")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "RAY_AUTH_MODE" not in os.environ:
+        fd, token = tempfile.mkstemp(dir=private, prefix="auth_token.")
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+        if sys.modules.get("ray") is not None:  # imported earlier: read the variables again, as Ray does
+            from ray._raylet import Config
+
+            Config.initialize("")
+    return {"_node_ip_address": "127.0.0.1", "_temp_dir": os.path.join(private, "ray")}
 
 
 @dataclass
@@ -95,9 +120,9 @@ class EncoderActor:
             t["detect"] = time.perf_counter() - t0
             for (g, item), frame_dets in zip(frames, dets, strict=True):
                 frame = Image.fromarray(item.frame)
-                for box, score in frame_dets:
+                for box, score, objects in frame_dets:
                     person = Item(box=[v / item.scale for v in box], score=score, frame_index=item.frame_index,
-                                  t_sec=item.t_sec)
+                                  t_sec=item.t_sec, objects=scaled(objects, 1 / item.scale))
                     crops.append((g, person, self.encoder.preprocess.crop(frame, box)))
         crops += [(g, it, it.pixels) for g, items in enumerate(groups) for it in items if it.frame is None]
         out: list[list[NewPerson]] = [[] for _ in groups]
@@ -107,6 +132,7 @@ class EncoderActor:
             t["encode"] = time.perf_counter() - t0
             for i, (g, it, _) in enumerate(crops):
                 out[g].append(NewPerson(box=it.box, score=it.score, frame_index=it.frame_index, t_sec=it.t_sec,
+                                        objects=it.objects,
                                         pasta=v.pasta[i], verbs=v.verbs[i], parts=v.parts[i], visual=v.visual[i],
                                         visual_norm=None if v.visual_norm is None else float(v.visual_norm[i])))
         t["end"] = time.time()
@@ -144,7 +170,7 @@ class RayIngestor(Ingestor):
         self.ray_opt = ray_options
         self.stages.update({k: 0.0 for k in ("start", "queue", "transfer")})
         self._ray = None
-        self._started_ray = False
+        self._started_ray: str | None = None  # the private temp folder of a Ray instance this run started
         self._actors: list = []
         self._actor_load: list[int] = []
         self._batch: list[tuple[Assembly, int, object, int]] = []  # (pending, slot, items ref, n items)
@@ -197,22 +223,27 @@ class RayIngestor(Ingestor):
         self._decode_fn = ray.remote(decode_split).options(num_returns=2, max_retries=1, num_cpus=1)
 
     def _connect(self) -> None:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            self._ray = ray
+            return
+        local = {} if self.ray_opt.address else local_ray_options()  # before Ray is imported
         try:
             import ray
         except ImportError:
+            if local:
+                shutil.rmtree(os.path.dirname(local["_temp_dir"]), ignore_errors=True)
             raise InputError("--engine ray needs Ray: pip install 'a2v-search[ray]' (ray[data])") from None
         self._ray = ray
-        if ray.is_initialized():
-            return
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports from a2v-search's runs
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         try:
             ray.init(address=self.ray_opt.address, runtime_env={"env_vars": env}, log_to_driver=False,
-                     include_dashboard=False, configure_logging=False)
+                     include_dashboard=False, configure_logging=False, **local)
         except ConnectionError as e:
             raise InputError(f"cannot reach the Ray cluster at {self.ray_opt.address}: {e}; start it with "
                              "`ray start --head` or give its address with --ray-address") from None
-        self._started_ray = True
+        self._started_ray = os.path.dirname(local["_temp_dir"]) if local else None
 
     def _stop(self) -> None:
         ray = self._ray
@@ -223,8 +254,10 @@ class RayIngestor(Ingestor):
         for actor in self._actors:
             ray.kill(actor)
         self._actors, self._calls = [], {}
-        if self._started_ray:
+        if self._started_ray is not None:
             ray.shutdown()
+            shutil.rmtree(self._started_ray, ignore_errors=True)
+            self._started_ray = None
 
     # ------------------------------------------------------------------ decoding on tasks
 

@@ -348,7 +348,8 @@ def filter_options(
     collection: Annotated[str | None, Query(description="Only this collection.")] = None,
     path: Annotated[str | None, Query(description="Only media whose path matches this glob.")] = None,
     kind: Annotated[str | None, Query(description="image or video.")] = None,
-    where: Annotated[list[str] | None, Query(description="PaSta or verb filter such as 'hand: hold>=0.5' "
+    where: Annotated[list[str] | None, Query(description="PaSta or verb filter such as 'hand: hold>=0.5', or an "
+                                                         "object: 'object: cup', 'object: cup>=0.5' "
                                                          "(repeatable).")] = None,
     cluster: Annotated[str | None, Query(description="Only the persons of one cluster NAME:ID of a stored "
                                                      "clustering.")] = None,

@@ -110,22 +110,15 @@ def part_flags(pasta: np.ndarray) -> np.ndarray:
 
 
 @cache
-def _hoi_rows() -> tuple[tuple[str, str], ...]:
-    """(object, verb) of each HICO HOI, in id order (HICO's names)."""
-    text = (Path(__file__).parents[1] / "data" / "hico_hoi_list.txt").read_text(encoding="utf-8")
-    return tuple((row[1], row[2]) for row in (line.split() for line in text.splitlines() if line.strip()))
-
-
-@cache
 def hoi_verbs() -> tuple[int, ...]:
     """For each HICO HOI (id 1..600 at position id - 1), its verb's index in the 157-verb list."""
-    return tuple(tx.verb_index(verb) for _, verb in _hoi_rows())
+    return tuple(verb for _, verb in tx.hico_hois())
 
 
 @cache
 def hoi_objects() -> tuple[int, ...]:
     """For each HICO HOI (id 1..600 at position id - 1), its object's index in ``taxonomy.OBJECT_NAMES``."""
-    return tuple(tx.object_index(obj) for obj, _ in _hoi_rows())
+    return tuple(obj for obj, _ in tx.hico_hois())
 
 
 def load_annotations(path: str | Path, images_root: str | Path | None = None) -> HakeData:

@@ -96,7 +96,7 @@ def test_decode_worker_passes_eligible_jpegs_through_and_decodes_the_rest(tmp_pa
     plain.write_bytes(jpeg_bytes(photo(5, 160, 120)))
     rotated.write_bytes(jpeg_bytes(photo(6, 160, 120), exif=exif_with_orientation(6)))
     photo(7).save(png)
-    boxes = [([10.0, 5.0, 60.0, 200.0], 0.9)]  # the box runs past the bottom: clipped as on the CPU path
+    boxes = [([10.0, 5.0, 60.0, 200.0], 0.9, ())]  # the box runs past the bottom: clipped as on the CPU path
     gpu = decode(DecodeTask(path=str(plain), kind="image", preprocess=pre, boxes=boxes, gpu_jpeg=True))
     cpu = decode(DecodeTask(path=str(plain), kind="image", preprocess=pre, boxes=boxes))
     assert gpu.items[0].jpeg == plain.read_bytes() and gpu.items[0].pixels is None and not gpu.items[0].whole

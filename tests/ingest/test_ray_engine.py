@@ -187,3 +187,62 @@ def test_a_hanging_file_fails_its_task_and_the_run_goes_on(ray_cluster, tmp_path
     assert "took longer than 20 s" in report.failures[0]["error"]  # the local engine's words
     assert report.media_ingested == 2 and report.persons_added == 2
 
+
+
+#: in a child process: start Ray as a run without --ray-address does, then list the TCP sockets that Ray's
+#: processes (the children of this one) listen on, and what the session looks like
+_LOCAL_RAY = """
+import json, os, stat
+from a2v_search.ingest.ray_engine import local_ray_options
+opts = local_ray_options()  # before Ray is imported, as the engine does
+import ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False, **opts)
+ray.get(ray.remote(lambda: 1).remote())
+me, parents = os.getpid(), {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        parents[int(pid)] = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        pass
+ours, grew = {me}, True
+while grew:
+    new = {p for p, pp in parents.items() if pp in ours} - ours
+    grew, ours = bool(new), ours | new
+inodes = set()
+for pid in ours:
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+listening = []
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:
+            listening.append(f[1].split(":")[0])
+print(json.dumps({"listening": listening, "auth": os.environ.get("RAY_AUTH_MODE"),
+                  "temp_mode": stat.S_IMODE(os.stat(os.path.dirname(opts["_temp_dir"])).st_mode),
+                  "gcs": ray.get_runtime_context().gcs_address}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.guarantee("G45")
+def test_a_local_ray_listens_on_loopback_only_in_a_private_folder_with_token_auth(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", HOME=str(tmp_path),  # Ray keeps the token it makes under ~/.ray
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", _LOCAL_RAY], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    loopback = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}  # 127.0.0.1,
+    # ::1 and ::ffff:127.0.0.1 as /proc/net writes them
+    assert seen["listening"] and set(seen["listening"]) <= loopback, seen
+    assert seen["auth"] == "token" and seen["temp_mode"] == 0o700 and seen["gcs"].startswith("127.0.0.1:"), seen
