@@ -79,7 +79,7 @@ import json
 from a2v_search.ingest.decode import DecodeTask, decode
 from a2v_search.preprocess import Preprocess
 tasks = [DecodeTask({str(path)!r}, 'image', Preprocess(), boxes=None),
-         DecodeTask({str(path)!r}, 'image', Preprocess(), boxes=[([4000.0, 1000.0, 6000.0, 9000.0], 0.9)]),
+         DecodeTask({str(path)!r}, 'image', Preprocess(), boxes=[([4000.0, 1000.0, 6000.0, 9000.0], 0.9, ())]),
          DecodeTask({str(path)!r}, 'image', Preprocess(), for_detector=True)]
 results = [decode(t) for t in tasks]
 print(json.dumps({{'errors': [r.error for r in results], 'sizes': [[r.width, r.height] for r in results],
