@@ -687,7 +687,9 @@ def test_files_that_lie_never_hang_or_exhaust_a_run(tmp_path, tiny_clip_dir, tin
 
     def run() -> None:
         signal.alarm(120)  # the old code waited on the FIFO for good
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # and read /dev/zero until memory ran out
+        # and read /dev/zero until memory ran out; 12 GB of address space: a torch process with its threads and
+        # SQLite's WAL mappings reserves several GB it never touches (4 GB made SQLite fail to map its -shm file)
+        resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))
         reports.append(ingest(data, [tmp_path / "in", tmp_path / "fifo.txt", tmp_path / "zero.txt"]))
         failed = {Path(f["path"]).name: f["error"] for f in reports[0].failures}
         assert reports[0].media_ingested == 2 and set(failed) == {"fifo.txt", "zero.txt"}, failed
