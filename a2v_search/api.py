@@ -498,9 +498,9 @@ class A2VSearch:
     def activities(self, *, collection: str | None = None, path: str | None = None, kind: str | None = None,
                    where: list[str] | None = None, cluster: str | None = None, min_p: float = COUNT_MIN_P,
                    top: int = 20, examples: int = 4) -> dict:
-        """What the persons passing the filters are doing: how many show each verb, PaSta and verb + PaSta pair
-        (probability >= ``min_p``), the ``top`` most frequent of each with ``examples`` example person ids
-        (a2v_search/overview.py; the schema of ``activities --json``)."""
+        """What the persons passing the filters are doing: how many show each verb, PaSta, object, verb + PaSta pair
+        and verb + object pair (probability >= ``min_p``), the ``top`` most frequent of each with ``examples``
+        example person ids (a2v_search/overview.py; the schema of ``activities --json``)."""
         from .overview import overview
 
         filters = _filters(collection, path, kind, where, cluster)

@@ -302,15 +302,17 @@ def activities(
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
-    """What are people doing here? The verbs, PaSta and verb + PaSta pairs of the persons (of a collection or
-    filter) with their counts and example persons."""
+    """What are people doing here? The verbs, PaSta, objects, verb + PaSta and verb + object pairs of the persons
+    (of a collection or filter) with their counts and example persons."""
     api = _api(data_dir)
     o = api.activities(min_p=min_p, top=top, examples=examples, **filters.as_dict())
     if sheet is not None:
         from .pictures import labelled_rows
 
         shown = ([(f"verb {e['name']}", e) for e in o["verbs"][:8]] + [(e["name"], e) for e in o["pasta"][:8]]
-                 + [(f"{e['verb']} + {e['pasta']}", e) for e in o["pairs"]["verb_pasta"][:8]])
+                 + [(f"object {e['name']}", e) for e in o["objects"][:8]]
+                 + [(f"{e['verb']} + {e['pasta']}", e) for e in o["pairs"]["verb_pasta"][:8]]
+                 + [(f"{e['verb']} + {e['object']}", e) for e in o["pairs"]["verb_object"][:8]])
         rows = {r.id: r for r in api._open_reader().persons([i for _, e in shown for i in e["examples"]])}
         labelled_rows([(f"{label}: {e['count']} persons ({100 * e['share']:.1f}%)",
                         [rows[i] for i in e["examples"] if i in rows]) for label, e in shown], sheet)
@@ -322,7 +324,10 @@ def activities(
               f"({o['counted']} counts)")
     for title, entries, label in (("verbs", o["verbs"], lambda e: e["name"]),
                                   ("PaSta", o["pasta"], lambda e: e["name"]),
-                                  ("verb + PaSta", o["pairs"]["verb_pasta"], lambda e: f"{e['verb']} + {e['pasta']}")):
+                                  ("objects", o["objects"], lambda e: e["name"]),
+                                  ("verb + PaSta", o["pairs"]["verb_pasta"], lambda e: f"{e['verb']} + {e['pasta']}"),
+                                  ("verb + object", o["pairs"]["verb_object"],
+                                   lambda e: f"{e['verb']} + {e['object']}")):
         con.print(f"{title}:" + ("" if entries else " none"))
         for e in entries:
             con.print(f"  {e['count']:>8}  {100 * e['share']:5.1f}%  {label(e)}   e.g. persons "

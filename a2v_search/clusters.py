@@ -12,9 +12,10 @@ cluster apart from the persons clustered, stored as a named clustering.
 - **--auto**: k is the candidate of ``AUTO_KS`` (at most one cluster per ``MIN_AUTO_SIZE`` persons) whose
   clustering of the training sample has the highest mean silhouette (cosine distance) on ``SILHOUETTE_N`` of its
   points; ties go to the smaller k.
-- **Names**: a cluster is named by its 2 verbs and 2 PaSta whose mean probability in the cluster exceeds their mean
-  over all persons clustered by the most; each cluster keeps its 5 most distinctive verbs and PaSta (mean in the
-  cluster, mean overall) and its ``EXAMPLES`` persons closest to the centroid.
+- **Names**: a cluster is named by its 2 verbs, 2 objects and 2 PaSta whose mean probability in the cluster exceeds
+  their mean over all persons clustered by the most (an object's probability: its best ``p`` among the person's
+  objects, 0 without one); each cluster keeps its 5 most distinctive verbs, objects and PaSta (mean in the cluster,
+  mean overall) and its ``EXAMPLES`` persons closest to the centroid.
 - **Later persons**: a clustering describes the persons stored when it was made. Persons stored since belong to no
   cluster; the clustering then says it is stale (``persons_since``: how many, among those its filters select) until
   ``cluster`` runs again under its name. Removed persons leave their cluster (sizes are counted live).
@@ -140,19 +141,22 @@ def _distinct(means: np.ndarray, overall: np.ndarray, names: tuple[str, ...], sk
     return [[names[i], round(float(means[i]), 4), round(float(overall[i]), 4)] for i in order]
 
 
-def describe(count: np.ndarray, pasta_sum: np.ndarray, verb_sum: np.ndarray) -> list[dict]:
-    """Per cluster: a name and its distinctive verbs and PaSta, from (k,) sizes and (k, 93) / (k, 157) sums of
-    the members' probabilities."""
+def describe(count: np.ndarray, pasta_sum: np.ndarray, verb_sum: np.ndarray,
+             object_sum: np.ndarray | None = None) -> list[dict]:
+    """Per cluster: a name and its distinctive verbs, objects and PaSta, from (k,) sizes and (k, 93) / (k, 157) /
+    (k, 80) sums of the members' probabilities."""
     total = max(int(count.sum()), 1)
-    overall_p, overall_v = pasta_sum.sum(0) / total, verb_sum.sum(0) / total
+    object_sum = np.zeros((len(count), tx.N_OBJECTS)) if object_sum is None else object_sum
+    overall_p, overall_v, overall_o = pasta_sum.sum(0) / total, verb_sum.sum(0) / total, object_sum.sum(0) / total
     out = []
     for c in range(len(count)):
         m = max(int(count[c]), 1)
         verbs = _distinct(verb_sum[c] / m, overall_v, tx.VERB_NAMES, {tx.NO_INTERACTION_VERB}, 5)
+        objects = _distinct(object_sum[c] / m, overall_o, tx.OBJECT_NAMES, set(), 5)
         pasta = _distinct(pasta_sum[c] / m, overall_p, tx.PASTA_NAMES, set(tx.NO_INTERACTION_PASTA), 5)
-        words = [v[0] for v in verbs[:2]] + [p[0] for p in pasta[:2]]
+        words = [v[0] for v in verbs[:2]] + [o[0] for o in objects[:2]] + [p[0] for p in pasta[:2]]
         out.append({"cluster": c, "name": ", ".join(words) if words else "no distinctive activity",
-                    "verbs": verbs, "pasta": pasta})
+                    "verbs": verbs, "objects": objects, "pasta": pasta})
     return out
 
 
@@ -191,7 +195,7 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
     assignment = np.full(len(ids), -1, np.int64)
     closeness = np.full(len(ids), -np.inf, np.float32)
     count = np.zeros(k, np.int64)
-    pasta_sum, verb_sum = np.zeros((k, tx.N_PASTA)), np.zeros((k, tx.N_VERBS))
+    pasta_sum, verb_sum, object_sum = np.zeros((k, tx.N_PASTA)), np.zeros((k, tx.N_VERBS)), np.zeros((k, tx.N_OBJECTS))
     pos = 0
     for batch in store.iter_vectors(ids, CHUNK):
         x, ok = _unit_rows(_space_vectors(store, batch, space))
@@ -201,9 +205,10 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
         count += np.bincount(best, minlength=k)
         np.add.at(pasta_sum, best, np.nan_to_num(batch.pasta[ok]))
         np.add.at(verb_sum, best, np.nan_to_num(batch.verbs[ok]))
+        np.add.at(object_sum, best, store.object_probabilities(batch.ids[ok]))
         pos += len(batch.ids)
     members = assignment >= 0
-    clusters = describe(count, pasta_sum, verb_sum)
+    clusters = describe(count, pasta_sum, verb_sum, object_sum)
     order = np.lexsort((ids, -closeness, assignment))  # by cluster, closest first, then id
     starts = np.searchsorted(assignment[order], np.arange(k))
     for c, entry in enumerate(clusters):

@@ -1,10 +1,12 @@
 """What people are doing in a collection: the activity overview of ``manage.py activities`` and ``/api/activities``.
 
-A person *shows* a PaSta or verb when its probability is at least ``min_p`` (default ``COUNT_MIN_P`` = 0.5, the
-usual cut of the independent sigmoids of trained heads; zero-shot heads give distributions that sum to 1 within a
-part or over the 157 verbs, so lower it there, e.g. ``--min-p 0.2``). The overview lists the most frequent verbs,
-PaSta and verb + PaSta pairs (no_interaction left out) with their counts, their share of the persons counted, and
-a few example persons each (the highest probability first; of a pair, the highest probability of its verb).
+A person *shows* a PaSta, verb or object when its probability is at least ``min_p`` (default ``COUNT_MIN_P`` =
+0.5, the usual cut of the independent sigmoids of trained heads; zero-shot heads give distributions that sum to 1
+within a part or over the 157 verbs, so lower it there, e.g. ``--min-p 0.2``); an object's probability is its ``p``
+(a2v_search/objects.py: how sure the store is that the person acts on one). The overview lists the most frequent
+verbs, PaSta, objects, verb + PaSta pairs and verb + object pairs (no_interaction left out) with their counts, their
+share of the persons counted, and a few example persons each (the highest probability first; of a pair, the
+highest probability of its verb).
 Counting is the store's (:meth:`Store.activity_counts`).
 """
 
@@ -37,10 +39,14 @@ def _top(counts: np.ndarray, skip: np.ndarray, n: int) -> list:
 
 def choose(counts: Counts, top: int) -> list[tuple]:
     """The labels and pairs an overview lists (keys as :meth:`Store.activity_counts` takes them)."""
-    skip_pairs = _SKIP_VERB[:, None] | _SKIP_PASTA[None, :]  # (157, 93)
+    no_objects = np.zeros(tx.N_OBJECTS, bool)  # (80,)
     return ([("verbs", v) for v in _top(counts.verbs, _SKIP_VERB, top)]
             + [("pasta", c) for c in _top(counts.pasta, _SKIP_PASTA, top)]
-            + [("pair", *divmod(i, tx.N_PASTA)) for i in _top(counts.verb_pasta, skip_pairs, top)])
+            + [("objects", o) for o in _top(counts.objects, no_objects, top)]
+            + [("verb_pasta", *divmod(i, tx.N_PASTA))
+               for i in _top(counts.verb_pasta, _SKIP_VERB[:, None] | _SKIP_PASTA[None, :], top)]
+            + [("verb_object", *divmod(i, tx.N_OBJECTS))
+               for i in _top(counts.verb_object, _SKIP_VERB[:, None] | no_objects[None, :], top)])
 
 
 def check_args(min_p: float, top: int, examples: int) -> None:
@@ -63,14 +69,17 @@ def overview(store: Store, filters: Filters | None = None, min_p: float = COUNT_
         return {**names, "count": int(count), "share": round(count / n, 4) if n else 0.0,
                 "examples": [int(i) for i in found.get(key, [])]}
 
-    verbs, pasta, pairs = [], [], []
+    label_names = {"verbs": tx.VERB_NAMES, "pasta": tx.PASTA_NAMES, "objects": tx.OBJECT_NAMES}
+    out: dict[str, list] = {kind: [] for kind in ("verbs", "pasta", "objects", "verb_pasta", "verb_object")}
     for key in found:
-        if key[0] == "verbs":
-            verbs.append(entry(key, counts.verbs[key[1]], name=tx.VERB_NAMES[key[1]]))
-        elif key[0] == "pasta":
-            pasta.append(entry(key, counts.pasta[key[1]], name=tx.PASTA_NAMES[key[1]]))
+        kind = key[0]
+        if kind in label_names:
+            out[kind].append(entry(key, getattr(counts, kind)[key[1]], name=label_names[kind][key[1]]))
+        elif kind == "verb_pasta":
+            out[kind].append(entry(key, counts.verb_pasta[key[1], key[2]], verb=tx.VERB_NAMES[key[1]],
+                                   pasta=tx.PASTA_NAMES[key[2]]))
         else:
-            pairs.append(entry(key, counts.verb_pasta[key[1], key[2]], verb=tx.VERB_NAMES[key[1]],
-                               pasta=tx.PASTA_NAMES[key[2]]))
-    return {"persons": int(n), "min_p": float(min_p), "counted": how, "verbs": verbs, "pasta": pasta,
-            "pairs": {"verb_pasta": pairs}}
+            out[kind].append(entry(key, counts.verb_object[key[1], key[2]], verb=tx.VERB_NAMES[key[1]],
+                                   object=tx.OBJECT_NAMES[key[2]]))
+    return {"persons": int(n), "min_p": float(min_p), "counted": how, "verbs": out["verbs"], "pasta": out["pasta"],
+            "objects": out["objects"], "pairs": {"verb_pasta": out["verb_pasta"], "verb_object": out["verb_object"]}}

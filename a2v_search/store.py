@@ -945,9 +945,9 @@ class Store:
 
     def activity_counts(self, filters: repo.Filters | None, min_p: float, examples: int,
                         choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
-        """How many persons (passing ``filters``) show each PaSta, verb and verb + PaSta pair (probability >=
-        ``min_p``), with ``examples`` example persons of the labels and pairs that ``choose(counts)`` names
-        (keys ``("pasta", c)``, ``("verbs", v)``, ``("pair", v, c)``): (counts, {key: ids}, how they were counted).
+        """How many persons (passing ``filters``) show each PaSta, verb, object and verb + PaSta / verb + object
+        pair (probability >= ``min_p``), with ``examples`` example persons of the labels and pairs that
+        ``choose(counts)`` names (keys as db/activities.py): (counts, {key: ids}, how they were counted).
         A whole store, a collection or a media kind at the kept threshold reads the kept counts (a few rows) and
         takes examples from its newest persons; other filters or thresholds read the probabilities of the persons
         that pass (db/activities.py)."""
@@ -958,17 +958,21 @@ class Store:
                 counts = activities.read_counts(s, f.collection, f.kind)
                 pool = activities.newest_ids(s, activities.EXAMPLE_POOL, f.collection, f.kind)
                 keys = choose(counts)
-                found = activities.scan_counts(s, pool, examples, [k[1:] for k in keys if k[0] == "pair"], min_p)[1]
+                found = activities.scan_counts(s, pool, examples, keys, min_p)[1]
                 found = {k: found.get(k, []) for k in keys}
                 return counts, found, "kept"
             ids = repo.filter_person_ids(s, f)
             ids = repo.person_ids(s) if ids is None else ids
             counts, found = activities.scan_counts(s, ids, examples, min_p=min_p)
             keys = choose(counts)
-            pairs = [k[1:] for k in keys if k[0] == "pair"]
-            if pairs:
-                found.update(activities.scan_counts(s, ids, examples, pairs, min_p=min_p)[1])
+            if examples and any(k[0] in activities.PAIRS for k in keys):
+                found.update(activities.scan_counts(s, ids, examples, keys, min_p=min_p)[1])
             return counts, {k: found.get(k, []) for k in keys}, "scanned"
+
+    def object_probabilities(self, ids: Sequence[int]) -> np.ndarray:
+        """(n, 80): the best p of each object class of the persons ``ids`` (0: none), rows in that order."""
+        with self.db.session() as s:
+            return activities.stored_objects(s, ids)
 
     def recount_activities(self) -> None:
         """Recompute the kept activity counts from every stored person (writers)."""

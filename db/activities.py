@@ -1,4 +1,5 @@
-"""Activity counts: how many persons show each PaSta, verb and verb + PaSta pair (probability >= COUNT_MIN_P).
+"""Activity counts: how many persons show each PaSta, verb, object, verb + PaSta pair and verb + object pair
+(probability >= COUNT_MIN_P; an object's is the best ``p`` of its class among the person's objects).
 
 Two ways to the same numbers:
 
@@ -10,7 +11,8 @@ Two ways to the same numbers:
 Example persons of a label are the ones with the highest probability of it (ties: the smaller id); of a pair,
 the highest probability of its verb among the persons that show both. Kept counts take them from the newest
 ``EXAMPLE_POOL`` persons of the collection / kind (read like a scan: bounded work whatever the store's size); a
-scan from every person it counts. Tests check that both ways agree.
+scan from every person it counts. Tests check that both ways agree. Keys of labels and pairs: ``("pasta", c)``,
+``("verbs", v)``, ``("objects", o)``, ``("verb_pasta", v, c)``, ``("verb_object", v, o)``.
 """
 
 from __future__ import annotations
@@ -22,59 +24,96 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from .schema import COUNT_MIN_P, ActivityCount, Media, Person
+from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
 
-N_PASTA, N_VERBS = 93, 157  # as db.repo (the taxonomy's sizes)
+N_PASTA, N_VERBS, N_OBJECTS = 93, 157, 80  # as db.repo (the taxonomy's sizes)
+FIELDS = ("pasta", "verbs", "objects", "verb_pasta", "verb_object")
+PAIRS = ("verb_pasta", "verb_object")
 _CHUNK = 5000
 EXAMPLE_POOL = 20000  # the newest persons the kept counts' examples come from
 
 
 @dataclass
 class Counts:
-    """Persons counted, and how many of them show each PaSta (93,), verb (157,) and verb + PaSta pair (157, 93)."""
+    """Persons counted, and how many of them show each PaSta (93,), verb (157,), object (80,), verb + PaSta pair
+    (157, 93) and verb + object pair (157, 80)."""
 
     persons: int
     pasta: np.ndarray
     verbs: np.ndarray
+    objects: np.ndarray
     verb_pasta: np.ndarray
+    verb_object: np.ndarray
 
     @classmethod
     def zero(cls) -> Counts:
-        return cls(0, np.zeros(N_PASTA, np.int64), np.zeros(N_VERBS, np.int64),
-                   np.zeros((N_VERBS, N_PASTA), np.int64))
+        return cls(0, np.zeros(N_PASTA, np.int64), np.zeros(N_VERBS, np.int64), np.zeros(N_OBJECTS, np.int64),
+                   np.zeros((N_VERBS, N_PASTA), np.int64), np.zeros((N_VERBS, N_OBJECTS), np.int64))
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(self.persons + other.persons, self.pasta + other.pasta, self.verbs + other.verbs,
-                      self.verb_pasta + other.verb_pasta)
+        return Counts(self.persons + other.persons, *(getattr(self, f) + getattr(other, f) for f in FIELDS))
 
     def __neg__(self) -> Counts:
-        return Counts(-self.persons, -self.pasta, -self.verbs, -self.verb_pasta)
+        return Counts(-self.persons, *(-getattr(self, f) for f in FIELDS))
 
     def blobs(self) -> dict[str, bytes]:
-        return {"persons": np.array([self.persons], np.int64).tobytes(), "pasta": self.pasta.tobytes(),
-                "verbs": self.verbs.tobytes(), "verb_pasta": self.verb_pasta.tobytes()}
+        return {"persons": np.array([self.persons], np.int64).tobytes(),
+                **{f: getattr(self, f).tobytes() for f in FIELDS}}
 
     @classmethod
     def from_blobs(cls, blobs: dict[str, bytes]) -> Counts:
         c = cls.zero()
         if "persons" in blobs:
             c.persons = int(np.frombuffer(blobs["persons"], np.int64)[0])
-        for name in ("pasta", "verbs", "verb_pasta"):
+        for name in FIELDS:
             if name in blobs:
                 value = getattr(c, name)
                 setattr(c, name, np.frombuffer(blobs[name], np.int64).reshape(value.shape).copy())
         return c
 
 
-def count_block(pasta: np.ndarray, verbs: np.ndarray, min_p: float = COUNT_MIN_P) -> Counts:
-    """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values)."""
+def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) int64 counts of rows where both columns hold, for bool (n, A) and (n, B)."""
+    out = np.zeros((a.shape[1], b.shape[1]), np.int64)
+    for i in range(0, len(a), 1 << 20):  # float32 sums are exact below 2^24 persons a block
+        out += np.rint(a[i:i + (1 << 20)].astype(np.float32).T @ b[i:i + (1 << 20)].astype(np.float32)
+                       ).astype(np.int64)
+    return out
+
+
+def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None,
+                min_p: float = COUNT_MIN_P) -> Counts:
+    """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values) and the
+    best p of each object class (n, 80) (:func:`object_matrix`; None: no objects)."""
     p = np.asarray(pasta) >= np.float32(min_p)  # (n, 93)
     v = np.asarray(verbs) >= np.float32(min_p)  # (n, 157)
-    pairs = np.zeros((N_VERBS, N_PASTA), np.int64)
-    for i in range(0, len(p), 1 << 20):  # float32 sums are exact below 2^24 persons a block
-        pairs += np.rint(v[i:i + (1 << 20)].astype(np.float32).T @ p[i:i + (1 << 20)].astype(np.float32)
-                         ).astype(np.int64)
-    return Counts(len(p), p.sum(0, dtype=np.int64), v.sum(0, dtype=np.int64), pairs)
+    o = np.zeros((len(p), N_OBJECTS), bool) if objects is None else np.asarray(objects) >= float(min_p)  # (n, 80)
+    return Counts(len(p), p.sum(0, dtype=np.int64), v.sum(0, dtype=np.int64), o.sum(0, dtype=np.int64),
+                  _pairs(v, p), _pairs(v, o))
+
+
+def object_matrix(objects: Sequence[Sequence[tuple]]) -> np.ndarray:
+    """(n, 80) float64: the best p of each object class of each person, from their ``(cls, p, ...)`` objects (the
+    p as stored: SQLite's float64, so thresholds compare as the ``object:`` filter does)."""
+    out = np.zeros((len(objects), N_OBJECTS))
+    for i, objs in enumerate(objects):
+        for cls, p, *_ in objs:
+            out[i, int(cls)] = max(out[i, int(cls)], float(p))
+    return out
+
+
+def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
+    """:func:`object_matrix` of the stored persons ``ids`` (rows in that order; 0 where a person has none)."""
+    ids = [int(i) for i in ids]
+    row = {pid: r for r, pid in enumerate(ids)}
+    out = np.zeros((len(ids), N_OBJECTS))
+    for i in range(0, len(ids), _CHUNK):
+        q = select(PersonObject.person_id, PersonObject.cls, PersonObject.p).where(
+            PersonObject.person_id.in_(ids[i:i + _CHUNK]))
+        for pid, cls, p in s.execute(q):
+            r = row[pid]
+            out[r, cls] = max(out[r, cls], p)
+    return out
 
 
 # ------------------------------------------------------------------ kept counts
@@ -96,11 +135,12 @@ def _add(s: Session, collection: str, kind: str, delta: Counts) -> None:
             s.execute(insert(ActivityCount).values(collection=collection, kind=kind, facet=facet, counts=blob))
 
 
-def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> None:
-    """Count new persons: (collection, kind) -> their stored (float16 values) pasta (n, 93) and verbs (n, 157)."""
-    for (collection, kind), (pasta, verbs) in groups.items():
+def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """Count new persons: (collection, kind) -> their stored (float16 values) pasta (n, 93) and verbs (n, 157),
+    and their objects' :func:`object_matrix` (n, 80)."""
+    for (collection, kind), (pasta, verbs, objects) in groups.items():
         if len(pasta):
-            _add(s, collection, kind, count_block(pasta, verbs))
+            _add(s, collection, kind, count_block(pasta, verbs, objects))
 
 
 def _probability_rows(s: Session, where) -> Iterator[tuple]:
@@ -109,29 +149,29 @@ def _probability_rows(s: Session, where) -> Iterator[tuple]:
     yield from s.execute(q)
 
 
-def _grouped(rows) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+def _grouped(s: Session, rows) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows (id, pasta, verbs, collection, kind) -> (collection, kind) -> (pasta, verbs, objects) arrays."""
     from .blobs import stack16 as _stack16
 
     by: dict[tuple[str, str], list] = {}
     for r in rows:
         by.setdefault((r[3], r[4]), []).append(r)
-    return {key: (_stack16([r[1] for r in rs], N_PASTA), _stack16([r[2] for r in rs], N_VERBS))
-            for key, rs in by.items()}
+    return {key: (_stack16([r[1] for r in rs], N_PASTA), _stack16([r[2] for r in rs], N_VERBS),
+                  stored_objects(s, [r[0] for r in rs])) for key, rs in by.items()}
 
 
 def uncount_media(s: Session, media_ids: Sequence[int]) -> None:
     """Take the persons of these media out of the kept counts (before they are deleted or replaced)."""
     media_ids = [int(m) for m in media_ids]
     for i in range(0, len(media_ids), _CHUNK):
-        for key, (pasta, verbs) in _grouped(_probability_rows(s, Person.media_id.in_(media_ids[i:i + _CHUNK]))
-                                            ).items():
-            _add(s, *key, -count_block(pasta, verbs))
+        rows = _probability_rows(s, Person.media_id.in_(media_ids[i:i + _CHUNK]))
+        for key, arrays in _grouped(s, rows).items():
+            _add(s, *key, -count_block(*arrays))
 
 
 def same(a: Counts, b: Counts) -> bool:
     """Whether two counts agree everywhere."""
-    return a.persons == b.persons and all(np.array_equal(getattr(a, f), getattr(b, f))
-                                          for f in ("pasta", "verbs", "verb_pasta"))
+    return a.persons == b.persons and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
 
 
 def recount_all(s: Session, chunk: int = 20000) -> None:
@@ -144,8 +184,8 @@ def recount_all(s: Session, chunk: int = 20000) -> None:
                          .order_by(Person.id).limit(chunk)).all()
         if not rows:
             return
-        for key, (pasta, verbs) in _grouped(rows).items():
-            _add(s, *key, count_block(pasta, verbs))
+        for key, arrays in _grouped(s, rows).items():
+            _add(s, *key, count_block(*arrays))
         last = rows[-1][0]
 
 
@@ -181,13 +221,14 @@ def newest_ids(s: Session, n: int, collection: str | None = None, kind: str | No
     return np.sort(np.fromiter(s.execute(q.order_by(Person.id.desc()).limit(n)).scalars(), np.int64))
 
 
-def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tuple[int, int]] = (),
+def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tuple] = (),
                 min_p: float = COUNT_MIN_P, chunk: int = 20000) -> tuple[Counts, dict]:
-    """Count the persons ``ids`` (sorted) from their stored probabilities, with ``examples`` example persons of
-    every PaSta and verb, and of the verb + PaSta ``pairs`` given: (counts, {("pasta"|"verbs", cls) or
-    ("pair", verb, pasta): [person ids]})."""
+    """Count the persons ``ids`` (sorted) from their stored probabilities and objects, with ``examples`` example
+    persons of every PaSta, verb and object, and of the pairs among the keys ``pairs`` (``("verb_pasta", v, c)``,
+    ``("verb_object", v, o)``; other keys are ignored): (counts, {key: [person ids]})."""
     from .blobs import stack16 as _stack16
 
+    pairs = [k for k in pairs if k[0] in PAIRS]
     total = Counts.zero()
     best: dict[tuple, list[tuple[float, int]]] = {}
     for start in range(0, len(ids), chunk):
@@ -201,16 +242,19 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
         rows.sort(key=lambda r: r[0])
         pid = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         pasta, verbs = _stack16([r[1] for r in rows], N_PASTA), _stack16([r[2] for r in rows], N_VERBS)
-        total = total + count_block(pasta, verbs, min_p)
+        objects = stored_objects(s, pid.tolist())
+        total = total + count_block(pasta, verbs, objects, min_p)
         if not examples:
             continue
-        for name, probs in (("pasta", pasta), ("verbs", verbs)):
-            for cls in np.flatnonzero((probs >= min_p).any(0)):
-                _keep_best(best, (name, int(cls)), probs[:, cls], pid, probs[:, cls] >= min_p, examples)
-        for v, c in pairs:
-            both = (verbs[:, v] >= min_p) & (pasta[:, c] >= min_p)
+        labels = {"pasta": pasta >= np.float32(min_p), "verbs": verbs >= np.float32(min_p),
+                  "objects": objects >= float(min_p)}
+        for name, probs in (("pasta", pasta), ("verbs", verbs), ("objects", objects)):
+            for cls in np.flatnonzero(labels[name].any(0)):
+                _keep_best(best, (name, int(cls)), probs[:, cls], pid, labels[name][:, cls], examples)
+        for key in pairs:
+            both = labels["verbs"][:, key[1]] & labels["pasta" if key[0] == "verb_pasta" else "objects"][:, key[2]]
             if both.any():
-                _keep_best(best, ("pair", v, c), verbs[:, v], pid, both, examples)
+                _keep_best(best, tuple(key), verbs[:, key[1]], pid, both, examples)
     return total, {key: [i for _, i in items] for key, items in best.items()}
 
 

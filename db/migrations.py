@@ -82,11 +82,16 @@ def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
 
 
 def _v6_to_v7(conn: Connection, link: Linker | None) -> None:
-    """Version 7 keeps activity counts (counted here from every stored person) and named clusterings (none yet)."""
-    from .activities import recount_all
-
+    """Version 7 keeps activity counts (counted from every stored person by the next step, which every upgrade
+    from here runs) and named clusterings (none yet)."""
     for table in (ActivityCount.__table__, Clustering.__table__, ClusterMember.__table__):
         table.create(conn)
+
+
+def _v7_to_v8(conn: Connection, link: Linker | None) -> None:
+    """Version 8 counts objects and verb + object pairs in ``activity_counts`` too: recounted from every person."""
+    from .activities import recount_all
+
     with Session(bind=conn) as s:
         recount_all(s)
         s.flush()
@@ -94,7 +99,8 @@ def _v6_to_v7(conn: Connection, link: Linker | None) -> None:
 
 #: version -> the step that upgrades a store of that version to the next.
 STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
-                                                                 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
+                                                                 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
+                                                                 7: _v7_to_v8}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

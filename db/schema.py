@@ -15,7 +15,8 @@ Version history (db/migrations.py upgrades older stores on open): 1 = first rele
 ``label_columns``) instead of one row per person and class (``labels``); 6 = ``objects``, the objects of a
 person's activity (older persons have none); 7 = ``activity_counts`` (how many persons show each PaSta, verb and
 verb + PaSta pair, kept by every write: the activity overview of a whole collection reads a few rows) and named
-clusterings (``clusterings``, ``cluster_members``).
+clusterings (``clusterings``, ``cluster_members``); 8 = ``activity_counts`` also count objects and verb + object
+pairs (recounted from every person on upgrade).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 LABEL_PASTA, LABEL_VERB = 0, 1
 #: The kind of a filter on a person's objects (``Filters.where``); objects live in their own table.
 LABEL_OBJECT = 2
-#: A person shows a PaSta or verb in ``activity_counts`` (and the activity overview) when its probability is at least
-#: this: the usual cut of independent sigmoid outputs (trained heads); zero-shot distributions rarely reach it.
+#: A person shows a PaSta, verb or object in ``activity_counts`` (and the activity overview) when its probability is at
+#: least this: the usual cut of independent sigmoid outputs (trained heads); zero-shot distributions rarely reach it.
 COUNT_MIN_P = 0.5
 
 
@@ -189,9 +190,10 @@ class Failure(Base):
 
 
 class ActivityCount(Base):
-    """How many persons of a collection and media kind show each PaSta / verb / verb + PaSta pair (probability >=
-    COUNT_MIN_P): ``facet`` names an int64 blob (``persons`` (1,), ``pasta`` (93,), ``verbs`` (157,),
-    ``verb_pasta`` (157 * 93,), row-major by verb). Kept in the same transaction as the persons it counts."""
+    """How many persons of a collection and media kind show each PaSta / verb / object / verb + PaSta pair / verb +
+    object pair (probability >= COUNT_MIN_P): ``facet`` names an int64 blob (``persons`` (1,), ``pasta`` (93,),
+    ``verbs`` (157,), ``objects`` (80,), ``verb_pasta`` (157 * 93,), ``verb_object`` (157 * 80,), row-major by
+    verb). Kept in the same transaction as the persons it counts."""
 
     __tablename__ = "activity_counts"
     collection: Mapped[str] = mapped_column(String, primary_key=True)

@@ -110,6 +110,127 @@ def test_activities_cli_prints_json_text_and_a_sheet(known, tmp_path):
     assert code == 0 and (tmp_path / "o.png").stat().st_size > 0  # files are missing: tiles say unreadable
 
 
+# ------------------------------------------------------------------ objects and verb + object pairs
+
+# profile -> (verbs, PaSta, objects as the import reads them, how many persons)
+OBJECT_PROFILES = {
+    "bike": ({"ride": 0.9}, {"hip: sit on": 0.8}, [{"name": "bicycle", "p": 0.9}], 3),
+    "horse": ({"ride": 0.8}, {"hip: sit on": 0.7}, [{"name": "horse", "p": 0.8}], 2),
+    "drink": ({"drink_with": 0.8}, {"hand: hold": 0.9},
+              [{"name": "cup", "p": 0.7}, {"name": "dining_table", "p": 0.4}], 3),  # the table below 0.5
+    "hold": ({"hold": 0.7}, {"hand: hold": 0.6}, [{"name": "cup", "p": 0.6}], 1),
+    "edge": ({"hold": 0.7}, {"hand: hold": 0.6}, [{"name": "cup", "p": 0.5}], 1),  # exactly the threshold counts
+    "idle": ({"run": 0.9}, {"foot: run to": 0.9}, [], 1),
+}
+
+
+def object_records(profiles=OBJECT_PROFILES, prefix="/m"):
+    rng = np.random.default_rng(3)
+    out = []
+    for name, (verbs, pasta, objects, n) in profiles.items():
+        for i in range(n):
+            person = {"box": [0, 0, 40, 80], "pasta": pasta, "verbs": verbs, "objects": objects,
+                      "visual": rng.normal(size=16).tolist()}
+            out.append({"path": f"{prefix}/{name}/{i}.jpg", "width": 64, "height": 96, "persons": [person]})
+    return out
+
+
+@pytest.fixture
+def with_objects(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """11 imported persons with known verbs, PaSta and objects (ids 1.. in OBJECT_PROFILES order)."""
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    assert api.import_records(object_records()).persons_added == 11
+    yield api
+    api.close()
+
+
+def object_pairs(o):
+    return {(e["verb"], e["object"]): e["count"] for e in o["pairs"]["verb_object"]}
+
+
+def test_overview_counts_objects_and_verb_object_pairs_of_imported_persons(with_objects):
+    api = with_objects
+    o = api.activities()
+    assert o["persons"] == 11 and o["counted"] == "kept"
+    assert [(e["name"], e["count"]) for e in o["objects"]] == [("cup", 5), ("bicycle", 3), ("horse", 2)]
+    cup = o["objects"][0]
+    assert cup["share"] == round(5 / 11, 4) and cup["examples"] == [6, 7, 8, 9]  # p 0.7 (ids 6-8), then 0.6
+    assert object_pairs(o) == {("drink_with", "cup"): 3, ("ride", "bicycle"): 3, ("ride", "horse"): 2,
+                               ("hold", "cup"): 2}
+    assert [(e["verb"], e["object"]) for e in o["pairs"]["verb_object"]] == [  # count, then verb and object index
+        ("drink_with", "cup"), ("ride", "bicycle"), ("hold", "cup"), ("ride", "horse")]
+    ride_horse = next(e for e in o["pairs"]["verb_object"] if e["object"] == "horse")
+    assert ride_horse["examples"] == [4, 5]  # the riders of a horse, best verb probability first
+    assert names(o["verbs"])["ride"] == 5 and object_pairs(o)[("ride", "bicycle")] + 2 == 5
+    scanned = api.activities(path="*")
+    assert scanned["counted"] == "scanned"
+    same = [k for k in o if k not in ("counted", "filters")]
+    assert [o[k] for k in same] == [scanned[k] for k in same]
+    low = api.activities(min_p=0.4)  # the table at 0.4 now counts, with its drinkers
+    assert names(low["objects"])["dining_table"] == 3 and object_pairs(low)[("drink_with", "dining_table")] == 3
+    cups = api.activities(where=["object: cup>=0.5"])  # what a click on the cup facet filters
+    assert cups["persons"] == 5 and names(cups["objects"]) == {"cup": 5}
+    assert api.activities(where=["object: cup>=0.5", "verb: hold>=0.5"])["persons"] == 2
+
+
+def test_object_counts_follow_removals_replacements_and_the_schema_upgrades(with_objects, tmp_path):
+    api = with_objects
+    api.remove(["/m/drink/0.jpg"])
+    replace = object_records({"bike": OBJECT_PROFILES["bike"][:3] + (1,)})
+    replace[0]["path"] = "/m/horse/0.jpg"  # the same path again: its rider of a horse now rides a bicycle
+    api.import_records(replace)
+    kept, scanned = api.activities(), api.activities(path="*")
+    assert kept["persons"] == 10 and names(kept["objects"]) == {"cup": 4, "bicycle": 4, "horse": 1}
+    assert object_pairs(kept) == {("drink_with", "cup"): 2, ("ride", "bicycle"): 4, ("ride", "horse"): 1,
+                                  ("hold", "cup"): 2}
+    assert kept["objects"] == scanned["objects"] and kept["pairs"] == scanned["pairs"]
+    data_dir = api.data_dir
+    api.close()
+    for version in (7, 6):  # counts without objects (7), no counts at all (6): counted again on open
+        downgrade(data_dir / "a2v.sqlite", version)
+        with A2VSearch.open(data_dir) as again:
+            o = again.activities()
+        assert o["objects"] == kept["objects"] and o["pairs"] == kept["pairs"] and o["verbs"] == kept["verbs"]
+    assert Store(data_dir).check().problems == []
+
+
+def test_count_block_counts_objects_and_verb_object_pairs():
+    pasta = np.zeros((3, tx.N_PASTA), np.float32)
+    verbs = np.zeros((3, tx.N_VERBS), np.float32)
+    verbs[:2, 7] = 0.9
+    from db.activities import object_matrix
+
+    objects = object_matrix([[(4, 0.3, None), (4, 0.8, None)], [(9, 0.49, None)], [(9, 0.5, None)]])
+    c = count_block(pasta, verbs, objects)
+    assert c.objects[4] == 1 and c.objects[9] == 1 and c.objects.sum() == 2  # the best p of a class counts
+    assert c.verb_object[7, 4] == 1 and c.verb_object.sum() == 1  # person 3's object has no verb beside it
+
+
+def test_doctor_finds_object_counts_that_disagree(with_objects):
+    data_dir = with_objects.data_dir
+    with_objects.close()
+    con = sqlite3.connect(data_dir / "a2v.sqlite")
+    con.execute("DELETE FROM activity_counts WHERE facet = 'verb_object'")
+    con.commit()
+    con.close()
+    assert [p.what for p in Store(data_dir).check().problems] == ["activity counts"]
+
+
+def test_activities_cli_lists_objects_and_verb_object_pairs(with_objects):
+    code, out, err = run_main("activities", "--data-dir", with_objects.data_dir)
+    assert code == 0, err
+    assert "objects:" in out and "cup" in out and "verb + object:" in out and "ride + bicycle" in out
+    code, out, err = run_main("activities", "--data-dir", with_objects.data_dir, "--json")
+    assert code == 0 and json.loads(out)["pairs"]["verb_object"][0]["object"] == "cup"
+
+
+def test_clusters_are_named_by_their_objects_too(with_objects):
+    r = with_objects.cluster(k=2, name="acts")
+    riders = next(c for c in r["clusters"] if c["verbs"] and c["verbs"][0][0] == "ride")
+    assert [o[0] for o in riders["objects"]][:2] == ["bicycle", "horse"] and riders["size"] == 5
+    assert riders["name"] == "ride, bicycle, horse, hip: sit on"
+
+
 # ------------------------------------------------------------------ clusters
 
 

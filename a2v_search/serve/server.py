@@ -544,7 +544,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
 
     # -------------------------------------------------------------- activities and clusters
 
-    @app.get("/api/activities", summary="What the persons are doing: verbs, PaSta, pairs, counts, examples")
+    @app.get("/api/activities", summary="What the persons are doing: verbs, PaSta, objects, pairs, counts, examples")
     def activities(filters: FilterArgs,
                    min_p: Annotated[float, Query(gt=0, le=1, description="A person shows a label at this "
                                                                          "probability or more.")] = 0.5,
