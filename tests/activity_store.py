@@ -1,5 +1,5 @@
-"""A store whose persons have known activities (three profiles), for the overview, cluster and browse tests;
-with ``images``, every media path is a real small JPEG (thumbnails load)."""
+"""A store whose persons have known activities (three profiles; drinkers hold a cup), for the overview, cluster
+and browse tests; with ``images``, every media path is a real small JPEG (thumbnails load)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,12 @@ def person(rng, profile: str, bump: float = 0.0) -> NewPerson:
         pasta[tx.pasta_index(name)] = p + bump
     visual = rng.normal(size=16).astype(np.float32)
     return NewPerson(box=[1, 2, 30, 40], pasta=pasta, verbs=verbs, parts=np.ones(6, np.float32),
-                     visual=visual / np.linalg.norm(visual), visual_norm=float(np.linalg.norm(visual)))
+                     visual=visual / np.linalg.norm(visual), visual_norm=float(np.linalg.norm(visual)),
+                     objects=OBJECTS.get(profile, ()))
 
+
+# profile -> the objects its persons act on (class, p, box)
+OBJECTS = {"drink": ((tx.object_index("cup"), 0.8, None),)}
 
 COLORS = {"ride": (200, 60, 40), "drink": (40, 120, 200), "kick": (60, 170, 80)}
 

@@ -45,6 +45,8 @@ def test_activities_endpoint_is_the_cli_json(client, store):
     scanned = client.get("/api/activities", params={"where": "verb: kick>=0.5"}).json()
     assert scanned["persons"] == 4 and scanned["counted"] == "scanned"
     assert client.get("/api/activities", params={"min_p": 0}).status_code == 422
+    assert [(e["name"], e["count"], e["examples"]) for e in o["objects"]] == [("cup", 6, ids["drink"][:4])]  # p ties
+    assert [(e["verb"], e["object"], e["count"]) for e in o["pairs"]["verb_object"]] == [("drink_with", "cup", 6)]
 
 
 def test_clusterings_endpoints_and_the_cluster_filter(client, store):
@@ -87,6 +89,16 @@ def test_browse_view_shows_facets_with_pictures_and_a_click_filters_the_search(s
             page.locator(".facet", has_text="drink with").first.click()  # a click searches that label's persons
             page.wait_for_selector(".card")
             assert page.input_value("#where") == "verb: drink_with>=0.5"
+            page.wait_for_function("document.querySelectorAll('.card').length === 6")
+            assert all("/drink/" in t for t in page.locator(".card").evaluate_all("cs => cs.map(c => c.title)"))
+            page.click("#browse")
+            page.wait_for_selector(".facet")
+            cup = page.locator(".facet:has(.name:text-is('cup'))")  # the objects facet, with its pictures
+            assert "6 persons" in cup.inner_text() and cup.locator("img").count() == 4
+            assert page.locator(".facet:has(.name:text-is('drink with + cup'))").count() == 1  # the pair
+            cup.click()  # a click on an object searches the persons acting on one
+            page.wait_for_selector(".card")
+            assert page.input_value("#where") == "object: cup>=0.5"
             page.wait_for_function("document.querySelectorAll('.card').length === 6")
             assert all("/drink/" in t for t in page.locator(".card").evaluate_all("cs => cs.map(c => c.title)"))
             page.click("#browse")
