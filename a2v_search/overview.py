@@ -66,7 +66,7 @@ def overview(store: Store, filters: Filters | None = None, min_p: float = COUNT_
     n = counts.persons
 
     def entry(key: tuple, count: int, **names) -> dict:
-        return {**names, "count": int(count), "share": round(count / n, 4) if n else 0.0,
+        return {**names, "count": int(count), "share": round(int(count) / n, 4) if n else 0.0,
                 "examples": [int(i) for i in found.get(key, [])]}
 
     label_names = {"verbs": tx.VERB_NAMES, "pasta": tx.PASTA_NAMES, "objects": tx.OBJECT_NAMES}

@@ -956,9 +956,8 @@ class Store:
             _check_cluster_filter(s, f)
             if min_p == COUNT_MIN_P and not (f.path_glob or f.where or f.cluster or f.after_id is not None):
                 counts = activities.read_counts(s, f.collection, f.kind)
-                pool = activities.newest_ids(s, activities.EXAMPLE_POOL, f.collection, f.kind)
                 keys = choose(counts)
-                found = activities.scan_counts(s, pool, examples, keys, min_p)[1]
+                found = activities.pool_examples(s, keys, examples, min_p, f.collection, f.kind)
                 found = {k: found.get(k, []) for k in keys}
                 return counts, found, "kept"
             ids = repo.filter_person_ids(s, f)

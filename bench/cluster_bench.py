@@ -44,35 +44,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SyntheticPersons, header, log, percentiles_ms, random_language_matrices  # noqa: E402
+from common import ROOT, header, load_average, log, percentiles_ms  # noqa: E402
 
-PERSONS_PER_MEDIA = 4
-COLLECTIONS = ("c0", "c1", "c2", "c3")
 HICO = Path("/work/shared/hake/hico-det-instance-level.tar.gz")
 
 
 # ------------------------------------------------------------------ scale
 
 
-def seed_store(data_dir: Path, n: int, batch: int = 4096, seed: int = 0) -> None:
-    """Write n synthetic persons into a new store through Store.write (skipped when the store holds them)."""
-    from a2v_search.models.language import LanguageSpace
-    from a2v_search.store import Store
-    from db import activities
-    from db.repo import NewMedia, NewPerson
+def seed_store(folder: Path, n: int, batch: int = 4096) -> Path:
+    """The store of about n realistic persons with objects that bench/write_bench.py seeds (``seeded``: made once
+    under ``folder`` through Store.write, then reused); prints what keeping the activity counts cost the writes."""
+    from write_bench import seeded
 
-    if (data_dir / "a2v.sqlite").exists():
-        with Store(data_dir) as store:
-            have = store.summary()[0]["persons"]
-        if have == n:
-            log(f"reusing {data_dir}: {have:,} persons")
-            return
-        raise SystemExit(f"{data_dir} holds {have:,} persons, not {n:,}: delete it or choose another --data-dir")
-    language = LanguageSpace(*random_language_matrices(dim=384, seed=seed), text_model="bench:random-minilm")
-    space = {"visual_model": "bench:random-vitb16", "heads": "bench:random", "text_model": "bench:random-minilm",
-             "phrases": "bench", "visual_dim": 512,
-             "spec": {"model": None, "checkpoint": None, "trust_checkpoint": False, "text_model": None}}
-    gen = SyntheticPersons(seed=seed)
+    from db import activities
+
     counting = [0.0]
     count_added = activities.count_added
 
@@ -82,31 +68,16 @@ def seed_store(data_dir: Path, n: int, batch: int = 4096, seed: int = 0) -> None
         counting[0] += time.perf_counter() - t
 
     activities.count_added = timed
-    store = Store(data_dir, create=True).lock("cluster_bench")
     t0 = time.perf_counter()
     try:
-        store.ensure_space(space, language)
-        for start in range(0, n, batch):
-            d = gen.draw(min(batch, n - start))
-            items = []
-            for m in range(0, len(d["visual"]), PERSONS_PER_MEDIA):
-                persons = [NewPerson(box=[10.0, 20.0, 200.0, 400.0], pasta=d["pasta"][j], verbs=d["verbs"][j],
-                                     parts=d["parts"][j], visual=d["visual"][j], visual_norm=10.0)
-                           for j in range(m, min(m + PERSONS_PER_MEDIA, len(d["visual"])))]
-                path = f"/bench/{start + m:09d}.jpg"
-                items.append(NewMedia(path=path, content_hash=path, size=1, mtime=0.0, kind="image",
-                                      collection=COLLECTIONS[(start + m) // PERSONS_PER_MEDIA % 4], width=640,
-                                      height=480, persons=persons))
-            store.write(items)
-            if (start // batch) % 25 == 0:
-                log(f"{start + len(d['visual']):,} persons written")
-        store.save()
+        path = seeded(folder, n, batch, objects=True)
     finally:
-        store.close()
         activities.count_added = count_added
-    total = time.perf_counter() - t0
-    print(f"seeded {n:,} persons in {total:.0f} s; keeping the activity counts took {counting[0]:.1f} s of it "
-          f"({1e6 * counting[0] / n:.1f} us a person)\n")
+    if counting[0]:
+        total = time.perf_counter() - t0
+        print(f"seeded {n:,} persons in {total:.0f} s (load average {load_average()} at the end); keeping the "
+              f"activity counts took {counting[0]:.1f} s of it ({1e6 * counting[0] / n:.1f} us a person)\n")
+    return path
 
 
 def _child(code: str, data_dir: Path) -> tuple[dict, float]:
@@ -122,50 +93,67 @@ def _child(code: str, data_dir: Path) -> tuple[dict, float]:
 
 
 OVERVIEW = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, '.')
 from a2v_search import A2VSearch
 api = A2VSearch.open(sys.argv[1])
 out = {}
-for name, kw in (("whole store", {}), ("one collection", {"collection": "c1"}), ("path glob (scanned)",
-                 {"path": "/bench/00000*"})):
+for name, kw in (("whole store", {}), ("one collection", {"collection": "videos"}),
+                 ("path glob (scanned)", {"path": PATH}), ("object filter (scanned)", {"where": ["object: cup>=0.5"]})):
     api.activities(**kw)
     times = []
-    for _ in range(REPEATS if "glob" not in name else 3):
+    for _ in range(REPEATS if "scanned" not in name else 3):
         t = time.perf_counter(); o = api.activities(**kw); times.append(time.perf_counter() - t)
-    out[name] = {"seconds": times, "persons": o["persons"], "counted": o["counted"],
-                 "top": [o["verbs"][0]["name"], o["verbs"][0]["count"]]}
+    out[name] = {"seconds": times, "persons": o["persons"], "counted": o["counted"], "load": os.getloadavg()[0],
+                 "top": [o["verbs"][0]["name"], o["verbs"][0]["count"]],
+                 "object": [o["objects"][0]["name"], o["objects"][0]["count"]] if o["objects"] else ["-", 0],
+                 "pair": [o["pairs"]["verb_object"][0]["verb"] + " + " + o["pairs"]["verb_object"][0]["object"],
+                          o["pairs"]["verb_object"][0]["count"]] if o["pairs"]["verb_object"] else ["-", 0]}
 """
 
 CLUSTER = """
-import json, sys, time
+import json, os, sys, time
 sys.path.insert(0, '.')
 from a2v_search import A2VSearch
 t = time.perf_counter()
 r = A2VSearch.open(sys.argv[1]).cluster(k=K, name="bench")
-out = {"seconds": time.perf_counter() - t, "info": r["info"], "persons": r["persons"],
+out = {"seconds": time.perf_counter() - t, "info": r["info"], "persons": r["persons"], "load": os.getloadavg()[0],
        "largest": max(c["size"] for c in r["clusters"]), "name0": r["clusters"][0]["name"]}
 """
 
 
-def scale(data_dir: Path, n: int, ks: list[int], repeats: int) -> None:
-    seed_store(data_dir, n)
-    result, peak = _child(OVERVIEW.replace("REPEATS", str(repeats)), data_dir)
-    print(f"activity overview ({repeats} calls after a first; child peak RSS {peak:.0f} MB):\n")
-    print("| persons | filter | counted | p50 ms | p95 ms | top verb |\n|---|---|---|---|---|---|")
+def cli_seconds(data_dir: Path) -> float:
+    """Wall seconds of one ``manage.py activities --json`` process (start, imports, open, overview)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "manage.py", "activities", "--data-dir", str(data_dir), "--json"], cwd=ROOT,
+                   check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def scale(folder: Path, n: int, ks: list[int], repeats: int) -> None:
+    data_dir = seed_store(folder, n)
+    glob = f"/seed/{n}/00000*"  # the first 9,999 media
+    result, peak = _child(OVERVIEW.replace("REPEATS", str(repeats)).replace("PATH", repr(glob)), data_dir)
+    print(f"activity overview ({repeats} calls after a first, 3 for scans; child peak RSS {peak:.0f} MB):\n")
+    print("| persons | filter | counted | p50 ms | p99 ms | load | top verb | top object | top verb + object |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in result.items():
-        p50, p95 = percentiles_ms(r["seconds"])
-        print(f"| {r['persons']:,} | {name} | {r['counted']} | {p50:.1f} | {p95:.1f} | {r['top'][0]} "
-              f"({r['top'][1]:,}) |")
-    print("\nclustering every person in the language space (one child process each):\n")
-    print("| persons | k | seconds | train s | assign s | peak RSS MB | trained on | largest cluster |")
-    print("|---|---|---|---|---|---|---|---|")
+        p50, p99 = percentiles_ms(r["seconds"])
+        print(f"| {r['persons']:,} | {name} | {r['counted']} | {p50:.1f} | {p99:.1f} | {r['load']:.1f} | "
+              f"{r['top'][0]} ({r['top'][1]:,}) | {r['object'][0]} ({r['object'][1]:,}) | {r['pair'][0]} "
+              f"({r['pair'][1]:,}) |")
+    clis = [cli_seconds(data_dir) for _ in range(3)]
+    print(f"\n`manage.py activities --json` as a process (Python start, imports, open, overview): "
+          f"{', '.join(f'{c:.2f}' for c in clis)} s (load average {load_average()})\n")
+    print("clustering every person in the language space (one child process each):\n")
+    print("| persons | k | seconds | train s | assign s | peak RSS MB | load | trained on | largest cluster | a name |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for k in ks:
         log(f"clustering k={k}")
         r, peak = _child(CLUSTER.replace("K", str(k)), data_dir)
         s = r["info"]["seconds"]
         print(f"| {r['persons']:,} | {k} | {r['seconds']:.1f} | {s['train']:.1f} | {s['assign']:.1f} | {peak:.0f} | "
-              f"{r['info']['trained_on']:,} | {r['largest']:,} |")
+              f"{r['load']:.1f} | {r['info']['trained_on']:,} | {r['largest']:,} | {r['name0']} |", flush=True)
 
 
 # ------------------------------------------------------------------ quality on HICO-DET

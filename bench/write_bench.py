@@ -66,14 +66,22 @@ def realistic(gen: SyntheticPersons, n: int, rng: np.random.Generator) -> dict[s
 
 
 class Workload:
-    """Batches of media with realistic persons: images, videos with tracks, duplicates, replaced files."""
+    """Batches of media with realistic persons: images, videos with tracks, duplicates, replaced files; with
+    ``objects``, each person acts on an object that HICO-DET labels with its verb, for each verb it shows (>= 0.5;
+    p U(0.5, 0.95)), and a third of them have an object at hand that they do not use (p U(0.2, 0.6))."""
 
-    def __init__(self, prefix: str, seed: int = 0, driver: bool = False):
+    def __init__(self, prefix: str, seed: int = 0, driver: bool = False, objects: bool = False):
+        from a2v_search import taxonomy as tx
         from db.repo import NewPerson
 
         self.NewPerson = NewPerson
         self.gen, self.rng = SyntheticPersons(seed=seed, stream=1), np.random.default_rng(seed)
         self.prefix, self.driver, self.n_media = prefix, driver, 0
+        self.verb_objects: dict[int, list[int]] | None = None
+        if objects:
+            self.verb_objects = {}
+            for obj, verb in tx.hico_hois():
+                self.verb_objects.setdefault(verb, []).append(obj)
         self.pending: list[str] = []  # paths with persons, until the caller says they are committed
         self.written: list[str] = []  # committed paths with persons, for replacing
         self.stored: dict[str, int] = {}  # their media ids
@@ -87,8 +95,24 @@ class Workload:
             x = 40.0 * (i % tracks) + 2.0 * (frame or 0)
             out.append(self.NewPerson(box=[x, 20.0, x + 120.0, 300.0], pasta=d["pasta"][i], verbs=d["verbs"][i],
                                       parts=d["parts"][i], visual=d["visual"][i], visual_norm=9.5, frame_index=frame,
-                                      t_sec=None if frame is None else frame * 0.5))
+                                      t_sec=None if frame is None else frame * 0.5,
+                                      objects=self._objects(d["verbs"][i])))
         return out
+
+    def _objects(self, verbs: np.ndarray) -> tuple:
+        """The objects of a person with these verb probabilities (157,): none without ``objects``."""
+        if self.verb_objects is None:
+            return ()
+        found: dict[int, float] = {}
+        for v in np.flatnonzero(verbs >= 0.5):
+            choices = self.verb_objects.get(int(v))
+            if choices:
+                cls = choices[int(self.rng.integers(len(choices)))]
+                found[cls] = max(found.get(cls, 0.0), round(float(self.rng.uniform(0.5, 0.95)), 4))
+        if self.rng.random() < 1 / 3:
+            cls = int(self.rng.integers(80))
+            found.setdefault(cls, round(float(self.rng.uniform(0.2, 0.6)), 4))
+        return tuple((c, p, None) for c, p in sorted(found.items(), key=lambda t: -t[1])[:4])
 
     def batch(self, persons: int) -> list:
         """Media holding about ``persons`` persons (whole media)."""
@@ -182,9 +206,10 @@ def persons_in(store) -> int:
     return store.summary()[0]["persons"]
 
 
-def seeded(folder: Path, n: int, batch: int) -> Path:
-    """A store of about n realistic persons under ``folder`` (made once through Store.write, then reused)."""
-    path = folder / f"store-{n}"
+def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
+    """A store of about n realistic persons under ``folder`` (made once through Store.write, then reused); with
+    ``objects``, persons act on objects (``Workload``)."""
+    path = folder / (f"store-{n}" + ("-objects" if objects else ""))
     if n == 0:
         shutil.rmtree(path, ignore_errors=True)
         return path
@@ -193,7 +218,7 @@ def seeded(folder: Path, n: int, batch: int) -> Path:
         have = persons_in(store)
         if have < n:
             log(f"seeding {path}: {have:,} -> {n:,} persons")
-            work, t0 = Workload(f"/seed/{n}", seed=7), time.perf_counter()
+            work, t0 = Workload(f"/seed/{n}", seed=7, objects=objects), time.perf_counter()
             work.n_media = store.summary()[0]["media"]
             while have < n:
                 items = work.batch(min(batch, n - have))

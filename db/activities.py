@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
+from .schema import COUNT_MIN_P, ActivityCount, Media, Person
 
 N_PASTA, N_VERBS, N_OBJECTS = 93, 157, 80  # as db.repo (the taxonomy's sizes)
 FIELDS = ("pasta", "verbs", "objects", "verb_pasta", "verb_object")
@@ -103,16 +103,29 @@ def object_matrix(objects: Sequence[Sequence[tuple]]) -> np.ndarray:
 
 
 def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
-    """:func:`object_matrix` of the stored persons ``ids`` (rows in that order; 0 where a person has none)."""
-    ids = [int(i) for i in ids]
-    row = {pid: r for r, pid in enumerate(ids)}
+    """:func:`object_matrix` of the stored persons ``ids`` (rows in that order; 0 where a person has none). Ids that
+    lie close together (a run of new persons) are read as one range of the objects' key."""
+    ids = np.asarray(ids, np.int64)
     out = np.zeros((len(ids), N_OBJECTS))
-    for i in range(0, len(ids), _CHUNK):
-        q = select(PersonObject.person_id, PersonObject.cls, PersonObject.p).where(
-            PersonObject.person_id.in_(ids[i:i + _CHUNK]))
-        for pid, cls, p in s.execute(q):
-            r = row[pid]
-            out[r, cls] = max(out[r, cls], p)
+    if not len(ids):
+        return out
+    order = np.argsort(ids, kind="stable")
+    ranked = ids[order]
+    lo, hi = int(ranked[0]), int(ranked[-1])
+    sql = "SELECT person_id, cls, p FROM objects WHERE person_id "
+    if hi - lo < 4 * len(ids):
+        found = s.connection().exec_driver_sql(sql + "BETWEEN ? AND ?", (lo, hi)).fetchall()
+    else:
+        found = []
+        for i in range(0, len(ranked), _CHUNK):
+            part = ranked[i:i + _CHUNK].tolist()
+            found += s.connection().exec_driver_sql(
+                sql + f"IN ({','.join('?' * len(part))})", tuple(part)).fetchall()
+    if found:
+        pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
+        at = np.searchsorted(ranked, pid)
+        mine = (at < len(ranked)) & (ranked[np.minimum(at, len(ranked) - 1)] == pid)
+        np.maximum.at(out, (order[at[mine]], cls[mine].astype(np.int64)), prob[mine].astype(np.float64))
     return out
 
 
@@ -208,17 +221,49 @@ def read_counts(s: Session, collection: str | None = None, kind: str | None = No
 # ------------------------------------------------------------------ examples
 
 
-def newest_ids(s: Session, n: int, collection: str | None = None, kind: str | None = None) -> np.ndarray:
-    """The ``n`` newest persons (largest ids) of a collection and / or media kind, ids ascending: where the kept
-    counts' examples are drawn from."""
-    q = select(Person.id)
-    if collection is not None or kind is not None:
-        q = q.join(Media, Media.id == Person.media_id)
-        if collection is not None:
-            q = q.where(Media.collection == collection)
-        if kind is not None:
-            q = q.where(Media.kind == kind)
-    return np.sort(np.fromiter(s.execute(q.order_by(Person.id.desc()).limit(n)).scalars(), np.int64))
+def pool_examples(s: Session, keys: Sequence[tuple], examples: int, min_p: float = COUNT_MIN_P,
+                  collection: str | None = None, kind: str | None = None, pool: int = EXAMPLE_POOL) -> dict:
+    """``examples`` example persons of each label and pair of ``keys`` among the ``pool`` newest persons (largest
+    ids) of a collection and / or media kind: the kept counts' examples, read in one query."""
+    where = {f"m.{column} = ?": value for column, value in (("collection", collection), ("kind", kind))
+             if value is not None}
+    sql = "SELECT p.id, p.pasta, p.verbs FROM persons p"
+    if where:
+        sql += " JOIN media m ON m.id = p.media_id WHERE " + " AND ".join(where)
+    rows = s.connection().exec_driver_sql(sql + " ORDER BY p.id DESC LIMIT ?", (*where.values(), int(pool))).fetchall()
+    if not rows or not examples:
+        return {}
+    pid, pasta, verbs, objects = _block(s, rows[::-1])
+    best: dict[tuple, list[tuple[float, int]]] = {}
+    _examples(best, pid, pasta, verbs, objects, keys, examples, min_p)
+    return {key: [i for _, i in items] for key, items in best.items()}
+
+
+def _block(s: Session, rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (id, pasta blob, verbs blob), ids ascending -> ids (n,), pasta (n, 93), verbs (n, 157), objects (n, 80)."""
+    from .blobs import stack16 as _stack16
+
+    pid = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    return (pid, _stack16([r[1] for r in rows], N_PASTA), _stack16([r[2] for r in rows], N_VERBS),
+            stored_objects(s, pid))
+
+
+def _examples(best: dict, pid: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray,
+              keys: Sequence[tuple] | None, n: int, min_p: float) -> None:
+    """Merge a block's example persons into ``best``: of the labels and pairs of ``keys``, or (None) of every
+    label some person of the block shows."""
+    probs = {"pasta": pasta, "verbs": verbs, "objects": objects}
+    shown = {"pasta": pasta >= np.float32(min_p), "verbs": verbs >= np.float32(min_p),
+             "objects": objects >= float(min_p)}
+    if keys is None:
+        keys = [(name, int(c)) for name, m in shown.items() for c in np.flatnonzero(m.any(0))]
+    for key in keys:
+        if key[0] in probs:
+            _keep_best(best, tuple(key), probs[key[0]][:, key[1]], pid, shown[key[0]][:, key[1]], n)
+        elif key[0] in PAIRS:
+            both = shown["verbs"][:, key[1]] & shown["pasta" if key[0] == "verb_pasta" else "objects"][:, key[2]]
+            if both.any():
+                _keep_best(best, tuple(key), verbs[:, key[1]], pid, both, n)
 
 
 def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tuple] = (),
@@ -226,8 +271,6 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
     """Count the persons ``ids`` (sorted) from their stored probabilities and objects, with ``examples`` example
     persons of every PaSta, verb and object, and of the pairs among the keys ``pairs`` (``("verb_pasta", v, c)``,
     ``("verb_object", v, o)``; other keys are ignored): (counts, {key: [person ids]})."""
-    from .blobs import stack16 as _stack16
-
     pairs = [k for k in pairs if k[0] in PAIRS]
     total = Counts.zero()
     best: dict[tuple, list[tuple[float, int]]] = {}
@@ -240,21 +283,11 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
         if not rows:
             continue
         rows.sort(key=lambda r: r[0])
-        pid = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        pasta, verbs = _stack16([r[1] for r in rows], N_PASTA), _stack16([r[2] for r in rows], N_VERBS)
-        objects = stored_objects(s, pid.tolist())
+        pid, pasta, verbs, objects = _block(s, rows)
         total = total + count_block(pasta, verbs, objects, min_p)
-        if not examples:
-            continue
-        labels = {"pasta": pasta >= np.float32(min_p), "verbs": verbs >= np.float32(min_p),
-                  "objects": objects >= float(min_p)}
-        for name, probs in (("pasta", pasta), ("verbs", verbs), ("objects", objects)):
-            for cls in np.flatnonzero(labels[name].any(0)):
-                _keep_best(best, (name, int(cls)), probs[:, cls], pid, labels[name][:, cls], examples)
-        for key in pairs:
-            both = labels["verbs"][:, key[1]] & labels["pasta" if key[0] == "verb_pasta" else "objects"][:, key[2]]
-            if both.any():
-                _keep_best(best, tuple(key), verbs[:, key[1]], pid, both, examples)
+        if examples:
+            _examples(best, pid, pasta, verbs, objects, None, examples, min_p)
+            _examples(best, pid, pasta, verbs, objects, pairs, examples, min_p)
     return total, {key: [i for _, i in items] for key, items in best.items()}
 
 
