@@ -54,6 +54,7 @@ from hico_queries import QUERIES, Query, half  # noqa: E402
 
 from a2v_search import taxonomy as tx  # noqa: E402
 from a2v_search.models import prompts  # noqa: E402
+from a2v_search.objects import MAX_OBJECTS_PER_PERSON  # noqa: E402
 from a2v_search.training.hake_data import hoi_objects, hoi_verbs, load_annotations  # noqa: E402
 
 #: the shared HAKE data: beside the checkout, or beside the folder of worktrees
@@ -227,7 +228,7 @@ def caption_rankings(embed: Embedder, p: Persons, with_objects: bool) -> list[np
 
 
 def records(p: Persons, objects: bool) -> list[dict]:
-    """Import records of the persons, with their objects (p > 0) when ``objects``."""
+    """Import records of the persons, with their objects (p > 0, the best 4) when ``objects``."""
     rng = np.random.default_rng(7)
     out = []
     for i in range(len(p)):
@@ -235,7 +236,8 @@ def records(p: Persons, objects: bool) -> list[dict]:
                   "visual": rng.normal(size=VISUAL_DIM).tolist()}
         if objects:
             person["objects"] = [{"name": tx.OBJECT_NAMES[o], "p": float(p.objects[i, o])}
-                                 for o in np.argsort(-p.objects[i], kind="stable") if p.objects[i, o] > 0]
+                                 for o in np.argsort(-p.objects[i], kind="stable") if p.objects[i, o] > 0
+                                 ][:MAX_OBJECTS_PER_PERSON]  # a few persons act on 5 kinds of object
         out.append({"path": f"/hico/{i:06d}.jpg", "width": 640, "height": 480, "persons": [person]})
     return out
 
