@@ -10,8 +10,8 @@ Two ways to the same numbers:
 
 Example persons of a label are the ones with the highest probability of it (ties: the smaller id); of a pair,
 the highest probability of its verb among the persons that show both. Kept counts take them from the newest
-``EXAMPLE_POOL`` persons of the collection / kind (read like a scan: bounded work whatever the store's size); a
-scan from every person it counts. Tests check that both ways agree. Keys of labels and pairs: ``("pasta", c)``,
+persons of the collection / kind (:func:`pool_examples`: a quarter of ``EXAMPLE_POOL``, all of it for labels short of
+examples there; bounded work whatever the store's size); a scan from every person it counts. Tests check that both ways agree. Keys of labels and pairs: ``("pasta", c)``,
 ``("verbs", v)``, ``("objects", o)``, ``("verb_pasta", v, c)``, ``("verb_object", v, o)``.
 """
 
@@ -112,15 +112,14 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     order = np.argsort(ids, kind="stable")
     ranked = ids[order]
     lo, hi = int(ranked[0]), int(ranked[-1])
-    sql = "SELECT person_id, cls, p FROM objects WHERE person_id "
+    sql, cur = "SELECT person_id, cls, p FROM objects WHERE person_id ", _cursor(s)
     if hi - lo < 4 * len(ids):
-        found = s.connection().exec_driver_sql(sql + "BETWEEN ? AND ?", (lo, hi)).fetchall()
+        found = cur.execute(sql + "BETWEEN ? AND ?", (lo, hi)).fetchall()
     else:
         found = []
         for i in range(0, len(ranked), _CHUNK):
             part = ranked[i:i + _CHUNK].tolist()
-            found += s.connection().exec_driver_sql(
-                sql + f"IN ({','.join('?' * len(part))})", tuple(part)).fetchall()
+            found += cur.execute(sql + f"IN ({','.join('?' * len(part))})", part).fetchall()
     if found:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
         at = np.searchsorted(ranked, pid)
@@ -223,20 +222,55 @@ def read_counts(s: Session, collection: str | None = None, kind: str | None = No
 
 def pool_examples(s: Session, keys: Sequence[tuple], examples: int, min_p: float = COUNT_MIN_P,
                   collection: str | None = None, kind: str | None = None, pool: int = EXAMPLE_POOL) -> dict:
-    """``examples`` example persons of each label and pair of ``keys`` among the ``pool`` newest persons (largest
-    ids) of a collection and / or media kind: the kept counts' examples, read in one query."""
+    """``examples`` example persons of each label and pair of ``keys`` among the newest persons (largest ids) of a
+    collection and / or media kind: the kept counts' examples. The newest ``pool // 4`` persons are read first;
+    the next ones, up to ``pool`` in all, only when a label or pair has fewer than ``examples`` there."""
+    if not examples:
+        return {}
+    best: dict[tuple, list[tuple[float, int]]] = {}
+    before, todo = None, list(keys)
+    for size in (pool // 4, pool - pool // 4):
+        rows = _newest_rows(s, size, before, collection, kind)
+        if not rows:
+            break
+        pid, pasta, verbs, objects = _block(s, rows[::-1])
+        _examples(best, pid, pasta, verbs, objects, todo, examples, min_p)
+        todo, before = [k for k in todo if len(best.get(tuple(k), ())) < examples], int(pid[0])
+        if not todo:
+            break
+    return {key: [i for _, i in items] for key, items in best.items()}
+
+
+def _newest_rows(s: Session, n: int, before: int | None, collection: str | None, kind: str | None) -> list:
+    """(id, pasta, verbs) of the ``n`` newest persons (ids below ``before``) of a collection and / or kind, newest
+    first. Those of the whole store are one read back along the persons' key; those of a collection or kind that
+    holds at least 1/16 of the persons too (its persons are met at least every 16th); those of a smaller one are
+    found through the media index, then read by id."""
+    cur = _cursor(s)
     where = {f"m.{column} = ?": value for column, value in (("collection", collection), ("kind", kind))
              if value is not None}
-    sql = "SELECT p.id, p.pasta, p.verbs FROM persons p"
-    if where:
-        sql += " JOIN media m ON m.id = p.media_id WHERE " + " AND ".join(where)
-    rows = s.connection().exec_driver_sql(sql + " ORDER BY p.id DESC LIMIT ?", (*where.values(), int(pool))).fetchall()
-    if not rows or not examples:
-        return {}
-    pid, pasta, verbs, objects = _block(s, rows[::-1])
-    best: dict[tuple, list[tuple[float, int]]] = {}
-    _examples(best, pid, pasta, verbs, objects, keys, examples, min_p)
-    return {key: [i for _, i in items] for key, items in best.items()}
+    if before is not None:
+        where["p.id < ?"] = before
+    cond = " AND ".join(where)
+    if not (set(where) - {"p.id < ?"}):
+        return cur.execute(f"SELECT p.id, p.pasta, p.verbs FROM persons p {'WHERE ' + cond if cond else ''} "
+                           "ORDER BY p.id DESC LIMIT ?", (*where.values(), n)).fetchall()
+    if 16 * read_counts(s, collection, kind).persons >= read_counts(s).persons:
+        return cur.execute(f"SELECT p.id, p.pasta, p.verbs FROM persons p CROSS JOIN media m ON m.id = p.media_id "
+                           f"WHERE {cond} ORDER BY p.id DESC LIMIT ?", (*where.values(), n)).fetchall()
+    ids = [r[0] for r in cur.execute(f"SELECT p.id FROM media m JOIN persons p ON p.media_id = m.id WHERE {cond} "
+                                     "ORDER BY p.id DESC LIMIT ?", (*where.values(), n))]
+    rows = []
+    for i in range(0, len(ids), _CHUNK):
+        part = ids[i:i + _CHUNK]
+        rows += cur.execute(f"SELECT id, pasta, verbs FROM persons WHERE id IN ({','.join('?' * len(part))})",
+                            part).fetchall()
+    return sorted(rows, key=lambda r: -r[0])
+
+
+def _cursor(s: Session):
+    """A DBAPI cursor inside the session's transaction (bulk reads without SQLAlchemy's per-row cost)."""
+    return s.connection().connection.driver_connection.cursor()
 
 
 def _block(s: Session, rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
