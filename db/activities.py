@@ -10,9 +10,10 @@ Two ways to the same numbers:
 
 Example persons of a label are the ones with the highest probability of it (ties: the smaller id); of a pair,
 the highest probability of its verb among the persons that show both. Kept counts take them from the newest
-persons of the collection / kind (:func:`pool_examples`: a quarter of ``EXAMPLE_POOL``, all of it for labels short of
-examples there; bounded work whatever the store's size); a scan from every person it counts. Tests check that both ways agree. Keys of labels and pairs: ``("pasta", c)``,
-``("verbs", v)``, ``("objects", o)``, ``("verb_pasta", v, c)``, ``("verb_object", v, o)``.
+persons of the collection / kind (:func:`pool_examples`: a quarter of ``EXAMPLE_POOL``, all of it for labels short
+of examples there; bounded work whatever the store's size); a scan from every person it counts. Tests check that
+both ways agree. Keys of labels and pairs: ``("pasta", c)``, ``("verbs", v)``, ``("objects", o)``,
+``("verb_pasta", v, c)``, ``("verb_object", v, o)``.
 """
 
 from __future__ import annotations
