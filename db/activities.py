@@ -304,25 +304,26 @@ def _examples(best: dict, pid: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
 def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tuple] = (),
                 min_p: float = COUNT_MIN_P, chunk: int = 20000) -> tuple[Counts, dict]:
     """Count the persons ``ids`` (sorted) from their stored probabilities and objects, with ``examples`` example
-    persons of every PaSta, verb and object, and of the pairs among the keys ``pairs`` (``("verb_pasta", v, c)``,
-    ``("verb_object", v, o)``; other keys are ignored): (counts, {key: [person ids]})."""
+    persons of every PaSta, verb and object, or (``pairs`` given) of the pairs among the keys ``pairs``
+    (``("verb_pasta", v, c)``, ``("verb_object", v, o)``; other keys are ignored): (counts, {key: [person ids]})."""
     pairs = [k for k in pairs if k[0] in PAIRS]
     total = Counts.zero()
     best: dict[tuple, list[tuple[float, int]]] = {}
+    cur = _cursor(s)
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk].tolist()
         rows = []
         for i in range(0, len(part), _CHUNK):
-            rows += s.execute(select(Person.id, Person.pasta, Person.verbs)
-                              .where(Person.id.in_(part[i:i + _CHUNK]))).all()
+            some = part[i:i + _CHUNK]
+            rows += cur.execute(f"SELECT id, pasta, verbs FROM persons WHERE id IN ({','.join('?' * len(some))})",
+                                some).fetchall()
         if not rows:
             continue
         rows.sort(key=lambda r: r[0])
         pid, pasta, verbs, objects = _block(s, rows)
         total = total + count_block(pasta, verbs, objects, min_p)
         if examples:
-            _examples(best, pid, pasta, verbs, objects, None, examples, min_p)
-            _examples(best, pid, pasta, verbs, objects, pairs, examples, min_p)
+            _examples(best, pid, pasta, verbs, objects, pairs or None, examples, min_p)
     return total, {key: [i for _, i in items] for key, items in best.items()}
 
 
