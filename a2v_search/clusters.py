@@ -132,7 +132,7 @@ def _unit_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _space_vectors(store: Store, batch, space: str) -> np.ndarray:
-    return store.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, names=(space,))[space]
+    return store.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, (space,), batch.objects)[space]
 
 
 def _distinct(means: np.ndarray, overall: np.ndarray, names: tuple[str, ...], skip: set[int], n: int) -> list:

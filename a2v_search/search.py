@@ -398,7 +398,8 @@ class Searcher:
         pids = stored.ids
         if not len(pids):
             return []
-        vecs = self.store.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, names=tuple(weights))
+        vecs = self.store.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, tuple(weights),
+                                  stored.objects)
         cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)
         order = np.lexsort((pids, -score))

@@ -448,17 +448,19 @@ class Store:
     # ------------------------------------------------------------------ vectors
 
     def index_vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
-                      norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
+                      norms: np.ndarray | None = None, names: Sequence[str] = INDEX_NAMES,
+                      objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The FAISS vectors of new persons in the spaces ``names``, computed from the values SQLite stores
         (float16 vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are
         identical."""
         return self.vectors(repo.unf16(repo.f16(visual)).reshape(len(visual), -1),
                             np.asarray(pasta, np.float16).astype(np.float32),
-                            np.asarray(verbs, np.float16).astype(np.float32), norms, names)
+                            np.asarray(verbs, np.float16).astype(np.float32), norms, names, objects)
 
     def vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, norms: np.ndarray | None = None,
-                names: Sequence[str] = INDEX_NAMES) -> dict[str, np.ndarray]:
-        """Vectors of persons in the spaces ``names`` from their stored values. A person without a direction in a
+                names: Sequence[str] = INDEX_NAMES, objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Vectors of persons in the spaces ``names`` from their stored values (``objects``: (N, 80) the largest p
+        of each object class, ``repo.object_probs``; None = no objects). A person without a direction in a
         space (all-zero probabilities, or values that are damaged: NaN, wrong length) gets the zero vector there,
         which scores 0 against every query; nothing here raises on a row."""
         n, dim = len(visual), self.space_row().visual_dim
@@ -468,8 +470,9 @@ class Store:
         if "visual" in names:
             out["visual"] = np.ascontiguousarray(v)
         if "language" in names:
-            out["language"] = _finite_rows(self.language().embed(_finite_rows(np.asarray(pasta, np.float32)),
-                                                                 _finite_rows(np.asarray(verbs, np.float32))))
+            out["language"] = _finite_rows(self.language().embed(
+                _finite_rows(np.asarray(pasta, np.float32)), _finite_rows(np.asarray(verbs, np.float32)),
+                None if objects is None else _finite_rows(np.asarray(objects, np.float32))))
         if activity.ACTIVITY in names:
             out[activity.ACTIVITY] = _finite_rows(self.activity_vectors(v, np.asarray(norms, np.float32)))
         return out
@@ -607,7 +610,7 @@ class Store:
     def _add_from_db(self, s, name: str, idx: VectorIndex, after_id: int = -1, ids=None) -> int:
         n = 0
         for batch in repo.iter_vectors(s, after_id=after_id, ids=ids):
-            vecs = self.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, names=(name,))[name]
+            vecs = self.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, (name,), batch.objects)[name]
             idx.add(batch.ids, vecs, allow_zero=True)
             n += len(batch.ids)
         return n
@@ -737,7 +740,7 @@ class Store:
             self.language()  # loaded here, not in the second thread
             vecs = self._second_thread().submit(
                 self.vectors, arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
-                arrays.verbs.astype(np.float32), arrays.norms, names=add_to)
+                arrays.verbs.astype(np.float32), arrays.norms, add_to, arrays.objects)
         try:
             with self.db.session() as s:
                 _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)

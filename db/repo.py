@@ -447,6 +447,17 @@ class PersonArrays:
     visual: np.ndarray  # (n, P) float16
     boxes: np.ndarray  # (n, 4) float64
     norms: np.ndarray  # (n,) float32, NaN where unknown
+    objects: np.ndarray  # (n, 80) float32: the largest p of each object class (object_probs)
+
+
+def object_probs(objects: Sequence[Sequence[ObjectRow]]) -> np.ndarray:
+    """Persons' objects -> float32 (n, 80): row i holds the largest ``p`` of each class among person i's objects,
+    0 for classes it has none of (what the language space's object block reads)."""
+    out = np.zeros((len(objects), N_OBJECTS), np.float32)
+    for i, objs in enumerate(objects):
+        for cls, prob, _ in objs:
+            out[i, int(cls)] = max(out[i, int(cls)], np.float32(prob))
+    return out
 
 
 def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArrays | None, str | None]:
@@ -471,7 +482,7 @@ def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArra
         return None, "objects"
     norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
     return PersonArrays(pasta.astype(np.float16), verbs.astype(np.float16), parts.astype(np.float16), visual16,
-                        boxes, norms), None
+                        boxes, norms, object_probs([p.objects for p in persons])), None
 
 
 #: (largest id, AUTOINCREMENT's counter) of each table, literal SQL run on the session's own DBAPI connection
@@ -765,15 +776,42 @@ class Vectors(NamedTuple):
     pasta: np.ndarray  # (n, 93)
     verbs: np.ndarray  # (n, 157)
     norms: np.ndarray  # (n,) tower-output norms, NaN where unknown (stored before schema 2)
+    objects: np.ndarray  # (n, 80) the largest p of each object class (object_probs)
 
 
 _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
 
 
-def _vector_batch(rows: Sequence) -> Vectors:
-    return Vectors(np.fromiter((r[0] for r in rows), np.int64, len(rows)), stack16([r[1] for r in rows]),
-                   stack16([r[2] for r in rows], N_PASTA), stack16([r[3] for r in rows], N_VERBS),
-                   _norms([r[4] for r in rows]))
+def _vector_batch(s: Session, rows: Sequence) -> Vectors:
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    return Vectors(ids, stack16([r[1] for r in rows]), stack16([r[2] for r in rows], N_PASTA),
+                   stack16([r[3] for r in rows], N_VERBS), _norms([r[4] for r in rows]), _object_probs_of(s, ids))
+
+
+def _object_probs_of(s: Session, ids: np.ndarray) -> np.ndarray:
+    """(len(ids), 80): :func:`object_probs` of the stored objects of persons ``ids``, in their order. Dense ids (an
+    index build's id-ordered chunk) are read as one id range, scattered ones (search re-scoring) by ``IN`` lists;
+    either way through the objects table's key, which starts with the person id."""
+    out = np.zeros((len(ids), N_OBJECTS), np.float32)
+    if not len(ids):
+        return out
+    row = {int(pid): i for i, pid in enumerate(ids.tolist())}
+    lo, hi = int(ids.min()), int(ids.max())
+    wheres = ([PersonObject.person_id.between(lo, hi)] if hi - lo < 4 * len(ids) else
+              [PersonObject.person_id.in_(chunk) for chunk in _chunks(sorted(row))])
+    for where in wheres:
+        q = (select(PersonObject.person_id, PersonObject.cls, func.max(PersonObject.p)).where(where)
+             .group_by(PersonObject.person_id, PersonObject.cls))
+        for pid, cls, prob in s.execute(q):
+            if pid in row:
+                out[row[pid], cls] = prob
+    return out
+
+
+def _chunks(ids: Sequence[int], size: int = _CHUNK) -> Iterator[Sequence[int]]:
+    """``ids`` in slices of at most ``size`` (one ``IN (...)`` list each)."""
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
 
 
 def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
@@ -786,8 +824,9 @@ def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
     rows = [found[i] for i in ids if i in found]
     if not rows:
         return Vectors(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32),
-                       np.zeros((0, N_VERBS), np.float32), np.zeros(0, np.float32))
-    return _vector_batch(rows)
+                       np.zeros((0, N_VERBS), np.float32), np.zeros(0, np.float32),
+                       np.zeros((0, N_OBJECTS), np.float32))
+    return _vector_batch(s, rows)
 
 
 def iter_vectors(s: Session, after_id: int = -1, ids: Sequence[int] | None = None,
@@ -806,7 +845,7 @@ def iter_vectors(s: Session, after_id: int = -1, ids: Sequence[int] | None = Non
         rows = s.execute(select(*_VECTOR_COLUMNS).where(Person.id > last).order_by(Person.id).limit(chunk)).all()
         if not rows:
             return
-        yield _vector_batch(rows)
+        yield _vector_batch(s, rows)
         last = rows[-1][0]
 
 

@@ -432,10 +432,10 @@ class LanguageSpace:
             self.pooling = self._encoder.pooling
         return self._encoder
 
-    def embed(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
+    def embed(self, pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of persons, pasta (N, 93) and verbs (N, 157) -> language vectors (N, r_p + r_v), unit
         length (zero if empty), through the space's formula (``margins``). ``to_full`` maps them back to the (N, 2D)
-        form of the module docstring."""
+        form of the module docstring. ``objects`` (N, 80): the largest p of each object class a person acts on."""
         pasta = np.asarray(pasta, np.float32).reshape(-1, len(tx.PASTA_NAMES))
         verbs = np.asarray(verbs, np.float32).reshape(-1, len(tx.VERB_NAMES))
         return self.embed_weights(*self.formula.weights(pasta, verbs))
