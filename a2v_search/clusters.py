@@ -14,9 +14,8 @@ cluster apart from the persons clustered, stored as a named clustering.
   points; ties go to the smaller k.
 - **Names**: a cluster is named by its 2 verbs, 2 objects and 2 PaSta whose mean probability in the cluster exceeds
   their mean over all persons clustered by the most (an object's probability: its best ``p`` among the person's
-  objects, 0 without one; objects' means are those of the training sample's persons, read for them only: reading
-  every person's objects cost a tenth of a 1M clustering); each cluster keeps its 5 most distinctive verbs, objects
-  and PaSta (mean in the cluster, mean overall) and its ``EXAMPLES`` persons closest to the centroid.
+  objects, 0 without one); each cluster keeps its 5 most distinctive verbs, objects and PaSta (mean in the cluster,
+  mean overall) and its ``EXAMPLES`` persons closest to the centroid.
 - **Later persons**: a clustering describes the persons stored when it was made. Persons stored since belong to no
   cluster; the clustering then says it is stale (``persons_since``: how many, among those its filters select) until
   ``cluster`` runs again under its name. Removed persons leave their cluster (sizes are counted live).
@@ -161,16 +160,6 @@ def describe(count: np.ndarray, pasta_sum: np.ndarray, verb_sum: np.ndarray,
     return out
 
 
-def _object_sums(store: Store, ids: np.ndarray, x: np.ndarray, centroids: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """(k, 80) sums of the members' object probabilities, estimated from the training sample (``ids`` (n,), their
-    unit vectors ``x`` (n, D)): its mean per cluster times the cluster's size."""
-    k = len(centroids)
-    near = assign(x, centroids)[0]
-    sums = np.zeros((k, tx.N_OBJECTS))
-    np.add.at(sums, near, store.object_probabilities(ids))
-    return sums / np.maximum(np.bincount(near, minlength=k), 1)[:, None] * count[:, None]
-
-
 def make_clustering(store: Store, filters: Filters | None, filter_args: dict, name: str, space: str = "language",
                     k: int | None = None, seed: int = 0, niter: int = 20) -> dict:
     """Cluster the persons passing ``filters`` in ``space`` into ``k`` clusters (None: --auto) and store the
@@ -192,9 +181,8 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
     rng = np.random.default_rng(seed)
     n_train = min(len(ids), (k or max(AUTO_KS)) * MAX_POINTS_PER_CENTROID)
     sample = np.sort(rng.choice(ids, n_train, replace=False))
-    parts = [(b.ids[ok], x[ok]) for b in store.iter_vectors(sample)
-             for x, ok in [_unit_rows(_space_vectors(store, b, space))]]
-    train_ids, train = np.concatenate([i for i, _ in parts]), np.concatenate([x for _, x in parts])
+    train = np.concatenate([x[ok] for x, ok in (_unit_rows(_space_vectors(store, b, space))
+                                                 for b in store.iter_vectors(sample))])
     info = {"seed": seed, "niter": niter, "trained_on": int(len(train))}
     if k is None:
         k, scores = choose_k(train, seed)
@@ -207,7 +195,7 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
     assignment = np.full(len(ids), -1, np.int64)
     closeness = np.full(len(ids), -np.inf, np.float32)
     count = np.zeros(k, np.int64)
-    pasta_sum, verb_sum = np.zeros((k, tx.N_PASTA)), np.zeros((k, tx.N_VERBS))
+    pasta_sum, verb_sum, object_sum = np.zeros((k, tx.N_PASTA)), np.zeros((k, tx.N_VERBS)), np.zeros((k, tx.N_OBJECTS))
     pos = 0
     for batch in store.iter_vectors(ids, CHUNK):
         x, ok = _unit_rows(_space_vectors(store, batch, space))
@@ -217,9 +205,10 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
         count += np.bincount(best, minlength=k)
         np.add.at(pasta_sum, best, np.nan_to_num(batch.pasta[ok]))
         np.add.at(verb_sum, best, np.nan_to_num(batch.verbs[ok]))
+        np.add.at(object_sum, best, batch.objects[ok])
         pos += len(batch.ids)
     members = assignment >= 0
-    clusters = describe(count, pasta_sum, verb_sum, _object_sums(store, train_ids, train, centroids, count))
+    clusters = describe(count, pasta_sum, verb_sum, object_sum)
     order = np.lexsort((ids, -closeness, assignment))  # by cluster, closest first, then id
     starts = np.searchsorted(assignment[order], np.arange(k))
     for c, entry in enumerate(clusters):

@@ -971,11 +971,6 @@ class Store:
                 found.update(activities.scan_counts(s, ids, examples, keys, min_p=min_p)[1])
             return counts, {k: found.get(k, []) for k in keys}, "scanned"
 
-    def object_probabilities(self, ids: Sequence[int]) -> np.ndarray:
-        """(n, 80): the best p of each object class of the persons ``ids`` (0: none), rows in that order."""
-        with self.db.session() as s:
-            return activities.stored_objects(s, ids)
-
     def recount_activities(self) -> None:
         """Recompute the kept activity counts from every stored person (writers)."""
         self._require_lock()

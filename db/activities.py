@@ -85,29 +85,20 @@ def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None,
                 min_p: float = COUNT_MIN_P) -> Counts:
     """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values) and the
-    best p of each object class (n, 80) (:func:`object_matrix`; None: no objects)."""
+    largest p of each object class (n, 80) as float32 (``repo.object_probs``; None: no objects)."""
     p = np.asarray(pasta) >= np.float32(min_p)  # (n, 93)
     v = np.asarray(verbs) >= np.float32(min_p)  # (n, 157)
-    o = np.zeros((len(p), N_OBJECTS), bool) if objects is None else np.asarray(objects) >= float(min_p)  # (n, 80)
+    o = np.zeros((len(p), N_OBJECTS), bool) if objects is None else np.asarray(objects) >= np.float32(min_p)  # (n, 80)
     return Counts(len(p), p.sum(0, dtype=np.int64), v.sum(0, dtype=np.int64), o.sum(0, dtype=np.int64),
                   _pairs(v, p), _pairs(v, o))
 
 
-def object_matrix(objects: Sequence[Sequence[tuple]]) -> np.ndarray:
-    """(n, 80) float64: the best p of each object class of each person, from their ``(cls, p, ...)`` objects (the
-    p as stored: SQLite's float64, so thresholds compare as the ``object:`` filter does)."""
-    out = np.zeros((len(objects), N_OBJECTS))
-    for i, objs in enumerate(objects):
-        for cls, p, *_ in objs:
-            out[i, int(cls)] = max(out[i, int(cls)], float(p))
-    return out
-
-
 def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
-    """:func:`object_matrix` of the stored persons ``ids`` (rows in that order; 0 where a person has none). Ids that
-    lie close together (a run of new persons) are read as one range of the objects' key."""
+    """float32 (n, 80): the largest p of each object class of the stored persons ``ids`` (rows in that order; 0
+    where a person has none), as ``repo.object_probs`` makes them for new persons (read here through a DBAPI cursor:
+    bulk reads of counts and examples). Ids that lie close together are read as one range of the objects' key."""
     ids = np.asarray(ids, np.int64)
-    out = np.zeros((len(ids), N_OBJECTS))
+    out = np.zeros((len(ids), N_OBJECTS), np.float32)
     if not len(ids):
         return out
     order = np.argsort(ids, kind="stable")
@@ -125,7 +116,7 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
         at = np.searchsorted(ranked, pid)
         mine = (at < len(ranked)) & (ranked[np.minimum(at, len(ranked) - 1)] == pid)
-        np.maximum.at(out, (order[at[mine]], cls[mine].astype(np.int64)), prob[mine].astype(np.float64))
+        np.maximum.at(out, (order[at[mine]], cls[mine].astype(np.int64)), prob[mine].astype(np.float32))
     return out
 
 
@@ -150,7 +141,7 @@ def _add(s: Session, collection: str, kind: str, delta: Counts) -> None:
 
 def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """Count new persons: (collection, kind) -> their stored (float16 values) pasta (n, 93) and verbs (n, 157),
-    and their objects' :func:`object_matrix` (n, 80)."""
+    and their objects' ``repo.object_probs`` (n, 80)."""
     for (collection, kind), (pasta, verbs, objects) in groups.items():
         if len(pasta):
             _add(s, collection, kind, count_block(pasta, verbs, objects))
@@ -289,7 +280,7 @@ def _examples(best: dict, pid: np.ndarray, pasta: np.ndarray, verbs: np.ndarray,
     label some person of the block shows."""
     probs = {"pasta": pasta, "verbs": verbs, "objects": objects}
     shown = {"pasta": pasta >= np.float32(min_p), "verbs": verbs >= np.float32(min_p),
-             "objects": objects >= float(min_p)}
+             "objects": objects >= np.float32(min_p)}
     if keys is None:
         keys = [(name, int(c)) for name, m in shown.items() for c in np.flatnonzero(m.any(0))]
     for key in keys:

@@ -562,8 +562,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
         cursor.executemany(_INSERT_OBJECT, objects)
     keys = [(m.collection, m.kind) for m in items for _ in m.persons]
     stored_pasta, stored_verbs = (np.asarray(x, np.float16).astype(np.float32) for x in (arrays.pasta, arrays.verbs))
-    stored_objects = activities.object_matrix([p.objects for p in persons])
-    activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows], stored_objects[rows]) for key in set(keys)
+    activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows], arrays.objects[rows]) for key in set(keys)
                                for rows in [[i for i, k in enumerate(keys) if k == key]]})
     return media_ids, ids, removed
 

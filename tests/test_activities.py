@@ -198,9 +198,9 @@ def test_count_block_counts_objects_and_verb_object_pairs():
     pasta = np.zeros((3, tx.N_PASTA), np.float32)
     verbs = np.zeros((3, tx.N_VERBS), np.float32)
     verbs[:2, 7] = 0.9
-    from db.activities import object_matrix
+    from db.repo import object_probs
 
-    objects = object_matrix([[(4, 0.3, None), (4, 0.8, None)], [(9, 0.49, None)], [(9, 0.5, None)]])
+    objects = object_probs([[(4, 0.3, None), (4, 0.8, None)], [(9, 0.49, None)], [(9, 0.5, None)]])
     c = count_block(pasta, verbs, objects)
     assert c.objects[4] == 1 and c.objects[9] == 1 and c.objects.sum() == 2  # the best p of a class counts
     assert c.verb_object[7, 4] == 1 and c.verb_object.sum() == 1  # person 3's object has no verb beside it
