@@ -86,6 +86,28 @@ def test_kept_counts_follow_removals_replacements_and_the_schema_upgrade(known, 
     assert both(data_dir)[0]["verbs"] == kept["verbs"]
 
 
+def test_kept_examples_of_a_small_collection_and_from_a_short_pool_are_those_a_scan_finds(known):
+    data_dir, ids = known
+    fill(data_dir, {"kick": 1}, collection=lambda _: "tiny", start=100)  # 1 of 21 persons: found by the media index
+    with A2VSearch.open(data_dir) as api:
+        kept, scanned = api.activities(collection="tiny"), api.activities(collection="tiny", path="*")
+    assert kept["counted"] == "kept" and kept["persons"] == 1 and names(kept["verbs"]) == {"kick": 1}
+    assert [kept[k] for k in ("verbs", "pasta", "pairs")] == [scanned[k] for k in ("verbs", "pasta", "pairs")]
+    from db import activities
+
+    store = Store(data_dir)
+    with store.db.snapshot() as s:  # a pool of 8: the newest 2 first, then 6 more for labels short of examples
+        keys = [("verbs", tx.verb_index("drink_with")), ("verbs", tx.verb_index("kick")),
+                ("verb_object", tx.verb_index("drink_with"), tx.object_index("cup"))]
+        found = activities.pool_examples(s, keys, 3, pool=8)
+        newest = store.person_ids()[-8:]  # 14..21
+        expected = activities.scan_counts(s, newest, 3, keys)[1]
+        expected.update(activities.scan_counts(s, newest, 3)[1])
+    store.close()
+    assert found == {k: expected[k] for k in keys}
+    assert found[keys[1]] == ids["kick"][::-1][:3]  # the newest 2 held 2 kickers: the next 6 were read too
+
+
 def test_count_block_counts_pairs_of_labels_shown_together():
     pasta = np.zeros((3, tx.N_PASTA), np.float32)
     verbs = np.zeros((3, tx.N_VERBS), np.float32)
