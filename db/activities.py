@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from .schema import COUNT_MIN_P, ActivityCount, Media, Person
+from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
 
 N_PASTA, N_VERBS, N_OBJECTS = 93, 157, 80  # as db.repo (the taxonomy's sizes)
 FIELDS = ("pasta", "verbs", "objects", "verb_pasta", "verb_object")
@@ -104,14 +104,13 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     order = np.argsort(ids, kind="stable")
     ranked = ids[order]
     lo, hi = int(ranked[0]), int(ranked[-1])
-    sql, cur = "SELECT person_id, cls, p FROM objects WHERE person_id ", _cursor(s)
+    q = select(PersonObject.person_id, PersonObject.cls, PersonObject.p)
     if hi - lo < 4 * len(ids):
-        found = cur.execute(sql + "BETWEEN ? AND ?", (lo, hi)).fetchall()
+        found = _fetch(s, q.where(PersonObject.person_id.between(lo, hi)))
     else:
         found = []
         for i in range(0, len(ranked), _CHUNK):
-            part = ranked[i:i + _CHUNK].tolist()
-            found += cur.execute(sql + f"IN ({','.join('?' * len(part))})", part).fetchall()
+            found += _fetch(s, q.where(PersonObject.person_id.in_(ranked[i:i + _CHUNK].tolist())))
     if found:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
         at = np.searchsorted(ranked, pid)
@@ -236,33 +235,32 @@ def pool_examples(s: Session, keys: Sequence[tuple], examples: int, min_p: float
 def _newest_rows(s: Session, n: int, before: int | None, collection: str | None, kind: str | None) -> list:
     """(id, pasta, verbs) of the ``n`` newest persons (ids below ``before``) of a collection and / or kind, newest
     first. Those of the whole store are one read back along the persons' key; those of a collection or kind that
-    holds at least 1/16 of the persons too (its persons are met at least every 16th); those of a smaller one are
-    found through the media index, then read by id."""
-    cur = _cursor(s)
-    where = {f"m.{column} = ?": value for column, value in (("collection", collection), ("kind", kind))
-             if value is not None}
+    holds at least 1/16 of the persons too (its persons are met at least every 16th: ``media_id + 0`` keeps SQLite
+    from the media index); those of a smaller one are found through the media index, then read by id."""
+    media = [c for c, v in ((Media.collection == collection, collection), (Media.kind == kind, kind)) if v is not None]
+    q = select(Person.id, Person.pasta, Person.verbs).order_by(Person.id.desc()).limit(n)
     if before is not None:
-        where["p.id < ?"] = before
-    cond = " AND ".join(where)
-    if not (set(where) - {"p.id < ?"}):
-        return cur.execute(f"SELECT p.id, p.pasta, p.verbs FROM persons p {'WHERE ' + cond if cond else ''} "
-                           "ORDER BY p.id DESC LIMIT ?", (*where.values(), n)).fetchall()
+        q = q.where(Person.id < before)
+    if not media:
+        return _fetch(s, q)
     if 16 * read_counts(s, collection, kind).persons >= read_counts(s).persons:
-        return cur.execute(f"SELECT p.id, p.pasta, p.verbs FROM persons p CROSS JOIN media m ON m.id = p.media_id "
-                           f"WHERE {cond} ORDER BY p.id DESC LIMIT ?", (*where.values(), n)).fetchall()
-    ids = [r[0] for r in cur.execute(f"SELECT p.id FROM media m JOIN persons p ON p.media_id = m.id WHERE {cond} "
-                                     "ORDER BY p.id DESC LIMIT ?", (*where.values(), n))]
+        return _fetch(s, q.where((Person.media_id + 0).in_(select(Media.id).where(*media))))
+    newest = select(Person.id).join(Media, Media.id == Person.media_id).where(*media)
+    newest = newest.where(Person.id < before) if before is not None else newest
+    ids = [r[0] for r in _fetch(s, newest.order_by(Person.id.desc()).limit(n))]
     rows = []
     for i in range(0, len(ids), _CHUNK):
-        part = ids[i:i + _CHUNK]
-        rows += cur.execute(f"SELECT id, pasta, verbs FROM persons WHERE id IN ({','.join('?' * len(part))})",
-                            part).fetchall()
+        rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(ids[i:i + _CHUNK])))
     return sorted(rows, key=lambda r: -r[0])
 
 
-def _cursor(s: Session):
-    """A DBAPI cursor inside the session's transaction (bulk reads without SQLAlchemy's per-row cost)."""
-    return s.connection().connection.driver_connection.cursor()
+def _fetch(s: Session, statement) -> list:
+    """Every row (plain tuples) of a SQLAlchemy statement, compiled with its bound parameters and run on the
+    session's DBAPI cursor: bulk reads without SQLAlchemy's per-row cost."""
+    compiled = statement.compile(dialect=s.get_bind().dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    return s.connection().connection.driver_connection.cursor().execute(
+        compiled.string, [params[name] for name in compiled.positiontup]).fetchall()
 
 
 def _block(s: Session, rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -300,14 +298,11 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
     pairs = [k for k in pairs if k[0] in PAIRS]
     total = Counts.zero()
     best: dict[tuple, list[tuple[float, int]]] = {}
-    cur = _cursor(s)
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk].tolist()
         rows = []
         for i in range(0, len(part), _CHUNK):
-            some = part[i:i + _CHUNK]
-            rows += cur.execute(f"SELECT id, pasta, verbs FROM persons WHERE id IN ({','.join('?' * len(some))})",
-                                some).fetchall()
+            rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(part[i:i + _CHUNK])))
         if not rows:
             continue
         rows.sort(key=lambda r: r[0])
