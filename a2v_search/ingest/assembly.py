@@ -78,13 +78,15 @@ class Assembly:
         """The persons of every slot, in order (once complete)."""
         return [person for group in self.persons for person in group]
 
-    def row(self, collection: str, duplicate_of: int | None = None) -> NewMedia:
-        """The media row to store (a duplicate holds no persons)."""
+    def row(self, collection: str, duplicate_of: int | None = None,
+            persons: list[NewPerson] | None = None) -> NewMedia:
+        """The media row to store (a duplicate holds no persons; ``persons``: ``all_persons()`` when known)."""
         c = self.cand
         if self.seen_until is not None:  # a header may claim years of footage: keep what was really there
             self.duration = min(self.duration, self.seen_until) if self.duration else round(self.seen_until, 3)
         return NewMedia(path=c.path, content_hash=self.content_hash, size=c.size, mtime=c.mtime, kind=c.kind,
                         collection=collection, width=self.width, height=self.height,
-                        persons=[] if duplicate_of else self.all_persons(), duplicate_of=duplicate_of,
+                        persons=[] if duplicate_of else self.all_persons() if persons is None else persons,
+                        duplicate_of=duplicate_of,
                         frames=self.frames if c.kind == "video" else None, duration=self.duration,
                         replaces=self.state.id if self.state else None)

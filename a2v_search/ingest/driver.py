@@ -123,6 +123,9 @@ class Ingestor:
         self.workers.bind(self.opt, self.stages)
         self.stages.update({k: 0.0 for k in self.workers.stage_names})
         self._write_q: list[NewMedia] = []
+        self._write_q_persons = 0
+        self._unchecked: list[tuple[Assembly, DecodeResult, object]] = []  # new content, not yet looked up in SQLite
+        self._visual_dim = 0
         self._failures: list[tuple[str, str, str]] = []
         self._hashes: dict[str, Assembly] = {}  # content hash -> media of this run holding it, until committed
         self._deferred_dups: list[Assembly] = []  # same content as a media not committed yet
@@ -229,6 +232,7 @@ class Ingestor:
         self.workers.start(self.encoder, self.detector)
         self.store.ensure_space(self.encoder.space, self.encoder.language)
         self.store.indexes()  # load and catch up before writing
+        self._visual_dim = self.store.space_row().visual_dim
         self._models_ready = True
 
     def _first_task(self, asm: Assembly) -> DecodeTask:
@@ -253,8 +257,18 @@ class Ingestor:
         if r.error:
             self._fail(asm, *r.error)
             return
-        if asm.decide(r) and self._skip_or_duplicate(asm):
+        if asm.decide(r):
+            if self._unchanged(asm):
+                return
+            self._unchecked.append((asm, r, work))  # looked up in SQLite a model batch of files at a time
+            if r.more or len(self._unchecked) >= self.opt.batch_size \
+                    or self.report.persons_added == 0:  # a video's next segment, or the first persons: no waiting
+                self._check_unchecked()
             return
+        self._accept(asm, r, work)
+
+    def _accept(self, asm: Assembly, r: DecodeResult, work) -> None:
+        """A decoded segment of a file to store: its footage noted, its persons handed to the workers."""
         asm.add_footage(r)
         if r.more:  # the stream really goes on (its claimed duration is never trusted): ask for the next segment
             self._followups.append((asm, asm.next_segment(self.opt.segment_s)))
@@ -273,21 +287,36 @@ class Ingestor:
         if asm.complete:
             self._complete(asm)
 
-    def _skip_or_duplicate(self, asm: Assembly) -> bool:
-        """Unchanged content at the same path: skip. Same content as another media: store as duplicate."""
-        h = asm.content_hash
-        if asm.state is not None and asm.state.content_hash == h and not self.opt.force:
+    def _unchanged(self, asm: Assembly) -> bool:
+        """Unchanged content at the same path: skip."""
+        if asm.state is not None and asm.state.content_hash == asm.content_hash and not self.opt.force:
             self.store.touch_media(asm.state.id, asm.cand.size, asm.cand.mtime)
             asm.dropped = True
             self.report.media_skipped += 1
             self._file_done()
             return True
+        return False
+
+    def _check_unchecked(self) -> None:
+        """Apply the duplicate rule to the first segments waiting for it, in the order they came, with one SQLite
+        lookup for all (as if they had all come now), then accept the others."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        stored = self.store.media_with_hashes([asm.content_hash for asm, _, _ in unchecked])
+        for asm, r, work in unchecked:
+            if not self._duplicate(asm, stored.get(asm.content_hash)):
+                self._accept(asm, r, work)
+
+    def _duplicate(self, asm: Assembly, other: int | None) -> bool:
+        """Same content as a media of this run: wait for it. Same content as a stored media (``other``): store as
+        its duplicate."""
+        h = asm.content_hash
         if h in self._hashes and self._hashes[h] is not asm:
             asm.dropped = True
             self._deferred_dups.append(asm)
             self._file_done()
             return True
-        other = self.store.media_with_hashes([h]).get(h)
         if other is not None and (asm.state is None or other != asm.state.id):
             asm.dropped = True
             self._write_q.append(asm.row(self.opt.collection, duplicate_of=other))
@@ -299,14 +328,16 @@ class Ingestor:
 
     def _complete(self, asm: Assembly) -> None:
         asm.dropped = True  # nothing more to do for it
-        dim = self.store.space_row().visual_dim
-        problems = [(j, why) for j, person in enumerate(asm.all_persons()) if (why := repo.person_problem(person, dim))]
+        persons = asm.all_persons()
+        dim = self._visual_dim
+        problems = [(j, why) for j, person in enumerate(persons) if (why := repo.person_problem(person, dim))]
         if problems:  # checked before the commit, so one bad model output never reaches SQLite
             j, why = problems[0]
             self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")
             self._file_done()
             return
-        self._write_q.append(asm.row(self.opt.collection))
+        self._write_q.append(asm.row(self.opt.collection, persons=persons))
+        self._write_q_persons += len(persons)
         self.report.media_ingested += 1
         self._file_done()
 
@@ -315,6 +346,8 @@ class Ingestor:
     def _flush(self, final: bool) -> None:
         """Move work along: the workers' finished segments to their files, then write and save. Nothing waits for
         a full batch until the first persons are committed, or at the end."""
+        if final:
+            self._check_unchecked()
         for (asm, slot), persons in self.workers.finished(final, eager=self.report.persons_added == 0):
             self._on_finished(asm, slot, persons)
         if self._write_due(final):
@@ -328,12 +361,12 @@ class Ingestor:
         ``commit_every`` persons (or 256 media)."""
         if not self._write_q:
             return False
-        queued = sum(len(m.persons) for m in self._write_q)
+        queued = self._write_q_persons
         first = self.report.persons_added == 0 and queued > 0
         return final or first or queued >= self.opt.commit_every or len(self._write_q) >= 256
 
     def _write(self) -> None:
-        items, self._write_q = self._write_q, []
+        items, self._write_q, self._write_q_persons = self._write_q, [], 0
         with self._stage("write"):
             ids = self.store.write(items)
             self.store.record_failures(self._failures)
