@@ -390,6 +390,10 @@ class Store:
             language = LanguageSpace(m_pasta, m_verb, text_model=config["text_model"], pooling=config["pooling"])
             matrices = (m_pasta, m_verb, language.basis.arrays())
             config = {**config, "phrases": prompts.phrases_ref(), "language_dim": language.dim}
+        else:  # same phrases and basis; the formula alone may change the dimension (an object block)
+            language = LanguageSpace(*repo.space_matrices(self.space_row()), text_model=config["text_model"],
+                                     pooling=config["pooling"], basis=self.phrase_basis())
+            config = {**config, "language_dim": language.dim}
         fingerprint = space_fingerprint(config)
         with self.db.session() as s:
             repo.update_space(s, self.space_row().id, fingerprint, config, matrices)
