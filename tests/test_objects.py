@@ -19,8 +19,9 @@ from a2v_search.errors import QueryError
 from a2v_search.objects import MAX_OBJECTS_PER_PERSON, affinity, object_vector, tie_objects
 from a2v_search.search import make_filters
 from a2v_search.store import Store
-from db import repo
+from db.engine import get_meta
 from db.schema import SCHEMA_VERSION
+from db.values import person_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CUP, BALL, TABLE = tx.object_index("cup"), tx.object_index("sports ball"), tx.object_index("dining_table")
@@ -284,7 +285,7 @@ def test_an_older_store_is_upgraded_and_keeps_working(tmp_path, version):
     con.close()
     store = Store(tmp_path).lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
+        assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)
     assert [r.objects for r in store.persons([1, 2])] == [(), ()]  # older persons have none
     store.write([media("/m/b.jpg", [random_person(rng, objects=((CUP, 0.7, None),))])])
     assert store.persons([3])[0].objects == ((CUP, 0.7, None),)
@@ -299,10 +300,10 @@ def test_an_older_store_is_upgraded_and_keeps_working(tmp_path, version):
 
 def test_a_person_with_bad_objects_is_refused_before_anything_is_written():
     rng = np.random.default_rng(0)
-    assert repo.person_problem(random_person(rng, objects=((80, 0.5, None),)), 16) == \
+    assert person_problem(random_person(rng, objects=((80, 0.5, None),)), 16) == \
         "object class 80 is not one of the 80 classes"
-    assert repo.person_problem(random_person(rng, objects=((1, 0.0, None),)), 16) == "object p 0.0 is not in (0, 1]"
-    assert repo.person_problem(random_person(rng, objects=((1, 0.5, (0, 0, 1)),)), 16) == \
+    assert person_problem(random_person(rng, objects=((1, 0.0, None),)), 16) == "object p 0.0 is not in (0, 1]"
+    assert person_problem(random_person(rng, objects=((1, 0.5, (0, 0, 1)),)), 16) == \
         "an object's box must be four finite numbers"
 
 

@@ -19,7 +19,8 @@ from a2v_search.store import Store, space_fingerprint
 from a2v_search.tracks import link
 from db import repo
 from db.errors import DbError
-from db.repo import Filters
+from db.schema import LABEL_PASTA
+from db.values import Filters
 from index import IndexCorruptError, IndexSpecError, VectorIndex
 
 
@@ -484,7 +485,7 @@ def test_store_turns_db_and_index_errors_into_its_own_with_the_fix(tmp_path):
     with pytest.raises(InputError, match="invalid FAISS index spec 'NoSuchIndex42'") as err:
         store.rebuild(spec="NoSuchIndex42")
     assert isinstance(err.value.__cause__, IndexSpecError)
-    bad = Filters(where=[(repo.LABEL_PASTA, 0, "!=", 0.5)])  # a comparison parse_where never produces
+    bad = Filters(where=[(LABEL_PASTA, 0, "!=", 0.5)])  # a comparison parse_where never produces
     with pytest.raises(StoreError, match="unknown comparison '!='") as err, store.db.session() as s:
         repo.filter_person_ids(s, bad)
     assert isinstance(err.value.__cause__, DbError)
