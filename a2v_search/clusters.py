@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from db.repo import Filters
+from db.values import Filters
 
 from . import taxonomy as tx
 from .activity import ACTIVITY
@@ -130,7 +130,7 @@ def _unit_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _space_vectors(store: Store, batch, space: str) -> np.ndarray:
-    return store.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, names=(space,))[space]
+    return store.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, (space,), batch.objects)[space]
 
 
 def _distinct(means: np.ndarray, overall: np.ndarray, names: tuple[str, ...], skip: set[int], n: int) -> list:

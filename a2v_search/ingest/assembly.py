@@ -2,7 +2,7 @@
 
 A file is decoded in one or more segments (videos); each decoded segment that holds persons (or frames for a
 detector) gets a slot that the workers fill with its persons once they are detected and encoded; the file is
-complete when every segment is back and every slot is filled, and then it becomes a :class:`~db.repo.NewMedia`
+complete when every segment is back and every slot is filled, and then it becomes a :class:`~db.values.NewMedia`
 row. The driver (``driver.Ingestor``) changes a file's state only through these methods.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from db.repo import MediaState, NewMedia, NewPerson
+from db.values import MediaState, NewMedia, NewPerson
 
 from .decode import DecodeResult, DecodeTask
 from .discover import Candidate

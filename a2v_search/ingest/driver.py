@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from db import repo
-from db.repo import NewMedia, NewPerson
+from db.values import NewMedia, NewPerson, person_problem
 
 from ..detect import Detector
 from ..errors import InputError
@@ -330,7 +329,7 @@ class Ingestor:
         asm.dropped = True  # nothing more to do for it
         persons = asm.all_persons()
         dim = self._visual_dim
-        problems = [(j, why) for j, person in enumerate(persons) if (why := repo.person_problem(person, dim))]
+        problems = [(j, why) for j, person in enumerate(persons) if (why := person_problem(person, dim))]
         if problems:  # checked before the commit, so one bad model output never reaches SQLite
             j, why = problems[0]
             self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 from PIL import Image
 
-from db.repo import NewPerson
+from db.values import NewPerson
 
 from ..errors import InputError
 from ..faults import fault_point
