@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from db import repo
+from db.blobs import f16, unf16
 from db.schema import COUNT_MIN_P
 from index import saved_summary
 
@@ -423,7 +423,7 @@ class A2VSearch:
         out = self.encoder(store).encode_persons([img], [qbox])
         vecs = {"visual": out.visual[0], "language": store.language().embed(out.pasta, out.verbs)[0]}
         if w.get(ACTIVITY):  # from the values a stored person would keep, so a stored image finds itself at cos 1
-            vecs[ACTIVITY] = store.activity_vectors(repo.unf16(repo.f16(out.visual)).reshape(1, -1),
+            vecs[ACTIVITY] = store.activity_vectors(unf16(f16(out.visual)).reshape(1, -1),
                                                     out.visual_norm)[0]
         query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
                  "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from db.repo import Filters
+from db.values import Filters
 
 from . import taxonomy as tx
 from .activity import ACTIVITY

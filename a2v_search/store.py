@@ -32,11 +32,23 @@ from pathlib import Path
 import numpy as np
 
 from db import activities, clusterings, labels, repo
-from db.activities import Counts
-from db.clusterings import ClusteringRow
+from db.blobs import f16, unf16
+from db.engine import Database, get_meta, set_meta
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
-from db.repo import Database, NewMedia
 from db.schema import COUNT_MIN_P, Media, Space
+from db.tracks import fetch_tracks, rebuild_tracks, track_members, tracks_of, videos_with_untracked_persons
+from db.values import (
+    ClusteringRow,
+    Counts,
+    Filters,
+    MediaState,
+    NewMedia,
+    PersonRow,
+    TrackRow,
+    Vectors,
+    as_arrays,
+    person_problem,
+)
 from index import (
     IndexCorruptError,
     IndexInputError,
@@ -390,6 +402,10 @@ class Store:
             language = LanguageSpace(m_pasta, m_verb, text_model=config["text_model"], pooling=config["pooling"])
             matrices = (m_pasta, m_verb, language.basis.arrays())
             config = {**config, "phrases": prompts.phrases_ref(), "language_dim": language.dim}
+        else:  # same phrases and basis; the formula alone may change the dimension (an object block)
+            language = LanguageSpace(*repo.space_matrices(self.space_row()), text_model=config["text_model"],
+                                     pooling=config["pooling"], basis=self.phrase_basis())
+            config = {**config, "language_dim": language.dim}
         fingerprint = space_fingerprint(config)
         with self.db.session() as s:
             repo.update_space(s, self.space_row().id, fingerprint, config, matrices)
@@ -453,14 +469,14 @@ class Store:
         """The FAISS vectors of new persons in the spaces ``names``, computed from the values SQLite stores
         (float16 vectors, float32 norms), so that an index built at ingest and one rebuilt from SQLite are
         identical."""
-        return self.vectors(repo.unf16(repo.f16(visual)).reshape(len(visual), -1),
+        return self.vectors(unf16(f16(visual)).reshape(len(visual), -1),
                             np.asarray(pasta, np.float16).astype(np.float32),
                             np.asarray(verbs, np.float16).astype(np.float32), norms, names, objects)
 
     def vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, norms: np.ndarray | None = None,
                 names: Sequence[str] = INDEX_NAMES, objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Vectors of persons in the spaces ``names`` from their stored values (``objects``: (N, 80) the largest p
-        of each object class, ``repo.object_probs``; None = no objects). A person without a direction in a
+        of each object class, ``values.object_probs``; None = no objects). A person without a direction in a
         space (all-zero probabilities, or values that are damaged: NaN, wrong length) gets the zero vector there,
         which scores 0 against every query; nothing here raises on a row."""
         n, dim = len(visual), self.space_row().visual_dim
@@ -485,8 +501,8 @@ class Store:
 
     def _index_spec(self) -> tuple[str, int | None]:
         with self.db.session() as s:
-            spec = repo.get_meta(s, "index_spec", "auto")
-            budget = repo.get_meta(s, "index_memory_mb")
+            spec = get_meta(s, "index_spec", "auto")
+            budget = get_meta(s, "index_memory_mb")
         return spec or "auto", int(budget) if budget else None
 
     @_index_errors()
@@ -636,9 +652,9 @@ class Store:
         if spec or memory_budget_mb:
             with self.db.session() as s:
                 if spec:
-                    repo.set_meta(s, "index_spec", spec)
+                    set_meta(s, "index_spec", spec)
                 if memory_budget_mb:
-                    repo.set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
+                    set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
         self._indexes = {name: self._build_index(name) for name in self.index_names()}
         self.save()
         return {name: idx.spec for name, idx in self._indexes.items()}
@@ -729,7 +745,7 @@ class Store:
         persons = [p for m in items for p in m.persons]
         arrays = None
         if persons:  # every check before the commit: a row SQLite holds is a row FAISS takes
-            arrays, problem = repo.as_arrays(persons, row.visual_dim)
+            arrays, problem = as_arrays(persons, row.visual_dim)
             if arrays is None:
                 self._raise_first_problem(items, row.visual_dim)
         add_to, vecs = tuple(indexes), None
@@ -787,7 +803,7 @@ class Store:
         """InputError naming the first person that cannot be stored."""
         for m in items:
             for j, p in enumerate(m.persons):
-                problem = repo.person_problem(p, visual_dim)
+                problem = person_problem(p, visual_dim)
                 if problem:
                     raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
         raise InputError(f"{items[0].path}: a person cannot be stored; nothing of this batch was stored")
@@ -817,14 +833,14 @@ class Store:
         with self.db.session() as s:
             report.counts = repo.counts(s)
             db_ids = repo.person_ids(s)
-            untracked = repo.videos_with_untracked_persons(s)
+            untracked = videos_with_untracked_persons(s)
         if untracked:
             report.problems.append(Problem("tracks", f"{len(untracked)} videos have persons without a track (e.g. "
                                            f"media ids {untracked[:5]})", fixed=repair))
             if repair:
                 self._require_lock()
                 with self.db.session() as s:
-                    repo.rebuild_tracks(s, untracked, link=link)
+                    rebuild_tracks(s, untracked, link=link)
         with self.db.snapshot() as s:
             kept = activities.read_counts(s)
             counted = activities.scan_counts(s, repo.person_ids(s), examples=0)[0]
@@ -878,13 +894,13 @@ class Store:
     def meta(self, key: str) -> str | None:
         """A value of the store's key-value metadata (e.g. ``detector``), or None."""
         with self.db.session() as s:
-            return repo.get_meta(s, key)
+            return get_meta(s, key)
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a metadata value (writers)."""
         self._require_lock()
         with self.db.session() as s:
-            repo.set_meta(s, key, value)
+            set_meta(s, key, value)
 
     def summary(self) -> tuple[dict[str, int], dict[str, int], list[tuple[str, str, str]]]:
         """(counts of media, persons, tracks, failures; media per collection; the 20 latest failures)."""
@@ -896,7 +912,7 @@ class Store:
         with self.db.session() as s:
             return repo.get_media(s, media_id)
 
-    def media_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
+    def media_states(self, paths: Sequence[str]) -> dict[str, MediaState]:
         """Stored id, hash, size and mtime of the media at these paths (those stored)."""
         with self.db.session() as s:
             return repo.media_by_path(s, paths)
@@ -906,12 +922,12 @@ class Store:
         with self.db.session() as s:
             return repo.media_ids_under(s, paths)
 
-    def persons(self, ids: Sequence[int]) -> list[repo.PersonRow]:
+    def persons(self, ids: Sequence[int]) -> list[PersonRow]:
         """Persons with their media, in the order of ``ids``; unknown ids are left out."""
         with self.db.session() as s:
             return repo.fetch_persons(s, ids)
 
-    def person_vectors(self, ids: Sequence[int]) -> repo.Vectors:
+    def person_vectors(self, ids: Sequence[int]) -> Vectors:
         """The stored vectors (visual, PaSta, verbs, norms) of these persons."""
         with self.db.session() as s:
             return repo.fetch_vectors(s, ids)
@@ -921,32 +937,32 @@ class Store:
         with self.db.session() as s:
             return repo.media_ids_of(s, ids)
 
-    def filter_person_ids(self, filters: repo.Filters) -> np.ndarray | None:
+    def filter_person_ids(self, filters: Filters) -> np.ndarray | None:
         """Ids of the persons that pass ``filters`` (None: no filter)."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
             return repo.filter_person_ids(s, filters)
 
-    def check_filters(self, filters: repo.Filters) -> None:
+    def check_filters(self, filters: Filters) -> None:
         """QueryError when a filter names something the store does not hold (a clustering, a cluster)."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
 
-    def person_ids(self, filters: repo.Filters | None = None) -> np.ndarray:
+    def person_ids(self, filters: Filters | None = None) -> np.ndarray:
         """Ids (sorted) of the persons that pass ``filters``, or of every person."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
             ids = repo.filter_person_ids(s, filters) if filters is not None else None
             return repo.person_ids(s) if ids is None else ids
 
-    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[repo.Vectors]:
+    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[Vectors]:
         """The stored vectors of the persons ``ids`` (sorted), ``chunk`` at a time, from one read snapshot."""
         with self.db.snapshot() as s:
             yield from repo.iter_vectors(s, ids=ids, chunk=chunk)
 
     # ------------------------------------------------------------------ activity counts and clusterings
 
-    def activity_counts(self, filters: repo.Filters | None, min_p: float, examples: int,
+    def activity_counts(self, filters: Filters | None, min_p: float, examples: int,
                         choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
         """How many persons (passing ``filters``) show each PaSta, verb, object and verb + PaSta / verb + object
         pair (probability >= ``min_p``), with ``examples`` example persons of the labels and pairs that
@@ -955,7 +971,7 @@ class Store:
         takes examples from its newest persons; other filters or thresholds read the probabilities of the persons
         that pass (db/activities.py)."""
         with self.db.snapshot() as s:
-            f = filters or repo.Filters()
+            f = filters or Filters()
             _check_cluster_filter(s, f)
             if min_p == COUNT_MIN_P and not (f.path_glob or f.where or f.cluster or f.after_id is not None):
                 counts = activities.read_counts(s, f.collection, f.kind)
@@ -1010,21 +1026,21 @@ class Store:
     def tracks_of(self, ids: Sequence[int]) -> tuple[dict[int, int | None], dict[int, list[int]]]:
         """(the track of each person, None for image persons; the members of those tracks in id order)."""
         with self.db.session() as s:
-            track_of = repo.tracks_of(s, ids)
-            return track_of, repo.track_members(s, [t for t in track_of.values() if t is not None])
+            track_of = tracks_of(s, ids)
+            return track_of, track_members(s, [t for t in track_of.values() if t is not None])
 
-    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, repo.TrackRow], dict[int, list[int]]]:
+    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, TrackRow], dict[int, list[int]]]:
         """(the tracks that exist among ``track_ids``; their members in id order)."""
         with self.db.session() as s:
-            tracks = repo.fetch_tracks(s, track_ids)
-            return tracks, repo.track_members(s, list(tracks))
+            tracks = fetch_tracks(s, track_ids)
+            return tracks, track_members(s, list(tracks))
 
     def track_members(self, track_ids: Sequence[int]) -> dict[int, list[int]]:
         """The person ids of each track, in id order (empty for a track that does not exist)."""
         with self.db.session() as s:
-            return repo.track_members(s, track_ids)
+            return track_members(s, track_ids)
 
-    def person_batches(self, filters: repo.Filters | None, batch_size: int) -> Iterator[dict]:
+    def person_batches(self, filters: Filters | None, batch_size: int) -> Iterator[dict]:
         """The persons passing ``filters`` in id order, as column batches, all read from one SQLite snapshot."""
         with self.db.snapshot() as s:
             _check_cluster_filter(s, filters)
@@ -1065,7 +1081,7 @@ def _embed_phrases(text_model: str, pooling: str) -> tuple[np.ndarray, np.ndarra
     return build_matrices(encoder)
 
 
-def _check_cluster_filter(s, filters: repo.Filters | None) -> None:
+def _check_cluster_filter(s, filters: Filters | None) -> None:
     """QueryError when a cluster filter names no stored clustering or a cluster it does not have."""
     if filters is None or filters.cluster is None:
         return

@@ -19,58 +19,17 @@ both ways agree. Keys of labels and pairs: ``("pasta", c)``, ``("verbs", v)``, `
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
+from .sql import chunks, dbapi
+from .values import COUNT_FIELDS, N_OBJECTS, N_PASTA, N_VERBS, Counts
 
-N_PASTA, N_VERBS, N_OBJECTS = 93, 157, 80  # as db.repo (the taxonomy's sizes)
-FIELDS = ("pasta", "verbs", "objects", "verb_pasta", "verb_object")
 PAIRS = ("verb_pasta", "verb_object")
-_CHUNK = 5000
 EXAMPLE_POOL = 20000  # the newest persons the kept counts' examples come from
-
-
-@dataclass
-class Counts:
-    """Persons counted, and how many of them show each PaSta (93,), verb (157,), object (80,), verb + PaSta pair
-    (157, 93) and verb + object pair (157, 80)."""
-
-    persons: int
-    pasta: np.ndarray
-    verbs: np.ndarray
-    objects: np.ndarray
-    verb_pasta: np.ndarray
-    verb_object: np.ndarray
-
-    @classmethod
-    def zero(cls) -> Counts:
-        return cls(0, np.zeros(N_PASTA, np.int64), np.zeros(N_VERBS, np.int64), np.zeros(N_OBJECTS, np.int64),
-                   np.zeros((N_VERBS, N_PASTA), np.int64), np.zeros((N_VERBS, N_OBJECTS), np.int64))
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.persons + other.persons, *(getattr(self, f) + getattr(other, f) for f in FIELDS))
-
-    def __neg__(self) -> Counts:
-        return Counts(-self.persons, *(-getattr(self, f) for f in FIELDS))
-
-    def blobs(self) -> dict[str, bytes]:
-        return {"persons": np.array([self.persons], np.int64).tobytes(),
-                **{f: getattr(self, f).tobytes() for f in FIELDS}}
-
-    @classmethod
-    def from_blobs(cls, blobs: dict[str, bytes]) -> Counts:
-        c = cls.zero()
-        if "persons" in blobs:
-            c.persons = int(np.frombuffer(blobs["persons"], np.int64)[0])
-        for name in FIELDS:
-            if name in blobs:
-                value = getattr(c, name)
-                setattr(c, name, np.frombuffer(blobs[name], np.int64).reshape(value.shape).copy())
-        return c
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,7 +44,7 @@ def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None,
                 min_p: float = COUNT_MIN_P) -> Counts:
     """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values) and the
-    largest p of each object class (n, 80) as float32 (``repo.object_probs``; None: no objects)."""
+    largest p of each object class (n, 80) as float32 (``values.object_probs``; None: no objects)."""
     p = np.asarray(pasta) >= np.float32(min_p)  # (n, 93)
     v = np.asarray(verbs) >= np.float32(min_p)  # (n, 157)
     o = np.zeros((len(p), N_OBJECTS), bool) if objects is None else np.asarray(objects) >= np.float32(min_p)  # (n, 80)
@@ -95,7 +54,7 @@ def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None
 
 def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     """float32 (n, 80): the largest p of each object class of the stored persons ``ids`` (rows in that order; 0
-    where a person has none), as ``repo.object_probs`` makes them for new persons (read here through a DBAPI cursor:
+    where a person has none), as ``values.object_probs`` makes them for new persons (read here through a DBAPI cursor:
     bulk reads of counts and examples). Ids that lie close together are read as one range of the objects' key."""
     ids = np.asarray(ids, np.int64)
     out = np.zeros((len(ids), N_OBJECTS), np.float32)
@@ -109,8 +68,8 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
         found = _fetch(s, q.where(PersonObject.person_id.between(lo, hi)))
     else:
         found = []
-        for i in range(0, len(ranked), _CHUNK):
-            found += _fetch(s, q.where(PersonObject.person_id.in_(ranked[i:i + _CHUNK].tolist())))
+        for in_list in chunks(ranked.tolist()):
+            found += _fetch(s, q.where(PersonObject.person_id.in_(in_list)))
     if found:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
         at = np.searchsorted(ranked, pid)
@@ -140,7 +99,7 @@ def _add(s: Session, collection: str, kind: str, delta: Counts) -> None:
 
 def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """Count new persons: (collection, kind) -> their stored (float16 values) pasta (n, 93) and verbs (n, 157),
-    and their objects' ``repo.object_probs`` (n, 80)."""
+    and their objects' ``values.object_probs`` (n, 80)."""
     for (collection, kind), (pasta, verbs, objects) in groups.items():
         if len(pasta):
             _add(s, collection, kind, count_block(pasta, verbs, objects))
@@ -166,15 +125,14 @@ def _grouped(s: Session, rows) -> dict[tuple[str, str], tuple[np.ndarray, np.nda
 def uncount_media(s: Session, media_ids: Sequence[int]) -> None:
     """Take the persons of these media out of the kept counts (before they are deleted or replaced)."""
     media_ids = [int(m) for m in media_ids]
-    for i in range(0, len(media_ids), _CHUNK):
-        rows = _probability_rows(s, Person.media_id.in_(media_ids[i:i + _CHUNK]))
-        for key, arrays in _grouped(s, rows).items():
+    for chunk in chunks(media_ids):
+        for key, arrays in _grouped(s, _probability_rows(s, Person.media_id.in_(chunk))).items():
             _add(s, *key, -count_block(*arrays))
 
 
 def same(a: Counts, b: Counts) -> bool:
     """Whether two counts agree everywhere."""
-    return a.persons == b.persons and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS)
+    return a.persons == b.persons and all(np.array_equal(getattr(a, f), getattr(b, f)) for f in COUNT_FIELDS)
 
 
 def recount_all(s: Session, chunk: int = 20000) -> None:
@@ -249,8 +207,8 @@ def _newest_rows(s: Session, n: int, before: int | None, collection: str | None,
     newest = newest.where(Person.id < before) if before is not None else newest
     ids = [r[0] for r in _fetch(s, newest.order_by(Person.id.desc()).limit(n))]
     rows = []
-    for i in range(0, len(ids), _CHUNK):
-        rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(ids[i:i + _CHUNK])))
+    for in_list in chunks(ids):
+        rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(in_list)))
     return sorted(rows, key=lambda r: -r[0])
 
 
@@ -259,7 +217,7 @@ def _fetch(s: Session, statement) -> list:
     session's DBAPI cursor: bulk reads without SQLAlchemy's per-row cost."""
     compiled = statement.compile(dialect=s.get_bind().dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
-    return s.connection().connection.driver_connection.cursor().execute(
+    return dbapi(s).execute(
         compiled.string, [params[name] for name in compiled.positiontup]).fetchall()
 
 
@@ -301,8 +259,8 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk].tolist()
         rows = []
-        for i in range(0, len(part), _CHUNK):
-            rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(part[i:i + _CHUNK])))
+        for in_list in chunks(part):
+            rows += _fetch(s, select(Person.id, Person.pasta, Person.verbs).where(Person.id.in_(in_list)))
         if not rows:
             continue
         rows.sort(key=lambda r: r[0])

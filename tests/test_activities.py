@@ -220,7 +220,7 @@ def test_count_block_counts_objects_and_verb_object_pairs():
     pasta = np.zeros((3, tx.N_PASTA), np.float32)
     verbs = np.zeros((3, tx.N_VERBS), np.float32)
     verbs[:2, 7] = 0.9
-    from db.repo import object_probs
+    from db.values import object_probs
 
     objects = object_probs([[(4, 0.3, None), (4, 0.8, None)], [(9, 0.49, None)], [(9, 0.5, None)]])
     c = count_block(pasta, verbs, objects)
