@@ -505,7 +505,7 @@ class LanguageSpace:
             o = np.zeros((len(a), OBJECT_BLOCK), np.float32) if objects is None else objects
             blocks.append(_normalise(np.asarray(o, np.float32).reshape(len(a), OBJECT_BLOCK)))  # (N, 81)
         if self.formula.shares:
-            filled = sum((blk * blk).sum(axis=1) for blk in blocks)  # (N,): how many blocks are not empty
+            filled = sum((blk * blk).sum(axis=1) > 0.5 for blk in blocks)  # (N,): how many blocks hold something
             left = np.sqrt(np.maximum(len(blocks) - filled, 0.0))[:, None] if rest else np.zeros((len(a), 1))
             return np.concatenate([*blocks, left.astype(np.float32)], axis=-1) / np.float32(np.sqrt(len(blocks)))
         return _normalise(np.concatenate(blocks, axis=-1))
