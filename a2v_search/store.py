@@ -14,7 +14,7 @@ space is ``store.space`` (space.py) and its indexes ``store.indexes`` (indexes.p
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,21 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from db import activities, clusterings, labels, repo
-from db.activities import Counts
-from db.clusterings import ClusteringRow
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from db.repo import Database, NewMedia
-from db.schema import COUNT_MIN_P, Media
 
-from .errors import InputError, QueryError, StoreError
+from .errors import InputError, StoreError
 from .faults import fault_point
 from .indexes import INDEX_DIR, IndexSet, Problem, index_errors
 from .lock import WriteLock, upgrade_lock
-from .space import ACTIVITY, ALL_INDEX_NAMES, INDEX_NAMES, VectorSpace, space_fingerprint
+from .queries import StoreQueries
+from .space import ACTIVITY, INDEX_NAMES, VectorSpace
 from .tracks import link
-
-__all__ = ["ALL_INDEX_NAMES", "INDEX_NAMES", "CheckReport", "Problem", "Store", "change_signature",
-           "space_fingerprint", "store_identity"]
 
 DB_NAME = "a2v.sqlite"
 STORE_ID = "store_id"  # meta key: a random id a writer gives a store once (its identity with the file's inode)
@@ -62,7 +57,7 @@ class CheckReport:
         return all(p.fixed for p in self.problems)
 
 
-class Store:
+class Store(StoreQueries):
     """Open a data directory. ``create`` makes it if needed (writers); readers open an existing one."""
 
     def __init__(self, data_dir: Path | str, create: bool = False):
@@ -121,33 +116,49 @@ class Store:
                 self._lock = None
             self.db.close()
 
+    def _write(self, change: Callable, *args):
+        """``change(session, *args)`` in one transaction (writers)."""
+        self.require_lock()
+        return self._read(change, *args)
+
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ what ingest asks of SQLite
+    # ------------------------------------------------------------------ writes (writers; the reads: queries.py)
 
-    def media_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
-        """The first non-duplicate media id holding each of these content hashes (those stored)."""
-        with self.db.session() as s:
-            return repo.media_by_hash(s, hashes)
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a metadata value."""
+        self._write(repo.set_meta, key, value)
 
     def touch_media(self, media_id: int, size: int, mtime: float) -> None:
-        """Record a new size and mtime for a media whose content is unchanged (writers)."""
-        self.require_lock()
-        with self.db.session() as s:
-            repo.touch_media(s, media_id, size, mtime)
+        """Record a new size and mtime for a media whose content is unchanged."""
+        self._write(repo.touch_media, media_id, size, mtime)
 
     def record_failures(self, failures: Sequence[tuple[str, str, str]]) -> None:
-        """Record (path, stage, reason) failures of a run, replacing older ones of the same paths (writers)."""
+        """Record (path, stage, reason) failures of a run, replacing older ones of the same paths."""
         self.require_lock()
         if failures:
-            with self.db.session() as s:
-                repo.record_failures(s, failures)
+            self._write(repo.record_failures, failures)
 
-    # ------------------------------------------------------------------ writes
+    def recount_activities(self) -> None:
+        """Recompute the kept activity counts from every stored person."""
+        self._write(activities.recount_all)
+
+    def save_clustering(self, name: str, space: str, filters: dict, max_person_id: int, centroids: np.ndarray,
+                        clusters: list[dict], info: dict, person_ids: np.ndarray, assignment: np.ndarray) -> int:
+        """Store a named clustering with its members, replacing one of the same name."""
+        return self._write(clusterings.save, name, space, filters, max_person_id, centroids, clusters, info,
+                           person_ids, assignment)
+
+    def drop_clustering(self, name: str) -> bool:
+        """Delete a clustering; False when there is none of that name."""
+        return self._write(clusterings.drop, name)
+
+    # ------------------------------------------------------------------ the write protocol
+
 
     @index_errors()
     def write(self, items: list[NewMedia]) -> np.ndarray:
@@ -251,169 +262,6 @@ class Store:
                 p.fixed = True
         return report
 
-    # ------------------------------------------------------------------ queries for api / search / export
-    # Each method is one SQLite session (one transaction): callers above the store never open their own.
-
-    def meta(self, key: str) -> str | None:
-        """A value of the store's key-value metadata (e.g. ``detector``), or None."""
-        with self.db.session() as s:
-            return repo.get_meta(s, key)
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Record a metadata value (writers)."""
-        self.require_lock()
-        with self.db.session() as s:
-            repo.set_meta(s, key, value)
-
-    def summary(self) -> tuple[dict[str, int], dict[str, int], list[tuple[str, str, str]]]:
-        """(counts of media, persons, tracks, failures; media per collection; the 20 latest failures)."""
-        with self.db.session() as s:
-            return repo.counts(s), repo.collections(s), repo.failures(s, limit=20)
-
-    def media(self, media_id: int) -> Media | None:
-        """One media row by id, or None."""
-        with self.db.session() as s:
-            return repo.get_media(s, media_id)
-
-    def media_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
-        """Stored id, hash, size and mtime of the media at these paths (those stored)."""
-        with self.db.session() as s:
-            return repo.media_by_path(s, paths)
-
-    def media_ids_under(self, paths: Sequence[str]) -> list[int]:
-        """Ids of the media at these paths or inside these folders."""
-        with self.db.session() as s:
-            return repo.media_ids_under(s, paths)
-
-    def persons(self, ids: Sequence[int]) -> list[repo.PersonRow]:
-        """Persons with their media, in the order of ``ids``; unknown ids are left out."""
-        with self.db.session() as s:
-            return repo.fetch_persons(s, ids)
-
-    def person_vectors(self, ids: Sequence[int]) -> repo.Vectors:
-        """The stored vectors (visual, PaSta, verbs, norms) of these persons."""
-        with self.db.session() as s:
-            return repo.fetch_vectors(s, ids)
-
-    def media_ids_of(self, ids: Sequence[int]) -> dict[int, int]:
-        """The media id of each of these persons."""
-        with self.db.session() as s:
-            return repo.media_ids_of(s, ids)
-
-    def filter_person_ids(self, filters: repo.Filters) -> np.ndarray | None:
-        """Ids of the persons that pass ``filters`` (None: no filter)."""
-        with self.db.session() as s:
-            _check_cluster_filter(s, filters)
-            return repo.filter_person_ids(s, filters)
-
-    def check_filters(self, filters: repo.Filters) -> None:
-        """QueryError when a filter names something the store does not hold (a clustering, a cluster)."""
-        with self.db.session() as s:
-            _check_cluster_filter(s, filters)
-
-    def person_ids(self, filters: repo.Filters | None = None) -> np.ndarray:
-        """Ids (sorted) of the persons that pass ``filters``, or of every person."""
-        with self.db.session() as s:
-            _check_cluster_filter(s, filters)
-            ids = repo.filter_person_ids(s, filters) if filters is not None else None
-            return repo.person_ids(s) if ids is None else ids
-
-    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[repo.Vectors]:
-        """The stored vectors of the persons ``ids`` (sorted), ``chunk`` at a time, from one read snapshot."""
-        with self.db.snapshot() as s:
-            yield from repo.iter_vectors(s, ids=ids, chunk=chunk)
-
-    # ------------------------------------------------------------------ activity counts and clusterings
-
-    def activity_counts(self, filters: repo.Filters | None, min_p: float, examples: int,
-                        choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
-        """How many persons (passing ``filters``) show each PaSta, verb and verb + PaSta pair (probability >=
-        ``min_p``), with ``examples`` example persons of the labels and pairs that ``choose(counts)`` names
-        (keys ``("pasta", c)``, ``("verbs", v)``, ``("pair", v, c)``): (counts, {key: ids}, how they were counted).
-        A whole store, a collection or a media kind at the kept threshold reads the kept counts (a few rows) and
-        takes examples from its newest persons; other filters or thresholds read the probabilities of the persons
-        that pass (db/activities.py)."""
-        with self.db.snapshot() as s:
-            f = filters or repo.Filters()
-            _check_cluster_filter(s, f)
-            if min_p == COUNT_MIN_P and not (f.path_glob or f.where or f.cluster or f.after_id is not None):
-                counts = activities.read_counts(s, f.collection, f.kind)
-                pool = activities.newest_ids(s, activities.EXAMPLE_POOL, f.collection, f.kind)
-                keys = choose(counts)
-                found = activities.scan_counts(s, pool, examples, [k[1:] for k in keys if k[0] == "pair"], min_p)[1]
-                found = {k: found.get(k, []) for k in keys}
-                return counts, found, "kept"
-            ids = repo.filter_person_ids(s, f)
-            ids = repo.person_ids(s) if ids is None else ids
-            counts, found = activities.scan_counts(s, ids, examples, min_p=min_p)
-            keys = choose(counts)
-            pairs = [k[1:] for k in keys if k[0] == "pair"]
-            if pairs:
-                found.update(activities.scan_counts(s, ids, examples, pairs, min_p=min_p)[1])
-            return counts, {k: found.get(k, []) for k in keys}, "scanned"
-
-    def recount_activities(self) -> None:
-        """Recompute the kept activity counts from every stored person (writers)."""
-        self.require_lock()
-        with self.db.session() as s:
-            activities.recount_all(s)
-
-    def save_clustering(self, name: str, space: str, filters: dict, max_person_id: int, centroids: np.ndarray,
-                        clusters: list[dict], info: dict, person_ids: np.ndarray, assignment: np.ndarray) -> int:
-        """Store a named clustering with its members, replacing one of the same name (writers)."""
-        self.require_lock()
-        with self.db.session() as s:
-            return clusterings.save(s, name, space, filters, max_person_id, centroids, clusters, info, person_ids,
-                                    assignment)
-
-    def clustering(self, name: str) -> tuple[ClusteringRow, dict[int, int]] | None:
-        """A stored clustering and the live size of each cluster, or None."""
-        with self.db.session() as s:
-            row = clusterings.get(s, name)
-            return None if row is None else (row, clusterings.sizes(s, row.id))
-
-    def clusterings(self) -> list[ClusteringRow]:
-        """Every stored clustering, by name."""
-        with self.db.session() as s:
-            return clusterings.all_rows(s)
-
-    def drop_clustering(self, name: str) -> bool:
-        """Delete a clustering (writers); False when there is none of that name."""
-        self.require_lock()
-        with self.db.session() as s:
-            return clusterings.drop(s, name)
-
-    def clusters_of(self, clustering_id: int, person_ids: np.ndarray) -> np.ndarray:
-        """The cluster of each person in a clustering (-1: not a member)."""
-        with self.db.session() as s:
-            return clusterings.clusters_of(s, clustering_id, person_ids)
-
-    def tracks_of(self, ids: Sequence[int]) -> tuple[dict[int, int | None], dict[int, list[int]]]:
-        """(the track of each person, None for image persons; the members of those tracks in id order)."""
-        with self.db.session() as s:
-            track_of = repo.tracks_of(s, ids)
-            return track_of, repo.track_members(s, [t for t in track_of.values() if t is not None])
-
-    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, repo.TrackRow], dict[int, list[int]]]:
-        """(the tracks that exist among ``track_ids``; their members in id order)."""
-        with self.db.session() as s:
-            tracks = repo.fetch_tracks(s, track_ids)
-            return tracks, repo.track_members(s, list(tracks))
-
-    def track_members(self, track_ids: Sequence[int]) -> dict[int, list[int]]:
-        """The person ids of each track, in id order (empty for a track that does not exist)."""
-        with self.db.session() as s:
-            return repo.track_members(s, track_ids)
-
-    def person_batches(self, filters: repo.Filters | None, batch_size: int) -> Iterator[dict]:
-        """The persons passing ``filters`` in id order, as column batches, all read from one SQLite snapshot."""
-        with self.db.snapshot() as s:
-            _check_cluster_filter(s, filters)
-            ids = repo.filter_person_ids(s, filters) if filters is not None else None
-            if ids is not None and not len(ids):
-                return
-            yield from repo.iter_person_batches(s, ids, chunk=batch_size)
-
 
 def store_identity(data_dir: Path | str) -> tuple | None:
     """(device, inode, creation id) of the store's database file as it is now (None: no store): another value than
@@ -430,23 +278,10 @@ def store_identity(data_dir: Path | str) -> tuple | None:
         probe.close()
 
 
-def _check_cluster_filter(s, filters: repo.Filters | None) -> None:
-    """QueryError when a cluster filter names no stored clustering or a cluster it does not have."""
-    if filters is None or filters.cluster is None:
-        return
-    name, number = filters.cluster
-    row = clusterings.get(s, name)
-    if row is None:
-        names = ", ".join(r.name for r in clusterings.all_rows(s)) or "none yet"
-        raise QueryError(f"no clustering named {name!r} (stored: {names}); make one with "
-                         f"`manage.py cluster --name {name}`")
-    if not 0 <= number < row.k:
-        raise QueryError(f"clustering {name!r} has clusters 0 to {row.k - 1}, not {number}")
-
-
 def change_signature(data_dir: Path | str) -> tuple:
     """What changes whenever a writer commits or saves: size and mtime of the SQLite file, its WAL and the index
-    manifests (a few ``stat`` calls). Readers compare it between requests to know when to :meth:`Store.refresh`."""
+    manifests (a few ``stat`` calls). Readers compare it between requests to know when to refresh
+    (``A2VSearch.refresh``)."""
     folder = Path(data_dir)
     out = []
     for p in (folder / DB_NAME, folder / f"{DB_NAME}-wal", *(folder / INDEX_DIR / f"{n}.json" for n in INDEX_NAMES)):
