@@ -6,7 +6,7 @@ queries, with the index the store picks beside exact (Flat) search on the same d
 For each size N a store is built in a temporary folder through ``Store.write`` (the write path of ingest and
 import) with synthetic clustered persons: activity profiles (a few PaSta states and verbs) with jitter, 512-d
 visual vectors around cluster centres, a random language space (93 x 768 and 157 x 768 matrices), 4 persons per
-media. ``Store.save`` then picks the index type for N (``index.choose_spec``) and builds it from SQLite.
+media. ``store.indexes.save()`` then picks the index type for N (``index.choose_spec``) and builds it from SQLite.
 
 Text: ``language.interpret`` (the default text model, the real all-MiniLM-L6-v2 from its offline package, with
 its real phrase matrices; ``--text-model bert-base``: a random bert-base-shaped model, see common.bert_base, with
@@ -14,7 +14,7 @@ random matrices) -> ``embed_query`` ->
 ``Searcher.search({"language": v}, {"language": 1}, SearchOptions(k=10))``: the steps of ``A2VSearch.search_text``.
 Image vectors:
 ``Searcher.search({"visual": v, "language": l}, {"visual": .5, "language": .5}, SearchOptions(k=10))`` for
-persons drawn like the stored ones (not in the store). Then ``Store.rebuild(spec="Flat")`` (``reindex
+persons drawn like the stored ones (not in the store). Then ``store.indexes.rebuild(spec="Flat")`` (``reindex
 --index-spec Flat``) and the same queries again, exactly. Also: text encoding alone with the fp32 model, the same
 model with dynamic int8 Linear layers, and the real all-MiniLM-L6-v2 (when installed).
 

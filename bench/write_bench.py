@@ -16,7 +16,7 @@ its persons to it):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
   the time split into the calling thread's parts: checks (``repo.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
-  rest); and the writer's second thread's, which overlap them: vectors (``Store.vectors``: language embedding,
+  rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
   visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
   per CPU second say what an idle one would do.
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
