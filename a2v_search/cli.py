@@ -228,9 +228,11 @@ def _print_hits(result, sheet: Path | None) -> None:
     con = _console()
     q = result.query
     if q.get("mode"):
-        read = "; ".join(f"{n}={w:.2f}" for n, w in q["pasta"] + q["verbs"])
+        read = "; ".join([f"{n}={w:.2f}" for n, w in q["pasta"] + q["verbs"]] +
+                         [f"object: {n}={w:.2f}" for n, w in q.get("objects", [])])
         match = q.get("match")  # free text: how well it matches each block, which weighs the blocks
-        weighed = f" (best match with a PaSta {match['pasta']:.2f}, a verb {match['verbs']:.2f})" if match else ""
+        weighed = (f" (best match with a PaSta {match['pasta']:.2f}, a verb {match['verbs']:.2f}, an object "
+                   f"{match['objects']:.2f} over 'a person')") if match else ""
         con.print(f"query read as {q['mode']} text: {read}{weighed}")
     if not result.hits:
         con.print("no results")

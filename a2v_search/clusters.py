@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from db.repo import Filters
+from db.values import Filters
 
 from . import taxonomy as tx
 from .errors import InputError, NotFoundError, QueryError

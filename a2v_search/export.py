@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db.clusterings import ClusteringRow
-from db.repo import Filters
+from db.values import ClusteringRow, Filters
 
 from . import taxonomy as tx
 from .errors import InputError, NotFoundError

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from db import repo
+from db.engine import get_meta, set_meta
 from index import (
     IndexCorruptError,
     IndexInputError,
@@ -228,8 +229,8 @@ class IndexSet:
 
     def _spec(self) -> tuple[str, int | None]:
         with self._store.db.session() as s:
-            spec = repo.get_meta(s, "index_spec", "auto")
-            budget = repo.get_meta(s, "index_memory_mb")
+            spec = get_meta(s, "index_spec", "auto")
+            budget = get_meta(s, "index_memory_mb")
         return spec or "auto", int(budget) if budget else None
 
     def build(self, name: str, spec: str | None = None) -> VectorIndex:
@@ -253,9 +254,9 @@ class IndexSet:
         if spec or memory_budget_mb:
             with self._store.db.session() as s:
                 if spec:
-                    repo.set_meta(s, "index_spec", spec)
+                    set_meta(s, "index_spec", spec)
                 if memory_budget_mb:
-                    repo.set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
+                    set_meta(s, "index_memory_mb", str(int(memory_budget_mb)))
         self._indexes = {name: self.build(name) for name in self._store.space.index_names()}
         self.save()
         return {name: idx.spec for name, idx in self._indexes.items()}

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from db.activities import Counts
-from db.repo import Filters
 from db.schema import COUNT_MIN_P
+from db.values import Counts, Filters
 
 from . import taxonomy as tx
 from .errors import QueryError

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from db import activities, clusterings, repo
-from db.activities import Counts
-from db.clusterings import ClusteringRow
-from db.repo import Database
+from db.engine import Database, get_meta
 from db.schema import COUNT_MIN_P, Media
+from db.tracks import fetch_tracks, track_members, tracks_of
+from db.values import ClusteringRow, Counts, Filters, MediaState, PersonRow, TrackRow, Vectors
 
 from .errors import QueryError
 
@@ -26,7 +26,7 @@ class StoreQueries:
 
     def meta(self, key: str) -> str | None:
         """A value of the store's key-value metadata (e.g. ``detector``), or None."""
-        return self._read(repo.get_meta, key)
+        return self._read(get_meta, key)
 
     def summary(self) -> tuple[dict[str, int], dict[str, int], list[tuple[str, str, str]]]:
         """(counts of media, persons, tracks, failures; media per collection; the 20 latest failures)."""
@@ -37,7 +37,7 @@ class StoreQueries:
         """One media row by id, or None."""
         return self._read(repo.get_media, media_id)
 
-    def media_states(self, paths: Sequence[str]) -> dict[str, repo.MediaState]:
+    def media_states(self, paths: Sequence[str]) -> dict[str, MediaState]:
         """Stored id, hash, size and mtime of the media at these paths (those stored)."""
         return self._read(repo.media_by_path, paths)
 
@@ -49,11 +49,11 @@ class StoreQueries:
         """The first non-duplicate media id holding each of these content hashes (those stored)."""
         return self._read(repo.media_by_hash, hashes)
 
-    def persons(self, ids: Sequence[int]) -> list[repo.PersonRow]:
+    def persons(self, ids: Sequence[int]) -> list[PersonRow]:
         """Persons with their media, in the order of ``ids``; unknown ids are left out."""
         return self._read(repo.fetch_persons, ids)
 
-    def person_vectors(self, ids: Sequence[int]) -> repo.Vectors:
+    def person_vectors(self, ids: Sequence[int]) -> Vectors:
         """The stored vectors (visual, PaSta, verbs, norms) of these persons."""
         return self._read(repo.fetch_vectors, ids)
 
@@ -61,30 +61,30 @@ class StoreQueries:
         """The media id of each of these persons."""
         return self._read(repo.media_ids_of, ids)
 
-    def filter_person_ids(self, filters: repo.Filters) -> np.ndarray | None:
+    def filter_person_ids(self, filters: Filters) -> np.ndarray | None:
         """Ids of the persons that pass ``filters`` (None: no filter)."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
             return repo.filter_person_ids(s, filters)
 
-    def check_filters(self, filters: repo.Filters) -> None:
+    def check_filters(self, filters: Filters) -> None:
         """QueryError when a filter names something the store does not hold (a clustering, a cluster)."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
 
-    def person_ids(self, filters: repo.Filters | None = None) -> np.ndarray:
+    def person_ids(self, filters: Filters | None = None) -> np.ndarray:
         """Ids (sorted) of the persons that pass ``filters``, or of every person."""
         with self.db.session() as s:
             _check_cluster_filter(s, filters)
             ids = repo.filter_person_ids(s, filters) if filters is not None else None
             return repo.person_ids(s) if ids is None else ids
 
-    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[repo.Vectors]:
+    def iter_vectors(self, ids: np.ndarray, chunk: int = 20000) -> Iterator[Vectors]:
         """The stored vectors of the persons ``ids`` (sorted), ``chunk`` at a time, from one read snapshot."""
         with self.db.snapshot() as s:
             yield from repo.iter_vectors(s, ids=ids, chunk=chunk)
 
-    def activity_counts(self, filters: repo.Filters | None, min_p: float, examples: int,
+    def activity_counts(self, filters: Filters | None, min_p: float, examples: int,
                         choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
         """How many persons (passing ``filters``) show each PaSta, verb and verb + PaSta pair (probability >=
         ``min_p``), with ``examples`` example persons of the labels and pairs that ``choose(counts)`` names
@@ -93,7 +93,7 @@ class StoreQueries:
         takes examples from its newest persons; other filters or thresholds read the probabilities of the persons
         that pass (db/activities.py)."""
         with self.db.snapshot() as s:
-            f = filters or repo.Filters()
+            f = filters or Filters()
             _check_cluster_filter(s, f)
             if min_p == COUNT_MIN_P and not (f.path_glob or f.where or f.cluster or f.after_id is not None):
                 return activities.kept_counts(s, f.collection, f.kind, examples, choose)
@@ -117,20 +117,20 @@ class StoreQueries:
     def tracks_of(self, ids: Sequence[int]) -> tuple[dict[int, int | None], dict[int, list[int]]]:
         """(the track of each person, None for image persons; the members of those tracks in id order)."""
         with self.db.session() as s:
-            track_of = repo.tracks_of(s, ids)
-            return track_of, repo.track_members(s, [t for t in track_of.values() if t is not None])
+            track_of = tracks_of(s, ids)
+            return track_of, track_members(s, [t for t in track_of.values() if t is not None])
 
-    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, repo.TrackRow], dict[int, list[int]]]:
+    def tracks(self, track_ids: Sequence[int]) -> tuple[dict[int, TrackRow], dict[int, list[int]]]:
         """(the tracks that exist among ``track_ids``; their members in id order)."""
         with self.db.session() as s:
-            tracks = repo.fetch_tracks(s, track_ids)
-            return tracks, repo.track_members(s, list(tracks))
+            tracks = fetch_tracks(s, track_ids)
+            return tracks, track_members(s, list(tracks))
 
     def track_members(self, track_ids: Sequence[int]) -> dict[int, list[int]]:
         """The person ids of each track, in id order (empty for a track that does not exist)."""
-        return self._read(repo.track_members, track_ids)
+        return self._read(track_members, track_ids)
 
-    def person_batches(self, filters: repo.Filters | None, batch_size: int) -> Iterator[dict]:
+    def person_batches(self, filters: Filters | None, batch_size: int) -> Iterator[dict]:
         """The persons passing ``filters`` in id order, as column batches, all read from one SQLite snapshot."""
         with self.db.snapshot() as s:
             _check_cluster_filter(s, filters)
@@ -145,7 +145,7 @@ class StoreQueries:
             return query(s, *args)
 
 
-def _check_cluster_filter(s, filters: repo.Filters | None) -> None:
+def _check_cluster_filter(s, filters: Filters | None) -> None:
     """QueryError when a cluster filter names no stored clustering or a cluster it does not have."""
     if filters is None or filters.cluster is None:
         return

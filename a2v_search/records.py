@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from db.repo import NewMedia, NewPerson
+from db.values import NewMedia, NewPerson
 
 from . import taxonomy as tx
 from .errors import InputError

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from db import repo
-from db.repo import Filters, PersonRow
+from db.schema import LABEL_OBJECT, LABEL_PASTA, LABEL_VERB
+from db.values import Filters, PersonRow
 from index import exact_scores
 
 from . import taxonomy as tx
@@ -208,14 +208,14 @@ def parse_where(expr: str) -> tuple[int, int, str, float]:
     key = tx.normalize_name(name)
     try:
         if key.startswith("object:"):
-            return repo.LABEL_OBJECT, tx.object_index(key[7:].strip()), op, v
+            return LABEL_OBJECT, tx.object_index(key[7:].strip()), op, v
         if key.startswith("verb:"):
             kind, idx = "verb", tx.verb_index(key[5:])
         else:
             kind, idx = tx.resolve_label(key)
     except UnknownNameError as e:
         raise QueryError(f"in filter {expr!r}: {e}") from None
-    return (repo.LABEL_PASTA if kind == "pasta" else repo.LABEL_VERB), idx, op, v
+    return (LABEL_PASTA if kind == "pasta" else LABEL_VERB), idx, op, v
 
 
 def make_filters(collection: str | None = None, path: str | None = None, kind: str | None = None,

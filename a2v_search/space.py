@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from db import repo
+from db.blobs import f16, unf16
 from db.schema import Space
 
 from .errors import LegacySpaceError, ModelError, QueryError, SpaceMismatchError, StoreError
@@ -116,7 +117,7 @@ def embed_phrases(text_model: str, pooling: str) -> tuple[np.ndarray, np.ndarray
 def as_stored_visual(visual: np.ndarray) -> np.ndarray:
     """Unit visual vectors (N, P) as SQLite keeps them (float16), back in float32: what a stored person's vectors
     are computed from."""
-    return repo.unf16(repo.f16(visual)).reshape(len(visual), -1)
+    return unf16(f16(visual)).reshape(len(visual), -1)
 
 
 def finite_rows(x: np.ndarray) -> np.ndarray:
@@ -347,6 +348,10 @@ class VectorSpace:
             language = LanguageSpace(m_pasta, m_verb, text_model=config["text_model"], pooling=config["pooling"])
             matrices = (m_pasta, m_verb, language.basis.arrays())
             config = {**config, "phrases": prompts.phrases_ref(), "language_dim": language.dim}
+        else:  # same phrases and basis; the formula alone may change the dimension (an object block)
+            language = LanguageSpace(*repo.space_matrices(self.row()), text_model=config["text_model"],
+                                     pooling=config["pooling"], basis=self.phrase_basis())
+            config = {**config, "language_dim": language.dim}
         fingerprint = space_fingerprint(config)
         with self._store.db.session() as s:
             repo.update_space(s, self.row().id, fingerprint, config, matrices)
@@ -426,7 +431,7 @@ class VectorSpace:
     def vectors(self, visual: np.ndarray, pasta: np.ndarray, verbs: np.ndarray, norms: np.ndarray | None = None,
                 names: Sequence[str] = INDEX_NAMES, objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Vectors of persons in the spaces ``names`` from their stored values (``objects``: (N, 80) the largest p
-        of each object class, ``repo.object_probs``; None = no objects). A person without a direction in a
+        of each object class, ``values.object_probs``; None = no objects). A person without a direction in a
         space (all-zero probabilities, or values that are damaged: NaN, wrong length) gets the zero vector there,
         which scores 0 against every query; nothing here raises on a row."""
         n, dim = len(visual), self.row().visual_dim

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from db import activities, clusterings, labels, repo
+from db.engine import Database, set_meta
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
-from db.repo import Database, NewMedia
+from db.tracks import rebuild_tracks, videos_with_untracked_persons
+from db.values import NewMedia, as_arrays, person_problem
 
 from .errors import InputError, StoreError
 from .faults import fault_point
@@ -131,7 +133,7 @@ class Store(StoreQueries):
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a metadata value."""
-        self._write(repo.set_meta, key, value)
+        self._write(set_meta, key, value)
 
     def touch_media(self, media_id: int, size: int, mtime: float) -> None:
         """Record a new size and mtime for a media whose content is unchanged."""
@@ -176,7 +178,7 @@ class Store(StoreQueries):
         persons = [p for m in items for p in m.persons]
         arrays = None
         if persons:  # every check before the commit: a row SQLite holds is a row FAISS takes
-            arrays, problem = repo.as_arrays(persons, row.visual_dim)
+            arrays, problem = as_arrays(persons, row.visual_dim)
             if arrays is None:
                 self._raise_first_problem(items, row.visual_dim)
         add_to, vecs = tuple(indexes), None
@@ -208,7 +210,7 @@ class Store(StoreQueries):
         """InputError naming the first person that cannot be stored."""
         for m in items:
             for j, p in enumerate(m.persons):
-                problem = repo.person_problem(p, visual_dim)
+                problem = person_problem(p, visual_dim)
                 if problem:
                     raise InputError(f"{m.path}: person {j}: {problem}; nothing of this batch was stored")
         raise InputError(f"{items[0].path}: a person cannot be stored; nothing of this batch was stored")
@@ -236,14 +238,14 @@ class Store(StoreQueries):
         with self.db.session() as s:
             report.counts = repo.counts(s)
             db_ids = repo.person_ids(s)
-            untracked = repo.videos_with_untracked_persons(s)
+            untracked = videos_with_untracked_persons(s)
         if untracked:
             report.problems.append(Problem("tracks", f"{len(untracked)} videos have persons without a track (e.g. "
                                            f"media ids {untracked[:5]})", fixed=repair))
             if repair:
                 self.require_lock()
                 with self.db.session() as s:
-                    repo.rebuild_tracks(s, untracked, link=link)
+                    rebuild_tracks(s, untracked, link=link)
         with self.db.snapshot() as s:
             kept = activities.read_counts(s)
             counted = activities.scan_counts(s, repo.person_ids(s), examples=0)[0]

@@ -59,7 +59,7 @@ def seed_store(data_dir: Path, n: int, batch: int = 4096, seed: int = 0) -> None
     from a2v_search.models.language import LanguageSpace
     from a2v_search.store import Store
     from db import activities
-    from db.repo import NewMedia, NewPerson
+    from db.values import NewMedia, NewPerson
 
     if (data_dir / "a2v.sqlite").exists():
         with Store(data_dir) as store:

@@ -266,7 +266,7 @@ def store_rankings(p: Persons, clip_dir: Path, text_model: str, work: Path,
 
 def formula_rankings(p: Persons, space) -> list[np.ndarray]:
     """Rankings in process, with a LanguageSpace (the store's arithmetic without the store)."""
-    people = space.embed(p.pasta, p.verbs)
+    people = space.embed(p.pasta, p.verbs, p.objects)
     queries = np.stack([space.embed_query(space.interpret(q.text)) for q in QUERIES])
     return [np.lexsort((np.arange(len(p)), -s)) for s in queries @ people.T]
 

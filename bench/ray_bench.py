@@ -54,7 +54,7 @@ def write_rate(data_dir: Path, n: int, batch: int = 256) -> tuple[float, float]:
     """(persons/s of Store.write in transactions of ``batch``, seconds to build and save the indexes after)."""
     from a2v_search.models.language import LanguageSpace
     from a2v_search.store import Store
-    from db.repo import NewMedia, NewPerson
+    from db.values import NewMedia, NewPerson
 
     language = LanguageSpace(*random_language_matrices(), text_model="bench-text")
     space = {"visual_model": "bench:random-vitb16", "heads": "bench:random", "text_model": "bench-text",

@@ -65,7 +65,7 @@ def build_store(data_dir: Path, n: int, text_model: Path, batch: int, seed: int,
     matrices (default: random ones of bert-base width)."""
     from a2v_search.models.language import LanguageSpace
     from a2v_search.store import Store
-    from db.repo import NewMedia, NewPerson
+    from db.values import NewMedia, NewPerson
 
     language = LanguageSpace(*(matrices or random_language_matrices(seed=seed)), text_model=str(text_model))
     space = {"visual_model": "bench:random-vitb16", "heads": "bench:random", "text_model": str(text_model),

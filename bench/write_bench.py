@@ -14,7 +14,7 @@ SQLite, the labels' chunks and FAISS).
 Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
 its persons to it):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
-  the time split into the calling thread's parts: checks (``repo.as_arrays``), SQLite rows (``repo.add_media``
+  the time split into the calling thread's parts: checks (``values.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
   rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
   visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
@@ -69,7 +69,7 @@ class Workload:
     """Batches of media with realistic persons: images, videos with tracks, duplicates, replaced files."""
 
     def __init__(self, prefix: str, seed: int = 0, driver: bool = False):
-        from db.repo import NewPerson
+        from db.values import NewPerson
 
         self.NewPerson = NewPerson
         self.gen, self.rng = SyntheticPersons(seed=seed, stream=1), np.random.default_rng(seed)
@@ -92,7 +92,7 @@ class Workload:
 
     def batch(self, persons: int) -> list:
         """Media holding about ``persons`` persons (whole media)."""
-        from db.repo import NewMedia
+        from db.values import NewMedia
 
         items, n = [], 0
         self.written += self.replaced  # replaced in the last batch (same media ids): may be replaced again

@@ -1,8 +1,3 @@
-"""The metadata store: SQLite through SQLAlchemy 2.0 (schema in ``schema.py``, functions in ``repo.py``)."""
-
-from __future__ import annotations
-
-from .repo import Database, Filters, NewMedia, NewPerson, PersonRow
-from .schema import SCHEMA_VERSION
-
-__all__ = ["SCHEMA_VERSION", "Database", "Filters", "NewMedia", "NewPerson", "PersonRow"]
+"""The metadata store: SQLite through SQLAlchemy 2.0. ``schema`` holds the tables, ``values`` the values passed
+around, ``engine`` the database and its upgrades (``migrations``), ``repo`` the queries, with ``tracks``,
+``labels``, ``activities`` and ``clusterings`` beside them (docs/design.md)."""

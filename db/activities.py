@@ -16,54 +16,16 @@ scan from every person it counts. Tests check that both ways agree.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from .schema import COUNT_MIN_P, ActivityCount, Media, Person
+from .sql import chunks
+from .values import N_PASTA, N_VERBS, Counts
 
-N_PASTA, N_VERBS = 93, 157  # as db.repo (the taxonomy's sizes)
-_CHUNK = 5000
 EXAMPLE_POOL = 20000  # the newest persons the kept counts' examples come from
-
-
-@dataclass
-class Counts:
-    """Persons counted, and how many of them show each PaSta (93,), verb (157,) and verb + PaSta pair (157, 93)."""
-
-    persons: int
-    pasta: np.ndarray
-    verbs: np.ndarray
-    verb_pasta: np.ndarray
-
-    @classmethod
-    def zero(cls) -> Counts:
-        return cls(0, np.zeros(N_PASTA, np.int64), np.zeros(N_VERBS, np.int64),
-                   np.zeros((N_VERBS, N_PASTA), np.int64))
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.persons + other.persons, self.pasta + other.pasta, self.verbs + other.verbs,
-                      self.verb_pasta + other.verb_pasta)
-
-    def __neg__(self) -> Counts:
-        return Counts(-self.persons, -self.pasta, -self.verbs, -self.verb_pasta)
-
-    def blobs(self) -> dict[str, bytes]:
-        return {"persons": np.array([self.persons], np.int64).tobytes(), "pasta": self.pasta.tobytes(),
-                "verbs": self.verbs.tobytes(), "verb_pasta": self.verb_pasta.tobytes()}
-
-    @classmethod
-    def from_blobs(cls, blobs: dict[str, bytes]) -> Counts:
-        c = cls.zero()
-        if "persons" in blobs:
-            c.persons = int(np.frombuffer(blobs["persons"], np.int64)[0])
-        for name in ("pasta", "verbs", "verb_pasta"):
-            if name in blobs:
-                value = getattr(c, name)
-                setattr(c, name, np.frombuffer(blobs[name], np.int64).reshape(value.shape).copy())
-        return c
 
 
 def count_block(pasta: np.ndarray, verbs: np.ndarray, min_p: float = COUNT_MIN_P) -> Counts:
@@ -122,8 +84,8 @@ def _grouped(rows) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
 def uncount_media(s: Session, media_ids: Sequence[int]) -> None:
     """Take the persons of these media out of the kept counts (before they are deleted or replaced)."""
     media_ids = [int(m) for m in media_ids]
-    for i in range(0, len(media_ids), _CHUNK):
-        for key, (pasta, verbs) in _grouped(_probability_rows(s, Person.media_id.in_(media_ids[i:i + _CHUNK]))
+    for chunk in chunks(media_ids):
+        for key, (pasta, verbs) in _grouped(_probability_rows(s, Person.media_id.in_(chunk))
                                             ).items():
             _add(s, *key, -count_block(pasta, verbs))
 
@@ -216,9 +178,9 @@ def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tupl
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk].tolist()
         rows = []
-        for i in range(0, len(part), _CHUNK):
+        for in_list in chunks(part):
             rows += s.execute(select(Person.id, Person.pasta, Person.verbs)
-                              .where(Person.id.in_(part[i:i + _CHUNK]))).all()
+                              .where(Person.id.in_(in_list))).all()
         if not rows:
             continue
         rows.sort(key=lambda r: r[0])

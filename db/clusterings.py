@@ -6,31 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Select, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from .schema import Clustering, ClusterMember, Person
-
-
-@dataclass
-class ClusteringRow:
-    """A stored clustering; ``clusters``: one dict per cluster (name, labels, examples...), ``info``: how it was
-    made."""
-
-    id: int
-    name: str
-    space: str
-    k: int
-    filters: dict
-    persons: int
-    max_person_id: int
-    centroids: np.ndarray  # (k, D) float32
-    clusters: list[dict]
-    info: dict
-    created_at: float
+from .values import ClusteringRow
 
 
 def _row(c: Clustering) -> ClusteringRow:

@@ -1,6 +1,6 @@
 """Errors of the SQLite store. This package imports nothing of a2v-search: its ``Store`` turns these errors into
 a2v-search errors and adds the command-line fix, through the ``translate`` hook it gives
-:class:`db.repo.Database`."""
+:class:`db.engine.Database`."""
 
 from __future__ import annotations
 

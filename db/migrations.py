@@ -7,12 +7,13 @@ Each step takes a store from version N to N + 1; :func:`upgrade` runs the steps 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from . import labels
+from .activities import recount_all
 from .errors import DbError
 from .schema import (
     ActivityCount,
@@ -25,9 +26,8 @@ from .schema import (
     PersonObject,
     Track,
 )
-
-if TYPE_CHECKING:
-    from .repo import Linker
+from .tracks import rebuild_tracks
+from .values import Linker
 
 
 def _v1_to_v2(conn: Connection, link: Linker | None) -> None:
@@ -39,8 +39,6 @@ def _v1_to_v2(conn: Connection, link: Linker | None) -> None:
 def _v2_to_v3(conn: Connection, link: Linker | None) -> None:
     """Version 3 adds tracks: the ``tracks`` table, ``persons.track_id``, and the tracks of every stored video,
     computed from its persons with ``link``, exactly as ingest computes them."""
-    from .repo import rebuild_tracks
-
     Track.__table__.create(conn)
     conn.exec_driver_sql("ALTER TABLE persons ADD COLUMN track_id INTEGER REFERENCES tracks(id) ON DELETE SET NULL")
     for index in Person.__table__.indexes:
@@ -66,8 +64,6 @@ def _v3_to_v4(conn: Connection, link: Linker | None) -> None:
 def _v4_to_v5(conn: Connection, link: Linker | None) -> None:
     """Version 5 keeps the PaSta and verb probabilities by class in chunks (db/labels.py) instead of one ``labels``
     row per person and class: the new tables are filled from the persons' blobs and ``labels`` is dropped."""
-    from . import labels
-
     LabelChunk.__table__.create(conn)
     LabelColumn.__table__.create(conn)
     conn.exec_driver_sql("DROP TABLE IF EXISTS labels")
@@ -83,8 +79,6 @@ def _v5_to_v6(conn: Connection, link: Linker | None) -> None:
 
 def _v6_to_v7(conn: Connection, link: Linker | None) -> None:
     """Version 7 keeps activity counts (counted here from every stored person) and named clusterings (none yet)."""
-    from .activities import recount_all
-
     for table in (ActivityCount.__table__, Clustering.__table__, ClusterMember.__table__):
         table.create(conn)
     with Session(bind=conn) as s:

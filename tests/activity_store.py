@@ -11,7 +11,7 @@ from PIL import Image
 
 from a2v_search import taxonomy as tx
 from a2v_search.store import Store
-from db.repo import NewPerson
+from db.values import NewPerson
 
 # profile -> (verbs, PaSta) at the given probabilities; everything else 0.01
 PROFILES = {

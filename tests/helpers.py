@@ -17,7 +17,7 @@ from a2v_search.errors import A2VError
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.models.language import LanguageSpace
 from a2v_search.store import Store
-from db.repo import NewMedia, NewPerson
+from db.values import NewMedia, NewPerson
 
 VISUAL_DIM = 16
 SPACE = {"visual_model": "test-visual", "heads": "test-heads", "text_model": "test-text", "phrases": "v1",

@@ -14,6 +14,7 @@ from a2v_search.store import Store
 from a2v_search.testing import activity_case as sa
 from a2v_search.testing.media import write_images
 from db import repo
+from db.engine import get_meta
 from db.schema import SCHEMA_VERSION
 
 
@@ -99,7 +100,7 @@ def test_schema_1_store_is_migrated_and_the_activity_space_names_the_fix(tmp_pat
     downgrade(tmp_path / "a2v.sqlite", 1)  # the layout the first release wrote
     store = Store(tmp_path)
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
+        assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)
         assert repo.count_without_norm(s) == 2
         assert [r.visual_norm for r in repo.fetch_persons(s, [1, 2])] == [None, None]
     store.space.set_activity_source(lambda: pytest.fail("no features can be computed without norms"))

@@ -11,7 +11,9 @@ from helpers import downgrade, media, random_person, writable_store
 
 from a2v_search.store import Store
 from db import labels, repo
+from db.engine import get_meta
 from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk
+from db.values import Filters
 
 WHERE = [(LABEL_PASTA, 37, ">=", 0.5), (LABEL_PASTA, 37, ">", 0.3), (LABEL_VERB, 12, "<", 0.02),
          (LABEL_VERB, 3, "<=", 0.3), (LABEL_PASTA, 0, ">=", 0.0), (LABEL_VERB, 156, ">=", 0.05)]
@@ -38,9 +40,9 @@ def assert_labels_match_blobs(store):
         for item in WHERE:
             kind, cls, op, value = item
             want = ids[labels.OPS[op](probs[kind][:, cls], np.float32(value))]
-            assert repo.filter_person_ids(s, repo.Filters(where=[item])).tolist() == want.tolist(), item
-        both = repo.filter_person_ids(s, repo.Filters(where=WHERE[:2], collection="b"))
-        in_b = set(repo.filter_person_ids(s, repo.Filters(collection="b")).tolist())
+            assert repo.filter_person_ids(s, Filters(where=[item])).tolist() == want.tolist(), item
+        both = repo.filter_person_ids(s, Filters(where=WHERE[:2], collection="b"))
+        in_b = set(repo.filter_person_ids(s, Filters(collection="b")).tolist())
         want = [i for i, a, b in zip(ids, probs[0][:, 37] >= np.float32(0.5), probs[0][:, 37] > np.float32(0.3),
                                      strict=True) if a and b and i in in_b]
         assert both.tolist() == want
@@ -96,7 +98,7 @@ def test_a_schema_4_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     con.close()
     store = Store(tmp_path / "data").lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)  # through 5 (labels) to the newest
+        assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)  # through 5 (labels) to the newest
         assert s.execute(repo.select(LabelChunk.first_id)).scalars().all() == [1, 6, 11]
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'labels'").fetchone() == (0,)

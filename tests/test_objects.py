@@ -19,8 +19,9 @@ from a2v_search.errors import QueryError
 from a2v_search.objects import MAX_OBJECTS_PER_PERSON, affinity, object_vector, tie_objects
 from a2v_search.search import make_filters
 from a2v_search.store import Store
-from db import repo
+from db.engine import get_meta
 from db.schema import SCHEMA_VERSION
+from db.values import person_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CUP, BALL, TABLE = tx.object_index("cup"), tx.object_index("sports ball"), tx.object_index("dining_table")
@@ -284,7 +285,7 @@ def test_an_older_store_is_upgraded_and_keeps_working(tmp_path, version):
     con.close()
     store = Store(tmp_path).lock("test")
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
+        assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)
     assert [r.objects for r in store.persons([1, 2])] == [(), ()]  # older persons have none
     store.write([media("/m/b.jpg", [random_person(rng, objects=((CUP, 0.7, None),))])])
     assert store.persons([3])[0].objects == ((CUP, 0.7, None),)
@@ -299,8 +300,60 @@ def test_an_older_store_is_upgraded_and_keeps_working(tmp_path, version):
 
 def test_a_person_with_bad_objects_is_refused_before_anything_is_written():
     rng = np.random.default_rng(0)
-    assert repo.person_problem(random_person(rng, objects=((80, 0.5, None),)), 16) == \
+    assert person_problem(random_person(rng, objects=((80, 0.5, None),)), 16) == \
         "object class 80 is not one of the 80 classes"
-    assert repo.person_problem(random_person(rng, objects=((1, 0.0, None),)), 16) == "object p 0.0 is not in (0, 1]"
-    assert repo.person_problem(random_person(rng, objects=((1, 0.5, (0, 0, 1)),)), 16) == \
+    assert person_problem(random_person(rng, objects=((1, 0.0, None),)), 16) == "object p 0.0 is not in (0, 1]"
+    assert person_problem(random_person(rng, objects=((1, 0.5, (0, 0, 1)),)), 16) == \
         "an object's box must be four finite numbers"
+
+
+# ------------------------------------------------------------------ search that understands them
+
+
+def activity_record(path: str, pasta: list[str], verbs: list[str], objects: list[str]) -> dict:
+    """One person whose PaSta, verbs and objects are exactly these (p 0.9), everything else 0."""
+    p, v = np.zeros(93), np.zeros(157)
+    p[[tx.pasta_index(n) for n in pasta]], v[[tx.verb_index(n) for n in verbs]] = 0.9, 0.9
+    visual = np.random.default_rng(len(path)).normal(size=16)
+    return {"path": path, "width": 64, "height": 96, "persons": [
+        {"box": [0, 0, 40, 80], "pasta": p.tolist(), "verbs": v.tolist(), "visual": visual.tolist(),
+         "objects": [{"name": o, "p": 0.9} for o in objects]}]}
+
+
+DRINK = (["hand: hold", "head: drink with"], ["drink_with", "hold"])
+
+
+@pytest.fixture(scope="module")
+def drinkers(tmp_path_factory, tiny_clip_dir, minilm_dir):
+    """Four persons with the real MiniLM space: 1 drinks from a cup, 2 from a bottle, 3 washes a cup, 4 drinks
+    from nothing the store knows of."""
+    api = A2VSearch.open(tmp_path_factory.mktemp("drinkers") / "data", model=str(tiny_clip_dir),
+                         text_model=str(minilm_dir), device="cpu")
+    report = api.import_records([activity_record("/m/1.jpg", *DRINK, ["cup"]),
+                                 activity_record("/m/2.jpg", *DRINK, ["bottle"]),
+                                 activity_record("/m/3.jpg", ["hand: wash"], ["wash", "hold"], ["cup"]),
+                                 activity_record("/m/4.jpg", *DRINK, [])])
+    assert report.persons_added == 4, report.failures
+    yield api
+    api.close()
+
+
+@pytest.mark.parametrize(("text", "first", "named"), [
+    ("a man sipping coffee from a mug", 1, "cup"), ("someone drinking water out of a bottle", 2, "bottle"),
+    ("head: drink with; verb: drink with; object: bottle", 2, "bottle"), ("hand: hold; object: cup=2", 1, "cup")])
+def test_a_query_naming_an_object_ranks_the_activity_with_that_object_first(drinkers, text, first, named):
+    result = drinkers.search(text=text, k=4)
+    assert result.hits[0].person_id == first
+    assert result.query["objects"][0][0] == named  # the reading shows the object it understood
+
+
+def test_a_query_naming_no_object_is_not_hurt_by_objects(drinkers):
+    result = drinkers.search(text="a person drinking", k=4)
+    assert result.query["objects"] == [] and result.query["match"]["objects"] == 0
+    scores = {h.person_id: h.score for h in result.hits}
+    assert scores[1] == pytest.approx(scores[2], abs=1e-6) == pytest.approx(scores[4], abs=1e-6)  # with or without
+    assert scores[3] < scores[1]  # washing a cup is not drinking
+    code, out, err = run_main("search", "--text", "a man sipping coffee from a mug", "-k", "1", "--data-dir",
+                              drinkers.store.data_dir)
+    assert code == 0, err
+    assert "object: cup=" in out and "an object 0." in out  # the CLI line shows the object it read

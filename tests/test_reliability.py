@@ -31,6 +31,7 @@ from a2v_search.store import Store
 from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
 from db import labels, repo
+from db.schema import LABEL_VERB
 from index import IndexMissingError, VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def assert_exactly_once(data_dir: Path, n_files: int) -> None:
         per_media = [n for _, n in s.execute(repo.select(repo.Person.media_id, repo.func.count(repo.Person.id))
                                              .group_by(repo.Person.media_id))]
         paths = [p for (p,) in s.execute(repo.select(repo.Media.path))]
-        by_label = labels.where_ids(s, [(repo.LABEL_VERB, 0, ">=", 0.0)])  # each person once in the labels' chunks
+        by_label = labels.where_ids(s, [(LABEL_VERB, 0, ">=", 0.0)])  # each person once in the labels' chunks
         assert by_label.tolist() == repo.person_ids(s).tolist()
     report = store.check()
     store.close()

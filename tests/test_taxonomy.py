@@ -72,10 +72,10 @@ def test_resolve_label_and_parts():
 
 def test_sizes_are_written_once_and_the_store_agrees():
     from a2v_search.models.heads import HEAD_SIZES
-    from db import repo
+    from db.values import N_PARTS, N_PASTA, N_VERBS
 
     assert (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS) == (93, 157, 6)
-    assert (repo.N_PASTA, repo.N_VERBS, repo.N_PARTS) == (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS)  # db stands alone
+    assert (N_PASTA, N_VERBS, N_PARTS) == (tx.N_PASTA, tx.N_VERBS, tx.N_PARTS)  # db stands alone
     assert HEAD_SIZES == {"verb": 157, "foot": 16, "leg": 15, "hip": 6, "hand": 34, "arm": 8, "head": 14,
                           "pasta_binary": 6}  # the reference's eight heads, in its order
     assert list(HEAD_SIZES) == ["verb", *tx.PARTS, "pasta_binary"]

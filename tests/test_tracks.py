@@ -22,7 +22,9 @@ from a2v_search.store import Store
 from a2v_search.testing.media import write_images, write_people_video
 from a2v_search.tracks import TrackRule, link, moment_score, sample_step
 from db import migrations, repo
+from db.engine import get_meta
 from db.schema import SCHEMA_VERSION, Person, Track
+from db.tracks import track_members, tracks_of
 
 # ------------------------------------------------------------------ the rule, on vectors
 
@@ -122,14 +124,14 @@ def ingest(data: Path, inputs: list[Path], boxes: Path, **opts):
     return report
 
 
-def tracks_of(data: Path) -> dict[str, list[tuple]]:
+def stored_tracks(data: Path) -> dict[str, list[tuple]]:
     """Per video file: its tracks as (number, t_start, t_end, persons, [(t_sec, x1) of each person])."""
     store = Store(data)
     with store.db.session() as s:
         rows = s.execute(repo.select(repo.Media.path, Track.number, Track.t_start, Track.t_end, Track.persons,
                                      Track.id).join(repo.Media, repo.Media.id == Track.media_id)
                          .order_by(repo.Media.path, Track.number)).all()
-        members = repo.track_members(s, [r[5] for r in rows])
+        members = track_members(s, [r[5] for r in rows])
         persons = {p.id: p for p in repo.fetch_persons(s, [i for ids in members.values() for i in ids])}
         untracked = s.execute(repo.select(repo.func.count(Person.id)).join(repo.Media)
                               .where(repo.Media.kind == "video", Person.track_id.is_(None))).scalar()
@@ -160,7 +162,7 @@ def tracked(videos, tmp_path_factory) -> Path:
 
 
 def test_ingest_links_the_people_of_a_video_into_tracks(tracked):
-    tracks = tracks_of(tracked)
+    tracks = stored_tracks(tracked)
     for name in ("walk.mp4", "other.mp4"):
         got = [(t0, t1, n) for _, t0, t1, n, _ in tracks[name]]
         assert got == [(t0, t1, n) for _, t0, t1, n in EXPECTED], name
@@ -175,18 +177,18 @@ def test_ingest_links_the_people_of_a_video_into_tracks(tracked):
 
 
 def test_tracks_are_the_same_across_segments_and_after_kills(videos, tracked, tmp_path):
-    want = tracks_of(tracked)
+    want = stored_tracks(tracked)
     inputs = [videos / "in"]
     segmented = tmp_path / "segmented"
     ingest(segmented, inputs, videos / "boxes_all.json", segment_s=5.0)  # 3 segments per video
-    assert tracks_of(segmented) == want
+    assert stored_tracks(segmented) == want
     for point in ("after_commit:1", "encode:5"):
         data = tmp_path / point.replace(":", "-")
         code, err = in_child(lambda data=data: ingest(data, inputs, videos / "boxes_all.json", segment_s=5.0),
                              fault=point)
         assert code == -signal.SIGKILL, err
         ingest(data, inputs, videos / "boxes_all.json", segment_s=5.0)
-        assert tracks_of(data) == want, point
+        assert stored_tracks(data) == want, point
 
 
 # ------------------------------------------------------------------ moments in search
@@ -254,7 +256,7 @@ def test_grouped_scores_aggregate_every_frame_of_a_track(tracked):
     [moment] = searcher.search(q, {"visual": 1.0}, SearchOptions(k=1, group="track"))
     assert (moment.moment.t_start, moment.moment.t_end) == (0.0, 5.0)
     with store.db.session() as s:
-        members = repo.track_members(s, [moment.moment.track])[moment.moment.track]
+        members = track_members(s, [moment.moment.track])[moment.moment.track]
     assert moment.score == pytest.approx(moment_score(np.array([scores[m] for m in members])), abs=1e-5)
     assert moment.score < moment.moment.frame_score == pytest.approx(max(scores[m] for m in members), abs=1e-5)
     best = searcher.search(q, {"visual": 1.0}, SearchOptions(k=1, group="track", moment_frames=1))
@@ -289,14 +291,14 @@ def test_older_stores_are_upgraded_with_the_same_tracks(tracked, tmp_path, monke
     assert con.execute("SELECT count(*) FROM sqlite_master WHERE name='tracks'").fetchone() == (0,)
     con.close()
     monkeypatch.setitem(migrations.STEPS, 2, real_step)
-    assert tracks_of(old) == tracks_of(tracked)
+    assert stored_tracks(old) == stored_tracks(tracked)
     oldest = tmp_path / "oldest"  # a schema 1 store goes through both steps
     shutil.copytree(tracked, oldest)
     downgrade(oldest / "a2v.sqlite", 1)
-    assert tracks_of(oldest) == tracks_of(tracked)
+    assert stored_tracks(oldest) == stored_tracks(tracked)
     store = Store(old)
     with store.db.session() as s:
-        assert repo.get_meta(s, "schema_version") == str(SCHEMA_VERSION)
+        assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)
     assert store.check().problems == []
     store.close()
 
@@ -306,7 +308,7 @@ def test_remove_and_reingest_rebuild_the_tracks(videos, tracked, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(tracked, data)
-    before = tracks_of(data)
+    before = stored_tracks(data)
     store = Store(data).lock("test")
     with store.db.session() as s:
         walk = repo.media_ids_under(s, [str(videos / "in" / "walk.mp4")])
@@ -315,7 +317,7 @@ def test_remove_and_reingest_rebuild_the_tracks(videos, tracked, tmp_path):
     with store.db.session() as s:
         assert repo.counts(s)["tracks"] == 4
     store.close()
-    assert "walk.mp4" not in tracks_of(data)
+    assert "walk.mp4" not in stored_tracks(data)
     con = sqlite3.connect(data / "a2v.sqlite")  # lose the tracks of a video behind the store's back
     con.executescript("PRAGMA foreign_keys=ON; DELETE FROM tracks WHERE number = 1;")
     con.close()
@@ -324,9 +326,9 @@ def test_remove_and_reingest_rebuild_the_tracks(videos, tracked, tmp_path):
     assert store.check(repair=True).ok and store.check().problems == []
     store.close()
     ingest(data, [videos / "in"], videos / "boxes_all.json")
-    assert tracks_of(data) == before
+    assert stored_tracks(data) == before
     ingest(data, [videos / "in"], videos / "boxes_all.json", force=True)  # every file replaced in place
-    assert tracks_of(data) == before
+    assert stored_tracks(data) == before
     store = Store(data)
     with store.db.session() as s:
         assert repo.counts(s)["tracks"] == 8
@@ -416,7 +418,7 @@ def test_grouped_ranking_equals_brute_force(tmp_path):
     with store.db.session() as s:
         stored = repo.fetch_vectors(s, repo.person_ids(s))
         pids, visual = stored.ids, stored.visual
-        track_of = repo.tracks_of(s, pids)
+        track_of = tracks_of(s, pids)
     assert len(set(track_of.values())) == 60
     scores = dict(zip(pids.tolist(), (visual @ q).tolist(), strict=True))
     by_track: dict[int, list[float]] = {}

@@ -2,7 +2,7 @@
 
 A file is decoded in one or more segments (videos), its frames may go to a detector, each person it holds gets a
 slot that the encoder fills; the file is complete when every segment is back and every slot is filled, and then it
-becomes a :class:`~db.repo.NewMedia` row. The drivers (``ingest.Ingestor``, ``ray_engine.RayIngestor``) change a
+becomes a :class:`~db.values.NewMedia` row. The drivers (``ingest.Ingestor``, ``ray_engine.RayIngestor``) change a
 file's state only through these methods.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from db.repo import MediaState, NewMedia
+from db.values import MediaState, NewMedia
 
 from .decode import DecodeResult, DecodeTask
 from .discover import Candidate

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from db import repo
-from db.repo import NewMedia, NewPerson
+from db.values import NewMedia, NewPerson, person_problem
 
 from ..detect import Detector
 from ..errors import InputError
@@ -331,7 +330,7 @@ class Ingestor:
     def _complete(self, asm: Assembly) -> None:
         asm.dropped = True  # nothing more to do for it
         dim = self.store.space.row().visual_dim
-        problems = [(j, why) for j, person in enumerate(asm.persons) if (why := repo.person_problem(person, dim))]
+        problems = [(j, why) for j, person in enumerate(asm.persons) if (why := person_problem(person, dim))]
         if problems:  # checked before the commit, so one bad model output never reaches SQLite
             j, why = problems[0]
             self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from db.repo import NewPerson
+from db.values import NewPerson
 
 from ..errors import InputError, ModelError, first_line
 from ..faults import fault_point, kill_once

@@ -5,28 +5,36 @@ each verb in its own sense: the normalised mean of the embeddings of its sentenc
 a verb HICO labels, one sentence per object it takes there, "a person getting on a bus"; the 40 others, a sentence
 of what the person does), not its bare name, which a sentence model often reads as a noun ("train", "board",
 "park"); no_interaction rows are zero. A person's language vector (formula
-``margin-v4:24/32+white0.75+gate+senses``, ``LANGUAGE_VECTOR``) is
+``margin-v5:24/32+white0.75+gate+senses+objects``, ``LANGUAGE_VECTOR``) is
 
-    concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb)) / sqrt(2)        # unit length
+    concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb), normalise(o)) / sqrt(3)    # each block 1/3
     w = margins(p): the 24 strongest PaSta of the whole body and the 32 strongest verbs (no_interaction left out),
         each weighted by its margin over the next strongest (the person's own background); the rest 0
     W = M whitened: M = U S V^T (SVD of each block), W = U S^0.25 V^T (singular values s -> s^(1 - 0.75))
+    o = (81,): the largest p of each of the 80 object classes the person acts on, and a last coordinate that is 1
+        when it acts on none (so every person's object block has unit length)
 
-so its cosine with a query is the mean of a PaSta-block and a verb-block cosine. The margins make the vector hold
+so its cosine with a query is the mean of a PaSta-block, a verb-block and an object-block cosine (unit length; a
+person with no PaSta or no verb at all keeps the other blocks' shares rather than weighing them more: ``shares``,
+a last coordinate, ``rest``, that no query holds takes the empty block's share, so vectors stay unit length as the
+indexes want them; a person with no PaSta, no verb and no object has the zero vector). A query naming no
+object has a zero object block: persons with and without objects score alike. One naming "cup" adds the cup
+coordinate of the person's block: persons doing the activity with a cup come first. The margins make the vector hold
 on real predictions: with ``p @ M`` every faint probability pulls toward the mean of all phrases. The whitening
 makes it hold again where margins cannot: the phrases of a text model share a large common direction (two PaSta
 phrases of all-MiniLM-L6-v2 have cosine 0.33 +- 0.17), so the background states a person keeps resemble every
 query a little; flattening the spectrum makes distinct states more distinct while near-synonyms stay near
 (docs/design.md, measured by bench/language_ablation.py). Each block lies in the span of its phrase rows, so
 vectors are stored in an orthonormal basis of that span (``basis_pasta`` (r_p, D), ``basis_verb`` (r_v, D), the
-SVD's V with each vector's sign fixed; ``PhraseBasis``): the same cosines exactly, in r_p + r_v <= 243 dimensions
-instead of 2D (1536 for bert-base). A store records that basis with its matrices and never computes it again, so
-another machine's SVD (other signs, another rotation) cannot put queries into another basis than its indexes. The
-verb block is there because many activities have no PaSta of their own ("riding a bike" is a verb, not a part
-state); see docs/design.md. Everything the formula uses is stored with the space (matrices, basis), so an index
-rebuilt from SQLite is the same and an older store migrates without its text model, unless the formulas' phrases
-differ (a store of bare verb names, ``phrases`` v1, needs its text model once to embed the verb senses:
-``manage.py reindex``).
+SVD's V with each vector's sign fixed; ``PhraseBasis``): the same cosines exactly, in r_p + r_v + 82 <= 325
+dimensions (the object block and the rest coordinate as they are) instead of 2D + 82 (1618 for bert-base). A store
+records that basis with its matrices and never computes it again, so another machine's SVD (other signs, another
+rotation) cannot put queries into another basis than its indexes. The verb block is there because many activities
+have no PaSta of their own ("riding a bike" is a verb, not a part state); see docs/design.md. Everything the formula
+uses is stored with the space (matrices, basis), so an index rebuilt from SQLite is the same (the object block reads
+the stored objects) and an older store migrates without its text model (v4 -> v5 adds the object block from the
+stored objects), unless the formulas' phrases differ (a store of bare verb names, ``phrases`` v1, needs its text
+model once to embed the verb senses: ``manage.py reindex``).
 
 Pooling: what a sentence-transformers model says (``modules.json`` -> its Pooling folder's ``config.json``: mean
 over all tokens as it was trained, CLS or max), else the mean of the word tokens' last hidden states ([CLS], [SEP]
@@ -39,7 +47,11 @@ temperature)`` keeping the strongest few (returned as the interpretation); eithe
 ``w_q @ W`` vector, queries keeping their own weights (no margins). For free text the formula's ``gate`` then
 weights the two blocks by how well the text matches each (its best cosine with a PaSta phrase, with a verb phrase;
 ``TextQuery.match``): "a woman driving a car" matches a verb far better than any PaSta phrase, and its PaSta
-reading is a guess that should weigh little. The 40 verbs HICO never labels have their cosines lowered by the
+reading is a guess that should weigh little. Free text is read for objects too, against the 80 object phrases
+("a cup", ``prompts.object_phrases``): the object block weighs by how much better the text's best object matches
+than "a person" (``OBJECT_NULL``): "someone pedalling a bicycle" names a bicycle (0.34), "a person seated on
+something" evokes a chair about as much as a person and names nothing (0.01; under ``OBJECT_MIN_MARGIN``, its
+object block stays zero). The 40 verbs HICO never labels have their cosines lowered by the
 formula's ``extra_prior`` (0.1) before the reading: a prior that they win only when clearly better.
 """
 
@@ -65,7 +77,13 @@ POOLINGS = ("words", "mean", "cls", "max")
 FREE_TEXT_TEMPERATURE = 0.05
 FREE_TEXT_TOP = 5
 FREE_TEXT_MIN_WEIGHT = 0.05
-STRUCTURED_PREFIXES = (*tx.PARTS, "verb")
+STRUCTURED_PREFIXES = (*tx.PARTS, "verb", "object")
+#: The phrase a free-text query's best object must beat to name an object at all: a text evokes objects a little
+#: ("a person seated on something" matches "a chair" about as well as "a person"), it names one when its best
+#: object matches clearly better than a person does (``OBJECT_NULL``, see ``TextQuery.match``)
+OBJECT_NULL = "a person"
+#: A free-text query whose best object beats ``OBJECT_NULL`` by less than this names no object
+OBJECT_MIN_MARGIN = 0.05
 #: the verbs HICO never labels (117-156 of the 157 list)
 EXTRA_VERBS = np.array([i for i, v in enumerate(tx.VERB_NAMES) if v in prompts.EXTRA_VERB_SENSES])
 
@@ -248,6 +266,17 @@ class VectorFormula:
     #: subtracted from the cosines of the 40 verbs HICO never labels when free text is read (a prior: they win a
     #: reading only when clearly better than every verb people were labelled with)
     extra_prior: float = 0.0
+    #: an object block (the objects a person acts on: 80 class coordinates and one "none"), weighing as much as
+    #: the PaSta and verb blocks; 0 = no object block
+    objects: bool = False
+    #: how much a free-text query's object block weighs against its other blocks, times how clearly it names an
+    #: object (``TextQuery.match``)
+    object_weight: float = 1.0
+    #: each block of a person keeps its share (1/sqrt(blocks)) when another is empty, instead of the whole vector
+    #: being normalised again: a person with nothing but an object (a bus it stands beside) must not weigh that
+    #: object as much as a person's whole activity. A last coordinate (``rest``) that no query holds takes the
+    #: empty blocks' shares, so persons' vectors keep unit length
+    shares: bool = False
 
     def weights(self, pasta: np.ndarray, verbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities pasta (N, 93), verbs (N, 157) -> weights of the same shapes."""
@@ -265,8 +294,12 @@ FORMULAS = {f.name: f for f in (
     VectorFormula("margin-v3:12/8+white0.75+gate", ALL_PASTA, ALL_VERBS, 12, 8, 0.0, whiten=0.75, gate=True),
     VectorFormula("margin-v4:24/32+white0.75+gate+senses", ALL_PASTA, ALL_VERBS, 24, 32, 0.0, whiten=0.75,
                   gate=True, phrases="v2", extra_prior=0.1),
+    VectorFormula("margin-v5:24/32+white0.75+gate+senses+objects", ALL_PASTA, ALL_VERBS, 24, 32, 0.0, whiten=0.75,
+                  gate=True, phrases="v2", extra_prior=0.1, objects=True, shares=True),
 )}
-LANGUAGE_VECTOR = "margin-v4:24/32+white0.75+gate+senses"
+LANGUAGE_VECTOR = "margin-v5:24/32+white0.75+gate+senses+objects"
+#: coordinates of the object block: one per object class and one for "acts on no object"
+OBJECT_BLOCK = tx.N_OBJECTS + 1
 #: the least weight ``gate`` gives a block (a text that matches no phrase of a block still counts a little)
 GATE_FLOOR = 0.01
 
@@ -359,26 +392,34 @@ class TextQuery:
     verbs: dict[str, float] = field(default_factory=dict)
     #: the free text's own (D,) embedding (None for structured text)
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
-    #: how well free text matches each block: its best cosine with a PaSta phrase and with a verb phrase (None for
-    #: structured text); a ``gate`` formula weights the query's two blocks by them
-    match: tuple[float, float] | None = None
+    #: weights per object class name (``"cup"``) the query names; empty when it names none
+    objects: dict[str, float] = field(default_factory=dict)
+    #: how well free text matches each block: its best cosine with a PaSta phrase, with a verb phrase, and how much
+    #: better its best object matches than ``OBJECT_NULL`` (0 when it names no object); None for structured text.
+    #: A ``gate`` formula weights the query's blocks by them
+    match: tuple[float, float, float] | None = None
 
-    def weights(self) -> tuple[np.ndarray, np.ndarray]:
-        """The weights as arrays: pasta (93,), verbs (157,), zero where the query names nothing."""
+    def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The weights as arrays: pasta (93,), verbs (157,), objects (80,), zero where the query names nothing."""
         pasta = np.zeros(len(tx.PASTA_NAMES), np.float32)
         verbs = np.zeros(len(tx.VERB_NAMES), np.float32)
+        objects = np.zeros(tx.N_OBJECTS, np.float32)
         for name, w in self.pasta.items():
             pasta[tx.pasta_index(name)] = w
         for name, w in self.verbs.items():
             verbs[tx.verb_index(name)] = w
-        return pasta, verbs
+        for name, w in self.objects.items():
+            objects[tx.object_index(name)] = w
+        return pasta, verbs, objects
 
     def as_dict(self) -> dict:
         out = {"text": self.text, "mode": self.mode,
                "pasta": [[k, round(v, 4)] for k, v in self.pasta.items()],
-               "verbs": [[k, round(v, 4)] for k, v in self.verbs.items()]}
+               "verbs": [[k, round(v, 4)] for k, v in self.verbs.items()],
+               "objects": [[k, round(v, 4)] for k, v in self.objects.items()]}
         if self.match is not None:
-            out["match"] = {"pasta": round(self.match[0], 4), "verbs": round(self.match[1], 4)}
+            out["match"] = {"pasta": round(self.match[0], 4), "verbs": round(self.match[1], 4),
+                            "objects": round(self.match[2], 4)}
         return out
 
 
@@ -409,6 +450,7 @@ class LanguageSpace:
         self._white_verb = _whitening(s_verb, self.formula.whiten)  # (r_v,)
         self._red_pasta = self.m_pasta @ self.basis_pasta.T * self._white_pasta  # (93, r_p): M_pasta, whitened
         self._red_verb = self.m_verb @ self.basis_verb.T * self._white_verb  # (157, r_v)
+        self._m_object: np.ndarray | None = None  # (81, D): OBJECT_NULL and the 80 object phrases, on first use
 
     @classmethod
     def from_text_model(cls, name: str, device: torch.device | str = "cpu") -> LanguageSpace:
@@ -422,8 +464,9 @@ class LanguageSpace:
 
     @property
     def dim(self) -> int:
-        """Dimension of a language vector: the ranks of the two phrase blocks."""
-        return self.basis_pasta.shape[0] + self.basis_verb.shape[0]
+        """Dimension of a language vector: the ranks of the two phrase blocks (and the object block's 81)."""
+        return (self.basis_pasta.shape[0] + self.basis_verb.shape[0] + (OBJECT_BLOCK if self.formula.objects else 0)
+                + int(self.formula.shares))
 
     def encoder(self) -> TextEncoder:
         """The text model, loaded on first use (only free-text queries need it)."""
@@ -433,31 +476,55 @@ class LanguageSpace:
         return self._encoder
 
     def embed(self, pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities of persons, pasta (N, 93) and verbs (N, 157) -> language vectors (N, r_p + r_v), unit
-        length (zero if empty), through the space's formula (``margins``). ``to_full`` maps them back to the (N, 2D)
-        form of the module docstring. ``objects`` (N, 80): the largest p of each object class a person acts on."""
+        """Probabilities of persons, pasta (N, 93) and verbs (N, 157), and ``objects`` (N, 80), the largest p of
+        each object class a person acts on (None: none) -> language vectors (N, dim) through the space's formula
+        (``margins``): unit length, zero if empty (no PaSta, no verb and no object). ``to_full`` maps
+        them back to the (N, 2D [+ 81]) form of the module docstring."""
         pasta = np.asarray(pasta, np.float32).reshape(-1, len(tx.PASTA_NAMES))
         verbs = np.asarray(verbs, np.float32).reshape(-1, len(tx.VERB_NAMES))
-        return self.embed_weights(*self.formula.weights(pasta, verbs))
+        if not self.formula.objects:
+            return self.embed_weights(*self.formula.weights(pasta, verbs))
+        objects = (np.zeros((len(pasta), tx.N_OBJECTS), np.float32) if objects is None else
+                   np.asarray(objects, np.float32).reshape(len(pasta), tx.N_OBJECTS))
+        none = ~objects.any(axis=1, keepdims=True)  # (N, 1): acts on no object
+        wp, wv = self.formula.weights(pasta, verbs)
+        out = self.embed_weights(wp, wv, np.concatenate([objects, none.astype(np.float32)], axis=1), rest=True)
+        out[none[:, 0] & ~wp.any(axis=1) & ~wv.any(axis=1)] = 0.0  # nothing at all: no language direction
+        return out
 
-    def embed_weights(self, pasta: np.ndarray, verbs: np.ndarray) -> np.ndarray:
-        """Weights pasta (N, 93), verbs (N, 157) taken as they are -> (N, r_p + r_v) unit vectors."""
+    def embed_weights(self, pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None,
+                      rest: bool = False) -> np.ndarray:
+        """Weights pasta (N, 93), verbs (N, 157) and, with an object block, objects (N, 81) taken as they are ->
+        (N, dim): each block normalised (a block without weight stays zero), then the whole normalised, or with
+        ``shares`` each block given 1/sqrt(blocks) of it and the last coordinate the empty blocks' shares when
+        ``rest`` (a person's vector), else 0 (a query's)."""
         a = _normalise(np.asarray(pasta, np.float32) @ self._red_pasta)  # (N, r_p)
         b = _normalise(np.asarray(verbs, np.float32) @ self._red_verb)  # (N, r_v)
-        return _normalise(np.concatenate([a, b], axis=-1))
+        blocks = [a, b]
+        if self.formula.objects:
+            o = np.zeros((len(a), OBJECT_BLOCK), np.float32) if objects is None else objects
+            blocks.append(_normalise(np.asarray(o, np.float32).reshape(len(a), OBJECT_BLOCK)))  # (N, 81)
+        if self.formula.shares:
+            filled = sum((blk * blk).sum(axis=1) for blk in blocks)  # (N,): how many blocks are not empty
+            left = np.sqrt(np.maximum(len(blocks) - filled, 0.0))[:, None] if rest else np.zeros((len(a), 1))
+            return np.concatenate([*blocks, left.astype(np.float32)], axis=-1) / np.float32(np.sqrt(len(blocks)))
+        return _normalise(np.concatenate(blocks, axis=-1))
 
     def to_full(self, vectors: np.ndarray) -> np.ndarray:
-        """Language vectors (N, r_p + r_v) -> (N, 2D) in the text model's own coordinates (same inner products; with
-        a whitening formula these are the coordinates of the whitened phrases)."""
-        r = self.basis_pasta.shape[0]
-        return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:] @ self.basis_verb], axis=-1)
+        """Language vectors (N, dim) -> (N, 2D [+ 81 + 1]) in the text model's own coordinates (same inner
+        products; with a whitening formula these are the coordinates of the whitened phrases; the object block and
+        the rest coordinate as they are)."""
+        r, rv = self.basis_pasta.shape[0], self.basis_verb.shape[0]
+        return np.concatenate([vectors[:, :r] @ self.basis_pasta, vectors[:, r:r + rv] @ self.basis_verb,
+                               vectors[:, r + rv:]], axis=-1)
 
     def embed_query(self, query: TextQuery) -> np.ndarray:
-        """The (r_p + r_v,) language vector of an interpreted query: its weights as they are; for free text, as the
-        formula says, blended with the text's own embedding projected onto the phrase spans (``text_blend``) and its
-        two blocks weighted by how well the text matches each (``gate``: ``query.match``)."""
-        pasta, verbs = query.weights()  # (93,), (157,)
-        vec = self.embed_weights(pasta[None], verbs[None])[0]  # (r_p + r_v,)
+        """The (dim,) unit language vector of an interpreted query: its weights as they are (a block it names
+        nothing in stays zero); for free text, as the formula says, blended with the text's own embedding projected
+        onto the phrase spans (``text_blend``) and its blocks weighted by how well the text matches each (``gate``:
+        ``query.match``)."""
+        pasta, verbs, objects = query.weights()  # (93,), (157,), (80,)
+        vec = self.embed_weights(pasta[None], verbs[None], np.append(objects, 0.0)[None])[0]  # (dim,)
         blend = self.formula.text_blend
         if query.embedding is not None and blend > 0:
             e = np.asarray(query.embedding, np.float32)  # (D,)
@@ -465,10 +532,11 @@ class LanguageSpace:
                                   _normalise(e @ self.basis_verb.T * self._white_verb)])
             vec = _normalise((1 - blend) * vec + blend * _normalise(own))
         if query.match is not None and self.formula.gate:
-            r = self.basis_pasta.shape[0]
+            r, rv = self.basis_pasta.shape[0], self.basis_verb.shape[0]
             vec = _normalise(np.concatenate([vec[:r] * max(query.match[0], GATE_FLOOR),
-                                             vec[r:] * max(query.match[1], GATE_FLOOR)]))
-        return vec
+                                             vec[r:r + rv] * max(query.match[1], GATE_FLOOR),
+                                             vec[r + rv:] * query.match[2] * self.formula.object_weight]))
+        return _normalise(vec)
 
     def interpret(self, text: str) -> TextQuery:
         """Read a query text as structured PaSta text when it names parts (``hand: hold``), else as free text."""
@@ -485,8 +553,24 @@ class LanguageSpace:
         skip_pasta, skip_verb = set(tx.NO_INTERACTION_PASTA), {tx.NO_INTERACTION_VERB}
         pasta = _soft_top(sim_pasta, tx.PASTA_NAMES, skip_pasta)
         verbs = _soft_top(sim_verb, tx.VERB_NAMES, skip_verb)
-        match = (_best(sim_pasta, skip_pasta), _best(sim_verb, skip_verb))
-        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs, embedding=q, match=match)
+        objects, named = {}, 0.0
+        if self.formula.objects:
+            sim_object = self.object_phrases() @ q  # (81,): OBJECT_NULL, then the 80 objects
+            named = float(sim_object[1:].max() - sim_object[0])
+            if named >= OBJECT_MIN_MARGIN:
+                objects = _soft_top(sim_object[1:], tx.OBJECT_NAMES, set())
+            else:
+                named = 0.0
+        match = (_best(sim_pasta, skip_pasta), _best(sim_verb, skip_verb), named)
+        return TextQuery(text=text, mode="free", pasta=pasta, verbs=verbs, objects=objects, embedding=q, match=match)
+
+    def object_phrases(self) -> np.ndarray:
+        """(81, D): the text model's embeddings of ``OBJECT_NULL`` and the 80 object phrases (``"a cup"``), which
+        free text is read against for the objects it names (embedded on first use; persons' object blocks need no
+        text model)."""
+        if self._m_object is None:
+            self._m_object = self.encoder().encode([OBJECT_NULL, *prompts.object_phrases()])
+        return self._m_object
 
 
 def _best(sims: np.ndarray, skip: set[int]) -> float:
@@ -513,7 +597,8 @@ def is_structured(text: str) -> bool:
 
 
 def parse_structured(text: str) -> TextQuery:
-    """``"hand: hold=2; head: drink with; verb: drink with"`` -> weights per PaSta and verb (default weight 1)."""
+    """``"hand: hold=2; head: drink with; verb: drink with; object: cup"`` -> weights per PaSta, verb and object
+    (default weight 1)."""
     query = TextQuery(text=text, mode="structured")
     for item in (s.strip() for s in re.split(r"[;\n]", text)):
         if not item:
@@ -529,6 +614,8 @@ def parse_structured(text: str) -> TextQuery:
         try:
             if key.startswith("verb:"):
                 target, label = query.verbs, tx.VERB_NAMES[tx.verb_index(key[5:])]
+            elif key.startswith("object:"):
+                target, label = query.objects, tx.OBJECT_NAMES[tx.object_index(key[7:].strip())]
             else:
                 target, label = query.pasta, tx.PASTA_NAMES[tx.pasta_index(key)]
         except UnknownNameError as e:
@@ -537,6 +624,6 @@ def parse_structured(text: str) -> TextQuery:
             raise QueryError(f"{label!r} carries no meaning in the language space (its row is zero); "
                              "search for what the part does instead")
         target[label] = target.get(label, 0.0) + w
-    if not any(w > 0 for w in (*query.pasta.values(), *query.verbs.values())):
-        raise QueryError(f"query {text!r} has no PaSta or verb with a positive weight")
+    if not any(w > 0 for w in (*query.pasta.values(), *query.verbs.values(), *query.objects.values())):
+        raise QueryError(f"query {text!r} has no PaSta, verb or object with a positive weight")
     return query

@@ -25,6 +25,7 @@ from a2v_search.models import ModelSpec, load_encoder
 from a2v_search.store import Store
 from a2v_search.testing.media import write_bad_files, write_images, write_odd_images, write_video
 from db import repo
+from db.blobs import unf16
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' to run the Ray engine tests")
 
@@ -68,7 +69,7 @@ def snapshot(data_dir: Path) -> dict:
         for p in s.execute(repo.select(repo.Person).order_by(repo.Person.id)).scalars():
             out[paths[p.media_id]]["persons"].append({
                 "box": (p.x1, p.y1, p.x2, p.y2), "score": p.score, "frame": p.frame_index, "t": p.t_sec,
-                "vectors": np.concatenate([repo.unf16(b) for b in (p.pasta, p.verbs, p.parts, p.visual)]),
+                "vectors": np.concatenate([unf16(b) for b in (p.pasta, p.verbs, p.parts, p.visual)]),
                 "norm": p.visual_norm, "track": p.track_id})
         for m in out.values():  # a track as the position of its first person in the media (ids differ per store)
             firsts: dict = {}

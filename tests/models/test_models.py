@@ -265,23 +265,26 @@ def test_language_vectors_are_unit_and_equal_normalised_margins_at_whitened_m(en
     def norm(x):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    assert lang.vector == LANGUAGE_VECTOR == "margin-v4:24/32+white0.75+gate+senses"
+    assert lang.vector == LANGUAGE_VECTOR == "margin-v5:24/32+white0.75+gate+senses+objects"
     # the 24 strongest PaSta of the body and the 32 strongest verbs, no_interaction left out
     wp = _margins_by_hand(v.pasta, [[i for i in range(93) if i not in tx.NO_INTERACTION_PASTA]], 24)
     wv = _margins_by_hand(v.verbs, [[i for i in range(157) if i != tx.NO_INTERACTION_VERB]], 32)
     assert (wp > 0).sum(1).max() <= 24 and not wp[:, list(tx.NO_INTERACTION_PASTA)].any()
     # through the whitened phrases: M = U S V^T -> U S^0.25 V^T
-    expected = norm(np.concatenate([norm(wp @ _whitened(lang.m_pasta, 0.75)), norm(wv @ _whitened(lang.m_verb, 0.75))],
-                                   -1))
+    # and the object block: these persons act on no object, so its "none" coordinate is 1; every block holds
+    # something, so the rest coordinate (the last) is 0
+    no_object = np.eye(tx.N_OBJECTS + 2, dtype=np.float32)[[-2] * len(wp)]
+    expected = norm(np.concatenate([norm(wp @ _whitened(lang.m_pasta, 0.75)), norm(wv @ _whitened(lang.m_verb, 0.75)),
+                                    no_object], -1))
     np.testing.assert_allclose(lang.to_full(v.language), expected, atol=1e-5)
     np.testing.assert_allclose(v.language @ v.language.T, expected @ expected.T, atol=1e-5)  # same cosines
-    assert lang.dim <= 87 + 156
+    assert lang.dim <= 87 + 156 + 81 + 1
     assert not lang.m_pasta[list(tx.NO_INTERACTION_PASTA)].any() and not lang.m_verb[57].any()
 
 
 def test_language_space_from_sentence_transformers_folder(minilm_dir):
     space = LanguageSpace.from_text_model(str(minilm_dir))
-    assert space.m_pasta.shape == (93, 384) and space.dim == 87 + 156  # the ranks of the phrase blocks
+    assert space.m_pasta.shape == (93, 384) and space.dim == 87 + 156 + 81 + 1  # phrase ranks, objects, the rest
     q = space.interpret("kicking a ball")
     assert q.mode == "free" and next(iter(q.pasta)) == "foot: kick" and next(iter(q.verbs)) == "kick"
     s = space.interpret("Hand: Hold=2; head:drink with; verb: drink_with")
@@ -344,15 +347,21 @@ def test_free_text_blocks_are_weighted_by_how_well_the_text_matches_each(minilm_
     e = space.encoder().encode([q.text])[0]
     best_pasta = max(float(space.m_pasta[i] @ e) for i in range(93) if i not in tx.NO_INTERACTION_PASTA)
     best_verb = max(float(space.m_verb[i] @ e) for i in range(157) if i != tx.NO_INTERACTION_VERB)
-    assert q.match == pytest.approx((best_pasta, best_verb), abs=1e-5) and best_pasta < best_verb / 2
-    assert q.as_dict()["match"] == {"pasta": round(best_pasta, 4), "verbs": round(best_verb, 4)}
-    read = space.embed_query(TextQuery(q.text, "free", q.pasta, q.verbs))  # the phrases alone, equal blocks
-    r = space.basis_pasta.shape[0]
-    gated = np.concatenate([read[:r] * best_pasta, read[r:] * best_verb])
+    objects = space.object_phrases() @ e  # "a person", then the 80 objects
+    named = float(objects[1:].max() - objects[0])  # how much better its best object matches than a person
+    assert q.match == pytest.approx((best_pasta, best_verb, named), abs=1e-5) and best_pasta < best_verb / 2
+    assert next(iter(q.objects)) == "car" and named > 0.2  # it names a car
+    assert q.as_dict()["match"] == {"pasta": round(best_pasta, 4), "verbs": round(best_verb, 4),
+                                    "objects": round(named, 4)}
+    read = space.embed_query(TextQuery(q.text, "free", q.pasta, q.verbs, objects=q.objects))  # equal blocks
+    r, rv = space.basis_pasta.shape[0], space.basis_verb.shape[0]
+    gated = np.concatenate([read[:r] * best_pasta, read[r:r + rv] * best_verb, read[r + rv:] * named])
     np.testing.assert_allclose(space.embed_query(q), gated / np.linalg.norm(gated), atol=1e-5)
     s = space.interpret("hand: hold; verb: drive")
     assert s.match is None and "match" not in s.as_dict()
     np.testing.assert_allclose(np.linalg.norm(space.embed_query(s)[:r]), np.sqrt(0.5), atol=1e-6)  # as written
+    vague = space.interpret("a person seated on something")  # evokes a chair, names nothing
+    assert vague.objects == {} and vague.match[2] == 0 and not space.embed_query(vague)[r + rv:].any()
 
 
 def test_free_text_vector_of_v2_blends_its_reading_with_its_own_embedding(minilm_dir):
@@ -385,10 +394,22 @@ def test_older_formulas_stay_selectable_by_name_and_unknown_ones_are_refused(min
     np.testing.assert_allclose(plain.embed(p, v), v2.embed_weights(p, v), atol=1e-6)  # neither whitens
     expected = v2.embed_weights(margins(p, PART_GROUPS, 2), margins(v, VERB_GROUPS, 4))
     np.testing.assert_allclose(v1.embed(p, v), expected, atol=1e-6)
-    assert not np.allclose(v2.embed(p, v), space.embed(p, v), atol=1e-3)  # v3 whitens the same margins
+    v4 = LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v4:24/32+white0.75+gate+senses")
+    assert not np.allclose(v2.embed(p, v), v4.embed(p, v), atol=1e-3)  # v3, v4 whiten the same margins
+    # v5 is v4 and an object block; persons acting on no object hold its "none" coordinate
+    d = v4.dim
+    np.testing.assert_allclose(space.embed(p, v)[:, :d] * np.sqrt(3 / 2), v4.embed(p, v), atol=1e-6)
+    np.testing.assert_allclose(space.embed(p, v)[:, d:], np.eye(82)[[-2] * 4] / np.sqrt(3), atol=1e-6)
+    # a person with no verb keeps its PaSta's third (the rest coordinate takes the verbs'), one with nothing is zero
+    alone = space.embed(np.stack([p[0], np.zeros(93)]), np.zeros((2, 157)))
+    r = space.basis_pasta.shape[0]
+    pasta_only = v4.embed(p[:1], np.zeros((1, 157)))[0, :r]  # v4 gives it the whole length
+    np.testing.assert_allclose(alone[0, :r], pasta_only / np.sqrt(3), atol=1e-6)
+    assert alone[0, -1] == pytest.approx(np.sqrt(1 / 3)) and np.linalg.norm(alone[0]) == pytest.approx(1.0)
+    assert not alone[1].any()
     assert set(FORMULAS) == {"p@M", "margin-v1:2/4", "margin-v2:12/8+text0.4", "margin-v3:12/8+white0.75+gate",
-                             LANGUAGE_VECTOR}
-    assert [FORMULAS[f].phrases for f in FORMULAS] == ["v1"] * 4 + ["v2"]  # v4: the verbs in their senses
+                             "margin-v4:24/32+white0.75+gate+senses", LANGUAGE_VECTOR}
+    assert [FORMULAS[f].phrases for f in FORMULAS] == ["v1"] * 4 + ["v2"] * 2  # v4: the verbs in their senses
     with pytest.raises(ModelError, match="unknown language vector formula 'margin-v9'"):
         LanguageSpace(space.m_pasta, space.m_verb, space.text_model, vector="margin-v9")
 

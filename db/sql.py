@@ -1,0 +1,34 @@
+"""What the modules that run SQL share: ``IN (...)`` lists in chunks, the session's DBAPI cursor and the next free
+id of a table (the write path's bulk inserts)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from sqlalchemy.orm import Session
+
+CHUNK = 5000  # ids per IN (...) list
+
+
+def chunks(ids: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
+    """``ids`` in slices of at most ``size`` (one ``IN (...)`` list each)."""
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
+#: (largest id, AUTOINCREMENT's counter) of each table, literal SQL run on the session's own DBAPI connection
+_LAST_IDS = {"media": "SELECT max(id), NULL FROM media",
+             "persons": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'persons') FROM persons",
+             "tracks": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'tracks') FROM tracks"}
+
+
+def next_id(s: Session, table: str) -> int:
+    """The id the next row of ``table`` gets: past every id used, and for the AUTOINCREMENT tables (persons,
+    tracks) past every id SQLite ever handed out, so that a deleted row's id is never used again."""
+    largest, seq = dbapi(s).execute(_LAST_IDS[table]).fetchone()
+    return max(int(largest or 0), int(seq or 0)) + 1
+
+
+def dbapi(s: Session):
+    """A DBAPI cursor inside the session's transaction (for bulk inserts and the id queries of the write path)."""
+    return s.connection().connection.driver_connection.cursor()
