@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db.values import ClusteringRow, Filters
+from db.values import ClusteringRow, Filters, object_probs
 
 from . import taxonomy as tx
 from .errors import InputError, NotFoundError
@@ -65,12 +65,14 @@ FIELDS: dict[str, str] = {
     "visual": "float32 (P,): the unit visual vector (CLIP projection output / its norm), as stored and searched",
     "visual_norm": "float32: norm of the projection output; visual * visual_norm is the trained heads' input "
                    "(null / NaN for persons stored before schema 2)",
-    "language": "float32 (2D,): the language vector in the text model's own dimension, "
-                "concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb)) / sqrt(2): w the weights the "
-                "space's formula (language.formula) makes of pasta and verbs, W the phrase matrices as it whitens "
-                "them (docs/design.md)",
-    "language_basis": "float32 (r_p + r_v,): the same vector in the compact orthonormal basis the store "
-                      "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:] @ basis_verb)",
+    "language": "float32 (2D + 82,): the language vector in the text model's own dimension, "
+                "concat(normalise(w_pasta @ W_pasta), normalise(w_verb @ W_verb), normalise(o), rest) / sqrt(3): w "
+                "the weights the space's formula (language.formula) makes of pasta and verbs, W the phrase matrices "
+                "as it whitens them, o the object block (the largest p of each of names.objects, then 1 for 'none'), "
+                "rest the share of empty blocks (docs/design.md)",
+    "language_basis": "float32 (r_p + r_v + 82,): the same vector in the compact orthonormal basis the store "
+                      "searches in; language = concat(v[:r_p] @ basis_pasta, v[r_p:r_p + r_v] @ basis_verb, "
+                      "v[r_p + r_v:])",
     "objects": "the objects the person acts on, best first (at most 4): in jsonl a list of {name, p, box} (box "
                "[x1, y1, x2, y2] or null: the form `import` reads), in parquet a list of structs of the same "
                "fields, in npz and numpy batches float32 (4, 6): rows [class, p, x1, y1, x2, y2] (class: index in "
@@ -177,7 +179,8 @@ def _columns(store: Store, batch: dict, fields: Sequence[str], clustering: Clust
     if "objects" in fields:
         out["objects"] = object_array(batch["objects"])
     if "language" in fields or "language_basis" in fields:
-        compact = store.space.language().embed(batch["pasta"], batch["verbs"])  # (n, r): what the FAISS index holds
+        compact = store.space.language().embed(batch["pasta"], batch["verbs"],  # (n, dim): what FAISS holds
+                                               object_probs(batch["objects"]))
         if "language_basis" in fields:
             out["language_basis"] = compact
         if "language" in fields:
@@ -357,7 +360,8 @@ def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
     lang = store.space.language()
     dims = {"box": (4,), "objects": (MAX_OBJECTS_PER_PERSON, 6), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,),
             "parts": (tx.N_PARTS,), "visual": (row.visual_dim,),
-            "language": (2 * lang.m_pasta.shape[1],), "language_basis": (lang.dim,)}
+            "language": (2 * lang.m_pasta.shape[1] + lang.dim - len(lang.basis_pasta) - len(lang.basis_verb),),
+            "language_basis": (lang.dim,)}
     if "activity" in names:
         dims["activity"] = store.space.part_features(np.ones((1, row.visual_dim), np.float32),
                                                np.ones(1, np.float32)).shape[1:]

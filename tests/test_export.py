@@ -171,7 +171,7 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
     np.testing.assert_allclose(want["visual"], indexes["visual"].reconstruct(ids), rtol=0, atol=1e-3)
     np.testing.assert_allclose(want["language_basis"], indexes["language"].reconstruct(ids), rtol=0, atol=1e-6)
     # the full-dimension language vector has the same inner products as the compact one, in 2 x text dim
-    assert want["language"].shape == (N_PERSONS, 2 * 32)
+    assert want["language"].shape == (N_PERSONS, 2 * 32 + 82)  # two phrase blocks, the objects, the rest
     np.testing.assert_allclose(want["language"] @ want["language"].T,
                                want["language_basis"] @ want["language_basis"].T, atol=1e-5)
     # fused search scores are exactly these cosines (re-scored from SQLite)
@@ -196,8 +196,9 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
     basis = meta.get("basis_arrays") or (np.array(meta["basis"]["pasta"], np.float32),
                                          np.array(meta["basis"]["verb"], np.float32))
     assert meta["language"]["formula"] == lang.vector == LANGUAGE_VECTOR
-    r = meta["language"]["rank_pasta"]
-    rebuilt = np.concatenate([want["language_basis"][:, :r] @ basis[0], want["language_basis"][:, r:] @ basis[1]], 1)
+    r, rv = meta["language"]["rank_pasta"], meta["language"]["rank_verb"]
+    compact = want["language_basis"]
+    rebuilt = np.concatenate([compact[:, :r] @ basis[0], compact[:, r:r + rv] @ basis[1], compact[:, r + rv:]], 1)
     np.testing.assert_allclose(rebuilt, want["language"], atol=1e-5)
     np.testing.assert_allclose(basis[0], lang.basis_pasta, atol=1e-7)
 

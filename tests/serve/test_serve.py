@@ -55,7 +55,7 @@ def test_text_search_is_the_search_json_object(client, serve_store):
         assert [profile(h) for h in body["results"][:3]] == ["drink"] * 3
     q = client.get("/api/search", params={"text": DRINK, "k": 1}).json()["query"]
     assert q == {"type": "text", "text": DRINK, "mode": "structured",
-                 "pasta": [["hand: hold", 1.0], ["head: drink with", 1.0]], "verbs": []}
+                 "pasta": [["hand: hold", 1.0], ["head: drink with", 1.0]], "verbs": [], "objects": []}
 
 
 def test_same_json_as_the_cli(client, serve_store):
