@@ -6,8 +6,9 @@ JPEGs (``detector="none"``: one person per image, whole-image mode), in one run.
 Row "tiny": a tiny random CLIP (2 layers, width 32, 224 px input) + tiny BERT, so that wall time is the
 pipeline's own cost per image (discover, decode + resize in worker processes, write, save).
 With ``--image-size 64x48 --batch-size 256 --images 4000 --no-vit`` it measures the pipeline's own cost per person
-in the main process (issue 26's goal: <= 50 us outside decoding and the model): the tiny row's stages per person,
-with the tiny model's own time (``encode_pixels`` at the same batch) taken out of ``encode``.
+in the main process (issue 26's goal: <= 50 us outside decoding and the model): two ingests of the tiny row with
+torch on one thread, the first uninstrumented (this process's CPU, less the model's and the model loading's), the
+second with its CPU split by stage (each thread's ``thread_time`` in labelled regions; see ``REGIONS``).
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
 of the same encoder (``encode_pixels`` on one batch of the same size, measured right after; GPU goal >= 80%).
@@ -19,12 +20,15 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import gpu_name, header, log, random_pixels, tiny_models, vitb16_checkpoint, write_jpegs  # noqa: E402
+from common import gpu_name, header, load_average, log, random_pixels, tiny_models, vitb16_checkpoint, write_jpegs  # noqa: E402
 
 STAGES = ("discover", "decode", "wait", "detect", "encode", "write", "save")
 
@@ -58,21 +62,135 @@ def model_only_rate(encoder, batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
-def main_process_costs(tiny: dict, model_s: float, args: argparse.Namespace, width: int, height: int) -> None:
-    """The tiny row per person: the main process's stages, the tiny model's own time taken out of encode."""
-    n = tiny["persons"]
-    own = {k: tiny[k] for k in STAGES if k not in ("decode", "wait")}
-    own["encode"] = max(0.0, own["encode"] - model_s)
-    own["other"] = tiny["seconds"] - tiny["wait"] - sum(tiny[k] for k in STAGES if k not in ("decode", "wait"))
-    print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none: {tiny['rate']:.0f} "
-          f"persons/s, wall {tiny['seconds']:.2f} s, main process waiting for decoders {tiny['wait']:.2f} s, decode "
-          f"{1e6 * tiny['decode'] / n:.0f} us/person of worker time, tiny model {1e6 * model_s / n:.0f} us/person.\n")
-    print("| main process, us per person | " + " | ".join(own) + " | total |")
-    print("|---|" + "---:|" * (len(own) + 1))
-    print("| tiny row | " + " | ".join(f"{1e6 * v / n:.1f}" for v in own.values())
-          + f" | {1e6 * sum(own.values()) / n:.1f} |")
-    print("\nencode: the stage less the model's own time (encode_pixels at the same batch, same run); other: wall "
-          "time in none of the stages (assembly, hashing, queues).")
+#: the labelled regions of the per-stage split: (owner, attribute, stage); a region's time is exclusive (what it
+#: spends inside a labelled region nested in it goes to that one). Timed stages of the report are labelled too.
+REGIONS = [("a2v_search.ingest.driver:Ingestor", "_first_task", "plan: a decode task per file"),
+           ("a2v_search.ingest.decode_pool:DecodePool", "put", "hand-off to the decoders"),
+           ("a2v_search.ingest.driver:Ingestor", "_on_decoded", "assembly"),
+           ("a2v_search.ingest.driver:Ingestor", "_on_finished", "assembly"),
+           ("a2v_search.ingest.driver:Ingestor", "_check_unchecked", "assembly"),
+           ("a2v_search.ingest.driver:Ingestor", "_write", "assembly"),
+           ("a2v_search.store:Store", "media_with_hashes", "duplicate rule: SQLite lookup"),
+           ("a2v_search.ingest.driver", "person_problem", "person checks"),
+           ("a2v_search.ingest.workers:LocalWorkers", "submit", "queues"),
+           ("a2v_search.ingest.workers:LocalWorkers", "_encode", "batch: stack the crops"),
+           ("a2v_search.ingest.workers:LocalWorkers", "_collect", "collect: vectors to persons"),
+           ("a2v_search.store", "as_arrays", "write: checks"),
+           ("db.repo", "add_media", "write: SQLite rows"),
+           ("db.labels", "close_chunks", "write: label chunks"),
+           ("a2v_search.store:Store", "vectors", "write: vectors (2nd thread)"),
+           ("index.faiss_index:VectorIndex", "add", "write: FAISS add (2nd thread)")]
+LOADING = ("a2v_search.ingest.driver:Ingestor", "_load_models", "model loading")  # labelled in every run
+TIMED = {"discover": "discover: walk, SQLite check, sniff", "wait": "receive: waiting for decoders (polling, queues)",
+         "encode": "model",
+         "detect": "model", "gpu_decode": "gpu decode", "write": "write: rest (commit, waits)", "save": "save"}
+
+
+@contextmanager
+def split_by_region(labelled: bool):
+    """CPU seconds of each thread of this process by stage (``time.thread_time``, exclusive of nested regions);
+    ``labelled=False`` labels only the report's timed stages (a batch or a chunk at a time: no per-person cost)."""
+    import importlib
+
+    from a2v_search.ingest import driver, workers
+
+    cpu: dict[str, float] = defaultdict(float)
+    local = threading.local()
+
+    def enter():
+        stack = getattr(local, "stack", None) or []
+        local.stack = stack
+        stack.append(0.0)
+        return time.thread_time()
+
+    def leave(label: str, t0: float) -> None:
+        spent = time.thread_time() - t0
+        inner = local.stack.pop()
+        cpu[label] += spent - inner
+        if local.stack:
+            local.stack[-1] += spent
+
+    class CpuTimed(workers.Timed):
+        __slots__ = ("c",)
+
+        def __enter__(self):
+            super().__enter__()
+            self.c = enter()
+
+        def __exit__(self, *exc):
+            leave(TIMED[self.name], self.c)
+            super().__exit__(*exc)
+
+    patched = [(workers, "Timed", workers.Timed), (driver, "Timed", driver.Timed)]
+    workers.Timed = driver.Timed = CpuTimed
+    for spec, name, label in (REGIONS if labelled else []) + [LOADING]:
+        module, _, cls = spec.partition(":")
+        owner = importlib.import_module(module)
+        owner = getattr(owner, cls) if cls else owner
+        fn = getattr(owner, name)
+        patched.append((owner, name, fn))
+
+        def wrapped(*a, _fn=fn, _label=label, **kw):
+            t0 = enter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                leave(_label, t0)
+
+        setattr(owner, name, wrapped)
+    try:
+        yield cpu
+    finally:
+        for owner, name, fn in patched:
+            setattr(owner, name, fn)
+
+
+def pipeline_split(images: Path, n: int, args: argparse.Namespace, labelled: bool, clip_dir: Path,
+                   bert_dir: Path, data_dir: Path) -> dict:
+    """One ingest of the tiny row with the CPU of this process split by stage; the model's own CPU and the model
+    loading are stages too, so that what is left is the pipeline's own cost."""
+    from a2v_search.api import A2VSearch
+
+    a2v = A2VSearch.open(data_dir, device=args.device, precision=args.precision, model=str(clip_dir),
+                         text_model=str(bert_dir))
+    main_cpu0, process_cpu0 = time.thread_time(), time.process_time()
+    with split_by_region(labelled) as cpu:
+        report = a2v.ingest([str(images)], detector="none", batch_size=args.batch_size, workers=args.workers)
+    main_cpu, process_cpu = time.thread_time() - main_cpu0, time.process_time() - process_cpu0
+    a2v.close()
+    if report.failures or report.persons_added != n:
+        raise SystemExit(f"ingest stored {report.persons_added} of {n} persons, failures {report.failures[:3]}")
+    cpu = dict(cpu)
+    staged_main = sum(v for k, v in cpu.items() if "2nd thread" not in k)
+    cpu["other, main thread (the loop, queues, progress)"] = main_cpu - staged_main
+    cpu["other threads (receiving the decoded crops, task pickling, the writer's)"] = \
+        process_cpu - main_cpu - sum(v for k, v in cpu.items() if "2nd thread" in k)
+    return {"cpu": cpu, "report": report, "process_cpu": process_cpu}
+
+
+def print_split(plain: dict, split: dict, args: argparse.Namespace, width: int, height: int) -> None:
+    """The pipeline's own CPU per person (issue 26's goal: <= 50 us outside decoding and the model)."""
+    n = plain["report"].persons_added
+    excluded = ("model", "model loading")
+
+    def own(run: dict) -> float:
+        return run["process_cpu"] - sum(run["cpu"].get(k, 0.0) for k in excluded)
+
+    r = plain["report"]
+    print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none, torch threads 1: "
+          f"{r.persons_per_s:.0f} persons/s, wall {r.seconds:.2f} s (stages, wall: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items() if v) + f"); load average {load_average()}.\n")
+    print(f"**Main process CPU per person outside decoding and the model: {1e6 * own(plain) / n:.1f} us** "
+          f"(uninstrumented run: process CPU {1e6 * plain['process_cpu'] / n:.1f} us/person, of which the model "
+          f"{1e6 * plain['cpu'].get('model', 0.0) / n:.1f}; goal <= 50 us).\n")
+    print(f"By stage (instrumented run, CPU us per person; the wrappers add ~1 us a call; total "
+          f"{1e6 * own(split) / n:.1f} us):\n")
+    print("| stage (main process) | CPU us/person |\n|---|---:|")
+    for k, v in sorted(split["cpu"].items(), key=lambda kv: -kv[1]):
+        if k not in excluded:
+            print(f"| {k} | {1e6 * v / n:.1f} |")
+    print("| *excluded: the model (encoder submit + vectors, normalise and language included)* | "
+          f"{1e6 * split['cpu'].get('model', 0.0) / n:.1f} |")
 
 
 def main() -> None:
@@ -103,6 +221,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="a2v_ingest_bench_") as tmp:
         tmp = Path(tmp)
         clip_dir, bert_dir = tiny_models(tmp / "models")
+        if args.no_vit:  # the pipeline's own cost: the model on this thread only, so that its CPU is taken out whole
+            torch.set_num_threads(1)
+            write_jpegs(tmp / "images", args.images, width=width, height=height)
+            log(f"{args.images} JPEGs and the models are ready")
+            first = next((tmp / "images").iterdir())  # a warm-up run of one file: imports and caches
+            pipeline_split(first, 1, args, False, clip_dir, bert_dir, tmp / "warm_up")
+            runs = [pipeline_split(tmp / "images", args.images, args, labelled, clip_dir, bert_dir,
+                                   tmp / f"store_{labelled}") for labelled in (False, True)]
+            print_split(*runs, args, width, height)
+            return
         ckpt = vitb16_checkpoint(tmp / "models")
         n_max = max(args.images, args.vit_images)
         write_jpegs(tmp / "images_all", n_max, width=width, height=height)
@@ -115,11 +243,7 @@ def main() -> None:
 
         tiny, tiny_a2v = run_ingest("tiny", tmp / "store_tiny", tiny_images, args.images, args,
                                     model=str(clip_dir), text_model=str(bert_dir))
-        tiny_model_s = tiny["persons"] / model_only_rate(tiny_a2v.encoder(), args.batch_size, args.repeats)
         tiny_a2v.close()
-        if args.no_vit:
-            main_process_costs(tiny, tiny_model_s, args, width, height)
-            return
         vit, a2v = run_ingest("ViT-B/16", tmp / "store_vit", vit_images, args.vit_images, args,
                               checkpoint=str(ckpt), text_model=str(bert_dir))
         encoder = a2v.encoder()

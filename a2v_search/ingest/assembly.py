@@ -1,17 +1,16 @@
 """`Assembly`: one media file between decode and write, the ingest driver's per-file bookkeeping in one place.
 
-A file is decoded in one or more segments (videos), its frames may go to a detector, each person it holds gets a
-slot that the encoder fills; the file is complete when every segment is back and every slot is filled, and then it
-becomes a :class:`~db.values.NewMedia` row. The drivers (``ingest.Ingestor``, ``ray_engine.RayIngestor``) change a
-file's state only through these methods.
+A file is decoded in one or more segments (videos); each decoded segment that holds persons (or frames for a
+detector) gets a slot that the workers fill with its persons once they are detected and encoded; the file is
+complete when every segment is back and every slot is filled, and then it becomes a :class:`~db.values.NewMedia`
+row. The driver (``driver.Ingestor``) changes a file's state only through these methods.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from db.values import MediaState, NewMedia
+from db.values import MediaState, NewMedia, NewPerson
 
 from .decode import DecodeResult, DecodeTask
 from .discover import Candidate
@@ -32,8 +31,8 @@ class Assembly:
     duration: float | None = None
     seen_until: float | None = None  # video: end of the footage really decoded
     frames: int = 0
-    persons: list[Any] = field(default_factory=list)  # NewPerson (local engine) or a segment's list of them (Ray)
-    waiting: int = 0  # slots not filled yet and frames not detected yet
+    persons: list[list[NewPerson] | None] = field(default_factory=list)  # per slot (segment): its persons
+    waiting: int = 0  # slots not filled yet
     decided: bool = False  # its content hash is known and the skip/duplicate rule was applied
     dropped: bool = False  # failed, skipped, duplicate, or already queued for writing
 
@@ -65,31 +64,29 @@ class Assembly:
         self.segments += 1
         return replace(self.task, segment=(start, start + segment_s), want_hash=False)
 
-    def open_slot(self, value: Any = None) -> int:
-        """A slot for a person (or a group of them) that is filled later; returns its number."""
-        self.persons.append(value)
+    def open_slot(self) -> int:
+        """A slot for a segment's persons, filled later; returns its number."""
+        self.persons.append(None)
         self.waiting += 1
         return len(self.persons) - 1
 
-    def fill(self, slot: int, value: Any) -> None:
-        self.persons[slot] = value
+    def fill(self, slot: int, persons: list[NewPerson]) -> None:
+        self.persons[slot] = persons
         self.waiting -= 1
 
-    def expect(self) -> None:
-        """One more thing to wait for that is not a slot (a frame the detector has not looked at)."""
-        self.waiting += 1
+    def all_persons(self) -> list[NewPerson]:
+        """The persons of every slot, in order (once complete)."""
+        return [person for group in self.persons for person in group]
 
-    def settle(self) -> None:
-        """One thing waited for is done without filling a slot (a frame detected, a crop that failed)."""
-        self.waiting -= 1
-
-    def row(self, collection: str, duplicate_of: int | None = None) -> NewMedia:
-        """The media row to store (a duplicate holds no persons)."""
+    def row(self, collection: str, duplicate_of: int | None = None,
+            persons: list[NewPerson] | None = None) -> NewMedia:
+        """The media row to store (a duplicate holds no persons; ``persons``: ``all_persons()`` when known)."""
         c = self.cand
         if self.seen_until is not None:  # a header may claim years of footage: keep what was really there
             self.duration = min(self.duration, self.seen_until) if self.duration else round(self.seen_until, 3)
         return NewMedia(path=c.path, content_hash=self.content_hash, size=c.size, mtime=c.mtime, kind=c.kind,
                         collection=collection, width=self.width, height=self.height,
-                        persons=[] if duplicate_of else list(self.persons), duplicate_of=duplicate_of,
+                        persons=[] if duplicate_of else self.all_persons() if persons is None else persons,
+                        duplicate_of=duplicate_of,
                         frames=self.frames if c.kind == "video" else None, duration=self.duration,
                         replaces=self.state.id if self.state else None)

@@ -138,7 +138,7 @@ class DecodePool:
             return key, self._wait(fut, number)
         except TimeoutError:
             self._restart()
-            return key, _timed_out(task, self.timeout)
+            return key, timed_out(task, self.timeout)
         except BrokenProcessPool:
             self._restart()
             if not self.retry_crashes:
@@ -186,7 +186,8 @@ class DecodePool:
         self._started.close()
 
 
-def _timed_out(task: DecodeTask, timeout: float | None) -> DecodeResult:
+def timed_out(task: DecodeTask, timeout: float | None) -> DecodeResult:
+    """The failure of a task that ran past ``timeout`` seconds."""
     what = "this video segment" if task.kind == "video" and task.segment and task.segment[0] > 0 else "this file"
     return DecodeResult(path=task.path, kind=task.kind,
                         error=("decode", f"decoding {what} took longer than {timeout:g} s (a decoder stuck on "

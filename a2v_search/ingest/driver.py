@@ -7,6 +7,8 @@ Files already stored are skipped when path, size and mtime are unchanged (or, wh
 is); the same content under two paths is stored once and noted as a duplicate. Each SQLite transaction holds whole
 media with all their persons, then FAISS is updated: a kill at any moment leaves every file either fully stored or
 not at all, and the next run (or any open) brings FAISS back in line with SQLite.
+Decoding, detection and encoding are a ``Workers`` object's (``workers.LocalWorkers`` by default, Ray's with
+``--engine ray``): this loop only plans, assembles and writes.
 """
 
 from __future__ import annotations
@@ -20,26 +22,20 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
-
 from db.values import NewMedia, NewPerson, person_problem
 
 from ..detect import Detector
 from ..errors import InputError
-from ..faults import fault_point
 from ..media import DEFAULT_MAX_PIXELS
-from ..objects import scaled
 from ..settings import JPEG_DECODERS, check_choice
 from ..store import Store
 from .assembly import Assembly
-from .decode import DecodeResult, DecodeTask, Item, decode
-from .decode_pool import DecodePool
+from .decode import DecodeResult, DecodeTask
 from .discover import sniff_found, walk
+from .workers import Failed, LocalWorkers, Timed, Workers
 
 if TYPE_CHECKING:  # importing the models means importing torch: a no-op run never does
     from ..models.encoder import ActivityEncoder
-    from .gpu_decode import JpegCrop
 
 log = logging.getLogger("a2v_search")
 
@@ -97,13 +93,16 @@ class IngestProgress:
 
 
 class Ingestor:
-    """One ingest run into a store (which must hold the write lock).
+    """One ingest run into a store (which must hold the write lock): this process plans the files, applies the skip
+    and duplicate rules, assembles each file and writes; ``workers`` decode, detect and encode (default:
+    :class:`~a2v_search.ingest.workers.LocalWorkers`).
 
     ``encoder`` and ``detector`` may be given as zero-argument callables that load them: they are called when the
     first file needs decoding, so a run that finds nothing new loads no model."""
 
     def __init__(self, store: Store, encoder: ActivityEncoder | Callable[[], ActivityEncoder], detector,
-                 options: IngestOptions | None = None, on_progress: Callable[[IngestProgress], None] | None = None):
+                 options: IngestOptions | None = None, on_progress: Callable[[IngestProgress], None] | None = None,
+                 workers: Workers | None = None):
         self.store = store
         self._encoder_src, self._detector_src = encoder, detector
         self.encoder = None if callable(encoder) else encoder
@@ -119,12 +118,13 @@ class Ingestor:
         self.report = IngestReport()
         self.stages = {k: 0.0 for k in ("discover", "decode", "wait", "detect", "gpu_decode", "encode", "write",
                                         "save")}
-        self._gpu_jpeg = False  # these two are set when the models load
-        self._depth = 0
-        self._inflight: deque[tuple[list[tuple[Assembly, int, object]], object]] = deque()
-        self._encode_q: list[tuple[Assembly, int, np.ndarray | JpegCrop]] = []
-        self._detect_q: list[tuple[Assembly, Item]] = []
+        self.workers = workers if workers is not None else LocalWorkers()
+        self.workers.bind(self.opt, self.stages)
+        self.stages.update({k: 0.0 for k in self.workers.stage_names})
         self._write_q: list[NewMedia] = []
+        self._write_q_persons = 0
+        self._unchecked: list[tuple[Assembly, DecodeResult, object]] = []  # new content, not yet looked up in SQLite
+        self._visual_dim = 0
         self._failures: list[tuple[str, str, str]] = []
         self._hashes: dict[str, Assembly] = {}  # content hash -> media of this run holding it, until committed
         self._deferred_dups: list[Assembly] = []  # same content as a media not committed yet
@@ -139,6 +139,12 @@ class Ingestor:
     # ------------------------------------------------------------------ driver
 
     def run(self, paths: list[str]) -> IngestReport:
+        try:
+            return self._run(paths)
+        finally:
+            self.workers.close()
+
+    def _run(self, paths: list[str]) -> IngestReport:
         t0 = time.perf_counter()
         found: Iterable = walk(paths)
         if self.detector is not None and self.detector.binds_tree:  # e.g. boxes that must match the whole tree
@@ -146,8 +152,13 @@ class Ingestor:
                 found = list(found)
             self._boxes = self.detector.bind([x for x in found if not isinstance(x, tuple)])
         self._progress(force=True)
-        for pending, result in self._decoded(self._planned(iter(found))):
-            self._on_decoded(pending, result)
+        planned = self._planned(iter(found))
+
+        def next_task() -> tuple[Assembly, DecodeTask] | None:  # next video segments go before new files
+            return self._followups.popleft() if self._followups else next(planned, None)
+
+        for asm, result, work in self.workers.decoded(next_task):
+            self._on_decoded(asm, result, work)
             self._flush(final=False)
         self._flush(final=True)
         self._resolve_deferred()
@@ -202,24 +213,25 @@ class Ingestor:
         self._file_done()
 
     def _load_models(self) -> None:
-        """Load the encoder and detector (when given as loaders), register the space, load the indexes."""
+        """Load the encoder and detector (when given as loaders), start the workers, register the space, load the
+        indexes."""
         if self._models_ready:
             return
+        self.workers.connect()  # first: without its cluster, fail before loading any model
         t0 = time.perf_counter()
         if self.encoder is None:
             self.encoder = self._encoder_src()
         if self.detector is None:
             self.detector = self._detector_src()
         self._load_seconds = time.perf_counter() - t0
-        device = self.encoder.device
-        self._gpu_jpeg = use_gpu_jpeg(self.opt.jpeg_decoder, device)
-        self._depth = max(0, self.opt.inflight) if self.opt.inflight is not None else int(device.type == "cuda")
         if self.opt.batch_size is None:
             from ..models.encoder import default_batch_size
 
-            self.opt.batch_size = default_batch_size(device)
+            self.opt.batch_size = default_batch_size(self.encoder.device)
+        self.workers.start(self.encoder, self.detector)
         self.store.space.ensure(self.encoder.space, self.encoder.language)
         self.store.indexes.get()  # load and catch up before writing
+        self._visual_dim = self.store.space.row().visual_dim
         self._models_ready = True
 
     def _first_task(self, asm: Assembly) -> DecodeTask:
@@ -229,89 +241,81 @@ class Ingestor:
         segment = (0.0, self.opt.segment_s) if asm.cand.kind == "video" else None
         for_detector = self.detector.needs_frames
         asm.task = DecodeTask(path=asm.cand.path, kind=asm.cand.kind, preprocess=self.encoder.preprocess,
-                            for_detector=for_detector, max_pixels=self.opt.max_pixels,
-                            video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
-                            gpu_jpeg=self._gpu_jpeg and not for_detector and asm.cand.kind == "image")
+                              for_detector=for_detector, max_pixels=self.opt.max_pixels,
+                              video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
+                              gpu_jpeg=self.workers.gpu_jpeg and not for_detector and asm.cand.kind == "image")
         return asm.task
-
-    def _decoded(self, tasks: Iterator[tuple[Assembly, DecodeTask]]):
-        """Yield (pending, result) in task order, decoding ahead in worker processes (started with the first
-        task: a run with nothing to decode starts none). Next video segments go before new files."""
-        workers = self.opt.workers if self.opt.workers is not None else max(1, (os.cpu_count() or 2) - 1)
-
-        def next_task():
-            return self._followups.popleft() if self._followups else next(tasks, None)
-
-        if workers == 0:
-            while (nxt := next_task()) is not None:
-                fault_point("decode")
-                yield nxt[0], decode(nxt[1])
-            return
-        pool: DecodePool | None = None
-        try:
-            while True:
-                while (pool is None or len(pool) < workers * 4) and (nxt := next_task()) is not None:
-                    pool = pool or DecodePool(workers, self.opt.file_timeout)
-                    pool.put(*nxt)
-                if pool is None or not len(pool):
-                    break
-                with self._stage("wait"):
-                    asm, result = pool.take()
-                fault_point("decode")
-                yield asm, result
-        finally:
-            if pool is not None:
-                pool.close()
 
     # ------------------------------------------------------------------ per file
 
-    def _on_decoded(self, asm: Assembly, r: DecodeResult) -> None:
+    def _on_decoded(self, asm: Assembly, r: DecodeResult, work) -> None:
         self.stages["decode"] += r.seconds
         asm.receive()
         if asm.dropped:
             return
         if r.error:
-            asm.dropped = True
-            self._forget_hash(asm)
-            self._note_failure(asm.cand.path, *r.error)
-            self._file_done()
+            self._fail(asm, *r.error)
             return
-        if asm.decide(r) and self._skip_or_duplicate(asm):
+        if asm.decide(r):
+            if self._unchanged(asm):
+                return
+            self._unchecked.append((asm, r, work))  # looked up in SQLite a model batch of files at a time
+            if r.more or len(self._unchecked) >= self.opt.batch_size \
+                    or self.report.persons_added == 0:  # a video's next segment, or the first persons: no waiting
+                self._check_unchecked()
             return
+        self._accept(asm, r, work)
+
+    def _accept(self, asm: Assembly, r: DecodeResult, work) -> None:
+        """A decoded segment of a file to store: its footage noted, its persons handed to the workers."""
         asm.add_footage(r)
         if r.more:  # the stream really goes on (its claimed duration is never trusted): ask for the next segment
             self._followups.append((asm, asm.next_segment(self.opt.segment_s)))
-        self._dispatch(asm, r)
+        if work is not None:  # this segment's persons, filled when the workers are done (segments keep order)
+            self.workers.submit((asm, asm.open_slot()), work)
         if asm.complete:
             self._complete(asm)
 
-    def _dispatch(self, asm: Assembly, r: DecodeResult) -> None:
-        """Queue a decoded file's (or segment's) frames for detection and persons for encoding."""
-        for item in r.items:
-            if item.frame is not None:
-                asm.expect()  # until the detector has looked at this frame
-                self._detect_q.append((asm, item))
-            else:
-                if item.jpeg is not None:
-                    from .gpu_decode import JpegCrop
-                crop = None if item.jpeg is None else JpegCrop(item.jpeg, None if item.whole else item.box)
-                self._queue_person(asm, item, item.pixels if crop is None else crop)
+    def _on_finished(self, asm: Assembly, slot: int, persons: list[NewPerson] | Failed) -> None:
+        if asm.dropped:
+            return
+        if isinstance(persons, Failed):
+            self._fail(asm, persons.stage, persons.reason)
+            return
+        asm.fill(slot, persons)
+        if asm.complete:
+            self._complete(asm)
 
-    def _skip_or_duplicate(self, asm: Assembly) -> bool:
-        """Unchanged content at the same path: skip. Same content as another media: store as duplicate."""
-        h = asm.content_hash
-        if asm.state is not None and asm.state.content_hash == h and not self.opt.force:
+    def _unchanged(self, asm: Assembly) -> bool:
+        """Unchanged content at the same path: skip."""
+        if asm.state is not None and asm.state.content_hash == asm.content_hash and not self.opt.force:
             self.store.touch_media(asm.state.id, asm.cand.size, asm.cand.mtime)
             asm.dropped = True
             self.report.media_skipped += 1
             self._file_done()
             return True
+        return False
+
+    def _check_unchecked(self) -> None:
+        """Apply the duplicate rule to the first segments waiting for it, in the order they came, with one SQLite
+        lookup for all (as if they had all come now), then accept the others."""
+        unchecked, self._unchecked = self._unchecked, []
+        if not unchecked:
+            return
+        stored = self.store.media_with_hashes([asm.content_hash for asm, _, _ in unchecked])
+        for asm, r, work in unchecked:
+            if not self._duplicate(asm, stored.get(asm.content_hash)):
+                self._accept(asm, r, work)
+
+    def _duplicate(self, asm: Assembly, other: int | None) -> bool:
+        """Same content as a media of this run: wait for it. Same content as a stored media (``other``): store as
+        its duplicate."""
+        h = asm.content_hash
         if h in self._hashes and self._hashes[h] is not asm:
             asm.dropped = True
             self._deferred_dups.append(asm)
             self._file_done()
             return True
-        other = self.store.media_with_hashes([h]).get(h)
         if other is not None and (asm.state is None or other != asm.state.id):
             asm.dropped = True
             self._write_q.append(asm.row(self.opt.collection, duplicate_of=other))
@@ -321,38 +325,30 @@ class Ingestor:
         self._hashes[h] = asm
         return False
 
-    def _queue_person(self, asm: Assembly, item: Item, pixels: np.ndarray | JpegCrop) -> None:
-        slot = asm.open_slot(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,
-                                       pasta=None, verbs=None, parts=None, visual=None,  # filled by _collect
-                                       objects=item.objects))
-        self._encode_q.append((asm, slot, pixels))
-
     def _complete(self, asm: Assembly) -> None:
         asm.dropped = True  # nothing more to do for it
-        dim = self.store.space.row().visual_dim
-        problems = [(j, why) for j, person in enumerate(asm.persons) if (why := person_problem(person, dim))]
+        persons = asm.all_persons()
+        dim = self._visual_dim
+        problems = [(j, why) for j, person in enumerate(persons) if (why := person_problem(person, dim))]
         if problems:  # checked before the commit, so one bad model output never reaches SQLite
             j, why = problems[0]
             self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")
             self._file_done()
             return
-        self._write_q.append(asm.row(self.opt.collection))
+        self._write_q.append(asm.row(self.opt.collection, persons=persons))
+        self._write_q_persons += len(persons)
         self.report.media_ingested += 1
         self._file_done()
 
     # ------------------------------------------------------------------ batches
 
     def _flush(self, final: bool) -> None:
-        """Move work along, stage by stage: detect, encode, collect, write, save. A stage runs when its queue
-        holds a batch, or at once until the first persons are committed (nothing waits), or at the end."""
-        early = final or self.report.persons_added == 0
-        if self._detect_q and (early or len(self._detect_q) >= getattr(self.detector.options, "batch_size", 8)):
-            self._detect()
-        while self._encode_q and (early or len(self._encode_q) >= self.opt.batch_size):
-            self._encode(self._encode_q[:self.opt.batch_size])
-            del self._encode_q[:self.opt.batch_size]
-        while self._inflight and (final or len(self._inflight) > self._depth):
-            self._collect()
+        """Move work along: the workers' finished segments to their files, then write and save. Nothing waits for
+        a full batch until the first persons are committed, or at the end."""
+        if final:
+            self._check_unchecked()
+        for (asm, slot), persons in self.workers.finished(final, eager=self.report.persons_added == 0):
+            self._on_finished(asm, slot, persons)
         if self._write_due(final):
             self._write()
         if not final and self.store.writable:
@@ -364,70 +360,12 @@ class Ingestor:
         ``commit_every`` persons (or 256 media)."""
         if not self._write_q:
             return False
-        queued = sum(len(m.persons) for m in self._write_q)
+        queued = self._write_q_persons
         first = self.report.persons_added == 0 and queued > 0
         return final or first or queued >= self.opt.commit_every or len(self._write_q) >= 256
 
-    def _detect(self) -> None:
-        items, self._detect_q = self._detect_q, []
-        with self._stage("detect"):
-            dets = self.detector.detect([it.frame for _, it in items], [it.scale for _, it in items])
-        for (asm, item), frame_dets in zip(items, dets, strict=True):
-            frame = Image.fromarray(item.frame)
-            for box, score, objects in frame_dets:
-                full_box = [v / item.scale for v in box]
-                person = Item(box=full_box, score=score, frame_index=item.frame_index, t_sec=item.t_sec,
-                              objects=scaled(objects, 1 / item.scale))
-                self._queue_person(asm, person, self.encoder.preprocess.crop(frame, box))
-            asm.settle()  # this frame is detected
-        for asm in {id(asm): asm for asm, _ in items}.values():
-            if asm.complete:
-                self._complete(asm)
-
-    def _encode(self, batch: list[tuple[Assembly, int, np.ndarray | JpegCrop]]) -> None:
-        """Submit one batch to the encoder; it is collected (``_collect``) once ``inflight`` newer batches are
-        queued, or at the final flush, so that the device works while this process gathers the next batch."""
-        fault_point("encode")
-        from .gpu_decode import JpegCrop
-
-        pixels = [px for _, _, px in batch]
-        if any(isinstance(px, JpegCrop) for px in pixels):
-            with self._stage("gpu_decode"):
-                x, failed = assemble(pixels, self.encoder.preprocess, self.encoder.device, self.opt.max_pixels)
-            for i in sorted(failed):
-                asm = batch[i][0]
-                asm.settle()
-                if not asm.dropped:
-                    asm.dropped = True
-                    self._note_failure(asm.cand.path, "decode", failed[i])
-                    self._file_done()
-            batch = [b for i, b in enumerate(batch) if i not in failed]
-        else:
-            x = np.stack(pixels)
-        if not batch:
-            return
-        with self._stage("encode"):
-            self._inflight.append((batch, self.encoder.submit(x, pad_to=self.opt.batch_size)))
-
-    def _collect(self) -> None:
-        """Wait for the oldest submitted batch and hand its vectors to the persons."""
-        batch, pending = self._inflight.popleft()
-        with self._stage("encode"):
-            out = self.encoder.vectors([pending.result()])
-        touched = {}
-        for i, (asm, slot, _) in enumerate(batch):
-            person = asm.persons[slot]
-            person.pasta, person.verbs, person.parts, person.visual = out.pasta[i], out.verbs[i], out.parts[i], \
-                out.visual[i]
-            person.visual_norm = None if out.visual_norm is None else float(out.visual_norm[i])
-            asm.fill(slot, person)
-            touched[id(asm)] = asm
-        for asm in touched.values():
-            if asm.complete:
-                self._complete(asm)
-
     def _write(self) -> None:
-        items, self._write_q = self._write_q, []
+        items, self._write_q, self._write_q_persons = self._write_q, [], 0
         with self._stage("write"):
             ids = self.store.write(items)
             self.store.record_failures(self._failures)
@@ -455,6 +393,13 @@ class Ingestor:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def _fail(self, asm: Assembly, stage: str, reason: str) -> None:
+        """A file failed after its decoding started: it is dropped, and its content hash is free again."""
+        asm.dropped = True
+        self._forget_hash(asm)
+        self._note_failure(asm.cand.path, stage, reason)
+        self._file_done()
+
     def _note_failure(self, path: str, stage: str, reason: str) -> None:
         path = os.path.abspath(path)  # one form for every stage: discovery sees names as given, decoding real paths
         self._failures.append((path, stage, reason))
@@ -477,46 +422,8 @@ class Ingestor:
                                             persons=self.report.persons_added))
 
     def _stage(self, name: str):
-        return _Timer(self.stages, name)
+        return Timed(self.stages, name)
 
-
-class _Timer:
-    def __init__(self, stages: dict[str, float], name: str):
-        self.stages, self.name = stages, name
-
-    def __enter__(self):
-        self.t = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.stages[self.name] += time.perf_counter() - self.t
-
-
-def available(device) -> bool:
-    """``gpu_decode.available``, imported when asked (it imports torch; a no-op run never does)."""
-    from .gpu_decode import available as gpu_available
-
-    return gpu_available(device)
-
-
-def assemble(*args, **kwargs):
-    """``gpu_decode.assemble``, imported when first needed."""
-    from .gpu_decode import assemble as gpu_assemble
-
-    return gpu_assemble(*args, **kwargs)
-
-
-def use_gpu_jpeg(choice: str, device) -> bool:
-    """Whether eligible JPEGs are decoded on the GPU: ``auto`` when the encoder is on CUDA and torchvision can,
-    ``gpu`` demands it (an InputError naming the fix otherwise), ``cpu`` never."""
-    check_choice("--jpeg-decoder", choice, JPEG_DECODERS)
-    if choice == "cpu" or (choice == "auto" and device.type != "cuda"):
-        return False
-    if available(device):
-        return True
-    if choice == "gpu":
-        raise InputError("--jpeg-decoder gpu needs a CUDA device (--device cuda) and torchvision (pip install "
-                         "'a2v-search[gpu]'); use --jpeg-decoder cpu or auto")
-    return False
 
 
 def run_ingest(store: Store, encoder: ActivityEncoder | Callable[[], ActivityEncoder], detector,

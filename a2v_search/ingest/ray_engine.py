@@ -1,8 +1,9 @@
-"""Ingest on a Ray cluster (``--engine ray``): the local driver, with Ray doing the work in between.
+"""Ingest on a Ray cluster (``--engine ray``): the local driver, with Ray's workers doing the work in between.
 
 The driver is :class:`~a2v_search.ingest.driver.Ingestor` itself: streaming discovery, the skip rule against SQLite, the
 duplicate rule, video segments asked for while a stream goes on, and the only writer (lock, SQLite first, FAISS
-derived). What changes is who decodes, detects and encodes:
+derived). What changes is who decodes, detects and encodes: :class:`RayWorkers` (the driver's ``Workers``) instead of
+``LocalWorkers``:
 
 - decoding: one Ray task per file or video segment (CPU), with two results: a small one the driver reads (hash,
   size, error, whether the video goes on) and the decoded pixels, which stay in Ray's object store;
@@ -25,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,10 +36,10 @@ from db.values import NewPerson
 from ..errors import InputError, ModelError, first_line
 from ..faults import fault_point, kill_once
 from ..objects import scaled
-from .assembly import Assembly
 from .decode import DecodeResult, DecodeTask, Item, decode
-from .decode_pool import _timed_out
-from .driver import Ingestor
+from .decode_pool import timed_out
+from .driver import IngestOptions, Ingestor
+from .workers import Failed, NextTask, Timed
 
 CRASHED = "the decoder crashed on this file (corrupt or hostile content)"  # the local engine's words
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder that holds a2v_search/
@@ -141,7 +143,7 @@ class EncoderActor:
 
 @dataclass
 class _Decoding:
-    pending: Assembly
+    key: Any
     task: DecodeTask
     meta: object  # ObjectRef of (DecodeResult, n_items, start, end)
     items: object  # ObjectRef of list[Item]
@@ -150,79 +152,43 @@ class _Decoding:
 
 @dataclass
 class _Call:
-    """One batch on an actor: (pending, slot in its persons) per group."""
+    """One batch on an actor: the key of each group it holds."""
 
-    slots: list[tuple[Assembly, int]]
+    keys: list[Any]
     actor: int
     submitted: float
 
 
-class RayIngestor(Ingestor):
-    """The ingest driver with decoding on Ray tasks and detection + encoding on a Ray actor pool."""
+class RayWorkers:
+    """Decoding on Ray tasks, detection + encoding on a Ray actor pool: the driver's ``Workers`` for ``--engine ray``.
+    ``decoded`` yields as ``work`` the reference of a result's items in Ray's object store and their number."""
 
-    def __init__(self, *args, ray_options: RayOptions, **kwargs):
-        super().__init__(*args, **kwargs)
-        if ray_options.models is None:
-            raise InputError("the Ray engine needs a model loader for its actors (use A2VSearch.ingest)")
-        if self.opt.jpeg_decoder == "gpu":
-            raise InputError("--jpeg-decoder gpu is for the local engine; the Ray engine decodes on Ray's CPU tasks "
-                             "(use --jpeg-decoder auto or cpu)")
+    stage_names = ("start", "queue", "transfer")
+    gpu_jpeg = False  # decoding runs on Ray's CPU tasks: the actors get pixels, never JPEG bytes
+
+    def __init__(self, ray_options: RayOptions):
         self.ray_opt = ray_options
-        self.stages.update({k: 0.0 for k in ("start", "queue", "transfer")})
         self._ray = None
         self._started_ray: str | None = None  # the private temp folder of a Ray instance this run started
         self._actors: list = []
         self._actor_load: list[int] = []
-        self._batch: list[tuple[Assembly, int, object, int]] = []  # (pending, slot, items ref, n items)
+        self._batch: list[tuple[Any, object, int]] = []  # (key, items ref, n items)
         self._calls: dict = {}  # ObjectRef -> _Call
-        self._items: dict[int, tuple[object, int]] = {}  # id(DecodeResult) -> (items ref, n items)
-        self._current: tuple[object, int] = (None, 0)  # those of the result being handled
+        self._done: list[tuple[Any, list[NewPerson] | Failed]] = []
         self._decoding = 0  # decode tasks in flight
         self._slots = 1  # decode tasks that run at once (set when the actors start)
 
+    def bind(self, opt: IngestOptions, stages: dict[str, float]) -> None:
+        if self.ray_opt.models is None:
+            raise InputError("the Ray engine needs a model loader for its actors (use A2VSearch.ingest)")
+        if opt.jpeg_decoder == "gpu":
+            raise InputError("--jpeg-decoder gpu is for the local engine; the Ray engine decodes on Ray's CPU tasks "
+                             "(use --jpeg-decoder auto or cpu)")
+        self.opt, self.stages = opt, stages
+
     # ------------------------------------------------------------------ cluster
 
-    def run(self, paths: list[str]):
-        try:
-            return super().run(paths)
-        finally:
-            self._stop()
-
-    def _load_models(self) -> None:
-        if self._models_ready:
-            return
-        self._connect()  # first: without Ray or a cluster, fail before loading any model
-        super()._load_models()
-        self._gpu_jpeg = False  # decoding runs on Ray's CPU tasks: the actors get pixels, never JPEG bytes
-        ray = self._ray
-        gpus = self.ray_opt.gpus_per_worker
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus is None:
-            gpus = 1 if cluster_gpus else 0
-        if gpus > cluster_gpus:
-            raise InputError(f"--gpus-per-worker {gpus:g}, but the Ray cluster has {cluster_gpus:g} GPUs; "
-                             "use --gpus-per-worker 0 to encode on CPUs")
-        n = self.ray_opt.workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        if n * gpus > cluster_gpus or n >= cpus:
-            raise InputError(f"{n} workers of {gpus:g} GPUs and 1 CPU each do not fit the Ray cluster ({cpus} CPUs, "
-                             f"{cluster_gpus:g} GPUs; decoding needs a CPU too); lower --workers")
-        retries = self.ray_opt.max_retries
-        actor_cls = ray.remote(EncoderActor).options(num_cpus=1, num_gpus=gpus, max_restarts=retries,
-                                                     max_task_retries=retries)
-        device = "cuda" if gpus else "cpu"
-        models = self.ray_opt.models()
-        self._actors = [actor_cls.remote(models, device, self.opt.batch_size) for _ in range(n)]
-        self._actor_load = [0] * n
-        self._slots = max(1, cpus - n)  # decode tasks that run at once (the actors hold one CPU each)
-        try:  # a model that cannot load on the workers is the run's error, not each file's
-            with self._stage("start"):
-                ray.get(ray.wait([a.ready.remote() for a in self._actors], num_returns=1)[0])
-        except ray.exceptions.RayActorError as e:
-            raise ModelError(f"a Ray worker could not load the models: {first_line(e)}") from None
-        self._decode_fn = ray.remote(decode_split).options(num_returns=2, max_retries=1, num_cpus=1)
-
-    def _connect(self) -> None:
+    def connect(self) -> None:
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
             self._ray = ray
@@ -245,7 +211,41 @@ class RayIngestor(Ingestor):
                              "`ray start --head` or give its address with --ray-address") from None
         self._started_ray = os.path.dirname(local["_temp_dir"]) if local else None
 
-    def _stop(self) -> None:
+    def start(self, encoder, detector) -> None:
+        """Nothing to do with the driver's models: the actors load their own (after the driver's space checks,
+        when the first task is decoded)."""
+
+    def _launch(self) -> None:
+        """Start the actor pool (a model that cannot load on them is the run's error, not each file's)."""
+        ray = self._ray
+        gpus = self.ray_opt.gpus_per_worker
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus is None:
+            gpus = 1 if cluster_gpus else 0
+        if gpus > cluster_gpus:
+            raise InputError(f"--gpus-per-worker {gpus:g}, but the Ray cluster has {cluster_gpus:g} GPUs; "
+                             "use --gpus-per-worker 0 to encode on CPUs")
+        n = self.ray_opt.workers or (max(1, int(cluster_gpus // gpus)) if gpus else 1)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if n * gpus > cluster_gpus or n >= cpus:
+            raise InputError(f"{n} workers of {gpus:g} GPUs and 1 CPU each do not fit the Ray cluster ({cpus} CPUs, "
+                             f"{cluster_gpus:g} GPUs; decoding needs a CPU too); lower --workers")
+        retries = self.ray_opt.max_retries
+        actor_cls = ray.remote(EncoderActor).options(num_cpus=1, num_gpus=gpus, max_restarts=retries,
+                                                     max_task_retries=retries)
+        device = "cuda" if gpus else "cpu"
+        models = self.ray_opt.models()
+        self._actors = [actor_cls.remote(models, device, self.opt.batch_size) for _ in range(n)]
+        self._actor_load = [0] * n
+        self._slots = max(1, cpus - n)  # decode tasks that run at once (the actors hold one CPU each)
+        try:
+            with Timed(self.stages, "start"):
+                ray.get(ray.wait([a.ready.remote() for a in self._actors], num_returns=1)[0])
+        except ray.exceptions.RayActorError as e:
+            raise ModelError(f"a Ray worker could not load the models: {first_line(e)}") from None
+        self._decode_fn = ray.remote(decode_split).options(num_returns=2, max_retries=1, num_cpus=1)
+
+    def close(self) -> None:
         ray = self._ray
         if ray is None:
             return
@@ -261,17 +261,13 @@ class RayIngestor(Ingestor):
 
     # ------------------------------------------------------------------ decoding on tasks
 
-    def _decoded(self, tasks: Iterator[tuple[Assembly, DecodeTask]]):
-        """Yield (pending, result without items) in task order, decoding ahead on Ray tasks. A task still
-        running ``file_timeout`` seconds after it was submitted is cancelled and is that file's failure. At most
-        two tasks per decoding CPU are unfinished at a time, so a task waits for at most one other to start; the
-        clocks of those behind a cancelled one start again."""
+    def decoded(self, next_task: NextTask) -> Iterator[tuple[Any, DecodeResult, tuple[object, int] | None]]:
+        """Decoding ahead on Ray tasks, sending batches to the actors while it waits. A task still running
+        ``file_timeout`` seconds after it was submitted is cancelled and is that file's failure. At most two tasks
+        per decoding CPU are unfinished at a time, so a task waits for at most one other to start; the clocks of
+        those behind a cancelled one start again."""
         ray = None
         inflight: deque[_Decoding] = deque()
-
-        def next_task():
-            return self._followups.popleft() if self._followups else next(tasks, None)
-
         try:
             while True:
                 while True:
@@ -279,6 +275,8 @@ class RayIngestor(Ingestor):
                         break
                     if len(inflight) >= 8 * self._slots or (nxt := next_task()) is None:
                         break
+                    if not self._actors:  # the first task: the driver's models are loaded and its space checked
+                        self._launch()
                     ray = self._ray
                     meta, items = self._decode_fn.remote(nxt[1])
                     inflight.append(_Decoding(nxt[0], nxt[1], meta, items, time.time()))
@@ -286,7 +284,7 @@ class RayIngestor(Ingestor):
                 if not inflight:
                     break
                 head = inflight[0]
-                with self._stage("wait"):
+                with Timed(self.stages, "wait"):
                     ready, _ = ray.wait([head.meta], timeout=0.05)
                 self._send(final=False)
                 self._harvest(need=int(len(self._calls) >= 2 * len(self._actors)))  # actors behind: wait for one
@@ -297,12 +295,12 @@ class RayIngestor(Ingestor):
                         ray.cancel(head.meta, force=True)
                         for d in inflight:
                             d.submitted = time.time()
-                        yield head.pending, _timed_out(head.task, limit)
+                        yield head.key, timed_out(head.task, limit), None
                     continue
                 inflight.popleft()
-                result = self._fetch(head)
+                result, work = self._fetch(head)
                 fault_point("decode")
-                yield head.pending, result
+                yield head.key, result, work
         finally:
             self._decoding = 0
             for d in inflight:
@@ -313,70 +311,53 @@ class RayIngestor(Ingestor):
         ready, _ = self._ray.wait(refs, num_returns=len(refs), timeout=0)
         return len(refs) - len(ready)
 
-    def _fetch(self, d: _Decoding) -> DecodeResult:
+    def _fetch(self, d: _Decoding) -> tuple[DecodeResult, tuple[object, int] | None]:
+        """The result and its items' reference (None when it holds none: a failed, skipped or duplicate file's
+        pixels leave the object store as soon as the driver drops the reference)."""
         ray = self._ray
         try:
             result, n, start, end = ray.get(d.meta)
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError):
-            return DecodeResult(path=d.task.path, kind=d.task.kind, error=("decode", CRASHED))
+            return DecodeResult(path=d.task.path, kind=d.task.kind, error=("decode", CRASHED)), None
         except ray.exceptions.RayError as e:
             return DecodeResult(path=d.task.path, kind=d.task.kind,
-                                error=("decode", f"decode task failed: {type(e).__name__}"))
+                                error=("decode", f"decode task failed: {type(e).__name__}")), None
         now = time.time()
         self.stages["queue"] += max(0.0, start - d.submitted)
         self.stages["transfer"] += max(0.0, now - end)
-        self._items[id(result)] = (d.items, n)
-        return result
+        return result, ((d.items, n) if n else None)
 
     # ------------------------------------------------------------------ detection and encoding on actors
 
-    def _on_decoded(self, asm: Assembly, r: DecodeResult) -> None:
-        # the pixels' reference, dropped here unless _dispatch sends it (a failed, skipped or duplicate file's
-        # pixels leave the object store at once)
-        self._current = self._items.pop(id(r), (None, 0))
-        try:
-            super()._on_decoded(asm, r)
-        finally:
-            self._current = (None, 0)
+    def submit(self, key: Any, work: tuple[object, int]) -> None:
+        ref, n = work
+        self._batch.append((key, ref, n))
 
-    def _dispatch(self, asm: Assembly, r: DecodeResult) -> None:
-        ref, n = self._current
-        if n == 0:
-            return
-        slot = asm.open_slot([])  # this segment's persons, filled when its batch comes back (segments keep order)
-        self._batch.append((asm, slot, ref, n))
-
-    def _complete(self, asm: Assembly) -> None:
-        asm.persons = [person for group in asm.persons for person in group]
-        super()._complete(asm)
-
-    def _flush(self, final: bool) -> None:
-        self._send(final or self._decoding == 0 or self.report.persons_added == 0)  # first persons: nothing waits
+    def finished(self, final: bool, eager: bool) -> list[tuple[Any, list[NewPerson] | Failed]]:
+        self._send(final or self._decoding == 0 or eager)  # first persons: nothing waits
         self._harvest(need=len(self._calls) if final else 0)
-        super()._flush(final)
+        done, self._done = self._done, []
+        return done
 
     def _send(self, final: bool) -> None:
         """Hand the batch to the least busy actor when it holds ``batch_size`` persons (or frames), or at the end."""
         while self._batch and (final or sum(n for *_, n in self._batch) >= self.opt.batch_size):
             take, size = 0, 0
             while take < len(self._batch) and (size < self.opt.batch_size or take == 0):
-                size += self._batch[take][3]
+                size += self._batch[take][2]
                 take += 1
             batch, self._batch = self._batch[:take], self._batch[take:]
-            self._submit([(asm, slot) for asm, slot, _, _ in batch], [ref for _, _, ref, _ in batch])
-
-    def _submit(self, slots: list[tuple[Assembly, int]], groups: list) -> None:
-        a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
-        self._actor_load[a] += 1
-        ref = self._actors[a].run.remote(*groups)
-        self._calls[ref] = _Call(slots, a, time.time())
+            a = min(range(len(self._actors)), key=self._actor_load.__getitem__)
+            self._actor_load[a] += 1
+            ref = self._actors[a].run.remote(*[ref for _, ref, _ in batch])
+            self._calls[ref] = _Call([key for key, _, _ in batch], a, time.time())
 
     def _harvest(self, need: int) -> None:
         """Take the persons of the batches that are back, waiting until at least ``need`` are."""
         if not self._calls:
             return
         refs = list(self._calls)
-        with self._stage("wait"):
+        with Timed(self.stages, "wait"):
             ray = self._ray
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             if len(ready) < need:
@@ -392,28 +373,19 @@ class RayIngestor(Ingestor):
         try:
             groups, t = ray.get(ref)
         except ray.exceptions.RayActorError:  # the actor died more often than it may be restarted
-            for asm, _ in call.slots:
-                if not asm.dropped:
-                    asm.dropped = True
-                    self._forget_hash(asm)
-                    self._note_failure(asm.cand.path, "encode", "the encoding worker died on every try with this file")
-                    self._file_done()
+            died = Failed("encode", "the encoding worker died on every try with this file")
+            self._done += [(key, died) for key in call.keys]
             return
         now = time.time()
         self.stages["queue"] += max(0.0, t["start"] - call.submitted)
         self.stages["transfer"] += max(0.0, now - t["end"])
         self.stages["detect"] += t["detect"]
         self.stages["encode"] += t["encode"]
-        for (asm, slot), persons in zip(call.slots, groups, strict=True):
-            if asm.dropped:
-                continue
-            asm.fill(slot, persons)
-            if asm.complete:
-                self._complete(asm)
+        self._done += list(zip(call.keys, groups, strict=True))
 
 
 def run_ray_ingest(store, encoder, detector, paths: list[str], options, on_progress, ray_options: RayOptions):
-    """:func:`~a2v_search.ingest.driver.run_ingest` on a Ray cluster."""
-    return RayIngestor(store, encoder, detector, options, on_progress, ray_options=ray_options).run(
+    """:func:`~a2v_search.ingest.driver.run_ingest` on a Ray cluster: the same driver with :class:`RayWorkers`."""
+    return Ingestor(store, encoder, detector, options, on_progress, RayWorkers(ray_options)).run(
         [str(p) for p in paths])
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from a2v_search.api import A2VSearch
 from a2v_search.errors import InputError
-from a2v_search.ingest import driver as ingest
 from a2v_search.ingest import gpu_decode
+from a2v_search.ingest import workers as ingest
 from a2v_search.ingest.decode import DecodeTask, decode
 from a2v_search.ingest.gpu_decode import JpegCrop, assemble, crop_resize
 from a2v_search.ingest.jpeg_info import gpu_fallback_reason, read_jpeg_info

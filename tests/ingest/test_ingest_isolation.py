@@ -17,7 +17,7 @@ import pytest
 from helpers import in_child, ingest
 from PIL import Image
 
-from a2v_search.ingest import driver as ingest_module
+from a2v_search.ingest import workers as ingest_module
 from a2v_search.store import Store
 from a2v_search.testing.media import noise, write_images, write_video
 from db import repo
