@@ -85,7 +85,7 @@ def seed_store(data_dir: Path, n: int, batch: int = 4096, seed: int = 0) -> None
     store = Store(data_dir, create=True).lock("cluster_bench")
     t0 = time.perf_counter()
     try:
-        store.ensure_space(space, language)
+        store.space.ensure(space, language)
         for start in range(0, n, batch):
             d = gen.draw(min(batch, n - start))
             items = []
@@ -100,7 +100,7 @@ def seed_store(data_dir: Path, n: int, batch: int = 4096, seed: int = 0) -> None
             store.write(items)
             if (start // batch) % 25 == 0:
                 log(f"{start + len(d['visual']):,} persons written")
-        store.save()
+        store.indexes.save()
     finally:
         store.close()
         activities.count_added = count_added

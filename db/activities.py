@@ -15,7 +15,7 @@ scan from every person it counts. Tests check that both ways agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -141,6 +141,29 @@ def newest_ids(s: Session, n: int, collection: str | None = None, kind: str | No
         if kind is not None:
             q = q.where(Media.kind == kind)
     return np.sort(np.fromiter(s.execute(q.order_by(Person.id.desc()).limit(n)).scalars(), np.int64))
+
+
+def kept_counts(s: Session, collection: str | None, kind: str | None, examples: int,
+                choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
+    """The kept counts of a whole store, a collection or a media kind, with ``examples`` example persons (of the
+    newest ``EXAMPLE_POOL``) of the labels and pairs ``choose(counts)`` names: (counts, {key: ids}, "kept")."""
+    counts = read_counts(s, collection, kind)
+    pool = newest_ids(s, EXAMPLE_POOL, collection, kind)
+    keys = choose(counts)
+    found = scan_counts(s, pool, examples, [k[1:] for k in keys if k[0] == "pair"], COUNT_MIN_P)[1]
+    return counts, {k: found.get(k, []) for k in keys}, "kept"
+
+
+def scanned_counts(s: Session, ids: np.ndarray, examples: int, choose: Callable[[Counts], list[tuple]],
+                   min_p: float) -> tuple[Counts, dict, str]:
+    """The counts of the persons ``ids`` at ``min_p``, with ``examples`` example persons of the labels and pairs
+    ``choose(counts)`` names: (counts, {key: ids}, "scanned")."""
+    counts, found = scan_counts(s, ids, examples, min_p=min_p)
+    keys = choose(counts)
+    pairs = [k[1:] for k in keys if k[0] == "pair"]
+    if pairs:
+        found.update(scan_counts(s, ids, examples, pairs, min_p=min_p)[1])
+    return counts, {k: found.get(k, []) for k in keys}, "scanned"
 
 
 def scan_counts(s: Session, ids: np.ndarray, examples: int, pairs: Sequence[tuple[int, int]] = (),
