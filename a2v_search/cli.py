@@ -313,7 +313,7 @@ def activities(
 
         shown = ([(f"verb {e['name']}", e) for e in o["verbs"][:8]] + [(e["name"], e) for e in o["pasta"][:8]]
                  + [(f"{e['verb']} + {e['pasta']}", e) for e in o["pairs"]["verb_pasta"][:8]])
-        rows = {r.id: r for r in api._open_reader().persons([i for _, e in shown for i in e["examples"]])}
+        rows = {r.id: r for r in api.store.persons([i for _, e in shown for i in e["examples"]])}
         labelled_rows([(f"{label}: {e['count']} persons ({100 * e['share']:.1f}%)",
                         [rows[i] for i in e["examples"] if i in rows]) for label, e in shown], sheet)
     if as_json:
