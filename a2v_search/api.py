@@ -22,14 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from db.blobs import f16, unf16
 from db.schema import COUNT_MIN_P
 from index import saved_summary
 
 from . import taxonomy as tx
-from .activity import ACTIVITY
 from .detect import Detection, Detector, DetectorOptions, detector_kind, make_detector
-from .errors import InputError, NotFoundError, QueryError, SpaceMismatchError
+from .errors import InputError, NotFoundError, QueryError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .objects import object_dicts
 from .records import ImportReport, import_records, read_records
@@ -44,7 +42,8 @@ from .search import (
     weights_by_space,
 )
 from .settings import COMPILE_MODES, JPEG_DECODERS, Settings, check_choice, get_device
-from .store import ALL_INDEX_NAMES, INDEX_NAMES, CheckReport, Store, change_signature, store_identity
+from .space import ACTIVITY, ALL_INDEX_NAMES, INDEX_NAMES, as_stored_visual, model_spec
+from .store import CheckReport, Store, change_signature, store_identity
 
 if TYPE_CHECKING:
     from .export import ExportReport
@@ -107,29 +106,8 @@ class A2VSearch:
 
     def model_spec(self, store: Store | None = None) -> ModelSpec:
         """The models to use: the store's recorded ones, overridden by explicit flags (checked against it)."""
-        from .models import ModelSpec
-        from .models.factory import model_ref
-
-        space = (store.space() or {}) if store is not None else {}
-        stored = space.get("spec")
-        f = self._flags
-        if stored is None:
-            return ModelSpec(model=f["model"], checkpoint=f["checkpoint"], trust_checkpoint=self._trust,
-                             text_model=f["text_model"] or self._default_text_model)
-        for key in ("model", "text_model"):
-            if f[key] and stored.get(key) and model_ref(f[key]) != model_ref(stored[key]):
-                raise SpaceMismatchError(
-                    f"--{key.replace('_', '-')} {f[key]} contradicts this store, whose vectors were made with "
-                    f"{stored[key]}; omit the flag to use the store's models, or use another --data-dir")
-        spec = ModelSpec(model=f["model"] or stored.get("model"),
-                         checkpoint=f["checkpoint"] or stored.get("checkpoint"),
-                         trust_checkpoint=self._trust,  # consent is this process's flag, never the store's
-                         text_model=f["text_model"] or stored.get("text_model") or self._default_text_model,
-                         expect_checkpoint=_recorded_identity(space.get("heads"), "checkpoint"),
-                         expect_model=_recorded_identity(space.get("visual_model"), "openai-state-dict"))
-        _check_recorded_identity(spec.checkpoint, space.get("heads"), "checkpoint", bool(f["checkpoint"]))
-        _check_recorded_identity(spec.model, space.get("visual_model"), "openai-state-dict", bool(f["model"]))
-        return spec
+        space = (store.space.config() or {}) if store is not None else {}
+        return model_spec(self._flags, self._trust, self._default_text_model, space)
 
     def encoder(self, store: Store | None = None, standalone: bool = False) -> ActivityEncoder:
         """The activity encoder (loaded on first use), checked against the store's space. ``standalone``: for
@@ -139,20 +117,20 @@ class A2VSearch:
         if store is None and not (standalone and any(self._flags.values())):
             store = self._open_reader(required=False)
         if self._encoder is None:
-            language = store.language() if store is not None and store.space_row() is not None else None
+            language = store.space.language() if store is not None and store.space.row() is not None else None
             self._encoder = load_encoder(self.model_spec(store), device=self.settings.device, language=language,
                                          precision=self._precision, compile=self._compile)
             if language is None and store is not None:
-                store.set_language(self._encoder.language)
+                store.space.set_language(self._encoder.language)
         if store is not None:
-            store.check_space(self._encoder.space)
+            store.space.check(self._encoder.space)
             if store.writable:
                 self._remember_checkpoint_folder(store)
         return self._encoder
 
     def _checkpoint_folder_to_record(self, store: Store) -> str | None:
         """The converted (pickle-free) checkpoint folder given by flag when the store records another path."""
-        flag, spec = self._flags["checkpoint"], (store.space() or {}).get("spec")
+        flag, spec = self._flags["checkpoint"], (store.space.config() or {}).get("spec")
         if not flag or spec is None:  # the usual case: decided without importing the models (and torch)
             return None
         from .models.checkpoint import is_own_checkpoint
@@ -167,7 +145,7 @@ class A2VSearch:
         load the folder without flags instead of the pickled file (``encoder`` checked the identity first)."""
         folder = self._checkpoint_folder_to_record(store)
         if folder is not None:
-            store.record_spec({**store.space()["spec"], "checkpoint": folder})
+            store.space.record_spec({**store.space.config()["spec"], "checkpoint": folder})
 
     def detector(self, name: str | None = None) -> Detector:
         """``none``, ``boxes:FILE`` or a detector model (loaded once); ``name`` defaults as :meth:`detector_name`."""
@@ -176,6 +154,10 @@ class A2VSearch:
             device = get_device(self.settings.device) if detector_kind(name) == "model" else None
             self._detectors[name] = make_detector(name, device, self._detector_options)
         return self._detectors[name]
+
+    def use_detector(self, name: str, detector: Detector) -> None:
+        """Answer ``detector=name`` with this detector (one built by the caller, e.g. a test's)."""
+        self._detectors[name] = detector
 
     def detector_name(self, name: str | None = None) -> str:
         """``name``, else the flag, else the detector the store was last ingested with (so query persons are cut
@@ -215,14 +197,14 @@ class A2VSearch:
             self.close()
         store = self._open_reader(required=False)  # opening may create the WAL file: before the signature
         self._signature = change_signature(self.data_dir)  # before the catch-up: a commit during it is seen next time
-        if store is not None and store.space_row() is not None:
-            store.language()
-            store.indexes(INDEX_NAMES)  # the activity index loads (with the heads) on its first query
-            store.refresh()
+        if store is not None and store.space.row() is not None:
+            store.space.language()
+            store.indexes.get(INDEX_NAMES)  # the activity index loads (with the heads) on its first query
+            store.indexes.refresh()
 
     def _attach(self, store: Store) -> Store:
         """Give a store the way to A2V features: the heads of its models, loaded when first needed."""
-        store.set_activity_source(lambda: self.encoder(store).part_features)
+        store.space.set_activity_source(lambda: self.encoder(store).part_features)
         return store
 
     @contextmanager
@@ -311,8 +293,8 @@ class A2VSearch:
         records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)
-            store.ensure_space(encoder.space, encoder.language)
-            store.indexes()
+            store.space.ensure(encoder.space, encoder.language)
+            store.indexes.get()
             return import_records(store, records, encoder.model.visual_dim, collection)
 
     # ------------------------------------------------------------------ predict
@@ -387,10 +369,10 @@ class A2VSearch:
         opts = SearchOptions.of(options, k=k, **fields)
         check_text(text)
         store = self._open_reader()
-        if store.space_row() is None:
+        if store.space.row() is None:
             raise QueryError(f"the store at {self.data_dir} is empty; ingest something first")
         self.model_spec(store)  # model flags that contradict the store fail here too, though no model loads
-        language = store.language()
+        language = store.space.language()
         query = language.interpret(text)
         vec = language.embed_query(query)
         if not np.any(vec):
@@ -421,10 +403,9 @@ class A2VSearch:
         chosen = _chosen_person(img, boxes, person_index, image)
         qbox = boxes[chosen][0]
         out = self.encoder(store).encode_persons([img], [qbox])
-        vecs = {"visual": out.visual[0], "language": store.language().embed(out.pasta, out.verbs)[0]}
+        vecs = {"visual": out.visual[0], "language": store.space.language().embed(out.pasta, out.verbs)[0]}
         if w.get(ACTIVITY):  # from the values a stored person would keep, so a stored image finds itself at cos 1
-            vecs[ACTIVITY] = store.activity_vectors(unf16(f16(out.visual)).reshape(1, -1),
-                                                    out.visual_norm)[0]
+            vecs[ACTIVITY] = store.space.activity_vectors(as_stored_visual(out.visual), out.visual_norm)[0]
         query = {"type": "image", "image": str(image) if not isinstance(image, Image.Image) else "<image>",
                  "box": [round(v, 2) for v in qbox] if qbox else None, "persons_found": len(boxes),
                  "person_index": chosen, "weights": list(w.values()),
@@ -442,10 +423,10 @@ class A2VSearch:
         store = self._open_reader()
         searcher = self._searcher()
         row = searcher.person(person_id)
-        vecs = {"visual": row.visual, "language": store.language().embed(row.pasta[None], row.verbs[None])[0]}
+        vecs = {"visual": row.visual, "language": store.space.language().embed(row.pasta[None], row.verbs[None])[0]}
         if w.get(ACTIVITY):
             norm = np.array([np.nan if row.visual_norm is None else row.visual_norm], np.float32)
-            vecs[ACTIVITY] = store.activity_vectors(row.visual[None], norm)[0]
+            vecs[ACTIVITY] = store.space.activity_vectors(row.visual[None], norm)[0]
         query = {"type": "person", "person_id": int(person_id), "path": row.path, "weights": list(w.values())}
         exclude = {int(person_id)}
         if opts.group and row.track_id is not None:  # moments: the person's own track is not a result
@@ -596,13 +577,13 @@ class A2VSearch:
         """Counts of media, persons, failures; collections; index types and sizes; the vector space."""
         store = self._open_reader()
         counts, collections, recent = store.summary()
-        space = store.space()
+        space = store.space.config()
         indexes = {}
         for name in ALL_INDEX_NAMES:
-            summary = saved_summary(store.index_dir, name)
+            summary = saved_summary(store.indexes.folder, name)
             if summary is not None:
                 indexes[name] = summary
-        problem = store.activity_problem() if space else None
+        problem = store.space.activity_problem() if space else None
         return {"data_dir": str(self.data_dir), **counts, "collections": collections, "indexes": indexes,
                 "activity_space": "available" if space and problem is None else problem,
                 "space": {k: space[k] for k in ("visual_model", "heads", "text_model", "phrases", "visual_dim",
@@ -623,9 +604,9 @@ class A2VSearch:
     def reindex(self, spec: str | None = None, memory_budget_mb: int | None = None) -> dict[str, str]:
         """Rebuild both FAISS indexes from SQLite (optionally with a FAISS factory string or a memory budget)."""
         with self.writer("reindex") as store:
-            if store.space_row() is None:
+            if store.space.row() is None:
                 raise QueryError(f"the store at {self.data_dir} is empty; nothing to index")
-            return store.rebuild(spec, memory_budget_mb)
+            return store.indexes.rebuild(spec, memory_budget_mb)
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> dict:
         """Remove media (files, or everything under folders) and their persons from SQLite and FAISS."""
@@ -639,32 +620,6 @@ class A2VSearch:
 def _filters(collection, path, kind, where, cluster=None):
     filters = make_filters(collection, path, kind, where, cluster)
     return None if filters.empty() else filters
-
-
-def _recorded_identity(recorded: str | None, kind: str) -> str | None:
-    """The content identity in a store's ``kind:identity`` model reference, or None for another kind."""
-    return recorded.split(":", 1)[1] if recorded and recorded.startswith(f"{kind}:") else None
-
-
-def _check_recorded_identity(path: str | None, recorded: str | None, kind: str, flagged: bool) -> None:
-    """A checkpoint (or OpenAI state dict) file must be the one the store recorded (``kind:identity``), checked
-    by content before anything in it is read: a file swapped in at the recorded path is refused."""
-    flag = "--checkpoint" if kind == "checkpoint" else "--model"
-    if not path or not recorded or not Path(path).exists():
-        return
-    if not recorded.startswith(f"{kind}:"):
-        if flagged and kind == "checkpoint":
-            raise SpaceMismatchError(f"--checkpoint {path} contradicts this store, whose PaSta comes from {recorded}; "
-                                     "omit the flag, or use another --data-dir")
-        return
-    from .models.checkpoint import checkpoint_identity
-
-    got = checkpoint_identity(Path(path))
-    if got != _recorded_identity(recorded, kind):
-        what = f"{flag} {path}" if flagged else f"the file at this store's recorded path {path}"
-        raise SpaceMismatchError(f"{what} is not the one this store's vectors were made with (content identity "
-                                 f"{got}, store has {recorded}); pass {flag} with the original file (or its "
-                                 "converted folder), or use another --data-dir")
 
 
 def _check_ingest_args(paths: list[str], jpeg_decoder: str, engine: str, ray_address: str | None,

@@ -315,7 +315,7 @@ def activities(
                  + [(f"object {e['name']}", e) for e in o["objects"][:8]]
                  + [(f"{e['verb']} + {e['pasta']}", e) for e in o["pairs"]["verb_pasta"][:8]]
                  + [(f"{e['verb']} + {e['object']}", e) for e in o["pairs"]["verb_object"][:8]])
-        rows = {r.id: r for r in api._open_reader().persons([i for _, e in shown for i in e["examples"]])}
+        rows = {r.id: r for r in api.store.persons([i for _, e in shown for i in e["examples"]])}
         labelled_rows([(f"{label}: {e['count']} persons ({100 * e['share']:.1f}%)",
                         [rows[i] for i in e["examples"] if i in rows]) for label, e in shown], sheet)
     if as_json:

@@ -30,8 +30,8 @@ import numpy as np
 from db.values import Filters
 
 from . import taxonomy as tx
-from .activity import ACTIVITY
 from .errors import InputError, NotFoundError, QueryError
+from .space import ACTIVITY
 from .store import Store
 
 SPACES = ("language", "visual", ACTIVITY)
@@ -131,7 +131,7 @@ def _unit_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _space_vectors(store: Store, batch, space: str) -> np.ndarray:
-    return store.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, (space,), batch.objects)[space]
+    return store.space.vectors(batch.visual, batch.pasta, batch.verbs, batch.norms, (space,), batch.objects)[space]
 
 
 def _distinct(means: np.ndarray, overall: np.ndarray, names: tuple[str, ...], skip: set[int], n: int) -> list:
@@ -169,10 +169,10 @@ def make_clustering(store: Store, filters: Filters | None, filter_args: dict, na
         raise InputError(f"--space must be one of {', '.join(SPACES)}, not {space!r}")
     if k is not None and not 1 <= k <= MAX_K:
         raise InputError(f"--k must be from 1 to {MAX_K}, not {k}")
-    if store.space_row() is None:
+    if store.space.row() is None:
         raise QueryError(f"the store at {store.data_dir} is empty; ingest something first")
-    if space == ACTIVITY and store.activity_problem():
-        raise QueryError(f"no activity space: {store.activity_problem()}")
+    if space == ACTIVITY and store.space.activity_problem():
+        raise QueryError(f"no activity space: {store.space.activity_problem()}")
     started = time.perf_counter()
     ids = store.person_ids(filters)
     if not len(ids):

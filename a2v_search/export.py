@@ -117,7 +117,7 @@ def resolve_fields(store: Store, fields: Sequence[str] | None,
     """(fields to write, notes). Default: every field but ``language_basis``, ``activity`` only when the store has
     A2V features, ``cluster`` only with a clustering; asking for ``activity`` without them, or ``cluster`` without a
     clustering, is an error that says why."""
-    problem = store.activity_problem()
+    problem = store.space.activity_problem()
     notes = [] if problem is None else [f"activity: {problem}"]
     if not fields:
         return [f for f in DEFAULT_FIELDS if f != "activity" or problem is None] + (
@@ -158,7 +158,7 @@ def iter_batches(store: Store, filters: Filters | None = None, fields: Sequence[
     named ``clustering``). Read from one SQLite snapshot."""
     if batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    if store.space_row() is None:
+    if store.space.row() is None:
         return iter(())
     row = find_clustering(store, clustering)
     names = resolve_fields(store, fields, row)[0]  # bad fields fail here, not later
@@ -179,14 +179,14 @@ def _columns(store: Store, batch: dict, fields: Sequence[str], clustering: Clust
     if "objects" in fields:
         out["objects"] = object_array(batch["objects"])
     if "language" in fields or "language_basis" in fields:
-        compact = store.language().embed(batch["pasta"], batch["verbs"],  # (n, dim): what the FAISS index holds
-                                         object_probs(batch["objects"]))
+        compact = store.space.language().embed(batch["pasta"], batch["verbs"],  # (n, dim): what FAISS holds
+                                               object_probs(batch["objects"]))
         if "language_basis" in fields:
             out["language_basis"] = compact
         if "language" in fields:
-            out["language"] = store.language().to_full(compact).astype(np.float32)
+            out["language"] = store.space.language().to_full(compact).astype(np.float32)
     if "activity" in fields:
-        out["activity"] = store.part_features(batch["visual"], batch["visual_norm"]).astype(np.float32)
+        out["activity"] = store.space.part_features(batch["visual"], batch["visual_norm"]).astype(np.float32)
     return {f: out[f] for f in fields}
 
 
@@ -213,13 +213,13 @@ def object_lists(rows: np.ndarray) -> list[list[dict]]:
 def metadata(store: Store, fields: Sequence[str], filters: Filters | None, notes: Sequence[str],
              clustering: ClusteringRow | None = None) -> dict:
     """What a file needs to explain itself: models, names, phrases, fields, filters."""
-    space = store.space() or {}
-    lang = store.language()
-    problem = store.activity_problem()
+    space = store.space.config() or {}
+    lang = store.space.language()
+    problem = store.space.activity_problem()
     meta = {
         "format": "a2v-search export", "version": EXPORT_VERSION, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                              time.gmtime()),
-        "store": str(store.data_dir), "space_fingerprint": store.fingerprint,
+        "store": str(store.data_dir), "space_fingerprint": store.space.fingerprint,
         "space": {k: space.get(k) for k in ("visual_model", "heads", "text_model", "phrases", "visual_dim",
                                             "language_dim", "spec")},
         "filters": asdict(filters) if filters is not None else None,
@@ -252,7 +252,7 @@ def export(store: Store, out: str | os.PathLike, fmt: str | None = None, filters
     start = time.monotonic()
     out = Path(out)
     fmt = format_of(out, fmt)
-    if store.space_row() is None:
+    if store.space.row() is None:
         raise InputError(f"the store at {store.data_dir} is empty; nothing to export")
     if out.is_dir():
         raise InputError(f"{out} is a folder; --out takes a file name")
@@ -356,14 +356,14 @@ def _empty_schema(pa, names: list[str], store: Store):
 
 def _dims(store: Store, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Per-row shape of each numeric field (for empty exports)."""
-    row = store.space_row()
-    lang = store.language()
+    row = store.space.row()
+    lang = store.space.language()
     dims = {"box": (4,), "objects": (MAX_OBJECTS_PER_PERSON, 6), "pasta": (tx.N_PASTA,), "verbs": (tx.N_VERBS,),
             "parts": (tx.N_PARTS,), "visual": (row.visual_dim,),
             "language": (2 * lang.m_pasta.shape[1] + lang.dim - len(lang.basis_pasta) - len(lang.basis_verb),),
             "language_basis": (lang.dim,)}
     if "activity" in names:
-        dims["activity"] = store.part_features(np.ones((1, row.visual_dim), np.float32),
+        dims["activity"] = store.space.part_features(np.ones((1, row.visual_dim), np.float32),
                                                np.ones(1, np.float32)).shape[1:]
     return {n: dims.get(n, ()) for n in names}
 
@@ -422,7 +422,7 @@ def _write_npz(tmp: Path, batches, names: list[str], meta: dict, store: Store) -
                     _add_array(zf, f"{n}_offsets", np.asarray(offsets[n], np.int64))
             _add_array(zf, "meta", np.array(json.dumps(meta)))
             if "basis" in meta:
-                lang = store.language()
+                lang = store.space.language()
                 _add_array(zf, "basis_pasta", lang.basis_pasta)
                 _add_array(zf, "basis_verb", lang.basis_verb)
     return rows

@@ -6,6 +6,8 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import StoreError, StoreLockedError
@@ -51,6 +53,27 @@ class WriteLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextmanager
+def upgrade_lock(data_dir: Path, held: bool) -> Iterator[None]:
+    """Held while an older store is upgraded on open: the write lock (unless this process ``held`` it already), so
+    that a reader (``serve``, ``search``) never writes beside a writer (StoreLockedError names it). Where not even
+    the lock file can be made, the upgrade fails on its own with the fix (write access)."""
+    if held:
+        yield
+        return
+    try:
+        lock = WriteLock(data_dir, "schema upgrade").acquire()
+    except StoreLockedError:
+        raise
+    except StoreError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _read_holder(fd: int) -> str:

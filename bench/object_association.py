@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT)]
 from a2v_search import objects as ob  # noqa: E402
 from a2v_search import taxonomy as tx  # noqa: E402
 from a2v_search.person_boxes import iou, merge_boxes  # noqa: E402
-from a2v_search.training.hake_data import _read_json  # noqa: E402
+from a2v_search.training.hake_data import read_json  # noqa: E402
 
 
 def hoi_objects() -> list[tuple[int, bool]]:
@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--annotations", default="/work/shared/hake/hico-det-instance-level.tar.gz")
     ap.add_argument("-n", type=int, default=ob.MAX_OBJECTS_PER_PERSON, help="objects kept per person")
     args = ap.parse_args()
-    data = list(images(_read_json(Path(args.annotations))))
+    data = list(images(read_json(Path(args.annotations))))
     n = args.n
     rows = [(f"rule, reach {r}{' (default)' if r == ob.REACH else ''}", rule(r)) for r in (0.25, 0.5, 1.0, 1e9)]
     rows += [("centre distance, no cut", by_centre), ("IoU > 0", by_iou)]

@@ -63,8 +63,8 @@ def write_rate(data_dir: Path, n: int, batch: int = 256) -> tuple[float, float]:
     gen = SyntheticPersons()
     store = Store(data_dir, create=True).lock("ray_bench")
     try:
-        store.ensure_space(space, language)
-        store.indexes()
+        store.space.ensure(space, language)
+        store.indexes.get()
         batches = []
         for start in range(0, n, batch):
             d = gen.draw(min(batch, n - start))
@@ -79,7 +79,7 @@ def write_rate(data_dir: Path, n: int, batch: int = 256) -> tuple[float, float]:
             store.write(items)
         write_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        store.save()
+        store.indexes.save()
         save_s = time.perf_counter() - t0
     finally:
         store.close()

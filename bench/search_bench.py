@@ -6,7 +6,7 @@ queries, with the index the store picks beside exact (Flat) search on the same d
 For each size N a store is built in a temporary folder through ``Store.write`` (the write path of ingest and
 import) with synthetic clustered persons: activity profiles (a few PaSta states and verbs) with jitter, 512-d
 visual vectors around cluster centres, a random language space (93 x 768 and 157 x 768 matrices), 4 persons per
-media. ``Store.save`` then picks the index type for N (``index.choose_spec``) and builds it from SQLite.
+media. ``store.indexes.save()`` then picks the index type for N (``index.choose_spec``) and builds it from SQLite.
 
 Text: ``language.interpret`` (the default text model, the real all-MiniLM-L6-v2 from its offline package, with
 its real phrase matrices; ``--text-model bert-base``: a random bert-base-shaped model, see common.bert_base, with
@@ -14,7 +14,7 @@ random matrices) -> ``embed_query`` ->
 ``Searcher.search({"language": v}, {"language": 1}, SearchOptions(k=10))``: the steps of ``A2VSearch.search_text``.
 Image vectors:
 ``Searcher.search({"visual": v, "language": l}, {"visual": .5, "language": .5}, SearchOptions(k=10))`` for
-persons drawn like the stored ones (not in the store). Then ``Store.rebuild(spec="Flat")`` (``reindex
+persons drawn like the stored ones (not in the store). Then ``store.indexes.rebuild(spec="Flat")`` (``reindex
 --index-spec Flat``) and the same queries again, exactly. Also: text encoding alone with the fp32 model, the same
 model with dynamic int8 Linear layers, and the real all-MiniLM-L6-v2 (when installed).
 
@@ -74,7 +74,7 @@ def build_store(data_dir: Path, n: int, text_model: Path, batch: int, seed: int,
     gen = SyntheticPersons(seed=seed)
     store = Store(data_dir, create=True).lock("search_bench")
     try:
-        store.ensure_space(space, language)
+        store.space.ensure(space, language)
         t0 = time.perf_counter()
         for start in range(0, n, batch):
             d = gen.draw(min(batch, n - start))
@@ -91,9 +91,9 @@ def build_store(data_dir: Path, n: int, text_model: Path, batch: int, seed: int,
                 log(f"N={n:,}: {start + len(d['visual']):,} persons written")
         write_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        store.save()  # the automatic spec for N, built from SQLite, then saved
+        store.indexes.save()  # the automatic spec for N, built from SQLite, then saved
         index_s = time.perf_counter() - t0
-        specs = {name: idx.spec for name, idx in store.indexes().items()}
+        specs = {name: idx.spec for name, idx in store.indexes.get().items()}
     finally:
         store.close()
     log(f"N={n:,}: written in {write_s:.1f} s, indexes {specs} built and saved in {index_s:.1f} s")
@@ -107,7 +107,7 @@ def rebuild_flat(data_dir: Path) -> float:
     store = Store(data_dir, create=True).lock("search_bench reindex")
     try:
         t0 = time.perf_counter()
-        store.rebuild(spec="Flat")
+        store.indexes.rebuild(spec="Flat")
         return time.perf_counter() - t0
     finally:
         store.close()
@@ -130,8 +130,8 @@ def measure(data_dir: Path, n_queries: int, seed: int, profile: bool) -> dict:
     try:
         searcher = Searcher(store)
         t0 = time.perf_counter()
-        language = store.language()
-        indexes = store.indexes()
+        language = store.space.language()
+        indexes = store.indexes.get()
         language.encoder()
         open_s = time.perf_counter() - t0
         texts = [TEXTS[i % len(TEXTS)] for i in range(n_queries)]

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from a2v_search import taxonomy as tx  # noqa: E402
-from a2v_search.training.hake_data import _read_json, hoi_verbs  # noqa: E402
+from a2v_search.training.hake_data import hoi_verbs, read_json  # noqa: E402
 
 OUT = ROOT / "bench" / "verb_pasta_v1.json"
 
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--annotations", default="/work/shared/hake/hico-det-instance-level.tar.gz")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    n_verb, pairs = count(_read_json(Path(args.annotations)))
+    n_verb, pairs = count(read_json(Path(args.annotations)))
     table = {"version": 1, "what": "HICO-DET instance-level label entries: per verb, entries and PaSta counts",
              "verbs": {tx.VERB_NAMES[v]: {"entries": n_verb[v],
                                           "pasta": {tx.PASTA_NAMES[s]: c for s, c in sorted(pairs[v].items())}}

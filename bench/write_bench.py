@@ -16,7 +16,7 @@ its persons to it):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
   the time split into the calling thread's parts: checks (``values.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
-  rest); and the writer's second thread's, which overlap them: vectors (``Store.vectors``: language embedding,
+  rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
   visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
   per CPU second say what an idle one would do.
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
@@ -165,13 +165,15 @@ class Workload:
 def timed_parts():
     """Time spent in the parts of ``Store.write`` (and the index save), by wrapping the functions it calls."""
     from a2v_search import store as store_mod
+    from a2v_search.indexes import IndexSet
+    from a2v_search.space import VectorSpace
     from db import labels, repo
     from index.faiss_index import VectorIndex
 
     spent: dict[str, float] = defaultdict(float)
-    targets = [(repo, "as_arrays", "checks"), (store_mod.Store, "vectors", "vectors"), (store_mod, "link", "tracks"),
+    targets = [(repo, "as_arrays", "checks"), (VectorSpace, "vectors", "vectors"), (store_mod, "link", "tracks"),
                (repo, "add_media", "sqlite rows"), (labels, "close_chunks", "label chunks"),
-               (VectorIndex, "add", "faiss add"), (store_mod.Store, "save", "save"),
+               (VectorIndex, "add", "faiss add"), (IndexSet, "save", "save"),
                (store_mod.Store, "write", "total")]
     originals = []
     for owner, name, part in targets:
@@ -198,7 +200,7 @@ def open_store(path: Path, create: bool):
     from a2v_search.store import Store
 
     store = Store(path, create=create).lock("write_bench")
-    store.ensure_space(SPACE, LanguageSpace(*random_language_matrices(), text_model="bench-text"))
+    store.space.ensure(SPACE, LanguageSpace(*random_language_matrices(), text_model="bench-text"))
     return store
 
 
@@ -223,8 +225,8 @@ def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
             while have < n:
                 items = work.batch(min(batch, n - have))
                 have += len(store.write(items))
-                store.maybe_save(600)
-            store.save()
+                store.indexes.maybe_save(600)
+            store.indexes.save()
             log(f"seeded in {time.perf_counter() - t0:.0f} s")
     finally:
         store.close()
@@ -237,7 +239,7 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
     try:
         n0 = persons_in(store)
         t0 = time.perf_counter()
-        store.indexes()
+        store.indexes.get()
         open_s = time.perf_counter() - t0
         work = Workload(f"/run/{tag}/{time.time_ns()}", seed=int(time.time()) % 1000, driver=driver)
         if not driver:  # a first batch, not timed: the files that the timed ones replace and duplicate
@@ -254,7 +256,7 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
                 added += len(store.write(items))
             cpu_s = time.process_time() - cpu0
             write_s = spent["total"]
-            store.save()
+            store.indexes.save()
         save_s = spent["save"]
         parts = {p: spent[p] for p in PARTS}
         parts["sqlite rows"] -= parts["tracks"]  # the tracker runs inside add_media
@@ -291,7 +293,7 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
     store = open_store(path, create=True)
     try:
         n0 = persons_in(store)
-        store.indexes()
+        store.indexes.get()
         with timed_parts() as spent:
             t0 = time.perf_counter()
             recs = read_records(source)

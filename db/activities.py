@@ -18,7 +18,7 @@ both ways agree. Keys of labels and pairs: ``("pasta", c)``, ``("verbs", v)``, `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
@@ -188,6 +188,28 @@ def pool_examples(s: Session, keys: Sequence[tuple], examples: int, min_p: float
         if not todo:
             break
     return {key: [i for _, i in items] for key, items in best.items()}
+
+
+def kept_counts(s: Session, collection: str | None, kind: str | None, examples: int,
+                choose: Callable[[Counts], list[tuple]]) -> tuple[Counts, dict, str]:
+    """The kept counts of a whole store, a collection or a media kind, with ``examples`` example persons (of its
+    newest persons, :func:`pool_examples`) of the labels and pairs ``choose(counts)`` names: (counts, {key: ids},
+    "kept")."""
+    counts = read_counts(s, collection, kind)
+    keys = choose(counts)
+    found = pool_examples(s, keys, examples, COUNT_MIN_P, collection, kind)
+    return counts, {k: found.get(k, []) for k in keys}, "kept"
+
+
+def scanned_counts(s: Session, ids: np.ndarray, examples: int, choose: Callable[[Counts], list[tuple]],
+                   min_p: float) -> tuple[Counts, dict, str]:
+    """The counts of the persons ``ids`` at ``min_p``, with ``examples`` example persons of the labels and pairs
+    ``choose(counts)`` names: (counts, {key: ids}, "scanned")."""
+    counts, found = scan_counts(s, ids, examples, min_p=min_p)
+    keys = choose(counts)
+    if examples and any(k[0] in PAIRS for k in keys):
+        found.update(scan_counts(s, ids, examples, keys, min_p=min_p)[1])
+    return counts, {k: found.get(k, []) for k in keys}, "scanned"
 
 
 def _newest_rows(s: Session, n: int, before: int | None, collection: str | None, kind: str | None) -> list:

@@ -47,7 +47,7 @@ def fill(data_dir, per: dict[str, int], collection=lambda profile: "trip" if pro
     rng = np.random.default_rng(start)
     store = writable_store(data_dir) if start == 0 else Store(data_dir).lock("test")
     if start:
-        store.ensure_space(store.space(), store.language())
+        store.space.ensure(store.space.config(), store.space.language())
     ids = {}
     for profile, n in per.items():
         paths = [f"/m/{profile}/{start + i}.jpg" for i in range(n)]

@@ -49,7 +49,7 @@ def media(path: str, persons: list[NewPerson], collection: str = "default", kind
 def writable_store(data_dir, language: LanguageSpace | None = None) -> Store:
     """A store holding the write lock, with the test space registered."""
     store = Store(data_dir, create=True).lock("test")
-    store.ensure_space(SPACE, language or random_language())
+    store.space.ensure(SPACE, language or random_language())
     return store
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from helpers import SPACE, downgrade, media, random_language, random_person
 
-from a2v_search.activity import space_vectors
 from a2v_search.api import A2VSearch
 from a2v_search.media import load_image
-from a2v_search.store import ALL_INDEX_NAMES, INDEX_NAMES, Store
+from a2v_search.space import ALL_INDEX_NAMES, INDEX_NAMES, space_vectors
+from a2v_search.store import Store
 from a2v_search.testing import activity_case as sa
 from a2v_search.testing.media import write_images
 from db import repo
@@ -64,11 +64,11 @@ def test_a2v_feature_recomputed_from_the_store_equals_a_direct_forward(trained):
 def test_activity_index_export_and_stats(trained):
     api, _ = trained
     store = api.store
-    assert store.index_names() == ALL_INDEX_NAMES and api.stats()["activity_space"] == "available"
-    assert (store.index_dir / "activity.json").is_file()
+    assert store.space.index_names() == ALL_INDEX_NAMES and api.stats()["activity_space"] == "available"
+    assert (store.indexes.folder / "activity.json").is_file()
     rows = next(api.export_batches())  # default fields include the activity with trained heads
     assert "activity" in rows
-    index = store.indexes(["activity"])["activity"]
+    index = store.indexes.get(["activity"])["activity"]
     assert index.dim == 6 * 32
     np.testing.assert_allclose(index.reconstruct(rows["person_id"]), space_vectors(rows["activity"]), atol=1e-6)
     assert not api.doctor().problems
@@ -94,7 +94,7 @@ def test_search_by_example_image_and_by_person_in_the_activity_space(trained):
 def test_schema_1_store_is_migrated_and_the_activity_space_names_the_fix(tmp_path):
     rng = np.random.default_rng(0)
     store = Store(tmp_path, create=True).lock("test")
-    store.ensure_space({**SPACE, "heads": "checkpoint:0123456789abcdef"}, random_language())
+    store.space.ensure({**SPACE, "heads": "checkpoint:0123456789abcdef"}, random_language())
     store.write([media("/m/a.jpg", [random_person(rng), random_person(rng)])])
     store.close()
     downgrade(tmp_path / "a2v.sqlite", 1)  # the layout the first release wrote
@@ -103,10 +103,10 @@ def test_schema_1_store_is_migrated_and_the_activity_space_names_the_fix(tmp_pat
         assert get_meta(s, "schema_version") == str(SCHEMA_VERSION)
         assert repo.count_without_norm(s) == 2
         assert [r.visual_norm for r in repo.fetch_persons(s, [1, 2])] == [None, None]
-    store.set_activity_source(lambda: pytest.fail("no features can be computed without norms"))
-    problem = store.activity_problem()
+    store.space.set_activity_source(lambda: pytest.fail("no features can be computed without norms"))
+    problem = store.space.activity_problem()
     assert "2 persons" in problem and "schema 1" in problem and "ingest PATHS --force" in problem
-    assert store.index_names() == INDEX_NAMES and len(store.indexes()) == 2  # the other spaces work as before
+    assert store.space.index_names() == INDEX_NAMES and len(store.indexes.get()) == 2  # the other spaces work as before
     store.close()
 
 

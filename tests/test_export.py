@@ -167,7 +167,7 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
         stored = repo.fetch_vectors(s, ids)
     np.testing.assert_array_equal(want["visual"], stored.visual)
     np.testing.assert_array_equal(want["pasta"], stored.pasta)
-    indexes = store.indexes()  # FAISS re-normalises the float16 rows: equal to float16 precision
+    indexes = store.indexes.get()  # FAISS re-normalises the float16 rows: equal to float16 precision
     np.testing.assert_allclose(want["visual"], indexes["visual"].reconstruct(ids), rtol=0, atol=1e-3)
     np.testing.assert_allclose(want["language_basis"], indexes["language"].reconstruct(ids), rtol=0, atol=1e-6)
     # the full-dimension language vector has the same inner products as the compact one, in 2 x text dim
@@ -192,7 +192,7 @@ def test_round_trip_equals_batches_and_what_search_uses(api, tmp_path, fmt):
     assert meta["space"]["heads"].startswith("zero-shot") and meta["names"]["pasta"] == list(tx.PASTA_NAMES)
     assert meta["phrases"]["pasta"] == prompts.pasta_phrases() and meta["names"]["verbs"] == list(tx.VERB_NAMES)
     assert "zero-shot" in meta["activity"] and set(meta["fields"]) == set(want)
-    lang = store.language()
+    lang = store.space.language()
     basis = meta.get("basis_arrays") or (np.array(meta["basis"]["pasta"], np.float32),
                                          np.array(meta["basis"]["verb"], np.float32))
     assert meta["language"]["formula"] == lang.vector == LANGUAGE_VECTOR

@@ -112,7 +112,7 @@ def test_predict_and_show_give_the_objects_of_each_person(cup_detector, tmp_path
     Image.new("RGB", (400, 160), "white").save(image)
     with A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
                         device="cpu") as api:
-        api._detectors["cups"] = cup_detector
+        api.use_detector("cups", cup_detector)
         persons = api.predict(image, detector="cups")
     assert [p["objects"] for p in persons] == [[{"name": "cup", "p": 0.6, "box": [80.0, 60.0, 100.0, 80.0]}],
                                                [{"name": "cup", "p": 0.3429, "box": [80.0, 60.0, 100.0, 80.0]}]]
@@ -211,7 +211,7 @@ def test_object_filters(imported, where, ids):
     api, _ = imported
     hits = api.search_similar(3, k=10, where=[where])
     assert sorted(h.person_id for h in hits) == [i for i in ids if i != 3]  # the example itself is left out
-    assert sorted(api._open_reader().filter_person_ids(make_filters(where=[where])).tolist()) == ids
+    assert sorted(api.store.filter_person_ids(make_filters(where=[where])).tolist()) == ids
 
 
 def test_a_bad_object_filter_names_the_fix():
@@ -221,7 +221,7 @@ def test_a_bad_object_filter_names_the_fix():
 
 def test_search_shows_objects_in_json_and_on_the_cli_line(imported):
     api, _ = imported
-    data = api._open_reader().data_dir
+    data = api.store.data_dir
     code, out, err = run_main("search", "--person", "2", "--json", "--data-dir", data, "--where", "object: cup")
     assert code == 0, err
     assert json.loads(out)["results"][0]["objects"][0] == {"name": "cup", "p": 0.9, "box": [5.0, 30.0, 20.0, 45.0]}

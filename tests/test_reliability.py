@@ -26,7 +26,8 @@ from a2v_search.detect import BoxesFile, WholeImage
 from a2v_search.errors import CheckpointError, InputError, QueryError, StoreError, StoreLockedError
 from a2v_search.ingest import IngestOptions, run_ingest
 from a2v_search.search import Searcher, SearchOptions, make_filters
-from a2v_search.store import INDEX_NAMES, Store
+from a2v_search.space import INDEX_NAMES
+from a2v_search.store import Store
 from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
 from db import labels, repo
@@ -385,7 +386,7 @@ def test_filters_and_texts_cannot_inject_or_execute(tmp_path):
     for expr in [f"__import__('os').system('touch {marker}')>0", "hand: hold>=1e9999'", "hand: hold>=0.5 or 1"]:
         with pytest.raises(QueryError):
             make_filters(where=[expr])
-    language = store.language()
+    language = store.space.language()
     for query in ["hand: hold'; DROP TABLE persons; --", f"head: __import__('os').system('touch {marker}')",
                   "hand: hold=__import__('os')"]:
         with pytest.raises(QueryError):
@@ -494,7 +495,7 @@ def _store_made_with(data: Path, checkpoint: Path, tiny_clip_dir: Path, tiny_ber
              "spec": {"model": str(tiny_clip_dir), "checkpoint": str(checkpoint), "text_model": str(tiny_bert_dir),
                       **spec}}
     store = Store(data, create=True).lock("test")
-    store.ensure_space(space, random_language())
+    store.space.ensure(space, random_language())
     store.write([media("/m/one.jpg", [random_person(np.random.default_rng(0))])])
     store.close()
 
@@ -561,14 +562,14 @@ def test_a_file_swapped_in_after_the_identity_check_is_never_unpickled(tmp_path,
                                                                        monkeypatch):
     """The checkpoint is swapped between the check of its identity and its loading (a race an attacker can win):
     the bytes loaded are the bytes hashed, so the swapped-in pickle never runs, even with --trust-checkpoint."""
-    from a2v_search import api as api_module
+    from a2v_search import space as space_module
 
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "ckpt_4.pth"
     ckpt.write_bytes(b"the original weights")
     data = tmp_path / "data"
     _store_made_with(data, ckpt, tiny_clip_dir, tiny_bert_dir)
-    real_check = api_module._check_recorded_identity
+    real_check = space_module.check_recorded_identity
 
     def check_then_swap(path, *args):
         real_check(path, *args)
@@ -576,7 +577,7 @@ def test_a_file_swapped_in_after_the_identity_check_is_never_unpickled(tmp_path,
             marker.with_suffix(".swapped").touch()
             _marker_pickle(ckpt, marker)
 
-    monkeypatch.setattr(api_module, "_check_recorded_identity", check_then_swap)
+    monkeypatch.setattr(space_module, "check_recorded_identity", check_then_swap)
     [img] = write_images(tmp_path / "in", 1)
     code, _, err = run_main("predict", img, "--detector", "none", "--trust-checkpoint", "--data-dir", data)
     assert marker.with_suffix(".swapped").exists()  # the swap happened after the check passed
@@ -626,7 +627,7 @@ class IdleOrBrokenEncoder(StubEncoder):
 def _idle_language_is_zero(store: Store, person_id: int) -> None:
     with store.db.session() as s:
         v = repo.fetch_vectors(s, [person_id])
-    assert not np.any(store.vectors(v.visual, v.pasta, v.verbs)["language"])  # no language direction, by construction
+    assert not np.any(store.space.vectors(v.visual, v.pasta, v.verbs)["language"])  # no language direction, by design
 
 
 def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
@@ -634,7 +635,7 @@ def _idle_person_is_found_and_shown(store: Store, person_id: int) -> None:
     with store.db.session() as s:
         visual = repo.fetch_vectors(s, [person_id]).visual
     rng = np.random.default_rng(5)
-    lang_q = store.language().embed(rng.random((1, 93), np.float32), rng.random((1, 157), np.float32))[0]
+    lang_q = store.space.language().embed(rng.random((1, 93), np.float32), rng.random((1, 157), np.float32))[0]
     assert np.any(lang_q)
     searcher = Searcher(store)
     hits = searcher.search({"visual": visual[0], "language": lang_q}, {"visual": 1.0, "language": 0.1},
@@ -668,7 +669,7 @@ def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliabi
     assert reader.check().problems == []
     reader.close()
     fixer = Store(data).lock("reindex")
-    fixer.rebuild()
+    fixer.indexes.rebuild()
     fixer.close()
     assert Store(data).check().problems == [] and len(inputs) == 3
     reliability["hostile files"] += 2
@@ -713,7 +714,7 @@ def test_files_that_lie_never_hang_or_exhaust_a_run(tmp_path, tiny_clip_dir, tin
         assert "nested too deeply" in report.failures[0]["error"]
     (imported / "index" / "visual.json").write_text(deep)
     reader = Store(imported)
-    assert reader.indexes()["visual"].ntotal == 2  # the manifest is unreadable: rebuilt from SQLite
+    assert reader.indexes.get()["visual"].ntotal == 2  # the manifest is unreadable: rebuilt from SQLite
     reader.close()
     reliability["hostile files"] += 5
 
@@ -756,7 +757,7 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
     idle = random_person(rng)
     idle.pasta, idle.verbs = np.zeros(93, np.float32), np.zeros(157, np.float32)
     with store.db.session() as s:
-        _, new_ids, _ = repo.add_media(s, store.space_row().id, [media("/m/idle.jpg", [idle]),
+        _, new_ids, _ = repo.add_media(s, store.space.row().id, [media("/m/idle.jpg", [idle]),
                                                                  media("/m/nan.jpg", [random_person(rng)]),
                                                                  media("/m/short.jpg", [random_person(rng)])],
                                        link=link)
@@ -766,7 +767,7 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
                   .values(pasta=b"\x00\x3c" * 7))
     store.close(save=False)
     reader = Store(data)  # catch-up adds the three rows
-    assert all(idx.ntotal == 8 for idx in reader.indexes().values())
+    assert all(idx.ntotal == 8 for idx in reader.indexes.get().values())
     _idle_person_is_found_and_shown(reader, int(new_ids[0]))
     assert reader.check().problems != []  # the saved index lags
     reader.close()
@@ -775,10 +776,10 @@ def test_a_store_already_holding_rows_without_direction_opens_searches_and_repai
     fixer.close()
     (data / "index" / "language.json").unlink()  # a rebuild from scratch too
     reader = Store(data)
-    assert reader.indexes()["language"].ntotal == 8 and reader.check().problems[0].what == "index language"
+    assert reader.indexes.get()["language"].ntotal == 8 and reader.check().problems[0].what == "index language"
     reader.close()
     fixer = Store(data).lock("reindex")
-    fixer.rebuild()
+    fixer.indexes.rebuild()
     fixer.close()
     assert Store(data).check().problems == []
     reliability["faults"] += 3
@@ -924,7 +925,7 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     store = writable_store(data)  # a writer that committed new persons and died before saving the index
     fresh = [random_person(rng) for _ in range(reused)]
     with store.db.session() as s:
-        _, ids, _ = repo.add_media(s, store.space_row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)],
+        _, ids, _ = repo.add_media(s, store.space.row().id, [media(f"/m/new{i}.jpg", [p]) for i, p in enumerate(fresh)],
                                    link=link)
     store.close(save=False)
     assert ids.tolist() == [5, 6][:reused]  # the ids of the lost persons, handed out again
@@ -932,7 +933,7 @@ def test_sqlite_losing_its_last_transactions_is_detected_and_the_index_rebuilt(t
     assert [p.what for p in report.problems] == ["index visual", "index language"]
     assert all("lost its last transactions" in p.detail for p in report.problems)
     reader = Store(data)
-    assert all(idx.ids().tolist() == list(range(1, 5 + reused)) for idx in reader.indexes().values())
+    assert all(idx.ids().tolist() == list(range(1, 5 + reused)) for idx in reader.indexes.get().values())
     for pid, p in zip(ids, fresh, strict=True):
         hit = Searcher(reader).search({"visual": p.visual}, {"visual": 1.0}, SearchOptions(k=1))[0]
         assert hit.person_id == pid and hit.score == pytest.approx(1.0, abs=2e-3)
@@ -1052,7 +1053,7 @@ def test_a_converted_folder_given_once_to_a_writer_replaces_the_recorded_pickle(
                    "--workers", "0"]
     assert run_main(*ingest_args, "--checkpoint", folder)[0] == 0
     store = Store(data).lock("test")  # now as a store made with `--checkpoint ckpt_4.pth --trust-checkpoint`
-    store.record_spec({**store.space()["spec"], "checkpoint": str(evil)})
+    store.space.record_spec({**store.space.config()["spec"], "checkpoint": str(evil)})
     store.close()
     code, _, err = run_main("search", "--image", img, "--data-dir", data)
     assert code == 1 and "convert-checkpoint" in err and not marker.exists()

@@ -109,7 +109,7 @@ def test_text_queries_hold_on_a_noisy_background(noisy):
         assert [profile_of(h) for h in noisy.search_text(text, k=3)] == [profile] * 3, text
     # the same persons as plain p @ M vectors (the formula before margins) lose several of these queries
     store = noisy.store
-    language = store.language()
+    language = store.space.language()
     with store.db.session() as s:
         rows = repo.fetch_persons(s, repo.person_ids(s))
     first = LanguageSpace(language.m_pasta, language.m_verb, language.text_model, encoder=language.encoder(),

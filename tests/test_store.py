@@ -15,7 +15,8 @@ from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, 
 from a2v_search.models import prompts
 from a2v_search.models.language import LANGUAGE_VECTOR, LanguageSpace, PhraseBasis, TextEncoder, build_matrices
 from a2v_search.search import Searcher, SearchOptions, make_filters
-from a2v_search.store import Store, space_fingerprint
+from a2v_search.space import space_fingerprint
+from a2v_search.store import Store
 from a2v_search.tracks import link
 from db import repo
 from db.errors import DbError
@@ -30,7 +31,7 @@ def filled(tmp_path, n_media=6, per=3, seed=0):
     items = [media(f"/m/{c}/img{i}.jpg", [random_person(rng) for _ in range(per)], collection=c)
              for i in range(n_media) for c in ("a", "b")]
     ids = store.write(items)
-    store.save()
+    store.indexes.save()
     return store, items, ids
 
 
@@ -70,8 +71,8 @@ def test_delete_removes_from_both(tmp_path):
         mid = repo.media_by_path(s, ["/m/a/img0.jpg"])["/m/a/img0.jpg"].id
     removed = store.remove_media([mid])
     assert len(removed) == 3
-    store.save()
-    for idx in store.indexes().values():
+    store.indexes.save()
+    for idx in store.indexes.get().values():
         assert not np.isin(removed, idx.ids()).any() and idx.ntotal == 33
     with store.db.session() as s:
         assert repo.counts(s)["persons"] == 33 and not repo.fetch_persons(s, removed)
@@ -88,17 +89,17 @@ def test_lagging_index_catches_up_on_open(tmp_path):
     rng = np.random.default_rng(9)
     s2 = writable_store(tmp_path / "data")
     with s2.db.session() as s:
-        _, new_ids, _ = repo.add_media(s, s2.space_row().id, [media("/m/late.jpg", [random_person(rng)] * 2)],
+        _, new_ids, _ = repo.add_media(s, s2.space.row().id, [media("/m/late.jpg", [random_person(rng)] * 2)],
                                        link=link)
         gone = repo.delete_media(s, [repo.media_by_path(s, ["/m/b/img3.jpg"])["/m/b/img3.jpg"].id])
-    s2._lock.release()  # exit without saving, like a killed process
+    s2.close(save=False)  # exit without saving, like a killed process
     reader = Store(tmp_path / "data")
-    for idx in reader.indexes().values():
+    for idx in reader.indexes.get().values():
         have = set(idx.ids().tolist())
         assert set(new_ids.tolist()) <= have and not set(gone.tolist()) & have and idx.ntotal == 35
     assert not reader.check().ok  # the saved index file still lags until a writer saves the caught-up one
     writer = Store(tmp_path / "data").lock("test")
-    writer.indexes()
+    writer.indexes.get()
     writer.close()
     assert Store(tmp_path / "data").check().problems == []
 
@@ -112,7 +113,7 @@ def test_truncated_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     reader = Store(tmp_path / "data")
     with caplog.at_level(logging.WARNING, logger="a2v_search"):
-        idx = reader.indexes()["visual"]
+        idx = reader.indexes.get()["visual"]
     assert idx.ntotal == 36 and "rebuilding it from SQLite" in caplog.text
     assert "manage.py reindex" not in caplog.text  # it is rebuilt already: nothing for the user to run
     report = reader.check()
@@ -128,27 +129,27 @@ def test_index_of_another_space_is_refused_with_the_fix(tmp_path):
     doc["space"] = "0123456789abcdef"
     path.write_text(json.dumps(doc))
     with pytest.raises(SpaceMismatchError, match="manage.py reindex"):
-        Store(tmp_path / "data").indexes()
+        Store(tmp_path / "data").indexes.get()
     fixed = Store(tmp_path / "data").lock("reindex")
-    fixed.rebuild()
+    fixed.indexes.rebuild()
     fixed.close()
-    assert Store(tmp_path / "data").indexes()["language"].ntotal == 36
+    assert Store(tmp_path / "data").indexes.get()["language"].ntotal == 36
 
 
 def _language_scores(store, ids) -> np.ndarray:
     """Cosines of a structured query with every person, straight from the language index."""
-    language = store.language()
+    language = store.space.language()
     q = language.embed_query(language.interpret("hand: hold; head: drink with; verb: drink with"))
-    return store.indexes()["language"].search(q[None], len(ids))
+    return store.indexes.get()["language"].search(q[None], len(ids))
 
 
 def test_space_records_the_language_vector_and_a_rebuilt_index_is_identical(tmp_path):
     store, _, ids = filled(tmp_path)
-    space = store.space()
+    space = store.space.config()
     assert space["language_vector"] == LANGUAGE_VECTOR == "margin-v5:24/32+white0.75+gate+senses+objects"
     assert space["pooling"] is None
     before = _language_scores(store, ids)
-    store.rebuild()
+    store.indexes.rebuild()
     after = _language_scores(store, ids)
     store.close()
     reader = Store(tmp_path / "data")
@@ -196,10 +197,10 @@ def test_store_of_older_zero_shot_prompts_is_refused_with_the_fix_that_works(tmp
     _set_space(tmp_path / "data", heads="zero-shot:v1:/models/clip")
     reader = Store(tmp_path / "data")
     with pytest.raises(SpaceMismatchError, match="made with the v1 prompts; .* v2 prompts.*new --data-dir") as e:
-        reader.check_space({**reader.space(), "heads": "zero-shot:v2:/models/clip"})  # this version's heads
+        reader.space.check({**reader.space.config(), "heads": "zero-shot:v2:/models/clip"})  # this version's heads
     assert "Omit the model flags" not in str(e.value)  # omitting them loads the same v2 heads: no fix
     with pytest.raises(SpaceMismatchError, match="Omit the model flags"):  # another CLIP model: flags are the cause
-        reader.check_space({**reader.space(), "heads": "zero-shot:v2:/models/other"})
+        reader.space.check({**reader.space.config(), "heads": "zero-shot:v2:/models/other"})
     reader.close()
     code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
     assert code == 0, err  # as the message says, text queries keep working
@@ -214,36 +215,36 @@ def test_store_of_an_older_formula_is_refused_then_migrated_by_reindex(tmp_path,
     _set_space(tmp_path / "data", language_vector=older, text_model=str(tiny_bert_dir),
                phrases="v1|{part} {state}|{verb}")
     with pytest.raises(LegacySpaceError, match=f"older formula '{re.escape(older)}'.*manage.py reindex --data-dir"):
-        Store(tmp_path / "data").language()
+        Store(tmp_path / "data").space.language()
     code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
     assert code != 0 and "manage.py reindex" in err and "Traceback" not in out + err
     writer = Store(tmp_path / "data").lock("test")
     try:
         with pytest.raises(LegacySpaceError):  # an ingest into it is refused the same way, not as other models
-            writer.ensure_space(SPACE, random_language())
+            writer.space.ensure(SPACE, random_language())
     finally:
         writer.close(save=False)
     reader = _reindexed(tmp_path / "data", caplog)
-    space = reader.space()
+    space = reader.space.config()
     assert space["language_vector"] == LANGUAGE_VECTOR and space["pooling"] is None  # its pooling stays as recorded
-    assert reader.fingerprint == space_fingerprint(space)
+    assert reader.space.fingerprint == space_fingerprint(space)
     persons = [p for m in items for p in m.persons]
     pasta, verbs = np.stack([p.pasta for p in persons]), np.stack([p.verbs for p in persons])
-    lang = reader.language()
+    lang = reader.space.language()
     assert lang.vector == LANGUAGE_VECTOR
     # this version's phrases (verb senses), embedded by the store's text model, replaced the older matrices
-    assert space["phrases"] == prompts.phrases_ref() and reader.space_row().phrases == prompts.phrases_ref()
+    assert space["phrases"] == prompts.phrases_ref() and reader.space.row().phrases == prompts.phrases_ref()
     expected = build_matrices(TextEncoder(str(tiny_bert_dir)))
     np.testing.assert_allclose(lang.m_verb, expected[1], atol=1e-6)
     np.testing.assert_allclose(lang.m_pasta, expected[0], atol=1e-6)
-    assert reader.space_row().language_dim == lang.dim == space["language_dim"]
-    assert repo.space_basis(reader.space_row()) is not None  # the new matrices' basis, recorded with them
-    assert reader.phrase_basis().digest() == PhraseBasis.of(*expected).digest() == lang.basis.digest()
+    assert reader.space.row().language_dim == lang.dim == space["language_dim"]
+    assert repo.space_basis(reader.space.row()) is not None  # the new matrices' basis, recorded with them
+    assert reader.space.phrase_basis().digest() == PhraseBasis.of(*expected).digest() == lang.basis.digest()
     was = LanguageSpace(lang.m_pasta, lang.m_verb, lang.text_model, vector=older).embed(pasta, verbs)
     now = lang.embed(pasta, verbs)
     # the migration changes the vectors (their formula, and an object block): the index must be rebuilt
     assert now.shape[1] == was.shape[1] + tx.N_OBJECTS + 2 and not np.allclose(was, now[:, :was.shape[1]], atol=1e-3)
-    scores, got = reader.indexes()["language"].search(now[5][None], 3)
+    scores, got = reader.indexes.get()["language"].search(now[5][None], 3)
     assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -260,15 +261,15 @@ def test_a_store_without_the_object_block_migrates_without_its_text_model(tmp_pa
     ids = store.write([media(f"/m/{i}.jpg", [p]) for i, p in enumerate(persons)])
     store.close()
     with pytest.raises(LegacySpaceError, match="no model is loaded"):
-        Store(tmp_path / "data").language()
+        Store(tmp_path / "data").space.language()
     reader = _reindexed(tmp_path / "data", caplog)
-    lang = reader.language()
+    lang = reader.space.language()
     assert lang.vector == LANGUAGE_VECTOR and lang.dim == v4.dim + tx.N_OBJECTS + 2  # objects, none, rest
-    assert reader.space_row().language_dim == reader.space()["language_dim"] == lang.dim
+    assert reader.space.row().language_dim == reader.space.config()["language_dim"] == lang.dim
     q = lang.embed_query(lang.interpret("object: cup"))
-    scores, got = reader.indexes()["language"].search(q[None], 3)
+    scores, got = reader.indexes.get()["language"].search(q[None], 3)
     assert got[0][0] == ids[4] and scores[0][1] == 0  # only the person with a cup scores
-    assert reader.phrase_basis().digest() == v4.basis.digest()  # phrases and basis kept
+    assert reader.space.phrase_basis().digest() == v4.basis.digest()  # phrases and basis kept
 
 
 def test_a_migration_whose_text_model_is_gone_names_the_fix_and_changes_nothing(tmp_path):
@@ -276,12 +277,12 @@ def test_a_migration_whose_text_model_is_gone_names_the_fix_and_changes_nothing(
     store.close()
     _set_space(tmp_path / "data", language_vector="margin-v3:12/8+white0.75+gate", text_model=str(tmp_path / "gone"),
                phrases="v1|{part} {state}|{verb}")
-    before = Store(tmp_path / "data").space()
+    before = Store(tmp_path / "data").space.config()
     with pytest.raises(LegacySpaceError, match="its text model .*gone embeds this version's phrases"):
-        Store(tmp_path / "data").language()
+        Store(tmp_path / "data").space.language()
     code, out, err = run_main("reindex", "--data-dir", tmp_path / "data")
     assert code != 0 and "gone" in err and "run reindex again" in err and "Traceback" not in out + err
-    assert Store(tmp_path / "data").space() == before  # nothing was changed
+    assert Store(tmp_path / "data").space.config() == before  # nothing was changed
 
 
 def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
@@ -293,7 +294,7 @@ def test_store_of_an_unknown_formula_is_refused_and_not_migrated(tmp_path):
     con.commit()
     con.close()
     with pytest.raises(StoreError, match="'margin-v9'.*release that wrote it") as e:
-        Store(tmp_path / "data").language()
+        Store(tmp_path / "data").space.language()
     assert not isinstance(e.value, LegacySpaceError)
 
 
@@ -303,7 +304,7 @@ def test_store_made_before_the_language_vector_is_refused_with_the_fix(tmp_path)
     store.close()
     _make_legacy(tmp_path / "data")
     with pytest.raises(LegacySpaceError, match="manage.py reindex --data-dir"):
-        Store(tmp_path / "data").language()  # every language vector: text, image and person queries
+        Store(tmp_path / "data").space.language()  # every language vector: text, image and person queries
     code, out, err = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data")
     assert code != 0 and "manage.py reindex" in err and "Traceback" not in out + err
     assert len(err.strip().splitlines()) == 1
@@ -317,15 +318,15 @@ def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, capl
     store.close()
     _make_legacy(tmp_path / "data", text_model=str(tiny_bert_dir))
     reader = _reindexed(tmp_path / "data", caplog)
-    space = reader.space()
+    space = reader.space.config()
     assert space["language_vector"] == LANGUAGE_VECTOR
     assert space["pooling"] == "mean"  # how its matrices were pooled before word pooling: queries must match
-    assert reader.fingerprint == space_fingerprint(space)
+    assert reader.space.fingerprint == space_fingerprint(space)
     persons = [p for m in items for p in m.persons]
-    expected = reader.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
+    expected = reader.space.index_vectors(np.stack([p.visual for p in persons]), np.stack([p.pasta for p in persons]),
                                     np.stack([p.verbs for p in persons]))["language"]
     q = expected[5]
-    scores, got = reader.indexes()["language"].search(q[None], 3)
+    scores, got = reader.indexes.get()["language"].search(q[None], 3)
     assert got[0][0] == ids[5] and scores[0][0] == pytest.approx(1.0, abs=1e-5)
     assert not reader.check().problems
     reader.close()
@@ -334,7 +335,7 @@ def test_reindex_migrates_a_store_made_before_the_language_vector(tmp_path, capl
 def test_other_models_are_refused(tmp_path):
     store, _, _ = filled(tmp_path)
     with pytest.raises(SpaceMismatchError, match="another --data-dir") as err:
-        store.check_space({**SPACE, "text_model": "other-bert"})
+        store.space.check({**SPACE, "text_model": "other-bert"})
     assert "other-bert" in str(err.value) and "test-text" in str(err.value)
     store.close()
 
@@ -414,10 +415,10 @@ def test_schema_version_and_foreign_files_are_refused(tmp_path):
 
 def test_doctor_reports_and_repairs(tmp_path):
     store, _, ids = filled(tmp_path)
-    idx = store.indexes()["visual"]
+    idx = store.indexes.get()["visual"]
     idx.remove(ids[:4])  # FAISS loses four persons
-    store._dirty.add("visual")
-    store.save()
+    store.indexes.mark_changed(["visual"])
+    store.indexes.save()
     store.close()
     report = Store(tmp_path / "data").check()
     assert not report.ok and "4 persons in SQLite not in FAISS" in report.problems[0].detail
@@ -428,18 +429,18 @@ def test_doctor_reports_and_repairs(tmp_path):
 
 
 def test_automatic_index_type_follows_the_store_size(tmp_path, monkeypatch):
-    import a2v_search.store as store_module
+    import a2v_search.indexes as indexes_module
 
-    monkeypatch.setattr(store_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
+    monkeypatch.setattr(indexes_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
     rng = np.random.default_rng(5)
     store = writable_store(tmp_path / "data")
     store.write([media(f"/g/{i}.jpg", [random_person(rng)]) for i in range(300)])
-    store.save()
-    assert {idx.spec for idx in store.indexes().values()} == {"Flat"}
+    store.indexes.save()
+    assert {idx.spec for idx in store.indexes.get().values()} == {"Flat"}
     people = [random_person(rng) for _ in range(700)]
     ids = store.write([media(f"/h/{i}.jpg", [p]) for i, p in enumerate(people)])
-    store.save()
-    assert {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
+    store.indexes.save()
+    assert {idx.spec for idx in store.indexes.get().values()} == {"IVF16,Flat"}
     store.close()
     reader = Store(tmp_path / "data")
     hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, SearchOptions(k=1)).hits[0]
@@ -452,27 +453,27 @@ def test_a_growth_rebuild_never_holds_the_old_and_the_new_index_of_a_space(tmp_p
     import gc
     import weakref
 
-    import a2v_search.store as store_module
+    import a2v_search.indexes as indexes_module
 
-    monkeypatch.setattr(store_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
+    monkeypatch.setattr(indexes_module, "choose_spec", lambda n, dim, budget=None: "Flat" if n < 500 else "IVF16,Flat")
     rng = np.random.default_rng(6)
     store = writable_store(tmp_path / "data")
     store.write([media(f"/g/{i}.jpg", [random_person(rng)]) for i in range(300)])
-    store.save()
+    store.indexes.save()
     people = [random_person(rng) for _ in range(300)]
     ids = store.write([media(f"/h/{i}.jpg", [p]) for i, p in enumerate(people)])
-    old = {name: weakref.ref(idx) for name, idx in store.indexes().items()}
+    old = {name: weakref.ref(idx) for name, idx in store.indexes.get().items()}
     old_alive: list[bool] = []
-    real_build = store._build_index
+    real_build = store.indexes.build
 
     def watching_build(name, spec=None):
         gc.collect()
         old_alive.append(old[name]() is not None)
         return real_build(name, spec)
 
-    monkeypatch.setattr(store, "_build_index", watching_build)
-    store.save()
-    assert old_alive == [False, False] and {idx.spec for idx in store.indexes().values()} == {"IVF16,Flat"}
+    monkeypatch.setattr(store.indexes, "build", watching_build)
+    store.indexes.save()
+    assert old_alive == [False, False] and {idx.spec for idx in store.indexes.get().values()} == {"IVF16,Flat"}
     store.close()
     reader = Store(tmp_path / "data")
     hit = Searcher(reader).search({"visual": people[7].visual}, {"visual": 1.0}, SearchOptions(k=1)).hits[0]
@@ -483,7 +484,7 @@ def test_store_turns_db_and_index_errors_into_its_own_with_the_fix(tmp_path):
     """db/ and index/ raise their own errors; what leaves the Store is an a2v-search error naming the CLI fix."""
     store, _, _ = filled(tmp_path)
     with pytest.raises(InputError, match="invalid FAISS index spec 'NoSuchIndex42'") as err:
-        store.rebuild(spec="NoSuchIndex42")
+        store.indexes.rebuild(spec="NoSuchIndex42")
     assert isinstance(err.value.__cause__, IndexSpecError)
     bad = Filters(where=[(LABEL_PASTA, 0, "!=", 0.5)])  # a comparison parse_where never produces
     with pytest.raises(StoreError, match="unknown comparison '!='") as err, store.db.session() as s:
@@ -547,7 +548,7 @@ def text_store(tmp_path_factory, tiny_bert_dir):
     rng = np.random.default_rng(3)
     space = {**SPACE, "text_model": str(tiny_bert_dir), "spec": {**SPACE["spec"], "text_model": str(tiny_bert_dir)}}
     store = Store(data, create=True).lock("test")
-    store.ensure_space(space, LanguageSpace.from_text_model(str(tiny_bert_dir)))
+    store.space.ensure(space, LanguageSpace.from_text_model(str(tiny_bert_dir)))
     store.write([media(f"/m/{i}.jpg", [random_person(rng) for _ in range(3)]) for i in range(100)])
     store.close()
     return data
@@ -610,15 +611,15 @@ def test_an_older_store_built_in_another_basis_answers_right_and_records_its_bas
     def expected(store) -> np.ndarray:  # the ranking by exact cosines in the store's basis
         with store.db.session() as s:
             batch = next(repo.iter_vectors(s))
-        q = store.language().embed_query(store.language().interpret("hand: hold; verb: drink with"))
-        return batch.ids[np.argsort(-(store.language().embed(batch.pasta, batch.verbs) @ q), kind="stable")][:5]
+        q = store.space.language().embed_query(store.space.language().interpret("hand: hold; verb: drink with"))
+        return batch.ids[np.argsort(-(store.space.language().embed(batch.pasta, batch.verbs) @ q), kind="stable")][:5]
 
     saved, _ = VectorIndex.load(data / "index", "language")
     q = lang.embed_query(lang.interpret("hand: hold; verb: drink with"))
     assert saved.search(q[None], 5)[1][0].tolist() != expected(Store(data)).tolist()  # what the old version found
     with caplog.at_level(logging.WARNING, logger="a2v_search"):
         reader = Store(data)
-        assert reader.phrase_basis().digest() == b.digest()  # computed here, signs fixed: not the flipped one
+        assert reader.space.phrase_basis().digest() == b.digest()  # computed here, signs fixed: not the flipped one
         got = _top(reader, "hand: hold; verb: drink with")
     assert "before its language basis was recorded" in caplog.text and "reindex" in caplog.text
     assert got == expected(reader).tolist()
@@ -627,7 +628,7 @@ def test_an_older_store_built_in_another_basis_answers_right_and_records_its_bas
     assert con.execute("SELECT basis_pasta FROM spaces").fetchone() == (None,)  # a reader writes nothing
     con.close()
     writer = Store(data, create=True).lock("test")  # the first writer records the basis and saves the index
-    writer.indexes()
+    writer.indexes.get()
     writer.close()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="a2v_search"):
@@ -635,14 +636,14 @@ def test_an_older_store_built_in_another_basis_answers_right_and_records_its_bas
         assert _top(again, "hand: hold; verb: drink with") == got
         assert again.check().problems == []
     assert caplog.text == ""
-    assert repo.space_basis(again.space_row()) is not None
+    assert repo.space_basis(again.space.row()) is not None
     assert json.loads((data / "index" / "language.json").read_text())["basis"] == b.digest()
     again.close()
 
 
 def _top(store, text: str, k: int = 5) -> list[int]:
-    lang = store.language()
-    _, ids = store.indexes()["language"].search(lang.embed_query(lang.interpret(text))[None], k)
+    lang = store.space.language()
+    _, ids = store.indexes.get()["language"].search(lang.embed_query(lang.interpret(text))[None], k)
     return ids[0].tolist()
 
 
@@ -668,7 +669,7 @@ def test_a_reader_upgrades_an_older_store_only_under_the_write_lock(tmp_path):
         Store(tmp_path / "data")  # e.g. serve, while an older release's ingest writes: it never writes beside it
     assert version() == "3"
     reader = Store(tmp_path / "data")  # alone: upgraded once, under the lock
-    assert version() == str(SCHEMA_VERSION) and reader.indexes()["visual"].ntotal == 36
+    assert version() == str(SCHEMA_VERSION) and reader.indexes.get()["visual"].ntotal == 36
     reader.close()
     with WriteLock(tmp_path / "data", "ingest"):  # an upgraded store's readers never need the lock
         Store(tmp_path / "data").close()

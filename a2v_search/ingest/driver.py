@@ -166,9 +166,9 @@ class Ingestor:
         self.store.record_failures(self._failures)
         self._failures = []
         with self._stage("save"):
-            if not self._models_ready and not self.store.indexes_current():
-                self.store.indexes()  # nothing new, but FAISS lags SQLite (a save failed last time): catch it up
-            self.store.save()
+            if not self._models_ready and not self.store.indexes.current():
+                self.store.indexes.get()  # nothing new, but FAISS lags SQLite (a save failed last time): catch it up
+            self.store.indexes.save()
         self.report.seconds = time.perf_counter() - t0 - self._load_seconds
         self.report.persons_per_s = self.report.persons_added / max(self.report.seconds, 1e-9)
         self.report.stages = self.stages
@@ -229,9 +229,9 @@ class Ingestor:
 
             self.opt.batch_size = default_batch_size(self.encoder.device)
         self.workers.start(self.encoder, self.detector)
-        self.store.ensure_space(self.encoder.space, self.encoder.language)
-        self.store.indexes()  # load and catch up before writing
-        self._visual_dim = self.store.space_row().visual_dim
+        self.store.space.ensure(self.encoder.space, self.encoder.language)
+        self.store.indexes.get()  # load and catch up before writing
+        self._visual_dim = self.store.space.row().visual_dim
         self._models_ready = True
 
     def _first_task(self, asm: Assembly) -> DecodeTask:
@@ -353,7 +353,7 @@ class Ingestor:
             self._write()
         if not final and self.store.writable:
             with self._stage("save"):
-                self.store.maybe_save(self.opt.save_every_s)
+                self.store.indexes.maybe_save(self.opt.save_every_s)
 
     def _write_due(self, final: bool) -> bool:
         """Whether the queued media go to SQLite now: at the end, the first persons at once, else in batches of

@@ -448,8 +448,8 @@ class LanguageSpace:
         self.basis_pasta, self.basis_verb, s_pasta, s_verb = self.basis.arrays()
         self._white_pasta = _whitening(s_pasta, self.formula.whiten)  # (r_p,) scale per basis direction
         self._white_verb = _whitening(s_verb, self.formula.whiten)  # (r_v,)
-        self._red_pasta = self.m_pasta @ self.basis_pasta.T * self._white_pasta  # (93, r_p): M_pasta, whitened
-        self._red_verb = self.m_verb @ self.basis_verb.T * self._white_verb  # (157, r_v)
+        self._pasta_rows = self.m_pasta @ self.basis_pasta.T * self._white_pasta  # (93, r_p): W_pasta in the basis
+        self._verb_rows = self.m_verb @ self.basis_verb.T * self._white_verb  # (157, r_v): W_verb in the basis
         self._m_object: np.ndarray | None = None  # (81, D): OBJECT_NULL and the 80 object phrases, on first use
 
     @classmethod
@@ -498,14 +498,14 @@ class LanguageSpace:
         (N, dim): each block normalised (a block without weight stays zero), then the whole normalised, or with
         ``shares`` each block given 1/sqrt(blocks) of it and the last coordinate the empty blocks' shares when
         ``rest`` (a person's vector), else 0 (a query's)."""
-        a = _normalise(np.asarray(pasta, np.float32) @ self._red_pasta)  # (N, r_p)
-        b = _normalise(np.asarray(verbs, np.float32) @ self._red_verb)  # (N, r_v)
+        a = _normalise(np.asarray(pasta, np.float32) @ self._pasta_rows)  # (N, r_p)
+        b = _normalise(np.asarray(verbs, np.float32) @ self._verb_rows)  # (N, r_v)
         blocks = [a, b]
         if self.formula.objects:
             o = np.zeros((len(a), OBJECT_BLOCK), np.float32) if objects is None else objects
             blocks.append(_normalise(np.asarray(o, np.float32).reshape(len(a), OBJECT_BLOCK)))  # (N, 81)
         if self.formula.shares:
-            filled = sum((blk * blk).sum(axis=1) for blk in blocks)  # (N,): how many blocks are not empty
+            filled = sum((blk * blk).sum(axis=1) > 0.5 for blk in blocks)  # (N,): how many blocks hold something
             left = np.sqrt(np.maximum(len(blocks) - filled, 0.0))[:, None] if rest else np.zeros((len(a), 1))
             return np.concatenate([*blocks, left.astype(np.float32)], axis=-1) / np.float32(np.sqrt(len(blocks)))
         return _normalise(np.concatenate(blocks, axis=-1))

@@ -30,6 +30,12 @@ class ReadWriteLock:
         self._writer = False
         self._writers_waiting = 0
 
+    @property
+    def writers_waiting(self) -> int:
+        """How many writers wait for the readers inside to leave."""
+        with self._cond:
+            return self._writers_waiting
+
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:

@@ -127,7 +127,7 @@ def load_annotations(path: str | Path, images_root: str | Path | None = None) ->
     With ``images_root``, entries whose image is not a file under it are reported and skipped.
     """
     path = Path(path)
-    raw = _read_json(path)
+    raw = read_json(path)
     root = _check_root(images_root)
     if isinstance(raw, dict) and isinstance(raw.get("annotations"), list):
         return _load_clip_a2v(path, raw["annotations"], root)
@@ -155,7 +155,8 @@ class _BadEntry(ValueError):
     """An annotation entry that cannot be used; the message says why."""
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
+    """A HAKE annotation file (JSON, or JSON inside a .tar.gz) as Python objects; InputError naming the problem."""
     if not path.is_file():
         raise InputError(f"annotation file {path} does not exist; give the path of a HAKE JSON file")
     try:

@@ -367,9 +367,9 @@ def test_read_write_lock_excludes_writers_from_readers():
     w = threading.Thread(target=writer)
     w.start()
     deadline = time.monotonic() + 10
-    while not lock._writers_waiting and time.monotonic() < deadline:  # the writer has arrived and waits
+    while not lock.writers_waiting and time.monotonic() < deadline:  # the writer has arrived and waits
         time.sleep(0.01)
-    assert lock._writers_waiting == 1 and "writer" not in events
+    assert lock.writers_waiting == 1 and "writer" not in events
     release.set()
     for t in [*readers, w]:
         t.join(10)
