@@ -69,10 +69,10 @@ def walk(paths: list[str | os.PathLike]) -> Iterator[Found | Failure]:
     Each file, folder and list is visited once (loops end). Problems come back as ``(path, "discover", reason)``,
     each once. Memory holds a set entry per folder and per file reached by name or link, none per file found in a
     folder: a folder is listed once, so only a name or a link can reach its files again."""
-    return _Walker(paths).run()
+    return Walker(paths).run()
 
 
-class _Walker:
+class Walker:
     def __init__(self, paths: list[str | os.PathLike]):
         self.paths = [os.fspath(p) for p in paths]
         self.roots: list[str] = []  # real paths of the folders being ingested (named so far)

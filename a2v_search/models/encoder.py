@@ -60,7 +60,8 @@ class ActivityEncoder:
         self._clip_text = None
         self.amp_dtype = _amp_dtype(device, precision)  # autocast dtype of the tower; None = fp32
         self.compile = compile
-        self._forward = self.model if compile == "off" else torch.compile(
+        #: the model, or its torch.compile wrapper (``compile``): what each batch runs
+        self.forward = self.model if compile == "off" else torch.compile(
             self.model, mode=None if compile == "default" else compile, dynamic=False)
         self._uploader = Uploader(device)
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -110,7 +111,7 @@ class ActivityEncoder:
             torch.compiler.cudagraph_mark_step_begin()
         x = self._normalise(x)  # (B, 3, S, S) float32
         with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            out = self._forward(x)  # the tower under autocast, the heads in fp32
+            out = self.forward(x)  # the tower under autocast, the heads in fp32
         return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:

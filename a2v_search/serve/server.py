@@ -267,7 +267,7 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 # ------------------------------------------------------------------ pictures: a bounded cache, bounded decoding
 
 
-class _JpegCache:
+class JpegCache:
     """Recently made JPEGs by key, at most ``max_bytes`` in all (an LRU; the browser caches by ETag too). Pictures
     over ``max_entry`` bytes (full-size images) are not kept."""
 
@@ -299,7 +299,7 @@ class _JpegCache:
         return len(self._items)
 
 
-class _Decoder:
+class Decoder:
     """Runs decodes (images, video frames) on DECODE_THREADS threads, so that at most that many large images are
     in memory at once; a decode that does not finish within ``timeout`` seconds answers 503."""
 
@@ -313,7 +313,7 @@ class _Decoder:
             return future.result(timeout=self.timeout)
         except FutureTimeout:
             future.cancel()
-            raise _Busy(f"decoding this picture took longer than {self.timeout:g} s; try again later") from None
+            raise Busy(f"decoding this picture took longer than {self.timeout:g} s; try again later") from None
 
 
 def _trimmed(fn, *args):
@@ -393,8 +393,8 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
     ``Host`` is not in ``allowed_hosts`` (``"*"``: any) or, with ``any_ip``, an IP address, get 403 (see
     :class:`Guard`)."""
     shared = Shared(api)
-    cache = _JpegCache()
-    decoder = _Decoder()
+    cache = JpegCache()
+    decoder = Decoder()
     app = FastAPI(title="a2v-search", version=__version__, docs_url=None, redoc_url=None,
                   description="Search people in images and videos by activity (HAKE PaSta, verbs), text or example. "
                               "Search results have the schema of `manage.py search --json`.")
@@ -411,7 +411,7 @@ def create_app(api: A2VSearch, token: str | None = None, max_upload_mb: float = 
             status = 409
         elif isinstance(e, _TooLargeUpload):
             status = 413
-        elif isinstance(e, (StoreError, ModelError, _Busy)):
+        elif isinstance(e, (StoreError, ModelError, Busy)):
             status = 503
         else:
             status = 400
@@ -685,5 +685,5 @@ class _TooLargeUpload(A2VError):
         super().__init__(f"upload too large: the limit is {mb:g} MB (serve --max-upload-mb)")
 
 
-class _Busy(A2VError):
+class Busy(A2VError):
     """Decoding took too long (503)."""

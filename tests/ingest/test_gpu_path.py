@@ -203,7 +203,7 @@ def test_compile_and_jpeg_decoder_flags_are_checked_before_any_work(tmp_path, ti
     assert default_batch_size(torch.device("cpu")) == 32  # the CPU batch stays what it was
     enc = load_encoder(ModelSpec(model=str(tiny_clip_dir)), device="cpu", with_language=False,
                        compile="reduce-overhead")
-    assert enc.compile == "reduce-overhead" and enc._forward is not enc.model  # wrapped, compiled on first call
+    assert enc.compile == "reduce-overhead" and enc.forward is not enc.model  # wrapped, compiled on first call
 
 
 def test_cli_ingest_takes_the_gpu_flags_and_refuses_bad_values_in_one_line(tmp_path) -> None:

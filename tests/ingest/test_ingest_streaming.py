@@ -128,7 +128,7 @@ def test_the_walk_finds_each_file_once_and_keeps_nothing_per_file_of_a_plain_tre
     from a2v_search.ingest import discover as media
 
     tree(tmp_path / "plain", 30)
-    walker = media._Walker([str(tmp_path / "plain")])
+    walker = media.Walker([str(tmp_path / "plain")])
     assert len([x for x in walker.run() if isinstance(x, Found)]) == 30 and walker.seen == set()
 
     a, b = tmp_path / "root" / "a", tmp_path / "root" / "b"

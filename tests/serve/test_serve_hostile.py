@@ -253,7 +253,7 @@ def test_an_oversized_chunked_upload_is_413(serve_store):
 
 @pytest.mark.guarantee("G44")
 def test_the_picture_cache_is_bounded_in_bytes():
-    cache = srv._JpegCache(max_bytes=1000, max_entry=300)
+    cache = srv.JpegCache(max_bytes=1000, max_entry=300)
     for i in range(50):
         cache.put(("k", i), bytes(250))
     assert cache.bytes <= 1000 and len(cache) == 4 and cache.get(("k", 49)) is not None
@@ -365,9 +365,9 @@ def test_stored_files_swapped_for_fifos_links_or_other_content(own_store, tmp_pa
 @pytest.mark.guarantee("G43")
 def test_a_decode_that_hangs_answers_503():
     release = threading.Event()
-    decoder = srv._Decoder(threads=1, timeout=0.2)
+    decoder = srv.Decoder(threads=1, timeout=0.2)
     try:
-        with pytest.raises(srv._Busy, match="longer than"):
+        with pytest.raises(srv.Busy, match="longer than"):
             decoder.run(release.wait, 60)  # a decoder stuck on a file
     finally:
         release.set()
