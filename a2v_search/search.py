@@ -3,8 +3,10 @@
 Every query becomes one vector per space (visual, language and, with trained heads, activity: A2V's classifier
 feature) and a weight per space. Candidates come from the FAISS indexes (filters applied inside the search as
 allow-lists of ids), then every candidate is re-scored exactly from SQLite: ``score = sum of w_space *
-cos_space``. Ties break by person id, and the candidate pool is at least ``MIN_POOL`` per index, so pages of a
-query are disjoint and consistent.
+cos_space``. Ties break by person id, and the candidate pool is at least ``MIN_POOL`` per index (``SINGLE_POOL``
+when one quantised index ranks alone: its 8-bit scores are close enough to the exact ones that the exact top k lies
+far inside 64 candidates), so pages of a query are disjoint and consistent. One space whose index keeps the
+vectors themselves (Flat) ranks alone: its scores are final.
 
 ``group="track"`` ranks *moments* instead of persons: the persons of a video track count as one hit whose score is
 :func:`a2v_search.tracks.moment_score` of its persons' scores (every person of a candidate track is re-scored
@@ -33,6 +35,9 @@ from .store import Store
 from .tracks import TOP_FRAMES, moment_score
 
 MIN_POOL = 256  # candidates per index for fused queries
+# candidates when one quantised index (SQ8 at 1M persons) ranks alone: on 200 queries at 1M persons, the exact top
+# 10 of 32, 64, 128 and 256 candidates were those of 1,024; 64 fewer re-scored save ~0.9 ms (docs/design.md, Search)
+SINGLE_POOL = 64
 MAX_K = 10_000  # results per query
 MAX_DEPTH = 100_000  # offset + k: deeper pages cost memory and time for nothing a person reads
 MAX_QUERY_CHARS = 2_000  # query texts
@@ -313,7 +318,7 @@ class Searcher:
         [single] = weights if len(weights) == 1 else [None]
         direct = single is not None and exact_scores(indexes[single].spec)
         need = offset + k
-        pool = need + EXTRA if direct else max(MIN_POOL, 4 * need)
+        pool = need + EXTRA if direct else max(SINGLE_POOL if single else MIN_POOL, 4 * need)
         while True:
             if direct:
                 ranked = self._from_index(single, indexes[single], vectors[single], weights[single], pool, allow)

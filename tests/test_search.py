@@ -270,3 +270,29 @@ def test_profile_records_are_the_same_in_every_process():
                            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}).stdout
             for seed in ("1", "2")]
     assert outs[0] == outs[1] and json.loads(outs[0]) == profile_records(visual_dim=4, copies=2)
+
+
+def test_a_quantised_index_alone_gives_the_exact_ranking(tmp_path, tiny_clip_dir, minilm_dir):
+    """Text queries on an SQ8 language index re-score a small pool (search.SINGLE_POOL) from SQLite: the pages and
+    scores are those of exact (Flat) search on the same persons."""
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(minilm_dir), device="cpu")
+    try:
+        rng = np.random.default_rng(5)  # the profiles, and persons doing a bit of everything around them
+        api.import_records(profile_records(visual_dim=16, copies=6, noise=0.3) + [
+            {"path": f"/mixed/{i}.jpg", "width": 100, "height": 200,
+             "persons": [{"box": [10, 10, 90, 190], "pasta": (rng.random(93) ** 3).tolist(),
+                          "verbs": (rng.random(157) ** 3).tolist(), "visual": rng.normal(size=16).tolist()}]}
+            for i in range(1100)])  # SQ8 trains from 1,000 vectors (a staging Flat index before)
+        texts = sorted(FREE_TEXT)[:6]
+
+        def pages(spec: str) -> list:
+            assert api.reindex(spec)["language"] == spec
+            assert not api.store.indexes.get()["language"].needs_training  # SQ8 codes, not the staging Flat index
+            return [api.search_text(t, k=10, offset=o) for t in texts for o in (0, 10, 70)]
+
+        quantised, exact = pages("SQ8"), pages("Flat")
+        assert [[h.person_id for h in p] for p in quantised] == [[h.person_id for h in p] for p in exact]
+        scores = np.array([[h.score for h in p] for p in quantised]), np.array([[h.score for h in p] for p in exact])
+        assert scores[0].shape == (18, 10) and np.abs(scores[0] - scores[1]).max() < 1e-6  # 8-bit codes: ~1e-3
+    finally:
+        api.close()
