@@ -174,7 +174,7 @@ def timed_parts():
     from index.faiss_index import VectorIndex
 
     spent: dict[str, float] = defaultdict(float)
-    targets = [(repo, "as_arrays", "checks"), (VectorSpace, "vectors", "vectors"), (store_mod, "link", "tracks"),
+    targets = [(store_mod, "as_arrays", "checks"), (VectorSpace, "vectors", "vectors"), (store_mod, "link", "tracks"),
                (repo, "add_media", "sqlite rows"), (labels, "close_chunks", "label chunks"),
                (VectorIndex, "add", "faiss add"), (IndexSet, "save", "save"),
                (store_mod.Store, "write", "total")]
