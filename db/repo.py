@@ -537,7 +537,7 @@ def filter_person_ids(s: Session, f: Filters) -> np.ndarray | None:
 
     def media(column):
         # with few ids, persons are found by id first and their media by key: ``|| ''`` keeps SQLite from walking
-        # a collection's media through its index instead and probing each one for every id (5.6 s -> ~50 ms for
+        # a collection's media through its index instead and probing each one for every id (5.6 s -> 83 ms for
         # 15k ids of a 100k-person store, bench/write_bench.py)
         return column.concat("") if few else column
 
