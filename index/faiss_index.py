@@ -47,6 +47,8 @@ MIN_TRAIN_OTHER = 1_000
 # Candidates scored per block by exact search (bounds its memory: queries x EXACT_BLOCK floats).
 EXACT_BLOCK = 16_384
 HNSW_EF_SEARCH = 64
+# Vectors whose IVF lists are chosen in one matrix product on add ((chunk, nlist) float32 scores: 32 MB at 2048 lists).
+ASSIGN_CHUNK = 4_096
 _GPU_MAX_K = 2048
 
 
@@ -191,6 +193,7 @@ class VectorIndex:
         self._gpu_index: faiss.Index | None = None
         self._gpu_unsupported = False
         self.exact_allow_max = EXACT_ALLOW_MAX
+        self._centroids: tuple[faiss.Index, np.ndarray] | None = None  # (index, its IVF list centroids (nlist, dim))
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
@@ -311,7 +314,7 @@ class VectorIndex:
         if self._pending is not None and self.ntotal + len(ids) >= self.min_train:
             self._train_and_move(None, ids, vectors)
         else:
-            self._index.add_with_ids(vectors, ids)
+            self._add_with_ids(self._index, vectors, ids)
         self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, uniq), uniq)
         self._gpu_index = None
 
@@ -364,8 +367,33 @@ class VectorIndex:
         with _quantizer_on_gpu(ivf if gpu else None):  # each added vector's list is found on the GPU
             for ids, vectors in ((staged_ids, staged), (new_ids, new_vectors)):
                 if len(ids):
-                    target.add_with_ids(vectors, ids)
+                    self._add_with_ids(target, vectors, ids)
         self._index, self._pending = target, None
+
+    def _add_with_ids(self, index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """``index.add_with_ids(vectors, ids)``. On the CPU, an IVF index's lists are chosen here, one matrix product
+        per chunk (numpy's BLAS, ~4x faster than the flat quantizer's search on 2 cores: 32 against 138 us a vector
+        at 2048 lists of d=512), and the vectors go in through ``add_core``; the same lists but for exact ties."""
+        centroids = self._list_centroids(index) if isinstance(index, faiss.IndexIVF) and not self._use_gpu else None
+        if centroids is None:
+            index.add_with_ids(vectors, ids)
+            return
+        for start in range(0, len(ids), ASSIGN_CHUNK):
+            x = np.ascontiguousarray(vectors[start:start + ASSIGN_CHUNK])  # (c, dim)
+            xids = np.ascontiguousarray(ids[start:start + ASSIGN_CHUNK])  # (c,)
+            lists = np.argmax(x @ centroids.T, axis=1).astype(np.int64)  # (c,): inner product, as the quantizer
+            index.add_core(len(xids), faiss.swig_ptr(x), faiss.swig_ptr(xids), faiss.swig_ptr(lists))
+
+    def _list_centroids(self, index: faiss.Index) -> np.ndarray | None:
+        """The list centroids (nlist, dim) of the trained IVF ``index`` when its quantizer is a flat inner-product
+        index (what ``_build_index`` makes), else None (FAISS assigns)."""
+        if self._centroids is None or self._centroids[0] is not index:
+            quantizer = faiss.downcast_index(index.quantizer)
+            if not (isinstance(quantizer, faiss.IndexFlat) and quantizer.metric_type == faiss.METRIC_INNER_PRODUCT
+                    and index.metric_type == faiss.METRIC_INNER_PRODUCT and index.is_trained):
+                return None
+            self._centroids = (index, quantizer.reconstruct_n(0, index.nlist))
+        return self._centroids[1]
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids (absent ones are ignored); returns how many were removed. Types without remove_ids (HNSW)

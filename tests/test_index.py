@@ -275,6 +275,40 @@ def test_ivf_from_factory_string_trains_and_has_good_recall(clustered_20k) -> No
     assert recall >= 0.9
 
 
+@pytest.mark.parametrize("spec", ["IVF64,Flat", "IVF64,SQ8"])
+def test_added_vectors_go_to_the_lists_faiss_would_choose(tmp_path, spec: str) -> None:
+    """The IVF lists of added vectors are chosen by one matrix product (not FAISS's quantizer search): the same
+    lists, whether the vectors arrive with the training, after it, in chunks larger than one product, or after a
+    save and load; and they are searched and reconstructed as FAISS's own add would."""
+    base, _ = clustered(12_000, 48, 100, seed=3)
+    ids = spread_ids(12_000, seed=4)
+    vi = VectorIndex.create(48, spec)
+    vi.add(ids[:3_000], base[:3_000])  # 3,000 >= 39 x 64: trains, then moves them in
+    vi.add(ids[3_000:9_000], base[3_000:9_000])
+    vi.save(tmp_path, "v", {})
+    vi, _ = VectorIndex.load(tmp_path, "v")
+    vi.add(ids[9_000:], base[9_000:])
+    ivf = vi.ivf
+    _, want = ivf.quantizer.search(base, 1)  # (n, 1): FAISS's choice of list
+    got = np.full(len(ids), -1)
+    position = {int(i): n for n, i in enumerate(ids)}
+    for list_no in range(ivf.nlist):
+        size = ivf.invlists.list_size(list_no)
+        if size:
+            for pid in faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size):
+                got[position[int(pid)]] = list_no
+    assert (got >= 0).all() and (got == want[:, 0]).mean() >= 0.999  # exact ties aside
+    reference = faiss.clone_index(ivf)
+    reference.reset()
+    reference.add_with_ids(base, ids)  # FAISS's own add, into the same trained lists
+    reference.nprobe = ivf.nprobe
+    scores, found = vi.search(base[:200], 5)
+    ref_scores, ref_found = reference.search(base[:200], 5)
+    np.testing.assert_array_equal(found, ref_found)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-6)
+    np.testing.assert_allclose(vi.reconstruct(ids[::997]), reference.reconstruct_batch(ids[::997]), atol=1e-6)
+
+
 def test_untrained_index_stages_vectors_exactly_until_enough_to_train(tmp_path) -> None:
     x = random_unit(1200)
     ids = spread_ids(1200)
