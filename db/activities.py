@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
@@ -81,20 +81,24 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
 # ------------------------------------------------------------------ kept counts
 
 
+_READ_COUNTS = "SELECT facet, counts FROM activity_counts WHERE collection = ? AND kind = ?"
+_DELETE_COUNTS = "DELETE FROM activity_counts WHERE collection = ? AND kind = ?"
+_WRITE_COUNTS = ("INSERT INTO activity_counts (collection, kind, facet, counts) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT (collection, kind, facet) DO UPDATE SET counts = excluded.counts")
+
+
 def _add(s: Session, collection: str, kind: str, delta: Counts) -> None:
-    """Add ``delta`` to the kept counts of (collection, kind)."""
-    rows = dict(s.execute(select(ActivityCount.facet, ActivityCount.counts).where(
-        ActivityCount.collection == collection, ActivityCount.kind == kind)).all())
+    """Add ``delta`` to the kept counts of (collection, kind): the facets it changes are written (a pair table is
+    ~100 KB; every write transaction comes here, through the DBAPI cursor)."""
+    cursor = dbapi(s)
+    rows = dict(cursor.execute(_READ_COUNTS, (collection, kind)).fetchall())
     total = Counts.from_blobs(rows) + delta
     if total.persons <= 0:
-        s.execute(delete(ActivityCount).where(ActivityCount.collection == collection, ActivityCount.kind == kind))
+        cursor.execute(_DELETE_COUNTS, (collection, kind))
         return
-    for facet, blob in total.blobs().items():
-        if facet in rows:
-            s.execute(update(ActivityCount).where(ActivityCount.collection == collection, ActivityCount.kind == kind,
-                                                  ActivityCount.facet == facet).values(counts=blob))
-        else:
-            s.execute(insert(ActivityCount).values(collection=collection, kind=kind, facet=facet, counts=blob))
+    changed = {"persons"} | {f for f in COUNT_FIELDS if getattr(delta, f).any()}
+    cursor.executemany(_WRITE_COUNTS, [(collection, kind, facet, blob) for facet, blob in total.blobs().items()
+                                       if facet in changed or facet not in rows])
 
 
 def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import numpy as np
 
 from .errors import IndexCorruptError, IndexInputError, IndexMissingError, IndexSpecError, UnknownIdError
 from .files import (
-    TMP_SUFFIX,
     check_name,
     file_sha256,
     fsync_and_hash,
@@ -28,6 +28,8 @@ from .files import (
     next_generation,
     orphan_files,
     read_manifest_file,
+    referenced_files,
+    tail_file_name,
     temp_file,
     write_json_atomic,
 )
@@ -37,7 +39,7 @@ from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST
 MANIFEST_FORMAT = 1
 # Keys `save` writes into the manifest (they replace caller keys of the same name).
 MANIFEST_KEYS = ("format", "count", "max_id", "dim", "spec", "file", "size", "sha256", "faiss_version", "saved_at",
-                 "nprobe", "buffered")
+                 "nprobe", "buffered", "base_count", "tail")
 # An allow-list with at most this many ids present is scored exactly (reconstruct + faiss.knn), whatever the index;
 # larger ones are filtered inside the FAISS search, which is cheaper from a few thousand ids on (~1 us per id to
 # reconstruct vs a few ns per scanned id to check a bitmap), see docs/index.md.
@@ -47,9 +49,30 @@ MIN_TRAIN_OTHER = 1_000
 # Candidates scored per block by exact search (bounds its memory: queries x EXACT_BLOCK floats).
 EXACT_BLOCK = 16_384
 HNSW_EF_SEARCH = 64
+# A save writes only what changed since the last one (a tail file) while the tails' added and removed ids are at most
+# this fraction of the index's vectors and the tails number fewer than TAIL_MAX_FILES; then the whole index again.
+# A tail costs its vectors' bytes to write and ~5 us a vector to apply on load (their IVF lists are saved with them).
+TAIL_MAX_FRACTION = 0.1
+TAIL_MAX_FILES = 32
 # Vectors whose IVF lists are chosen in one matrix product on add ((chunk, nlist) float32 scores: 32 MB at 2048 lists).
 ASSIGN_CHUNK = 4_096
 _GPU_MAX_K = 2048
+
+
+def _write_file(final: Path, write) -> tuple[int, str]:
+    """``write(f)`` into a temp file beside ``final``, fsync, rename to ``final``, fsync the folder: (size, sha256)."""
+    fd, tmp = temp_file(final)
+    try:
+        with open(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        size, sha = fsync_and_hash(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    return size, sha
 
 
 def _older_than(path: Path, t: float) -> bool:
@@ -194,6 +217,11 @@ class VectorIndex:
         self._gpu_unsupported = False
         self.exact_allow_max = EXACT_ALLOW_MAX
         self._centroids: tuple[faiss.Index, np.ndarray] | None = None  # (index, its IVF list centroids (nlist, dim))
+        # the files this index was loaded from or last saved to (folder, name, the manifest's file entries), and the
+        # ids added and removed since: what the next save may write as a tail (None: it writes the whole index)
+        self._saved: dict | None = None
+        self._added_since: list[np.ndarray] = []
+        self._removed_since: list[np.ndarray] = []
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
@@ -253,6 +281,7 @@ class VectorIndex:
             raise IndexInputError(f"nprobe applies to IVF indexes only; this index is {self.spec!r}")
         ivf.nprobe = max(1, min(int(value), ivf.nlist))
         self._gpu_index = None
+        self._saved = None  # the setting lives in the index file: the next save writes it whole
 
     def __repr__(self) -> str:
         state = ", staging" if self.needs_training else ""
@@ -317,6 +346,7 @@ class VectorIndex:
             self._add_with_ids(self._index, vectors, ids)
         self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, uniq), uniq)
         self._gpu_index = None
+        self._added_since.append(uniq)
 
     def train(self, vectors: np.ndarray | None = None) -> None:
         """Train now (instead of waiting for `min_train` staged vectors) on `vectors` (n, dim), or on the staged
@@ -369,6 +399,7 @@ class VectorIndex:
                 if len(ids):
                     self._add_with_ids(target, vectors, ids)
         self._index, self._pending = target, None
+        self._saved = None  # a new index: the next save writes it whole
 
     def _add_with_ids(self, index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
         """``index.add_with_ids(vectors, ids)``. On the CPU, an IVF index's lists are chosen here, one matrix product
@@ -411,6 +442,7 @@ class VectorIndex:
                                     "inconsistent")
         self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
         self._gpu_index = None
+        self._removed_since.append(gone)
         return len(gone)
 
     def _rebuild_without(self, gone: np.ndarray) -> int:
@@ -422,6 +454,7 @@ class VectorIndex:
             fresh.add_with_ids(vectors, keep)
         before = self.ntotal
         self._index = fresh
+        self._saved = None
         return before - self.ntotal
 
     # ----------------------------------------------------------------------------------------------- reads
@@ -551,11 +584,15 @@ class VectorIndex:
 
     # ----------------------------------------------------------------------------------------------- persistence
     def save(self, folder: Path | str, name: str, manifest: dict) -> None:
-        """Atomically save to `folder`: the index goes to a new generation file `{name}.{gen}.faiss` (temp file +
-        fsync + rename), then the manifest `{name}.json` (temp file + fsync + os.replace + fsync of the folder),
-        then older generation files are deleted. A crash leaves the old (manifest, index) pair or the new one.
+        """Atomically save to `folder`. What changed since the index was loaded from or last saved to the same files
+        goes to a new tail file `{name}.{gen}.{k}.tail` while the tails stay small (TAIL_MAX_FRACTION of the vectors,
+        fewer than TAIL_MAX_FILES); otherwise the whole index goes to a new generation file `{name}.{gen}.faiss`.
+        Either file is written as a temp file, fsynced and renamed; then the manifest `{name}.json` (temp file +
+        fsync + os.replace + fsync of the folder) names the generation file and its tails; then files of older
+        generations are deleted. A crash leaves the old manifest and its files or the new ones.
         The manifest written is `manifest` plus MANIFEST_KEYS (count, max_id, dim, spec, file, size, sha256,
-        faiss_version, saved_at, nprobe, buffered, format), which replace caller keys of the same name."""
+        faiss_version, saved_at, nprobe, buffered, format, base_count, tail), which replace caller keys of the same
+        name."""
         check_name(name)
         if not isinstance(manifest, dict):
             raise IndexInputError(f"manifest must be a dict, got {type(manifest).__name__}")
@@ -566,40 +603,89 @@ class VectorIndex:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        gen = next_generation(folder, name)
-        final = folder / generation_file_name(name, gen)
-        fd, tmp = temp_file(final)
-        try:
-            with open(fd, "wb") as f:  # always the CPU index (staging index while untrained)
-                faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write))
-            os.chmod(tmp, 0o644)
-            size, sha = fsync_and_hash(tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(folder)
+        if self._tail_fits(folder, name):
+            saved = dict(self._saved, tail=[*self._saved["tail"], self._write_tail(folder, name)])
+        else:
+            gen = next_generation(folder, name)
+            final = folder / generation_file_name(name, gen)
+            size, sha = _write_file(final, lambda f: faiss.write_index(self._index, faiss.PyCallbackIOWriter(f.write)))
+            saved = {"folder": folder.resolve(), "name": name, "file": final.name, "size": size, "sha256": sha,
+                     "base_count": self.ntotal, "tail": []}
         fault_point("index_save")  # reliability tests kill the process here: new file written, manifest not yet
         doc = dict(manifest)
         doc.update(format=MANIFEST_FORMAT, count=self.ntotal,
                    max_id=int(self._ids_sorted[-1]) if self.ntotal else -1, dim=self.dim, spec=self.spec,
-                   file=final.name, size=size, sha256=sha, faiss_version=faiss.__version__,
+                   file=saved["file"], size=saved["size"], sha256=saved["sha256"], base_count=saved["base_count"],
+                   tail=saved["tail"], faiss_version=faiss.__version__,
                    saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), nprobe=self.nprobe,
                    buffered=self.needs_training)
         write_json_atomic(manifest_path(folder, name), doc)
+        self._saved, self._added_since, self._removed_since = saved, [], []
+        gen = generation_of(saved["file"], name)
         for path in orphan_files(folder, name):
             gen_of = generation_of(path.name, name)
-            # older generations only, never a newer file of a concurrent writer; and temp manifests that a
-            # killed save left behind (written before this save began)
-            if (gen_of is not None and gen_of < gen) or (gen_of is None and _older_than(path, started)):
+            # older generations only, never a newer file of a concurrent writer; and temp manifests and files of this
+            # generation that a killed save left behind (written before this save began)
+            if (gen_of is not None and gen_of < gen) or (gen_of in (None, gen) and _older_than(path, started)):
                 path.unlink(missing_ok=True)
+
+    def _tail_fits(self, folder: Path, name: str) -> bool:
+        """Whether this save may write a tail: the manifest on disk still names the files this index was loaded from
+        or last saved to, nothing but adds and removes happened since, and the tails stay small."""
+        saved = self._saved
+        if saved is None or saved["folder"] != folder.resolve() or saved["name"] != name or self.needs_training:
+            return False
+        try:
+            doc = read_manifest_file(folder, name)
+        except (OSError, ValueError):
+            return False
+        if referenced_files(doc) != [saved["file"]] + [t["file"] for t in saved["tail"]]:
+            return False
+        pending = sum(len(a) for a in self._added_since) + sum(len(r) for r in self._removed_since)
+        in_tails = sum(t["added"] + t["removed"] for t in saved["tail"]) + pending
+        return len(saved["tail"]) + 1 < TAIL_MAX_FILES and in_tails <= TAIL_MAX_FRACTION * max(self.ntotal, 1)
+
+    def _write_tail(self, folder: Path, name: str) -> dict:
+        """Write what changed since the last save as a tail file: the ids removed, then the ids added (still present)
+        with their stored vectors and, for IVF indexes, their lists. Returns its manifest entry."""
+        empty = np.empty(0, np.int64)
+        removed = np.unique(np.concatenate([empty, *self._removed_since]))
+        added = np.concatenate([empty, *self._added_since])
+        added = np.unique(added[self._present(added)]) if len(added) else empty  # (a,) sorted, still present
+        vectors = self._index.reconstruct_batch(added) if len(added) else np.empty((0, self.dim), np.float32)
+        lists = np.full(len(added), -1, np.int64)
+        if isinstance(self._index, faiss.IndexIVF):
+            lists[:] = [faiss.lo_listno(self._index.direct_map.get(int(i))) for i in added]
+        gen = generation_of(self._saved["file"], name)
+        k = len(self._saved["tail"]) + 1
+        while (folder / tail_file_name(name, gen, k)).exists():  # a file a killed save left: never overwritten
+            k += 1
+        final = folder / tail_file_name(name, gen, k)
+        size, sha = _write_file(final, lambda f: np.savez(f, removed=removed, ids=added, vectors=vectors, lists=lists))
+        return {"file": final.name, "size": size, "sha256": sha, "added": int(len(added)), "removed": int(len(removed))}
+
+    def _apply_tail(self, removed: np.ndarray, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray) -> None:
+        """Apply a tail on load: remove its removed ids, then add its vectors (as stored: not normalised again; IVF
+        indexes into the saved lists)."""
+        self.remove(removed)
+        if len(ids) and self._present(ids).any():
+            raise IndexCorruptError("a tail adds ids the index already holds")
+        if len(ids):
+            if isinstance(self._index, faiss.IndexIVF) and (lists >= 0).all():
+                if lists.max() >= self._index.nlist:
+                    raise IndexCorruptError("a tail names IVF lists the index does not have")
+                self._index.add_core(len(ids), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+            else:
+                self._add_with_ids(self._index, vectors, ids)
+            self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, ids), ids)
 
     @classmethod
     def load(cls, folder: Path | str, name: str, use_gpu: bool | None = None,
              verify_hash: bool = True) -> tuple[VectorIndex, dict]:
-        """Load the (index, manifest) saved under `name` in `folder`. Raises IndexMissingError when there is no
-        manifest, IndexCorruptError when the manifest is unreadable, or the index file is missing, truncated,
-        corrupt or does not match the manifest (size, sha256 unless verify_hash=False, count, dim, ids)."""
+        """Load the (index, manifest) saved under `name` in `folder`: its generation file, then its tails in order.
+        Raises IndexMissingError when there is no manifest, IndexCorruptError when the manifest is unreadable, or a
+        file it names is missing, truncated, corrupt or does not match it (size, sha256 unless verify_hash=False,
+        count, dim, ids)."""
         check_name(name)
         folder = Path(folder)
         mpath = manifest_path(folder, name)
@@ -617,7 +703,7 @@ class VectorIndex:
         for key, typ in types.items():
             if not isinstance(doc.get(key), typ) or isinstance(doc.get(key), bool):
                 raise corrupt(f"manifest {mpath.name} lacks a valid {key!r}")
-        if generation_of(doc["file"], name) is None or doc["file"].endswith(TMP_SUFFIX):
+        if generation_of(doc["file"], name) is None or not doc["file"].endswith(".faiss"):
             raise corrupt(f"manifest names {doc['file']!r}, not a generation file of {name!r}")
         fpath = folder / doc["file"]
         if not fpath.is_file():
@@ -635,9 +721,15 @@ class VectorIndex:
         except RuntimeError as exc:
             reason = (str(exc).strip().splitlines() or ["unknown error"])[-1]
             raise corrupt(f"FAISS cannot read {doc['file']} ({reason})") from None
-        if index.d != doc["dim"] or index.ntotal != doc["count"]:
+        tails = _tail_entries(doc, name)
+        if tails is None:
+            raise corrupt(f"manifest {mpath.name} lists tails that are not valid tail files of {doc['file']}")
+        base_count = doc.get("base_count") if tails else doc["count"]
+        if not isinstance(base_count, int) or isinstance(base_count, bool):
+            raise corrupt(f"manifest {mpath.name} lacks a valid 'base_count'")
+        if index.d != doc["dim"] or index.ntotal != base_count:
             raise corrupt(f"{doc['file']} holds {index.ntotal} vectors of dim {index.d}, manifest says "
-                          f"{doc['count']} of dim {doc['dim']}")
+                          f"{base_count} of dim {doc['dim']}")
         if not index.is_trained:
             raise corrupt(f"{doc['file']} holds an untrained index")
         pending = None
@@ -650,11 +742,61 @@ class VectorIndex:
             vi = cls(doc["dim"], doc["spec"], index, pending=pending, use_gpu=use_gpu)
         except TypeError:
             raise corrupt(f"{doc['file']} holds a {type(index).__name__}, which stores no ids") from None
+        for entry in tails:
+            try:
+                vi._apply_tail(*_read_tail(folder / entry["file"], entry, doc["dim"], verify_hash))
+            except (IndexCorruptError, IndexInputError) as exc:
+                raise corrupt(f"{entry['file']}: {exc}") from None
+        if vi.ntotal != doc["count"]:
+            raise corrupt(f"{doc['file']} and its {len(tails)} tails hold {vi.ntotal} vectors, manifest says "
+                          f"{doc['count']}")
         max_id = int(vi._ids_sorted[-1]) if vi.ntotal else -1
         if max_id != doc["max_id"] or (vi.ntotal > 1 and np.any(vi._ids_sorted[1:] == vi._ids_sorted[:-1])):
             raise corrupt(f"{doc['file']} ids do not match the manifest (max id {max_id} vs {doc['max_id']}, or "
                           "duplicate ids)")
+        vi._saved = {"folder": folder.resolve(), "name": name, "file": doc["file"], "size": doc["size"],
+                     "sha256": doc["sha256"], "base_count": base_count, "tail": tails}
+        vi._added_since, vi._removed_since = [], []
         return vi, doc
+
+
+def _tail_entries(doc: dict, name: str) -> list[dict] | None:
+    """The manifest's tail entries, checked (file names of its generation, sizes, counts); None when invalid."""
+    tails = doc.get("tail") or []
+    gen = generation_of(doc["file"], name)
+    types = {"file": str, "size": int, "sha256": str, "added": int, "removed": int}
+    if not isinstance(tails, list):
+        return None
+    for t in tails:
+        if not (isinstance(t, dict) and all(isinstance(t.get(k), v) and not isinstance(t.get(k), bool)
+                                            for k, v in types.items())
+                and t["file"].endswith(".tail") and generation_of(t["file"], name) == gen):
+            return None
+    return tails
+
+
+def _read_tail(path: Path, entry: dict, dim: int, verify_hash: bool) -> tuple[np.ndarray, ...]:
+    """(removed (r,), ids (a,), vectors (a, dim) float32, lists (a,)) of a tail file, checked against its entry."""
+    if not path.is_file():
+        raise IndexCorruptError("the file does not exist")
+    size = path.stat().st_size
+    if size != entry["size"]:
+        raise IndexCorruptError(f"it has {size} bytes, manifest says {entry['size']} (truncated or replaced)")
+    if verify_hash and file_sha256(path) != entry["sha256"]:
+        raise IndexCorruptError("it does not match the sha256 in the manifest")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            removed, ids, vectors, lists = (z[k] for k in ("removed", "ids", "vectors", "lists"))
+    except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
+        raise IndexCorruptError(f"it cannot be read ({exc})") from None
+    a = entry["added"]
+    if not (removed.shape == (entry["removed"],) and removed.dtype == np.int64 and ids.shape == (a,)
+            and ids.dtype == np.int64 and vectors.shape == (a, dim) and vectors.dtype == np.float32
+            and lists.shape == (a,) and lists.dtype == np.int64):
+        raise IndexCorruptError("its arrays do not match the manifest")
+    if not np.isfinite(vectors).all() or (len(ids) and (ids.min() < 0 or len(np.unique(ids)) != a)):
+        raise IndexCorruptError("it holds non-finite vectors or invalid ids")
+    return removed, ids, np.ascontiguousarray(vectors), lists
 
 
 #: what reading an index file may take beyond the file's own size (its structures are that size, give or take)

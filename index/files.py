@@ -1,8 +1,10 @@
-"""On-disk layout of a saved index: generation files `{name}.{gen}.faiss` and the manifest `{name}.json`.
+"""On-disk layout of a saved index: generation files `{name}.{gen}.faiss`, their tails `{name}.{gen}.{k}.tail` and
+the manifest `{name}.json`.
 
-The manifest is the commit point: it names the one generation file that belongs to it. Files are written to
-temp files with unpredictable names (`*.<random>.tmp`), fsynced, then renamed, so a final name never holds a
-half-written file.
+The manifest is the commit point: it names the one generation file that belongs to it and the tails to apply to it
+in order (each: the ids removed and the vectors added since the previous file, an uncompressed `.npz`). Files are
+written to temp files with unpredictable names (`*.<random>.tmp`), fsynced, then renamed, so a final name never
+holds a half-written file.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ def generation_file_name(name: str, gen: int) -> str:
     return f"{name}.{gen}.faiss"
 
 
+def tail_file_name(name: str, gen: int, k: int) -> str:
+    return f"{name}.{gen}.{k}.tail"
+
+
 def _generation_re(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(name) + r"\.(\d+)\.faiss((\.\w+)?" + re.escape(TMP_SUFFIX) + ")?")
+    """Generation files and their tails (and their temp files); group 1: the generation."""
+    return re.compile(re.escape(name) + r"\.(\d+)\.(?:faiss|\d+\.tail)((\.\w+)?" + re.escape(TMP_SUFFIX) + ")?")
 
 
 def _manifest_tmp_re(name: str) -> re.Pattern[str]:
@@ -50,7 +57,8 @@ def check_name(name: str) -> None:
 
 
 def generation_of(file_name: str, name: str) -> int | None:
-    """Generation number of `{name}.{gen}.faiss` (or its .tmp), None for any other file name."""
+    """Generation number of `{name}.{gen}.faiss` or of a tail `{name}.{gen}.{k}.tail` (or their .tmp), None for any
+    other file name."""
     match = _generation_re(name).fullmatch(file_name)
     return int(match.group(1)) if match else None
 
@@ -75,21 +83,37 @@ def saved_summary(folder: Path, name: str) -> dict | None:
     doc = read_manifest_file(folder, name)
     if doc is None:
         return None
-    return {"spec": doc.get("spec"), "count": doc.get("count"), "dim": doc.get("dim"), "bytes": doc.get("size"),
-            "saved_at": doc.get("saved_at")}
+    tails = doc.get("tail") if isinstance(doc.get("tail"), list) else []
+    size = doc.get("size")
+    if isinstance(size, int):
+        size += sum(t["size"] for t in tails if isinstance(t, dict) and isinstance(t.get("size"), int))
+    return {"spec": doc.get("spec"), "count": doc.get("count"), "dim": doc.get("dim"), "bytes": size,
+            "saved_at": doc.get("saved_at"), "tails": len(tails)}
+
+
+def referenced_files(doc: dict | None) -> list[str]:
+    """The files a manifest names: its generation file, then its tails in order."""
+    if not doc:
+        return []
+    files = [doc.get("file")] + [t.get("file") for t in doc.get("tail") or [] if isinstance(t, dict)]
+    return [f for f in files if isinstance(f, str)]
 
 
 def _referenced_file(folder: Path, name: str) -> str | None:
+    files = _referenced(folder, name)
+    return files[0] if files else None
+
+
+def _referenced(folder: Path, name: str) -> list[str]:
     try:
         doc = read_manifest_file(folder, name)
     except (OSError, ValueError):
-        return None
-    file = doc.get("file") if doc else None
-    return file if isinstance(file, str) else None
+        return []
+    return referenced_files(doc)
 
 
 def orphan_files(folder: Path | str, name: str) -> list[Path]:
-    """Generation files (and temp files) of index `name` in `folder` that the manifest does not reference.
+    """Generation and tail files (and temp files) of index `name` in `folder` that the manifest does not reference.
 
     They are left by a crash during save (or by a manifest that is missing or unreadable) and can be deleted.
     """
@@ -97,11 +121,11 @@ def orphan_files(folder: Path | str, name: str) -> list[Path]:
     check_name(name)
     if not folder.is_dir():
         return []
-    keep = _referenced_file(folder, name)
+    keep = set(_referenced(folder, name))
     pattern = _generation_re(name)
     manifest_tmp = _manifest_tmp_re(name)
     orphans = [p for p in folder.iterdir()
-               if (pattern.fullmatch(p.name) and p.name != keep) or manifest_tmp.fullmatch(p.name)]
+               if (pattern.fullmatch(p.name) and p.name not in keep) or manifest_tmp.fullmatch(p.name)]
     return sorted(orphans)
 
 

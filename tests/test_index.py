@@ -519,6 +519,112 @@ def test_process_killed_between_index_file_and_manifest(tmp_path) -> None:
     assert orphan_files(tmp_path, "v") == [tmp_path / "v.2.faiss"]
 
 
+def _ivf_with_changes(tmp_path) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """A trained IVF-SQ8 index of 5,000 vectors saved whole, then changed a little: 200 added, 50 removed, 10
+    replaced. Returns (index, its ids, the vectors added since the save)."""
+    base, _ = clustered(5_400, DIM, 60, seed=5)
+    ids = spread_ids(5_400, seed=6)
+    vi = VectorIndex.create(DIM, "IVF32,SQ8")
+    vi.add(ids[:5_000], base[:5_000])
+    vi.save(tmp_path, "v", {"note": "whole"})
+    vi.add(ids[5_000:5_200], base[5_000:5_200])
+    vi.remove(ids[:50])
+    vi.add(ids[100:110], base[5_200:5_210])  # replaced vectors
+    return vi, ids, base
+
+
+def _same_index(a: VectorIndex, b: VectorIndex, queries: np.ndarray) -> None:
+    np.testing.assert_array_equal(a.ids(), b.ids())
+    sa, ia = a.search(queries, 10)
+    sb, ib = b.search(queries, 10)
+    np.testing.assert_array_equal(ia, ib)
+    np.testing.assert_allclose(sa, sb, atol=1e-6)
+    np.testing.assert_array_equal(a.reconstruct(a.ids()[::37]), b.reconstruct(a.ids()[::37]))
+
+
+def test_a_small_change_is_saved_as_a_tail_and_loads_as_the_same_index(tmp_path) -> None:
+    vi, ids, base = _ivf_with_changes(tmp_path)
+    vi.save(tmp_path, "v", {"note": "tail"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.1.1.tail", "v.1.faiss", "v.json"]
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["note"] == "tail" and manifest["base_count"] == 5_000 and manifest["count"] == 5_150
+    assert [(t["added"], t["removed"]) for t in manifest["tail"]] == [(210, 60)]
+    _same_index(vi, loaded, base[:300])
+    assert ids[0] not in loaded and ids[100] in loaded
+    loaded.add(ids[5_210:5_300], base[5_210:5_300])  # a second tail, onto the loaded index
+    loaded.save(tmp_path, "v", {"note": "second tail"})
+    again, manifest = VectorIndex.load(tmp_path, "v", verify_hash=True)
+    assert [t["file"] for t in manifest["tail"]] == ["v.1.1.tail", "v.1.2.tail"] and again.ntotal == 5_240
+    _same_index(loaded, again, base[:300])
+    summary = saved_summary(tmp_path, "v")
+    assert summary["tails"] == 2 and summary["bytes"] == sum(p.stat().st_size for p in tmp_path.glob("v.1.*"))
+
+
+def test_tails_give_way_to_a_whole_save_and_are_deleted(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(faiss_index, "TAIL_MAX_FRACTION", 0.05)
+    vi, ids, base = _ivf_with_changes(tmp_path)  # 270 changed ids of 5,150: over 5%
+    vi.save(tmp_path, "v", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.2.faiss", "v.json"]
+    vi.add(ids[5_300:5_400], base[5_300:5_400])  # 100: a tail
+    vi.save(tmp_path, "v", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.2.1.tail", "v.2.faiss", "v.json"]
+    vi.add(ids[5_210:5_300], base[5_210:5_300])
+    vi.remove(ids[200:300])  # 290 changed ids in tails: over 5% again, the whole index and nothing else
+    vi.save(tmp_path, "v", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.3.faiss", "v.json"]
+    _same_index(vi, VectorIndex.load(tmp_path, "v")[0], base[:200])
+
+
+def test_an_index_trained_since_its_last_save_is_saved_whole(tmp_path) -> None:
+    base, _ = clustered(2_000, DIM, 20, seed=7)
+    ids = spread_ids(2_000, seed=8)
+    vi = VectorIndex.create(DIM, "IVF16,Flat")
+    vi.add(ids[:600], base[:600])  # staged: 600 < 39 x 16
+    vi.save(tmp_path, "v", {})
+    vi.add(ids[600:700], base[600:700])  # trains now
+    vi.save(tmp_path, "v", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.2.faiss", "v.json"]
+    _same_index(vi, VectorIndex.load(tmp_path, "v")[0], base[:100])
+
+
+def test_a_damaged_tail_makes_the_index_corrupt(tmp_path) -> None:
+    vi, _, _ = _ivf_with_changes(tmp_path)
+    vi.save(tmp_path, "v", {})
+    tail = tmp_path / "v.1.1.tail"
+    data = bytearray(tail.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the vectors: the zip's CRC and the manifest's sha256 differ
+    tail.write_bytes(bytes(data))
+    for verify in (True, False):
+        with pytest.raises(IndexCorruptError, match="v.1.1.tail"):
+            VectorIndex.load(tmp_path, "v", verify_hash=verify)
+    tail.write_bytes(bytes(data[:-100]))
+    with pytest.raises(IndexCorruptError, match="truncated"):
+        VectorIndex.load(tmp_path, "v", verify_hash=False)
+    tail.unlink()
+    with pytest.raises(IndexCorruptError, match="does not exist"):
+        VectorIndex.load(tmp_path, "v")
+
+
+def test_process_killed_between_tail_and_manifest(tmp_path) -> None:
+    vi, ids, base = _ivf_with_changes(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # child: SIGKILLed after writing the tail, before the manifest names it
+        set_fault_hook(lambda point: os.kill(os.getpid(), signal.SIGKILL) if point == "index_save" else None)
+        try:
+            vi.save(tmp_path, "v", {"note": "tail"})
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -9
+    loaded, manifest = VectorIndex.load(tmp_path, "v")
+    assert manifest["note"] == "whole" and loaded.ntotal == 5_000 and manifest["tail"] == []
+    assert orphan_files(tmp_path, "v") == [tmp_path / "v.1.1.tail"]
+    loaded.add(ids[5_000:5_010], base[5_000:5_010])
+    loaded.save(tmp_path, "v", {})  # a new tail beside the leftover, which goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.1.2.tail", "v.1.faiss", "v.json"]
+    assert VectorIndex.load(tmp_path, "v")[0].ntotal == 5_010
+
+
 def test_crash_while_writing_index_leaves_no_half_file(tmp_path, monkeypatch) -> None:
     _saved(tmp_path)
     real_write = faiss.write_index
@@ -671,7 +777,7 @@ def test_saved_summary_reads_the_manifest(tmp_path) -> None:
     _saved(tmp_path, n=40)
     summary = saved_summary(tmp_path, "v")
     assert summary == {"spec": "Flat", "count": 40, "dim": DIM, "bytes": (tmp_path / "v.1.faiss").stat().st_size,
-                       "saved_at": json.loads((tmp_path / "v.json").read_text())["saved_at"]}
+                       "saved_at": json.loads((tmp_path / "v.json").read_text())["saved_at"], "tails": 0}
 
 
 _LOAD_PEAK = """
