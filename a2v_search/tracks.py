@@ -75,25 +75,32 @@ def link(times: Sequence[float], boxes: Sequence[Sequence[float]], visual: np.nd
     b = np.asarray(boxes, np.float64).reshape(n, 4)
     step = sample_step(t)
     reach = (rule.max_missed + 1.5) * step  # half a step of tolerance for jittery frame times
+    tl, bl = t.tolist(), b.tolist()
+    order = sorted(range(n), key=lambda i: (tl[i], i))
+    frames: list[list[int]] = []  # the persons of each frame, in input order
+    for i in order:
+        if frames and tl[frames[-1][0]] == tl[i]:
+            frames[-1].append(i)
+        else:
+            frames.append([i])
     out = [-1] * n
     last: list[int] = []  # per track: the index of its latest person
-    order = sorted(range(n), key=lambda i: (t[i], i))
-    start = 0
-    while start < n:
-        end = start
-        while end < n and t[order[end]] == t[order[start]]:
-            end += 1
-        frame = order[start:end]  # persons of one frame, in input order
-        now = t[frame[0]]
-        alive = [k for k, j in enumerate(last) if now - t[j] <= reach]
+    for frame in frames:
+        now = tl[frame[0]]
+        alive = [k for k, j in enumerate(last) if now - tl[j] <= reach]
         pairs = []
         if alive:
             prev = [last[k] for k in alive]
-            cos = np.einsum("ap,fp->af", v[prev], v[frame])  # (alive, in frame); einsum: no BLAS threads
-            overlap = _iou_matrix(b[prev], b[frame])
-            ok = (cos >= rule.cos_min) & ((overlap >= rule.iou_min) | (cos >= rule.cos_strong))
-            for a, r in zip(*np.nonzero(ok), strict=True):
-                pairs.append((-float(cos[a, r] + overlap[a, r]), alive[a], int(r), frame[r]))
+            cos = (v[prev] @ v[frame].T).tolist()  # (alive, in frame)
+            if len(prev) * len(frame) > 64:
+                overlap = _iou_matrix(b[prev], b[frame]).tolist()
+            else:  # a few pairs: the same arithmetic on Python floats, without numpy's per-call cost
+                overlap = [[_iou(bl[j], bl[i]) for i in frame] for j in prev]
+            for a, k in enumerate(alive):
+                for r, i in enumerate(frame):
+                    c, o = cos[a][r], overlap[a][r]
+                    if c >= rule.cos_min and (o >= rule.iou_min or c >= rule.cos_strong):
+                        pairs.append((-(c + o), k, r, i))
         pairs.sort()
         used_tracks: set[int] = set()
         for _, k, _, i in pairs:
@@ -106,8 +113,14 @@ def link(times: Sequence[float], boxes: Sequence[Sequence[float]], visual: np.nd
             if out[i] < 0:
                 out[i] = len(last)
                 last.append(i)
-        start = end
     return out
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    """IoU of two boxes, the same operations as :func:`_iou_matrix`."""
+    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def moment_score(scores: np.ndarray, top: int = TOP_FRAMES) -> float:

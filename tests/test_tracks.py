@@ -450,3 +450,27 @@ def test_http_api_groups_by_track(tracked):
         bad = client.get("/api/search", params={**params, "group": "media"})
         assert bad.status_code == 400 and "--group" in bad.json()["error"]
     api.close()
+
+
+def test_small_frames_and_crowds_link_by_the_same_overlaps() -> None:
+    """Frames with few pairs compute box overlaps on Python floats, crowds with numpy: the same numbers, so a crowd
+    split into small frames links as the numbers say whichever way they were computed."""
+    from a2v_search.tracks import _iou, _iou_matrix
+
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 300, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 120, (60, 2))], axis=1)
+    boxes[5] = boxes[9]  # identical boxes: IoU 1
+    boxes[7] = [10, 10, 20, 20]
+    boxes[8] = [20, 10, 30, 20]  # touching: IoU 0
+    want = _iou_matrix(boxes, boxes)
+    got = np.array([[_iou(list(a), list(b)) for b in boxes] for a in boxes])
+    np.testing.assert_array_equal(got, want)
+    assert got[5, 9] == 1.0 and got[7, 8] == 0.0
+    # 12 persons walking right, one frame each second: 12 x 12 pairs per frame (numpy) or 2 x 2 (Python floats)
+    visual = np.tile(np.eye(12, 16, dtype=np.float32), (4, 1))  # 4 frames of the same 12 persons
+    moving = [[10.0 + 30 * p + 3 * f, 50.0, 35.0 + 30 * p + 3 * f, 150.0] for f in range(4) for p in range(12)]
+    times = [float(f) for f in range(4) for _ in range(12)]
+    assert link(times, moving, visual) == list(range(12)) * 4
+    pick = [f * 12 + p for f in range(4) for p in (0, 1)]
+    assert link([times[i] for i in pick], [moving[i] for i in pick], visual[pick]) == [0, 1] * 4
