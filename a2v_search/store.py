@@ -26,7 +26,7 @@ from db import activities, clusterings, labels, repo
 from db.engine import Database, set_meta
 from db.errors import DbError, DbMissingError, NotAStoreError, SchemaVersionError, UpgradeError
 from db.tracks import rebuild_tracks, videos_with_untracked_persons
-from db.values import NewMedia, as_arrays, person_problem
+from db.values import NewMedia, PersonArrays, as_arrays, person_problem
 
 from .errors import InputError, StoreError
 from .faults import fault_point
@@ -187,9 +187,7 @@ class Store(StoreQueries):
                 self.space.persons_changed(without_norm=True)
                 add_to = tuple(n for n in indexes if n != ACTIVITY)
             self.space.language()  # loaded here, not in the second thread
-            vecs = self.indexes.in_second_thread(
-                self.space.vectors, arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
-                arrays.verbs.astype(np.float32), arrays.norms, add_to, arrays.objects)
+            vecs = self.indexes.in_second_thread(self._vectors, arrays, add_to)
         try:
             with self.db.session() as s:
                 _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)
@@ -204,6 +202,12 @@ class Store(StoreQueries):
         self.indexes.add_committed(indexes, add_to, ids, removed, vectors)
         self.space.persons_changed(removed=len(removed))  # old persons replaced: count again
         return ids
+
+    def _vectors(self, arrays: PersonArrays, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The vectors of checked persons in the spaces ``names`` (the writer's second thread: the float16 values
+        are widened there too)."""
+        return self.space.vectors(arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
+                                  arrays.verbs.astype(np.float32), arrays.norms, names, arrays.objects)
 
     @staticmethod
     def _raise_first_problem(items: list[NewMedia], visual_dim: int) -> None:

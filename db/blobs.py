@@ -22,16 +22,17 @@ def fixed16(blob: bytes, n: int) -> np.ndarray:
     return unf16(blob) if len(blob) == 2 * n else np.zeros(n, np.float32)
 
 
-def stack16(blobs: Sequence[bytes], width: int | None = None) -> np.ndarray:
-    """float16 blobs -> (n, d) float32, decoded in one go. ``d`` is ``width`` (else the most common length); a
-    blob of another length (a damaged row) becomes a row of NaN, which the store treats as no direction."""
+def stack16(blobs: Sequence[bytes], width: int | None = None, dtype: type = np.float32) -> np.ndarray:
+    """float16 blobs -> (n, d) ``dtype`` (float32; float16 keeps the stored values as they are), decoded in one go.
+    ``d`` is ``width`` (else the most common length); a blob of another length (a damaged row) becomes a row of NaN,
+    which the store treats as no direction."""
     sizes = {len(b) for b in blobs}
     if width is None:
         lengths = [len(b) for b in blobs]
         width = max(set(lengths), key=lengths.count) // 2 if lengths else 0
     if sizes == {2 * width}:
-        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(np.float32)
-    out = np.full((len(blobs), width), np.nan, np.float32)
+        return np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), width).astype(dtype)
+    out = np.full((len(blobs), width), np.nan, dtype)
     for i, b in enumerate(blobs):
         if len(b) == 2 * width:
             out[i] = np.frombuffer(b, np.float16)

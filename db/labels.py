@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .blobs import stack16
 from .schema import LABEL_PASTA, LABEL_VERB, LabelChunk, LabelColumn, Person
+from .sql import dbapi
 
 #: persons per chunk: a one-class filter reads 16 KB per chunk, the tail is at most this many persons' blobs
 LABEL_CHUNK = 8192
@@ -39,8 +40,8 @@ def boundary(s: Session) -> int:
 def _probs(rows: Sequence) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """(id, pasta blob, verbs blob) rows -> (ids (n,), {kind: (n, classes) float16}); a damaged blob is NaN."""
     ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    return ids, {LABEL_PASTA: stack16([r[1] for r in rows], 93).astype(np.float16),
-                 LABEL_VERB: stack16([r[2] for r in rows], 157).astype(np.float16)}
+    return ids, {LABEL_PASTA: stack16([r[1] for r in rows], 93, np.float16),
+                 LABEL_VERB: stack16([r[2] for r in rows], 157, np.float16)}
 
 
 def _tail(s: Session, after: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -61,20 +62,26 @@ _REACHED = _level_table()
 def level_counts(p16: np.ndarray) -> np.ndarray:
     """(n, c) float16 probabilities -> (c, 100) uint16: how many of each column reach each of ``LEVELS``."""
     n, c = p16.shape
-    reached = _REACHED[np.ascontiguousarray(p16, np.float16).view(np.uint16)].astype(np.int64)  # (n, c)
-    hist = np.bincount((reached + np.arange(c) * 101).ravel(), minlength=c * 101).reshape(c, 101)
+    key = _REACHED[np.ascontiguousarray(p16, np.float16).view(np.uint16)].astype(np.uint16)  # (n, c) levels reached
+    key += np.arange(c, dtype=np.uint16) * 101  # + the column's bins (c * 101 < 2^16)
+    hist = np.bincount(key.ravel(), minlength=c * 101).reshape(c, 101)
     return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.uint16)  # (c, 100): count with level >= k
 
 
-def _column_rows(first_id: int, probs: dict[int, np.ndarray]) -> list[dict]:
-    """The ``label_columns`` rows of a chunk from its (n, classes) float16 probabilities of each kind."""
+def _column_rows(first_id: int, probs: dict[int, np.ndarray]) -> list[tuple]:
+    """The ``label_columns`` rows (kind, cls, chunk, p, hist) of a chunk from its (n, classes) float16
+    probabilities of each kind."""
     rows = []
     for kind, p in probs.items():
         columns = np.ascontiguousarray(p.T)  # (classes, n)
         hist = level_counts(p)
-        rows += [{"kind": kind, "cls": c, "chunk": first_id, "p": columns[c].tobytes(), "hist": hist[c].tobytes()}
-                 for c in range(p.shape[1])]
+        rows += [(kind, c, first_id, columns[c].tobytes(), hist[c].tobytes()) for c in range(p.shape[1])]
     return rows
+
+
+_CHUNK_PERSONS = "SELECT id, pasta, verbs FROM persons WHERE id BETWEEN ? AND ? ORDER BY id"
+_INSERT_CHUNK = "INSERT INTO label_chunks (first_id, last_id, ids) VALUES (?, ?, ?)"
+_INSERT_COLUMN = "INSERT INTO label_columns (kind, cls, chunk, p, hist) VALUES (?, ?, ?, ?, ?)"
 
 
 def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
@@ -89,11 +96,11 @@ def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
         if newest - after < LABEL_CHUNK:
             return closed
         first, last = after + 1, after + LABEL_CHUNK
-        ids, probs = _probs(s.execute(select(Person.id, Person.pasta, Person.verbs).where(
-            Person.id >= first, Person.id <= last).order_by(Person.id)).all())
+        cursor = dbapi(s)  # the write path: the DBAPI cursor, without the ORM's per-row cost
+        ids, probs = _probs(cursor.execute(_CHUNK_PERSONS, (first, last)).fetchall())
         whole = len(ids) == LABEL_CHUNK  # every id of the range: the ids need not be stored
-        s.execute(insert(LabelChunk).values(first_id=first, last_id=last, ids=None if whole else ids.tobytes()))
-        s.execute(insert(LabelColumn), _column_rows(first, probs))
+        cursor.execute(_INSERT_CHUNK, (first, last, None if whole else ids.tobytes()))
+        cursor.executemany(_INSERT_COLUMN, _column_rows(first, probs))
         closed += 1
         if each is not None:
             each()
@@ -144,7 +151,7 @@ def _rewrite(s: Session, first: int, ids: np.ndarray, dead: np.ndarray) -> None:
             LabelColumn.chunk == first)):
         probs[kind][:, cls] = np.frombuffer(p, np.float16)[keep]
     s.execute(delete(LabelColumn).where(LabelColumn.chunk == first))
-    s.execute(insert(LabelColumn), _column_rows(first, probs))
+    dbapi(s).executemany(_INSERT_COLUMN, _column_rows(first, probs))
     s.execute(update(LabelChunk).where(LabelChunk.first_id == first).values(
         ids=ids[keep].tobytes(), dead=None, dead_counts=None))
 

@@ -244,6 +244,29 @@ class VectorIndex:
 
     # ----------------------------------------------------------------------------------------------- properties
     @property
+    def _ids_sorted(self) -> np.ndarray:
+        """The ids in the index, sorted (n,): a view of a buffer with room to grow (new ids are mostly the largest)."""
+        return self._ids_buf[:self._n_ids]
+
+    @_ids_sorted.setter
+    def _ids_sorted(self, ids: np.ndarray) -> None:
+        self._ids_buf, self._n_ids = ids, len(ids)
+
+    def _insert_ids(self, uniq: np.ndarray) -> None:
+        """Insert sorted new ids: appended in place when they are all larger than the largest (no copy of the
+        million ids there are), else merged."""
+        n = self._n_ids
+        if n and uniq[0] <= self._ids_buf[n - 1]:
+            self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, uniq), uniq)
+            return
+        if n + len(uniq) > len(self._ids_buf):
+            grown = np.empty(n + len(uniq) + max(n // 2, 1024), np.int64)
+            grown[:n] = self._ids_buf[:n]
+            self._ids_buf = grown
+        self._ids_buf[n:n + len(uniq)] = uniq
+        self._n_ids = n + len(uniq)
+
+    @property
     def ntotal(self) -> int:
         """Number of vectors in the index (staged ones included)."""
         return int(self._index.ntotal)
@@ -344,7 +367,7 @@ class VectorIndex:
             self._train_and_move(None, ids, vectors)
         else:
             self._add_with_ids(self._index, vectors, ids)
-        self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, uniq), uniq)
+        self._insert_ids(uniq)
         self._gpu_index = None
         self._added_since.append(uniq)
 
@@ -677,7 +700,7 @@ class VectorIndex:
                 self._index.add_core(len(ids), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
             else:
                 self._add_with_ids(self._index, vectors, ids)
-            self._ids_sorted = np.insert(self._ids_sorted, np.searchsorted(self._ids_sorted, ids), ids)
+            self._insert_ids(np.sort(ids))
 
     @classmethod
     def load(cls, folder: Path | str, name: str, use_gpu: bool | None = None,
