@@ -351,9 +351,9 @@ def test_choose_spec_flat_for_small_and_approximate_for_large() -> None:
     assert choose_spec(0, 768) == "Flat"
     assert choose_spec(10_000, 512) == "Flat"
     assert choose_spec(100_000, 93) == "Flat"  # small vectors: exact for longer
-    assert choose_spec(100_000, 768) == "IVF512,Flat"
-    assert choose_spec(100_000, 768, memory_budget_mb=100) == "IVF512,SQ8"
-    assert choose_spec(1_000_000, 768) == "IVF2048,SQ8"
+    assert choose_spec(100_000, 768) == "IVF256,Flat"
+    assert choose_spec(100_000, 768, memory_budget_mb=100) == "IVF256,SQ8"
+    assert choose_spec(1_000_000, 768) == "IVF1024,SQ8"
     large = choose_spec(1_000_000, 768)
     assert large.startswith("IVF") and "Flat" not in large
     assert choose_spec(1_000_000, 768, memory_budget_mb=300).startswith("IVF")

@@ -120,6 +120,28 @@ def test_truncated_index_is_rebuilt_with_a_warning(tmp_path, caplog):
     assert not report.ok and any("visual" in p.what for p in report.problems)
 
 
+@pytest.mark.guarantee("G8")
+def test_a_damaged_tail_is_rebuilt_from_sqlite(tmp_path, caplog):
+    """A save after a small change writes a tail; a tail cut short makes the index corrupt, and the store rebuilds
+    it from SQLite like a damaged index file."""
+    rng = np.random.default_rng(4)
+    store = writable_store(tmp_path / "data")
+    store.write([media(f"/m/{i}.jpg", [random_person(rng) for _ in range(3)]) for i in range(40)])
+    store.indexes.save()
+    ids = store.write([media("/m/late.jpg", [random_person(rng)])])  # 1 of 121 persons: a tail
+    store.close()
+    folder = tmp_path / "data" / "index"
+    manifest = json.loads((folder / "visual.json").read_text())
+    assert [t["added"] for t in manifest["tail"]] == [1] and Store(tmp_path / "data").check().problems == []
+    tail = folder / manifest["tail"][0]["file"]
+    tail.write_bytes(tail.read_bytes()[:-10])
+    reader = Store(tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="a2v_search"):
+        idx = reader.indexes.get()["visual"]
+    assert idx.ntotal == 121 and ids[0] in idx and "rebuilding it from SQLite" in caplog.text
+    assert any("visual" in p.what for p in reader.check().problems)
+
+
 @pytest.mark.guarantee("G16")
 def test_index_of_another_space_is_refused_with_the_fix(tmp_path):
     store, _, _ = filled(tmp_path)
