@@ -65,31 +65,39 @@ def import_records(store: Store, records: list, visual_dim: int, collection: str
 
 def read_records(source: str | os.PathLike | Iterable[dict]) -> list:
     """The records of a JSON-lines or JSON-list file (InputError naming the problem), or of an iterable of dicts.
-    Parsed with orjson (about ten times json's speed on the long number lists of a person)."""
+    Parsed with orjson (about ten times json's speed on the long number lists of a person), line by line from the
+    file's bytes (no decoded or split copy of the file: orjson checks the UTF-8)."""
     if not isinstance(source, (str, os.PathLike)):
         return list(source)
     p = Path(source)
     try:
         data = p.read_bytes()
-        data.decode("utf-8")
     except OSError as e:
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)") from None
+
+    def bad(e: orjson.JSONDecodeError, line: int) -> InputError:
+        if "UTF-8" in e.msg:
+            return InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)")
+        return InputError(f"{p} is not valid JSON / JSON lines (line {line}: {e.msg})")
+
     if data.lstrip().startswith(b"["):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as e:
-            raise InputError(f"{p} is not valid JSON / JSON lines (line {e.lineno}: {e.msg})") from None
-    out = []
-    for n, line in enumerate(data.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError as e:
-                if "depth" not in e.msg:
-                    raise InputError(f"{p} is not valid JSON / JSON lines (line {n}: {e.msg})") from None
-                out.append(_TooDeep())  # that record is bad, not the file: reported and skipped
+            raise bad(e, e.lineno) from None
+    out, view, start, n = [], memoryview(data), 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        line, n, start = view[start:end], n + 1, end + 1
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError as e:
+            if not bytes(line).strip():  # a blank line
+                continue
+            if "depth" not in e.msg:
+                raise bad(e, n) from None
+            out.append(_TooDeep())  # that record is bad, not the file: reported and skipped
     return out
 
 
