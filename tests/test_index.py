@@ -501,19 +501,29 @@ def test_crash_before_manifest_replace_leaves_old_pair_loadable(tmp_path, monkey
     assert manifest["file"] == "v.3.faiss" and loaded.ntotal == 2 and orphan_files(tmp_path, "v") == []
 
 
-def test_process_killed_between_index_file_and_manifest(tmp_path) -> None:
-    old = _saved(tmp_path)
+def _killed_at_index_save(save) -> None:
+    """Run ``save()`` in a child process that the fault point inside the save SIGKILLs, through the hook a harness
+    installs (the new file written, the manifest not yet)."""
     pid = os.fork()
-    if pid == 0:  # child: SIGKILLed by the fault point inside save, through the hook a harness installs
+    if pid == 0:
         set_fault_hook(lambda point: os.kill(os.getpid(), signal.SIGKILL) if point == "index_save" else None)
         try:
-            new = VectorIndex.create(DIM, "flat")
-            new.add(np.array([1, 2]), random_unit(2))
-            new.save(tmp_path, "v", {"note": "second"})
+            save()
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == -9
+
+
+def test_process_killed_between_index_file_and_manifest(tmp_path) -> None:
+    old = _saved(tmp_path)
+
+    def save_another() -> None:
+        new = VectorIndex.create(DIM, "flat")
+        new.add(np.array([1, 2]), random_unit(2))
+        new.save(tmp_path, "v", {"note": "second"})
+
+    _killed_at_index_save(save_another)
     loaded, manifest = VectorIndex.load(tmp_path, "v")
     assert manifest["note"] == "first" and loaded.ntotal == old.ntotal
     assert orphan_files(tmp_path, "v") == [tmp_path / "v.2.faiss"]
@@ -607,15 +617,7 @@ def test_a_damaged_tail_makes_the_index_corrupt(tmp_path) -> None:
 
 def test_process_killed_between_tail_and_manifest(tmp_path) -> None:
     vi, ids, base = _ivf_with_changes(tmp_path)
-    pid = os.fork()
-    if pid == 0:  # child: SIGKILLed after writing the tail, before the manifest names it
-        set_fault_hook(lambda point: os.kill(os.getpid(), signal.SIGKILL) if point == "index_save" else None)
-        try:
-            vi.save(tmp_path, "v", {"note": "tail"})
-        finally:
-            os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == -9
+    _killed_at_index_save(lambda: vi.save(tmp_path, "v", {"note": "tail"}))  # the tail written, not the manifest
     loaded, manifest = VectorIndex.load(tmp_path, "v")
     assert manifest["note"] == "whole" and loaded.ntotal == 5_000 and manifest["tail"] == []
     assert orphan_files(tmp_path, "v") == [tmp_path / "v.1.1.tail"]
