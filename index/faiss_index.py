@@ -369,7 +369,7 @@ class VectorIndex:
             self._add_with_ids(self._index, vectors, ids)
         self._insert_ids(uniq)
         self._gpu_index = None
-        self._added_since.append(uniq)
+        self._note_change(self._added_since, uniq)
 
     def train(self, vectors: np.ndarray | None = None) -> None:
         """Train now (instead of waiting for `min_train` staged vectors) on `vectors` (n, dim), or on the staged
@@ -465,7 +465,7 @@ class VectorIndex:
                                     "inconsistent")
         self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
         self._gpu_index = None
-        self._removed_since.append(gone)
+        self._note_change(self._removed_since, gone)
         return len(gone)
 
     def _rebuild_without(self, gone: np.ndarray) -> int:
@@ -651,6 +651,17 @@ class VectorIndex:
             # generation that a killed save left behind (written before this save began)
             if (gen_of is not None and gen_of < gen) or (gen_of in (None, gen) and _older_than(path, started)):
                 path.unlink(missing_ok=True)
+
+    def _note_change(self, journal: list[np.ndarray], ids: np.ndarray) -> None:
+        """Remember ids added or removed since the last save, for a tail; once they are more than a tail may hold
+        (or nothing was saved or loaded), forget them: the next save writes the whole index. So a reader that only
+        catches up in memory never holds more than TAIL_MAX_FRACTION of the index's ids here."""
+        if self._saved is None:
+            return
+        journal.append(ids)
+        changed = sum(len(a) for a in self._added_since) + sum(len(r) for r in self._removed_since)
+        if changed > TAIL_MAX_FRACTION * max(self.ntotal, 1):
+            self._saved, self._added_since, self._removed_since = None, [], []
 
     def _tail_fits(self, folder: Path, name: str) -> bool:
         """Whether this save may write a tail: the manifest on disk still names the files this index was loaded from
