@@ -78,7 +78,7 @@ REGIONS = [("a2v_search.ingest.driver:Ingestor", "_first_task", "plan: a decode 
            ("a2v_search.store", "as_arrays", "write: checks"),
            ("db.repo", "add_media", "write: SQLite rows"),
            ("db.labels", "close_chunks", "write: label chunks"),
-           ("a2v_search.store:Store", "vectors", "write: vectors (2nd thread)"),
+           ("a2v_search.store:Store", "_vectors", "write: vectors (2nd thread)"),
            ("index.faiss_index:VectorIndex", "add", "write: FAISS add (2nd thread)")]
 LOADING = ("a2v_search.ingest.driver:Ingestor", "_load_models", "model loading")  # labelled in every run
 TIMED = {"discover": "discover: walk, SQLite check, sniff", "wait": "receive: waiting for decoders (polling, queues)",
