@@ -218,10 +218,9 @@ class VectorIndex:
         self.exact_allow_max = EXACT_ALLOW_MAX
         self._centroids: tuple[faiss.Index, np.ndarray] | None = None  # (index, its IVF list centroids (nlist, dim))
         # the files this index was loaded from or last saved to (folder, name, the manifest's file entries), and the
-        # ids added and removed since: what the next save may write as a tail (None: it writes the whole index)
+        # ids added and removed since (_forget_changes): what the next save may write as a tail (None: the whole index)
         self._saved: dict | None = None
-        self._added_since: list[np.ndarray] = []
-        self._removed_since: list[np.ndarray] = []
+        self._forget_changes()
 
     # ----------------------------------------------------------------------------------------------- creation
     @classmethod
@@ -424,19 +423,24 @@ class VectorIndex:
         self._index, self._pending = target, None
         self._saved = None  # a new index: the next save writes it whole
 
-    def _add_with_ids(self, index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
-        """``index.add_with_ids(vectors, ids)``. On the CPU, an IVF index's lists are chosen here, one matrix product
-        per chunk (numpy's BLAS, ~4x faster than the flat quantizer's search on 2 cores: 32 against 138 us a vector
-        at 2048 lists of d=512), and the vectors go in through ``add_core``; the same lists but for exact ties."""
-        centroids = self._list_centroids(index) if isinstance(index, faiss.IndexIVF) and not self._use_gpu else None
-        if centroids is None:
+    def _add_with_ids(self, index: faiss.Index, vectors: np.ndarray, ids: np.ndarray,
+                      lists: np.ndarray | None = None) -> None:
+        """``index.add_with_ids(vectors, ids)``. An IVF index takes the vectors through ``add_core`` into ``lists``
+        (n,) when given (a tail's, on load); else, on the CPU, its lists are chosen here, one matrix product per chunk
+        (numpy's BLAS, ~4x faster than the flat quantizer's search: 32 against 138 us a vector at 2048 lists of
+        d=512 on one core), the same lists but for exact ties."""
+        ivf = isinstance(index, faiss.IndexIVF)
+        centroids = self._list_centroids(index) if ivf and lists is None and not self._use_gpu else None
+        if not ivf or (lists is None and centroids is None):
             index.add_with_ids(vectors, ids)
             return
         for start in range(0, len(ids), ASSIGN_CHUNK):
             x = np.ascontiguousarray(vectors[start:start + ASSIGN_CHUNK])  # (c, dim)
             xids = np.ascontiguousarray(ids[start:start + ASSIGN_CHUNK])  # (c,)
-            lists = np.argmax(x @ centroids.T, axis=1).astype(np.int64)  # (c,): inner product, as the quantizer
-            index.add_core(len(xids), faiss.swig_ptr(x), faiss.swig_ptr(xids), faiss.swig_ptr(lists))
+            chosen = lists[start:start + ASSIGN_CHUNK] if lists is not None else \
+                np.argmax(x @ centroids.T, axis=1)  # (c,): inner product, as the quantizer
+            chosen = np.ascontiguousarray(chosen, np.int64)
+            index.add_core(len(xids), faiss.swig_ptr(x), faiss.swig_ptr(xids), faiss.swig_ptr(chosen))
 
     def _list_centroids(self, index: faiss.Index) -> np.ndarray | None:
         """The list centroids (nlist, dim) of the trained IVF ``index`` when its quantizer is a flat inner-product
@@ -643,7 +647,8 @@ class VectorIndex:
                    saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), nprobe=self.nprobe,
                    buffered=self.needs_training)
         write_json_atomic(manifest_path(folder, name), doc)
-        self._saved, self._added_since, self._removed_since = saved, [], []
+        self._saved = saved
+        self._forget_changes()
         gen = generation_of(saved["file"], name)
         for path in orphan_files(folder, name):
             gen_of = generation_of(path.name, name)
@@ -659,9 +664,15 @@ class VectorIndex:
         if self._saved is None:
             return
         journal.append(ids)
-        changed = sum(len(a) for a in self._added_since) + sum(len(r) for r in self._removed_since)
-        if changed > TAIL_MAX_FRACTION * max(self.ntotal, 1):
-            self._saved, self._added_since, self._removed_since = None, [], []
+        self._changed_since += len(ids)
+        if self._changed_since > TAIL_MAX_FRACTION * max(self.ntotal, 1):
+            self._saved = None
+            self._forget_changes()
+
+    def _forget_changes(self) -> None:
+        self._added_since: list[np.ndarray] = []
+        self._removed_since: list[np.ndarray] = []
+        self._changed_since = 0  # ids in both lists
 
     def _tail_fits(self, folder: Path, name: str) -> bool:
         """Whether this save may write a tail: the manifest on disk still names the files this index was loaded from
@@ -675,8 +686,7 @@ class VectorIndex:
             return False
         if referenced_files(doc) != [saved["file"]] + [t["file"] for t in saved["tail"]]:
             return False
-        pending = sum(len(a) for a in self._added_since) + sum(len(r) for r in self._removed_since)
-        in_tails = sum(t["added"] + t["removed"] for t in saved["tail"]) + pending
+        in_tails = sum(t["added"] + t["removed"] for t in saved["tail"]) + self._changed_since
         return len(saved["tail"]) + 1 < TAIL_MAX_FILES and in_tails <= TAIL_MAX_FRACTION * max(self.ntotal, 1)
 
     def _write_tail(self, folder: Path, name: str) -> dict:
@@ -705,12 +715,10 @@ class VectorIndex:
         if len(ids) and self._present(ids).any():
             raise IndexCorruptError("a tail adds ids the index already holds")
         if len(ids):
-            if isinstance(self._index, faiss.IndexIVF) and (lists >= 0).all():
-                if lists.max() >= self._index.nlist:
-                    raise IndexCorruptError("a tail names IVF lists the index does not have")
-                self._index.add_core(len(ids), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
-            else:
-                self._add_with_ids(self._index, vectors, ids)
+            known = isinstance(self._index, faiss.IndexIVF) and (lists >= 0).all()
+            if known and lists.max() >= self._index.nlist:
+                raise IndexCorruptError("a tail names IVF lists the index does not have")
+            self._add_with_ids(self._index, vectors, ids, lists if known else None)
             self._insert_ids(np.sort(ids))
 
     @classmethod
@@ -790,7 +798,7 @@ class VectorIndex:
                           "duplicate ids)")
         vi._saved = {"folder": folder.resolve(), "name": name, "file": doc["file"], "size": doc["size"],
                      "sha256": doc["sha256"], "base_count": base_count, "tail": tails}
-        vi._added_since, vi._removed_since = [], []
+        vi._forget_changes()
         return vi, doc
 
 
