@@ -76,6 +76,7 @@ class DecodeResult:
     seconds: float = 0.0
     more: bool = False  # video: the stream goes on after this segment
     seen_until: float | None = None  # video: end time of the last frame decoded
+    in_ring: list = field(default_factory=list)  # arrays sent in a shared-memory slot (ring.pack)
 
 
 def decode(task: DecodeTask) -> DecodeResult:

@@ -7,7 +7,8 @@ ingest again there, and ``python - <<EOF`` names a ``<stdin>`` file that does no
 as if the main module were empty (``_CleanSpawnContext``); workers need nothing of it. Results come back in
 submission order. A file whose decoding crashes its worker is retried alone in a fresh process (a second crash is
 that file's failure); a file still decoding after ``timeout`` seconds has its worker killed and is that file's
-failure. Other files in flight at that moment are decoded again by new workers.
+failure. Other files in flight at that moment are decoded again by new workers. Decoded pixels come back through
+a ring of shared-memory slots, one per task in flight (ring.py), not through the executor's pipe.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
+from . import ring as pixel_ring
 from .decode import DecodeResult, DecodeTask, decode
 
 PR_SET_PDEATHSIG = 1
 _started = None  # worker side: the queue on which each task's number is put when its decoding starts
+_ring = None  # worker side: (shared memory, slot bytes) of the ingest process's pixel ring, if it has one
 
 
 _LAUNCH = threading.Lock()  # one launch at a time hides (and restores) the main module
@@ -62,15 +65,24 @@ class _CleanSpawnContext(mp.context.SpawnContext):
     Process = _CleanSpawnProcess
 
 
-def _worker_init(parent_pid: int, started) -> None:
-    global _started
+def _worker_init(parent_pid: int, started, ring: tuple[str, int] | None) -> None:
+    global _started, _ring
     _started = started
     die_with_parent(parent_pid)
+    if ring is not None:
+        _ring = (pixel_ring.attach(ring[0]), ring[1])
 
 
-def _decode_numbered(number: int, task: DecodeTask) -> DecodeResult:
-    _started.put(number)
-    return decode(task)
+def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None) -> list[DecodeResult]:
+    """Decode tasks in turn (each one's number is reported as it starts); their pixels go into ``slot`` of the ring
+    while they fit."""
+    results, used = [], 0
+    for number, task in zip(numbers, tasks):
+        _started.put(number)
+        results.append(decode(task))
+        if slot is not None and _ring is not None:
+            used = pixel_ring.pack(_ring[0], slot, _ring[1], results[-1], used)
+    return results
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -97,16 +109,48 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+CHUNK = 8  # image tasks per worker call: the executor's own cost (~200 us of this process's CPU a call) is shared
+CHUNKS_AHEAD = 3  # calls in flight per worker
+
+
+_TIMED_OUT, _CRASHED = object(), object()  # a task's verdict in place of its chunk, after a restart
+
+
+class _Stuck(Exception):
+    def __init__(self, number: int):
+        self.number = number
+
+
+class _Chunk:
+    """Tasks that one worker call decodes in turn, and the ring slot their pixels come back in."""
+
+    __slots__ = ("numbers", "tasks", "slot", "future", "left")
+
+    def __init__(self):
+        self.numbers: list[int] = []
+        self.tasks: list[DecodeTask] = []
+        self.slot: int | None = None
+        self.future: Future | None = None  # None: not sent yet
+        self.left = 0  # its results not taken yet
+
+
 class DecodePool:
     """A bounded FIFO of decode tasks over worker processes. ``put`` a task with a key, ``take`` the oldest
-    result as ``(key, DecodeResult)``. ``timeout`` (seconds, None = no limit) counts from the moment a worker
-    starts decoding the task (a worker's own start-up never counts)."""
+    result as ``(key, DecodeResult)``; keep at most :attr:`ahead` tasks in it. ``timeout`` (seconds, None = no
+    limit) counts from the moment a worker starts decoding the task (a worker's own start-up never counts).
 
-    def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True):
+    Images go to the workers :data:`CHUNK` at a time (one call each chunk; a chunk is sent when full, or when a
+    result of it is asked for), videos one segment a call. With ``ring``, the pixels of a call come back in a
+    shared-memory slot (ring.py)."""
+
+    def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True, ring: bool = False):
         self.workers, self.timeout, self.retry_crashes = max(1, workers), timeout, retry_crashes
-        self._queue: deque[tuple[Any, DecodeTask, int, Future]] = deque()
+        self.ahead = self.workers * CHUNKS_AHEAD * CHUNK
+        self._queue: deque[list] = deque()  # [key, task, number, chunk, index in the chunk], oldest first
+        self._open = _Chunk()
         self._numbers = itertools.count()
         self._starts: dict[int, float] = {}
+        self.ring = pixel_ring.PixelRing.create(self.workers * CHUNKS_AHEAD * 2) if ring else None
         self._new_pool()
 
     def __len__(self) -> int:
@@ -116,74 +160,135 @@ class DecodePool:
         ctx = _CleanSpawnContext()
         self._started = ctx.SimpleQueue()
         self._starts.clear()
+        ring = None if self.ring is None else (self.ring.name, self.ring.slot_bytes)
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(os.getpid(), self._started))
-
-    def _submit(self, task: DecodeTask) -> tuple[int, Future]:
-        number = next(self._numbers)
-        return number, self._pool.submit(_decode_numbered, number, task)
+                                         initargs=(os.getpid(), self._started, ring))
 
     def put(self, key: Any, task: DecodeTask) -> None:
+        if task.kind != "image" and self._open.tasks:
+            self._send(self._open)
+        chunk = self._open
+        self._queue.append([key, task, next(self._numbers), chunk, len(chunk.tasks)])
+        chunk.numbers.append(self._queue[-1][2])
+        chunk.tasks.append(task)
+        chunk.left += 1
+        if task.kind != "image" or len(chunk.tasks) >= CHUNK:
+            self._send(chunk)
+
+    def _send(self, chunk: _Chunk) -> None:
+        """Submit a chunk (a new pool first when a worker died since the last result: killed, or crashed)."""
+        if chunk is self._open:
+            self._open = _Chunk()
+        if self.ring is not None and chunk.slot is None:
+            chunk.slot = self.ring.acquire()
         try:
-            submitted = self._submit(task)
-        except BrokenProcessPool:  # a worker died since the last result (killed, or crashed on a file): renew
+            chunk.future = self._pool.submit(_decode_chunk, chunk.numbers, chunk.tasks, chunk.slot)
+        except BrokenProcessPool:
             self._restart()
-            submitted = self._submit(task)
-        self._queue.append((key, task, *submitted))
+            chunk.future = self._pool.submit(_decode_chunk, chunk.numbers, chunk.tasks, chunk.slot)
 
     def take(self) -> tuple[Any, DecodeResult]:
         """The oldest task's result (or its failure: a crash, or longer than ``timeout``)."""
-        key, task, number, fut = self._queue.popleft()
-        try:
-            return key, self._wait(fut, number)
-        except TimeoutError:
-            self._restart()
+        entry = self._queue.popleft()
+        key, task, number, chunk, index = entry
+        if chunk is _TIMED_OUT:
             return key, timed_out(task, self.timeout)
-        except BrokenProcessPool:
-            self._restart()
-            if not self.retry_crashes:
-                return key, DecodeResult(path=task.path, kind=task.kind, error=(
-                    "decode", "the decoder crashed on this file (corrupt or hostile content)"))
-            solo = DecodePool(1, self.timeout, retry_crashes=False)  # alone, so that a crash is its own
-            try:
-                solo.put(key, task)
-                return solo.take()
-            finally:
-                solo.close()
+        if chunk is _CRASHED:
+            return key, self._alone(key, task)
+        try:
+            if chunk.future is None:
+                self._send(chunk)
+            results = self._wait(chunk)
+        except (_Stuck, BrokenProcessPool) as e:
+            # the task that ran past the timeout or crashed the worker is the one of its call that started last
+            # (this one, or one after it); the others in flight are decoded again, each alone
+            culprit = e.number if isinstance(e, _Stuck) else self._running(chunk) or number
+            self._queue.appendleft(entry)
+            self._restart(culprit, _TIMED_OUT if isinstance(e, _Stuck) else _CRASHED)
+            return self.take()
+        result = results[index]
+        if result.in_ring:
+            self.ring.unpack(chunk.slot, result)
+        self._starts.pop(number, None)
+        chunk.left -= 1
+        if chunk.left == 0:
+            self._release(chunk)
+        return key, result
+
+    def _alone(self, key: Any, task: DecodeTask) -> DecodeResult:
+        """A task that crashed its worker, decoded again alone in a fresh process (a second crash is its failure)."""
+        if not self.retry_crashes:
+            return DecodeResult(path=task.path, kind=task.kind, error=(
+                "decode", "the decoder crashed on this file (corrupt or hostile content)"))
+        solo = DecodePool(1, self.timeout, retry_crashes=False)
+        try:
+            solo.put(key, task)
+            return solo.take()[1]
         finally:
-            self._starts.pop(number, None)
+            solo.close()
 
-    def _wait(self, fut: Future, number: int) -> DecodeResult:
-        if self.timeout is None:
-            return fut.result()
+    def _wait(self, chunk: _Chunk) -> list[DecodeResult]:
+        """The results of a sent chunk; _Stuck when its running task passes the timeout."""
         while True:
-            while not self._started.empty():
-                self._starts[self._started.get()] = time.monotonic()
-            start = self._starts.get(number)
-            wait = 0.05 if start is None else start + self.timeout - time.monotonic()
-            if wait <= 0:
-                raise TimeoutError
+            self._read_starts()
+            running = self._running(chunk)
+            if self.timeout is None:
+                wait = None
+            elif running is None:
+                wait = 0.05
+            elif (wait := self._starts[running] + self.timeout - time.monotonic()) <= 0:
+                raise _Stuck(running)
             try:
-                return fut.result(timeout=wait)
+                return chunk.future.result(timeout=wait)
             except TimeoutError:
-                if start is not None:
-                    raise
+                continue
+            except BrokenProcessPool:
+                self._read_starts()
+                raise
 
-    def _restart(self) -> None:
-        """Kill every worker and decode the tasks still in flight again in new ones."""
+    def _read_starts(self) -> None:
+        while not self._started.empty():
+            self._starts[self._started.get()] = time.monotonic()
+
+    def _running(self, chunk: _Chunk) -> int | None:
+        """The number of the chunk's task that started last (the one decoding now, if the call is not done)."""
+        return max((n for n in chunk.numbers if n in self._starts), default=None)
+
+    def _release(self, chunk: _Chunk) -> None:
+        if self.ring is not None:
+            self.ring.release(chunk.slot)
+        chunk.slot = None
+
+    def _restart(self, culprit: int | None = None, verdict: object = None) -> None:
+        """Kill every worker and send the tasks in flight again to new ones, each alone; the ``culprit`` task
+        instead gets ``verdict`` (timed out, or to be retried alone)."""
         _kill(self._pool)
         self._new_pool()
-        for i, (key, task, _, _) in enumerate(list(self._queue)):
-            self._queue[i] = (key, task, *self._submit(task))
+        for entry in self._queue:
+            old = entry[3]
+            if not isinstance(old, _Chunk) or old.future is None:
+                continue  # settled, or not sent yet
+            self._release(old)
+            if entry[2] == culprit:
+                entry[3] = verdict
+                continue
+            single = _Chunk()
+            single.numbers, single.tasks, single.left = [entry[2]], [entry[1]], 1
+            entry[3], entry[4] = single, 0
+            self._send(single)
 
     def close(self) -> None:
         """Stop the workers (at once when tasks are still in flight: those are dropped)."""
-        if self._queue:
-            self._queue.clear()
-            _kill(self._pool)
-        else:
-            self._pool.shutdown(wait=True)
-        self._started.close()
+        try:
+            if self._queue:
+                self._queue.clear()
+                _kill(self._pool)
+            else:
+                self._pool.shutdown(wait=True)
+            self._started.close()
+        finally:
+            if self.ring is not None:
+                self.ring.close()
 
 
 def timed_out(task: DecodeTask, timeout: float | None) -> DecodeResult:

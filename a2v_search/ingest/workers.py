@@ -135,7 +135,7 @@ class LocalWorkers:
 
     def decoded(self, next_task: NextTask) -> Iterator[tuple[Any, DecodeResult, list[Item] | None]]:
         """Decoding ahead in worker processes (started with the first task: a run with nothing to decode starts
-        none), at most four tasks per worker in flight."""
+        none), at most ``DecodePool.ahead`` tasks in flight."""
         workers = self.opt.workers if self.opt.workers is not None else max(1, (os.cpu_count() or 2) - 1)
         if workers == 0:
             while (nxt := next_task()) is not None:
@@ -146,8 +146,8 @@ class LocalWorkers:
         pool: DecodePool | None = None
         try:
             while True:
-                while (pool is None or len(pool) < workers * 4) and (nxt := next_task()) is not None:
-                    pool = pool or DecodePool(workers, self.opt.file_timeout)
+                while (pool is None or len(pool) < pool.ahead) and (nxt := next_task()) is not None:
+                    pool = pool or DecodePool(workers, self.opt.file_timeout, ring=True)
                     pool.put(*nxt)
                 if pool is None or not len(pool):
                     break

@@ -1,0 +1,119 @@
+"""A ring of shared-memory slots that decode workers write decoded pixels into, so that only byte offsets and
+shapes travel back through the executor's pipe: a 224 x 224 crop is 150 KB, and moving it through the pipe costs
+the ingest process ~300 us of CPU (its executor thread reads, polls and unpickles it), copying it out of a slot
+~10 us.
+
+The ingest process owns the ring (:class:`PixelRing`): it gives each task in flight a free slot, copies the arrays
+out of it when the result arrives (:meth:`PixelRing.unpack`), and frees it. A worker (:func:`pack`) moves the
+result's arrays into its task's slot while they fit; the others travel through the pipe as before, and so does
+every array of a task that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker
+killed while writing its slot leaves nothing behind: its task is decoded again, into the same slot, before
+anything reads it. The segment is created by the ingest process; multiprocessing's resource tracker unlinks it
+even when that process is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from multiprocessing import shared_memory
+
+import numpy as np
+
+SLOT_BYTES = 2 << 20  # a call's pixels: 8 crops of up to 295 x 295 (13 of 224 x 224), or a 640 x 480 frame
+MAX_SHARE = 4  # the ring takes at most a quarter of the free shared memory
+ALIGN = 64
+ARRAYS = ("pixels", "frame")  # the Item attributes that may travel in a slot
+
+
+class PixelRing:
+    """``slots`` slots of ``slot_bytes`` in one shared-memory segment (see the module docstring)."""
+
+    def __init__(self, slots: int, slot_bytes: int = SLOT_BYTES):
+        self.slots, self.slot_bytes = slots, slot_bytes
+        self.shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
+        try:  # take the pages now: a full /dev/shm is an error here, not a SIGBUS in a worker later
+            if hasattr(os, "posix_fallocate") and getattr(self.shm, "_fd", -1) >= 0:
+                os.posix_fallocate(self.shm._fd, 0, slots * slot_bytes)
+        except OSError:
+            self.close()
+            raise
+        self._free = list(range(slots - 1, -1, -1))
+
+    @classmethod
+    def create(cls, slots: int, slot_bytes: int = SLOT_BYTES) -> PixelRing | None:
+        """A ring of up to ``slots`` slots, fewer when shared memory is scarce; None when there is too little (the
+        pixels then travel through the pipe)."""
+        free = shared_free_bytes()
+        if free is not None:
+            slots = min(slots, free // MAX_SHARE // slot_bytes)
+        if slots < 1:
+            return None
+        try:
+            return cls(slots, slot_bytes)
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def acquire(self) -> int | None:
+        """A free slot, or None when all are in use."""
+        return self._free.pop() if self._free else None
+
+    def release(self, slot: int | None) -> None:
+        if slot is not None:
+            self._free.append(slot)
+
+    def unpack(self, slot: int, result) -> None:
+        """Copy the arrays a worker packed into ``slot`` back onto ``result``'s items (see :func:`pack`)."""
+        base = slot * self.slot_bytes
+        for index, attr, offset, shape in result.in_ring:
+            view = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=base + offset)
+            setattr(result.items[index], attr, view.copy())
+        result.in_ring = []
+
+    def close(self) -> None:
+        """Unmap and remove the segment (workers that still map it keep their mapping until they exit)."""
+        try:
+            self.shm.close()
+        finally:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def shared_free_bytes() -> int | None:
+    """Free bytes of ``/dev/shm`` (where POSIX shared memory lives on Linux); None where it cannot be told."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def attach(name: str) -> shared_memory.SharedMemory:
+    """The ring's segment, in a worker (the ingest process, which created it, unlinks it)."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    return shared_memory.SharedMemory(name=name)  # spawned workers share the creator's resource tracker
+
+
+def pack(shm: shared_memory.SharedMemory, slot: int, slot_bytes: int, result, used: int = 0) -> int:
+    """Move ``result``'s uint8 arrays into ``slot`` from byte ``used`` on while they fit, recording each as (item
+    index, attribute, byte offset, shape) in ``result.in_ring`` in place of the array. Returns the bytes used."""
+    base = slot * slot_bytes
+    for index, item in enumerate(result.items):
+        for attr in ARRAYS:
+            a = getattr(item, attr)
+            if a is None or a.dtype != np.uint8 or used + a.nbytes > slot_bytes:
+                continue
+            np.copyto(np.ndarray(a.shape, np.uint8, buffer=shm.buf, offset=base + used), a)
+            result.in_ring.append((index, attr, used, a.shape))
+            setattr(item, attr, None)
+            used += -(-a.nbytes // ALIGN) * ALIGN
+    return used

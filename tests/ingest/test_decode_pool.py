@@ -1,0 +1,137 @@
+"""The decode pool: images go to the workers a chunk per call, pixels come back in a shared-memory ring (issue 26's
+pipeline cost). Results equal those of decoding in this process, whatever travels where, and no slot is lost when a
+worker hangs or crashes in the middle of a chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from a2v_search.ingest import ring as pixel_ring
+from a2v_search.ingest.decode import DecodeResult, DecodeTask, Item, decode
+from a2v_search.ingest.decode_pool import CHUNK, DecodePool
+from a2v_search.preprocess import Preprocess
+from a2v_search.testing.media import noise
+
+
+def images(folder, n: int, w: int = 64, h: int = 48) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i:03d}.png"
+        Image.fromarray(noise(i, w, h)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def tasks(paths: list[str], pre: Preprocess) -> list[DecodeTask]:
+    """Whole images, crops (two persons), frames for a detector: pixels of every size, some over a slot."""
+    out = []
+    for i, p in enumerate(paths):
+        if i % 3 == 1:
+            out.append(DecodeTask(path=p, kind="image", preprocess=pre,
+                                  boxes=[([0, 0, 30, 40], 0.9, ()), ([10, 5, 60, 45], 0.8, ())]))
+        else:
+            out.append(DecodeTask(path=p, kind="image", preprocess=pre, for_detector=i % 3 == 2))
+    return out
+
+
+def through_pool(todo: list[DecodeTask], **pool_args) -> tuple[list[tuple[int, DecodeResult]], DecodePool]:
+    pool = DecodePool(2, pool_args.pop("timeout", 60.0), **pool_args)
+    out = []
+    try:
+        for i, task in enumerate(todo):
+            pool.put(i, task)
+            if len(pool) >= pool.ahead:
+                out.append(pool.take())
+        while len(pool):
+            out.append(pool.take())
+    finally:
+        pool.close()
+    return out, pool
+
+
+def same(a: DecodeResult, b: DecodeResult) -> None:
+    assert (a.path, a.error, a.width, a.height, len(a.items)) == (b.path, b.error, b.width, b.height, len(b.items))
+    assert not a.in_ring
+    for x, y in zip(a.items, b.items):
+        assert x.box == y.box
+        for attr in ("pixels", "frame"):
+            u, v = getattr(x, attr), getattr(y, attr)
+            assert (u is None) == (v is None)
+            if u is not None:
+                assert u.shape == v.shape and np.array_equal(u, v)
+
+
+def test_pixels_come_back_the_same_through_the_ring_the_pipe_or_this_process(tmp_path):
+    pre = Preprocess(size=224)
+    paths = images(tmp_path / "a", 2 * CHUNK + 3) + images(tmp_path / "big", 2, w=1000, h=900)
+    todo = tasks(paths, pre)
+    expected = [decode(t) for t in todo]
+    for ring in (True, False):
+        out, pool = through_pool(todo, ring=ring)
+        assert [k for k, _ in out] == list(range(len(todo)))  # submission order
+        for (_, got), want in zip(out, expected):
+            same(got, want)
+        assert (pool.ring is not None) == ring
+        if ring:
+            assert len(pool.ring._free) == pool.ring.slots  # every slot given back
+
+
+def test_pack_keeps_what_fits_and_leaves_the_rest_to_the_pipe():
+    ring = pixel_ring.PixelRing(2, slot_bytes=3 * 224 * 224 * 3)
+    try:
+        crops = [np.full((224, 224, 3), i, np.uint8) for i in range(4)]
+        frame = np.full((500, 500, 3), 9, np.uint8)
+        result = DecodeResult(path="x", kind="image", items=[Item(box=[0, 0, 1, 1], pixels=c) for c in crops]
+                              + [Item(box=[0, 0, 1, 1], frame=frame)])
+        used = pixel_ring.pack(ring.shm, 1, ring.slot_bytes, result)
+        assert [i for i, *_ in result.in_ring] == [0, 1, 2] and used <= ring.slot_bytes
+        assert result.items[3].pixels is crops[3] and result.items[4].frame is frame  # did not fit: kept
+        ring.unpack(1, result)
+        for item, crop in zip(result.items, crops):
+            assert np.array_equal(item.pixels, crop)
+        assert not result.in_ring
+    finally:
+        ring.close()
+
+
+def test_without_shared_memory_the_pixels_take_the_pipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(pixel_ring, "shared_free_bytes", lambda: 0)
+    pre = Preprocess(size=32)
+    todo = tasks(images(tmp_path, 5), pre)
+    out, pool = through_pool(todo, ring=True)
+    assert pool.ring is None
+    for (_, got), t in zip(out, todo):
+        same(got, decode(t))
+
+
+def test_thousands_of_tasks_without_a_timeout_never_stall(tmp_path):
+    """Each task's start is reported on a queue; unread (no timeout), its pipe once filled after ~5,000 tasks and
+    the workers blocked forever."""
+    pre = Preprocess(size=8)
+    path = images(tmp_path, 1, w=8, h=8)[0]
+    out, _ = through_pool([DecodeTask(path=path, kind="image", preprocess=pre, want_hash=False)] * 8000,
+                          timeout=None, ring=True)
+    assert len(out) == 8000 and all(r.error is None and r.items[0].pixels.shape == (8, 8, 3) for _, r in out)
+
+
+@pytest.mark.timeout(300)
+def test_a_hang_inside_a_chunk_costs_that_file_only(tmp_path, monkeypatch):
+    """The tasks of a chunk before the stuck one were decoded but never returned: they are decoded again; those
+    after it too; only the stuck one fails, once."""
+    monkeypatch.setenv("A2V_HANG", "stuck")  # read by the spawned decode workers
+    pre = Preprocess(size=32)
+    paths = images(tmp_path / "a", CHUNK + 2)
+    stuck = tmp_path / "stuck.png"
+    Image.fromarray(noise(99)).save(stuck)
+    paths.insert(3, str(stuck))
+    todo = tasks(paths, pre)
+    out, pool = through_pool(todo, ring=True, timeout=1.0)
+    failed = [r.path for _, r in out if r.error]
+    assert failed == [str(stuck)] and "--file-timeout" in out[3][1].error[1]
+    for (_, got), t in zip(out, todo):
+        if got.path != str(stuck):
+            same(got, decode(t))
+    assert len(pool.ring._free) == pool.ring.slots
