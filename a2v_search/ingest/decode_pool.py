@@ -77,7 +77,7 @@ def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None)
     """Decode tasks in turn (each one's number is reported as it starts); their pixels go into ``slot`` of the ring
     while they fit."""
     results, used = [], 0
-    for number, task in zip(numbers, tasks):
+    for number, task in zip(numbers, tasks, strict=True):
         _started.put(number)
         results.append(decode(task))
         if slot is not None and _ring is not None:

@@ -14,6 +14,7 @@ even when that process is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from multiprocessing import shared_memory
@@ -79,10 +80,8 @@ class PixelRing:
         try:
             self.shm.close()
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
-            except FileNotFoundError:
-                pass
 
 
 def shared_free_bytes() -> int | None:

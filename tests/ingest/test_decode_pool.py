@@ -55,7 +55,7 @@ def through_pool(todo: list[DecodeTask], **pool_args) -> tuple[list[tuple[int, D
 def same(a: DecodeResult, b: DecodeResult) -> None:
     assert (a.path, a.error, a.width, a.height, len(a.items)) == (b.path, b.error, b.width, b.height, len(b.items))
     assert not a.in_ring
-    for x, y in zip(a.items, b.items):
+    for x, y in zip(a.items, b.items, strict=True):
         assert x.box == y.box
         for attr in ("pixels", "frame"):
             u, v = getattr(x, attr), getattr(y, attr)
@@ -72,7 +72,7 @@ def test_pixels_come_back_the_same_through_the_ring_the_pipe_or_this_process(tmp
     for ring in (True, False):
         out, pool = through_pool(todo, ring=ring)
         assert [k for k, _ in out] == list(range(len(todo)))  # submission order
-        for (_, got), want in zip(out, expected):
+        for (_, got), want in zip(out, expected, strict=True):
             same(got, want)
         assert (pool.ring is not None) == ring
         if ring:
@@ -90,7 +90,7 @@ def test_pack_keeps_what_fits_and_leaves_the_rest_to_the_pipe():
         assert [i for i, *_ in result.in_ring] == [0, 1, 2] and used <= ring.slot_bytes
         assert result.items[3].pixels is crops[3] and result.items[4].frame is frame  # did not fit: kept
         ring.unpack(1, result)
-        for item, crop in zip(result.items, crops):
+        for item, crop in zip(result.items[:4], crops, strict=True):
             assert np.array_equal(item.pixels, crop)
         assert not result.in_ring
     finally:
@@ -103,7 +103,7 @@ def test_without_shared_memory_the_pixels_take_the_pipe(tmp_path, monkeypatch):
     todo = tasks(images(tmp_path, 5), pre)
     out, pool = through_pool(todo, ring=True)
     assert pool.ring is None
-    for (_, got), t in zip(out, todo):
+    for (_, got), t in zip(out, todo, strict=True):
         same(got, decode(t))
 
 
@@ -131,7 +131,7 @@ def test_a_hang_inside_a_chunk_costs_that_file_only(tmp_path, monkeypatch):
     out, pool = through_pool(todo, ring=True, timeout=1.0)
     failed = [r.path for _, r in out if r.error]
     assert failed == [str(stuck)] and "--file-timeout" in out[3][1].error[1]
-    for (_, got), t in zip(out, todo):
+    for (_, got), t in zip(out, todo, strict=True):
         if got.path != str(stuck):
             same(got, decode(t))
     assert len(pool.ring._free) == pool.ring.slots
