@@ -38,6 +38,7 @@ DEFAULT_RULE = TrackRule()
 #: a moment's score: the mean of the best TOP_FRAMES frame scores of its track (fewer if the track is shorter);
 #: chosen over the max by measurement (bench/track_score_ablation.py, docs/design.md).
 TOP_FRAMES = 3
+ALL_PAIRS_MAX = 300  # videos of up to this many persons get every box overlap at once (n x n floats)
 
 
 def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,6 +86,7 @@ def link(times: Sequence[float], boxes: Sequence[Sequence[float]], visual: np.nd
             frames.append([i])
     out = [-1] * n
     last: list[int] = []  # per track: the index of its latest person
+    every = _iou_matrix(b, b).tolist() if n <= ALL_PAIRS_MAX else None  # (n, n): one numpy call for a short video
     for frame in frames:
         now = tl[frame[0]]
         alive = [k for k, j in enumerate(last) if now - tl[j] <= reach]
@@ -92,7 +94,9 @@ def link(times: Sequence[float], boxes: Sequence[Sequence[float]], visual: np.nd
         if alive:
             prev = [last[k] for k in alive]
             cos = (v[prev] @ v[frame].T).tolist()  # (alive, in frame)
-            if len(prev) * len(frame) > 64:
+            if every is not None:
+                overlap = [[every[j][i] for i in frame] for j in prev]
+            elif len(prev) * len(frame) > 64:
                 overlap = _iou_matrix(b[prev], b[frame]).tolist()
             else:  # a few pairs: the same arithmetic on Python floats, without numpy's per-call cost
                 overlap = [[_iou(bl[j], bl[i]) for i in frame] for j in prev]

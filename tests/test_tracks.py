@@ -474,3 +474,30 @@ def test_small_frames_and_crowds_link_by_the_same_overlaps() -> None:
     assert link(times, moving, visual) == list(range(12)) * 4
     pick = [f * 12 + p for f in range(4) for p in (0, 1)]
     assert link([times[i] for i in pick], [moving[i] for i in pick], visual[pick]) == [0, 1] * 4
+
+
+def test_a_short_video_links_the_same_with_every_overlap_computed_at_once(monkeypatch) -> None:
+    """Videos of up to ALL_PAIRS_MAX persons take their box overlaps from one n x n matrix, longer ones frame by
+    frame: the same tracks either way, on crowds that cross, occlude and leave."""
+    from a2v_search import tracks
+
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        frames, people = int(rng.integers(2, 12)), int(rng.integers(1, 8))
+        times, boxes, visual = [], [], []
+        looks = rng.normal(size=(people, 32))
+        for f in range(frames):
+            for p in range(people):
+                if rng.random() < 0.2:
+                    continue  # out of sight in this frame
+                x = 40.0 * p + rng.normal(0, 8) + 6 * f
+                times.append(f * 0.5)
+                boxes.append([x, 20.0, x + rng.uniform(30, 90), 200.0])
+                visual.append(looks[p] + rng.normal(0, 0.6, 32))
+        visual = np.asarray(visual, np.float32).reshape(len(times), 32)
+        visual /= np.linalg.norm(visual, axis=1, keepdims=True) + 1e-9
+        at_once = tracks.link(times, boxes, visual)
+        monkeypatch.setattr(tracks, "ALL_PAIRS_MAX", 0)
+        by_frame = tracks.link(times, boxes, visual)
+        monkeypatch.setattr(tracks, "ALL_PAIRS_MAX", 300)
+        assert at_once == by_frame, trial
