@@ -4,7 +4,7 @@
 Two ways to the same numbers:
 
 - **kept**: ``activity_counts`` holds the counts of every (collection, media kind), updated in the transaction
-  that adds or removes persons (:func:`count_added`, :func:`uncount_media`); an overview of a whole store, a
+  that adds or removes persons (:func:`count_added`, :func:`uncount`); an overview of a whole store, a
   collection or a kind sums a few rows (:func:`read_counts`), whatever the number of persons.
 - **scanned**: :func:`scan_counts` reads the probabilities of given persons (any filter) and counts them.
 
@@ -18,7 +18,7 @@ both ways agree. Keys of labels and pairs: ``("pasta", c)``, ``("verbs", v)``, `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -101,18 +101,38 @@ def _add(s: Session, collection: str, kind: str, delta: Counts) -> None:
                                        if facet in changed or facet not in rows])
 
 
-def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]],
+                removed: dict[tuple[str, str], Counts] | None = None) -> None:
     """Count new persons: (collection, kind) -> their stored (float16 values) pasta (n, 93) and verbs (n, 157),
-    and their objects' ``values.object_probs`` (n, 80)."""
-    for (collection, kind), (pasta, verbs, objects) in groups.items():
+    and their objects' ``values.object_probs`` (n, 80); less the ``removed`` counts (:func:`removed_counts`) of the
+    persons they replace, so that each (collection, kind) is read and written once."""
+    deltas = {key: -c for key, c in (removed or {}).items()}
+    for key, (pasta, verbs, objects) in groups.items():
         if len(pasta):
-            _add(s, collection, kind, count_block(pasta, verbs, objects))
+            added = count_block(pasta, verbs, objects)
+            deltas[key] = deltas[key] + added if key in deltas else added
+    for (collection, kind), delta in deltas.items():
+        _add(s, collection, kind, delta)
 
 
-def _probability_rows(s: Session, where) -> Iterator[tuple]:
-    q = select(Person.id, Person.pasta, Person.verbs, Media.collection, Media.kind).join(
-        Media, Media.id == Person.media_id).where(where)
-    yield from s.execute(q)
+_STORED_ROWS = ("SELECT p.id, p.pasta, p.verbs, m.collection, m.kind FROM persons p JOIN media m ON m.id = p.media_id "
+                "WHERE p.media_id IN ({}) ORDER BY p.id")
+
+
+def stored_rows(s: Session, media_ids: Sequence[int]) -> list[tuple]:
+    """(id, pasta blob, verbs blob, collection, kind) of the persons of these media, by id (a DBAPI read: the write
+    path's removals of replaced and deleted media)."""
+    cursor, out = dbapi(s), []
+    for chunk in chunks([int(m) for m in media_ids]):
+        out += cursor.execute(_STORED_ROWS.format(",".join("?" * len(chunk))), chunk).fetchall()
+    out.sort()
+    return out
+
+
+def removed_counts(s: Session, rows: Sequence[tuple]) -> dict[tuple[str, str], Counts]:
+    """The counts of stored persons about to be removed, by (collection, kind); ``rows`` as :func:`stored_rows`
+    gives them (read before the persons' objects are deleted)."""
+    return {key: count_block(*arrays) for key, arrays in _grouped(s, rows).items()}
 
 
 def _grouped(s: Session, rows) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -126,12 +146,11 @@ def _grouped(s: Session, rows) -> dict[tuple[str, str], tuple[np.ndarray, np.nda
                   stored_objects(s, [r[0] for r in rs])) for key, rs in by.items()}
 
 
-def uncount_media(s: Session, media_ids: Sequence[int]) -> None:
-    """Take the persons of these media out of the kept counts (before they are deleted or replaced)."""
-    media_ids = [int(m) for m in media_ids]
-    for chunk in chunks(media_ids):
-        for key, arrays in _grouped(s, _probability_rows(s, Person.media_id.in_(chunk))).items():
-            _add(s, *key, -count_block(*arrays))
+def uncount(s: Session, rows: Sequence[tuple]) -> None:
+    """Take stored persons (``rows`` as :func:`stored_rows` gives them) out of the kept counts, before they are
+    deleted."""
+    for key, counts in removed_counts(s, rows).items():
+        _add(s, *key, -counts)
 
 
 def same(a: Counts, b: Counts) -> bool:

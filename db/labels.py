@@ -115,10 +115,12 @@ def _int64(blob: bytes | None) -> np.ndarray:
     return np.frombuffer(blob or b"", np.int64)
 
 
-def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray) -> None:
+def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray, rows: Sequence[tuple] | None = None) -> None:
     """Note persons about to be deleted (call it before deleting them) in the chunks that hold them: their ids
-    join the chunk's dead and their level counts its dead counts; a chunk half dead is rewritten without them."""
+    join the chunk's dead and their level counts its dead counts; a chunk half dead is rewritten without them.
+    ``rows``: their (id, pasta blob, verbs blob, ...) when the caller has read them (else they are read here)."""
     gone = np.unique(np.asarray(person_ids, np.int64))
+    known = None if rows is None else {r[0]: r[:3] for r in rows}
     gone = gone[gone <= boundary(s)]  # the tail needs nothing: it is read from the persons themselves
     if not len(gone):
         return
@@ -134,8 +136,12 @@ def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray) -> None:
         if 2 * len(dead) >= len(ids):  # rewrite the chunk without its dead
             _rewrite(s, first, ids, dead)
             continue
-        _, probs = _probs(s.execute(select(Person.id, Person.pasta, Person.verbs).where(
-            Person.id.in_(new.tolist())).order_by(Person.id)).all())
+        if known is not None and all(i in known for i in new.tolist()):
+            found = [known[i] for i in new.tolist()]
+        else:
+            found = s.execute(select(Person.id, Person.pasta, Person.verbs).where(
+                Person.id.in_(new.tolist())).order_by(Person.id)).all()
+        _, probs = _probs(found)
         counts = np.concatenate([level_counts(probs[kind]) for kind, _ in KINDS]).astype(np.int64)  # (250, 100)
         if counts_blob:
             counts += np.frombuffer(counts_blob, np.uint16).reshape(counts.shape)

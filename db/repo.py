@@ -128,10 +128,10 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     """
     now = time.time()
     replaced = [int(m.replaces) for m in items if m.replaces is not None]
-    removed = _person_ids_of(s, replaced)
-    labels.drop_persons(s, removed)
-    if len(removed):
-        activities.uncount_media(s, replaced)
+    gone = activities.stored_rows(s, replaced) if replaced else []  # the persons they held, read once
+    removed = np.asarray([r[0] for r in gone], np.int64)
+    labels.drop_persons(s, removed, gone)
+    uncounted = activities.removed_counts(s, gone)  # subtracted with the new persons' counts, below
     for chunk in chunks(replaced):
         s.execute(delete(Person).where(Person.media_id.in_(chunk)))
         s.execute(delete(Track).where(Track.media_id.in_(chunk)))
@@ -150,6 +150,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
                                        for mid, m in zip(media_ids, items, strict=True) if m.replaces is None])
     persons = [p for m in items for p in m.persons]
     if not persons:
+        activities.count_added(s, {}, uncounted)
         return media_ids, np.zeros(0, np.int64), removed
     if arrays is None:
         arrays, problem = as_arrays(persons, len(np.asarray(persons[0].visual).ravel()))
@@ -176,7 +177,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     keys = [(m.collection, m.kind) for m in items for _ in m.persons]
     stored_pasta, stored_verbs = (np.asarray(x, np.float16).astype(np.float32) for x in (arrays.pasta, arrays.verbs))
     activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows], arrays.objects[rows]) for key in set(keys)
-                               for rows in [[i for i, k in enumerate(keys) if k == key]]})
+                               for rows in [[i for i, k in enumerate(keys) if k == key]]}, uncounted)
     return media_ids, ids, removed
 
 
@@ -187,21 +188,13 @@ def _row_blobs(x: np.ndarray) -> list[bytes]:
     return [raw[i:i + width] for i in range(0, len(raw), width)]
 
 
-
-def _person_ids_of(s: Session, media_ids: Sequence[int]) -> np.ndarray:
-    out: list[int] = []
-    for chunk in chunks(media_ids):
-        out += s.execute(select(Person.id).where(Person.media_id.in_(chunk))).scalars().all()
-    return np.asarray(sorted(out), np.int64)
-
-
 def delete_media(s: Session, media_ids: Sequence[int]) -> np.ndarray:
     """Delete media rows with their persons (and their labels); returns the removed person ids."""
     media_ids = [int(m) for m in media_ids]
-    removed = _person_ids_of(s, media_ids)
-    labels.drop_persons(s, removed)
-    if len(removed):
-        activities.uncount_media(s, media_ids)
+    gone = activities.stored_rows(s, media_ids)
+    removed = np.asarray([r[0] for r in gone], np.int64)
+    labels.drop_persons(s, removed, gone)
+    activities.uncount(s, gone)
     for chunk in chunks(media_ids):
         s.execute(update(Media).where(Media.duplicate_of.in_(chunk)).values(duplicate_of=None))
         s.execute(delete(Media).where(Media.id.in_(chunk)))  # persons go by ON DELETE CASCADE
