@@ -115,16 +115,14 @@ def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.n
         _add(s, collection, kind, delta)
 
 
-_STORED_ROWS = ("SELECT p.id, p.pasta, p.verbs, m.collection, m.kind FROM persons p JOIN media m ON m.id = p.media_id "
-                "WHERE p.media_id IN ({}) ORDER BY p.id")
-
-
 def stored_rows(s: Session, media_ids: Sequence[int]) -> list[tuple]:
-    """(id, pasta blob, verbs blob, collection, kind) of the persons of these media, by id (a DBAPI read: the write
-    path's removals of replaced and deleted media)."""
-    cursor, out = dbapi(s), []
+    """(id, pasta blob, verbs blob, collection, kind) of the persons of these media, by id: what the write path's
+    removals of replaced and deleted media need, read once."""
+    q = select(Person.id, Person.pasta, Person.verbs, Media.collection, Media.kind).join(
+        Media, Media.id == Person.media_id)
+    out: list[tuple] = []
     for chunk in chunks([int(m) for m in media_ids]):
-        out += cursor.execute(_STORED_ROWS.format(",".join("?" * len(chunk))), chunk).fetchall()
+        out += map(tuple, s.execute(q.where(Person.media_id.in_(chunk))).all())
     out.sort()
     return out
 
