@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,30 +38,52 @@ class ImportReport:
 
 def import_records(store: Store, records: list, visual_dim: int, collection: str = "default") -> ImportReport:
     """Validate ``records`` (see :meth:`A2VSearch.import_records`) and write the valid ones into ``store`` (write-
-    locked, its space registered); a stored path is replaced. Bad records are reported and skipped."""
+    locked, its space registered); a stored path is replaced. Bad records are reported and skipped, and so is a
+    record whose path an earlier record of the call gave. ``WRITE_EVERY`` media a transaction; each is written in a
+    second thread while the next ones are validated (SQLite, numpy and FAISS release the GIL)."""
     report = ImportReport(records=len(records))
-    items: list[NewMedia] = []
-    for start in range(0, len(records), WRITE_EVERY):
-        chunk = records[start:start + WRITE_EVERY]
-        fast = plain_records_to_media(chunk, visual_dim, collection)
-        if fast is not None:
-            items += fast
-            continue
-        for i, rec in enumerate(chunk, start):  # one by one, to name what is wrong with each bad record
-            try:
-                items.append(record_to_media(rec, visual_dim, collection))
-            except InputError as e:
-                where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
-                report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
-    states = store.media_states([m.path for m in items])
-    for m in items:
-        if m.path in states:
-            m.replaces = states[m.path].id
-    for start in range(0, len(items), WRITE_EVERY):
-        report.persons_added += len(store.write(items[start:start + WRITE_EVERY]))
-    report.media_added = len(items)
+    first_of: dict[str, int] = {}  # path -> the record that gave it
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
+        pending: Future | None = None
+        for start in range(0, len(records), WRITE_EVERY):
+            items = []
+            for i, m in _chunk_media(records[start:start + WRITE_EVERY], start, visual_dim, collection, report):
+                first = first_of.setdefault(m.path, i)
+                if first == i:
+                    items.append(m)
+                else:
+                    report.failures.append({"path": m.path, "stage": "import", "error": (
+                        f"record {i}: record {first} gave the same path; give each media once (all its persons "
+                        "in one record)")})
+            states = store.media_states([m.path for m in items])
+            for m in items:
+                if m.path in states:
+                    m.replaces = states[m.path].id
+            if pending is not None:
+                report.persons_added += len(pending.result())
+            pending = writer.submit(store.write, items)
+            report.media_added += len(items)
+        if pending is not None:
+            report.persons_added += len(pending.result())
     store.indexes.save()
     return report
+
+
+def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
+                 report: ImportReport) -> list[tuple[int, NewMedia]]:
+    """(record number, media) of the valid records of a chunk that starts at record ``start``; the others go to
+    ``report.failures``."""
+    fast = plain_records_to_media(chunk, visual_dim, collection)
+    if fast is not None:
+        return list(enumerate(fast, start))
+    out = []
+    for i, rec in enumerate(chunk, start):  # one by one, to name what is wrong with each bad record
+        try:
+            out.append((i, record_to_media(rec, visual_dim, collection)))
+        except InputError as e:
+            where = rec.get("path", f"record {i}") if isinstance(rec, dict) else f"record {i}"
+            report.failures.append({"path": str(where), "stage": "import", "error": f"record {i}: {e}"})
+    return out
 
 
 def read_records(source: str | os.PathLike | Iterable[dict]) -> list:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from a2v_search.errors import InputError
 from a2v_search.records import plain_records_to_media, read_records, record_to_media
@@ -71,3 +72,50 @@ def test_json_lines_name_the_bad_line(tmp_path):
     latin.write_bytes(b'{"path": "caf\xe9"}\n')
     with pytest.raises(InputError, match="not UTF-8"):
         read_records(latin)
+
+
+def stored_persons(data_dir) -> list[tuple]:
+    from a2v_search.store import Store
+    from db.schema import Media, Person
+
+    store = Store(data_dir)
+    try:
+        with store.db.session() as s:
+            return [tuple(r) for r in s.execute(select(Media.path, Person.x1, Person.score, Person.pasta, Person.visual)
+                                                .join(Media, Media.id == Person.media_id).order_by(Person.id))]
+    finally:
+        store.close()
+
+
+def test_an_import_stores_the_same_whatever_its_transactions(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch):
+    """Each transaction is written while the next records are validated: the same persons, in the same order, as
+    one transaction."""
+    from a2v_search import records as records_module
+    from a2v_search.api import A2VSearch
+
+    recs = records(np.random.default_rng(4), n=12)
+    out = []
+    for every in (256, 2):
+        monkeypatch.setattr(records_module, "WRITE_EVERY", every)
+        data = tmp_path / f"every{every}"
+        api = A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+        report = api.import_records(recs)
+        api.close()
+        assert report.failures == [] and report.media_added == 12
+        out.append(stored_persons(data))
+    assert out[0] == out[1] and len(out[0]) == sum(len(r["persons"]) for r in recs)
+
+
+def test_a_path_given_twice_in_one_import_is_reported_not_a_crash(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    from a2v_search.api import A2VSearch
+
+    recs = records(np.random.default_rng(5), n=6)
+    recs[5]["path"] = recs[2]["path"]
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    report = api.import_records(recs)
+    api.close()
+    assert [(f["path"], f["error"].split(":")[0]) for f in report.failures] == [(recs[2]["path"], "record 5")]
+    assert "record 2 gave the same path" in report.failures[0]["error"]
+    assert report.media_added == 5 and report.persons_added == sum(len(r["persons"]) for r in recs[:5])
+    paths = [p for p, *_ in stored_persons(tmp_path / "data")]
+    assert sorted(set(paths)) == sorted(r["path"] for r in recs[:5] if r["persons"])
