@@ -289,7 +289,8 @@ class A2VSearch:
         tower output's norm), so that trained heads' input, and A2V's classifier feature, can be recomputed.
 
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
-        already stored is replaced."""
+        already stored is replaced; a path that an earlier record of the same import gave is reported and skipped
+        (one record a media, with all its persons)."""
         records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)
