@@ -362,13 +362,16 @@ class VectorIndex:
         present = self._present(ids)
         if present.any():
             self.remove(ids[present])
+        lists = None
         if self._pending is not None and self.ntotal + len(ids) >= self.min_train:
             self._train_and_move(None, ids, vectors)
         else:
-            self._add_with_ids(self._index, vectors, ids)
+            lists = self._add_with_ids(self._index, vectors, ids)
         self._insert_ids(uniq)
         self._gpu_index = None
-        self._note_change(self._added_since, uniq)
+        # the IVF list of each added id, when chosen here (-1: ask FAISS's direct map at the next tail's save)
+        self._note_change(self._added_since, (uniq, np.full(len(uniq), -1, np.int64) if lists is None
+                                              else lists[np.argsort(ids, kind="stable")]))
 
     def train(self, vectors: np.ndarray | None = None) -> None:
         """Train now (instead of waiting for `min_train` staged vectors) on `vectors` (n, dim), or on the staged
@@ -424,16 +427,18 @@ class VectorIndex:
         self._saved = None  # a new index: the next save writes it whole
 
     def _add_with_ids(self, index: faiss.Index, vectors: np.ndarray, ids: np.ndarray,
-                      lists: np.ndarray | None = None) -> None:
+                      lists: np.ndarray | None = None) -> np.ndarray | None:
         """``index.add_with_ids(vectors, ids)``. An IVF index takes the vectors through ``add_core`` into ``lists``
         (n,) when given (a tail's, on load); else, on the CPU, its lists are chosen here, one matrix product per chunk
         (numpy's BLAS, ~4x faster than the flat quantizer's search: 32 against 138 us a vector at 2048 lists of
-        d=512 on one core), the same lists but for exact ties."""
+        d=512 on one core), the same lists but for exact ties. Returns the lists (n,), or None where FAISS chose
+        them (or the index has none)."""
         ivf = isinstance(index, faiss.IndexIVF)
         centroids = self._list_centroids(index) if ivf and lists is None and not self._use_gpu else None
         if not ivf or (lists is None and centroids is None):
             index.add_with_ids(vectors, ids)
-            return
+            return None
+        out = np.empty(len(ids), np.int64)
         for start in range(0, len(ids), ASSIGN_CHUNK):
             x = np.ascontiguousarray(vectors[start:start + ASSIGN_CHUNK])  # (c, dim)
             xids = np.ascontiguousarray(ids[start:start + ASSIGN_CHUNK])  # (c,)
@@ -441,6 +446,8 @@ class VectorIndex:
                 np.argmax(x @ centroids.T, axis=1)  # (c,): inner product, as the quantizer
             chosen = np.ascontiguousarray(chosen, np.int64)
             index.add_core(len(xids), faiss.swig_ptr(x), faiss.swig_ptr(xids), faiss.swig_ptr(chosen))
+            out[start:start + len(xids)] = chosen
+        return out
 
     def _list_centroids(self, index: faiss.Index) -> np.ndarray | None:
         """The list centroids (nlist, dim) of the trained IVF ``index`` when its quantizer is a flat inner-product
@@ -657,20 +664,20 @@ class VectorIndex:
             if (gen_of is not None and gen_of < gen) or (gen_of in (None, gen) and _older_than(path, started)):
                 path.unlink(missing_ok=True)
 
-    def _note_change(self, journal: list[np.ndarray], ids: np.ndarray) -> None:
+    def _note_change(self, journal: list, ids: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
         """Remember ids added or removed since the last save, for a tail; once they are more than a tail may hold
         (or nothing was saved or loaded), forget them: the next save writes the whole index. So a reader that only
         catches up in memory never holds more than TAIL_MAX_FRACTION of the index's ids here."""
         if self._saved is None:
             return
         journal.append(ids)
-        self._changed_since += len(ids)
+        self._changed_since += len(ids[0] if isinstance(ids, tuple) else ids)
         if self._changed_since > TAIL_MAX_FRACTION * max(self.ntotal, 1):
             self._saved = None
             self._forget_changes()
 
     def _forget_changes(self) -> None:
-        self._added_since: list[np.ndarray] = []
+        self._added_since: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, their IVF lists or -1)
         self._removed_since: list[np.ndarray] = []
         self._changed_since = 0  # ids in both lists
 
@@ -694,12 +701,17 @@ class VectorIndex:
         with their stored vectors and, for IVF indexes, their lists. Returns its manifest entry."""
         empty = np.empty(0, np.int64)
         removed = np.unique(np.concatenate([empty, *self._removed_since]))
-        added = np.concatenate([empty, *self._added_since])
-        added = np.unique(added[self._present(added)]) if len(added) else empty  # (a,) sorted, still present
+        added = np.concatenate([empty, *(i for i, _ in self._added_since)])[::-1]  # newest first
+        noted = np.concatenate([empty, *(li for _, li in self._added_since)])[::-1]
+        added, newest = np.unique(added, return_index=True)  # (a,) sorted; each id's last add
+        still = self._present(added)
+        added, lists = added[still], noted[newest[still]]
         vectors = self._index.reconstruct_batch(added) if len(added) else np.empty((0, self.dim), np.float32)
-        lists = np.full(len(added), -1, np.int64)
         if isinstance(self._index, faiss.IndexIVF):
-            lists[:] = [faiss.lo_listno(self._index.direct_map.get(int(i))) for i in added]
+            for j in np.flatnonzero(lists < 0):  # lists FAISS chose: its direct map knows them
+                lists[j] = faiss.lo_listno(self._index.direct_map.get(int(added[j])))
+        else:
+            lists[:] = -1
         gen = generation_of(self._saved["file"], name)
         k = len(self._saved["tail"]) + 1
         while (folder / tail_file_name(name, gen, k)).exists():  # a file a killed save left: never overwritten

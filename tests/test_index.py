@@ -570,6 +570,23 @@ def test_a_small_change_is_saved_as_a_tail_and_loads_as_the_same_index(tmp_path)
     assert summary["tails"] == 2 and summary["bytes"] == sum(p.stat().st_size for p in tmp_path.glob("v.1.*"))
 
 
+def test_a_tail_names_the_list_each_vector_is_in(tmp_path) -> None:
+    """The lists a tail saves come from the adds that chose them, the last add of an id winning (an id added, removed
+    and added again since the save, with another vector), and from FAISS's direct map where FAISS chose: always the
+    list the vector is in."""
+    import faiss
+
+    vi, ids, base = _ivf_with_changes(tmp_path)
+    vi.remove(ids[5_000:5_010])
+    vi.add(ids[5_000:5_010], -base[5_000:5_010])  # again, elsewhere
+    vi.save(tmp_path, "v", {})
+    with np.load(tmp_path / "v.1.1.tail") as z:
+        added, lists = z["ids"], z["lists"]
+    inner = vi._index
+    want = [faiss.lo_listno(inner.direct_map.get(int(i))) for i in added]
+    assert len(added) == 210 and lists.tolist() == want and (lists >= 0).all()
+
+
 def test_tails_give_way_to_a_whole_save_and_are_deleted(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(faiss_index, "TAIL_MAX_FRACTION", 0.05)
     vi, ids, base = _ivf_with_changes(tmp_path)  # 270 changed ids of 5,150: over 5%
