@@ -328,7 +328,10 @@ class Searcher:
                     _, ids = indexes[name].search(np.asarray(vectors[name], np.float32)[None],
                                                   min(pool, max(total, 1)), allow=allow)
                     cand.update(int(i) for i in ids[0] if i >= 0)
-                ranked = self._rescore(sorted(cand), vectors, weights)
+                # a plain page needs only its best ``need`` (and as many more as ``exclude`` may drop: min_score
+                # cuts the end); moments and one-per-media look further
+                limit = None if group or per_media else need + len(exclude or ())
+                ranked = self._rescore(sorted(cand), vectors, weights, limit)
             if group:
                 floor = ranked[-1].score if ranked and pool < total else -np.inf
                 ranked = self._moments(self._keep(ranked, exclude, None, False), vectors, weights, allow, exclude,
@@ -397,8 +400,10 @@ class Searcher:
         found.sort(key=lambda t: (-t[1], t[0]))
         return [Ranked(pid, weight * cos, {name: cos}) for pid, cos in found]
 
-    def _rescore(self, ids: list[int], vectors: dict[str, np.ndarray], weights: dict[str, float]) -> list[Ranked]:
-        """Exact fused scores of candidates from their stored vectors, best first, ties by id."""
+    def _rescore(self, ids: list[int], vectors: dict[str, np.ndarray], weights: dict[str, float],
+                 limit: int | None = None) -> list[Ranked]:
+        """Exact fused scores of candidates from their stored vectors, best first, ties by id (the best ``limit``
+        only, when given)."""
         stored = self.store.person_vectors(ids)
         pids = stored.ids
         if not len(pids):
@@ -407,7 +412,7 @@ class Searcher:
                                   stored.objects)
         cos = {n: vecs[n] @ np.asarray(vectors[n], np.float32) for n in weights}
         score = sum(weights[n] * cos[n] for n in weights)
-        order = np.lexsort((pids, -score))
+        order = np.lexsort((pids, -score))[:limit]
         return [Ranked(int(pids[i]), float(score[i]), {n: float(c[i]) for n, c in cos.items()}) for i in order]
 
     def _keep(self, ranked: list[Ranked], exclude: set[int] | None, min_score: float | None,

@@ -170,6 +170,15 @@ def test_where_accepts_verbs_and_below_comparisons(semantic):
     assert len(result) == 33 and "hug" not in {profile_of(h) for h in result}
 
 
+def test_fused_pages_are_slices_of_one_ranking_without_the_excluded(semantic):
+    """Two spaces: candidates are re-scored and only a page's worth (and what ``exclude`` may drop) is kept; the
+    pages are still slices of the one ranking, the query person in none."""
+    first = semantic.search_text("drinking from a cup", k=1)[0].person_id
+    full = [h.person_id for h in semantic.search_similar(first, k=30, weights=(0.5, 0.5))]
+    pages = [semantic.search_similar(first, k=4, offset=o, weights=(0.5, 0.5)) for o in (0, 4, 8)]
+    assert [h.person_id for page in pages for h in page] == full[:12] and first not in full and len(full) == 30
+
+
 def test_search_similar_and_clip_text(semantic):
     first = semantic.search_text("kicking a ball", k=1).hits[0]
     similar = semantic.search_similar(first.person_id, k=2, weights=(0.0, 1.0))
