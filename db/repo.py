@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 
@@ -310,6 +311,7 @@ def _norms(values: Sequence[float | None]) -> np.ndarray:
 
 
 _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
+_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id IN (SELECT value FROM json_each(?))"
 
 
 def _vector_batch(s: Session, rows: Sequence) -> Vectors:
@@ -344,7 +346,11 @@ def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
     ids = [int(i) for i in ids]
     found: dict[int, tuple] = {}
     for chunk in chunks(ids):
-        found.update({r[0]: r for r in s.execute(select(*_VECTOR_COLUMNS).where(Person.id.in_(chunk)))})
+        try:  # one bound JSON list: no IN list for SQLAlchemy to expand (~2 ms of a search's 512 candidates)
+            rows = dbapi(s).execute(_VECTORS_OF, (json.dumps(chunk),)).fetchall()
+        except sqlite3.OperationalError:  # an SQLite built without JSON
+            rows = s.execute(select(*_VECTOR_COLUMNS).where(Person.id.in_(chunk))).all()
+        found.update({r[0]: r for r in rows})
     rows = [found[i] for i in ids if i in found]
     if not rows:
         return Vectors(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32),

@@ -305,3 +305,17 @@ def test_a_quantised_index_alone_gives_the_exact_ranking(tmp_path, tiny_clip_dir
         assert scores[0].shape == (18, 10) and np.abs(scores[0] - scores[1]).max() < 1e-6  # 8-bit codes: ~1e-3
     finally:
         api.close()
+
+
+def test_candidate_vectors_read_the_same_without_sqlite_json(semantic, monkeypatch):
+    """Re-scoring reads candidates' vectors through one bound JSON list; an SQLite without JSON takes an IN list."""
+    store = semantic.store
+    ids = [5, 1, 999999, 3, 2]  # in the caller's order; an unknown id left out
+    with store.db.session() as s:
+        fast = repo.fetch_vectors(s, ids)
+    monkeypatch.setattr(repo, "_VECTORS_OF", "SELECT id FROM persons WHERE id IN (SELECT value FROM no_json_here(?))")
+    with store.db.session() as s:
+        slow = repo.fetch_vectors(s, ids)
+    assert fast.ids.tolist() == slow.ids.tolist() == [5, 1, 3, 2]
+    for name in ("visual", "pasta", "verbs", "norms", "objects"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
