@@ -290,7 +290,8 @@ class A2VSearch:
 
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
         already stored is replaced; a path that an earlier record of the same import gave is reported and skipped
-        (one record a media, with all its persons)."""
+        (one record a media, with all its persons). A JSON-lines file is read as the import goes, never whole; a
+        line that is not JSON is a bad record (but a file whose first record is not JSON is refused)."""
         records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)

@@ -3,9 +3,10 @@ an ingest result, and writing the valid ones (``manage.py import``, :meth:`A2VSe
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,18 +37,21 @@ class ImportReport:
         return asdict(self)
 
 
-def import_records(store: Store, records: list, visual_dim: int, collection: str = "default") -> ImportReport:
-    """Validate ``records`` (see :meth:`A2VSearch.import_records`) and write the valid ones into ``store`` (write-
-    locked, its space registered); a stored path is replaced. Bad records are reported and skipped, and so is a
-    record whose path an earlier record of the call gave. ``WRITE_EVERY`` media a transaction; each is written in a
-    second thread while the next ones are validated (SQLite, numpy and FAISS release the GIL)."""
-    report = ImportReport(records=len(records))
+def import_records(store: Store, records: Iterable, visual_dim: int, collection: str = "default") -> ImportReport:
+    """Validate ``records`` (see :meth:`A2VSearch.import_records`; any iterable, e.g. :func:`read_records`, read as
+    the import goes) and write the valid ones into ``store`` (write-locked, its space registered); a stored path is
+    replaced. Bad records are reported and skipped, and so is a record whose path an earlier record of the call
+    gave. ``WRITE_EVERY`` media a transaction; each is written in a second thread while the next ones are read and
+    validated (SQLite, numpy and FAISS release the GIL)."""
+    report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
+    records = iter(records)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
         pending: Future | None = None
-        for start in range(0, len(records), WRITE_EVERY):
+        while chunk := list(itertools.islice(records, WRITE_EVERY)):
+            start, report.records = report.records, report.records + len(chunk)
             items = []
-            for i, m in _chunk_media(records[start:start + WRITE_EVERY], start, visual_dim, collection, report):
+            for i, m in _chunk_media(chunk, start, visual_dim, collection, report):
                 first = first_of.setdefault(m.path, i)
                 if first == i:
                     items.append(m)
@@ -86,42 +90,69 @@ def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
     return out
 
 
-def read_records(source: str | os.PathLike | Iterable[dict]) -> list:
-    """The records of a JSON-lines or JSON-list file (InputError naming the problem), or of an iterable of dicts.
-    Parsed with orjson (about ten times json's speed on the long number lists of a person), line by line from the
-    file's bytes (no decoded or split copy of the file: orjson checks the UTF-8)."""
+def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterator:
+    """The records of a JSON-lines or JSON-list file, or of an iterable of dicts, one at a time: a JSON-lines file
+    is read line by line as the import goes (the file is never held in memory; a JSON list is parsed whole). Parsed
+    with orjson (about ten times json's speed on the long number lists of a person). Raises InputError at once when
+    the file cannot be read or its first record is not JSON (not a records file); a later line that is not JSON is
+    a bad record (reported and skipped by the import, like a record that is JSON but not valid)."""
     if not isinstance(source, (str, os.PathLike)):
-        return list(source)
+        return iter(source)
     p = Path(source)
     try:
-        data = p.read_bytes()
+        f = p.open("rb")
     except OSError as e:
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        head = f.read(4096)
+        while head and not head.strip() and (more := f.read(1 << 20)):  # leading blank space
+            head += more
+        if head.lstrip().startswith(b"["):
+            data = head + f.read()
+            f.close()
+            try:
+                return iter(orjson.loads(data))
+            except orjson.JSONDecodeError as e:
+                raise _not_records(p, e, e.lineno) from None
+        f.seek(0)
+        lines = _json_lines(f)
+        first = next(lines, None)
+    except OSError as e:
+        f.close()
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    if isinstance(first, _BadLine):
+        lines.close()
+        raise InputError(first.file_problem(p))
+    return itertools.chain([] if first is None else [first], lines)
 
-    def bad(e: orjson.JSONDecodeError, line: int) -> InputError:
-        if "UTF-8" in e.msg:
-            return InputError(f"{p} is not UTF-8 text (expected JSON lines or a JSON list)")
-        return InputError(f"{p} is not valid JSON / JSON lines (line {line}: {e.msg})")
 
-    if data.lstrip().startswith(b"["):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise bad(e, e.lineno) from None
-    out, view, start, n = [], memoryview(data), 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        line, n, start = view[start:end], n + 1, end + 1
-        try:
-            out.append(orjson.loads(line))
-        except orjson.JSONDecodeError as e:
-            if not bytes(line).strip():  # a blank line
-                continue
-            if "depth" not in e.msg:
-                raise bad(e, n) from None
-            out.append(_TooDeep())  # that record is bad, not the file: reported and skipped
-    return out
+def _json_lines(f) -> Iterator:
+    """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
+    nested too deeply a _TooDeep). Closes the file when done."""
+    with f:
+        for n, line in enumerate(f, 1):
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                if not line.strip():
+                    continue
+                yield _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+
+
+def _not_records(p: Path, e: orjson.JSONDecodeError, line: int) -> InputError:
+    return InputError(_BadLine(line, e.msg).file_problem(p))
+
+
+class _BadLine:
+    """A JSON line that does not parse: a bad record, or (the first line) not a records file."""
+
+    def __init__(self, line: int, msg: str):
+        self.line, self.msg = line, msg
+
+    def file_problem(self, p: Path) -> str:
+        if "UTF-8" in self.msg:
+            return f"{p} is not UTF-8 text (expected JSON lines or a JSON list)"
+        return f"{p} is not valid JSON / JSON lines (line {self.line}: {self.msg})"
 
 
 class _TooDeep:
@@ -247,6 +278,8 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
     """One record -> the media and persons to store (InputError naming the first bad field)."""
     if isinstance(rec, _TooDeep):
         raise InputError("its JSON is nested too deeply to be a record")
+    if isinstance(rec, _BadLine):
+        raise InputError(f"line {rec.line} is not valid JSON ({rec.msg})")
     if not isinstance(rec, dict):
         raise InputError("a record must be a JSON object")
     path = rec.get("path")

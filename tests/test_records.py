@@ -57,21 +57,69 @@ def test_anything_not_plain_goes_one_by_one(change):
 
 
 def test_json_lines_name_the_bad_line(tmp_path):
+    """A file whose first record is not JSON is refused at once; a later line that is not JSON is a bad record that
+    names its line (the import reports it and goes on)."""
     recs = records(np.random.default_rng(2), n=3)
     good = tmp_path / "r.jsonl"
     good.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
-    assert read_records(good) == recs
+    assert list(read_records(good)) == recs
     listed = tmp_path / "r.json"
-    listed.write_text(json.dumps(recs))
-    assert read_records(listed) == recs
+    listed.write_text(" " * 10_000 + json.dumps(recs))
+    assert list(read_records(listed)) == recs
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n\n" + json.dumps(recs[0])[:-3] + "\n" + json.dumps(recs[1]) + "\n")
+    with pytest.raises(InputError, match=r"broken.jsonl is not valid JSON / JSON lines \(line 3: "):
+        read_records(broken)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(recs[0]) + "\n" + json.dumps(recs[1])[:-3] + "\n")
-    with pytest.raises(InputError, match=r"bad.jsonl is not valid JSON / JSON lines \(line 2: "):
-        read_records(bad)
+    bad.write_text(json.dumps(recs[0]) + "\n" + json.dumps(recs[1])[:-3] + "\n" + json.dumps(recs[2]) + "\n")
+    got = list(read_records(bad))
+    assert got[0] == recs[0] and got[2] == recs[2]
+    with pytest.raises(InputError, match=r"line 2 is not valid JSON \("):
+        record_to_media(got[1], 16, "default")
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"path": "caf\xe9"}\n')
     with pytest.raises(InputError, match="not UTF-8"):
         read_records(latin)
+    with pytest.raises(InputError, match="cannot read"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch):
+    """Records are read a transaction at a time (never the whole file); a broken line in the middle is one failure
+    naming its line, the records around it are stored."""
+    from a2v_search import records as records_module
+    from a2v_search.api import A2VSearch
+    from a2v_search.store import Store
+
+    monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
+    recs = records(np.random.default_rng(6), n=9)
+    lines = [json.dumps(r) for r in recs]
+    lines[4] = lines[4][:-5]  # cut short
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    read, real = [], records_module._json_lines
+
+    def watched(f):
+        for rec in real(f):
+            read.append(len(read))
+            yield rec
+
+    monkeypatch.setattr(records_module, "_json_lines", watched)
+    written, store_write = [], Store.write
+
+    def write(self, items):
+        written.append((len(read), len(items)))
+        return store_write(self, items)
+
+    monkeypatch.setattr(Store, "write", write)
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    report = api.import_records(path)
+    api.close()
+    assert report.records == 9 and report.media_added == 8
+    assert [f["error"].split(":")[0] for f in report.failures] == ["record 4"]
+    assert "line 5 is not valid JSON" in report.failures[0]["error"]
+    assert report.persons_added == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
+    assert written[0][0] < 9  # the first transaction went before the last line was read
 
 
 def stored_persons(data_dir) -> list[tuple]:
