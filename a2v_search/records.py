@@ -128,15 +128,19 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterator:
 
 def _json_lines(f) -> Iterator:
     """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
-    nested too deeply a _TooDeep). Closes the file when done."""
+    nested too deeply a _TooDeep). Closes the file when done; a read error is an InputError."""
+    n = 0
     with f:
-        for n, line in enumerate(f, 1):
-            try:
-                yield orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                if not line.strip():
-                    continue
-                yield _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+        try:
+            for n, line in enumerate(f, 1):
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    if not line.strip():
+                        continue
+                    yield _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+        except OSError as e:
+            raise InputError(f"cannot read {f.name} after line {n}: {e.strerror or e}") from None
 
 
 def _not_records(p: Path, e: orjson.JSONDecodeError, line: int) -> InputError:

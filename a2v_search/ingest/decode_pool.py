@@ -8,7 +8,7 @@ as if the main module were empty (``_CleanSpawnContext``); workers need nothing 
 submission order. A file whose decoding crashes its worker is retried alone in a fresh process (a second crash is
 that file's failure); a file still decoding after ``timeout`` seconds has its worker killed and is that file's
 failure. Other files in flight at that moment are decoded again by new workers. Decoded pixels come back through
-a ring of shared-memory slots, one per task in flight (ring.py), not through the executor's pipe.
+a ring of shared-memory slots, one per worker call in flight (ring.py), not through the executor's pipe.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ class DecodePool:
         except (_Stuck, BrokenProcessPool) as e:
             # the task that ran past the timeout or crashed the worker is the one of its call that started last
             # (this one, or one after it); the others in flight are decoded again, each alone
-            culprit = e.number if isinstance(e, _Stuck) else self._running(chunk) or number
+            culprit = e.number if isinstance(e, _Stuck) else self._running(chunk)
+            culprit = number if culprit is None else culprit  # nothing of its call started: this one
             self._queue.appendleft(entry)
             self._restart(culprit, _TIMED_OUT if isinstance(e, _Stuck) else _CRASHED)
             return self.take()

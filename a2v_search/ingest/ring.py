@@ -1,15 +1,16 @@
 """A ring of shared-memory slots that decode workers write decoded pixels into, so that only byte offsets and
-shapes travel back through the executor's pipe: a 224 x 224 crop is 150 KB, and moving it through the pipe costs
-the ingest process ~300 us of CPU (its executor thread reads, polls and unpickles it), copying it out of a slot
-~10 us.
+shapes travel back through the executor's pipe: a 224 x 224 crop is 150 KB, and moving it through the pipe cost
+the ingest process ~150-250 us of CPU (its executor thread reads, polls and unpickles it), copying it out of a slot
+~20-30 us.
 
-The ingest process owns the ring (:class:`PixelRing`): it gives each task in flight a free slot, copies the arrays
-out of it when the result arrives (:meth:`PixelRing.unpack`), and frees it. A worker (:func:`pack`) moves the
-result's arrays into its task's slot while they fit; the others travel through the pipe as before, and so does
-every array of a task that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker
-killed while writing its slot leaves nothing behind: its task is decoded again, into the same slot, before
-anything reads it. The segment is created by the ingest process; multiprocessing's resource tracker unlinks it
-even when that process is killed.
+The ingest process owns the ring (:class:`PixelRing`): it gives each worker call in flight (a chunk of tasks,
+decode_pool.py) a free slot, copies the arrays out of it as each result is taken (:meth:`PixelRing.unpack`), and
+frees it after the call's last one. A worker (:func:`pack`) moves each result's arrays into its call's slot while
+they fit; the others travel through the pipe as before, and so does every array of a call that got no slot (all
+slots busy, or no ring: shared memory too small or missing). A worker killed while writing its slot leaves nothing
+behind: the workers are gone before the slot is given to another call, and nothing reads what they wrote. The
+segment is created by the ingest process; multiprocessing's resource tracker unlinks it even when that process is
+killed.
 """
 
 from __future__ import annotations
