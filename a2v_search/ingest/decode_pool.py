@@ -17,6 +17,7 @@ import itertools
 import multiprocessing as mp
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -25,13 +26,15 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from typing import Any
 
 from . import ring as pixel_ring
 from .decode import DecodeResult, DecodeTask, decode
 
 PR_SET_PDEATHSIG = 1
-_started = None  # worker side: the queue on which each task's number is put when its decoding starts
+_started = None  # worker side: the pipe on which each task's start is written (START records)
+START = struct.Struct("<qd")  # (task number, time.monotonic() when its decoding started): one atomic pipe write
 _ring = None  # worker side: (shared memory, slot bytes) of the ingest process's pixel ring, if it has one
 
 
@@ -65,9 +68,9 @@ class _CleanSpawnContext(mp.context.SpawnContext):
     Process = _CleanSpawnProcess
 
 
-def _worker_init(parent_pid: int, started, ring: tuple[str, int] | None) -> None:
+def _worker_init(parent_pid: int, started: Connection, ring: tuple[str, int] | None) -> None:
     global _started, _ring
-    _started = started
+    _started = started  # kept: its file descriptor is written with os.write
     die_with_parent(parent_pid)
     if ring is not None:
         _ring = (pixel_ring.attach(ring[0]), ring[1])
@@ -78,7 +81,7 @@ def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None)
     while they fit."""
     results, used = [], 0
     for number, task in zip(numbers, tasks, strict=True):
-        _started.put(number)
+        os.write(_started.fileno(), START.pack(number, time.monotonic()))  # CLOCK_MONOTONIC: one clock for all
         results.append(decode(task))
         if slot is not None and _ring is not None:
             used = pixel_ring.pack(_ring[0], slot, _ring[1], results[-1], used)
@@ -151,6 +154,8 @@ class DecodePool:
         self._numbers = itertools.count()
         self._starts: dict[int, float] = {}
         self.ring = pixel_ring.PixelRing.create(self.workers * CHUNKS_AHEAD * 2) if ring else None
+        self._started: Connection | None = None  # where workers report starts, and its writing end
+        self._started_w: Connection | None = None
         self._new_pool()
 
     def __len__(self) -> int:
@@ -158,11 +163,19 @@ class DecodePool:
 
     def _new_pool(self) -> None:
         ctx = _CleanSpawnContext()
-        self._started = ctx.SimpleQueue()
+        self._close_starts()
+        # workers report starts here (read without blocking; the writing end stays open for workers started later)
+        self._started, self._started_w = ctx.Pipe(duplex=False)
+        os.set_blocking(self._started.fileno(), False)
         self._starts.clear()
         ring = None if self.ring is None else (self.ring.name, self.ring.slot_bytes)
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(os.getpid(), self._started, ring))
+                                         initargs=(os.getpid(), self._started_w, ring))
+
+    def _close_starts(self) -> None:
+        for end in (self._started, self._started_w):
+            if end is not None:
+                end.close()
 
     def put(self, key: Any, task: DecodeTask) -> None:
         if task.kind != "image" and self._open.tasks:
@@ -248,8 +261,16 @@ class DecodePool:
                 raise
 
     def _read_starts(self) -> None:
-        while not self._started.empty():
-            self._starts[self._started.get()] = time.monotonic()
+        """The starts the workers reported since the last read (one non-blocking read; records are written whole)."""
+        while True:
+            try:
+                data = os.read(self._started.fileno(), START.size * 4096)
+            except BlockingIOError:
+                return
+            for number, at in START.iter_unpack(data[:len(data) - len(data) % START.size]):
+                self._starts[number] = at
+            if len(data) < START.size * 4096:
+                return
 
     def _running(self, chunk: _Chunk) -> int | None:
         """The number of the chunk's task that started last (the one decoding now, if the call is not done)."""
@@ -286,7 +307,7 @@ class DecodePool:
                 _kill(self._pool)
             else:
                 self._pool.shutdown(wait=True)
-            self._started.close()
+            self._close_starts()
         finally:
             if self.ring is not None:
                 self.ring.close()
