@@ -304,7 +304,9 @@ class IndexSet:
             idx = self._indexes[name]
             want = choose_spec(idx.ntotal, idx.dim, budget)
             if want != idx.spec:  # a few times over a store's life: Flat -> IVF, nlist doublings, Flat -> SQ8 codes
-                log.info("index %s: %d persons, switching from %s to %s", name, idx.ntotal, idx.spec, want)
+                # a warning, so that the CLI shows it: at millions of persons this is minutes of silence otherwise
+                log.warning("index %s: %s persons, rebuilding it from SQLite as %s (was %s); this happens each time "
+                            "the store grows about 4x", name, f"{idx.ntotal:,}", want, idx.spec)
                 # the old index goes first, so that memory never holds both: the new one is built from SQLite
                 # (which holds every person), and if that fails the next use loads the saved one and catches up
                 del self._indexes[name], idx
