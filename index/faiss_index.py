@@ -371,7 +371,7 @@ class VectorIndex:
         self._gpu_index = None
         # the IVF list of each added id, when chosen here (-1: ask FAISS's direct map at the next tail's save)
         self._note_change(self._added_since, (uniq, np.full(len(uniq), -1, np.int64) if lists is None
-                                              else lists[np.argsort(ids, kind="stable")]))
+                                              else lists[np.argsort(ids, kind="stable")]), len(uniq))
 
     def train(self, vectors: np.ndarray | None = None) -> None:
         """Train now (instead of waiting for `min_train` staged vectors) on `vectors` (n, dim), or on the staged
@@ -476,7 +476,7 @@ class VectorIndex:
                                     "inconsistent")
         self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
         self._gpu_index = None
-        self._note_change(self._removed_since, gone)
+        self._note_change(self._removed_since, gone, len(gone))
         return len(gone)
 
     def _rebuild_without(self, gone: np.ndarray) -> int:
@@ -664,14 +664,15 @@ class VectorIndex:
             if (gen_of is not None and gen_of < gen) or (gen_of in (None, gen) and _older_than(path, started)):
                 path.unlink(missing_ok=True)
 
-    def _note_change(self, journal: list, ids: np.ndarray | tuple[np.ndarray, np.ndarray]) -> None:
-        """Remember ids added or removed since the last save, for a tail; once they are more than a tail may hold
+    def _note_change(self, journal: list, entry: object, count: int) -> None:
+        """Remember ``count`` ids added (``entry``: ids and their lists) or removed (``entry``: ids) since the last
+        save, for a tail; once they are more than a tail may hold
         (or nothing was saved or loaded), forget them: the next save writes the whole index. So a reader that only
         catches up in memory never holds more than TAIL_MAX_FRACTION of the index's ids here."""
         if self._saved is None:
             return
-        journal.append(ids)
-        self._changed_since += len(ids[0] if isinstance(ids, tuple) else ids)
+        journal.append(entry)
+        self._changed_since += count
         if self._changed_since > TAIL_MAX_FRACTION * max(self.ntotal, 1):
             self._saved = None
             self._forget_changes()
