@@ -268,39 +268,62 @@ def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
     return sorted(ids)
 
 
+#: ``IN`` a bound JSON list of ids: one parameter, no IN list for SQLAlchemy to build (a search's reads of its
+#: candidates: ~1-3 ms each with 512 ids); every SQLite this project meets has JSON, one without takes IN lists
+_IN_IDS = "IN (SELECT value FROM json_each(?))"
+
+
+def _rows_of_ids(s: Session, sql: str, fallback, ids: Sequence[int]) -> list:
+    """The rows of ``sql`` (its ``{ids}``: the persons ``ids``, bound as a JSON list) in chunks of ids; an SQLite
+    without JSON runs ``fallback(chunk)`` (a select with an IN list) instead."""
+    rows: list = []
+    for chunk in chunks(ids):
+        try:
+            rows += dbapi(s).execute(sql.format(ids=_IN_IDS), (json.dumps(chunk),)).fetchall()
+        except sqlite3.OperationalError:  # an SQLite built without JSON
+            rows += s.execute(fallback(chunk)).all()
+    return rows
+
+
 _PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.collection, Media.width, Media.height,
                    Person.frame_index, Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score,
                    Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm, Person.track_id)
+_PERSONS_OF = ("SELECT p.id, p.media_id, m.path, m.kind, m.collection, m.width, m.height, p.frame_index, p.t_sec, "
+               "p.x1, p.y1, p.x2, p.y2, p.score, p.pasta, p.verbs, p.parts, p.visual, p.visual_norm, p.track_id "
+               "FROM persons p JOIN media m ON m.id = p.media_id WHERE p.id {ids}")
 
 
 def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
     """Persons with their media, in the caller's order; ids that do not exist are left out."""
     ids = [int(i) for i in ids]
     rows: dict[int, PersonRow] = {}
-    for chunk in chunks(ids):
-        q = select(*_PERSON_COLUMNS).join(Media, Media.id == Person.media_id).where(Person.id.in_(chunk))
-        for r in s.execute(q):
-            rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
-                                   height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
-                                   score=r[13], pasta=fixed16(r[14], N_PASTA), verbs=fixed16(r[15], N_VERBS),
-                                   parts=fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
-                                   track_id=r[19])
-    found = objects_of(s, list(rows))
+    found = _rows_of_ids(s, _PERSONS_OF, lambda chunk: select(*_PERSON_COLUMNS).join(
+        Media, Media.id == Person.media_id).where(Person.id.in_(chunk)), ids)
+    for r in found:
+        rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
+                               height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
+                               score=r[13], pasta=fixed16(r[14], N_PASTA), verbs=fixed16(r[15], N_VERBS),
+                               parts=fixed16(r[16], N_PARTS), visual=unf16(r[17]), visual_norm=r[18],
+                               track_id=r[19])
+    objects = objects_of(s, list(rows))
     for pid, row in rows.items():
-        row.objects = found.get(pid, ())
+        row.objects = objects.get(pid, ())
     return [rows[i] for i in ids if i in rows]
+
+
+_OBJECT_COLUMNS = (PersonObject.person_id, PersonObject.cls, PersonObject.p, PersonObject.x1, PersonObject.y1,
+                   PersonObject.x2, PersonObject.y2, PersonObject.rank)
+_OBJECTS_OF = "SELECT person_id, cls, p, x1, y1, x2, y2, rank FROM objects WHERE person_id {ids}"
 
 
 def objects_of(s: Session, ids: Sequence[int]) -> dict[int, tuple[ObjectRow, ...]]:
     """person id -> its objects, best first (persons without objects are left out)."""
     ids = [int(i) for i in ids]
+    rows = _rows_of_ids(s, _OBJECTS_OF, lambda chunk: select(*_OBJECT_COLUMNS).where(
+        PersonObject.person_id.in_(chunk)), ids)
     out: dict[int, list[ObjectRow]] = {}
-    for chunk in chunks(ids):
-        q = (select(PersonObject.person_id, PersonObject.cls, PersonObject.p, PersonObject.x1, PersonObject.y1,
-                    PersonObject.x2, PersonObject.y2).where(PersonObject.person_id.in_(chunk))
-             .order_by(PersonObject.person_id, PersonObject.rank))
-        for pid, cls, p, *box in s.execute(q):
-            out.setdefault(pid, []).append((cls, p, None if box[0] is None else tuple(box)))
+    for pid, cls, p, *box, _ in sorted(rows, key=lambda r: (r[0], r[7])):
+        out.setdefault(pid, []).append((cls, p, None if box[0] is None else tuple(box)))
     return {pid: tuple(objs) for pid, objs in out.items()}
 
 
@@ -311,7 +334,8 @@ def _norms(values: Sequence[float | None]) -> np.ndarray:
 
 
 _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
-_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id IN (SELECT value FROM json_each(?))"
+_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id {ids}"
+_OBJECT_PROBS = "SELECT person_id, cls, max(p) FROM objects WHERE person_id {where} GROUP BY person_id, cls"
 
 
 def _vector_batch(s: Session, rows: Sequence) -> Vectors:
@@ -322,21 +346,22 @@ def _vector_batch(s: Session, rows: Sequence) -> Vectors:
 
 def _object_probs_of(s: Session, ids: np.ndarray) -> np.ndarray:
     """(len(ids), 80): :func:`object_probs` of the stored objects of persons ``ids``, in their order. Dense ids (an
-    index build's id-ordered chunk) are read as one id range, scattered ones (search re-scoring) by ``IN`` lists;
+    index build's id-ordered chunk) are read as one id range, scattered ones (search re-scoring) as a list;
     either way through the objects table's key, which starts with the person id."""
     out = np.zeros((len(ids), N_OBJECTS), np.float32)
     if not len(ids):
         return out
     row = {int(pid): i for i, pid in enumerate(ids.tolist())}
     lo, hi = int(ids.min()), int(ids.max())
-    wheres = ([PersonObject.person_id.between(lo, hi)] if hi - lo < 4 * len(ids) else
-              [PersonObject.person_id.in_(chunk) for chunk in chunks(sorted(row))])
-    for where in wheres:
-        q = (select(PersonObject.person_id, PersonObject.cls, func.max(PersonObject.p)).where(where)
-             .group_by(PersonObject.person_id, PersonObject.cls))
-        for pid, cls, prob in s.execute(q):
-            if pid in row:
-                out[row[pid], cls] = prob
+    if hi - lo < 4 * len(ids):
+        found = dbapi(s).execute(_OBJECT_PROBS.format(where="BETWEEN ? AND ?"), (lo, hi)).fetchall()
+    else:
+        found = _rows_of_ids(s, _OBJECT_PROBS.format(where="{ids}"), lambda chunk: select(
+            PersonObject.person_id, PersonObject.cls, func.max(PersonObject.p)).where(
+            PersonObject.person_id.in_(chunk)).group_by(PersonObject.person_id, PersonObject.cls), sorted(row))
+    for pid, cls, prob in found:
+        if pid in row:
+            out[row[pid], cls] = prob
     return out
 
 
@@ -344,13 +369,8 @@ def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
     """The stored vectors of existing persons, in the caller's order; the narrow read that search re-scoring
     needs."""
     ids = [int(i) for i in ids]
-    found: dict[int, tuple] = {}
-    for chunk in chunks(ids):
-        try:  # one bound JSON list: no IN list for SQLAlchemy to expand (~2 ms of a search's 512 candidates)
-            rows = dbapi(s).execute(_VECTORS_OF, (json.dumps(chunk),)).fetchall()
-        except sqlite3.OperationalError:  # an SQLite built without JSON
-            rows = s.execute(select(*_VECTOR_COLUMNS).where(Person.id.in_(chunk))).all()
-        found.update({r[0]: r for r in rows})
+    found = {r[0]: r for r in _rows_of_ids(s, _VECTORS_OF, lambda chunk: select(*_VECTOR_COLUMNS).where(
+        Person.id.in_(chunk)), ids)}
     rows = [found[i] for i in ids if i in found]
     if not rows:
         return Vectors(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32),

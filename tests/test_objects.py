@@ -19,6 +19,7 @@ from a2v_search.errors import QueryError
 from a2v_search.objects import MAX_OBJECTS_PER_PERSON, affinity, object_vector, tie_objects
 from a2v_search.search import make_filters
 from a2v_search.store import Store
+from db import repo
 from db.engine import get_meta
 from db.schema import SCHEMA_VERSION
 from db.values import person_problem
@@ -256,6 +257,26 @@ def test_export_writes_the_objects_of_each_person(imported, tmp_path):
     assert objects.shape == (3, MAX_OBJECTS_PER_PERSON, 6)
     np.testing.assert_allclose(objects[0, :2], [[CUP, 0.9, 5, 30, 20, 45], [BALL, 0.4] + [np.nan] * 4], rtol=1e-6)
     assert (objects[0, 2:, 0] == -1).all() and (objects[2, :, 0] == -1).all()
+
+
+def test_objects_read_the_same_without_sqlite_json(imported, monkeypatch):
+    """Hits and re-scoring read persons' objects through one bound JSON list of ids (a scattered list) or an id
+    range; an SQLite without JSON takes IN lists and gives the same."""
+    api, _ = imported
+
+    def read():
+        with api.store.db.session() as s:
+            return (repo.objects_of(s, [3, 1, 2]), repo._object_probs_of(s, np.array([3, 1, 999, 2])),
+                    repo._object_probs_of(s, np.array([1, 2, 3])))
+
+    fast = read()
+    monkeypatch.setattr(repo, "_IN_IDS", "IN (SELECT value FROM no_json_here(?))")
+    slow = read()
+    cup, ball = (CUP, pytest.approx(0.9), (5.0, 30.0, 20.0, 45.0)), (BALL, pytest.approx(0.4), None)
+    assert fast[0] == slow[0] == {1: (cup, ball), 2: ((CUP, pytest.approx(0.3), None),)}
+    np.testing.assert_array_equal(fast[1], slow[1])
+    np.testing.assert_array_equal(fast[1][[1, 3, 0]], fast[2])  # the same rows, read as a list or as a range
+    assert fast[2][0, CUP] == pytest.approx(0.9) and fast[2][1, CUP] == pytest.approx(0.3) and not fast[2][2].any()
 
 
 def test_exported_objects_import_back_unchanged(imported, tmp_path, tiny_clip_dir, tiny_bert_dir):

@@ -307,15 +307,22 @@ def test_a_quantised_index_alone_gives_the_exact_ranking(tmp_path, tiny_clip_dir
         api.close()
 
 
-def test_candidate_vectors_read_the_same_without_sqlite_json(semantic, monkeypatch):
-    """Re-scoring reads candidates' vectors through one bound JSON list; an SQLite without JSON takes an IN list."""
+def test_candidate_reads_are_the_same_without_sqlite_json(semantic, monkeypatch):
+    """Re-scoring and hits read candidates through one bound JSON list; an SQLite without JSON takes IN lists."""
     store = semantic.store
     ids = [5, 1, 999999, 3, 2]  # in the caller's order; an unknown id left out
-    with store.db.session() as s:
-        fast = repo.fetch_vectors(s, ids)
-    monkeypatch.setattr(repo, "_VECTORS_OF", "SELECT id FROM persons WHERE id IN (SELECT value FROM no_json_here(?))")
-    with store.db.session() as s:
-        slow = repo.fetch_vectors(s, ids)
-    assert fast.ids.tolist() == slow.ids.tolist() == [5, 1, 3, 2]
+
+    def read():
+        with store.db.session() as s:
+            return repo.fetch_vectors(s, ids), repo.fetch_persons(s, ids)
+
+    fast = read()
+    monkeypatch.setattr(repo, "_IN_IDS", "IN (SELECT value FROM no_json_here(?))")
+    slow = read()
+    assert fast[0].ids.tolist() == slow[0].ids.tolist() == [5, 1, 3, 2]
     for name in ("visual", "pasta", "verbs", "norms", "objects"):
-        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
+        np.testing.assert_array_equal(getattr(fast[0], name), getattr(slow[0], name))
+    assert [r.id for r in fast[1]] == [r.id for r in slow[1]] == [5, 1, 3, 2]
+    for f, w in zip(fast[1], slow[1], strict=True):
+        assert (f.path, f.box, f.track_id, f.objects) == (w.path, w.box, w.track_id, w.objects)
+        np.testing.assert_array_equal(f.visual, w.visual)
