@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 
@@ -17,7 +16,7 @@ from . import activities, clusterings, labels
 from .blobs import fixed16, stack16, unf16
 from .errors import DbError
 from .schema import LABEL_OBJECT, Failure, Media, Person, PersonObject, Space, Track
-from .sql import CHUNK, chunks, dbapi, next_id
+from .sql import CHUNK, chunks, dbapi, next_id, rows_in
 from .tracks import insert_tracks
 from .values import (
     N_OBJECTS,
@@ -229,16 +228,14 @@ def clear_failures(s: Session, paths: Sequence[str]) -> None:
 # ------------------------------------------------------------------ reading
 
 
+_MEDIA_AT = "SELECT path, id, content_hash, size, mtime FROM media WHERE path {values}"
+
+
 def media_by_path(s: Session, paths: Sequence[str]) -> dict[str, MediaState]:
     """Stored state of the media at these paths."""
-    out: dict[str, MediaState] = {}
-    paths = list(paths)
-    for chunk in chunks(paths):
-        q = select(Media.path, Media.id, Media.content_hash, Media.size, Media.mtime).where(
-            Media.path.in_(chunk))
-        for path, mid, h, size, mtime in s.execute(q):
-            out[path] = MediaState(mid, h, size, mtime)
-    return out
+    rows = rows_in(s, _MEDIA_AT, list(paths), fallback=lambda chunk: select(
+        Media.path, Media.id, Media.content_hash, Media.size, Media.mtime).where(Media.path.in_(chunk)))
+    return {path: MediaState(mid, h, size, mtime) for path, mid, h, size, mtime in rows}
 
 
 def get_media(s: Session, media_id: int) -> Media | None:
@@ -246,16 +243,16 @@ def get_media(s: Session, media_id: int) -> Media | None:
     return s.get(Media, int(media_id))
 
 
+_FIRST_WITH_HASH = ("SELECT content_hash, min(id) FROM media WHERE content_hash {values} AND duplicate_of IS NULL "
+                    "GROUP BY content_hash")
+
+
 def media_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, int]:
     """The first non-duplicate media id holding each content hash."""
-    out: dict[str, int] = {}
-    hashes = list(hashes)
-    for chunk in chunks(hashes):
-        q = (select(Media.content_hash, func.min(Media.id))
-             .where(Media.content_hash.in_(chunk), Media.duplicate_of.is_(None))
-             .group_by(Media.content_hash))
-        out.update({h: mid for h, mid in s.execute(q)})
-    return out
+    rows = rows_in(s, _FIRST_WITH_HASH, list(hashes), fallback=lambda chunk: select(
+        Media.content_hash, func.min(Media.id)).where(Media.content_hash.in_(chunk), Media.duplicate_of.is_(None))
+        .group_by(Media.content_hash))
+    return dict(rows)
 
 
 def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
@@ -268,37 +265,20 @@ def media_ids_under(s: Session, paths: Sequence[str]) -> list[int]:
     return sorted(ids)
 
 
-#: ``IN`` a bound JSON list of ids: one parameter, no IN list for SQLAlchemy to build (a search's reads of its
-#: candidates: ~1-3 ms each with 512 ids); every SQLite this project meets has JSON, one without takes IN lists
-_IN_IDS = "IN (SELECT value FROM json_each(?))"
-
-
-def _rows_of_ids(s: Session, sql: str, fallback, ids: Sequence[int]) -> list:
-    """The rows of ``sql`` (its ``{ids}``: the persons ``ids``, bound as a JSON list) in chunks of ids; an SQLite
-    without JSON runs ``fallback(chunk)`` (a select with an IN list) instead."""
-    rows: list = []
-    for chunk in chunks(ids):
-        try:
-            rows += dbapi(s).execute(sql.format(ids=_IN_IDS), (json.dumps(chunk),)).fetchall()
-        except sqlite3.OperationalError:  # an SQLite built without JSON
-            rows += s.execute(fallback(chunk)).all()
-    return rows
-
-
 _PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.collection, Media.width, Media.height,
                    Person.frame_index, Person.t_sec, Person.x1, Person.y1, Person.x2, Person.y2, Person.score,
                    Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm, Person.track_id)
 _PERSONS_OF = ("SELECT p.id, p.media_id, m.path, m.kind, m.collection, m.width, m.height, p.frame_index, p.t_sec, "
                "p.x1, p.y1, p.x2, p.y2, p.score, p.pasta, p.verbs, p.parts, p.visual, p.visual_norm, p.track_id "
-               "FROM persons p JOIN media m ON m.id = p.media_id WHERE p.id {ids}")
+               "FROM persons p JOIN media m ON m.id = p.media_id WHERE p.id {values}")
 
 
 def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
     """Persons with their media, in the caller's order; ids that do not exist are left out."""
     ids = [int(i) for i in ids]
     rows: dict[int, PersonRow] = {}
-    found = _rows_of_ids(s, _PERSONS_OF, lambda chunk: select(*_PERSON_COLUMNS).join(
-        Media, Media.id == Person.media_id).where(Person.id.in_(chunk)), ids)
+    found = rows_in(s, _PERSONS_OF, ids, fallback=lambda chunk: select(*_PERSON_COLUMNS).join(
+        Media, Media.id == Person.media_id).where(Person.id.in_(chunk)))
     for r in found:
         rows[r[0]] = PersonRow(id=r[0], media_id=r[1], path=r[2], kind=r[3], collection=r[4], width=r[5],
                                height=r[6], frame_index=r[7], t_sec=r[8], box=(r[9], r[10], r[11], r[12]),
@@ -313,14 +293,14 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
 
 _OBJECT_COLUMNS = (PersonObject.person_id, PersonObject.cls, PersonObject.p, PersonObject.x1, PersonObject.y1,
                    PersonObject.x2, PersonObject.y2, PersonObject.rank)
-_OBJECTS_OF = "SELECT person_id, cls, p, x1, y1, x2, y2, rank FROM objects WHERE person_id {ids}"
+_OBJECTS_OF = "SELECT person_id, cls, p, x1, y1, x2, y2, rank FROM objects WHERE person_id {values}"
 
 
 def objects_of(s: Session, ids: Sequence[int]) -> dict[int, tuple[ObjectRow, ...]]:
     """person id -> its objects, best first (persons without objects are left out)."""
     ids = [int(i) for i in ids]
-    rows = _rows_of_ids(s, _OBJECTS_OF, lambda chunk: select(*_OBJECT_COLUMNS).where(
-        PersonObject.person_id.in_(chunk)), ids)
+    rows = rows_in(s, _OBJECTS_OF, ids, fallback=lambda chunk: select(*_OBJECT_COLUMNS).where(
+        PersonObject.person_id.in_(chunk)))
     out: dict[int, list[ObjectRow]] = {}
     for pid, cls, p, *box, _ in sorted(rows, key=lambda r: (r[0], r[7])):
         out.setdefault(pid, []).append((cls, p, None if box[0] is None else tuple(box)))
@@ -334,7 +314,7 @@ def _norms(values: Sequence[float | None]) -> np.ndarray:
 
 
 _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
-_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id {ids}"
+_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id {values}"
 _OBJECT_PROBS = "SELECT person_id, cls, max(p) FROM objects WHERE person_id {where} GROUP BY person_id, cls"
 
 
@@ -356,9 +336,9 @@ def _object_probs_of(s: Session, ids: np.ndarray) -> np.ndarray:
     if hi - lo < 4 * len(ids):
         found = dbapi(s).execute(_OBJECT_PROBS.format(where="BETWEEN ? AND ?"), (lo, hi)).fetchall()
     else:
-        found = _rows_of_ids(s, _OBJECT_PROBS.format(where="{ids}"), lambda chunk: select(
+        found = rows_in(s, _OBJECT_PROBS.format(where="{values}"), sorted(row), fallback=lambda chunk: select(
             PersonObject.person_id, PersonObject.cls, func.max(PersonObject.p)).where(
-            PersonObject.person_id.in_(chunk)).group_by(PersonObject.person_id, PersonObject.cls), sorted(row))
+            PersonObject.person_id.in_(chunk)).group_by(PersonObject.person_id, PersonObject.cls))
     for pid, cls, prob in found:
         if pid in row:
             out[row[pid], cls] = prob
@@ -369,8 +349,8 @@ def fetch_vectors(s: Session, ids: Sequence[int]) -> Vectors:
     """The stored vectors of existing persons, in the caller's order; the narrow read that search re-scoring
     needs."""
     ids = [int(i) for i in ids]
-    found = {r[0]: r for r in _rows_of_ids(s, _VECTORS_OF, lambda chunk: select(*_VECTOR_COLUMNS).where(
-        Person.id.in_(chunk)), ids)}
+    found = {r[0]: r for r in rows_in(s, _VECTORS_OF, ids, fallback=lambda chunk: select(*_VECTOR_COLUMNS).where(
+        Person.id.in_(chunk)))}
     rows = [found[i] for i in ids if i in found]
     if not rows:
         return Vectors(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), np.zeros((0, N_PASTA), np.float32),

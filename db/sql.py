@@ -1,9 +1,11 @@
-"""What the modules that run SQL share: ``IN (...)`` lists in chunks, the session's DBAPI cursor and the next free
-id of a table (the write path's bulk inserts)."""
+"""What the modules that run SQL share: ``IN (...)`` lists in chunks, reads of the rows of a list of values bound
+as one JSON list, the session's DBAPI cursor and the next free id of a table (the write path's bulk inserts)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -14,6 +16,23 @@ def chunks(ids: Sequence, size: int = CHUNK) -> Iterator[Sequence]:
     """``ids`` in slices of at most ``size`` (one ``IN (...)`` list each)."""
     for i in range(0, len(ids), size):
         yield ids[i:i + size]
+
+
+#: ``IN`` a bound JSON list: one parameter, no IN list for SQLAlchemy to build (~1-3 ms a read of 512 ids, ~1 ms an
+#: import's lookup of 256 paths); every SQLite this project meets has JSON, one without takes IN lists
+IN_JSON = "IN (SELECT value FROM json_each(?))"
+
+
+def rows_in(s: Session, sql: str, values: Sequence, fallback: Callable[[Sequence], object]) -> list:
+    """The rows of the literal ``sql`` whose ``{values}`` is ``IN`` ``values`` (ints or strings, bound as one JSON
+    list), in chunks; an SQLite without JSON runs ``fallback(chunk)`` (a select with an IN list) instead."""
+    rows: list = []
+    for chunk in chunks(values):
+        try:
+            rows += dbapi(s).execute(sql.format(values=IN_JSON), (json.dumps(chunk),)).fetchall()
+        except sqlite3.OperationalError:  # an SQLite built without JSON
+            rows += s.execute(fallback(chunk)).all()
+    return rows
 
 
 #: (largest id, AUTOINCREMENT's counter) of each table, literal SQL run on the session's own DBAPI connection

@@ -19,7 +19,7 @@ from a2v_search.errors import QueryError
 from a2v_search.objects import MAX_OBJECTS_PER_PERSON, affinity, object_vector, tie_objects
 from a2v_search.search import make_filters
 from a2v_search.store import Store
-from db import repo
+from db import repo, sql
 from db.engine import get_meta
 from db.schema import SCHEMA_VERSION
 from db.values import person_problem
@@ -270,7 +270,7 @@ def test_objects_read_the_same_without_sqlite_json(imported, monkeypatch):
                     repo._object_probs_of(s, np.array([1, 2, 3])))
 
     fast = read()
-    monkeypatch.setattr(repo, "_IN_IDS", "IN (SELECT value FROM no_json_here(?))")
+    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
     slow = read()
     cup, ball = (CUP, pytest.approx(0.9), (5.0, 30.0, 20.0, 45.0)), (BALL, pytest.approx(0.4), None)
     assert fast[0] == slow[0] == {1: (cup, ball), 2: ((CUP, pytest.approx(0.3), None),)}

@@ -13,7 +13,7 @@ from a2v_search.models.language import LanguageSpace
 from a2v_search.search import SearchOptions, parse_box, parse_weights
 from a2v_search.testing.media import write_images
 from a2v_search.testing.profiles import FREE_TEXT, PROFILES, STRUCTURED, profile_records
-from db import repo
+from db import repo, sql
 
 
 def profile_of(hit) -> str:
@@ -317,7 +317,7 @@ def test_candidate_reads_are_the_same_without_sqlite_json(semantic, monkeypatch)
             return repo.fetch_vectors(s, ids), repo.fetch_persons(s, ids)
 
     fast = read()
-    monkeypatch.setattr(repo, "_IN_IDS", "IN (SELECT value FROM no_json_here(?))")
+    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
     slow = read()
     assert fast[0].ids.tolist() == slow[0].ids.tolist() == [5, 1, 3, 2]
     for name in ("visual", "pasta", "verbs", "norms", "objects"):

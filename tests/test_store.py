@@ -18,7 +18,7 @@ from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.space import space_fingerprint
 from a2v_search.store import Store
 from a2v_search.tracks import link
-from db import repo
+from db import repo, sql
 from db.errors import DbError
 from db.schema import LABEL_PASTA
 from db.values import Filters
@@ -50,6 +50,27 @@ def test_round_trip_of_a_batch(tmp_path):
         np.testing.assert_allclose(r.pasta, p.pasta, atol=1e-3)  # float16 storage
         np.testing.assert_allclose(r.visual, p.visual, atol=1e-3)
         assert r.box == tuple(float(v) for v in p.box)
+    store.close()
+
+
+def test_path_and_hash_lookups_find_odd_names_with_and_without_sqlite_json(tmp_path, monkeypatch):
+    """The lookups of ingest and import (which paths are stored, which content is) bind their values as one JSON
+    list; names with quotes, backslashes and non-ASCII letters are found, and an SQLite without JSON agrees."""
+    rng = np.random.default_rng(0)
+    store = writable_store(tmp_path / "data")
+    paths = ['/m/caf\u00e9 "noir".jpg', "/m/back\\slash.jpg", "/m/\u65e5\u672c/\u5199\u771f.png", "/m/plain.jpg"]
+    store.write([media(p, [random_person(rng)]) for p in paths])
+    asked = [*paths[::-1], "/m/not-stored.jpg", "/m/CAF\u00c9 \"noir\".jpg"]
+
+    def look():
+        return store.media_states(asked), store.media_with_hashes([f"hash-{p}" for p in asked])
+
+    fast = look()
+    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
+    assert look() == fast
+    states, firsts = fast
+    assert sorted(states) == sorted(paths) and [states[p].id for p in paths] == [1, 2, 3, 4]
+    assert firsts == {f"hash-{p}": i for i, p in enumerate(paths, 1)}
     store.close()
 
 
