@@ -265,6 +265,18 @@ class VectorIndex:
         self._ids_buf[n:n + len(uniq)] = uniq
         self._n_ids = n + len(uniq)
 
+    def _delete_ids(self, gone: np.ndarray) -> None:
+        """Delete sorted ids that are present, in place: the ids after the first of them move down in the buffer,
+        which keeps its room to grow (a new array a removal, then a larger one at the next add, cost ~5 ms a
+        replaced file's batch at 2M persons)."""
+        pos = np.searchsorted(self._ids_sorted, gone)  # (k,) sorted
+        start, n = int(pos[0]), self._n_ids
+        keep = np.ones(n - start, bool)
+        keep[pos - start] = False
+        kept = self._ids_buf[start:n][keep]
+        self._ids_buf[start:start + len(kept)] = kept
+        self._n_ids = start + len(kept)
+
     @property
     def ntotal(self) -> int:
         """Number of vectors in the index (staged ones included)."""
@@ -474,7 +486,7 @@ class VectorIndex:
         if removed != len(gone):
             raise IndexCorruptError(f"removing {len(gone)} ids removed {removed} vectors: the in-memory index is "
                                     "inconsistent")
-        self._ids_sorted = np.delete(self._ids_sorted, np.searchsorted(self._ids_sorted, gone))
+        self._delete_ids(gone)
         self._gpu_index = None
         self._note_change(self._removed_since, gone, len(gone))
         return len(gone)

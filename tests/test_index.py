@@ -170,6 +170,19 @@ def test_removing_ids_removes_them_from_search_and_ids(spec: str) -> None:
     assert not np.isin(found, gone).any()
     _, found = vi.search(x[300:320], 1)
     np.testing.assert_array_equal(found[:, 0], ids[300:320])
+    # removals between appends (a replaced file's batch): the ids move down in place, the next adds append
+    expected = set(ids[300:].tolist())
+    for round_ in range(3):
+        new = np.arange(10, 60) + int(max(expected)) + 1
+        vi.add(new, random_unit(50, seed=round_))
+        expected |= set(new.tolist())
+        gone = np.sort(np.random.default_rng(round_).choice(sorted(expected), 40, replace=False))
+        assert vi.remove(gone) == 40
+        expected -= set(gone.tolist())
+        np.testing.assert_array_equal(vi.ids(), sorted(expected))
+        assert vi.ntotal == len(expected) and gone[0] not in vi and new[-1] in vi
+    _, found = vi.search(x[300:], 1)
+    assert np.isin(found, sorted(expected)).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
