@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .schema import COUNT_MIN_P, ActivityCount, Media, Person, PersonObject
-from .sql import chunks, dbapi
+from .sql import chunks, dbapi, rows_in
 from .values import COUNT_FIELDS, N_OBJECTS, N_PASTA, N_VERBS, Counts
 
 PAIRS = ("verb_pasta", "verb_object")
@@ -52,6 +52,9 @@ def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None
                   _pairs(v, p), _pairs(v, o))
 
 
+_OBJECTS_OF = "SELECT person_id, cls, p FROM objects WHERE person_id {where}"
+
+
 def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     """float32 (n, 80): the largest p of each object class of the stored persons ``ids`` (rows in that order; 0
     where a person has none), as ``values.object_probs`` makes them for new persons (read here through a DBAPI cursor:
@@ -63,13 +66,11 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     order = np.argsort(ids, kind="stable")
     ranked = ids[order]
     lo, hi = int(ranked[0]), int(ranked[-1])
-    q = select(PersonObject.person_id, PersonObject.cls, PersonObject.p)
     if hi - lo < 4 * len(ids):
-        found = _fetch(s, q.where(PersonObject.person_id.between(lo, hi)))
+        found = dbapi(s).execute(_OBJECTS_OF.format(where="BETWEEN ? AND ?"), (lo, hi)).fetchall()
     else:
-        found = []
-        for in_list in chunks(ranked.tolist()):
-            found += _fetch(s, q.where(PersonObject.person_id.in_(in_list)))
+        found = rows_in(s, _OBJECTS_OF.format(where="{values}"), ranked.tolist(), fallback=lambda chunk: select(
+            PersonObject.person_id, PersonObject.cls, PersonObject.p).where(PersonObject.person_id.in_(chunk)))
     if found:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
         at = np.searchsorted(ranked, pid)
@@ -115,16 +116,17 @@ def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.n
         _add(s, collection, kind, delta)
 
 
+_PERSONS_OF_MEDIA = ("SELECT p.id, p.pasta, p.verbs, m.collection, m.kind FROM persons p JOIN media m ON "
+                     "m.id = p.media_id WHERE p.media_id {values}")
+
+
 def stored_rows(s: Session, media_ids: Sequence[int]) -> list[tuple]:
     """(id, pasta blob, verbs blob, collection, kind) of the persons of these media, by id: what the write path's
     removals of replaced and deleted media need, read once."""
-    q = select(Person.id, Person.pasta, Person.verbs, Media.collection, Media.kind).join(
-        Media, Media.id == Person.media_id)
-    out: list[tuple] = []
-    for chunk in chunks([int(m) for m in media_ids]):
-        out += map(tuple, s.execute(q.where(Person.media_id.in_(chunk))).all())
-    out.sort()
-    return out
+    out = rows_in(s, _PERSONS_OF_MEDIA, [int(m) for m in media_ids], fallback=lambda chunk: select(
+        Person.id, Person.pasta, Person.verbs, Media.collection, Media.kind).join(
+        Media, Media.id == Person.media_id).where(Person.media_id.in_(chunk)))
+    return sorted(map(tuple, out))
 
 
 def removed_counts(s: Session, rows: Sequence[tuple]) -> dict[tuple[str, str], Counts]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from .blobs import stack16
@@ -34,7 +34,7 @@ OPS = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.les
 
 def boundary(s: Session) -> int:
     """The last person id held in closed chunks (0 when none): the tail is the persons after it."""
-    return int(s.execute(select(func.max(LabelChunk.last_id))).scalar() or 0)
+    return int(dbapi(s).execute("SELECT max(last_id) FROM label_chunks").fetchone()[0] or 0)
 
 
 def _probs(rows: Sequence) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -92,7 +92,7 @@ def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
     closed = 0
     while True:
         after = boundary(s)
-        newest = s.execute(select(func.max(Person.id))).scalar() or 0  # O(1): the end of the id b-tree
+        newest = dbapi(s).execute("SELECT max(id) FROM persons").fetchone()[0] or 0  # O(1): the id b-tree's end
         if newest - after < LABEL_CHUNK:
             return closed
         first, last = after + 1, after + LABEL_CHUNK
@@ -115,6 +115,11 @@ def _int64(blob: bytes | None) -> np.ndarray:
     return np.frombuffer(blob or b"", np.int64)
 
 
+_CHUNKS_HOLDING = ("SELECT first_id, last_id, ids, dead, dead_counts FROM label_chunks WHERE last_id >= ? AND "
+                   "first_id <= ?")
+_SET_DEAD = "UPDATE label_chunks SET dead = ?, dead_counts = ? WHERE first_id = ?"
+
+
 def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray, rows: Sequence[tuple] | None = None) -> None:
     """Note persons about to be deleted (call it before deleting them) in the chunks that hold them: their ids
     join the chunk's dead and their level counts its dead counts; a chunk half dead is rewritten without them.
@@ -124,9 +129,9 @@ def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray, rows: Seque
     gone = gone[gone <= boundary(s)]  # the tail needs nothing: it is read from the persons themselves
     if not len(gone):
         return
-    q = select(LabelChunk.first_id, LabelChunk.last_id, LabelChunk.ids, LabelChunk.dead, LabelChunk.dead_counts).where(
-        LabelChunk.last_id >= int(gone[0]), LabelChunk.first_id <= int(gone[-1]))
-    for first, last, ids_blob, dead_blob, counts_blob in s.execute(q).all():
+    cursor = dbapi(s)  # the write path (a replaced file): literal SQL, no statement to build
+    for first, last, ids_blob, dead_blob, counts_blob in cursor.execute(_CHUNKS_HOLDING,
+                                                                        (int(gone[0]), int(gone[-1]))).fetchall():
         ids = _chunk_ids(first, last, ids_blob)
         new = np.setdiff1d(gone[(gone >= first) & (gone <= last)], _int64(dead_blob))
         new = new[np.isin(new, ids)]
@@ -145,8 +150,7 @@ def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray, rows: Seque
         counts = np.concatenate([level_counts(probs[kind]) for kind, _ in KINDS]).astype(np.int64)  # (250, 100)
         if counts_blob:
             counts += np.frombuffer(counts_blob, np.uint16).reshape(counts.shape)
-        s.execute(update(LabelChunk).where(LabelChunk.first_id == first).values(
-            dead=dead.tobytes(), dead_counts=counts.astype(np.uint16).tobytes()))
+        cursor.execute(_SET_DEAD, (dead.tobytes(), counts.astype(np.uint16).tobytes(), first))
 
 
 def _rewrite(s: Session, first: int, ids: np.ndarray, dead: np.ndarray) -> None:

@@ -132,9 +132,10 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     removed = np.asarray([r[0] for r in gone], np.int64)
     labels.drop_persons(s, removed, gone)
     uncounted = activities.removed_counts(s, gone)  # subtracted with the new persons' counts, below
-    for chunk in chunks(replaced):
-        s.execute(delete(Person).where(Person.media_id.in_(chunk)))
-        s.execute(delete(Track).where(Track.media_id.in_(chunk)))
+    rows_in(s, "DELETE FROM persons WHERE media_id {values}", replaced,
+            fallback=lambda chunk: delete(Person).where(Person.media_id.in_(chunk)))
+    rows_in(s, "DELETE FROM tracks WHERE media_id {values}", replaced,
+            fallback=lambda chunk: delete(Track).where(Track.media_id.in_(chunk)))
     cursor = dbapi(s)
     cursor.executemany(_UPDATE_MEDIA, [(m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind,
                                         m.collection, now, m.duplicate_of, m.frames, m.duration, int(m.replaces))
@@ -219,7 +220,7 @@ def record_failures(s: Session, failures: Sequence[tuple[str, str, str]]) -> Non
 
 def clear_failures(s: Session, paths: Sequence[str]) -> None:
     """Forget the failures of paths that have now been ingested."""
-    if not s.execute(select(Failure.id).limit(1)).first():  # the usual case: nothing failed
+    if not dbapi(s).execute("SELECT 1 FROM failures LIMIT 1").fetchone():  # the usual case: nothing failed
         return
     for chunk in chunks(paths):
         s.execute(delete(Failure).where(Failure.path.in_(list(chunk))))

@@ -25,13 +25,16 @@ IN_JSON = "IN (SELECT value FROM json_each(?))"
 
 def rows_in(s: Session, sql: str, values: Sequence, fallback: Callable[[Sequence], object]) -> list:
     """The rows of the literal ``sql`` whose ``{values}`` is ``IN`` ``values`` (ints or strings, bound as one JSON
-    list), in chunks; an SQLite without JSON runs ``fallback(chunk)`` (a select with an IN list) instead."""
+    list), in chunks; an SQLite without JSON runs ``fallback(chunk)`` (the statement with an IN list) instead. A
+    statement that returns no rows (a ``DELETE``) gives []."""
     rows: list = []
     for chunk in chunks(values):
         try:
             rows += dbapi(s).execute(sql.format(values=IN_JSON), (json.dumps(chunk),)).fetchall()
         except sqlite3.OperationalError:  # an SQLite built without JSON
-            rows += s.execute(fallback(chunk)).all()
+            statement = fallback(chunk)
+            result = s.execute(statement)
+            rows += result.all() if statement.is_select else []
     return rows
 
 

@@ -16,6 +16,7 @@ from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError, QueryError
 from a2v_search.search import make_filters
 from a2v_search.store import Store
+from db import sql
 from db.activities import count_block
 
 
@@ -62,8 +63,13 @@ def test_filters_other_than_collection_and_kind_count_by_scanning_with_the_same_
     assert drinkers["filters"] == {"where": ["verb: drink_with>=0.5"]}
 
 
-def test_kept_counts_follow_removals_replacements_and_the_schema_upgrade(known, tmp_path):
+@pytest.mark.parametrize("sqlite_json", [True, False], ids=["json", "in-lists"])
+def test_kept_counts_follow_removals_replacements_and_the_schema_upgrade(known, tmp_path, monkeypatch, sqlite_json):
+    """... also on an SQLite without JSON, where the write path's reads and deletes of the replaced and removed
+    media take IN lists."""
     data_dir, ids = known
+    if not sqlite_json:
+        monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
     with A2VSearch.open(data_dir) as api:
         api.remove(["/m/kick/0.jpg", "/m/kick/1.jpg"])
     store = Store(data_dir).lock("test")  # the same path again: its old person is replaced by a drinker
