@@ -52,7 +52,8 @@ def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None
                   _pairs(v, p), _pairs(v, o))
 
 
-_OBJECTS_OF = "SELECT person_id, cls, p FROM objects WHERE person_id {where}"
+_OBJECTS_IN_RANGE = "SELECT person_id, cls, p FROM objects WHERE person_id BETWEEN ? AND ?"
+_OBJECTS_OF = "SELECT person_id, cls, p FROM objects WHERE person_id IN (SELECT value FROM json_each(?))"
 
 
 def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
@@ -67,9 +68,9 @@ def stored_objects(s: Session, ids: Sequence[int]) -> np.ndarray:
     ranked = ids[order]
     lo, hi = int(ranked[0]), int(ranked[-1])
     if hi - lo < 4 * len(ids):
-        found = dbapi(s).execute(_OBJECTS_OF.format(where="BETWEEN ? AND ?"), (lo, hi)).fetchall()
+        found = dbapi(s).execute(_OBJECTS_IN_RANGE, (lo, hi)).fetchall()
     else:
-        found = rows_in(s, _OBJECTS_OF.format(where="{values}"), ranked.tolist(), fallback=lambda chunk: select(
+        found = rows_in(s, _OBJECTS_OF, ranked.tolist(), fallback=lambda chunk: select(
             PersonObject.person_id, PersonObject.cls, PersonObject.p).where(PersonObject.person_id.in_(chunk)))
     if found:
         pid, cls, prob = (np.array(c) for c in zip(*found, strict=True))
@@ -117,7 +118,7 @@ def count_added(s: Session, groups: dict[tuple[str, str], tuple[np.ndarray, np.n
 
 
 _PERSONS_OF_MEDIA = ("SELECT p.id, p.pasta, p.verbs, m.collection, m.kind FROM persons p JOIN media m ON "
-                     "m.id = p.media_id WHERE p.media_id {values}")
+                     "m.id = p.media_id WHERE p.media_id IN (SELECT value FROM json_each(?))")
 
 
 def stored_rows(s: Session, media_ids: Sequence[int]) -> list[tuple]:

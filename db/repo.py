@@ -112,6 +112,8 @@ _INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, frame_index, t_s
 _UPDATE_MEDIA = ("UPDATE media SET path = ?, content_hash = ?, size = ?, mtime = ?, width = ?, height = ?, kind = ?, "
                  "collection = ?, ingested_at = ?, duplicate_of = ?, frames = ?, duration = ? WHERE id = ?")
 _INSERT_OBJECT = "INSERT INTO objects (person_id, rank, cls, p, x1, y1, x2, y2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE_PERSONS_OF = "DELETE FROM persons WHERE media_id IN (SELECT value FROM json_each(?))"
+_DELETE_TRACKS_OF = "DELETE FROM tracks WHERE media_id IN (SELECT value FROM json_each(?))"
 _INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
                  "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -132,9 +134,9 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     removed = np.asarray([r[0] for r in gone], np.int64)
     labels.drop_persons(s, removed, gone)
     uncounted = activities.removed_counts(s, gone)  # subtracted with the new persons' counts, below
-    rows_in(s, "DELETE FROM persons WHERE media_id {values}", replaced,
+    rows_in(s, _DELETE_PERSONS_OF, replaced,
             fallback=lambda chunk: delete(Person).where(Person.media_id.in_(chunk)))
-    rows_in(s, "DELETE FROM tracks WHERE media_id {values}", replaced,
+    rows_in(s, _DELETE_TRACKS_OF, replaced,
             fallback=lambda chunk: delete(Track).where(Track.media_id.in_(chunk)))
     cursor = dbapi(s)
     cursor.executemany(_UPDATE_MEDIA, [(m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind,
@@ -229,7 +231,7 @@ def clear_failures(s: Session, paths: Sequence[str]) -> None:
 # ------------------------------------------------------------------ reading
 
 
-_MEDIA_AT = "SELECT path, id, content_hash, size, mtime FROM media WHERE path {values}"
+_MEDIA_AT = "SELECT path, id, content_hash, size, mtime FROM media WHERE path IN (SELECT value FROM json_each(?))"
 
 
 def media_by_path(s: Session, paths: Sequence[str]) -> dict[str, MediaState]:
@@ -244,8 +246,8 @@ def get_media(s: Session, media_id: int) -> Media | None:
     return s.get(Media, int(media_id))
 
 
-_FIRST_WITH_HASH = ("SELECT content_hash, min(id) FROM media WHERE content_hash {values} AND duplicate_of IS NULL "
-                    "GROUP BY content_hash")
+_FIRST_WITH_HASH = ("SELECT content_hash, min(id) FROM media WHERE content_hash IN (SELECT value FROM json_each(?)) "
+                    "AND duplicate_of IS NULL GROUP BY content_hash")
 
 
 def media_by_hash(s: Session, hashes: Sequence[str]) -> dict[str, int]:
@@ -271,7 +273,7 @@ _PERSON_COLUMNS = (Person.id, Person.media_id, Media.path, Media.kind, Media.col
                    Person.pasta, Person.verbs, Person.parts, Person.visual, Person.visual_norm, Person.track_id)
 _PERSONS_OF = ("SELECT p.id, p.media_id, m.path, m.kind, m.collection, m.width, m.height, p.frame_index, p.t_sec, "
                "p.x1, p.y1, p.x2, p.y2, p.score, p.pasta, p.verbs, p.parts, p.visual, p.visual_norm, p.track_id "
-               "FROM persons p JOIN media m ON m.id = p.media_id WHERE p.id {values}")
+               "FROM persons p JOIN media m ON m.id = p.media_id WHERE p.id IN (SELECT value FROM json_each(?))")
 
 
 def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
@@ -294,7 +296,8 @@ def fetch_persons(s: Session, ids: Sequence[int]) -> list[PersonRow]:
 
 _OBJECT_COLUMNS = (PersonObject.person_id, PersonObject.cls, PersonObject.p, PersonObject.x1, PersonObject.y1,
                    PersonObject.x2, PersonObject.y2, PersonObject.rank)
-_OBJECTS_OF = "SELECT person_id, cls, p, x1, y1, x2, y2, rank FROM objects WHERE person_id {values}"
+_OBJECTS_OF = ("SELECT person_id, cls, p, x1, y1, x2, y2, rank FROM objects "
+               "WHERE person_id IN (SELECT value FROM json_each(?))")
 
 
 def objects_of(s: Session, ids: Sequence[int]) -> dict[int, tuple[ObjectRow, ...]]:
@@ -315,8 +318,11 @@ def _norms(values: Sequence[float | None]) -> np.ndarray:
 
 
 _VECTOR_COLUMNS = (Person.id, Person.visual, Person.pasta, Person.verbs, Person.visual_norm)
-_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id {values}"
-_OBJECT_PROBS = "SELECT person_id, cls, max(p) FROM objects WHERE person_id {where} GROUP BY person_id, cls"
+_VECTORS_OF = "SELECT id, visual, pasta, verbs, visual_norm FROM persons WHERE id IN (SELECT value FROM json_each(?))"
+_OBJECT_PROBS_IN_RANGE = ("SELECT person_id, cls, max(p) FROM objects WHERE person_id BETWEEN ? AND ? "
+                          "GROUP BY person_id, cls")
+_OBJECT_PROBS_OF = ("SELECT person_id, cls, max(p) FROM objects WHERE person_id IN (SELECT value FROM json_each(?)) "
+                    "GROUP BY person_id, cls")
 
 
 def _vector_batch(s: Session, rows: Sequence) -> Vectors:
@@ -335,9 +341,9 @@ def _object_probs_of(s: Session, ids: np.ndarray) -> np.ndarray:
     row = {int(pid): i for i, pid in enumerate(ids.tolist())}
     lo, hi = int(ids.min()), int(ids.max())
     if hi - lo < 4 * len(ids):
-        found = dbapi(s).execute(_OBJECT_PROBS.format(where="BETWEEN ? AND ?"), (lo, hi)).fetchall()
+        found = dbapi(s).execute(_OBJECT_PROBS_IN_RANGE, (lo, hi)).fetchall()
     else:
-        found = rows_in(s, _OBJECT_PROBS.format(where="{values}"), sorted(row), fallback=lambda chunk: select(
+        found = rows_in(s, _OBJECT_PROBS_OF, sorted(row), fallback=lambda chunk: select(
             PersonObject.person_id, PersonObject.cls, func.max(PersonObject.p)).where(
             PersonObject.person_id.in_(chunk)).group_by(PersonObject.person_id, PersonObject.cls))
     for pid, cls, prob in found:

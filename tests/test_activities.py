@@ -69,7 +69,7 @@ def test_kept_counts_follow_removals_replacements_and_the_schema_upgrade(known, 
     media take IN lists."""
     data_dir, ids = known
     if not sqlite_json:
-        monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
+        monkeypatch.setattr(sql, "JSON_LISTS", False)
     with A2VSearch.open(data_dir) as api:
         api.remove(["/m/kick/0.jpg", "/m/kick/1.jpg"])
     store = Store(data_dir).lock("test")  # the same path again: its old person is replaced by a drinker

@@ -270,7 +270,7 @@ def test_objects_read_the_same_without_sqlite_json(imported, monkeypatch):
                     repo._object_probs_of(s, np.array([1, 2, 3])))
 
     fast = read()
-    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
+    monkeypatch.setattr(sql, "JSON_LISTS", False)
     slow = read()
     cup, ball = (CUP, pytest.approx(0.9), (5.0, 30.0, 20.0, 45.0)), (BALL, pytest.approx(0.4), None)
     assert fast[0] == slow[0] == {1: (cup, ball), 2: ((CUP, pytest.approx(0.3), None),)}

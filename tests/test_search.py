@@ -317,7 +317,7 @@ def test_candidate_reads_are_the_same_without_sqlite_json(semantic, monkeypatch)
             return repo.fetch_vectors(s, ids), repo.fetch_persons(s, ids)
 
     fast = read()
-    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
+    monkeypatch.setattr(sql, "JSON_LISTS", False)
     slow = read()
     assert fast[0].ids.tolist() == slow[0].ids.tolist() == [5, 1, 3, 2]
     for name in ("visual", "pasta", "verbs", "norms", "objects"):

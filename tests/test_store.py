@@ -66,7 +66,7 @@ def test_path_and_hash_lookups_find_odd_names_with_and_without_sqlite_json(tmp_p
         return store.media_states(asked), store.media_with_hashes([f"hash-{p}" for p in asked])
 
     fast = look()
-    monkeypatch.setattr(sql, "IN_JSON", "IN (SELECT value FROM no_json_here(?))")
+    monkeypatch.setattr(sql, "JSON_LISTS", False)
     assert look() == fast
     states, firsts = fast
     assert sorted(states) == sorted(paths) and [states[p].id for p in paths] == [1, 2, 3, 4]
