@@ -12,7 +12,8 @@ media row, no persons); 5% replaced files (a path written again with new persons
 SQLite, the labels' chunks and FAISS).
 
 Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
-its persons to it):
+its persons to it; each row starts after ``os.sync()``, so that it does not pay for the disk writing back the
+index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
   the time split into the calling thread's parts: checks (``values.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
@@ -367,19 +368,23 @@ def main() -> None:
         for n in args.sizes:
             path = seeded(folder, n, args.batch)
             row: dict = {"N": n}
+            os.sync()
             if "write" not in args.skip:
                 row["write"] = write_row(path, args.persons, args.batch, driver=False, tag="write")
+                os.sync()
                 log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
                     f"({row['write']['cpu_rate']:,.0f} per CPU second) "
                     + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
                     f"save {row['write']['save_s']:.2f} s")
             if "driver" not in args.skip:
                 row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
+                os.sync()
                 log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s "
                     f"({row['driver']['cpu_rate']:,.0f} per CPU second)")
             for kind in ("jsonl", "dicts"):
                 if kind not in args.skip:
                     row[kind] = import_row(path, args.persons // 2, kind == "jsonl", tmp)
+                    os.sync()
                     log(f"N={n:,}: import {kind} {row[kind]['rate']:,.0f} persons/s "
                         f"({row[kind]['rate_no_save']:,.0f} without the final save of {row[kind]['save_s']:.2f} s; "
                         f"reading {row[kind]['read_s']:.2f} s)")
