@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -269,6 +270,7 @@ class IndexSet:
         if self._indexes is None:
             return
         self._maybe_grow()
+        jobs = []
         for name in sorted(self._dirty & set(self._indexes)):
             idx = self._indexes[name]
             with self._store.db.session() as s:  # the newest person, to tell a reused id apart on the next open
@@ -277,12 +279,28 @@ class IndexSet:
             if name == "language":  # the basis its vectors are in, recorded in SQLite first
                 manifest["basis"] = self._store.space.phrase_basis().digest()
                 self._store.space.record_basis()
-            try:
-                idx.save(self.folder, name, manifest)
-            except (OSError, RuntimeError) as e:  # disk full, read-only folder: SQLite still holds everything
-                raise StoreError(f"cannot save the FAISS index {name!r} in {self.folder}: {e}. SQLite holds every "
-                                 "person, so nothing is lost; free disk space, then run the same command again (or "
-                                 "`manage.py reindex`)") from e
+            jobs.append((name, partial(idx.save, self.folder, name, manifest)))
+        # all but the last in the writer's second thread, the last here: each index's file is written, hashed and
+        # synced while the other's is (FAISS, hashlib and fsync release the GIL); each save is atomic on its own
+        saving = [(name, self.in_second_thread(save)) for name, save in jobs[:-1]]
+        errors = []
+        try:
+            for name, save in jobs[-1:]:
+                try:
+                    save()
+                except (OSError, RuntimeError) as e:
+                    errors.append((name, e))
+        finally:  # never leave a save running behind
+            for name, future in saving:
+                try:
+                    future.result()
+                except (OSError, RuntimeError) as e:
+                    errors.append((name, e))
+        if errors:  # disk full, read-only folder: SQLite still holds everything
+            name, e = errors[0]
+            raise StoreError(f"cannot save the FAISS index {name!r} in {self.folder}: {e}. SQLite holds every "
+                             "person, so nothing is lost; free disk space, then run the same command again (or "
+                             "`manage.py reindex`)") from e
         self._dirty.clear()
         self._last_save = time.monotonic()
 
