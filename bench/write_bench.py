@@ -239,6 +239,7 @@ def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
 
 def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> dict:
     """persons/s of Store.write (workload of ``persons``) into the store at ``path``, split by part."""
+    os.sync()  # the index files that the row before saved are on disk, not written back during this row
     store = open_store(path, create=True)
     try:
         n0 = persons_in(store)
@@ -294,6 +295,7 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
     if jsonl:
         source = tmp / "records.jsonl"
         source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    os.sync()  # as in write_row
     store = open_store(path, create=True)
     try:
         n0 = persons_in(store)
@@ -368,23 +370,19 @@ def main() -> None:
         for n in args.sizes:
             path = seeded(folder, n, args.batch)
             row: dict = {"N": n}
-            os.sync()
             if "write" not in args.skip:
                 row["write"] = write_row(path, args.persons, args.batch, driver=False, tag="write")
-                os.sync()
                 log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
                     f"({row['write']['cpu_rate']:,.0f} per CPU second) "
                     + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
                     f"save {row['write']['save_s']:.2f} s")
             if "driver" not in args.skip:
                 row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
-                os.sync()
                 log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s "
                     f"({row['driver']['cpu_rate']:,.0f} per CPU second)")
             for kind in ("jsonl", "dicts"):
                 if kind not in args.skip:
                     row[kind] = import_row(path, args.persons // 2, kind == "jsonl", tmp)
-                    os.sync()
                     log(f"N={n:,}: import {kind} {row[kind]['rate']:,.0f} persons/s "
                         f"({row[kind]['rate_no_save']:,.0f} without the final save of {row[kind]['save_s']:.2f} s; "
                         f"reading {row[kind]['read_s']:.2f} s)")
