@@ -317,6 +317,11 @@ def test_candidate_reads_are_the_same_without_sqlite_json(semantic, monkeypatch)
             return repo.fetch_vectors(s, ids), repo.fetch_persons(s, ids)
 
     fast = read()
+    # an SQLite without json_each: the JSON statement fails and the IN list is taken
+    monkeypatch.setattr(repo, "_VECTORS_OF", "SELECT id FROM persons WHERE id IN (SELECT value FROM no_json_here(?))")
+    via_error = read()[0]
+    assert via_error.ids.tolist() == [5, 1, 3, 2]
+    np.testing.assert_array_equal(via_error.visual, fast[0].visual)
     monkeypatch.setattr(sql, "JSON_LISTS", False)
     slow = read()
     assert fast[0].ids.tolist() == slow[0].ids.tolist() == [5, 1, 3, 2]
