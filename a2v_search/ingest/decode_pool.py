@@ -1,71 +1,32 @@
 """Decode worker processes: the isolation that keeps one file from stopping or stalling an ingest.
 
-Workers are spawned (they never import torch) and die with the ingest process, even when it is killed by SIGKILL
-(``PR_SET_PDEATHSIG`` on Linux, a watch on the parent's pid elsewhere). They never run the caller's main module:
-multiprocessing's spawn re-runs it in every worker (a script without ``if __name__ == "__main__":`` would start its
-ingest again there, and ``python - <<EOF`` names a ``<stdin>`` file that does not exist), so each worker is launched
-as if the main module were empty (``_CleanSpawnContext``); workers need nothing of it. Results come back in
-submission order. A file whose decoding crashes its worker is retried alone in a fresh process (a second crash is
-that file's failure); a file still decoding after ``timeout`` seconds has its worker killed and is that file's
-failure. Other files in flight at that moment are decoded again by new workers. Decoded pixels come back through
-a ring of shared-memory slots, one per worker call in flight (ring.py), not through the executor's pipe.
+Workers are spawned (they never import torch), die with the ingest process, even when it is killed by SIGKILL, and
+never run the caller's main module (processes.py). Results come back in submission order. A file whose decoding
+crashes its worker is retried alone in a fresh process (a second crash is that file's failure); a file still
+decoding after ``timeout`` seconds has its worker killed and is that file's failure. Other files in flight at that
+moment are decoded again by new workers. Decoded pixels come back through a ring of shared-memory slots, one per
+worker call in flight (ring.py), not through the executor's pipe.
 """
 
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
-import signal
 import struct
-import sys
-import threading
 import time
-import types
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..processes import CleanSpawnContext, die_with_parent
 from . import ring as pixel_ring
 from .decode import DecodeResult, DecodeTask, decode
 
-PR_SET_PDEATHSIG = 1
 _started = None  # worker side: the pipe on which each task's start is written (START records)
 START = struct.Struct("<qd")  # (task number, time.monotonic() when its decoding started): one atomic pipe write
 _ring = None  # worker side: (shared memory, slot bytes) of the ingest process's pixel ring, if it has one
-
-
-_LAUNCH = threading.Lock()  # one launch at a time hides (and restores) the main module
-
-
-@contextmanager
-def _empty_main():
-    """While a worker is launched, ``__main__`` is an empty module: spawn then passes the worker no main module to
-    re-run (neither a script's path nor ``-m``'s module name). Nothing of the caller's main is pickled for it."""
-    with _LAUNCH:
-        real = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            if real is not None:
-                sys.modules["__main__"] = real
-
-
-class _CleanSpawnProcess(mp.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):
-        with _empty_main():
-            return mp.context.SpawnProcess._Popen(process_obj)
-
-
-class _CleanSpawnContext(mp.context.SpawnContext):
-    """The spawn start method, without the caller's main module in the workers."""
-
-    Process = _CleanSpawnProcess
 
 
 def _worker_init(parent_pid: int, started: Connection, ring: tuple[str, int] | None) -> None:
@@ -86,30 +47,6 @@ def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None)
         if slot is not None and _ring is not None:
             used = pixel_ring.pack(_ring[0], slot, _ring[1], results[-1], used)
     return results
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: exit as soon as ``parent_pid`` is gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            _watch_parent(parent_pid)
-    else:
-        _watch_parent(parent_pid)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-
-
-def _watch_parent(parent_pid: int) -> None:
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 CHUNK = 16  # image tasks per worker call: the executor's own cost (~200-300 us of this process's CPU a call) is shared
@@ -162,7 +99,7 @@ class DecodePool:
         return len(self._queue)
 
     def _new_pool(self) -> None:
-        ctx = _CleanSpawnContext()
+        ctx = CleanSpawnContext()
         self._close_starts()
         # workers report starts here (read without blocking; the writing end stays open for workers started later)
         self._started, self._started_w = ctx.Pipe(duplex=False)
