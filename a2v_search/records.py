@@ -6,10 +6,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import orjson
@@ -19,7 +20,9 @@ from db.values import NewMedia, NewPerson
 from . import taxonomy as tx
 from .errors import InputError
 from .objects import parse_objects
-from .store import Store
+
+if TYPE_CHECKING:  # the reader process imports this module: not SQLite or FAISS
+    from .store import Store
 
 WRITE_EVERY = 256  # media per SQLite transaction
 
@@ -42,16 +45,15 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     the import goes) and write the valid ones into ``store`` (write-locked, its space registered); a stored path is
     replaced. Bad records are reported and skipped, and so is a record whose path an earlier record of the call
     gave. ``WRITE_EVERY`` media a transaction; each is written in a second thread while the next ones are read and
-    validated (SQLite, numpy and FAISS release the GIL)."""
+    validated (SQLite, numpy and FAISS release the GIL); a large JSON-lines file is parsed in a reader process
+    (records_reader.py)."""
     report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
-    records = iter(records)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
         pending: Future | None = None
-        while chunk := list(itertools.islice(records, WRITE_EVERY)):
-            start, report.records = report.records, report.records + len(chunk)
+        for chunk in _media_chunks(records, visual_dim, collection, report):
             items = []
-            for i, m in _chunk_media(chunk, start, visual_dim, collection, report):
+            for i, m in chunk:
                 first = first_of.setdefault(m.path, i)
                 if first == i:
                     items.append(m)
@@ -73,6 +75,25 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     return report
 
 
+def _media_chunks(records: Iterable, visual_dim: int, collection: str,
+                  report: ImportReport) -> Iterator[list[tuple[int, NewMedia]]]:
+    """(record number, media) of the valid records, ``WRITE_EVERY`` records at a time (counted in
+    ``report.records``); the others go to ``report.failures``."""
+    from . import records_reader
+
+    parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim) if isinstance(records, JsonLines) \
+        else None
+    if parsed is None:  # read here: plain chunks are made arrays by _chunk_media
+        records = iter(records)
+        parsed = ((chunk, None) for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
+    for chunk, arrays in parsed:
+        start, report.records = report.records, report.records + len(chunk)
+        if arrays is not None:  # plain records the reader process made arrays of
+            yield list(enumerate(plain_media(chunk, arrays, collection), start))
+        else:
+            yield _chunk_media(chunk, start, visual_dim, collection, report)
+
+
 def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
                  report: ImportReport) -> list[tuple[int, NewMedia]]:
     """(record number, media) of the valid records of a chunk that starts at record ``start``; the others go to
@@ -90,12 +111,12 @@ def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
     return out
 
 
-def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterator:
-    """The records of a JSON-lines or JSON-list file, or of an iterable of dicts, one at a time: a JSON-lines file
-    is read line by line as the import goes (the file is never held in memory; a JSON list is parsed whole). Parsed
-    with orjson (about ten times json's speed on the long number lists of a person). Raises InputError at once when
-    the file cannot be read or its first record is not JSON (not a records file); a later line that is not JSON is
-    a bad record (reported and skipped by the import, like a record that is JSON but not valid)."""
+def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
+    """The records of a JSON-lines or JSON-list file, or of an iterable of dicts: a JSON-lines file is read line by
+    line as the import goes (the file is never held in memory; a JSON list is parsed whole). Parsed with orjson
+    (about ten times json's speed on the long number lists of a person). Raises InputError at once when the file
+    cannot be read or its first record is not JSON (not a records file); a later line that is not JSON is a bad
+    record (reported and skipped by the import, like a record that is JSON but not valid)."""
     if not isinstance(source, (str, os.PathLike)):
         return iter(source)
     p = Path(source)
@@ -123,22 +144,48 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterator:
     if isinstance(first, _BadLine):
         lines.close()
         raise InputError(first.file_problem(p))
-    return itertools.chain([] if first is None else [first], lines)
+    return JsonLines(p, os.fstat(f.fileno()), first, lines)
 
 
-def _json_lines(f) -> Iterator:
+class JsonLines:
+    """The records of a JSON-lines file (:func:`read_records`), its first one already read: iterating goes on
+    reading the file in this process; :func:`import_records` has a large regular file parsed in a reader process
+    instead (records_reader.py), from its start, and closes this one."""
+
+    def __init__(self, path: Path, stat: os.stat_result, first, lines: Iterator):
+        self.path, self.stat = path, stat
+        self._records = itertools.chain([] if first is None else [first], lines)
+        self._lines = lines
+
+    def __iter__(self) -> Iterator:
+        return self._records
+
+    def close(self) -> None:
+        """Close the file (when the records are read elsewhere)."""
+        self._lines.close()
+
+
+def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
     """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
-    nested too deeply a _TooDeep). Closes the file when done; a read error is an InputError."""
-    n = 0
+    nested too deeply a _TooDeep). ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None
+    (a reader process parses its share of a file). Closes the file when done; a read error is an InputError."""
+    n = i = 0
     with f:
         try:
             for n, line in enumerate(f, 1):
+                if wanted is not None and not wanted(i):
+                    if line.strip():
+                        i += 1
+                        yield None
+                    continue
                 try:
-                    yield orjson.loads(line)
+                    record = orjson.loads(line)
                 except orjson.JSONDecodeError as e:
                     if not line.strip():
                         continue
-                    yield _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+                    record = _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+                i += 1
+                yield record
         except OSError as e:
             raise InputError(f"cannot read {f.name} after line {n}: {e.strerror or e}") from None
 
@@ -211,10 +258,32 @@ def _plain_box(box) -> bool:
             and box[2] > box[0] and box[3] > box[1])
 
 
+class PlainArrays(NamedTuple):
+    """The numbers of a chunk of plain, valid records, one row a person in record order (:func:`plain_arrays`)."""
+
+    pasta: np.ndarray  # (n, 93) float32
+    verbs: np.ndarray  # (n, 157) float32
+    parts: np.ndarray  # (n, 6) float32
+    visual: np.ndarray  # (n, P) float32, unit rows
+    norms: np.ndarray  # (n,) float32: the norms of the given visual rows
+    objects: list  # n stored-form object tuples (objects.parse_objects)
+
+
+HEAVY = ("pasta", "verbs", "parts", "visual", "objects")  # a person's fields that plain_arrays turns into arrays
+
+
 def plain_records_to_media(records: list, visual_dim: int, collection: str) -> list[NewMedia] | None:
     """Records -> media, all at once (numpy over the whole list), when every record is plain and valid: PaSta and
     verbs as lists of numbers (not names). None when any is not: the caller then converts them one by one with
     :func:`record_to_media`, which names what is wrong; both give the same values."""
+    arrays = plain_arrays(records, visual_dim)
+    return None if arrays is None else plain_media(records, arrays, collection)
+
+
+def plain_arrays(records: list, visual_dim: int) -> PlainArrays | None:
+    """The numbers of ``records`` as arrays when every record is plain and valid, else None (see
+    :func:`plain_records_to_media`). Only the persons' :data:`HEAVY` fields are read into them: the records may
+    drop those fields afterwards (a reader process sends the rest, records_reader.py)."""
     persons, objects = [], []
     for rec in records:
         if not (isinstance(rec, dict) and isinstance(rec.get("path"), str) and rec["path"].strip()
@@ -253,17 +322,23 @@ def plain_records_to_media(records: list, visual_dim: int, collection: str) -> l
     norms = _norms(visual)
     if (norms < 1e-6).any():
         return None
-    unit = visual / norms[:, None]
+    return PlainArrays(pasta, verbs, parts, visual / norms[:, None], norms, objects)
+
+
+def plain_media(records: list, arrays: PlainArrays, collection: str) -> list[NewMedia]:
+    """The media of records that :func:`plain_arrays` turned into ``arrays`` (their persons' :data:`HEAVY` fields
+    are not read again)."""
     out, i = [], 0
     for rec in records:
         width, height = rec.get("width"), rec.get("height")
         people = []
         for p in rec.get("persons", []):
             box = p.get("box", [0, 0, width or 1, height or 1])
-            people.append(NewPerson(box=[float(v) for v in box], pasta=pasta[i], verbs=verbs[i], parts=parts[i],
-                                    visual=unit[i], visual_norm=float(p.get("visual_norm", norms[i])),
-                                    score=float(p.get("score", 1.0)),
-                                    frame_index=p.get("frame_index"), t_sec=p.get("t_sec"), objects=objects[i]))
+            people.append(NewPerson(box=[float(v) for v in box], pasta=arrays.pasta[i], verbs=arrays.verbs[i],
+                                    parts=arrays.parts[i], visual=arrays.visual[i],
+                                    visual_norm=float(p.get("visual_norm", arrays.norms[i])),
+                                    score=float(p.get("score", 1.0)), frame_index=p.get("frame_index"),
+                                    t_sec=p.get("t_sec"), objects=arrays.objects[i]))
             i += 1
         out.append(_media(rec, collection, people))
     return out

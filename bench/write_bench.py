@@ -23,7 +23,8 @@ index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
-  models are loaded; its final index save is counted; "read s": the time spent parsing (overlapping the writes).
+  models are loaded; its final index save is counted; "read s": the time the import waits for records (a
+  JSON-lines file's chunks, from the reader process that parses it: records_reader.py; nothing for dicts).
 Also: ``--where`` filter latency and the SQLite bytes per person of each store.
 """
 
@@ -287,6 +288,7 @@ def records_of(items: list) -> list[dict]:
 
 def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
     """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included."""
+    from a2v_search import records_reader
     from a2v_search.records import import_records, read_records
 
     work = Workload(f"/import/{time.time_ns()}", seed=3)
@@ -302,8 +304,8 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
         store.indexes.get()
         reading = [0.0]
 
-        def timed(records):  # the time spent reading (parsing) records, as the import pulls them
-            it = iter(records)
+        def timed(records):  # the time spent reading records as the import pulls them (parsing them, or waiting
+            it = iter(records)  # for the reader process's chunks)
             while True:
                 t = time.perf_counter()
                 rec = next(it, None)
@@ -312,9 +314,20 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
                     return
                 yield rec
 
+        parsed_chunks = records_reader.parsed_chunks
+
+        def timed_chunks(*args):
+            chunks = parsed_chunks(*args)
+            return None if chunks is None else timed(chunks)
+
         with timed_parts() as spent:
             t0 = time.perf_counter()
-            report = import_records(store, timed(read_records(source)), VISUAL_DIM)
+            records = read_records(source)  # a JSON-lines file: parsed in the import's reader process
+            records_reader.parsed_chunks = timed_chunks
+            try:
+                report = import_records(store, records if jsonl else timed(records), VISUAL_DIM)
+            finally:
+                records_reader.parsed_chunks = parsed_chunks
             total = time.perf_counter() - t0
         read_s = reading[0]
         assert not report.failures, report.failures[:3]

@@ -4,6 +4,11 @@ with the line of an error named."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +18,13 @@ from a2v_search.errors import InputError
 from a2v_search.records import plain_records_to_media, read_records, record_to_media
 
 
-def records(rng, n=6):
+def records(rng, n=6, visual_dim=16):
     out = []
     for i in range(n):
         persons = []
         for j in range(i % 3):
             p = {"pasta": rng.random(93).tolist(), "verbs": rng.random(157).tolist(),
-                 "visual": rng.normal(size=16).tolist(), "score": 0.5 + j / 10}
+                 "visual": rng.normal(size=visual_dim).tolist(), "score": 0.5 + j / 10}
             if j == 1:
                 p.update(box=[1, 2, 30.5, 40], parts=rng.random(6).tolist(), visual_norm=3.5, frame_index=j, t_sec=0.5)
             persons.append(p)
@@ -167,3 +172,151 @@ def test_a_path_given_twice_in_one_import_is_reported_not_a_crash(tmp_path, tiny
     assert report.media_added == 5 and report.persons_added == sum(len(r["persons"]) for r in recs[:5])
     paths = [p for p, *_ in stored_persons(tmp_path / "data")]
     assert sorted(set(paths)) == sorted(r["path"] for r in recs[:5] if r["persons"])
+
+
+def mixed_jsonl(path, rng, n=14, visual_dim=16):
+    """A JSON-lines file of ``n`` records with blank lines, a line cut short and a record of PaSta names (not
+    plain: converted one by one) among plain ones."""
+    recs = records(rng, n=n, visual_dim=visual_dim)
+    recs[7]["persons"] = [{"pasta": {"hand: hold": 0.9}, "visual": rng.normal(size=visual_dim).tolist()}]
+    lines = [json.dumps(r) for r in recs]
+    lines[4] = lines[4][:-5]
+    path.write_text("\n\n".join(lines[:3]) + "\n" + "\n".join(lines[3:]) + "\n  \n")
+    return recs
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_reader_processes_give_what_this_process_reads(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch,
+                                                       readers):
+    """A JSON-lines file parsed by reader processes (records_reader.py) is stored exactly as when the importing
+    process reads it: the same persons in the same order, the same failures naming the same records and lines."""
+    from a2v_search import records as records_module
+    from a2v_search import records_reader
+    from a2v_search.api import A2VSearch
+
+    path = tmp_path / "r.jsonl"
+    recs = mixed_jsonl(path, np.random.default_rng(7))
+    monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
+    monkeypatch.setattr(records_reader, "READERS", readers)
+    started, real = [], records_reader._from_readers
+    monkeypatch.setattr(records_reader, "_from_readers", lambda *a: started.append(a) or real(*a))
+    out = []
+    for min_bytes in (1 << 40, 0):  # this process, then the readers
+        monkeypatch.setattr(records_reader, "MIN_BYTES", min_bytes)
+        data = tmp_path / f"data-{min_bytes}"
+        with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
+            report = api.import_records(path)
+        out.append((report, stored_persons(data)))
+    assert len(started) == 1  # the second import only
+    (inline, inline_rows), (parsed, parsed_rows) = out
+    assert parsed == inline and parsed.records == 14 and parsed.media_added == 13
+    assert [f["error"].split(":")[0] for f in parsed.failures] == ["record 4"]
+    assert parsed_rows == inline_rows
+    assert len(parsed_rows) == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
+
+
+def test_a_file_replaced_after_it_was_opened_is_refused_by_the_reader(tmp_path, monkeypatch):
+    from a2v_search import records as records_module
+    from a2v_search import records_reader
+
+    monkeypatch.setattr(records_reader, "MIN_BYTES", 0)
+    path = tmp_path / "r.jsonl"
+    mixed_jsonl(path, np.random.default_rng(8))
+    lines = read_records(path)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(records(np.random.default_rng(9), n=2)[1]) + "\n")
+    os.replace(other, path)
+    with pytest.raises(InputError, match="r.jsonl was replaced by another file during the import; import it again"):
+        list(records_module._media_chunks(lines, 16, "default", records_module.ImportReport()))
+
+
+@pytest.mark.guarantee("G46")
+def test_a_reader_that_dies_stops_the_import_and_a_second_import_finishes_it(tmp_path, tiny_clip_dir,
+                                                                             tiny_bert_dir, monkeypatch, reliability):
+    """The reader processes are killed at their second chunk (A2V_FAULT reaches them through the environment): the
+    import stops with an error naming the file, the chunks before are stored whole, and importing the file again
+    stores every record once."""
+    from a2v_search import records as records_module
+    from a2v_search import records_reader
+    from a2v_search.api import A2VSearch
+    from a2v_search.errors import StoreError
+
+    monkeypatch.setattr(records_reader, "MIN_BYTES", 0)
+    monkeypatch.setattr(records_reader, "READERS", 2)  # chunks 0, 2, 4 from one, 1, 3 from the other
+    monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
+    path = tmp_path / "r.jsonl"
+    recs = mixed_jsonl(path, np.random.default_rng(10))
+    data = tmp_path / "data"
+    monkeypatch.setenv("A2V_FAULT", "import_reader:2")
+    with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api, \
+            pytest.raises(StoreError, match=r"the process reading .*r.jsonl stopped before the end of the file \(exit "
+                                            r"code -9; out of memory\?\); the records before it are stored"):
+        api.import_records(path)
+    persons = lambda picked: sum(len(r["persons"]) for i, r in enumerate(recs) if i in picked)  # noqa: E731
+    assert len(stored_persons(data)) == persons({0, 1, 2, 3, 5})  # chunks 0 and 1; record 4 is the bad line
+    monkeypatch.delenv("A2V_FAULT")
+    with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
+        report = api.import_records(path)
+    rows = stored_persons(data)
+    assert report.media_added == 13 and len(rows) == persons(set(range(14)) - {4})
+    assert len({(path, x1, score) for path, x1, score, _, _ in rows}) == len(rows)  # nothing twice
+    reliability["kill points"] += 1
+    reliability["records checked"] += 13
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds ``marker``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                out.append(int(proc.name))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.guarantee("G31")
+def test_an_import_killed_mid_file_leaves_no_reader_and_a_rerun_stores_each_record_once(tmp_path, monkeypatch,
+                                                                                       reliability):
+    """The importing process SIGKILLed after its second commit, its readers at work: they die with it, and the
+    same import run again stores every valid record once. (A forked child never touches torch: the store's space
+    is the tests' stand-in, as in the reliability suite.)"""
+    from helpers import SPACE, VISUAL_DIM, in_child, random_language
+
+    from a2v_search import records as records_module
+    from a2v_search import records_reader
+    from a2v_search.store import Store
+
+    monkeypatch.setattr(records_reader, "MIN_BYTES", 0)
+    monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
+    path = tmp_path / "r.jsonl"
+    recs = mixed_jsonl(path, np.random.default_rng(11), visual_dim=VISUAL_DIM)
+    data, marker = tmp_path / "data", f"A2V_TEST_READER={uuid.uuid4().hex}"
+
+    def run() -> records_module.ImportReport:
+        store = Store(data, create=True).lock("import")
+        try:
+            store.space.ensure(SPACE, random_language())
+            store.indexes.get()
+            return records_module.import_records(store, read_records(path), VISUAL_DIM)
+        finally:
+            store.close()
+
+    code, err = in_child(run, fault="after_commit:2", setup=lambda: os.environ.__setitem__(*marker.split("=")))
+    assert code == -9, err
+    reliability["kill points"] += 1
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+    assert 0 < len(stored_persons(data)) < sum(len(r["persons"]) for r in recs)
+    report = run()
+    rows = stored_persons(data)
+    assert report.media_added == 13 and len(rows) == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
+    assert len({(p, x1, score) for p, x1, score, _, _ in rows}) == len(rows)
+    store = Store(data)
+    assert [p.detail for p in store.check().problems] == []  # FAISS caught up with SQLite
+    store.close()
+    reliability["records checked"] += 13

@@ -1,0 +1,116 @@
+"""Large JSON-lines import files parsed in reader processes, so that the importing process only writes.
+
+A person's record holds ~770 numbers: parsing them (orjson) and making arrays of them holds the GIL for ~60-85 us
+a person, more than the writer's own Python needs. Each of :data:`READERS` reader processes reads the file from its
+start and parses its share of the chunks (chunk c is reader c % READERS's; a chunk is the importing process's
+transaction): it makes arrays of each plain chunk (``records.plain_arrays``) and sends them with the records' other
+fields; a chunk that is not plain (names instead of numbers, a bad record) goes as parsed, to be converted record by
+record in the importing process, which names what is wrong with each. The importing process gets the same records,
+numbered the same, as when it reads the file itself; it reads small files (under :data:`MIN_BYTES`), pipes and
+FIFOs itself, and any file on a single core.
+
+Readers are spawned (they import numpy and orjson: not torch, SQLite or FAISS), die with the importing process
+(processes.py), ignore Ctrl-C (the importing process stops them), and each is at most one chunk ahead: it waits
+while the pipe holds its last one. A reader that dies stops the import with an error; the transactions before are
+stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import stat
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+from .errors import InputError, StoreError
+from .faults import fault_point
+from .processes import CleanSpawnContext, die_with_parent
+from .records import HEAVY, JsonLines, PlainArrays, _json_lines, plain_arrays
+
+MIN_BYTES = 4 << 20  # smaller files are parsed by the importing process (starting a reader takes ~0.2 s)
+READERS = 2  # reader processes; each parses every READERS-th chunk
+
+
+def parsed_chunks(lines: JsonLines, size: int, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None]] | None:
+    """The file's records ``size`` at a time, each chunk with its arrays (None: not plain), parsed by reader
+    processes; None when this process had better read the file itself (then ``lines`` is left as it is)."""
+    if not stat.S_ISREG(lines.stat.st_mode) or lines.stat.st_size < MIN_BYTES or (os.cpu_count() or 1) < 2:
+        return None
+    lines.close()
+    return _from_readers(str(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
+
+
+def _from_readers(path: str, ident: tuple[int, int], size: int,
+                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None]]:
+    ctx = CleanSpawnContext()
+    readers, pipes = [], []
+    try:
+        for k in range(READERS):
+            receive, send = ctx.Pipe(duplex=False)
+            pipes.append(receive)
+            readers.append(ctx.Process(target=_read, args=(os.getpid(), path, ident, size, visual_dim, k, READERS,
+                                                           send), daemon=True, name=f"a2v-import-reader-{k}"))
+            readers[-1].start()
+            send.close()  # the reader holds the only writing end: its exit is an EOF here
+        for c in itertools.count():  # chunk c comes from reader c % READERS
+            try:
+                message = pipes[c % READERS].recv()
+            except EOFError:
+                reader = readers[c % READERS]
+                reader.join(5)
+                raise StoreError(f"the process reading {path} stopped before the end of the file (exit code "
+                                 f"{reader.exitcode}; out of memory?); the records before it are stored, import "
+                                 "the file again to finish") from None
+            if message[0] == "end":
+                return
+            if message[0] == "error":
+                raise InputError(message[1])
+            yield message[1], message[2]
+    finally:
+        for receive in pipes:
+            receive.close()
+        for reader in readers:
+            if reader.is_alive():
+                reader.kill()
+            reader.join()
+
+
+def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_dim: int, k: int, readers: int,
+          out: Connection) -> None:
+    """Reader ``k`` of ``readers``: ("chunk", records, arrays or None) messages for chunks k, k + readers, ...,
+    then ("end",) or ("error", message)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    try:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (_json_lines closes it)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino) != ident:
+            f.close()
+            raise InputError(f"{path} was replaced by another file during the import; import it again")
+        lines = _json_lines(f, wanted=lambda i: i // size % readers == k)
+        for c in itertools.count():
+            chunk = list(itertools.islice(lines, size))
+            if not chunk:
+                break
+            if c % readers != k:
+                continue
+            fault_point("import_reader")  # reliability tests kill a reader here (A2V_FAULT in its environment)
+            arrays = plain_arrays(chunk, visual_dim)
+            if arrays is not None:  # only the other fields travel as Python objects
+                for rec in chunk:
+                    for person in rec.get("persons", []):
+                        for name in HEAVY:
+                            person.pop(name, None)
+            out.send(("chunk", chunk, arrays))
+        out.send(("end",))
+    except InputError as e:
+        out.send(("error", str(e)))
+    except BrokenPipeError:  # the importing process stopped reading (an error there): nothing to tell
+        pass
+    finally:
+        out.close()
