@@ -81,16 +81,19 @@ class DecodePool:
 
     Images go to the workers :data:`CHUNK` at a time (one call each chunk; a chunk is sent when full, or when a
     result of it is asked for), videos one segment a call. With ``ring``, the pixels of a call come back in a
-    shared-memory slot (ring.py)."""
+    shared-memory slot (ring.py), viewed by the results' arrays; ``hold``: how many of those arrays the caller
+    keeps alive at most (e.g. until a model batch is full), each a slot's share that is not free meanwhile."""
 
-    def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True, ring: bool = False):
+    def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True, ring: bool = False,
+                 hold: int = 0):
         self.workers, self.timeout, self.retry_crashes = max(1, workers), timeout, retry_crashes
         self.ahead = self.workers * CHUNKS_AHEAD * CHUNK
         self._queue: deque[list] = deque()  # [key, task, number, chunk, index in the chunk], oldest first
         self._open = _Chunk()
         self._numbers = itertools.count()
         self._starts: dict[int, float] = {}
-        self.ring = pixel_ring.PixelRing.create(self.workers * CHUNKS_AHEAD + 2) if ring else None
+        slots = self.workers * CHUNKS_AHEAD + pixel_ring.SPARE + -(-hold // CHUNK)
+        self.ring = pixel_ring.PixelRing.create(slots) if ring else None
         self._started: Connection | None = None  # where workers report starts, and its writing end
         self._started_w: Connection | None = None
         self._new_pool()
@@ -215,7 +218,7 @@ class DecodePool:
 
     def _release(self, chunk: _Chunk) -> None:
         if self.ring is not None:
-            self.ring.release(chunk.slot)
+            self.ring.finish(chunk.slot)
         chunk.slot = None
 
     def _restart(self, culprit: int | None = None, verdict: object = None) -> None:
@@ -236,8 +239,9 @@ class DecodePool:
             entry[3], entry[4] = single, 0
             self._send(single)
 
-    def close(self) -> None:
-        """Stop the workers (at once when tasks are still in flight: those are dropped)."""
+    def close(self, ring: bool = True) -> None:
+        """Stop the workers (at once when tasks are still in flight: those are dropped), and close the ring unless
+        ``ring`` is False (arrays of taken results still view it: the caller closes it once they are gone)."""
         try:
             if self._queue:
                 self._queue.clear()
@@ -246,7 +250,7 @@ class DecodePool:
                 self._pool.shutdown(wait=True)
             self._close_starts()
         finally:
-            if self.ring is not None:
+            if self.ring is not None and ring:
                 self.ring.close()
 
 

@@ -1,16 +1,20 @@
 """A ring of shared-memory slots that decode workers write decoded pixels into, so that only byte offsets and
 shapes travel back through the executor's pipe: a 224 x 224 crop is 150 KB, and moving it through the pipe cost
-the ingest process ~150-250 us of CPU (its executor thread reads, polls and unpickles it), copying it out of a slot
-~20-30 us.
+the ingest process ~150-250 us of CPU (its executor thread reads, polls and unpickles it).
 
 The ingest process owns the ring (:class:`PixelRing`): it gives each worker call in flight (a chunk of tasks,
-decode_pool.py) a free slot, copies the arrays out of it as each result is taken (:meth:`PixelRing.unpack`), and
-frees it after the call's last one. A worker (:func:`pack`) moves each result's arrays into its call's slot while
-they fit; the others travel through the pipe as before, and so does every array of a call that got no slot (all
-slots busy, or no ring: shared memory too small or missing). A worker killed while writing its slot leaves nothing
-behind: the workers are gone before the slot is given to another call, and nothing reads what they wrote. The
-segment is created by the ingest process; multiprocessing's resource tracker unlinks it even when that process is
-killed.
+decode_pool.py) a free slot and, as each result is taken, puts arrays on its items that view the slot
+(:meth:`PixelRing.unpack`): no copy is made until the crops are stacked into a model batch. A slot is free again
+once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (each view has a
+finalizer); while fewer than :data:`SPARE` slots are free, results are copied out instead (~20 us a crop, twice that
+in fresh pages), so that calls in flight keep finding slots: the ring has a slot per call in flight, SPARE more,
+and room for the crops its caller holds (``DecodePool(hold=...)``: ingest's two batches, waiting for the duplicate
+check and for a model batch). A worker (:func:`pack`) moves each result's arrays into
+its call's slot while they fit; the others travel through the pipe as before, and so does every array of a call
+that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker killed while writing
+its slot leaves nothing behind: the workers are gone before the slot is given to another call, and nothing reads
+what they wrote. The segment is created by the ingest process; multiprocessing's resource tracker unlinks it even
+when that process is killed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import weakref
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -26,6 +32,7 @@ SLOT_BYTES = 4 << 20  # a call's pixels: 16 crops of up to 295 x 295 (27 of 224 
 MAX_SHARE = 4  # the ring takes at most a quarter of the free shared memory
 ALIGN = 64
 ARRAYS = ("pixels", "frame")  # the Item attributes that may travel in a slot
+SPARE = 2  # results are copied out of their slot, not viewed, while fewer slots than this are free
 
 
 class PixelRing:
@@ -33,6 +40,12 @@ class PixelRing:
 
     def __init__(self, slots: int, slot_bytes: int = SLOT_BYTES):
         self.slots, self.slot_bytes = slots, slot_bytes
+        self._free = list(range(slots - 1, -1, -1))
+        self._views = [0] * slots  # live arrays viewing each slot
+        self._viewed = 0  # live arrays viewing any slot: the segment stays mapped while there are some
+        self._finished = [False] * slots  # its call's results are all taken
+        self._closing = False
+        self._lock = threading.Lock()  # a view may die in any thread
         self.shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
         try:  # take the pages now: a full /dev/shm is an error here, not a SIGBUS in a worker later
             if hasattr(os, "posix_fallocate") and getattr(self.shm, "_fd", -1) >= 0:
@@ -40,7 +53,6 @@ class PixelRing:
         except OSError:
             self.close()
             raise
-        self._free = list(range(slots - 1, -1, -1))
 
     @classmethod
     def create(cls, slots: int, slot_bytes: int = SLOT_BYTES) -> PixelRing | None:
@@ -62,27 +74,64 @@ class PixelRing:
 
     def acquire(self) -> int | None:
         """A free slot, or None when all are in use."""
-        return self._free.pop() if self._free else None
+        with self._lock:
+            if not self._free:
+                return None
+            slot = self._free.pop()
+            self._finished[slot] = False
+            return slot
 
-    def release(self, slot: int | None) -> None:
-        if slot is not None:
-            self._free.append(slot)
+    def finish(self, slot: int | None) -> None:
+        """The call that held ``slot`` is done with it: free once no array views it."""
+        if slot is None:
+            return
+        with self._lock:
+            self._finished[slot] = True
+            if self._views[slot] == 0:
+                self._free.append(slot)
+
+    def _dropped(self, slot: int) -> None:
+        """A view of ``slot`` is gone (its finalizer; the finalizers hold this ring, so it outlives its views)."""
+        with self._lock:
+            self._views[slot] -= 1
+            self._viewed -= 1
+            if self._views[slot] == 0 and self._finished[slot]:
+                self._free.append(slot)
+            last = self._closing and self._viewed == 0
+        if last:  # the array is being freed: nothing reads the segment any more
+            self._unmap()
 
     def unpack(self, slot: int, result) -> None:
-        """Copy the arrays a worker packed into ``slot`` back onto ``result``'s items (see :func:`pack`)."""
+        """Put the arrays a worker packed into ``slot`` back on ``result``'s items (see :func:`pack`): views of the
+        slot, or copies while fewer than :data:`SPARE` slots are free."""
         base = slot * self.slot_bytes
+        view = len(self._free) >= SPARE
         for index, attr, offset, shape in result.in_ring:
-            view = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=base + offset)
-            setattr(result.items[index], attr, view.copy())
+            a = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=base + offset)
+            if view:
+                with self._lock:
+                    self._views[slot] += 1
+                    self._viewed += 1
+                weakref.finalize(a, self._dropped, slot).atexit = False  # at exit the OS unmaps it
+            else:
+                a = a.copy()
+            setattr(result.items[index], attr, a)
         result.in_ring = []
 
     def close(self) -> None:
-        """Unmap and remove the segment (workers that still map it keep their mapping until they exit)."""
-        try:
-            self.shm.close()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.shm.unlink()
+        """Remove the segment (workers that still map it keep their mapping until they exit) and unmap it here,
+        now or, while arrays still view it, when the last of them is gone: unmapped under a live view, a read
+        would crash the process."""
+        with contextlib.suppress(FileNotFoundError):
+            self.shm.unlink()
+        with self._lock:
+            self._closing = True
+            viewed = self._viewed > 0
+        if not viewed:
+            self._unmap()
+
+    def _unmap(self) -> None:
+        self.shm.close()
 
 
 def shared_free_bytes() -> int | None:

@@ -4,6 +4,8 @@ worker hangs or crashes in the middle of a chunk."""
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,10 +75,50 @@ def test_pixels_come_back_the_same_through_the_ring_the_pipe_or_this_process(tmp
         out, pool = through_pool(todo, ring=ring)
         assert [k for k, _ in out] == list(range(len(todo)))  # submission order
         for (_, got), want in zip(out, expected, strict=True):
-            same(got, want)
+            same(got, want)  # the arrays still viewing their slots were never overwritten
         assert (pool.ring is not None) == ring
-        if ring:
-            assert len(pool.ring._free) == pool.ring.slots  # every slot given back
+        if ring:  # the results' arrays view their slots
+            assert isinstance(out[0][1].items[0].pixels.base, mmap.mmap)
+            assert pool.ring.shm._mmap is not None  # closed by the pool, still mapped: arrays view it
+            del got
+            out.clear()
+            assert len(pool.ring._free) == pool.ring.slots  # every slot given back with its last view
+            assert pool.ring.shm._mmap is None  # and unmapped
+
+
+def test_a_slot_is_reused_only_once_no_array_views_it():
+    """Results taken as views keep their slot out of the free list until the views are gone, whatever the call
+    that filled it did since; then it serves the next call. While fewer than SPARE slots are free, results are
+    copied out instead."""
+    ring = pixel_ring.PixelRing(4, slot_bytes=2 * 224 * 224 * 3)
+
+    def taken(slot: int, seed: int) -> tuple[DecodeResult, np.ndarray]:
+        result = DecodeResult(path="x", kind="image", items=[Item(box=[0, 0, 1, 1], pixels=noise(seed, 224, 224))])
+        want = result.items[0].pixels.copy()
+        pixel_ring.pack(ring.shm, slot, ring.slot_bytes, result)
+        ring.unpack(slot, result)
+        assert np.array_equal(result.items[0].pixels, want)
+        return result, want
+
+    try:
+        slot = ring.acquire()
+        result, want = taken(slot, 1)
+        view = result.items[0].pixels
+        assert isinstance(view.base, mmap.mmap)
+        ring.finish(slot)
+        second, third = ring.acquire(), ring.acquire()
+        assert slot not in (second, third) and len(ring._free) == 1  # still viewed: not free
+        copied, _ = taken(second, 2)  # one slot free, fewer than SPARE: a copy
+        assert copied.items[0].pixels.flags.owndata
+        ring.finish(second)
+        assert ring.acquire() == second  # nothing views it
+        taken(third, 3)
+        assert np.array_equal(view, want)  # the other calls never wrote over a viewed slot
+        assert ring.acquire() not in (slot, second, third) and ring.acquire() is None
+        del result, view
+        assert ring.acquire() == slot
+    finally:
+        ring.close()
 
 
 def test_pack_keeps_what_fits_and_leaves_the_rest_to_the_pipe():
@@ -134,4 +176,6 @@ def test_a_hang_inside_a_chunk_costs_that_file_only(tmp_path, monkeypatch):
     for (_, got), t in zip(out, todo, strict=True):
         if got.path != str(stuck):
             same(got, decode(t))
-    assert len(pool.ring._free) == pool.ring.slots
+    del got
+    out.clear()
+    assert len(pool.ring._free) == pool.ring.slots  # the restarted calls' slots too, once nothing views them
