@@ -64,7 +64,7 @@ class _Stuck(Exception):
 class _Chunk:
     """Tasks that one worker call decodes in turn, and the ring slot their pixels come back in."""
 
-    __slots__ = ("numbers", "tasks", "slot", "future", "left")
+    __slots__ = ("numbers", "tasks", "slot", "future", "left", "results")
 
     def __init__(self):
         self.numbers: list[int] = []
@@ -72,6 +72,7 @@ class _Chunk:
         self.slot: int | None = None
         self.future: Future | None = None  # None: not sent yet
         self.left = 0  # its results not taken yet
+        self.results: list[DecodeResult] | None = None  # once its call returned: the next takes wait for nothing
 
 
 class DecodePool:
@@ -151,7 +152,9 @@ class DecodePool:
         try:
             if chunk.future is None:
                 self._send(chunk)
-            results = self._wait(chunk)
+            if chunk.results is None:
+                chunk.results = self._wait(chunk)
+            results = chunk.results
         except (_Stuck, BrokenProcessPool) as e:
             # the task that ran past the timeout or crashed the worker is the one of its call that started last
             # (this one, or one after it); the others in flight are decoded again, each alone
@@ -219,7 +222,7 @@ class DecodePool:
     def _release(self, chunk: _Chunk) -> None:
         if self.ring is not None:
             self.ring.finish(chunk.slot)
-        chunk.slot = None
+        chunk.slot, chunk.results = None, None
 
     def _restart(self, culprit: int | None = None, verdict: object = None) -> None:
         """Kill every worker and send the tasks in flight again to new ones, each alone; the ``culprit`` task

@@ -269,9 +269,12 @@ def _utf8(name: str) -> bool:
 def sniff_found(f: Found) -> Candidate | Failure | None:
     """Open a found file and type it by its first bytes: a Candidate, a failure (for ``explicit`` files that are
     not media), or None (other files that are not media are skipped quietly)."""
-    try:
-        with open(f.path, "rb") as fh:
-            head = fh.read(64)
+    try:  # os calls: open() would add an fstat, an ioctl and two objects (~3 us a file)
+        fd = os.open(f.path, os.O_RDONLY)
+        try:
+            head = os.read(fd, 64)
+        finally:
+            os.close(fd)
     except OSError as e:
         return (display_path(f.given), "discover", f"cannot read: {e.strerror or e}") if f.explicit else None
     kind = sniff(head)
