@@ -24,7 +24,8 @@ index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
   models are loaded; its final index save is counted; "read s": the time the import waits for records (a
-  JSON-lines file's chunks, from the reader process that parses it: records_reader.py; nothing for dicts).
+  JSON-lines file's chunks, from the reader processes that parse it: records_reader.py; nothing for dicts); the
+  CPU per person of this process and of the readers: 2 cores cap persons/s at 2e6 / their sum.
 Also: ``--where`` filter latency and the SQLite bytes per person of each store.
 """
 
@@ -321,22 +322,32 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
             return None if chunks is None else timed(chunks)
 
         with timed_parts() as spent:
-            t0 = time.perf_counter()
-            records = read_records(source)  # a JSON-lines file: parsed in the import's reader process
+            t0, cpu0, readers0 = time.perf_counter(), time.process_time(), children_cpu()
+            records = read_records(source)  # a JSON-lines file: parsed in the import's reader processes
             records_reader.parsed_chunks = timed_chunks
             try:
                 report = import_records(store, records if jsonl else timed(records), VISUAL_DIM)
             finally:
                 records_reader.parsed_chunks = parsed_chunks
             total = time.perf_counter() - t0
+            cpu, readers_cpu = time.process_time() - cpu0, children_cpu() - readers0
         read_s = reading[0]
         assert not report.failures, report.failures[:3]
         return {"N": n0, "persons": report.persons_added, "total_s": total, "read_s": read_s,
+                "cpu_us": 1e6 * cpu / report.persons_added, "readers_cpu_us": 1e6 * readers_cpu / report.persons_added,
                 "write_s": spent["total"], "save_s": spent["save"],
                 "rate": report.persons_added / total,
                 "rate_no_save": report.persons_added / (total - spent["save"])}
     finally:
         store.close()
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (the import's reader processes, once joined)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def filter_rows(path: Path, repeats: int = 5) -> list[tuple[str, int, float]]:
@@ -433,14 +444,16 @@ def report(results: list[dict], args) -> None:
             driver = f"{d['rate']:,.0f} | {d['cpu_rate']:,.0f}" if d else " | "
             print(f"| {w['N']:,} | {w['rate']:,.0f} | {w['cpu_rate']:,.0f} | "
                   + " | ".join(f"{w['us'].get(p, 0):.1f}" for p in PARTS) + f" | {w['save_s']:.2f} | {driver} |")
-    print("\n| N | import | persons | persons/s | without the final save | read s | write s | save s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| N | import | persons | persons/s | without the final save | read s | write s | save s | CPU us/person "
+          "(this process + readers) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for kind in ("jsonl", "dicts"):
             if kind in r:
                 x = r[kind]
                 print(f"| {x['N']:,} | {kind} | {x['persons']:,} | {x['rate']:,.0f} | {x['rate_no_save']:,.0f} | "
-                      f"{x['read_s']:.2f} | {x['write_s']:.2f} | {x['save_s']:.2f} |")
+                      f"{x['read_s']:.2f} | {x['write_s']:.2f} | {x['save_s']:.2f} | "
+                      f"{x['cpu_us']:.0f} + {x['readers_cpu_us']:.0f} |")
     print("\n| N | filter | ids | median ms |\n|---:|---|---:|---:|")
     for r in results:
         for label, n_ids, ms in r.get("filters", []):
