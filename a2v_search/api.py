@@ -291,7 +291,7 @@ class A2VSearch:
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
         already stored is replaced; a path that an earlier record of the same import gave is reported and skipped
         (one record a media, with all its persons). A JSON-lines file is read as the import goes, never whole (one of
-        4 MiB or more by two reader processes, so that parsing overlaps writing); a line that is not JSON is a bad
+        64 MiB or more by two reader processes, so that parsing overlaps writing); a line that is not JSON is a bad
         record (but a file whose first record is not JSON is refused)."""
         records = read_records(source)
         with self.writer("import") as store:

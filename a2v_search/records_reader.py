@@ -29,7 +29,9 @@ from .faults import fault_point
 from .processes import CleanSpawnContext, die_with_parent
 from .records import HEAVY, JsonLines, PlainArrays, _json_lines, plain_arrays
 
-MIN_BYTES = 4 << 20  # smaller files are parsed by the importing process (starting a reader takes ~0.2 s)
+# Smaller files are parsed by the importing process: starting two readers (~0.3 s) costs as much as they save up to
+# ~3,000 persons of 512-d vectors (~47 MiB of bench/write_bench.py's records).
+MIN_BYTES = 64 << 20
 READERS = 2  # reader processes; each parses every READERS-th chunk
 
 
@@ -39,7 +41,7 @@ def parsed_chunks(lines: JsonLines, size: int, visual_dim: int) -> Iterator[tupl
     if not stat.S_ISREG(lines.stat.st_mode) or lines.stat.st_size < MIN_BYTES or (os.cpu_count() or 1) < 2:
         return None
     lines.close()
-    return _from_readers(str(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
+    return _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
 
 
 def _from_readers(path: str, ident: tuple[int, int], size: int,
