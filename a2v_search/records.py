@@ -45,7 +45,7 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     the import goes) and write the valid ones into ``store`` (write-locked, its space registered); a stored path is
     replaced. Bad records are reported and skipped, and so is a record whose path an earlier record of the call
     gave. ``WRITE_EVERY`` media a transaction; each is written in a second thread while the next ones are read and
-    validated (SQLite, numpy and FAISS release the GIL); a large JSON-lines file is parsed in a reader process
+    validated (SQLite, numpy and FAISS release the GIL); a large JSON-lines file is parsed by reader processes
     (records_reader.py)."""
     report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
@@ -88,7 +88,7 @@ def _media_chunks(records: Iterable, visual_dim: int, collection: str,
         parsed = ((chunk, None) for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
     for chunk, arrays in parsed:
         start, report.records = report.records, report.records + len(chunk)
-        if arrays is not None:  # plain records the reader process made arrays of
+        if arrays is not None:  # plain records a reader process made arrays of
             yield list(enumerate(plain_media(chunk, arrays, collection), start))
         else:
             yield _chunk_media(chunk, start, visual_dim, collection, report)
@@ -149,7 +149,7 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
 
 class JsonLines:
     """The records of a JSON-lines file (:func:`read_records`), its first one already read: iterating goes on
-    reading the file in this process; :func:`import_records` has a large regular file parsed in a reader process
+    reading the file in this process; :func:`import_records` has a large regular file parsed by reader processes
     instead (records_reader.py), from its start, and closes this one."""
 
     def __init__(self, path: Path, stat: os.stat_result, first, lines: Iterator):
