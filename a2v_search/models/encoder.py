@@ -14,7 +14,7 @@ from PIL import Image
 
 from .. import taxonomy as tx
 from ..errors import ModelError
-from ..preprocess import Box, Preprocess
+from ..preprocess import Box, Preprocess, normalised
 from ..settings import COMPILE_MODES, check_choice
 from .device_io import PendingBatch, Uploader
 from .heads import PastaHeads
@@ -64,7 +64,7 @@ class ActivityEncoder:
         self.forward = self.model if compile == "off" else torch.compile(
             self.model, mode=None if compile == "default" else compile, dynamic=False)
         self._uploader = Uploader(device)
-        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # Preprocess.scale_shift on the device
 
     @property
     def clip_text_loader(self) -> Callable[[], tuple] | None:
@@ -115,13 +115,11 @@ class ActivityEncoder:
         return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), as ``Preprocess.to_tensor``, with the mean and std
+        """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), as ``Preprocess.to_tensor``, with its scale and shift
         kept on the device (a fresh host-to-device copy per batch would wait for the batch before)."""
         if self._mean_std is None or self._mean_std[0].device != x.device:
-            self._mean_std = tuple(torch.tensor(v, device=x.device).view(1, 3, 1, 1)
-                                   for v in (self.preprocess.mean, self.preprocess.std))
-        mean, std = self._mean_std
-        return (x.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+            self._mean_std = self.preprocess.scale_shift(x.device)
+        return normalised(x, *self._mean_std)
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""
