@@ -24,8 +24,9 @@ index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
   models are loaded; its final index save is counted; "read s": the time the import waits for records (a
-  JSON-lines file's chunks, from the reader processes that parse it: records_reader.py; nothing for dicts); the
-  CPU per person of this process and of the readers: 2 cores cap persons/s at 2e6 / their sum.
+  JSON-lines file's chunks from the reader processes that parse one of 64 MiB or more, records_reader.py; the
+  parsing of a smaller one; nothing for dicts); the CPU per person of this process and of the readers: 2 cores cap
+  persons/s at 2e6 / their sum.
 Also: ``--where`` filter latency and the SQLite bytes per person of each store.
 """
 
@@ -326,7 +327,8 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
             records = read_records(source)  # a JSON-lines file: parsed in the import's reader processes
             records_reader.parsed_chunks = timed_chunks
             try:
-                report = import_records(store, records if jsonl else timed(records), VISUAL_DIM)
+                readers = jsonl and source.stat().st_size >= records_reader.MIN_BYTES  # else parsed here, timed
+                report = import_records(store, records if readers else timed(records), VISUAL_DIM)
             finally:
                 records_reader.parsed_chunks = parsed_chunks
             total = time.perf_counter() - t0
