@@ -653,6 +653,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_fail("interrupted", code=130))
     except A2VError as e:
         sys.exit(_fail(str(e)))
+    if rv == 130:  # Ctrl-C: typer turns KeyboardInterrupt into this exit code before it reaches the line above
+        sys.exit(_fail("interrupted", code=130))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -35,6 +35,20 @@ def test_help_lists_exactly_the_commands():
         assert r.returncode == 0 and f"Usage: a2v {name}" in " ".join(r.stdout.split())
 
 
+def test_ctrl_c_is_one_line_exit_130(monkeypatch):
+    """An interrupted command says so in one line and exits 130 (typer turns the KeyboardInterrupt into that code)."""
+    from helpers import run_main
+
+    from a2v_search import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_api", interrupted)
+    code, out, err = run_main("stats")
+    assert (code, out, err) == (130, "", "error: interrupted\n")
+
+
 def test_bad_flag_is_one_line_exit_2():
     r = run_cli("--bogus")
     assert r.returncode == 2
