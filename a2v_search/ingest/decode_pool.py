@@ -95,6 +95,8 @@ class DecodePool:
         self._starts: dict[int, float] = {}
         slots = self.workers * CHUNKS_AHEAD + pixel_ring.SPARE + -(-hold // CHUNK)
         self.ring = pixel_ring.PixelRing.create(slots) if ring else None
+        if self.ring is not None and self.ring.slots < slots:  # scarce shared memory: slots must cycle fast
+            self.ring.views = False
         self._started: Connection | None = None  # where workers report starts, and its writing end
         self._started_w: Connection | None = None
         self._new_pool()

@@ -7,14 +7,15 @@ decode_pool.py) a free slot and, as each result is taken, puts arrays on its ite
 (:meth:`PixelRing.unpack`): no copy is made until the crops are stacked into a model batch. A slot is free again
 once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (each view has a
 finalizer); while fewer than :data:`SPARE` slots are free, results are copied out instead (~20 us a crop, twice that
-in fresh pages), so that calls in flight keep finding slots: the ring has a slot per call in flight, SPARE more,
-and room for the crops its caller holds (``DecodePool(hold=...)``: ingest's two batches, waiting for the duplicate
-check and for a model batch). A worker (:func:`pack`) moves each result's arrays into
-its call's slot while they fit; the others travel through the pipe as before, and so does every array of a call
-that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker killed while writing
-its slot leaves nothing behind: the workers are gone before the slot is given to another call, and nothing reads
-what they wrote. The segment is created by the ingest process; multiprocessing's resource tracker unlinks it even
-when that process is killed.
+in fresh pages), so that calls in flight keep finding slots: the ring has a slot per call in flight, SPARE more, and
+room for the crops its caller holds (``DecodePool(hold=...)``: ingest's two batches, waiting for the duplicate check
+and for a model batch). A ring that scarce shared memory made smaller than that never gives views (slots held by
+views would leave calls in flight without one, and their pixels to the pipe). A worker (:func:`pack`) moves each
+result's arrays into its call's slot while they fit; the others travel through the pipe as before, and so does every
+array of a call that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker killed
+while writing its slot leaves nothing behind: the workers are gone before the slot is given to another call, and
+nothing reads what they wrote. The segment is created by the ingest process; multiprocessing's resource tracker
+unlinks it even when that process is killed.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class PixelRing:
         self._finished = [False] * slots  # its call's results are all taken
         self._closing = False
         self._lock = threading.Lock()  # a view may die in any thread
+        self.views = True  # False: results are always copied out (a ring smaller than its calls and holds need)
         self.shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
         try:  # take the pages now: a full /dev/shm is an error here, not a SIGBUS in a worker later
             if hasattr(os, "posix_fallocate") and getattr(self.shm, "_fd", -1) >= 0:
@@ -105,7 +107,7 @@ class PixelRing:
         """Put the arrays a worker packed into ``slot`` back on ``result``'s items (see :func:`pack`): views of the
         slot, or copies while fewer than :data:`SPARE` slots are free."""
         base = slot * self.slot_bytes
-        view = len(self._free) >= SPARE
+        view = self.views and len(self._free) >= SPARE
         for index, attr, offset, shape in result.in_ring:
             a = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=base + offset)
             if view:

@@ -139,6 +139,19 @@ def test_pack_keeps_what_fits_and_leaves_the_rest_to_the_pipe():
         ring.close()
 
 
+def test_a_ring_cut_short_by_scarce_shared_memory_copies_instead_of_viewing(tmp_path, monkeypatch):
+    """With room for fewer slots than the calls in flight and the held crops need, results are copied out of their
+    slot (views would keep slots from the calls in flight), and still equal decoding here."""
+    monkeypatch.setattr(pixel_ring, "shared_free_bytes", lambda: 4 * pixel_ring.MAX_SHARE * pixel_ring.SLOT_BYTES)
+    pre = Preprocess(size=224)
+    todo = tasks(images(tmp_path / "a", CHUNK + 3), pre)
+    out, pool = through_pool(todo, ring=True)
+    assert pool.ring.slots == 4 and not pool.ring.views
+    for (_, got), task in zip(out, todo, strict=True):
+        same(got, decode(task))
+        assert all(item.pixels is None or item.pixels.flags.owndata for item in got.items)
+
+
 def test_without_shared_memory_the_pixels_take_the_pipe(tmp_path, monkeypatch):
     monkeypatch.setattr(pixel_ring, "shared_free_bytes", lambda: 0)
     pre = Preprocess(size=32)
