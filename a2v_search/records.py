@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the reader process imports this module: not SQLite or FAISS
     from .store import Store
 
 WRITE_EVERY = 256  # media per SQLite transaction
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark that Windows tools put first; skipped (orjson refuses it)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
     except OSError as e:
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
     try:
-        head = f.read(4096)
+        head = f.read(4096).removeprefix(BOM)
         while head and not head.strip() and (more := f.read(1 << 20)):  # leading blank space
             head += more
         if head.lstrip().startswith(b"["):
@@ -173,6 +174,8 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
     with f:
         try:
             for n, line in enumerate(f, 1):
+                if n == 1:
+                    line = line.removeprefix(BOM)
                 if wanted is not None and not wanted(i):
                     if line.strip():
                         i += 1

@@ -81,6 +81,10 @@ def test_json_lines_name_the_bad_line(tmp_path):
     assert got[0] == recs[0] and got[2] == recs[2]
     with pytest.raises(InputError, match=r"line 2 is not valid JSON \("):
         record_to_media(got[1], 16, "default")
+    for name, text in (("bom.jsonl", "\n".join(json.dumps(r) for r in recs)), ("bom.json", json.dumps(recs))):
+        bom = tmp_path / name  # UTF-8 with a byte order mark, as Windows tools write it
+        bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+        assert list(read_records(bom)) == recs
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"path": "caf\xe9"}\n')
     with pytest.raises(InputError, match="not UTF-8"):
