@@ -244,9 +244,9 @@ class DecodePool:
             entry[3], entry[4] = single, 0
             self._send(single)
 
-    def close(self, ring: bool = True) -> None:
-        """Stop the workers (at once when tasks are still in flight: those are dropped), and close the ring unless
-        ``ring`` is False (arrays of taken results still view it: the caller closes it once they are gone)."""
+    def close(self) -> None:
+        """Stop the workers (at once when tasks are still in flight: those are dropped) and close the ring (unmapped
+        when the last array of a taken result that views it is gone)."""
         try:
             if self._queue:
                 self._queue.clear()
@@ -255,7 +255,7 @@ class DecodePool:
                 self._pool.shutdown(wait=True)
             self._close_starts()
         finally:
-            if self.ring is not None and ring:
+            if self.ring is not None:
                 self.ring.close()
 
 

@@ -101,7 +101,7 @@ class PixelRing:
                 self._free.append(slot)
             last = self._closing and self._viewed == 0
         if last:  # the array is being freed: nothing reads the segment any more
-            self._unmap()
+            self.shm.close()
 
     def unpack(self, slot: int, result) -> None:
         """Put the arrays a worker packed into ``slot`` back on ``result``'s items (see :func:`pack`): views of the
@@ -130,10 +130,7 @@ class PixelRing:
             self._closing = True
             viewed = self._viewed > 0
         if not viewed:
-            self._unmap()
-
-    def _unmap(self) -> None:
-        self.shm.close()
+            self.shm.close()
 
 
 def shared_free_bytes() -> int | None:

@@ -120,7 +120,6 @@ class LocalWorkers:
         self._inflight: deque[tuple[list[tuple[_Group, int]], object]] = deque()
         self._done: list[tuple[Any, list[NewPerson] | Failed]] = []
         self._stacked: np.ndarray | None = None  # the last batch's crops: its memory serves the next batch
-        self._ring = None  # the decode pool's pixel ring (ring.py)
 
     def bind(self, opt: IngestOptions, stages: dict[str, float]) -> None:
         self.opt, self.stages = opt, stages
@@ -148,9 +147,8 @@ class LocalWorkers:
         try:
             while True:
                 while (pool is None or len(pool) < pool.ahead) and (nxt := next_task()) is not None:
-                    if pool is None:  # the crops wait in their slots for a batch (and the driver's SQLite check)
-                        pool = DecodePool(workers, self.opt.file_timeout, ring=True, hold=2 * self.opt.batch_size)
-                        self._ring = pool.ring
+                    # the crops wait in their slots for a model batch (and for the driver's SQLite check)
+                    pool = pool or DecodePool(workers, self.opt.file_timeout, ring=True, hold=2 * self.opt.batch_size)
                     pool.put(*nxt)
                 if pool is None or not len(pool):
                     break
@@ -160,7 +158,7 @@ class LocalWorkers:
                 yield key, r, r.items or None
         finally:
             if pool is not None:
-                pool.close(ring=False)  # closed by ``close``: the last crops still view it
+                pool.close()
 
     def submit(self, key: Any, items: list[Item]) -> None:
         """Frames go to the detector, persons to the encoder."""
@@ -190,10 +188,7 @@ class LocalWorkers:
         return done
 
     def close(self) -> None:
-        """The decode pool stops with ``decoded``; its pixel ring, viewed by the crops until they are batched, here."""
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        pass  # the decode pool stops with ``decoded``
 
     def _queue(self, group: _Group, item: Item, pixels: np.ndarray | JpegCrop) -> None:
         group.persons.append(NewPerson(box=item.box, score=item.score, frame_index=item.frame_index, t_sec=item.t_sec,

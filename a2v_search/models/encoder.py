@@ -64,7 +64,7 @@ class ActivityEncoder:
         self.forward = self.model if compile == "off" else torch.compile(
             self.model, mode=None if compile == "default" else compile, dynamic=False)
         self._uploader = Uploader(device)
-        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # Preprocess.scale_shift on the device
+        self._scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None  # Preprocess.scale_shift on the device
 
     @property
     def clip_text_loader(self) -> Callable[[], tuple] | None:
@@ -117,9 +117,9 @@ class ActivityEncoder:
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), as ``Preprocess.to_tensor``, with its scale and shift
         kept on the device (a fresh host-to-device copy per batch would wait for the batch before)."""
-        if self._mean_std is None or self._mean_std[0].device != x.device:
-            self._mean_std = self.preprocess.scale_shift(x.device)
-        return normalised(x, *self._mean_std)
+        if self._scale_shift is None or self._scale_shift[0].device != x.device:
+            self._scale_shift = self.preprocess.scale_shift(x.device)
+        return normalised(x, *self._scale_shift)
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""
