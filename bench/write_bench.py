@@ -23,10 +23,10 @@ index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
-  models are loaded; its final index save is counted; "read s": the time the import waits for records (a
-  JSON-lines file's chunks from the reader processes that parse one of 64 MiB or more, records_reader.py; the
-  parsing of a smaller one; nothing for dicts); the CPU per person of this process and of the readers: 2 cores cap
-  persons/s at 2e6 / their sum.
+  models are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of
+  media (parsing and validating the records in this process, or waiting for the chunks of the reader processes that
+  parse a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the
+  readers: 2 cores cap persons/s at 2e6 / their sum.
 Also: ``--where`` filter latency and the SQLite bytes per person of each store.
 """
 
@@ -290,7 +290,7 @@ def records_of(items: list) -> list[dict]:
 
 def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
     """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included."""
-    from a2v_search import records_reader
+    from a2v_search import records as records_module
     from a2v_search.records import import_records, read_records
 
     work = Workload(f"/import/{time.time_ns()}", seed=3)
@@ -305,32 +305,25 @@ def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
         n0 = persons_in(store)
         store.indexes.get()
         reading = [0.0]
+        media_chunks = records_module._media_chunks
 
-        def timed(records):  # the time spent reading records as the import pulls them (parsing them, or waiting
-            it = iter(records)  # for the reader process's chunks)
+        def timed_chunks(*args):  # the time the import waits for its next chunk of media: parsing and validating
+            it = media_chunks(*args)  # the records here, or waiting for the reader processes' chunks
             while True:
                 t = time.perf_counter()
-                rec = next(it, None)
+                chunk = next(it, None)
                 reading[0] += time.perf_counter() - t
-                if rec is None:
+                if chunk is None:
                     return
-                yield rec
-
-        parsed_chunks = records_reader.parsed_chunks
-
-        def timed_chunks(*args):
-            chunks = parsed_chunks(*args)
-            return None if chunks is None else timed(chunks)
+                yield chunk
 
         with timed_parts() as spent:
             t0, cpu0, readers0 = time.perf_counter(), time.process_time(), children_cpu()
-            records = read_records(source)  # a JSON-lines file: parsed in the import's reader processes
-            records_reader.parsed_chunks = timed_chunks
+            records_module._media_chunks = timed_chunks
             try:
-                readers = jsonl and source.stat().st_size >= records_reader.MIN_BYTES  # else parsed here, timed
-                report = import_records(store, records if readers else timed(records), VISUAL_DIM)
+                report = import_records(store, read_records(source), VISUAL_DIM)
             finally:
-                records_reader.parsed_chunks = parsed_chunks
+                records_module._media_chunks = media_chunks
             total = time.perf_counter() - t0
             cpu, readers_cpu = time.process_time() - cpu0, children_cpu() - readers0
         read_s = reading[0]
