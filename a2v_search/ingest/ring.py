@@ -4,8 +4,9 @@ the ingest process ~150-250 us of CPU (its executor thread reads, polls and unpi
 
 The ingest process owns the ring (:class:`PixelRing`): it gives each worker call in flight (a chunk of tasks,
 decode_pool.py) a free slot and, as each result is taken, puts arrays on its items that view the slot
-(:meth:`PixelRing.unpack`): no copy is made until the crops are stacked into a model batch. A slot is free again
-once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (each view has a
+(:meth:`PixelRing.unpack`): no copy is made before the encoder reads them (it takes a batch's crops as a list:
+normalised straight into the model's input on the CPU, stacked straight into pinned memory on CUDA). A slot is free
+again once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (each view has a
 finalizer); while fewer than :data:`SPARE` slots are free, results are copied out instead (~20 us a crop, twice that
 in fresh pages), so that calls in flight keep finding slots: the ring has a slot per call in flight, SPARE more, and
 room for the crops its caller holds (``DecodePool(hold=...)``: ingest's two batches, waiting for the duplicate check

@@ -119,7 +119,6 @@ class LocalWorkers:
         self._encode_q: list[tuple[_Group, int, np.ndarray | JpegCrop]] = []
         self._inflight: deque[tuple[list[tuple[_Group, int]], object]] = deque()
         self._done: list[tuple[Any, list[NewPerson] | Failed]] = []
-        self._stacked: np.ndarray | None = None  # the last batch's crops: its memory serves the next batch
 
     def bind(self, opt: IngestOptions, stages: dict[str, float]) -> None:
         self.opt, self.stages = opt, stages
@@ -235,22 +234,12 @@ class LocalWorkers:
                 self._fail(batch[i][0], Failed("decode", failed[i]))
             batch = [b for i, b in enumerate(batch) if i not in failed]
         else:
-            x = self._stack(pixels)
+            x = pixels  # the crops where they lie (their ring slots): the encoder reads them once, no stacked copy
         if not batch:
             return
         with Timed(self.stages, "encode"):
             self._inflight.append(([(group, slot) for group, slot, _ in batch],
                                    self.encoder.submit(x, pad_to=self.opt.batch_size)))
-
-    def _stack(self, pixels: list[np.ndarray]) -> np.ndarray:
-        """The crops as one (B, S, S, 3) array, in the memory of the last batch's (the encoder's ``submit`` is
-        done with its input when it returns: it runs now on the CPU, and copies it to pinned memory on CUDA), so
-        that no batch pays for fresh pages."""
-        shape = (len(pixels), *pixels[0].shape)
-        buf = self._stacked
-        if buf is None or buf.shape[1:] != shape[1:] or buf.dtype != pixels[0].dtype or len(buf) < len(pixels):
-            buf = self._stacked = np.empty((max(shape[0], self.opt.batch_size), *shape[1:]), pixels[0].dtype)
-        return np.stack(pixels, out=buf[:len(pixels)])
 
     def _collect(self) -> None:
         """Wait for the oldest submitted batch and hand its vectors to the persons."""

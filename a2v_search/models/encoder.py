@@ -14,7 +14,7 @@ from PIL import Image
 
 from .. import taxonomy as tx
 from ..errors import ModelError
-from ..preprocess import Box, Preprocess, normalised
+from ..preprocess import Box, Preprocess, normalised, normalised_crops
 from ..settings import COMPILE_MODES, check_choice
 from .device_io import PendingBatch, Uploader
 from .heads import PastaHeads
@@ -65,6 +65,7 @@ class ActivityEncoder:
             self.model, mode=None if compile == "default" else compile, dynamic=False)
         self._uploader = Uploader(device)
         self._scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None  # Preprocess.scale_shift on the device
+        self._input: torch.Tensor | None = None  # CPU: the model input of crops given as a list, reused
 
     @property
     def clip_text_loader(self) -> Callable[[], tuple] | None:
@@ -95,21 +96,29 @@ class ActivityEncoder:
         return self.vectors(parts)
 
     @torch.inference_mode()
-    def submit(self, pixels: np.ndarray | torch.Tensor, pad_to: int | None = None) -> PendingBatch:
-        """Start encoding one batch of uint8 (B, S, S, 3) persons; ``.result()`` of the returned batch waits for it.
+    def submit(self, pixels: np.ndarray | torch.Tensor | Sequence[np.ndarray],
+               pad_to: int | None = None) -> PendingBatch:
+        """Start encoding one batch of uint8 (B, S, S, 3) persons, or of B uint8 (S, S, 3) crops as a list (left
+        where they lie: on the CPU each is normalised straight into the model's input, on CUDA stacked straight
+        into pinned memory); ``.result()`` of the returned batch waits for it.
 
         On CUDA the work is queued and this returns at once: a numpy batch is copied from pinned memory on a side
         stream, the outputs are copied back into pinned memory, an event marks the end. On the CPU it runs now.
         With ``compile`` on, a batch smaller than ``pad_to`` is padded (rows are independent) so that one
         compiled graph serves every batch.
         """
-        x = self._uploader.upload(pixels)  # (B, S, S, 3) uint8 on the device
-        n = len(x)
-        if self.compile != "off" and pad_to and 0 < n < pad_to:
-            x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+        pad = self.compile != "off" and pad_to and 0 < len(pixels) < pad_to
+        if isinstance(pixels, (list, tuple)) and self.device.type == "cpu":
+            n = len(pixels)
+            x = self._normalise_crops(pixels, pad_to if pad else n)  # (B, 3, S, S) float32
+        else:
+            x = self._uploader.upload(pixels)  # (B, S, S, 3) uint8 on the device
+            n = len(x)
+            if pad:
+                x = torch.cat([x, x.new_zeros((pad_to - n, *x.shape[1:]))])
+            x = self._normalise(x)  # (B, 3, S, S) float32
         if self.compile == "reduce-overhead":  # a new CUDA graph replay; the last outputs are already copied out
             torch.compiler.cudagraph_mark_step_begin()
-        x = self._normalise(x)  # (B, 3, S, S) float32
         with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
             out = self.forward(x)  # the tower under autocast, the heads in fp32
         return PendingBatch({k: out[k][:n] for k in OUTPUT_KEYS}, self.device)
@@ -120,6 +129,18 @@ class ActivityEncoder:
         if self._scale_shift is None or self._scale_shift[0].device != x.device:
             self._scale_shift = self.preprocess.scale_shift(x.device)
         return normalised(x, *self._scale_shift)
+
+    def _normalise_crops(self, crops: Sequence[np.ndarray], rows: int) -> torch.Tensor:
+        """B uint8 (S, S, 3) crops -> normalised float32 (rows, 3, S, S) on the CPU (rows >= B: the padding rows
+        hold zeros or an earlier batch's values), in memory kept from batch to batch: the model is done with its
+        input when ``submit`` returns, and fresh pages would cost more than the conversion."""
+        if self._scale_shift is None or self._scale_shift[0].device != self.device:
+            self._scale_shift = self.preprocess.scale_shift(self.device)
+        size = crops[0].shape[0]
+        if self._input is None or self._input.shape[0] < rows or self._input.shape[2] != size:
+            self._input = torch.zeros((rows, 3, size, size), dtype=torch.float32)
+        normalised_crops(crops, *self._scale_shift, out=self._input)
+        return self._input[:rows]
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
         """Collected batches (``PendingBatch.result()``, in order) -> PersonVectors, the language space applied."""

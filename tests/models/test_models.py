@@ -213,6 +213,26 @@ def test_batch_size_and_order_invariance(encoder):
     assert len({tuple(np.round(r, 4)) for r in a.visual}) == 7  # distinct inputs, distinct outputs
 
 
+def test_crops_given_as_a_list_encode_as_their_stack(encoder):
+    """Ingest hands the encoder its crops where they lie (a list of views of the decoders' slots): each is normalised
+    straight into the model's input, kept from batch to batch. The outputs are those of the stacked batch, bit for
+    bit, whatever batch came before (a larger one leaves its rows in that memory) and for read-only crops."""
+    size = encoder.image_size
+    crops = [np.asarray(noise_image(i).resize((size, size))) for i in range(6)]  # PIL's arrays are read-only
+    assert not crops[0].flags.writeable
+    stacked = np.stack(crops)
+
+    def run(pixels):
+        return encoder.vectors([encoder.submit(pixels).result()])
+
+    big = run([np.ascontiguousarray(c[::-1]) for c in crops] + crops)  # 12 rows into the reused input first
+    assert len(big) == 12
+    as_list, as_array = run(crops[:4]), run(stacked[:4])
+    for field in ("visual", "pasta", "verbs", "parts", "visual_norm", "language"):
+        np.testing.assert_array_equal(getattr(as_list, field), getattr(as_array, field))
+    np.testing.assert_array_equal(run([c.copy() for c in crops]).visual, run(stacked).visual)
+
+
 def test_zero_shot_is_a_distribution_per_part(encoder):
     v = encoder.encode_persons([noise_image(i) for i in range(4)], [None] * 4)
     for rng in tx.PART_RANGES.values():
