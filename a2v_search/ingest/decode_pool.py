@@ -5,19 +5,27 @@ never run the caller's main module (processes.py). Results come back in submissi
 crashes its worker is retried alone in a fresh process (a second crash is that file's failure); a file still
 decoding after ``timeout`` seconds has its worker killed and is that file's failure. Other files in flight at that
 moment are decoded again by new workers. Decoded pixels come back through a ring of shared-memory slots, one per
-worker call in flight (ring.py), not through the executor's pipe.
+worker call in flight (ring.py), not through the pipes.
+
+Each worker has two pipes of its own: calls (a chunk of tasks) go in on one, their results come back on the other
+in the same order, and its death is an EOF there. This process writes and reads them itself: a
+``ProcessPoolExecutor`` spent ~25 us of this process's CPU a person in its manager and feeder threads. A thread in
+each worker reads its calls as they come, so a send here never waits on a worker that is itself sending.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import queue
+import signal
 import struct
+import threading
 import time
+import traceback
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..processes import CleanSpawnContext, die_with_parent
@@ -29,12 +37,32 @@ START = struct.Struct("<qd")  # (task number, time.monotonic() when its decoding
 _ring = None  # worker side: (shared memory, slot bytes) of the ingest process's pixel ring, if it has one
 
 
-def _worker_init(parent_pid: int, started: Connection, ring: tuple[str, int] | None) -> None:
+def _worker_main(parent_pid: int, calls_in: Connection, results: Connection, started: Connection,
+                 ring: tuple[str, int] | None) -> None:
+    """A decode worker: calls ``(numbers, tasks, slot)`` come in on ``calls_in``, ``("done", results)`` (or
+    ``("raised", error)``: a bug, not a bad file) go out on ``results`` in the same order, until ``calls_in`` ends."""
     global _started, _ring
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ingest process's: it stops the workers
     _started = started  # kept: its file descriptor is written with os.write
     die_with_parent(parent_pid)
     if ring is not None:
         _ring = (pixel_ring.attach(ring[0]), ring[1])
+    calls: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:  # drains the pipe at once: the ingest process never blocks on a send
+        try:
+            while True:
+                calls.put(calls_in.recv())
+        except (EOFError, OSError):
+            calls.put(None)  # the ingest process closed the pool
+
+    threading.Thread(target=read, daemon=True, name="a2v-decode-calls").start()
+    while (call := calls.get()) is not None:
+        try:
+            out = ("done", _decode_chunk(*call))
+        except Exception:  # decode() returns a bad file's problem as its failure: this is a bug, shown whole
+            out = ("raised", f"a decode worker failed:\n{traceback.format_exc()}")
+        results.send(out)
 
 
 def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None) -> list[DecodeResult]:
@@ -49,7 +77,35 @@ def _decode_chunk(numbers: list[int], tasks: list[DecodeTask], slot: int | None)
     return results
 
 
-CHUNK = 16  # image tasks per worker call: the executor's own cost (~200-300 us of this process's CPU a call) is shared
+class _Worker:
+    """A decode process, the pipe its calls go in on and the one their results come back on, and its calls in
+    flight, oldest first."""
+
+    __slots__ = ("process", "calls_out", "results", "calls")
+
+    def __init__(self, ctx: CleanSpawnContext, started: Connection, ring: tuple[str, int] | None):
+        calls_in, self.calls_out = ctx.Pipe(duplex=False)
+        self.results, results_out = ctx.Pipe(duplex=False)
+        self.process: BaseProcess = ctx.Process(target=_worker_main, name="a2v-decode", daemon=True,
+                                                args=(os.getpid(), calls_in, results_out, started, ring))
+        self.process.start()
+        calls_in.close()  # the worker holds these ends alone: its exit is an EOF on ``results``
+        results_out.close()
+        self.calls: deque[_Chunk] = deque()
+
+    def close(self, kill: bool) -> None:
+        """Let the worker finish and exit (``kill``: at once), and wait for it."""
+        self.calls_out.close()
+        if kill and self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=None if kill else 30)
+        if self.process.is_alive():  # a decoder that does not return
+            self.process.kill()
+            self.process.join()
+        self.results.close()
+
+
+CHUNK = 16  # image tasks per worker call: a call's own cost in this process (pickling, pipes, polling) is shared
 CHUNKS_AHEAD = 3  # calls in flight per worker
 
 
@@ -61,16 +117,20 @@ class _Stuck(Exception):
         self.number = number
 
 
+class _Crashed(Exception):
+    """The worker of the awaited call died (killed, or its decoder crashed the process)."""
+
+
 class _Chunk:
     """Tasks that one worker call decodes in turn, and the ring slot their pixels come back in."""
 
-    __slots__ = ("numbers", "tasks", "slot", "future", "left", "results")
+    __slots__ = ("numbers", "tasks", "slot", "worker", "left", "results")
 
     def __init__(self):
         self.numbers: list[int] = []
         self.tasks: list[DecodeTask] = []
         self.slot: int | None = None
-        self.future: Future | None = None  # None: not sent yet
+        self.worker: _Worker | None = None  # None: not sent yet
         self.left = 0  # its results not taken yet
         self.results: list[DecodeResult] | None = None  # once its call returned: the next takes wait for nothing
 
@@ -112,8 +172,7 @@ class DecodePool:
         os.set_blocking(self._started.fileno(), False)
         self._starts.clear()
         ring = None if self.ring is None else (self.ring.name, self.ring.slot_bytes)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(os.getpid(), self._started_w, ring))
+        self._workers = [_Worker(ctx, self._started_w, ring) for _ in range(self.workers)]
 
     def _close_starts(self) -> None:
         for end in (self._started, self._started_w):
@@ -138,10 +197,17 @@ class DecodePool:
         if self.ring is not None and chunk.slot is None:
             chunk.slot = self.ring.acquire()
         try:
-            chunk.future = self._pool.submit(_decode_chunk, chunk.numbers, chunk.tasks, chunk.slot)
-        except BrokenProcessPool:
+            self._call(chunk)
+        except OSError:  # a worker is gone (killed, or crashed): new ones, and the calls in flight again
             self._restart()
-            chunk.future = self._pool.submit(_decode_chunk, chunk.numbers, chunk.tasks, chunk.slot)
+            self._call(chunk)
+
+    def _call(self, chunk: _Chunk) -> None:
+        """Hand a chunk to the worker with the fewest calls in flight."""
+        worker = min(self._workers, key=lambda w: len(w.calls))
+        worker.calls_out.send((chunk.numbers, chunk.tasks, chunk.slot))
+        worker.calls.append(chunk)
+        chunk.worker = worker
 
     def take(self) -> tuple[Any, DecodeResult]:
         """The oldest task's result (or its failure: a crash, or longer than ``timeout``)."""
@@ -152,12 +218,12 @@ class DecodePool:
         if chunk is _CRASHED:
             return key, self._alone(key, task)
         try:
-            if chunk.future is None:
+            if chunk.worker is None:
                 self._send(chunk)
             if chunk.results is None:
                 chunk.results = self._wait(chunk)
             results = chunk.results
-        except (_Stuck, BrokenProcessPool) as e:
+        except (_Stuck, _Crashed) as e:
             # the task that ran past the timeout or crashed the worker is the one of its call that started last
             # (this one, or one after it); the others in flight are decoded again, each alone
             culprit = e.number if isinstance(e, _Stuck) else self._running(chunk)
@@ -187,8 +253,10 @@ class DecodePool:
             solo.close()
 
     def _wait(self, chunk: _Chunk) -> list[DecodeResult]:
-        """The results of a sent chunk; _Stuck when its running task passes the timeout."""
-        while True:
+        """The results of a sent chunk; _Stuck when its running task passes the timeout, _Crashed when its worker
+        died."""
+        worker = chunk.worker
+        while chunk.results is None:
             self._read_starts()
             running = self._running(chunk)
             if self.timeout is None:
@@ -197,13 +265,21 @@ class DecodePool:
                 wait = 0.05
             elif (wait := self._starts[running] + self.timeout - time.monotonic()) <= 0:
                 raise _Stuck(running)
-            try:
-                return chunk.future.result(timeout=wait)
-            except TimeoutError:
-                continue
-            except BrokenProcessPool:
-                self._read_starts()
-                raise
+            if worker.results.poll(wait):
+                self._receive(worker)
+        return chunk.results
+
+    def _receive(self, worker: _Worker) -> None:
+        """The next results of ``worker``, for its oldest call in flight."""
+        try:
+            kind, value = worker.results.recv()
+        except (EOFError, OSError):
+            self._read_starts()  # the starts it wrote before it died name the culprit
+            raise _Crashed from None
+        call = worker.calls.popleft()
+        if kind == "raised":
+            raise RuntimeError(value)
+        call.results = value
 
     def _read_starts(self) -> None:
         """The starts the workers reported since the last read (one non-blocking read; records are written whole)."""
@@ -229,11 +305,11 @@ class DecodePool:
     def _restart(self, culprit: int | None = None, verdict: object = None) -> None:
         """Kill every worker and send the tasks in flight again to new ones, each alone; the ``culprit`` task
         instead gets ``verdict`` (timed out, or to be retried alone)."""
-        _kill(self._pool)
+        self._stop_workers(kill=True)
         self._new_pool()
         for entry in self._queue:
             old = entry[3]
-            if not isinstance(old, _Chunk) or old.future is None:
+            if not isinstance(old, _Chunk) or old.worker is None:
                 continue  # settled, or not sent yet
             self._release(old)
             if entry[2] == culprit:
@@ -248,15 +324,17 @@ class DecodePool:
         """Stop the workers (at once when tasks are still in flight: those are dropped) and close the ring (unmapped
         when the last array of a taken result that views it is gone)."""
         try:
-            if self._queue:
-                self._queue.clear()
-                _kill(self._pool)
-            else:
-                self._pool.shutdown(wait=True)
+            kill = bool(self._queue)
+            self._queue.clear()
+            self._stop_workers(kill)
             self._close_starts()
         finally:
             if self.ring is not None:
                 self.ring.close()
+
+    def _stop_workers(self, kill: bool) -> None:
+        for worker in self._workers:
+            worker.close(kill)
 
 
 def timed_out(task: DecodeTask, timeout: float | None) -> DecodeResult:
@@ -265,14 +343,3 @@ def timed_out(task: DecodeTask, timeout: float | None) -> DecodeResult:
     return DecodeResult(path=task.path, kind=task.kind,
                         error=("decode", f"decoding {what} took longer than {timeout:g} s (a decoder stuck on "
                                          "corrupt content?); raise --file-timeout if it is genuine"))
-
-
-def _kill(pool: ProcessPoolExecutor) -> None:
-    """Shut a pool down without waiting for its workers, killing them (a hung decoder never returns)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        if p.is_alive():
-            p.kill()
-    for p in processes:
-        p.join(timeout=5)
