@@ -177,14 +177,14 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
                 if n == 1:
                     line = line.removeprefix(BOM)
                 if wanted is not None and not wanted(i):
-                    if line.strip():
+                    if line and not line.isspace():  # (not strip(): it would copy the line)
                         i += 1
                         yield None
                     continue
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError as e:
-                    if not line.strip():
+                    if line.isspace() or not line:
                         continue
                     record = _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
                 i += 1
