@@ -50,18 +50,25 @@ def _worker_main(parent_pid: int, calls_in: Connection, results: Connection, sta
     calls: queue.SimpleQueue = queue.SimpleQueue()
 
     def read() -> None:  # drains the pipe at once: the ingest process never blocks on a send
-        try:
-            while True:
-                calls.put(calls_in.recv())
-        except (EOFError, OSError):
-            calls.put(None)  # the ingest process closed the pool
+        while True:
+            try:
+                call = calls_in.recv()
+            except (EOFError, OSError):
+                calls.put(None)  # the ingest process closed the pool
+                return
+            except Exception:  # a call that cannot be unpickled here: its answer says so, in its turn
+                call = f"a decode worker could not read its call:\n{traceback.format_exc()}"
+            calls.put(call)
 
     threading.Thread(target=read, daemon=True, name="a2v-decode-calls").start()
     while (call := calls.get()) is not None:
-        try:
-            out = ("done", _decode_chunk(*call))
-        except Exception:  # decode() returns a bad file's problem as its failure: this is a bug, shown whole
-            out = ("raised", f"a decode worker failed:\n{traceback.format_exc()}")
+        if isinstance(call, str):
+            out = ("raised", call)
+        else:
+            try:
+                out = ("done", _decode_chunk(*call))
+            except Exception:  # decode() returns a bad file's problem as its failure: this is a bug, shown whole
+                out = ("raised", f"a decode worker failed:\n{traceback.format_exc()}")
         results.send(out)
 
 

@@ -192,3 +192,27 @@ def test_a_hang_inside_a_chunk_costs_that_file_only(tmp_path, monkeypatch):
     del got
     out.clear()
     assert len(pool.ring._free) == pool.ring.slots  # the restarted calls' slots too, once nothing views them
+
+
+class _Unreadable:
+    """Pickles, but cannot be unpickled: what a call holding an object the workers cannot rebuild looks like."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+@pytest.mark.timeout(120)
+def test_a_call_a_worker_cannot_read_is_an_error_here_not_a_hang(tmp_path):
+    """The worker's thread that reads its calls survives a call it cannot unpickle: the ingest process gets that
+    call's error in its turn (no timeout would ever end the wait), and the calls before it their results."""
+    pre = Preprocess(size=8)
+    paths = images(tmp_path, 2, w=8, h=8)
+    pool = DecodePool(1, None)
+    try:
+        pool.put("good", DecodeTask(path=paths[0], kind="video", preprocess=pre))  # a video: a call of its own
+        pool.put("bad", DecodeTask(path=paths[1], kind="video", preprocess=pre, boxes=_Unreadable()))
+        assert pool.take()[0] == "good"
+        with pytest.raises(RuntimeError, match="could not read its call"):
+            pool.take()
+    finally:
+        pool.close()
