@@ -1,6 +1,6 @@
 """A ring of shared-memory slots that decode workers write decoded pixels into, so that only byte offsets and
-shapes travel back through the executor's pipe: a 224 x 224 crop is 150 KB, and moving it through the pipe cost
-the ingest process ~150-250 us of CPU (its executor thread reads, polls and unpickles it).
+shapes travel back through a worker's results pipe: a 224 x 224 crop is 150 KB, and moving it through a pipe cost
+the ingest process ~150-250 us of CPU (reads, polls and an unpickle).
 
 The ingest process owns the ring (:class:`PixelRing`): it gives each worker call in flight (a chunk of tasks,
 decode_pool.py) a free slot and, as each result is taken, puts arrays on its items that view the slot
