@@ -45,10 +45,14 @@ class Assembly:
         self.received += 1
 
     def decide(self, r: DecodeResult) -> bool:
-        """Take the file's content hash and sizes from its first result; True that first time."""
+        """Take the file's content hash, sizes and kind (its decoder's sniff may have corrected its name's guess)
+        from its first result; True that first time."""
         if self.decided:
             return False
         self.decided = True
+        if r.kind != self.cand.kind:  # e.g. a video named .jpg: its next segments are video tasks
+            self.cand.kind = r.kind
+            self.task = replace(self.task, kind=r.kind)
         self.content_hash, self.width, self.height, self.duration = r.content_hash, r.width, r.height, r.duration
         return True
 
@@ -62,7 +66,7 @@ class Assembly:
         """The task of the video's next segment (the stream goes on: its claimed duration is never trusted)."""
         start = self.segments * segment_s
         self.segments += 1
-        return replace(self.task, segment=(start, start + segment_s), want_hash=False)
+        return replace(self.task, segment=(start, start + segment_s), want_hash=False, sniff=False)
 
     def open_slot(self) -> int:
         """A slot for a segment's persons, filled later; returns its number."""

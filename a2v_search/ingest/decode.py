@@ -23,6 +23,7 @@ from ..faults import fault_point, hang_point
 from ..hashing import file_sha256
 from ..media import DEFAULT_MAX_PIXELS, DecodeError, open_image
 from ..preprocess import Preprocess, check_box
+from .discover import not_media, sniff
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 
 GPU_JPEG_MAX_BYTES = 64 << 20  # larger JPEG files are decoded by the CPU path (streamed, not sent whole)
@@ -44,6 +45,9 @@ class DecodeTask:
     segment: tuple[float, float] | None = None  # video: [start, end) seconds
     want_hash: bool = True
     gpu_jpeg: bool = False  # pass JPEGs the GPU may decode (jpeg_info's rule) through undecoded, as Item.jpeg
+    # ``kind`` is the file name's guess (discover.kind_by_name): its first bytes decide, and the result's kind says
+    # what they are (a video named .jpg is decoded as one, from ``segment``, which such a task always has)
+    sniff: bool = False
 
 
 @dataclass
@@ -87,9 +91,11 @@ def decode(task: DecodeTask) -> DecodeResult:
     res = DecodeResult(path=task.path, kind=task.kind)
     try:
         hang_point(task.path)
+        if task.sniff:
+            res.kind = _sniffed(task.path)
         if task.want_hash:
             res.content_hash = file_sha256(task.path)
-        if task.kind == "video":
+        if res.kind == "video":
             _decode_video(task, res)
         else:
             _decode_image(task, res)
@@ -104,6 +110,22 @@ def decode(task: DecodeTask) -> DecodeResult:
     res.seconds = time.perf_counter() - t0
     return res
 
+
+
+def _sniffed(path: str) -> str:
+    """The kind of a file by its first bytes; DecodeError (stage ``discover``) when it is no media."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.read(fd, 64)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DecodeError("discover", f"cannot read: {e.strerror or e}") from None
+    kind = sniff(head)
+    if kind is None:
+        raise DecodeError("discover", not_media(len(head)))
+    return kind
 
 
 def _frame_items(task: DecodeTask, img: Image.Image, frame_index: int | None, t_sec: float | None,

@@ -26,12 +26,12 @@ from db.values import NewMedia, NewPerson, person_problem
 
 from ..detect import Detector
 from ..errors import InputError
-from ..media import DEFAULT_MAX_PIXELS
+from ..media import DEFAULT_MAX_PIXELS, display_path
 from ..settings import JPEG_DECODERS, check_choice
 from ..store import Store
 from .assembly import Assembly
 from .decode import DecodeResult, DecodeTask
-from .discover import sniff_found, walk
+from .discover import kind_by_name, sniff_found, walk
 from .workers import Failed, LocalWorkers, Timed, Workers
 
 if TYPE_CHECKING:  # importing the models means importing torch: a no-op run never does
@@ -195,8 +195,8 @@ class Ingestor:
                     self.report.media_skipped += 1
                     self._file_done()
                     continue
-                with self._stage("discover"):
-                    c = sniff_found(x)
+                with self._stage("discover"):  # once a model is loaded, a media name's kind is checked by its decoder
+                    c = (self._models_ready and kind_by_name(x)) or sniff_found(x)
                 if isinstance(c, tuple):
                     self._discovery_failure(c)
                 elif c is not None:
@@ -238,12 +238,14 @@ class Ingestor:
         """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""
         self._load_models()
         boxes = self._boxes.get(asm.cand.path, []) if self._boxes is not None else None
-        segment = (0.0, self.opt.segment_s) if asm.cand.kind == "video" else None
+        sniff = not asm.cand.sniffed  # the name's guess: the decoder reads the first bytes (it may be a video)
+        segment = (0.0, self.opt.segment_s) if asm.cand.kind == "video" or sniff else None
         for_detector = self.detector.needs_frames
         asm.task = DecodeTask(path=asm.cand.path, kind=asm.cand.kind, preprocess=self.encoder.preprocess,
                               for_detector=for_detector, max_pixels=self.opt.max_pixels,
                               video_fps=self.opt.video_fps, boxes=boxes, segment=segment, want_hash=True,
-                              gpu_jpeg=self.workers.gpu_jpeg and not for_detector and asm.cand.kind == "image")
+                              gpu_jpeg=self.workers.gpu_jpeg and not for_detector and asm.cand.kind == "image",
+                              sniff=sniff)
         return asm.task
 
     # ------------------------------------------------------------------ per file
@@ -394,10 +396,11 @@ class Ingestor:
     # ------------------------------------------------------------------ bookkeeping
 
     def _fail(self, asm: Assembly, stage: str, reason: str) -> None:
-        """A file failed after its decoding started: it is dropped, and its content hash is free again."""
+        """A file failed after its decoding started: it is dropped, and its content hash is free again. (A failure
+        of stage discover, from a decoder that sniffed the file, names it as discovery does.)"""
         asm.dropped = True
         self._forget_hash(asm)
-        self._note_failure(asm.cand.path, stage, reason)
+        self._note_failure(display_path(asm.cand.given) if stage == "discover" else asm.cand.path, stage, reason)
         self._file_done()
 
     def _note_failure(self, path: str, stage: str, reason: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from helpers import in_child, ingest
 from PIL import Image
 
+from a2v_search.ingest import driver as driver_module
 from a2v_search.ingest import workers as ingest_module
 from a2v_search.store import Store
 from a2v_search.testing.media import noise, write_images, write_video
@@ -81,6 +82,43 @@ def test_long_videos_are_decoded_segment_by_segment_while_frames_go_on(tmp_path,
     assert calls == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
     [(frames, duration)] = stored(tmp_path / "data").values()
     assert frames == 6 and duration == 3.0
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_name_is_only_a_guess_that_the_decoder_checks(tmp_path, workers, monkeypatch):
+    """Once a model is loaded (a first file was sniffed here), a file with an image or video name is not opened by
+    the ingest process: its decoder reads its first bytes. What is stored and what fails are what sniffing here
+    gives: a video named .jpg is a video (segment after segment), an image named .mp4 an image, a text named .png
+    and an empty .jpg fail at discovery under the names they were given."""
+    folder = tmp_path / "in"
+    write_images(folder, 2)  # img000.png: sniffed here, loads the model
+    (folder / "img001.png").rename(folder / "k_photo.mp4")
+    write_video(tmp_path / "clip.mp4", seconds=3.0, fps=10)
+    (tmp_path / "clip.mp4").rename(folder / "j_clip.jpg")
+    (folder / "m_notes.png").write_text("not an image")
+    (folder / "n_empty.jpg").write_bytes(b"")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("not an image")
+    os.symlink(tmp_path / "elsewhere" / "notes.txt", tmp_path / "named_link.jpg")  # named: reported by that name
+    sniffed_here = []
+    real_sniff = driver_module.sniff_found
+    monkeypatch.setattr(driver_module, "sniff_found",
+                        lambda f: sniffed_here.append(Path(f.given).name) or real_sniff(f))
+    report = ingest(tmp_path / "data", [folder, tmp_path / "named_link.jpg"], segment_s=1.0, video_fps=2.0,
+                    workers=workers)
+    assert sniffed_here == ["img000.png"]  # the others were opened by their decoders only
+    failures = {f["path"]: (f["stage"], f["error"]) for f in report.failures}
+    not_media = "not an image or video (its content matches no supported format)"
+    assert failures == {str(folder / "m_notes.png"): ("discover", not_media),
+                        str(folder / "n_empty.jpg"): ("discover", "empty file (0 bytes)"),
+                        str(tmp_path / "named_link.jpg"): ("discover", not_media)}
+    assert report.media_ingested == 3 and report.persons_added == 1 + 6 + 1 and report.files_seen == 6
+    store = Store(tmp_path / "data")
+    with store.db.session() as s:
+        kinds = {Path(p).name: (kind, frames) for p, kind, frames in s.execute(
+            repo.select(repo.Media.path, repo.Media.kind, repo.Media.frames))}
+    store.close()
+    assert kinds == {"img000.png": ("image", None), "j_clip.jpg": ("video", 6), "k_photo.mp4": ("image", None)}
 
 
 @pytest.mark.guarantee("G30")
