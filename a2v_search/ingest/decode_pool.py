@@ -178,8 +178,8 @@ class DecodePool:
         self._started, self._started_w = ctx.Pipe(duplex=False)
         os.set_blocking(self._started.fileno(), False)
         self._starts.clear()
-        ring = None if self.ring is None else (self.ring.name, self.ring.slot_bytes)
-        self._workers = [_Worker(ctx, self._started_w, ring) for _ in range(self.workers)]
+        self._ctx = ctx
+        self._workers: list[_Worker] = []  # started as calls need them, up to ``self.workers``
 
     def _close_starts(self) -> None:
         for end in (self._started, self._started_w):
@@ -210,8 +210,13 @@ class DecodePool:
             self._call(chunk)
 
     def _call(self, chunk: _Chunk) -> None:
-        """Hand a chunk to the worker with the fewest calls in flight."""
-        worker = min(self._workers, key=lambda w: len(w.calls))
+        """Hand a chunk to an idle worker (a new one while there are fewer than ``workers``: a run of a few files
+        starts a few), else to the one with the fewest calls in flight."""
+        worker = min(self._workers, key=lambda w: len(w.calls), default=None)
+        if (worker is None or worker.calls) and len(self._workers) < self.workers:
+            ring = None if self.ring is None else (self.ring.name, self.ring.slot_bytes)
+            worker = _Worker(self._ctx, self._started_w, ring)
+            self._workers.append(worker)
         worker.calls_out.send((chunk.numbers, chunk.tasks, chunk.slot))
         worker.calls.append(chunk)
         chunk.worker = worker

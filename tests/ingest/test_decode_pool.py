@@ -5,6 +5,7 @@ worker hangs or crashes in the middle of a chunk."""
 from __future__ import annotations
 
 import mmap
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -216,3 +217,28 @@ def test_a_call_a_worker_cannot_read_is_an_error_here_not_a_hang(tmp_path):
             pool.take()
     finally:
         pool.close()
+
+
+def test_workers_start_as_calls_need_them(tmp_path):
+    """A pool of up to 4 workers that is given one file at a time starts one: a run of a few files on a large
+    machine does not start a process per core. Calls in flight together start more, up to the limit."""
+    pre = Preprocess(size=8)
+    paths = images(tmp_path, 3, w=8, h=8)
+
+    def decoders() -> int:
+        return sum(p.name == "a2v-decode" for p in multiprocessing.active_children())
+
+    pool = DecodePool(4, 60.0)
+    try:
+        for i, path in enumerate(paths):
+            pool.put(i, DecodeTask(path=path, kind="image", preprocess=pre))
+            assert pool.take()[1].error is None
+        assert decoders() == 1
+        for i in range(3):  # videos: a call each, all in flight at once
+            pool.put(i, DecodeTask(path=paths[i], kind="video", preprocess=pre))
+        assert decoders() == 3
+        while len(pool):
+            pool.take()
+    finally:
+        pool.close()
+    assert decoders() == 0
