@@ -6,12 +6,13 @@ The ingest process owns the ring (:class:`PixelRing`): it gives each worker call
 decode_pool.py) a free slot and, as each result is taken, puts arrays on its items that view the slot
 (:meth:`PixelRing.unpack`): no copy is made before the encoder reads them (it takes a batch's crops as a list:
 normalised straight into the model's input on the CPU, stacked straight into pinned memory on CUDA). A slot is free
-again once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (each view has a
-finalizer); while fewer than :data:`SPARE` slots are free, results are copied out instead (~20 us a crop, twice that
-in fresh pages), so that calls in flight keep finding slots: the ring has a slot per call in flight, SPARE more, and
-room for the crops its caller holds (``DecodePool(hold=...)``: ingest's two batches, waiting for the duplicate check
-and for a model batch). A ring that scarce shared memory made smaller than that never gives views (slots held by
-views would leave calls in flight without one, and their pixels to the pipe). A worker (:func:`pack`) moves each
+again once its call's results are all taken (:meth:`PixelRing.finish`) and no array viewing it is left (the views of
+a call share one base array, which has a finalizer); while fewer than :data:`SPARE` slots are free, results are
+copied out instead (~20 us a crop, twice that in fresh pages), so that calls in flight keep finding slots: the ring
+has a slot per call in flight, SPARE more, and room for the crops its caller holds (``DecodePool(hold=...)``:
+ingest's two batches, waiting for the duplicate check and for a model batch). A ring that scarce shared memory made
+smaller than that never gives views (slots held by views would leave calls in flight without one, and their pixels
+to the pipe). A worker (:func:`pack`) moves each
 result's arrays into its call's slot while they fit; the others travel through the pipe as before, and so does every
 array of a call that got no slot (all slots busy, or no ring: shared memory too small or missing). A worker killed
 while writing its slot leaves nothing behind: the workers are gone before the slot is given to another call, and
@@ -22,6 +23,7 @@ unlinks it even when that process is killed.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import threading
@@ -43,8 +45,9 @@ class PixelRing:
     def __init__(self, slots: int, slot_bytes: int = SLOT_BYTES):
         self.slots, self.slot_bytes = slots, slot_bytes
         self._free = list(range(slots - 1, -1, -1))
-        self._views = [0] * slots  # live arrays viewing each slot
-        self._viewed = 0  # live arrays viewing any slot: the segment stays mapped while there are some
+        self._views = [0] * slots  # live base arrays over each slot (0 or 1: see _base)
+        self._viewed = 0  # live base arrays over any slot: the segment stays mapped while there are some
+        self._bases: dict[int, np.ndarray] = {}  # slot -> the base array its call's views share, until it finishes
         self._finished = [False] * slots  # its call's results are all taken
         self._closing = False
         self._lock = threading.Lock()  # a view may die in any thread
@@ -92,9 +95,11 @@ class PixelRing:
             self._finished[slot] = True
             if self._views[slot] == 0:
                 self._free.append(slot)
+        self._bases.pop(slot, None)  # (outside the lock: its finalizer takes it) its views keep it alive
 
     def _dropped(self, slot: int) -> None:
-        """A view of ``slot`` is gone (its finalizer; the finalizers hold this ring, so it outlives its views)."""
+        """The base array of ``slot`` is gone with its last view (its finalizer; the finalizers hold this ring, so it
+        outlives its views)."""
         with self._lock:
             self._views[slot] -= 1
             self._viewed -= 1
@@ -107,19 +112,29 @@ class PixelRing:
     def unpack(self, slot: int, result) -> None:
         """Put the arrays a worker packed into ``slot`` back on ``result``'s items (see :func:`pack`): views of the
         slot, or copies while fewer than :data:`SPARE` slots are free."""
-        base = slot * self.slot_bytes
         view = self.views and len(self._free) >= SPARE
         for index, attr, offset, shape in result.in_ring:
-            a = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=base + offset)
             if view:
-                with self._lock:
-                    self._views[slot] += 1
-                    self._viewed += 1
-                weakref.finalize(a, self._dropped, slot).atexit = False  # at exit the OS unmaps it
+                a = self._base(slot)[offset:offset + math.prod(shape)].reshape(shape)
             else:
-                a = a.copy()
+                a = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes + offset).copy()
             setattr(result.items[index], attr, a)
         result.in_ring = []
+
+    def _base(self, slot: int) -> np.ndarray:
+        """The array over ``slot`` that the views of its call's results are cut from (made at the first), with one
+        finalizer: numpy keeps it as the base of each view and of views of those (a base whose own base is no array
+        ends numpy's collapse of view chains), so it lives as long as the last of them (~4 us a crop less than a
+        finalizer on each)."""
+        base = self._bases.get(slot)
+        if base is None:
+            base = np.ndarray((self.slot_bytes,), np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
+            with self._lock:
+                self._views[slot] += 1
+                self._viewed += 1
+            weakref.finalize(base, self._dropped, slot).atexit = False  # at exit the OS unmaps it
+            self._bases[slot] = base
+        return base
 
     def close(self) -> None:
         """Remove the segment (workers that still map it keep their mapping until they exit) and unmap it here,
@@ -127,6 +142,7 @@ class PixelRing:
         would crash the process."""
         with contextlib.suppress(FileNotFoundError):
             self.shm.unlink()
+        self._bases.clear()  # (outside the lock: finalizers take it) the views left keep theirs
         with self._lock:
             self._closing = True
             viewed = self._viewed > 0

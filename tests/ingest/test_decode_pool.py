@@ -79,7 +79,7 @@ def test_pixels_come_back_the_same_through_the_ring_the_pipe_or_this_process(tmp
             same(got, want)  # the arrays still viewing their slots were never overwritten
         assert (pool.ring is not None) == ring
         if ring:  # the results' arrays view their slots
-            assert isinstance(out[0][1].items[0].pixels.base, mmap.mmap)
+            assert isinstance(out[0][1].items[0].pixels.base.base, mmap.mmap)  # through its slot's base
             assert pool.ring.shm._mmap is not None  # closed by the pool, still mapped: arrays view it
             del got
             out.clear()
@@ -105,7 +105,7 @@ def test_a_slot_is_reused_only_once_no_array_views_it():
         slot = ring.acquire()
         result, want = taken(slot, 1)
         view = result.items[0].pixels
-        assert isinstance(view.base, mmap.mmap)
+        assert not view.flags.owndata and isinstance(view.base.base, mmap.mmap)  # a view of the slot's base
         ring.finish(slot)
         second, third = ring.acquire(), ring.acquire()
         assert slot not in (second, third) and len(ring._free) == 1  # still viewed: not free
@@ -116,7 +116,11 @@ def test_a_slot_is_reused_only_once_no_array_views_it():
         taken(third, 3)
         assert np.array_equal(view, want)  # the other calls never wrote over a viewed slot
         assert ring.acquire() not in (slot, second, third) and ring.acquire() is None
+        part = view[10:20, 5:][::2]  # a view of a view (numpy shortens the chain to the slot's base, not past it)
         del result, view
+        assert ring.acquire() is None  # the part still views the slot
+        assert np.array_equal(part, want[10:20, 5:][::2])
+        del part
         assert ring.acquire() == slot
     finally:
         ring.close()
