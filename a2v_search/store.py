@@ -163,8 +163,10 @@ class Store(StoreQueries):
 
 
     @index_errors()
-    def write(self, items: list[NewMedia]) -> np.ndarray:
+    def write(self, items: list[NewMedia], arrays: PersonArrays | None = None) -> np.ndarray:
         """Add media with their persons: one SQLite transaction, then the FAISS add. Returns new person ids.
+        ``arrays``: the items' persons, in order, as ``as_arrays`` gave them (checked) to a caller that checked them
+        first; made here when not given.
 
         Two threads: while this one checks the batch and writes its rows, the writer's second thread finishes the
         FAISS add of the previous batch and computes this batch's vectors (numpy, FAISS and SQLite release the
@@ -176,11 +178,14 @@ class Store(StoreQueries):
         row = self.space.row()
         indexes = self.indexes.unsettled()
         persons = [p for m in items for p in m.persons]
-        arrays = None
-        if persons:  # every check before the commit: a row SQLite holds is a row FAISS takes
+        if not persons:
+            arrays = None
+        elif arrays is None:  # every check before the commit: a row SQLite holds is a row FAISS takes
             arrays, problem = as_arrays(persons, row.visual_dim)
             if arrays is None:
                 self._raise_first_problem(items, row.visual_dim)
+        elif len(arrays.pasta) != len(persons):
+            raise ValueError(f"arrays of {len(arrays.pasta)} persons given for {len(persons)}")
         add_to, vecs = tuple(indexes), None
         if arrays is not None:
             if np.isnan(arrays.norms).any() and ACTIVITY in indexes:  # no A2V feature: no activity space

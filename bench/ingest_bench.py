@@ -71,7 +71,7 @@ REGIONS = [("a2v_search.ingest.driver:Ingestor", "_first_task", "plan: a decode 
            ("a2v_search.ingest.driver:Ingestor", "_check_unchecked", "assembly"),
            ("a2v_search.ingest.driver:Ingestor", "_write", "assembly"),
            ("a2v_search.store:Store", "media_with_hashes", "duplicate rule: SQLite lookup"),
-           ("a2v_search.ingest.driver", "person_problem", "person checks"),
+           ("a2v_search.ingest.driver:Ingestor", "_checked", "person checks (a batch at a time)"),
            ("a2v_search.ingest.workers:LocalWorkers", "submit", "queues"),
            ("a2v_search.ingest.workers:LocalWorkers", "_encode", "batch: crops to the encoder"),
            ("a2v_search.ingest.workers:LocalWorkers", "_collect", "collect: vectors to persons"),

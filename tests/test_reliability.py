@@ -195,8 +195,8 @@ def test_searches_during_ingest_never_fail_and_second_writer_is_told(tmp_path, r
             store = Store(data, create=True).lock("test-ingest")
             write = store.write
 
-            def write_then_wait(items):
-                ids = write(items)  # committed: SQLite, then FAISS
+            def write_then_wait(items, arrays=None):
+                ids = write(items, arrays)  # committed: SQLite, then FAISS
                 if len(ids) and len(seen) <= syncs:
                     seen.append(seen[-1] + len(ids))
                     os.write(to_parent, f"{seen[-1]}\n".encode())
@@ -673,6 +673,27 @@ def test_ingest_stores_an_idle_person_and_reports_a_nan_output(tmp_path, reliabi
     fixer.close()
     assert Store(data).check().problems == [] and len(inputs) == 3
     reliability["hostile files"] += 2
+
+
+@pytest.mark.guarantee("G13")
+def test_a_copy_of_a_file_that_fails_is_reported_not_lost(tmp_path):
+    """Persons are checked a batch at a time, before the commit: a NaN model output is its file's failure and the
+    rest of the batch is stored; a copy of that file, waiting for its first copy's commit, is reported as the
+    duplicate of a file that failed (it was once left waiting for ever, in no report)."""
+    write_images(tmp_path / "in", 3)
+    white = np.full((48, 64, 3), 255, np.uint8)
+    for name in ("nan.png", "nan_copy.png"):
+        Image.fromarray(white).save(tmp_path / "in" / name)
+    store = Store(tmp_path / "data", create=True).lock("test")
+    report = run_ingest(store, IdleOrBrokenEncoder(), WholeImage(), [str(tmp_path / "in")],
+                        IngestOptions(workers=0, batch_size=8, commit_every=8))
+    store.close()
+    assert report.media_ingested == 3 and report.persons_added == 3 and report.files_seen == 5
+    failures = {Path(f["path"]).name: (f["stage"], f["error"]) for f in report.failures}
+    assert failures.keys() == {"nan.png", "nan_copy.png"}
+    assert failures["nan.png"][0] == "encode" and "person 0: visual has non-finite" in failures["nan.png"][1]
+    assert failures["nan_copy.png"] == ("write", "duplicate of a file that failed")
+    assert Store(tmp_path / "data").check().problems == []
 
 
 @pytest.mark.guarantee("G32", "G12", "G14", "G8")

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from db.values import NewMedia, NewPerson, person_problem
+from db.values import NewMedia, NewPerson, PersonArrays, as_arrays, person_problem
 
 from ..detect import Detector
 from ..errors import InputError
@@ -328,15 +328,9 @@ class Ingestor:
         return False
 
     def _complete(self, asm: Assembly) -> None:
+        """A file with all its persons: queued for writing (its persons are checked with the batch, ``_checked``)."""
         asm.dropped = True  # nothing more to do for it
         persons = asm.all_persons()
-        dim = self._visual_dim
-        problems = [(j, why) for j, person in enumerate(persons) if (why := person_problem(person, dim))]
-        if problems:  # checked before the commit, so one bad model output never reaches SQLite
-            j, why = problems[0]
-            self._note_failure(asm.cand.path, "encode", f"person {j}: {why}")
-            self._file_done()
-            return
         self._write_q.append(asm.row(self.opt.collection, persons=persons))
         self._write_q_persons += len(persons)
         self.report.media_ingested += 1
@@ -367,17 +361,40 @@ class Ingestor:
         return final or first or queued >= self.opt.commit_every or len(self._write_q) >= 256
 
     def _write(self) -> None:
-        items, self._write_q, self._write_q_persons = self._write_q, [], 0
+        queued, self._write_q, self._write_q_persons = self._write_q, [], 0
+        items, arrays = self._checked(queued)
         with self._stage("write"):
-            ids = self.store.write(items)
+            ids = self.store.write(items, arrays)
             self.store.record_failures(self._failures)
             self._failures = []
-        for m in items:
-            if m.duplicate_of is None:
-                self._hashes.pop(m.content_hash, None)  # committed: SQLite answers for it from now on
+        for m in queued:
+            if m.duplicate_of is None:  # committed (or failed): SQLite answers for it from now on
+                self._hashes.pop(m.content_hash, None)
         self.report.persons_added += len(ids)
         self._progress()
         self._resolve_deferred()
+
+    def _checked(self, items: list[NewMedia]) -> tuple[list[NewMedia], PersonArrays | None]:
+        """The queued media whose persons can all be stored, with their persons as arrays (checked all at once, a
+        batch at a time; ``Store.write`` takes them as they are). A media with a person that cannot be stored (a
+        NaN model output...) is that file's failure, so that it never reaches SQLite."""
+        persons = [p for m in items for p in m.persons]
+        if not persons:
+            return items, None
+        arrays, _ = as_arrays(persons, self._visual_dim)
+        if arrays is not None:
+            return items, arrays
+        kept = []
+        for m in items:
+            problem = next(((j, why) for j, p in enumerate(m.persons) if (why := person_problem(p, self._visual_dim))),
+                           None)
+            if problem is None:
+                kept.append(m)
+                continue
+            self._note_failure(m.path, "encode", f"person {problem[0]}: {problem[1]}")
+            self.report.media_ingested -= 1
+        persons = [p for m in kept for p in m.persons]
+        return kept, as_arrays(persons, self._visual_dim)[0] if persons else None
 
     def _resolve_deferred(self) -> None:
         """Queue the duplicates whose first copy is now committed (or failed: then they are failures)."""
