@@ -155,12 +155,15 @@ class DecodePool:
     def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True, ring: bool = False,
                  hold: int = 0):
         self.workers, self.timeout, self.retry_crashes = max(1, workers), timeout, retry_crashes
-        self.ahead = self.workers * CHUNKS_AHEAD * CHUNK
+        # calls in flight: CHUNKS_AHEAD per worker, and at least a held batch's worth and one call more, so that the
+        # workers decode the next model batch while this process runs the model on one (few workers, large batches)
+        calls = max(self.workers * CHUNKS_AHEAD, -(-hold // 2 // CHUNK) + 1)
+        self.ahead = calls * CHUNK
         self._queue: deque[list] = deque()  # [key, task, number, chunk, index in the chunk], oldest first
         self._open = _Chunk()
         self._numbers = itertools.count()
         self._starts: dict[int, float] = {}
-        slots = self.workers * CHUNKS_AHEAD + pixel_ring.SPARE + -(-hold // CHUNK)
+        slots = calls + pixel_ring.SPARE + -(-hold // CHUNK)
         self.ring = pixel_ring.PixelRing.create(slots) if ring else None
         if self.ring is not None and self.ring.slots < slots:  # scarce shared memory: slots must cycle fast
             self.ring.views = False
