@@ -176,15 +176,16 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
             for n, line in enumerate(f, 1):
                 if n == 1:
                     line = line.removeprefix(BOM)
+                blank = not line or line.isspace()  # (not strip(): it would copy the line)
                 if wanted is not None and not wanted(i):
-                    if line and not line.isspace():  # (not strip(): it would copy the line)
+                    if not blank:
                         i += 1
                         yield None
                     continue
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError as e:
-                    if line.isspace() or not line:
+                    if blank:
                         continue
                     record = _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
                 i += 1

@@ -23,7 +23,7 @@ from ..faults import fault_point, hang_point
 from ..hashing import file_sha256
 from ..media import DEFAULT_MAX_PIXELS, DecodeError, open_image
 from ..preprocess import Preprocess, check_box
-from .discover import not_media, sniff
+from .discover import not_media, read_head, sniff
 from .jpeg_info import gpu_fallback_reason, read_jpeg_info
 
 GPU_JPEG_MAX_BYTES = 64 << 20  # larger JPEG files are decoded by the CPU path (streamed, not sent whole)
@@ -115,11 +115,7 @@ def decode(task: DecodeTask) -> DecodeResult:
 def _sniffed(path: str) -> str:
     """The kind of a file by its first bytes; DecodeError (stage ``discover``) when it is no media."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            head = os.read(fd, 64)
-        finally:
-            os.close(fd)
+        head = read_head(path)
     except OSError as e:
         raise DecodeError("discover", f"cannot read: {e.strerror or e}") from None
     kind = sniff(head)

@@ -126,20 +126,22 @@ class ActivityEncoder:
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised float32 (B, 3, S, S), as ``Preprocess.to_tensor``, with its scale and shift
         kept on the device (a fresh host-to-device copy per batch would wait for the batch before)."""
-        if self._scale_shift is None or self._scale_shift[0].device != x.device:
-            self._scale_shift = self.preprocess.scale_shift(x.device)
-        return normalised(x, *self._scale_shift)
+        return normalised(x, *self._scale_shift_on(x.device))
+
+    def _scale_shift_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Preprocess.scale_shift`` on ``device``, made once."""
+        if self._scale_shift is None or self._scale_shift[0].device != device:
+            self._scale_shift = self.preprocess.scale_shift(device)
+        return self._scale_shift
 
     def _normalise_crops(self, crops: Sequence[np.ndarray], rows: int) -> torch.Tensor:
         """B uint8 (S, S, 3) crops -> normalised float32 (rows, 3, S, S) on the CPU (rows >= B: the padding rows
         hold zeros or an earlier batch's values), in memory kept from batch to batch: the model is done with its
         input when ``submit`` returns, and fresh pages would cost more than the conversion."""
-        if self._scale_shift is None or self._scale_shift[0].device != self.device:
-            self._scale_shift = self.preprocess.scale_shift(self.device)
         size = crops[0].shape[0]
         if self._input is None or self._input.shape[0] < rows or self._input.shape[2] != size:
             self._input = torch.zeros((rows, 3, size, size), dtype=torch.float32)
-        normalised_crops(crops, *self._scale_shift, out=self._input)
+        normalised_crops(crops, *self._scale_shift_on(self._input.device), out=self._input)
         return self._input[:rows]
 
     def vectors(self, parts: Sequence[dict[str, np.ndarray]]) -> PersonVectors:
