@@ -173,10 +173,10 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
     n = i = 0
     with f:
         try:
-            for n, line in enumerate(f, 1):
-                if n == 1:
-                    line = line.removeprefix(BOM)
-                blank = not line or line.isspace()  # (not strip(): it would copy the line)
+            for n, line in enumerate(_lines(f, LINES_BLOCK), 1):
+                if n == 1 and line[:3] == BOM:
+                    line = line[3:]
+                blank = not line or (line[0] in _SPACE and bytes(line).isspace())  # (copied only when it may be)
                 if wanted is not None and not wanted(i):
                     if not blank:
                         i += 1
@@ -192,6 +192,38 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
                 yield record
         except OSError as e:
             raise InputError(f"cannot read {f.name} after line {n}: {e.strerror or e}") from None
+
+
+_SPACE = b" \t\n\r\x0b\x0c"  # what bytes.isspace calls blank
+LINES_BLOCK = 4 << 20  # bytes read at a time by _lines (a longer line grows the buffer)
+
+
+def _lines(f, block: int) -> Iterator[memoryview]:
+    """The lines of a binary file without their newline, as views of one buffer that each stay valid until the next
+    is asked for. The file is read a large block at a time into that buffer and each line is parsed where it lies:
+    iterating the file copied every line (records of many persons are ~1 MB lines), and a reader process that
+    skips the other reader's lines no longer copies those at all."""
+    buf = bytearray(block)
+    start = end = 0  # buf[start:end]: read, not yet a line
+    while True:
+        nl = buf.find(b"\n", start, end)
+        if nl >= 0:
+            yield memoryview(buf)[start:nl]
+            start = nl + 1
+            continue
+        if start:  # the unfinished line moves to the front (through a copy: the two places may overlap; same size,
+            buf[:end - start] = buf[start:end]  # so a view handed out never sees a resize)
+            end, start = end - start, 0
+        if end == len(buf):  # one line fills the buffer: a new one twice as large
+            bigger = bytearray(2 * len(buf))
+            bigger[:end] = memoryview(buf)[:end]
+            buf = bigger
+        got = f.readinto(memoryview(buf)[end:])
+        if not got:
+            if end:
+                yield memoryview(buf)[:end]
+            return
+        end += got
 
 
 def _not_records(p: Path, e: orjson.JSONDecodeError, line: int) -> InputError:

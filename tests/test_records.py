@@ -3,6 +3,7 @@ with the line of an error named."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -91,6 +92,26 @@ def test_json_lines_name_the_bad_line(tmp_path):
         read_records(latin)
     with pytest.raises(InputError, match="cannot read"):
         read_records(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("block", [1, 2, 5, 64, 4 << 20])
+def test_json_lines_are_read_whole_whatever_the_block(tmp_path, monkeypatch, block):
+    """A JSON-lines file is read a block at a time and each line parsed where it lies: lines longer than the
+    block, across blocks, blank or made of spaces, with CRLF, a byte order mark or no final newline give the same
+    records and bad lines as whole lines do."""
+    from a2v_search import records as records_module
+
+    recs = records(np.random.default_rng(3), n=4)
+    lines = [json.dumps(r) for r in recs]
+    text = ("\ufeff" + lines[0] + "\r\n\n  \t\r\n" + lines[1] + "\n" + lines[2][:-2] + "\n\n" + lines[3]).encode()
+    assert [bytes(line) for line in records_module._lines(io.BytesIO(text), block)] == text.split(b"\n")
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(text)
+    monkeypatch.setattr(records_module, "LINES_BLOCK", block)
+    got = list(read_records(path))
+    assert got[0] == recs[0] and got[1] == recs[1] and got[3] == recs[3] and len(got) == 4
+    with pytest.raises(InputError, match=r"line 5 is not valid JSON \("):
+        record_to_media(got[2], 16, "default")
 
 
 def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch):
