@@ -45,6 +45,7 @@ class Found:
     given: str  # as the user named it (or as found under a folder they named)
     root: str  # the folder it was found under (for boxes-file lookups), or its own folder
     explicit: bool  # named by the user or with a media extension: report it when it is not media
+    name_kind: str | None = None  # "image" or "video" when its name has such an extension (a guess: see kind_by_name)
 
 
 @dataclass
@@ -65,10 +66,10 @@ def kind_by_name(f: Found) -> Candidate | None:
     """A Candidate of the kind its name says (an image or video extension), not opened: its decoder reads its first
     bytes (``DecodeTask.sniff``), so that this process makes no three system calls a file (~10 us of its CPU, three
     round trips on a network file system). None for other names."""
-    kind = _name_kind(f.given)
-    if kind is None:
+    if f.name_kind is None:
         return None
-    return Candidate(path=f.path, size=f.size, mtime=f.mtime, kind=kind, given=f.given, root=f.root, sniffed=False)
+    return Candidate(path=f.path, size=f.size, mtime=f.mtime, kind=f.name_kind, given=f.given, root=f.root,
+                     sniffed=False)
 
 
 def not_media(size: int) -> str:
@@ -153,7 +154,8 @@ class Walker:
         if Path(p).suffix.lower() in LIST_EXTS:
             yield from self._list(p, real, list_depth)
             return
-        yield from self._file(p, real, given=p, root=str(Path(p).parent), explicit=True)
+        yield from self._file(p, real, given=p, root=str(Path(p).parent), explicit=True,
+                              name_kind=_name_kind(os.path.basename(p)))
 
     def _list(self, p: str, real: str, list_depth: int) -> Iterator[Found | Failure]:
         if real in self.lists:
@@ -195,10 +197,11 @@ class Walker:
             if not any(not e.name.startswith(".") for e in entries):
                 self.empty.add(real_folder)
             subfolders = []
+            real_prefix = os.path.join(real_folder, "")  # the real folder and a separator: + a name is its real path
             for e in entries:
                 if e.name.startswith("."):
                     continue
-                full = os.path.join(folder, e.name)
+                full = e.path  # the folder as walked, joined with the name
                 if not _utf8(e.name):
                     yield from self._fail(full, "name is not valid UTF-8; rename it")
                     continue
@@ -220,16 +223,18 @@ class Walker:
                     elif os.path.isdir(target):
                         subfolders.append((full, target))
                     else:
-                        yield from self._file(full, target, given=full, root=top,
-                                              explicit=_media_ext(e.name))
+                        kind = _name_kind(e.name)
+                        yield from self._file(full, target, given=full, root=top, explicit=kind is not None,
+                                              name_kind=kind)
                 elif is_dir:
-                    subfolders.append((full, os.path.join(real_folder, e.name)))
+                    subfolders.append((full, real_prefix + e.name))
                 else:
-                    yield from self._file(full, os.path.join(real_folder, e.name), given=full, root=top,
-                                          explicit=_media_ext(e.name), entry=e)
+                    kind = _name_kind(e.name)
+                    yield from self._file(full, real_prefix + e.name, given=full, root=top, explicit=kind is not None,
+                                          name_kind=kind, entry=e)
             stack.extend(reversed(subfolders))
 
-    def _file(self, p: str, real: str, given: str, root: str, explicit: bool,
+    def _file(self, p: str, real: str, given: str, root: str, explicit: bool, name_kind: str | None,
               entry: os.DirEntry | None = None) -> Iterator[Found | Failure]:
         key = hash(real)
         if key in self.seen:
@@ -248,7 +253,8 @@ class Walker:
             if self._in_listed_folder(real):
                 return
             self.seen.add(key)
-        yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit)
+        yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit,
+                    name_kind=name_kind)
 
     def _in_listed_folder(self, real: str) -> bool:
         """Whether the walk of a folder found (or, while that folder is being walked, will find) the regular file
@@ -276,13 +282,9 @@ def read_list_file(path: str, limit: int = MAX_LIST_BYTES) -> str:
 
 
 def _name_kind(name: str) -> str | None:
-    """"image" or "video" when the name has such an extension, else None."""
+    """"image" or "video" when a file's name (not a path) has such an extension, else None."""
     ext = os.path.splitext(name)[1].lower()
     return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
-
-
-def _media_ext(name: str) -> bool:
-    return _name_kind(name) is not None
 
 
 def _utf8(name: str) -> bool:
