@@ -91,10 +91,17 @@ def _v7_to_v8(conn: Connection, link: Linker | None) -> None:
         s.flush()
 
 
+def _v8_to_v9(conn: Connection, link: Linker | None) -> None:
+    """Version 9 indexes ``media.duplicate_of`` (the duplicates that a media's deletion updates)."""
+    for index in Media.__table__.indexes:
+        if index.name == "ix_media_duplicate_of":
+            index.create(conn)
+
+
 #: version -> the step that upgrades a store of that version to the next.
 STEPS: dict[int, Callable[[Connection, Linker | None], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4,
                                                                  4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7,
-                                                                 7: _v7_to_v8}
+                                                                 7: _v7_to_v8, 8: _v8_to_v9}
 
 
 def can_upgrade(version: int | None, target: int) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 LABEL_PASTA, LABEL_VERB = 0, 1
 #: The kind of a filter on a person's objects (``Filters.where``); objects live in their own table.
 LABEL_OBJECT = 2
@@ -91,7 +91,10 @@ class Media(Base):
     persons: Mapped[list[Person]] = relationship(back_populates="media", cascade="all, delete-orphan",
                                                  passive_deletes=True)
 
-    __table_args__ = (Index("ix_media_kind_collection", "kind", "collection"),)
+    # the duplicates of a media: a media's deletion sets their ``duplicate_of`` NULL (without this index SQLite scans
+    # the whole table for each deleted media: removing 100k media from a store of 1M took hours)
+    __table_args__ = (Index("ix_media_kind_collection", "kind", "collection"),
+                      Index("ix_media_duplicate_of", "duplicate_of", sqlite_where=text("duplicate_of IS NOT NULL")))
 
 
 class Person(Base):

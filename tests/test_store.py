@@ -8,7 +8,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import SPACE, media, random_language, random_person, run_main, writable_store
+from helpers import SPACE, downgrade, media, random_language, random_person, run_main, writable_store
 
 from a2v_search import taxonomy as tx
 from a2v_search.errors import InputError, LegacySpaceError, SpaceMismatchError, StoreError, StoreLockedError
@@ -100,6 +100,32 @@ def test_delete_removes_from_both(tmp_path):
         assert not np.isin(removed, repo.labels.where_ids(s, [(0, 0, ">=", 0.0)])).any()
     store.close()
     assert Store(tmp_path / "data").check().ok
+
+
+def test_a_deleted_media_frees_its_duplicates_through_an_index(tmp_path):
+    """Deleting a media sets its duplicates' ``duplicate_of`` NULL by an index lookup (SQLite scanned the whole media
+    table for each deleted media before: hours to remove 100k media from a store of 1M); a store of schema 8 gets the
+    index when it is opened."""
+    store, items, ids = filled(tmp_path)
+    first = store.media_states(["/m/a/img0.jpg"])["/m/a/img0.jpg"].id
+    copy = media("/m/copy.jpg", [])
+    copy.duplicate_of = first
+    store.write([copy])
+    store.remove_media([first])
+    copy_id = store.media_states(["/m/copy.jpg"])["/m/copy.jpg"].id
+    assert store.media(copy_id).duplicate_of is None
+    store.close()
+    db_file = tmp_path / "data" / "a2v.sqlite"
+
+    def plan() -> str:
+        with sqlite3.connect(db_file) as con:
+            return " ".join(str(r) for r in con.execute("EXPLAIN QUERY PLAN SELECT id FROM media WHERE duplicate_of = 1"))
+
+    assert "ix_media_duplicate_of" in plan()
+    downgrade(db_file, 8)
+    assert "ix_media_duplicate_of" not in plan()
+    Store(tmp_path / "data").close()  # upgraded on open
+    assert "ix_media_duplicate_of" in plan()
 
 
 @pytest.mark.guarantee("G3")
