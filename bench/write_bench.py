@@ -11,9 +11,10 @@ are linked into tracks in the write transaction (2% of the media, a quarter of t
 media row, no persons); 5% replaced files (a path written again with new persons: the old ones are removed from
 SQLite, the labels' chunks and FAISS).
 
-Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused, each run adds
-its persons to it; each row starts after ``os.sync()``, so that it does not pay for the disk writing back the
-index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
+Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused: each row adds
+its persons to it, and the next run removes them before its first row; each row starts after ``os.sync()``, so
+that it does not pay for the disk writing back the index files the row before saved: a whole-index save is ~1.7 GB
+at 2M persons):
 - ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
   the time split into the calling thread's parts: checks (``values.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
@@ -27,7 +28,7 @@ index files the row before saved: a whole-index save is ~1.7 GB at 2M persons):
   media (parsing and validating the records in this process, or waiting for the chunks of the reader processes that
   parse a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the
   readers: 2 cores cap persons/s at 2e6 / their sum.
-Also: ``--where`` filter latency and the SQLite bytes per person of each store.
+Also: ``--where`` filter latency and the SQLite bytes per person of each store (its pages in use and its WAL).
 """
 
 from __future__ import annotations
@@ -215,8 +216,12 @@ def persons_in(store) -> int:
     return store.summary()[0]["persons"]
 
 
+RUN_PREFIXES = ["/run", "/import"]  # the media that rows add (Workload prefixes); the seed's are under /seed
+
+
 def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
-    """A store of about n realistic persons under ``folder`` (made once through Store.write, then reused); with
+    """A store of about n realistic persons under ``folder`` (made once through Store.write, then reused: the
+    media that earlier runs' rows added are removed first, so that each run starts from the seeded store); with
     ``objects``, persons act on objects (``Workload``)."""
     path = folder / (f"store-{n}" + ("-objects" if objects else ""))
     if n == 0:
@@ -224,6 +229,13 @@ def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
         return path
     store = open_store(path, create=True)
     try:
+        earlier = store.media_ids_under(RUN_PREFIXES)
+        if earlier:
+            t0 = time.perf_counter()
+            removed = len(store.remove_media(earlier))
+            store.indexes.save()
+            log(f"{path}: removed the {len(earlier):,} media ({removed:,} persons) of earlier runs in "
+                f"{time.perf_counter() - t0:.0f} s")
         have = persons_in(store)
         if have < n:
             log(f"seeding {path}: {have:,} -> {n:,} persons")
@@ -407,15 +419,28 @@ def main() -> None:
                         f"reading {row[kind]['read_s']:.2f} s)")
             if "filters" not in args.skip:
                 row["filters"] = filter_rows(path)
-            db = path / "a2v.sqlite"
-            row["bytes_per_person"] = (db.stat().st_size + sum(
-                p.stat().st_size for p in path.glob("a2v.sqlite-wal"))) / max(1, _count(path))
+            row["bytes_per_person"] = _used_bytes(path / "a2v.sqlite") / max(1, _count(path))
             results.append(row)
             if n == 0:
                 shutil.rmtree(path, ignore_errors=True)
         report(results, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _used_bytes(db: Path) -> int:
+    """Bytes of the SQLite file's pages in use (not those that removed rows freed, which the file keeps for the next
+    rows) and of its write-ahead log."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        page, pages, free = (con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count",
+                                                                                 "freelist_count"))
+    finally:
+        con.close()
+    wal = db.with_name(db.name + "-wal")
+    return page * (pages - free) + (wal.stat().st_size if wal.exists() else 0)
 
 
 def _count(path: Path) -> int:
