@@ -205,8 +205,9 @@ def _lines(f, block: int) -> Iterator[memoryview]:
     skips the other reader's lines no longer copies those at all."""
     buf = bytearray(block)
     start = end = 0  # buf[start:end]: read, not yet a line
+    searched = 0  # buf[start:searched] holds no newline (a long line read in many small pieces is searched once)
     while True:
-        nl = buf.find(b"\n", start, end)
+        nl = buf.find(b"\n", max(start, searched), end)
         if nl >= 0:
             yield memoryview(buf)[start:nl]
             start = nl + 1
@@ -214,11 +215,12 @@ def _lines(f, block: int) -> Iterator[memoryview]:
         if start:  # the unfinished line moves to the front (through a copy: the two places may overlap; same size,
             buf[:end - start] = buf[start:end]  # so a view handed out never sees a resize)
             end, start = end - start, 0
+        searched = end
         if end == len(buf):  # one line fills the buffer: a new one twice as large
             bigger = bytearray(2 * len(buf))
             bigger[:end] = memoryview(buf)[:end]
             buf = bigger
-        got = f.readinto(memoryview(buf)[end:])
+        got = f.readinto1(memoryview(buf)[end:])  # what one read gives: a pipe's lines come as they are written
         if not got:
             if end:
                 yield memoryview(buf)[:end]

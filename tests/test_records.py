@@ -94,6 +94,21 @@ def test_json_lines_name_the_bad_line(tmp_path):
         read_records(tmp_path / "missing.jsonl")
 
 
+class _Trickle(io.RawIOBase):
+    """A file that gives at most 3 bytes a read."""
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), 3, len(self.data))
+        b[:n], self.data = self.data[:n], self.data[n:]
+        return n
+
+
 @pytest.mark.parametrize("block", [1, 2, 5, 64, 4 << 20])
 def test_json_lines_are_read_whole_whatever_the_block(tmp_path, monkeypatch, block):
     """A JSON-lines file is read a block at a time and each line parsed where it lies: lines longer than the
@@ -105,6 +120,11 @@ def test_json_lines_are_read_whole_whatever_the_block(tmp_path, monkeypatch, blo
     lines = [json.dumps(r) for r in recs]
     text = ("\ufeff" + lines[0] + "\r\n\n  \t\r\n" + lines[1] + "\n" + lines[2][:-2] + "\n\n" + lines[3]).encode()
     assert [bytes(line) for line in records_module._lines(io.BytesIO(text), block)] == text.split(b"\n")
+    trickle = io.BufferedReader(_Trickle(text))  # a line in many pieces, as a pipe may give it
+    assert [bytes(line) for line in records_module._lines(trickle, block)] == text.split(b"\n")
+    raw = _Trickle(text)
+    next(records_module._lines(io.BufferedReader(raw), block))
+    assert len(raw.data) > 0  # the first line came before the rest was read: a pipe's lines as they are written
     path = tmp_path / "r.jsonl"
     path.write_bytes(text)
     monkeypatch.setattr(records_module, "LINES_BLOCK", block)
