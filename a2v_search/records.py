@@ -113,8 +113,8 @@ def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
 
 
 def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
-    """The records of a JSON-lines or JSON-list file, or of an iterable of dicts: a JSON-lines file is read line by
-    line as the import goes (the file is never held in memory; a JSON list is parsed whole). Parsed with orjson
+    """The records of a JSON-lines or JSON-list file, or of an iterable of dicts: a JSON-lines file is read as the
+    import goes, a block at a time (the file is never held in memory; a JSON list is parsed whole). Parsed with orjson
     (about ten times json's speed on the long number lists of a person). Raises InputError at once when the file
     cannot be read or its first record is not JSON (not a records file); a later line that is not JSON is a bad
     record (reported and skipped by the import, like a record that is JSON but not valid)."""
