@@ -435,8 +435,9 @@ def _used_bytes(db: Path) -> int:
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        page, pages, free = (con.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count",
-                                                                                 "freelist_count"))
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        free = con.execute("PRAGMA freelist_count").fetchone()[0]
     finally:
         con.close()
     wal = db.with_name(db.name + "-wal")
