@@ -128,6 +128,30 @@ def test_a_deleted_media_frees_its_duplicates_through_an_index(tmp_path):
     assert "ix_media_duplicate_of" in plan()
 
 
+def test_paths_and_folders_are_found_through_the_path_index(tmp_path):
+    """``media_ids_under`` finds a path and everything under it as a folder, never a sibling that only shares a
+    prefix, with lookups in the path index (it scanned the media table once a path: ~15 ms a path at 285k media)."""
+    rng = np.random.default_rng(4)
+    store = writable_store(tmp_path / "data")
+    paths = ["/m/a", "/m/a/1.jpg", "/m/a/b/2.jpg", "/m/a/\u00e9t\u00e9.jpg", "/m/ab/3.jpg", "/m/a0.jpg", "/m/a.jpg",
+             "/m/a-b.jpg"]
+    store.write([media(p, [random_person(rng)]) for p in paths])
+    ids = store.media_states(paths)
+    assert store.media_ids_under(["/m/a"]) == sorted(ids[p].id for p in paths[:4])
+    assert store.media_ids_under(["/m/a/"]) == sorted(ids[p].id for p in paths[1:4])  # the folder only
+    assert store.media_ids_under(["/m/a/b", "/m/a.jpg"]) == sorted([ids["/m/a/b/2.jpg"].id, ids["/m/a.jpg"].id])
+    assert store.media_ids_under(["/"]) == sorted(m.id for m in ids.values())
+    statements = []
+    with store.db.session() as s:
+        con = s.connection().connection.driver_connection
+        con.set_trace_callback(statements.append)
+        repo.media_ids_under(s, ["/m/a"])
+        con.set_trace_callback(None)
+        plans = [str(con.execute("EXPLAIN QUERY PLAN " + q).fetchall()) for q in statements if "FROM media" in q]
+    assert plans and not any("SCAN media" in plan for plan in plans), plans
+    store.close()
+
+
 @pytest.mark.guarantee("G3")
 def test_lagging_index_catches_up_on_open(tmp_path):
     store, items, ids = filled(tmp_path)
