@@ -118,8 +118,11 @@ def test_a_deleted_media_frees_its_duplicates_through_an_index(tmp_path):
     db_file = tmp_path / "data" / "a2v.sqlite"
 
     def plan() -> str:
-        with sqlite3.connect(db_file) as con:
-            return " ".join(str(r) for r in con.execute("EXPLAIN QUERY PLAN SELECT id FROM media WHERE duplicate_of = 1"))
+        con = sqlite3.connect(db_file)
+        try:
+            return str(con.execute("EXPLAIN QUERY PLAN SELECT id FROM media WHERE duplicate_of = 1").fetchall())
+        finally:
+            con.close()
 
     assert "ix_media_duplicate_of" in plan()
     downgrade(db_file, 8)
