@@ -136,21 +136,21 @@ class Workload:
             if self.driver:
                 m = NewMedia(path=path + ".jpg", content_hash=path, size=1, mtime=0.0, kind="image",
                              collection="default", width=640, height=480, persons=self._persons(1))
+            elif 0.10 <= roll < 0.12:  # a video: 24 sampled frames, 1-3 persons followed through them
+                tracks = int(self.rng.integers(1, 4))
+                m = NewMedia(path=path + ".mp4", content_hash=path, size=1, mtime=0.0, kind="video",
+                             collection="videos", width=640, height=360, frames=24, duration=12.0,
+                             persons=self._persons(24 * tracks, video=True, tracks=tracks))
             elif roll < 0.05 and self.stored:  # a duplicate of a stored file: a media row without persons
                 first = next(iter(self.stored.values()))
                 m = NewMedia(path=path + ".jpg", content_hash=f"dup{first}", size=1, mtime=0.0, kind="image",
                              collection="default", duplicate_of=first)
-            elif roll < 0.10 and self.written:  # a file written again with new content: replaces its row
+            elif 0.05 <= roll < 0.10 and self.written:  # a file written again with new content: replaces its row
                 old = self.written.pop(int(self.rng.integers(len(self.written))))
                 self.replaced.append(old)
                 k = int(self.rng.integers(1, 6))
                 m = NewMedia(path=old, content_hash=path, size=2, mtime=1.0, kind="image", collection="default",
                              width=640, height=480, persons=self._persons(k), replaces=self.stored[old])
-            elif roll < 0.12:  # a video: 24 sampled frames, 1-3 persons followed through them
-                tracks = int(self.rng.integers(1, 4))
-                m = NewMedia(path=path + ".mp4", content_hash=path, size=1, mtime=0.0, kind="video",
-                             collection="videos", width=640, height=360, frames=24, duration=12.0,
-                             persons=self._persons(24 * tracks, video=True, tracks=tracks))
             else:
                 m = NewMedia(path=path + ".jpg", content_hash=path, size=1, mtime=0.0, kind="image",
                              collection="default", width=640, height=480,
