@@ -9,7 +9,8 @@ over a background (logits N(-3.3, 1.1) off the profile), as trained heads give: 
 probabilities are >= 0.05. The media mix: images of 1-5 persons; videos of 24 sampled frames whose 1-3 persons
 are linked into tracks in the write transaction (2% of the media, a quarter of the persons); 5% duplicates (a
 media row, no persons); 5% replaced files (a path written again with new persons: the old ones are removed from
-SQLite, the labels' chunks and FAISS).
+SQLite, the labels' chunks and FAISS). Duplicates and replacements need stored media: the seed and the import rows,
+which store none first, have images in their place.
 
 Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-dir`` and reused: each row adds
 its persons to it, and the next run removes them before its first row; each row starts after ``os.sync()``, so
