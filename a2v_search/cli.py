@@ -142,7 +142,8 @@ def ingest(
 @app.command("import")
 @flag_groups
 def import_(
-    file: Annotated[Path, typer.Argument(help="JSON lines (or a JSON list) of precomputed records; see docs.",
+    file: Annotated[Path, typer.Argument(help="JSON lines (or a JSON list) of precomputed records; see docs. A pipe "
+                                              "works too: producer | manage.py import /dev/stdin",
                                          show_default=False)],
     data_dir: DataDir = None,
     collection: Annotated[str, typer.Option(help="Collection for records that name none.")] = "default",

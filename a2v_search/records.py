@@ -126,18 +126,17 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
     except OSError as e:
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
     try:
-        head = f.read(4096).removeprefix(BOM)
+        head = f.read(4096)  # read once, never again: a pipe or FIFO cannot seek back
         while head and not head.strip() and (more := f.read(1 << 20)):  # leading blank space
             head += more
-        if head.lstrip().startswith(b"["):
-            data = head + f.read()
+        if head.removeprefix(BOM).lstrip().startswith(b"["):
+            data = head.removeprefix(BOM) + f.read()
             f.close()
             try:
                 return iter(orjson.loads(data))
             except orjson.JSONDecodeError as e:
                 raise _not_records(p, e, e.lineno) from None
-        f.seek(0)
-        lines = _json_lines(f)
+        lines = _json_lines(f, head=head)
         first = next(lines, None)
     except OSError as e:
         f.close()
@@ -166,14 +165,15 @@ class JsonLines:
         self._lines.close()
 
 
-def _json_lines(f, wanted: Callable[[int], bool] | None = None) -> Iterator:
+def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"") -> Iterator:
     """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
     nested too deeply a _TooDeep). ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None
-    (a reader process parses its share of a file). Closes the file when done; a read error is an InputError."""
+    (a reader process parses its share of a file). ``head``: the file's first bytes, already read from it. Closes
+    the file when done; a read error is an InputError."""
     n = i = 0
     with f:
         try:
-            for n, line in enumerate(_lines(f, LINES_BLOCK), 1):
+            for n, line in enumerate(_lines(f, LINES_BLOCK, head), 1):
                 if n == 1 and line[:3] == BOM:
                     line = line[3:]
                 blank = not line or (line[0] in _SPACE and bytes(line).isspace())  # (copied only when it may be)
@@ -198,13 +198,14 @@ _SPACE = b" \t\n\r\x0b\x0c"  # what bytes.isspace calls blank
 LINES_BLOCK = 4 << 20  # bytes read at a time by _lines (a longer line grows the buffer)
 
 
-def _lines(f, block: int) -> Iterator[memoryview]:
-    """The lines of a binary file without their newline, as views of one buffer that each stay valid until the next
-    is asked for. The file is read a large block at a time into that buffer and each line is parsed where it lies:
-    iterating the file copied every line (records of many persons are ~1 MB lines), and a reader process that
-    skips the other reader's lines no longer copies those at all."""
-    buf = bytearray(block)
-    start = end = 0  # buf[start:end]: read, not yet a line
+def _lines(f, block: int, head: bytes = b"") -> Iterator[memoryview]:
+    """The lines of ``head`` and then of a binary file, without their newline, as views of one buffer that each stay
+    valid until the next is asked for. The file is read a large block at a time into that buffer and each line is
+    parsed where it lies: iterating the file copied every line (records of many persons are ~1 MB lines), and a
+    reader process that skips the other reader's lines no longer copies those at all."""
+    buf = bytearray(max(block, len(head)))
+    buf[:len(head)] = head
+    start, end = 0, len(head)  # buf[start:end]: read, not yet a line
     searched = 0  # buf[start:searched] holds no newline (a long line read in many small pieces is searched once)
     while True:
         nl = buf.find(b"\n", max(start, searched), end)

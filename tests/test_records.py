@@ -94,6 +94,28 @@ def test_json_lines_name_the_bad_line(tmp_path):
         read_records(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.parametrize("listed", [False, True])
+def test_records_are_read_from_a_fifo(tmp_path, listed):
+    """A pipe or FIFO (``producer | manage.py import /dev/stdin``) gives its records as a file does: its first bytes
+    are read once, never sought back to (a FIFO was refused: "not seekable")."""
+    import threading
+
+    recs = records(np.random.default_rng(5), n=5)
+    text = json.dumps(recs) if listed else "\n\n" + "\n".join(json.dumps(r) for r in recs) + "\n"
+    fifo = tmp_path / "records.jsonl"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "wb") as f:
+            f.write(b"\xef\xbb\xbf" + text.encode())
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    got = list(read_records(fifo))
+    writer.join(10)
+    assert got == recs
+
+
 class _Trickle(io.RawIOBase):
     """A file that gives at most 3 bytes a read."""
 
@@ -149,8 +171,8 @@ def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_ber
     path.write_text("\n".join(lines) + "\n")
     read, real = [], records_module._json_lines
 
-    def watched(f):
-        for rec in real(f):
+    def watched(f, **kwargs):
+        for rec in real(f, **kwargs):
             read.append(len(read))
             yield rec
 
