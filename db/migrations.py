@@ -92,10 +92,11 @@ def _v7_to_v8(conn: Connection, link: Linker | None) -> None:
 
 
 def _v8_to_v9(conn: Connection, link: Linker | None) -> None:
-    """Version 9 indexes ``media.duplicate_of`` (the duplicates that a media's deletion updates)."""
-    for index in Media.__table__.indexes:
-        if index.name == "ix_media_duplicate_of":
-            index.create(conn)
+    """Version 9 indexes ``media.duplicate_of`` (the duplicates that a media's deletion updates) and
+    ``label_columns.chunk`` (the columns of a chunk being rewritten); a store upgraded from version 4 or older has
+    the second already (step 5 made the table with it)."""
+    for table, name in ((Media.__table__, "ix_media_duplicate_of"), (LabelColumn.__table__, "ix_label_columns_chunk")):
+        next(index for index in table.indexes if index.name == name).create(conn, checkfirst=True)
 
 
 #: version -> the step that upgrades a store of that version to the next.

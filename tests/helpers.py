@@ -109,11 +109,12 @@ class StubEncoder:
 
 
 def downgrade(db_file, version: int) -> None:
-    """Turn a store into what an older schema version wrote: 8 = without the index of duplicates; 7 = also activity
-    counts without objects and verb + object pairs; 6 = without activity counts and clusterings; 5 = also
-    without objects (no ``objects`` table); 4 = also labels as one row per person and class >= 0.05 (``labels``)
-    instead of chunks by class; 3 = also without the recorded language basis (no basis columns on ``spaces``); 2 =
-    also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also without ``persons.visual_norm``."""
+    """Turn a store into what an older schema version wrote: 8 = without the indexes of duplicates and of a
+    chunk's label columns; 7 = also activity counts without objects and verb + object pairs; 6 = without activity
+    counts and clusterings; 5 = also without objects (no ``objects`` table); 4 = also labels as one row per person
+    and class >= 0.05 (``labels``) instead of chunks by class; 3 = also without the recorded language basis (no
+    basis columns on ``spaces``); 2 = also without tracks (no ``tracks`` table, no ``persons.track_id``); 1 = also
+    without ``persons.visual_norm``."""
     import sqlite3
 
     from sqlalchemy import MetaData, Table
@@ -123,7 +124,7 @@ def downgrade(db_file, version: int) -> None:
     from db.schema import Media, Person, Space
 
     con = sqlite3.connect(db_file)
-    con.execute("DROP INDEX ix_media_duplicate_of")
+    con.executescript("DROP INDEX ix_media_duplicate_of; DROP INDEX ix_label_columns_chunk;")
     if version == 7:
         con.execute("DELETE FROM activity_counts WHERE facet IN ('objects', 'verb_object')")
     elif version < 7:

@@ -104,8 +104,8 @@ def test_delete_removes_from_both(tmp_path):
 
 def test_a_deleted_media_frees_its_duplicates_through_an_index(tmp_path):
     """Deleting a media sets its duplicates' ``duplicate_of`` NULL by an index lookup (SQLite scanned the whole media
-    table for each deleted media before: hours to remove 100k media from a store of 1M); a store of schema 8 gets the
-    index when it is opened."""
+    table for each deleted media before: hours to remove 100k media from a store of 1M), and a chunk's label columns
+    are found by index when it is rewritten; a store of schema 8 gets both indexes when it is opened."""
     store, items, ids = filled(tmp_path)
     first = store.media_states(["/m/a/img0.jpg"])["/m/a/img0.jpg"].id
     copy = media("/m/copy.jpg", [])
@@ -120,15 +120,17 @@ def test_a_deleted_media_frees_its_duplicates_through_an_index(tmp_path):
     def plan() -> str:
         con = sqlite3.connect(db_file)
         try:
-            return str(con.execute("EXPLAIN QUERY PLAN SELECT id FROM media WHERE duplicate_of = 1").fetchall())
+            return str([con.execute(f"EXPLAIN QUERY PLAN {q}").fetchall() for q in (
+                "SELECT id FROM media WHERE duplicate_of = 1", "SELECT p FROM label_columns WHERE chunk = 1")])
         finally:
             con.close()
 
-    assert "ix_media_duplicate_of" in plan()
+    indexed = ("ix_media_duplicate_of", "ix_label_columns_chunk")
+    assert all(name in plan() for name in indexed)
     downgrade(db_file, 8)
-    assert "ix_media_duplicate_of" not in plan()
+    assert not any(name in plan() for name in indexed)
     Store(tmp_path / "data").close()  # upgraded on open
-    assert "ix_media_duplicate_of" in plan()
+    assert all(name in plan() for name in indexed)
 
 
 def test_paths_and_folders_are_found_through_the_path_index(tmp_path):
