@@ -129,8 +129,9 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
         head = f.read(4096)  # read once, never again: a pipe or FIFO cannot seek back
         while head and not head.strip() and (more := f.read(1 << 20)):  # leading blank space
             head += more
-        if head.removeprefix(BOM).lstrip().startswith(b"["):
-            data = head.removeprefix(BOM) + f.read()
+        text = head.removeprefix(BOM)
+        if text.lstrip().startswith(b"["):
+            data = text + f.read()
             f.close()
             try:
                 return iter(orjson.loads(data))
