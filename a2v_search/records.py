@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import orjson
 
-from db.values import NewMedia, NewPerson
+from db.values import NewMedia, NewPerson, PersonArrays, checked_arrays
 
 from . import taxonomy as tx
 from .errors import InputError
@@ -52,7 +52,7 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     first_of: dict[str, int] = {}  # path -> the record that gave it
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
         pending: Future | None = None
-        for chunk in _media_chunks(records, visual_dim, collection, report):
+        for chunk, arrays in _media_chunks(records, visual_dim, collection, report):
             items = []
             for i, m in chunk:
                 first = first_of.setdefault(m.path, i)
@@ -66,9 +66,11 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
             for m in items:
                 if m.path in states:
                     m.replaces = states[m.path].id
+            if len(items) < len(chunk):  # its arrays hold the persons of the records skipped too
+                arrays = None
             if pending is not None:
                 report.persons_added += len(pending.result())
-            pending = writer.submit(store.write, items)
+            pending = writer.submit(store.write, items, arrays)
             report.media_added += len(items)
         if pending is not None:
             report.persons_added += len(pending.result())
@@ -77,31 +79,32 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
 
 
 def _media_chunks(records: Iterable, visual_dim: int, collection: str,
-                  report: ImportReport) -> Iterator[list[tuple[int, NewMedia]]]:
+                  report: ImportReport) -> Iterator[tuple[list[tuple[int, NewMedia]], PersonArrays | None]]:
     """(record number, media) of the valid records, ``WRITE_EVERY`` records at a time (counted in
-    ``report.records``); the others go to ``report.failures``."""
+    ``report.records``), with their persons' stored arrays when the chunk's records were all plain (None: made by
+    ``Store.write``); the others go to ``report.failures``."""
     from . import records_reader
 
     parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim) if isinstance(records, JsonLines) \
         else None
-    if parsed is None:  # read here: plain chunks are made arrays by _chunk_media
+    if parsed is None:
         records = iter(records)
         parsed = ((chunk, None) for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
     for chunk, arrays in parsed:
         start, report.records = report.records, report.records + len(chunk)
-        if arrays is not None:  # plain records a reader process made arrays of
-            yield list(enumerate(plain_media(chunk, arrays, collection), start))
+        if arrays is None:  # read here: made arrays of if plain
+            arrays = plain_arrays(chunk, visual_dim)
+        if arrays is not None:
+            media = plain_media(chunk, arrays, collection)
+            yield list(enumerate(media, start)), person_arrays(media, arrays)
         else:
-            yield _chunk_media(chunk, start, visual_dim, collection, report)
+            yield _chunk_media(chunk, start, visual_dim, collection, report), None
 
 
 def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
                  report: ImportReport) -> list[tuple[int, NewMedia]]:
-    """(record number, media) of the valid records of a chunk that starts at record ``start``; the others go to
-    ``report.failures``."""
-    fast = plain_records_to_media(chunk, visual_dim, collection)
-    if fast is not None:
-        return list(enumerate(fast, start))
+    """(record number, media) of the valid records of a chunk that starts at record ``start``, one by one (a chunk
+    with a record that is not plain); the others go to ``report.failures``."""
     out = []
     for i, rec in enumerate(chunk, start):  # one by one, to name what is wrong with each bad record
         try:
@@ -294,7 +297,7 @@ def _positive(value) -> bool:
 
 
 def _plain_box(box) -> bool:
-    return (isinstance(box, list) and len(box) == 4 and all(type(v) in (int, float) for v in box)
+    return (isinstance(box, list) and len(box) == 4 and all(type(v) in (int, float) and math.isfinite(v) for v in box)
             and box[2] > box[0] and box[3] > box[1])
 
 
@@ -382,6 +385,15 @@ def plain_media(records: list, arrays: PlainArrays, collection: str) -> list[New
             i += 1
         out.append(_media(rec, collection, people))
     return out
+
+
+def person_arrays(media: list[NewMedia], arrays: PlainArrays) -> PersonArrays | None:
+    """The persons of ``media`` that :func:`plain_media` made of ``arrays``, as ``Store.write`` stores them
+    (``values.as_arrays``, without reading each person's vectors again); None when one cannot be stored."""
+    persons = [p for m in media for p in m.persons]
+    boxes = np.array([p.box for p in persons], np.float64).reshape(len(persons), 4)
+    norms = np.array([p.visual_norm for p in persons], np.float32)
+    return checked_arrays(arrays.pasta, arrays.verbs, arrays.parts, arrays.visual, boxes, norms, arrays.objects)[0]
 
 
 def _media(rec: dict, collection: str, persons: list[NewPerson]) -> NewMedia:

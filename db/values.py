@@ -198,18 +198,25 @@ def as_arrays(persons: Sequence[NewPerson], visual_dim: int) -> tuple[PersonArra
         boxes = np.array([p.box for p in persons], np.float64).reshape(n, 4)
     except (TypeError, ValueError):
         return None, "shape"
+    norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
+    return checked_arrays(pasta, verbs, parts, visual, boxes, norms, [p.objects for p in persons])
+
+
+def checked_arrays(pasta: np.ndarray, verbs: np.ndarray, parts: np.ndarray, visual: np.ndarray, boxes: np.ndarray,
+                   norms: np.ndarray, objects: Sequence[Sequence[ObjectRow]]) -> tuple[PersonArrays | None, str | None]:
+    """:func:`as_arrays` of persons already in arrays (float32 pasta (n, 93), verbs (n, 157), parts (n, 6), visual
+    (n, P); float64 boxes (n, 4); float32 tower norms (n,), NaN where unknown; each person's objects): the same checks
+    and the same arrays, without a person object to read them from (an import's plain records)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if not all(np.isfinite(x).all() for x in (pasta, verbs, parts, visual, boxes)):
             return None, "finite"
         visual16 = visual.astype(np.float16)
     if not np.any(visual16, axis=1).all():
         return None, "zero"
-    if any(p.objects and _objects_problem(p.objects) for p in persons):
+    if any(objs and _objects_problem(objs) for objs in objects):
         return None, "objects"
-    norms = np.array([np.nan if p.visual_norm is None else p.visual_norm for p in persons], np.float32)
     return PersonArrays(pasta.astype(np.float16), verbs.astype(np.float16), parts.astype(np.float16), visual16,
-                        boxes, norms, object_probs([p.objects for p in persons])), None
-
+                        boxes, norms, object_probs(objects)), None
 
 
 #: The label and pair counts of :class:`Counts` (besides ``persons``), each an int64 blob in ``activity_counts``.

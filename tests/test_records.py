@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from a2v_search.errors import InputError
-from a2v_search.records import plain_records_to_media, read_records, record_to_media
+from a2v_search.records import person_arrays, plain_arrays, plain_records_to_media, read_records, record_to_media
+from db.values import as_arrays
 
 
 def records(rng, n=6, visual_dim=16):
@@ -47,6 +48,12 @@ def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
                                                                                  q.frame_index, q.t_sec)
             for name in ("pasta", "verbs", "parts", "visual"):
                 assert np.array_equal(getattr(p, name), getattr(q, name)), name
+    # what the import hands Store.write: the arrays Store.write would make of the persons one by one
+    given = person_arrays(fast, plain_arrays(recs, 16))
+    made, _ = as_arrays([p for m in slow for p in m.persons], 16)
+    for name in ("pasta", "verbs", "parts", "visual", "boxes", "norms", "objects"):
+        a, b = getattr(given, name), getattr(made, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
 
 
 @pytest.mark.parametrize("change", [
@@ -54,6 +61,7 @@ def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
     lambda r: r["persons"][0].__setitem__("pasta", {"hand: hold": 0.9}),  # names: the one-by-one path
     lambda r: r["persons"][0].__setitem__("visual", [0.0] * 16),
     lambda r: r["persons"][0].__setitem__("box", [5, 5, 1, 1]),
+    lambda r: r["persons"][0].__setitem__("box", [0, 0, float("inf"), 5]),  # not storable: named one by one
     lambda r: r.__setitem__("kind", "audio"),
 ])
 def test_anything_not_plain_goes_one_by_one(change):
@@ -179,9 +187,9 @@ def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_ber
     monkeypatch.setattr(records_module, "_json_lines", watched)
     written, store_write = [], Store.write
 
-    def write(self, items):
+    def write(self, items, arrays=None):
         written.append((len(read), len(items)))
-        return store_write(self, items)
+        return store_write(self, items, arrays)
 
     monkeypatch.setattr(Store, "write", write)
     api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
@@ -239,6 +247,23 @@ def test_a_path_given_twice_in_one_import_is_reported_not_a_crash(tmp_path, tiny
     assert report.media_added == 5 and report.persons_added == sum(len(r["persons"]) for r in recs[:5])
     paths = [p for p, *_ in stored_persons(tmp_path / "data")]
     assert sorted(set(paths)) == sorted(r["path"] for r in recs[:5] if r["persons"])
+
+
+def test_a_record_with_an_infinite_box_is_its_failure_and_the_rest_is_stored(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """A box SQLite cannot hold (Python dicts may carry infinity) is that record's failure, like any bad field; it
+    once passed the batch conversion and failed the whole transaction in ``Store.write``."""
+    from a2v_search.api import A2VSearch
+
+    recs = records(np.random.default_rng(10), n=6)
+    recs[4]["persons"][0]["box"] = [0, 0, float("inf"), 5]
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    report = api.import_records(recs)
+    api.close()
+    assert [(f["path"], f["error"]) for f in report.failures] == [(recs[4]["path"], (
+        "record 4: persons[0].box must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1"))]
+    kept = [r for i, r in enumerate(recs) if i != 4]
+    assert report.media_added == 5 and report.persons_added == sum(len(r["persons"]) for r in kept)
+    assert sorted({p for p, *_ in stored_persons(tmp_path / "data")}) == sorted(r["path"] for r in kept if r["persons"])
 
 
 def mixed_jsonl(path, rng, n=14, visual_dim=16):
