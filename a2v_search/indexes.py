@@ -304,10 +304,9 @@ class IndexSet:
         self._dirty.clear()
         self._last_save = time.monotonic()
 
-    def maybe_save(self, every_s: float) -> None:
-        """Save changed indexes when the last save is ``every_s`` seconds old (writers)."""
-        if self._dirty and time.monotonic() - self._last_save >= every_s:
-            self.save()
+    def save_due(self, every_s: float) -> bool:
+        """Whether indexes changed since the last save, ``every_s`` seconds or more ago (then :meth:`save`)."""
+        return bool(self._dirty) and time.monotonic() - self._last_save >= every_s
 
     def mark_changed(self, names: Sequence[str]) -> None:
         """Have the indexes ``names`` saved by the next save (they changed in memory)."""

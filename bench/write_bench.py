@@ -245,7 +245,8 @@ def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
             while have < n:
                 items = work.batch(min(batch, n - have))
                 have += len(store.write(items))
-                store.indexes.maybe_save(600)
+                if store.indexes.save_due(600):
+                    store.indexes.save()
             store.indexes.save()
             log(f"seeded in {time.perf_counter() - t0:.0f} s")
     finally:

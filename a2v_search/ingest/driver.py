@@ -347,9 +347,9 @@ class Ingestor:
             self._on_finished(asm, slot, persons)
         if self._write_due(final):
             self._write()
-        if not final and self.store.writable:
+        if not final and self.store.writable and self.store.indexes.save_due(self.opt.save_every_s):
             with self._stage("save"):
-                self.store.indexes.maybe_save(self.opt.save_every_s)
+                self.store.indexes.save()
 
     def _write_due(self, final: bool) -> bool:
         """Whether the queued media go to SQLite now: at the end, the first persons at once, else in batches of
