@@ -51,7 +51,8 @@ EXACT_BLOCK = 16_384
 HNSW_EF_SEARCH = 64
 # A save writes only what changed since the last one (a tail file) while the tails' added and removed ids are at most
 # this fraction of the index's vectors and the tails number fewer than TAIL_MAX_FILES; then the whole index again.
-# A tail costs its vectors' bytes to write and ~5 us a vector to apply on load (their IVF lists are saved with them).
+# A tail costs its vectors' bytes to write (an IVF index's: its codes, with their lists: a quarter of the float32
+# vectors with SQ8) and ~1-5 us a vector to apply on load (the codes go into their lists as they are).
 TAIL_MAX_FRACTION = 0.1
 TAIL_MAX_FILES = 32
 # Vectors whose IVF lists are chosen in one matrix product on add ((chunk, nlist) float32 scores: 32 MB at 2048 lists).
@@ -711,7 +712,7 @@ class VectorIndex:
 
     def _write_tail(self, folder: Path, name: str) -> dict:
         """Write what changed since the last save as a tail file: the ids removed, then the ids added (still present)
-        with their stored vectors and, for IVF indexes, their lists. Returns its manifest entry."""
+        with their stored vectors, or for IVF indexes their lists and codes. Returns its manifest entry."""
         empty = np.empty(0, np.int64)
         removed = np.unique(np.concatenate([empty, *self._removed_since]))
         added = np.concatenate([empty, *(i for i, _ in self._added_since)])[::-1]  # newest first
@@ -720,31 +721,57 @@ class VectorIndex:
         still = self._present(added)
         added, lists = added[still], noted[newest[still]]
         vectors = self._index.reconstruct_batch(added) if len(added) else np.empty((0, self.dim), np.float32)
+        arrays = {"removed": removed, "ids": added, "lists": lists}
         if isinstance(self._index, faiss.IndexIVF):
             for j in np.flatnonzero(lists < 0):  # lists FAISS chose: its direct map knows them
                 lists[j] = faiss.lo_listno(self._index.direct_map.get(int(added[j])))
+            arrays["codes"] = self._sa_codes(np.ascontiguousarray(vectors), lists)
         else:
             lists[:] = -1
+            arrays["vectors"] = vectors
         gen = generation_of(self._saved["file"], name)
         k = len(self._saved["tail"]) + 1
         while (folder / tail_file_name(name, gen, k)).exists():  # a file a killed save left: never overwritten
             k += 1
         final = folder / tail_file_name(name, gen, k)
-        size, sha = _write_file(final, lambda f: np.savez(f, removed=removed, ids=added, vectors=vectors, lists=lists))
+        size, sha = _write_file(final, lambda f: np.savez(f, **arrays))
         return {"file": final.name, "size": size, "sha256": sha, "added": int(len(added)), "removed": int(len(removed))}
 
-    def _apply_tail(self, removed: np.ndarray, ids: np.ndarray, vectors: np.ndarray, lists: np.ndarray) -> None:
+    def _sa_codes(self, vectors: np.ndarray, lists: np.ndarray) -> np.ndarray:
+        """(n, sa_code_size) uint8: the IVF index's codes of ``vectors`` (n, dim) float32 in ``lists`` (n,), each led
+        by its list number (FAISS's standalone form, which ``add_sa_codes`` takes). For vectors the index holds (its
+        reconstructions), these are the codes it holds."""
+        codes = np.empty((len(vectors), self._index.sa_code_size()), np.uint8)
+        if len(vectors):
+            self._index.encode_vectors(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(lists),
+                                       faiss.swig_ptr(codes), True)
+        return codes
+
+    def _apply_tail(self, removed: np.ndarray, ids: np.ndarray, added: np.ndarray, lists: np.ndarray) -> None:
         """Apply a tail on load: remove its removed ids, then add its vectors (as stored: not normalised again; IVF
-        indexes into the saved lists)."""
+        indexes into the saved lists) or, ``added`` uint8, its IVF codes as they are."""
         self.remove(removed)
         if len(ids) and self._present(ids).any():
             raise IndexCorruptError("a tail adds ids the index already holds")
-        if len(ids):
-            known = isinstance(self._index, faiss.IndexIVF) and (lists >= 0).all()
-            if known and lists.max() >= self._index.nlist:
-                raise IndexCorruptError("a tail names IVF lists the index does not have")
-            self._add_with_ids(self._index, vectors, ids, lists if known else None)
-            self._insert_ids(np.sort(ids))
+        if not len(ids):
+            return
+        ivf = isinstance(self._index, faiss.IndexIVF)
+        known = ivf and (lists >= 0).all()
+        if known and lists.max() >= self._index.nlist:
+            raise IndexCorruptError("a tail names IVF lists the index does not have")
+        if added.dtype == np.uint8:
+            if not known or added.shape[1] != self._index.sa_code_size() or \
+                    not np.array_equal(self._code_lists(added), lists):
+                raise IndexCorruptError("its codes do not fit the index")
+            self._index.add_sa_codes(added, ids)
+        else:
+            self._add_with_ids(self._index, added, ids, lists if known else None)
+        self._insert_ids(np.sort(ids))
+
+    def _code_lists(self, codes: np.ndarray) -> np.ndarray:
+        """(n,) the list numbers that lead the IVF index's standalone codes (n, sa_code_size), little-endian."""
+        lead = codes[:, :self._index.coarse_code_size()].astype(np.int64)
+        return (lead << (8 * np.arange(lead.shape[1], dtype=np.int64))).sum(axis=1)
 
     @classmethod
     def load(cls, folder: Path | str, name: str, use_gpu: bool | None = None,
@@ -843,7 +870,8 @@ def _tail_entries(doc: dict, name: str) -> list[dict] | None:
 
 
 def _read_tail(path: Path, entry: dict, dim: int, verify_hash: bool) -> tuple[np.ndarray, ...]:
-    """(removed (r,), ids (a,), vectors (a, dim) float32, lists (a,)) of a tail file, checked against its entry."""
+    """(removed (r,), ids (a,), vectors (a, dim) float32 or an IVF index's codes (a, code size) uint8, lists (a,)) of
+    a tail file, checked against its entry."""
     if not path.is_file():
         raise IndexCorruptError("the file does not exist")
     size = path.stat().st_size
@@ -853,17 +881,20 @@ def _read_tail(path: Path, entry: dict, dim: int, verify_hash: bool) -> tuple[np
         raise IndexCorruptError("it does not match the sha256 in the manifest")
     try:
         with np.load(path, allow_pickle=False) as z:
-            removed, ids, vectors, lists = (z[k] for k in ("removed", "ids", "vectors", "lists"))
+            added = "codes" if "codes" in z.files else "vectors"
+            removed, ids, added, lists = (z[k] for k in ("removed", "ids", added, "lists"))
     except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
         raise IndexCorruptError(f"it cannot be read ({exc})") from None
     a = entry["added"]
     if not (removed.shape == (entry["removed"],) and removed.dtype == np.int64 and ids.shape == (a,)
-            and ids.dtype == np.int64 and vectors.shape == (a, dim) and vectors.dtype == np.float32
-            and lists.shape == (a,) and lists.dtype == np.int64):
+            and ids.dtype == np.int64 and lists.shape == (a,) and lists.dtype == np.int64
+            and (added.shape == (a, dim) and added.dtype == np.float32
+                 or added.ndim == 2 and len(added) == a and added.dtype == np.uint8)):
         raise IndexCorruptError("its arrays do not match the manifest")
-    if not np.isfinite(vectors).all() or (len(ids) and (ids.min() < 0 or len(np.unique(ids)) != a)):
+    if (added.dtype == np.float32 and not np.isfinite(added).all()) or \
+            (len(ids) and (ids.min() < 0 or len(np.unique(ids)) != a)):
         raise IndexCorruptError("it holds non-finite vectors or invalid ids")
-    return removed, ids, np.ascontiguousarray(vectors), lists
+    return removed, ids, np.ascontiguousarray(added), lists
 
 
 #: what reading an index file may take beyond the file's own size (its structures are that size, give or take)

@@ -600,6 +600,43 @@ def test_a_tail_names_the_list_each_vector_is_in(tmp_path) -> None:
     assert len(added) == 210 and lists.tolist() == want and (lists >= 0).all()
 
 
+def _rewrite_tail(folder: Path, **arrays) -> None:
+    """Replace the first tail of index "v" with ``arrays``, its manifest entry updated to match (size, sha256)."""
+    from index.files import file_sha256
+
+    tail = folder / "v.1.1.tail"
+    with open(tail, "wb") as f:
+        np.savez(f, **arrays)
+    manifest = json.loads((folder / "v.json").read_text())
+    manifest["tail"][0].update(size=tail.stat().st_size, sha256=file_sha256(tail))
+    (folder / "v.json").write_text(json.dumps(manifest))
+
+
+def test_an_ivf_tail_holds_its_codes_and_a_tail_of_vectors_still_loads(tmp_path) -> None:
+    """An IVF index's tail holds the codes the index stores, each led by its list (with SQ8: 33 bytes a vector of
+    32 floats, not 128), and loading puts them into their lists as they are: the same index. A tail of float32
+    vectors, as releases before wrote them, loads as the same index too; codes that lead with another list than
+    the tail's are a corrupt tail."""
+    vi, ids, base = _ivf_with_changes(tmp_path)
+    vi.save(tmp_path, "v", {})
+    with np.load(tmp_path / "v.1.1.tail") as z:
+        assert sorted(z.files) == ["codes", "ids", "lists", "removed"]
+        removed, added, lists, codes = z["removed"], z["ids"], z["lists"], z["codes"]
+    assert codes.dtype == np.uint8 and codes.shape == (210, 1 + DIM)
+    loaded, _ = VectorIndex.load(tmp_path, "v")
+    _same_index(vi, loaded, base[:300])
+
+    _rewrite_tail(tmp_path, removed=removed, ids=added, vectors=vi.reconstruct(added), lists=lists)
+    older, _ = VectorIndex.load(tmp_path, "v")
+    _same_index(vi, older, base[:300])
+
+    other = codes.copy()
+    other[0, 0] = (int(lists[0]) + 1) % 32
+    _rewrite_tail(tmp_path, removed=removed, ids=added, codes=other, lists=lists)
+    with pytest.raises(IndexCorruptError, match="v.1.1.tail: its codes do not fit the index"):
+        VectorIndex.load(tmp_path, "v")
+
+
 def test_tails_give_way_to_a_whole_save_and_are_deleted(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(faiss_index, "TAIL_MAX_FRACTION", 0.05)
     vi, ids, base = _ivf_with_changes(tmp_path)  # 270 changed ids of 5,150: over 5%
