@@ -87,13 +87,12 @@ def _media_chunks(records: Iterable, visual_dim: int, collection: str,
 
     parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim) if isinstance(records, JsonLines) \
         else None
-    if parsed is None:
+    if parsed is None:  # read here, and made arrays of here when plain
         records = iter(records)
-        parsed = ((chunk, None) for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
+        parsed = ((chunk, plain_arrays(chunk, visual_dim))
+                  for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
     for chunk, arrays in parsed:
         start, report.records = report.records, report.records + len(chunk)
-        if arrays is None:  # read here: made arrays of if plain
-            arrays = plain_arrays(chunk, visual_dim)
         if arrays is not None:
             media = plain_media(chunk, arrays, collection)
             yield list(enumerate(media, start)), person_arrays(media, arrays)
@@ -315,18 +314,12 @@ class PlainArrays(NamedTuple):
 HEAVY = ("pasta", "verbs", "parts", "visual", "objects")  # a person's fields that plain_arrays turns into arrays
 
 
-def plain_records_to_media(records: list, visual_dim: int, collection: str) -> list[NewMedia] | None:
-    """Records -> media, all at once (numpy over the whole list), when every record is plain and valid: PaSta and
-    verbs as lists of numbers (not names). None when any is not: the caller then converts them one by one with
-    :func:`record_to_media`, which names what is wrong; both give the same values."""
-    arrays = plain_arrays(records, visual_dim)
-    return None if arrays is None else plain_media(records, arrays, collection)
-
-
 def plain_arrays(records: list, visual_dim: int) -> PlainArrays | None:
-    """The numbers of ``records`` as arrays when every record is plain and valid, else None (see
-    :func:`plain_records_to_media`). Only the persons' :data:`HEAVY` fields are read into them: the records may
-    drop those fields afterwards (a reader process sends the rest, records_reader.py)."""
+    """The numbers of ``records`` as arrays, all at once (numpy over the whole list), when every record is plain and
+    valid: PaSta and verbs as lists of numbers (not names). None when any is not: the caller then converts them one
+    by one with :func:`record_to_media`, which names what is wrong (:func:`plain_media` of these arrays gives the
+    same values). Only the persons' :data:`HEAVY` fields are read into them: the records may drop those fields
+    afterwards (a reader process sends the rest, records_reader.py)."""
     persons, objects = [], []
     for rec in records:
         if not (isinstance(rec, dict) and isinstance(rec.get("path"), str) and rec["path"].strip()

@@ -757,8 +757,7 @@ class VectorIndex:
             raise IndexCorruptError("a tail adds ids the index already holds")
         if not len(ids):
             return
-        ivf = isinstance(self._index, faiss.IndexIVF)
-        known = ivf and (lists >= 0).all()
+        known = isinstance(self._index, faiss.IndexIVF) and (lists >= 0).all()
         if known and lists.max() >= self._index.nlist:
             raise IndexCorruptError("a tail names IVF lists the index does not have")
         if added.dtype == np.uint8:

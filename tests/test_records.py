@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from a2v_search.errors import InputError
-from a2v_search.records import person_arrays, plain_arrays, plain_records_to_media, read_records, record_to_media
+from a2v_search.records import person_arrays, plain_arrays, plain_media, read_records, record_to_media
 from db.values import as_arrays
 
 
@@ -37,9 +37,10 @@ def records(rng, n=6, visual_dim=16):
 
 def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
     recs = records(np.random.default_rng(0))
-    fast = plain_records_to_media(recs, 16, "default")
+    arrays = plain_arrays(recs, 16)
+    fast = plain_media(recs, arrays, "default")
     slow = [record_to_media(r, 16, "default") for r in recs]
-    assert fast is not None and len(fast) == len(slow) == 6
+    assert arrays is not None and len(fast) == len(slow) == 6
     for a, b in zip(fast, slow, strict=True):
         assert (a.path, a.kind, a.collection, a.width, a.height) == (b.path, b.kind, b.collection, b.width, b.height)
         assert len(a.persons) == len(b.persons)
@@ -49,7 +50,7 @@ def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
             for name in ("pasta", "verbs", "parts", "visual"):
                 assert np.array_equal(getattr(p, name), getattr(q, name)), name
     # what the import hands Store.write: the arrays Store.write would make of the persons one by one
-    given = person_arrays(fast, plain_arrays(recs, 16))
+    given = person_arrays(fast, arrays)
     made, _ = as_arrays([p for m in slow for p in m.persons], 16)
     for name in ("pasta", "verbs", "parts", "visual", "boxes", "norms", "objects"):
         a, b = getattr(given, name), getattr(made, name)
@@ -67,7 +68,7 @@ def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
 def test_anything_not_plain_goes_one_by_one(change):
     recs = records(np.random.default_rng(1))
     change(recs[1])
-    assert plain_records_to_media(recs, 16, "default") is None
+    assert plain_arrays(recs, 16) is None
 
 
 def test_json_lines_name_the_bad_line(tmp_path):
