@@ -193,7 +193,7 @@ def test_a_hanging_file_fails_its_task_and_the_run_goes_on(ray_cluster, tmp_path
 #: in a child process: start Ray as a run without --ray-address does, then list the TCP sockets that Ray's
 #: processes (the children of this one) listen on, and what the session looks like
 _LOCAL_RAY = """
-import json, os, stat
+import json, os, shutil, stat
 from a2v_search.ingest.ray_engine import local_ray_options
 opts = local_ray_options()  # before Ray is imported, as the engine does
 import ray
@@ -228,6 +228,7 @@ print(json.dumps({"listening": listening, "auth": os.environ.get("RAY_AUTH_MODE"
                   "temp_mode": stat.S_IMODE(os.stat(os.path.dirname(opts["_temp_dir"])).st_mode),
                   "gcs": ray.get_runtime_context().gcs_address}))
 ray.shutdown()
+shutil.rmtree(os.path.dirname(opts["_temp_dir"]))  # as the engine's close does: nothing left in the system's /tmp
 """
 
 
