@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -379,3 +380,4 @@ def test_export_memory_is_bounded_on_a_large_store(tmp_path, tiny_clip_dir, tiny
     assert meta.num_rows == N_LARGE and meta.num_row_groups == -(-N_LARGE // 2048)
     with np.load(tmp_path / "full.npz", mmap_mode="r") as f:
         assert f["pasta"].shape == (N_LARGE, 93) and f["person_id"][-1] == N_LARGE
+    shutil.rmtree(tmp_path)  # ~700 MB; pytest keeps the last three runs' folders, and CI's disk may be small
