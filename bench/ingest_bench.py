@@ -6,9 +6,11 @@ JPEGs (``detector="none"``: one person per image, whole-image mode), in one run.
 Row "tiny": a tiny random CLIP (2 layers, width 32, 224 px input) + tiny BERT, so that wall time is the
 pipeline's own cost per image (discover, decode + resize in worker processes, write, save).
 With ``--image-size 64x48 --batch-size 256 --images 4000 --no-vit`` it measures the pipeline's own cost per person
-in the main process (issue 26's goal: <= 50 us outside decoding and the model): two ingests of the tiny row with
-torch on one thread, the first uninstrumented (this process's CPU, less the model's and the model loading's), the
-second with its CPU split by stage (each thread's ``thread_time`` in labelled regions; see ``REGIONS``).
+in the main process (issue 26's goal: <= 50 us outside decoding and the model), torch on one thread: ingests of the
+tiny row of a quarter of the images and of all of them, alternating, twice, uninstrumented (this process's CPU,
+less the model's and the model loading's); a person's cost once a run's fixed costs are paid is the slope between
+the two sizes, the fixed cost its intercept. Then one ingest of each size with the CPU split by stage (each
+thread's ``thread_time`` in labelled regions; see ``REGIONS``).
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
 of the same encoder (``encode_pixels`` on one batch of the same size, measured right after; GPU goal >= 80%).
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gpu_name, header, load_average, log, random_pixels, tiny_models, vitb16_checkpoint, write_jpegs  # noqa: E402
 
 STAGES = ("discover", "decode", "wait", "detect", "encode", "write", "save")
+EXCLUDED = ("model", "model loading")  # not the pipeline's own cost
 
 
 def run_ingest(name: str, data_dir: Path, images: Path, n_images: int, args: argparse.Namespace,
@@ -168,29 +171,52 @@ def pipeline_split(images: Path, n: int, args: argparse.Namespace, labelled: boo
     return {"cpu": cpu, "report": report, "process_cpu": process_cpu}
 
 
-def print_split(plain: dict, split: dict, args: argparse.Namespace, width: int, height: int) -> None:
-    """The pipeline's own CPU per person (issue 26's goal: <= 50 us outside decoding and the model)."""
-    n = plain["report"].persons_added
-    excluded = ("model", "model loading")
+def own_cpu(run: dict) -> float:
+    """A run's process CPU seconds outside the model and the model loading: the pipeline's own cost."""
+    return run["process_cpu"] - sum(run["cpu"].get(k, 0.0) for k in EXCLUDED)
 
-    def own(run: dict) -> float:
-        return run["process_cpu"] - sum(run["cpu"].get(k, 0.0) for k in excluded)
 
-    r = plain["report"]
+def line(n_small: int, n_large: int, small: float, large: float) -> tuple[float, float]:
+    """(seconds a person, fixed seconds a run) of the line through (n_small, small) and (n_large, large)."""
+    per = (large - small) / (n_large - n_small)
+    return per, large - per * n_large
+
+
+def r_cpu(runs: list[dict]) -> float:
+    """The median process CPU seconds of runs."""
+    return statistics.median(x["process_cpu"] for x in runs)
+
+
+def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argparse.Namespace, width: int,
+                height: int) -> None:
+    """The pipeline's own CPU per person (issue 26's goal: <= 50 us outside decoding and the model): of the whole
+    run of ``--images``, and a person's share once the run's fixed costs (starting the decode workers, the first
+    files written one at a time, the final save) are paid: the slope between runs of a quarter and of all the
+    images (medians of the uninstrumented runs of each size)."""
+    n_small, n = sorted(plain)
+    med = {k: statistics.median(own_cpu(r) for r in runs) for k, runs in plain.items()}
+    per, fixed = line(n_small, n, med[n_small], med[n])
+    r = plain[n][0]["report"]
     print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none, torch threads 1: "
           f"{r.persons_per_s:.0f} persons/s, wall {r.seconds:.2f} s (stages, wall: "
           + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items() if v) + f"); load average {load_average()}.\n")
-    print(f"**Main process CPU per person outside decoding and the model: {1e6 * own(plain) / n:.1f} us** "
-          f"(uninstrumented run: process CPU {1e6 * plain['process_cpu'] / n:.1f} us/person, of which the model "
-          f"{1e6 * plain['cpu'].get('model', 0.0) / n:.1f}; goal <= 50 us).\n")
-    print(f"By stage (instrumented run, CPU us per person; the wrappers add ~1 us a call; total "
-          f"{1e6 * own(split) / n:.1f} us):\n")
-    print("| stage (main process) | CPU us/person |\n|---|---:|")
-    for k, v in sorted(split["cpu"].items(), key=lambda kv: -kv[1]):
-        if k not in excluded:
-            print(f"| {k} | {1e6 * v / n:.1f} |")
+    runs = " / ".join(f"{1e6 * own_cpu(x) / n:.1f}" for x in plain[n])
+    small_runs = " / ".join(f"{1e6 * own_cpu(x) / n_small:.1f}" for x in plain[n_small])
+    print(f"**Main process CPU per person outside decoding and the model: {per * 1e6:.1f} us a person once a run's "
+          f"fixed costs are paid** (goal <= 50 us), and {fixed * 1e3:.0f} ms a run: the line through the medians "
+          f"of runs of {n_small} and {n} images. A whole run: {runs} us a person at {n} images, {small_runs} at "
+          f"{n_small} (uninstrumented runs; process CPU {1e6 * r_cpu(plain[n]) / n:.1f} us a person at {n}, of "
+          f"which the model {1e6 * plain[n][0]['cpu'].get('model', 0.0) / n:.1f}).\n")
+    print(f"By stage (instrumented runs, CPU; the wrappers add ~1 us a call; a whole run of {n}: "
+          f"{1e6 * own_cpu(split[n]) / n:.1f} us a person):\n")
+    print("| stage (main process) | whole run, us a person | a person once the run is going, us | fixed, ms a run |")
+    print("|---|---:|---:|---:|")
+    for k, v in sorted(split[n]["cpu"].items(), key=lambda kv: -kv[1]):
+        if k not in EXCLUDED:
+            per_k, fixed_k = line(n_small, n, split[n_small]["cpu"].get(k, 0.0), v)
+            print(f"| {k} | {1e6 * v / n:.1f} | {1e6 * per_k:.1f} | {1e3 * fixed_k:.0f} |")
     print("| *excluded: the model (encoder submit + vectors, normalise and language included)* | "
-          f"{1e6 * split['cpu'].get('model', 0.0) / n:.1f} |")
+          f"{1e6 * split[n]['cpu'].get('model', 0.0) / n:.1f} | | |")
 
 
 def main() -> None:
@@ -224,12 +250,21 @@ def main() -> None:
         if args.no_vit:  # the pipeline's own cost: the model on this thread only, so that its CPU is taken out whole
             torch.set_num_threads(1)
             write_jpegs(tmp / "images", args.images, width=width, height=height)
+            sizes = {args.images // 4: tmp / "images_small", args.images: tmp / "images"}
+            sizes[args.images // 4].mkdir()
+            for p in sorted((tmp / "images").iterdir())[:args.images // 4]:
+                (sizes[args.images // 4] / p.name).hardlink_to(p)
             log(f"{args.images} JPEGs and the models are ready")
             first = next((tmp / "images").iterdir())  # a warm-up run of one file: imports and caches
             pipeline_split(first, 1, args, False, clip_dir, bert_dir, tmp / "warm_up")
-            runs = [pipeline_split(tmp / "images", args.images, args, labelled, clip_dir, bert_dir,
-                                   tmp / f"store_{labelled}") for labelled in (False, True)]
-            print_split(*runs, args, width, height)
+            stores = (tmp / f"store_{i}" for i in range(99))
+            plain: dict[int, list[dict]] = {n: [] for n in sizes}
+            for _ in range(2):  # alternating sizes: the machine's speed drifts
+                for n, folder in sizes.items():
+                    plain[n].append(pipeline_split(folder, n, args, False, clip_dir, bert_dir, next(stores)))
+            split = {n: pipeline_split(folder, n, args, True, clip_dir, bert_dir, next(stores))
+                     for n, folder in sizes.items()}
+            print_split(plain, split, args, width, height)
             return
         ckpt = vitb16_checkpoint(tmp / "models")
         n_max = max(args.images, args.vit_images)
