@@ -7,10 +7,10 @@ Row "tiny": a tiny random CLIP (2 layers, width 32, 224 px input) + tiny BERT, s
 pipeline's own cost per image (discover, decode + resize in worker processes, write, save).
 With ``--image-size 64x48 --batch-size 256 --images 4000 --no-vit`` it measures the pipeline's own cost per person
 in the main process (issue 26's goal: <= 50 us outside decoding and the model), torch on one thread: ingests of the
-tiny row of a quarter of the images and of all of them, alternating, twice, uninstrumented (this process's CPU,
-less the model's and the model loading's); a person's cost once a run's fixed costs are paid is the slope between
-the two sizes, the fixed cost its intercept. Then one ingest of each size with the CPU split by stage (each
-thread's ``thread_time`` in labelled regions; see ``REGIONS``).
+tiny row of a quarter of the images and of all of them, alternating, ``--rounds`` times, uninstrumented (this
+process's CPU, less the model's and the model loading's); a person's cost once a run's fixed costs are paid is the
+slope between the two sizes, the fixed cost its intercept. Then one ingest of each size with the CPU split by stage
+(each thread's ``thread_time`` in labelled regions; see ``REGIONS``).
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
 of the same encoder (``encode_pixels`` on one batch of the same size, measured right after; GPU goal >= 80%).
@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="model-only timed calls (default 3, quick 1)")
     parser.add_argument("--image-size", default="640x480", help="WxH of the generated JPEGs (default 640x480)")
     parser.add_argument("--no-vit", action="store_true", help="the tiny row only (the pipeline's own cost)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="--no-vit: uninstrumented runs of each size, alternating (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 + 8 images, batch 4")
     args = parser.parse_args()
     width, height = (int(v) for v in args.image_size.lower().split("x"))
@@ -259,7 +261,7 @@ def main() -> None:
             pipeline_split(first, 1, args, False, clip_dir, bert_dir, tmp / "warm_up")
             stores = (tmp / f"store_{i}" for i in range(99))
             plain: dict[int, list[dict]] = {n: [] for n in sizes}
-            for _ in range(2):  # alternating sizes: the machine's speed drifts
+            for _ in range(args.rounds):  # alternating sizes: the machine's speed drifts
                 for n, folder in sizes.items():
                     plain[n].append(pipeline_split(folder, n, args, False, clip_dir, bert_dir, next(stores)))
             split = {n: pipeline_split(folder, n, args, True, clip_dir, bert_dir, next(stores))
