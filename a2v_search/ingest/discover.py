@@ -15,6 +15,7 @@ from ..media import display_path
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
 LIST_EXTS = {".txt", ".lst", ".list"}
+_KIND_OF_EXT = {**dict.fromkeys(IMAGE_EXTS, "image"), **dict.fromkeys(VIDEO_EXTS, "video")}
 
 Failure = tuple[str, str, str]  # (path, stage, reason)
 
@@ -113,11 +114,17 @@ class Walker:
     def _inside_roots(self, real: str) -> bool:
         return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
 
-    def _fail(self, path: str, reason: str) -> Iterator[Failure]:
+    def _failure(self, path: str, reason: str) -> Failure | None:
+        """The failure of ``path``, or None when it was reported already (each path once)."""
         shown = display_path(path)
-        if shown not in self.reported:
-            self.reported.add(shown)
-            yield (shown, "discover", reason)
+        if shown in self.reported:
+            return None
+        self.reported.add(shown)
+        return (shown, "discover", reason)
+
+    def _fail(self, path: str, reason: str) -> Iterator[Failure]:
+        if (failure := self._failure(path, reason)) is not None:
+            yield failure
 
     def run(self) -> Iterator[Found | Failure]:
         for p in self.paths:
@@ -154,8 +161,9 @@ class Walker:
         if Path(p).suffix.lower() in LIST_EXTS:
             yield from self._list(p, real, list_depth)
             return
-        yield from self._file(p, real, given=p, root=str(Path(p).parent), explicit=True,
-                              name_kind=_name_kind(os.path.basename(p)))
+        if (x := self._file(p, real, given=p, root=str(Path(p).parent), explicit=True,
+                            name_kind=_name_kind(os.path.basename(p)))) is not None:
+            yield x
 
     def _list(self, p: str, real: str, list_depth: int) -> Iterator[Found | Failure]:
         if real in self.lists:
@@ -224,37 +232,36 @@ class Walker:
                         subfolders.append((full, target))
                     else:
                         kind = _name_kind(e.name)
-                        yield from self._file(full, target, given=full, root=top, explicit=kind is not None,
-                                              name_kind=kind)
+                        if (x := self._file(full, target, given=full, root=top, explicit=kind is not None,
+                                            name_kind=kind)) is not None:
+                            yield x
                 elif is_dir:
                     subfolders.append((full, real_prefix + e.name))
                 else:
                     kind = _name_kind(e.name)
-                    yield from self._file(full, real_prefix + e.name, given=full, root=top, explicit=kind is not None,
-                                          name_kind=kind, entry=e)
+                    if (x := self._file(full, real_prefix + e.name, given=full, root=top, explicit=kind is not None,
+                                        name_kind=kind, entry=e)) is not None:
+                        yield x
             stack.extend(reversed(subfolders))
 
     def _file(self, p: str, real: str, given: str, root: str, explicit: bool, name_kind: str | None,
-              entry: os.DirEntry | None = None) -> Iterator[Found | Failure]:
-        key = hash(real)
-        if key in self.seen:
-            return
+              entry: os.DirEntry | None = None) -> Found | Failure | None:
+        """The file at ``real`` (``entry``: as its folder's listing gave it), its failure, or None (found already,
+        or not a regular file that nobody asked for by name or extension). A plain call, not a generator: the walk
+        makes one a file."""
+        if self.seen and hash(real) in self.seen:  # (files reached by name or link: none in a walk of folders)
+            return None
         try:
             st = entry.stat() if entry is not None else os.stat(real)
         except OSError as e:
-            if explicit:
-                yield from self._fail(p, f"cannot read: {e.strerror or e}")
-            return
+            return self._failure(p, f"cannot read: {e.strerror or e}") if explicit else None
         if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices: never open them (a FIFO would block)
-            if explicit:
-                yield from self._fail(p, "not a regular file")
-            return
+            return self._failure(p, "not a regular file") if explicit else None
         if entry is None:  # by name or through a link: remembered, unless a folder listing finds it
             if self._in_listed_folder(real):
-                return
-            self.seen.add(key)
-        yield Found(path=real, size=st.st_size, mtime=st.st_mtime, given=given, root=root, explicit=explicit,
-                    name_kind=name_kind)
+                return None
+            self.seen.add(hash(real))
+        return Found(real, st.st_size, st.st_mtime, given, root, explicit, name_kind)
 
     def _in_listed_folder(self, real: str) -> bool:
         """Whether the walk of a folder found (or, while that folder is being walked, will find) the regular file
@@ -282,9 +289,12 @@ def read_list_file(path: str, limit: int = MAX_LIST_BYTES) -> str:
 
 
 def _name_kind(name: str) -> str | None:
-    """"image" or "video" when a file's name (not a path) has such an extension, else None."""
-    ext = os.path.splitext(name)[1].lower()
-    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
+    """"image" or "video" when a file's name (not a path) has such an extension, else None (as ``os.path.splitext``
+    reads an extension: leading dots belong to the name)."""
+    dot = name.rfind(".")
+    if dot < 1 or (name[0] == "." and not name[:dot].strip(".")):
+        return None
+    return _KIND_OF_EXT.get(name[dot:].lower())
 
 
 def _utf8(name: str) -> bool:

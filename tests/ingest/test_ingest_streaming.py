@@ -143,3 +143,15 @@ def test_the_walk_finds_each_file_once_and_keeps_nothing_per_file_of_a_plain_tre
     named = [str(a / "m.jpg"), str(tmp_path / "root"), str(a / "z.jpg")]  # named before and after its folder
     found = sorted(os.path.relpath(x.path, tmp_path / "root") for x in media.walk(named) if isinstance(x, Found))
     assert found == ["a/.hidden.jpg", "a/m.jpg", "a/x.jpg", "a/z.jpg"]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("a.jpg", "image"), ("A.JPEG", "image"), ("clip.tar.MP4", "video"), ("x.png.txt", None), ("jpg", None),
+    (".jpg", None), ("..jpg", None), (".a.jpg", "image"), ("a.", None), ("a..mov", "video"), ("é.webp", "image"),
+    ("a. jpg", None)])
+def test_a_name_s_kind_is_its_extension_as_splitext_reads_it(name, kind):
+    """Leading dots belong to the name (a hidden ``.jpg`` has no extension), case does not count."""
+    from a2v_search.ingest.discover import IMAGE_EXTS, VIDEO_EXTS, _name_kind
+
+    ext = os.path.splitext(name)[1].lower()
+    assert _name_kind(name) == kind == ("image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None)
