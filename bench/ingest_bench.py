@@ -19,6 +19,7 @@ of the same encoder (``encode_pixels`` on one batch of the same size, measured r
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -182,11 +183,6 @@ def line(n_small: int, n_large: int, small: float, large: float) -> tuple[float,
     return per, large - per * n_large
 
 
-def r_cpu(runs: list[dict]) -> float:
-    """The median process CPU seconds of runs."""
-    return statistics.median(x["process_cpu"] for x in runs)
-
-
 def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argparse.Namespace, width: int,
                 height: int) -> None:
     """The pipeline's own CPU per person (issue 26's goal: <= 50 us outside decoding and the model): of the whole
@@ -197,6 +193,7 @@ def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argp
     med = {k: statistics.median(own_cpu(r) for r in runs) for k, runs in plain.items()}
     per, fixed = line(n_small, n, med[n_small], med[n])
     r = plain[n][0]["report"]
+    process_cpu = statistics.median(x["process_cpu"] for x in plain[n])
     print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none, torch threads 1: "
           f"{r.persons_per_s:.0f} persons/s, wall {r.seconds:.2f} s (stages, wall: "
           + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items() if v) + f"); load average {load_average()}.\n")
@@ -205,8 +202,8 @@ def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argp
     print(f"**Main process CPU per person outside decoding and the model: {per * 1e6:.1f} us a person once a run's "
           f"fixed costs are paid** (goal <= 50 us), and {fixed * 1e3:.0f} ms a run: the line through the medians "
           f"of runs of {n_small} and {n} images. A whole run: {runs} us a person at {n} images, {small_runs} at "
-          f"{n_small} (uninstrumented runs; process CPU {1e6 * r_cpu(plain[n]) / n:.1f} us a person at {n}, of "
-          f"which the model {1e6 * plain[n][0]['cpu'].get('model', 0.0) / n:.1f}).\n")
+          f"{n_small} (uninstrumented runs; process CPU {1e6 * process_cpu / n:.1f} us a person at {n}, of which the "
+          f"model {1e6 * plain[n][0]['cpu'].get('model', 0.0) / n:.1f}).\n")
     print(f"By stage (instrumented runs, CPU; the wrappers add ~1 us a call; a whole run of {n}: "
           f"{1e6 * own_cpu(split[n]) / n:.1f} us a person):\n")
     print("| stage (main process) | whole run, us a person | a person once the run is going, us | fixed, ms a run |")
@@ -259,7 +256,7 @@ def main() -> None:
             log(f"{args.images} JPEGs and the models are ready")
             first = next((tmp / "images").iterdir())  # a warm-up run of one file: imports and caches
             pipeline_split(first, 1, args, False, clip_dir, bert_dir, tmp / "warm_up")
-            stores = (tmp / f"store_{i}" for i in range(99))
+            stores = (tmp / f"store_{i}" for i in itertools.count())
             plain: dict[int, list[dict]] = {n: [] for n in sizes}
             for _ in range(args.rounds):  # alternating sizes: the machine's speed drifts
                 for n, folder in sizes.items():
