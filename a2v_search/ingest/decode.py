@@ -65,6 +65,13 @@ class DecodeTask:
     # what they are (a video named .jpg is decoded as one, from ``segment``, which such a task always has)
     sniff: bool = False
 
+    def pixel_bytes(self) -> int | None:
+        """The bytes of pixels its result brings back, when known before decoding: an S x S x 3 crop a box (one for
+        the whole image), nothing for JPEG bytes passed through; None for frames handed to a detector."""
+        if self.for_detector or isinstance(self.boxes, dict):
+            return None
+        return 0 if self.gpu_jpeg else (1 if self.boxes is None else len(self.boxes)) * 3 * self.preprocess.size ** 2
+
 
 @pickled_by_fields
 @dataclass

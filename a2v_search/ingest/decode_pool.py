@@ -16,6 +16,7 @@ each worker reads its calls as they come, so a send here never waits on a worker
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import queue
 import signal
@@ -131,11 +132,12 @@ class _Crashed(Exception):
 class _Chunk:
     """Tasks that one worker call decodes in turn, and the ring slot their pixels come back in."""
 
-    __slots__ = ("numbers", "tasks", "slot", "worker", "left", "results")
+    __slots__ = ("numbers", "tasks", "bytes", "slot", "worker", "left", "results")
 
     def __init__(self):
         self.numbers: list[int] = []
         self.tasks: list[DecodeTask] = []
+        self.bytes = 0  # the pixels its tasks are expected to bring back
         self.slot: int | None = None
         self.worker: _Worker | None = None  # None: not sent yet
         self.left = 0  # its results not taken yet
@@ -148,22 +150,26 @@ class DecodePool:
     limit) counts from the moment a worker starts decoding the task (a worker's own start-up never counts).
 
     Images go to the workers :data:`CHUNK` at a time (one call each chunk; a chunk is sent when full, or when a
-    result of it is asked for), videos one segment a call. With ``ring``, the pixels of a call come back in a
-    shared-memory slot (ring.py), viewed by the results' arrays; ``hold``: how many of those arrays the caller
-    keeps alive at most (e.g. until a model batch is full), each a slot's share that is not free meanwhile."""
+    result of it is asked for), fewer when their pixels would not fit one ring slot (persons cut out by boxes: an
+    S x S crop each, known before decoding; frames for a detector: the mean of those decoded so far); videos one
+    segment a call. With ``ring``, the pixels of a call come back in a shared-memory slot (ring.py), viewed by the
+    results' arrays; ``hold``: how many of those arrays the caller keeps alive at most (e.g. until a model batch is
+    full), each a slot's share that is not free meanwhile."""
 
     def __init__(self, workers: int, timeout: float | None, retry_crashes: bool = True, ring: bool = False,
                  hold: int = 0):
         self.workers, self.timeout, self.retry_crashes = max(1, workers), timeout, retry_crashes
         # calls in flight: CHUNKS_AHEAD per worker, and at least a held batch's worth and one call more, so that the
         # workers decode the next model batch while this process runs the model on one (few workers, large batches)
-        calls = max(self.workers * CHUNKS_AHEAD, -(-hold // 2 // CHUNK) + 1)
-        self.ahead = calls * CHUNK
+        self._calls = max(self.workers * CHUNKS_AHEAD, -(-hold // 2 // CHUNK) + 1)
+        self.files = CHUNK  # image tasks a call: the mean of the calls sent full so far (their slot, or CHUNK)
+        self._full = [0, 0]  # image tasks of the calls sent full, and their number
+        self._frames = [0, 0]  # bytes of the frames decoded for a detector so far, and their number
         self._queue: deque[list] = deque()  # [key, task, number, chunk, index in the chunk], oldest first
         self._open = _Chunk()
         self._numbers = itertools.count()
         self._starts: dict[int, float] = {}
-        slots = calls + pixel_ring.SPARE + -(-hold // CHUNK)
+        slots = self._calls + pixel_ring.SPARE + -(-hold // CHUNK)
         self.ring = pixel_ring.PixelRing.create(slots) if ring else None
         if self.ring is not None and self.ring.slots < slots:  # scarce shared memory: slots must cycle fast
             self.ring.views = False
@@ -173,6 +179,11 @@ class DecodePool:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def ahead(self) -> int:
+        """Tasks to keep in the pool: a call's worth (:attr:`files`) for each call in flight (each has a ring slot)."""
+        return self._calls * self.files
 
     def _new_pool(self) -> None:
         ctx = CleanSpawnContext()
@@ -190,20 +201,31 @@ class DecodePool:
                 end.close()
 
     def put(self, key: Any, task: DecodeTask) -> None:
-        if task.kind != "image" and self._open.tasks:
-            self._send(self._open)
+        size = 0  # the pixels it brings back: a video segment goes in a call of its own
+        if task.kind == "image":
+            size = task.pixel_bytes()
+            size = size if size is not None else self._frames[0] // max(1, self._frames[1])
+        full = self.ring is not None and self._open.bytes + size > self.ring.slot_bytes
+        if self._open.tasks and (task.kind != "image" or full):
+            self._send(self._open, full)
         chunk = self._open
         self._queue.append([key, task, next(self._numbers), chunk, len(chunk.tasks)])
         chunk.numbers.append(self._queue[-1][2])
         chunk.tasks.append(task)
+        chunk.bytes += size
         chunk.left += 1
         if task.kind != "image" or len(chunk.tasks) >= CHUNK:
-            self._send(chunk)
+            self._send(chunk, task.kind == "image")
 
-    def _send(self, chunk: _Chunk) -> None:
-        """Submit a chunk (a new pool first when a worker died since the last result: killed, or crashed)."""
+    def _send(self, chunk: _Chunk, full: bool = False) -> None:
+        """Submit a chunk (a new pool first when a worker died since the last result: killed, or crashed); ``full``:
+        a chunk of images that could take no more (its size counts in :attr:`files`)."""
         if chunk is self._open:
             self._open = _Chunk()
+        if full:
+            self._full[0] += len(chunk.tasks)
+            self._full[1] += 1
+            self.files = self._full[0] // self._full[1]
         if self.ring is not None and chunk.slot is None:
             chunk.slot = self.ring.acquire()
         try:
@@ -295,6 +317,10 @@ class DecodePool:
         if kind == "raised":
             raise RuntimeError(value)
         call.results = value
+        if call.tasks[0].for_detector and call.tasks[0].kind == "image":  # the mean frame: how many a call takes
+            self._frames[0] += sum(math.prod(shape) for r in value for *_, shape in r.in_ring) + sum(
+                it.frame.nbytes for r in value for it in r.items if it.frame is not None)
+            self._frames[1] += len(value)
 
     def _read_starts(self) -> None:
         """The starts the workers reported since the last read (one non-blocking read; records are written whole)."""

@@ -87,6 +87,44 @@ def test_pixels_come_back_the_same_through_the_ring_the_pipe_or_this_process(tmp
             assert pool.ring.shm._mmap is None  # and unmapped
 
 
+def in_slot(a: np.ndarray) -> bool:
+    """Whether ``a`` views a ring slot (it came back through shared memory, not through the pipe)."""
+    return isinstance(a.base, np.ndarray) and isinstance(a.base.base, mmap.mmap)
+
+
+def test_images_with_many_persons_go_fewer_a_call_so_that_every_crop_fits_its_slot(tmp_path):
+    """Crops cut out by boxes (1 to 6 an image here, 3.5 on average: 16 images would need two slots) all come back
+    in their call's slot: a call takes only the images whose crops fit, none goes through the pipe."""
+    pre = Preprocess(size=224)
+    paths = images(tmp_path / "a", 3 * CHUNK)
+    boxes = [[([0, 0, 30, 40], 0.9, ())] * (1 + i % 6) for i in range(len(paths))]
+    todo = [DecodeTask(path=p, kind="image", preprocess=pre, boxes=b) for p, b in zip(paths, boxes, strict=True)]
+    out, pool = through_pool(todo, ring=True, hold=sum(map(len, boxes)))  # every crop kept alive: no slot reused
+    crops = [item.pixels for _, r in out for item in r.items]
+    assert len(crops) == sum(map(len, boxes)) and all(in_slot(c) for c in crops)
+    assert pool.files < CHUNK and pool.ahead == pool.files * pool._calls
+
+
+def test_frames_for_a_detector_go_as_many_a_call_as_fit_a_slot_once_their_size_is_known(tmp_path):
+    """640 x 480 frames (0.9 MB, 4 a slot): the first call takes CHUNK (their size is unknown: those that do not fit
+    take the pipe), the calls sent once it returned 4 each, all in their slots."""
+    pre = Preprocess(size=224)
+    todo = [DecodeTask(path=p, kind="image", preprocess=pre, for_detector=True)
+            for p in images(tmp_path / "a", 2 * CHUNK, w=640, h=480)]
+    pool = DecodePool(2, 60.0, ring=True, hold=len(todo))
+    try:
+        for i, task in enumerate(todo):
+            pool.put(i, task)
+            if i == CHUNK - 1:  # the first call's results: the frames' size is known from now on
+                frames = [pool.take()[1].items[0].frame for _ in range(CHUNK)]
+        frames += [pool.take()[1].items[0].frame for _ in range(CHUNK)]
+    finally:
+        pool.close()
+    assert frames[0].shape == (480, 640, 3) and not all(in_slot(f) for f in frames[:CHUNK])
+    assert all(in_slot(f) for f in frames[CHUNK:])
+    assert 4 * frames[0].nbytes <= pixel_ring.SLOT_BYTES < 5 * frames[0].nbytes  # as the docstring says
+
+
 def test_a_slot_is_reused_only_once_no_array_views_it():
     """Results taken as views keep their slot out of the free list until the views are gone, whatever the call
     that filled it did since; then it serves the next call. While fewer than SPARE slots are free, results are
