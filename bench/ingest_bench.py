@@ -10,7 +10,10 @@ in the main process (issue 26's goal: <= 50 us outside decoding and the model), 
 tiny row of a quarter of the images and of all of them, alternating, ``--rounds`` times, uninstrumented (this
 process's CPU, less the model's and the model loading's); a person's cost once a run's fixed costs are paid is the
 slope between the two sizes, the fixed cost its intercept. Then one ingest of each size with the CPU split by stage
-(each thread's ``thread_time`` in labelled regions; see ``REGIONS``).
+(each thread's ``thread_time`` in labelled regions; see ``REGIONS``). ``--persons hico``: the same with HICO-DET's
+real persons, the boxes of its first training images (HAKE's instance-level annotations, in the file's order)
+scaled onto the generated JPEGs and ingested with the boxes detector, about 2.8 persons an image (see
+``hico_boxes``).
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
 of the same encoder (``encode_pixels`` on one batch of the same size, measured right after; GPU goal >= 80%).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import tempfile
@@ -34,7 +38,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gpu_name, header, load_average, log, random_pixels, tiny_models, vitb16_checkpoint, write_jpegs  # noqa: E402
 
 STAGES = ("discover", "decode", "wait", "detect", "encode", "write", "save")
-EXCLUDED = ("model", "model loading")  # not the pipeline's own cost
+BOXES = "detector: the boxes file (read, checked, merged; matched to the files)"
+EXCLUDED = ("model", "model loading", BOXES)  # not the pipeline's own cost: the detector's and the model's
+
+
+def hico_boxes(images: list[Path], out: Path, width: int, height: int) -> tuple[str, int]:
+    """A HAKE instance-level boxes file for ``images`` (generated JPEGs, in turn): the labels of the first
+    ``len(images)`` HICO-DET training images in the annotation file's order (none chosen), their person and object
+    boxes scaled to width x height. (the ``--detector`` value, the persons it gives once merged as training merges
+    them)."""
+    from hico_retrieval import ANNOTATIONS
+
+    from a2v_search.detect import BoxesFile
+    from a2v_search.training.hake_data import read_json
+
+    global _HICO
+    _HICO = _HICO if _HICO is not None else read_json(ANNOTATIONS)
+    entries = {}
+    for path, (_, entry) in zip(images, _HICO.items(), strict=False):
+        labels = []
+        for label in entry["labels"]:
+            sx, sy = width / label["width"], height / label["height"]
+            scaled = {k: [v[0] * sx, v[1] * sy, v[2] * sx, v[3] * sy] for k in ("human_bbox", "object_bbox")
+                      if (v := label.get(k))}
+            labels.append({**label, **scaled, "width": width, "height": height})
+        entries[path.name] = {"labels": labels}
+    out.write_text(json.dumps(entries))
+    return f"boxes:{out}", sum(len(d) for d in BoxesFile(out).boxes.values())
+
+
+_HICO = None  # the HICO-DET annotations, read once
 
 
 def run_ingest(name: str, data_dir: Path, images: Path, n_images: int, args: argparse.Namespace,
@@ -84,7 +117,9 @@ REGIONS = [("a2v_search.ingest.driver:Ingestor", "_first_task", "plan: a decode 
            ("db.labels", "close_chunks", "write: label chunks"),
            ("a2v_search.store:Store", "_vectors", "write: vectors (2nd thread)"),
            ("index.faiss_index:VectorIndex", "add", "write: FAISS add (2nd thread)")]
-LOADING = ("a2v_search.ingest.driver:Ingestor", "_load_models", "model loading")  # labelled in every run
+#: labelled in every run: what is not the pipeline's own cost
+EXCLUDED_REGIONS = [("a2v_search.ingest.driver:Ingestor", "_load_models", "model loading"),
+                    ("a2v_search.detect:BoxesFile", "__init__", BOXES), ("a2v_search.detect:BoxesFile", "bind", BOXES)]
 TIMED = {"discover": "discover: walk, SQLite check, sniff", "wait": "receive: waiting for decoders (polling, queues)",
          "encode": "model",
          "detect": "model", "gpu_decode": "gpu decode", "write": "write: rest (commit, waits)", "save": "save"}
@@ -127,7 +162,7 @@ def split_by_region(labelled: bool):
 
     patched = [(workers, "Timed", workers.Timed), (driver, "Timed", driver.Timed)]
     workers.Timed = driver.Timed = CpuTimed
-    for spec, name, label in (REGIONS if labelled else []) + [LOADING]:
+    for spec, name, label in (REGIONS if labelled else []) + EXCLUDED_REGIONS:
         module, _, cls = spec.partition(":")
         owner = importlib.import_module(module)
         owner = getattr(owner, cls) if cls else owner
@@ -150,16 +185,16 @@ def split_by_region(labelled: bool):
 
 
 def pipeline_split(images: Path, n: int, args: argparse.Namespace, labelled: bool, clip_dir: Path,
-                   bert_dir: Path, data_dir: Path) -> dict:
-    """One ingest of the tiny row with the CPU of this process split by stage; the model's own CPU and the model
-    loading are stages too, so that what is left is the pipeline's own cost."""
+                   bert_dir: Path, data_dir: Path, detector: str = "none") -> dict:
+    """One ingest of the tiny row (``n`` persons) with the CPU of this process split by stage; the model's own CPU
+    and the model loading are stages too, so that what is left is the pipeline's own cost."""
     from a2v_search.api import A2VSearch
 
     a2v = A2VSearch.open(data_dir, device=args.device, precision=args.precision, model=str(clip_dir),
                          text_model=str(bert_dir))
     main_cpu0, process_cpu0 = time.thread_time(), time.process_time()
     with split_by_region(labelled) as cpu:
-        report = a2v.ingest([str(images)], detector="none", batch_size=args.batch_size, workers=args.workers)
+        report = a2v.ingest([str(images)], detector=detector, batch_size=args.batch_size, workers=args.workers)
     main_cpu, process_cpu = time.thread_time() - main_cpu0, time.process_time() - process_cpu0
     a2v.close()
     if report.failures or report.persons_added != n:
@@ -184,27 +219,29 @@ def line(n_small: int, n_large: int, small: float, large: float) -> tuple[float,
 
 
 def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argparse.Namespace, width: int,
-                height: int) -> None:
+                height: int, images: dict[int, int], workload: str) -> None:
     """The pipeline's own CPU per person (issue 26's goal: <= 50 us outside decoding and the model): of the whole
     run of ``--images``, and a person's share once the run's fixed costs (starting the decode workers, the first
     files written one at a time, the final save) are paid: the slope between runs of a quarter and of all the
-    images (medians of the uninstrumented runs of each size)."""
+    images (medians of the uninstrumented runs of each size). Runs are keyed by their persons; ``images``: the
+    images of each."""
     n_small, n = sorted(plain)
     med = {k: statistics.median(own_cpu(r) for r in runs) for k, runs in plain.items()}
     per, fixed = line(n_small, n, med[n_small], med[n])
     r = plain[n][0]["report"]
     process_cpu = statistics.median(x["process_cpu"] for x in plain[n])
-    print(f"Tiny models, {n} {width}x{height} JPEGs, batch {args.batch_size}, detector none, torch threads 1: "
+    print(f"Tiny models, {images[n]} {width}x{height} JPEGs, {workload}, batch {args.batch_size}, torch threads 1: "
           f"{r.persons_per_s:.0f} persons/s, wall {r.seconds:.2f} s (stages, wall: "
           + ", ".join(f"{k} {v:.2f}" for k, v in r.stages.items() if v) + f"); load average {load_average()}.\n")
     runs = " / ".join(f"{1e6 * own_cpu(x) / n:.1f}" for x in plain[n])
     small_runs = " / ".join(f"{1e6 * own_cpu(x) / n_small:.1f}" for x in plain[n_small])
     print(f"**Main process CPU per person outside decoding and the model: {per * 1e6:.1f} us a person once a run's "
           f"fixed costs are paid** (goal <= 50 us), and {fixed * 1e3:.0f} ms a run: the line through the medians "
-          f"of runs of {n_small} and {n} images. A whole run: {runs} us a person at {n} images, {small_runs} at "
-          f"{n_small} (uninstrumented runs; process CPU {1e6 * process_cpu / n:.1f} us a person at {n}, of which the "
-          f"model {1e6 * plain[n][0]['cpu'].get('model', 0.0) / n:.1f}).\n")
-    print(f"By stage (instrumented runs, CPU; the wrappers add ~1 us a call; a whole run of {n}: "
+          f"of runs of {n_small} and {n} persons ({images[n_small]} and {images[n]} images). A whole run: {runs} us "
+          f"a person at {n} persons, {small_runs} at {n_small} (uninstrumented runs; process CPU "
+          f"{1e6 * process_cpu / n:.1f} us a person at {n}, of which the model "
+          f"{1e6 * plain[n][0]['cpu'].get('model', 0.0) / n:.1f}).\n")
+    print(f"By stage (instrumented runs, CPU; the wrappers add ~1 us a call; a whole run of {n} persons: "
           f"{1e6 * own_cpu(split[n]) / n:.1f} us a person):\n")
     print("| stage (main process) | whole run, us a person | a person once the run is going, us | fixed, ms a run |")
     print("|---|---:|---:|---:|")
@@ -214,6 +251,10 @@ def print_split(plain: dict[int, list[dict]], split: dict[int, dict], args: argp
             print(f"| {k} | {1e6 * v / n:.1f} | {1e6 * per_k:.1f} | {1e3 * fixed_k:.0f} |")
     print("| *excluded: the model (encoder submit + vectors, normalise and language included)* | "
           f"{1e6 * split[n]['cpu'].get('model', 0.0) / n:.1f} | | |")
+    if BOXES in split[n]["cpu"]:
+        per_k, fixed_k = line(n_small, n, split[n_small]["cpu"][BOXES], split[n]["cpu"][BOXES])
+        print(f"| *excluded: the {BOXES}* | {1e6 * split[n]['cpu'][BOXES] / n:.1f} | {1e6 * per_k:.1f} | "
+              f"{1e3 * fixed_k:.0f} |")
 
 
 def main() -> None:
@@ -230,6 +271,8 @@ def main() -> None:
     parser.add_argument("--no-vit", action="store_true", help="the tiny row only (the pipeline's own cost)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="--no-vit: uninstrumented runs of each size, alternating (default 2)")
+    parser.add_argument("--persons", default="one", choices=["one", "hico"],
+                        help="--no-vit: one person an image (detector none), or HICO-DET's real person boxes")
     parser.add_argument("--quick", action="store_true", help="smoke run: 30 + 8 images, batch 4")
     args = parser.parse_args()
     width, height = (int(v) for v in args.image_size.lower().split("x"))
@@ -248,22 +291,29 @@ def main() -> None:
         clip_dir, bert_dir = tiny_models(tmp / "models")
         if args.no_vit:  # the pipeline's own cost: the model on this thread only, so that its CPU is taken out whole
             torch.set_num_threads(1)
-            write_jpegs(tmp / "images", args.images, width=width, height=height)
-            sizes = {args.images // 4: tmp / "images_small", args.images: tmp / "images"}
-            sizes[args.images // 4].mkdir()
-            for p in sorted((tmp / "images").iterdir())[:args.images // 4]:
-                (sizes[args.images // 4] / p.name).hardlink_to(p)
-            log(f"{args.images} JPEGs and the models are ready")
-            first = next((tmp / "images").iterdir())  # a warm-up run of one file: imports and caches
-            pipeline_split(first, 1, args, False, clip_dir, bert_dir, tmp / "warm_up")
+            paths = write_jpegs(tmp / "images", args.images, width=width, height=height)
+            runs = {}  # persons -> (folder, detector, images)
+            for n, folder in ((args.images // 4, tmp / "images_small"), (args.images, tmp / "images")):
+                if n < args.images:
+                    folder.mkdir()
+                    for p in paths[:n]:
+                        (folder / p.name).hardlink_to(p)
+                detector, persons = ("none", n) if args.persons == "one" else \
+                    hico_boxes(paths[:n], tmp / f"boxes_{n}.json", width, height)
+                runs[persons] = (folder, detector, n)
+            workload = "detector none (one person an image)" if args.persons == "one" else \
+                f"HICO-DET's person boxes ({max(runs) / args.images:.2f} persons an image)"
+            log(f"{args.images} JPEGs and the models are ready; {workload}")
+            pipeline_split(paths[0], 1, args, False, clip_dir, bert_dir, tmp / "warm_up")  # imports and caches
             stores = (tmp / f"store_{i}" for i in itertools.count())
-            plain: dict[int, list[dict]] = {n: [] for n in sizes}
+            plain: dict[int, list[dict]] = {n: [] for n in runs}
             for _ in range(args.rounds):  # alternating sizes: the machine's speed drifts
-                for n, folder in sizes.items():
-                    plain[n].append(pipeline_split(folder, n, args, False, clip_dir, bert_dir, next(stores)))
-            split = {n: pipeline_split(folder, n, args, True, clip_dir, bert_dir, next(stores))
-                     for n, folder in sizes.items()}
-            print_split(plain, split, args, width, height)
+                for n, (folder, detector, _) in runs.items():
+                    plain[n].append(pipeline_split(folder, n, args, False, clip_dir, bert_dir, next(stores),
+                                                   detector))
+            split = {n: pipeline_split(folder, n, args, True, clip_dir, bert_dir, next(stores), detector)
+                     for n, (folder, detector, _) in runs.items()}
+            print_split(plain, split, args, width, height, {n: r[2] for n, r in runs.items()}, workload)
             return
         ckpt = vitb16_checkpoint(tmp / "models")
         n_max = max(args.images, args.vit_images)
