@@ -113,7 +113,7 @@ class _Worker:
         self.results.close()
 
 
-CHUNK = 16  # image tasks per worker call: a call's own cost in this process (pickling, pipes, polling) is shared
+CHUNK = 24  # image tasks per worker call: a call's own cost in this process (pickling, pipes, polling) is shared
 CHUNKS_AHEAD = 3  # calls in flight per worker
 
 

@@ -32,7 +32,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-SLOT_BYTES = 4 << 20  # a call's pixels: 16 crops of up to 295 x 295 (27 of 224 x 224), or a 1280 x 960 frame
+SLOT_BYTES = 4 << 20  # a call's pixels: 24 crops of up to 241 x 241 (27 of 224 x 224), or a 1280 x 960 frame
 MAX_SHARE = 4  # the ring takes at most a quarter of the free shared memory
 ALIGN = 64
 ARRAYS = ("pixels", "frame")  # the Item attributes that may travel in a slot
