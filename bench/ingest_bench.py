@@ -12,7 +12,7 @@ process's CPU, less the model's and the model loading's); a person's cost once a
 slope between the two sizes, the fixed cost its intercept. Then one ingest of each size with the CPU split by stage
 (each thread's ``thread_time`` in labelled regions; see ``REGIONS``). ``--persons hico``: the same with HICO-DET's
 real persons, the boxes of its first training images (HAKE's instance-level annotations, in the file's order)
-scaled onto the generated JPEGs and ingested with the boxes detector, about 2.8 persons an image (see
+scaled onto the generated JPEGs and ingested with the boxes detector, about 2 persons an image once merged (see
 ``hico_boxes``).
 Row "ViT-B/16": a random ViT-B/16-shaped CLIP-Activity2Vec checkpoint: the share of wall time in the model stage
 (goal >= 90%: decoding overlaps encoding in the workers), and end-to-end persons/s against the model-only persons/s
@@ -45,8 +45,8 @@ EXCLUDED = ("model", "model loading", BOXES)  # not the pipeline's own cost: the
 def hico_boxes(images: list[Path], out: Path, width: int, height: int) -> tuple[str, int]:
     """A HAKE instance-level boxes file for ``images`` (generated JPEGs, in turn): the labels of the first
     ``len(images)`` HICO-DET training images in the annotation file's order (none chosen), their person and object
-    boxes scaled to width x height. (the ``--detector`` value, the persons it gives once merged as training merges
-    them)."""
+    boxes scaled to width x height. Returns the ``--detector`` value and the persons it gives, merged as training
+    merges them."""
     from hico_retrieval import ANNOTATIONS
 
     from a2v_search.detect import BoxesFile
