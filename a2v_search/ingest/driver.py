@@ -18,6 +18,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from db.values import NewMedia, NewPerson, PersonArrays, as_arrays, person_probl
 
 from ..detect import Detector
 from ..errors import InputError
+from ..heap import frozen_heap
 from ..media import DEFAULT_MAX_PIXELS, display_path
 from ..settings import JPEG_DECODERS, check_choice
 from ..store import Store
@@ -131,6 +133,7 @@ class Ingestor:
         self._followups: deque[tuple[Assembly, DecodeTask]] = deque()  # next segments of videos
         self._boxes: dict | None = None
         self._models_ready = False
+        self._heap = ExitStack()  # frozen_heap() once the models are loaded, until the end of the run
         self._load_seconds = 0.0  # model loading: not part of the run's seconds (as when it came first)
         self._done = 0
         self._total: int | None = None
@@ -143,6 +146,7 @@ class Ingestor:
             return self._run(paths)
         finally:
             self.workers.close()
+            self._heap.close()
 
     def _run(self, paths: list[str]) -> IngestReport:
         t0 = time.perf_counter()
@@ -233,6 +237,7 @@ class Ingestor:
         self.store.indexes.get()  # load and catch up before writing
         self._visual_dim = self.store.space.row().visual_dim
         self._models_ready = True
+        self._heap.enter_context(frozen_heap())  # the modules and models: out of the collector's walks (heap.py)
 
     def _first_task(self, asm: Assembly) -> DecodeTask:
         """A file's first task (a video's first segment; ``_on_decoded`` asks for the next while there is more)."""

@@ -155,3 +155,22 @@ def test_a_name_s_kind_is_its_extension_as_splitext_reads_it(name, kind):
 
     ext = os.path.splitext(name)[1].lower()
     assert _name_kind(name) == kind == ("image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None)
+
+
+def test_the_objects_alive_once_the_models_load_are_frozen_for_the_run_only(tmp_path):
+    """A full collection walks every object the process holds (heap.py): during a run, those alive once the models
+    are loaded are frozen (``gc.freeze``), after it none is; a program that froze objects of its own keeps its
+    freeze as it was, and the run freezes nothing more."""
+    write_images(tmp_path / "in", 6)
+    gc.unfreeze()
+    during: list[int] = []
+    run(tmp_path / "a", tmp_path / "in", StubEncoder(), progress=lambda p: during.append(gc.get_freeze_count()))
+    assert max(during) > 0 and gc.get_freeze_count() == 0
+    gc.freeze()  # the program's own
+    try:
+        own = gc.get_freeze_count()
+        during.clear()
+        run(tmp_path / "b", tmp_path / "in", StubEncoder(), progress=lambda p: during.append(gc.get_freeze_count()))
+        assert 0 < gc.get_freeze_count() <= own and max(during) <= own
+    finally:
+        gc.unfreeze()
