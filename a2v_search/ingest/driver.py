@@ -126,6 +126,7 @@ class Ingestor:
         self._write_q: list[NewMedia] = []
         self._write_q_persons = 0
         self._unchecked: list[tuple[Assembly, DecodeResult, object]] = []  # new content, not yet looked up in SQLite
+        self._unchecked_items = 0  # their persons (or frames): what they hold of the decode ring
         self._visual_dim = 0
         self._failures: list[tuple[str, str, str]] = []
         self._hashes: dict[str, Assembly] = {}  # content hash -> media of this run holding it, until committed
@@ -266,8 +267,9 @@ class Ingestor:
         if asm.decide(r):
             if self._unchanged(asm):
                 return
-            self._unchecked.append((asm, r, work))  # looked up in SQLite a model batch of files at a time
-            if r.more or len(self._unchecked) >= self.opt.batch_size \
+            self._unchecked.append((asm, r, work))  # looked up in SQLite a model batch of persons at a time
+            self._unchecked_items += len(r.items)
+            if r.more or self._unchecked_items >= self.opt.batch_size \
                     or self.report.persons_added == 0:  # a video's next segment, or the first persons: no waiting
                 self._check_unchecked()
             return
@@ -306,7 +308,7 @@ class Ingestor:
     def _check_unchecked(self) -> None:
         """Apply the duplicate rule to the first segments waiting for it, in the order they came, with one SQLite
         lookup for all (as if they had all come now), then accept the others."""
-        unchecked, self._unchecked = self._unchecked, []
+        unchecked, self._unchecked, self._unchecked_items = self._unchecked, [], 0
         if not unchecked:
             return
         stored = self.store.media_with_hashes([asm.content_hash for asm, _, _ in unchecked])

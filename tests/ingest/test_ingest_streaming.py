@@ -174,3 +174,25 @@ def test_the_objects_alive_once_the_models_load_are_frozen_for_the_run_only(tmp_
         assert 0 < gc.get_freeze_count() <= own and max(during) <= own
     finally:
         gc.unfreeze()
+
+
+def test_the_duplicate_rule_looks_up_a_model_batch_of_persons_at_a_time(tmp_path, monkeypatch):
+    """The decoded files waiting for their SQLite lookup hold their crops in the decode ring, which is sized for a
+    model batch of persons: with two persons an image and batches of 4, a lookup asks for 2 files, not 4."""
+    from a2v_search.detect import BoxesFile
+
+    paths = write_images(tmp_path / "in", 12)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({p.name: {"labels": [{"human_bbox": [0, 0, 30, 40]}, {"human_bbox": [32, 4, 62, 44]}]}
+                                 for p in paths}))
+    asked: list[int] = []
+    real = Store.media_with_hashes
+    monkeypatch.setattr(Store, "media_with_hashes", lambda self, hashes: asked.append(len(hashes)) or real(self, hashes))
+    store = Store(tmp_path / "data", create=True).lock("test")
+    try:
+        options = IngestOptions(workers=0, batch_size=4, commit_every=4)
+        report = run_ingest(store, StubEncoder(), BoxesFile(boxes), [str(tmp_path / "in")], options)
+    finally:
+        store.close()
+    assert report.persons_added == 24 and not report.failures
+    assert asked[0] == 1 and max(asked) == 2  # the first file at once (no persons stored yet), then 2 files a lookup
