@@ -187,7 +187,7 @@ def test_the_duplicate_rule_looks_up_a_model_batch_of_persons_at_a_time(tmp_path
                                  for p in paths}))
     asked: list[int] = []
     real = Store.media_with_hashes
-    monkeypatch.setattr(Store, "media_with_hashes", lambda self, hashes: asked.append(len(hashes)) or real(self, hashes))
+    monkeypatch.setattr(Store, "media_with_hashes", lambda self, hs: asked.append(len(hs)) or real(self, hs))
     store = Store(tmp_path / "data", create=True).lock("test")
     try:
         options = IngestOptions(workers=0, batch_size=4, commit_every=4)
