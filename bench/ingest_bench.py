@@ -22,6 +22,7 @@ of the same encoder (``encode_pixels`` on one batch of the same size, measured r
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
@@ -47,15 +48,10 @@ def hico_boxes(images: list[Path], out: Path, width: int, height: int) -> tuple[
     ``len(images)`` HICO-DET training images in the annotation file's order (none chosen), their person and object
     boxes scaled to width x height. Returns the ``--detector`` value and the persons it gives, merged as training
     merges them."""
-    from hico_retrieval import ANNOTATIONS
-
     from a2v_search.detect import BoxesFile
-    from a2v_search.training.hake_data import read_json
 
-    global _HICO
-    _HICO = _HICO if _HICO is not None else read_json(ANNOTATIONS)
     entries = {}
-    for path, (_, entry) in zip(images, _HICO.items(), strict=False):
+    for path, (_, entry) in zip(images, hico_annotations().items(), strict=False):
         labels = []
         for label in entry["labels"]:
             sx, sy = width / label["width"], height / label["height"]
@@ -67,7 +63,14 @@ def hico_boxes(images: list[Path], out: Path, width: int, height: int) -> tuple[
     return f"boxes:{out}", sum(len(d) for d in BoxesFile(out).boxes.values())
 
 
-_HICO = None  # the HICO-DET annotations, read once
+@functools.cache
+def hico_annotations() -> dict:
+    """HAKE's instance-level HICO-DET annotations, read once."""
+    from hico_retrieval import ANNOTATIONS
+
+    from a2v_search.training.hake_data import read_json
+
+    return read_json(ANNOTATIONS)
 
 
 def run_ingest(name: str, data_dir: Path, images: Path, n_images: int, args: argparse.Namespace,

@@ -162,8 +162,7 @@ class DecodePool:
         # calls in flight: CHUNKS_AHEAD per worker, and at least a held batch's worth and one call more, so that the
         # workers decode the next model batch while this process runs the model on one (few workers, large batches)
         self._calls = max(self.workers * CHUNKS_AHEAD, -(-hold // 2 // CHUNK) + 1)
-        self.files = CHUNK  # image tasks a call: the mean of the calls sent full so far (their slot, or CHUNK)
-        self._full = [0, 0]  # image tasks of the calls sent full, and their number
+        self._full = [0, 0]  # image tasks of the calls sent full (their slot, or CHUNK), and their number
         self._frames = [0, 0]  # bytes of the frames decoded for a detector so far, and their number
         self._queue: deque[list] = deque()  # [key, task, number, chunk, index in the chunk], oldest first
         self._open = _Chunk()
@@ -179,6 +178,11 @@ class DecodePool:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def files(self) -> int:
+        """Image tasks a call: the mean of the calls sent full so far (CHUNK before any)."""
+        return self._full[0] // self._full[1] if self._full[1] else CHUNK
 
     @property
     def ahead(self) -> int:
@@ -225,7 +229,6 @@ class DecodePool:
         if full:
             self._full[0] += len(chunk.tasks)
             self._full[1] += 1
-            self.files = self._full[0] // self._full[1]
         if self.ring is not None and chunk.slot is None:
             chunk.slot = self.ring.acquire()
         try:
