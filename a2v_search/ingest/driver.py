@@ -126,7 +126,7 @@ class Ingestor:
         self._write_q: list[NewMedia] = []
         self._write_q_persons = 0
         self._unchecked: list[tuple[Assembly, DecodeResult, object]] = []  # new content, not yet looked up in SQLite
-        self._unchecked_items = 0  # their persons (or frames): what they hold of the decode ring
+        self._unchecked_items = 0  # their persons (or frames) held here, at least one a file: see _on_decoded
         self._visual_dim = 0
         self._failures: list[tuple[str, str, str]] = []
         self._hashes: dict[str, Assembly] = {}  # content hash -> media of this run holding it, until committed
@@ -268,7 +268,9 @@ class Ingestor:
             if self._unchanged(asm):
                 return
             self._unchecked.append((asm, r, work))  # looked up in SQLite a model batch of persons at a time
-            self._unchecked_items += len(r.items)
+            # the persons it holds here (in the decode ring); a file whose items stay elsewhere (Ray's object store)
+            # counts one, so that every engine's files are looked up a batch at a time
+            self._unchecked_items += max(1, len(r.items))
             if r.more or self._unchecked_items >= self.opt.batch_size \
                     or self.report.persons_added == 0:  # a video's next segment, or the first persons: no waiting
                 self._check_unchecked()

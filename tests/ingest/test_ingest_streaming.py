@@ -176,15 +176,15 @@ def test_the_objects_alive_once_the_models_load_are_frozen_for_the_run_only(tmp_
         gc.unfreeze()
 
 
-def test_the_duplicate_rule_looks_up_a_model_batch_of_persons_at_a_time(tmp_path, monkeypatch):
-    """The decoded files waiting for their SQLite lookup hold their crops in the decode ring, which is sized for a
-    model batch of persons: with two persons an image and batches of 4, a lookup asks for 2 files, not 4."""
+def lookups(tmp_path, monkeypatch, persons_of) -> tuple[int, list[int]]:
+    """Ingest 12 images whose persons are ``persons_of(i)`` boxes (a boxes file), batches of 4: (persons stored,
+    the files each duplicate-rule lookup asked for)."""
     from a2v_search.detect import BoxesFile
 
     paths = write_images(tmp_path / "in", 12)
+    two = [{"human_bbox": [0, 0, 30, 40]}, {"human_bbox": [32, 4, 62, 44]}]
     boxes = tmp_path / "boxes.json"
-    boxes.write_text(json.dumps({p.name: {"labels": [{"human_bbox": [0, 0, 30, 40]}, {"human_bbox": [32, 4, 62, 44]}]}
-                                 for p in paths}))
+    boxes.write_text(json.dumps({p.name: {"labels": two[:persons_of(i)]} for i, p in enumerate(paths)}))
     asked: list[int] = []
     real = Store.media_with_hashes
     monkeypatch.setattr(Store, "media_with_hashes", lambda self, hs: asked.append(len(hs)) or real(self, hs))
@@ -194,5 +194,21 @@ def test_the_duplicate_rule_looks_up_a_model_batch_of_persons_at_a_time(tmp_path
         report = run_ingest(store, StubEncoder(), BoxesFile(boxes), [str(tmp_path / "in")], options)
     finally:
         store.close()
-    assert report.persons_added == 24 and not report.failures
+    assert not report.failures
+    return report.persons_added, asked
+
+
+def test_the_duplicate_rule_looks_up_a_model_batch_of_persons_at_a_time(tmp_path, monkeypatch):
+    """The decoded files waiting for their SQLite lookup hold their crops in the decode ring, which is sized for a
+    model batch of persons: with two persons an image and batches of 4, a lookup asks for 2 files, not 4."""
+    persons, asked = lookups(tmp_path, monkeypatch, lambda i: 2)
+    assert persons == 24
     assert asked[0] == 1 and max(asked) == 2  # the first file at once (no persons stored yet), then 2 files a lookup
+
+
+def test_files_holding_no_person_here_are_looked_up_a_batch_at_a_time(tmp_path, monkeypatch):
+    """A file without persons (or whose persons stay elsewhere: Ray's object store) counts one: once a person is
+    stored, the rest are looked up 4 files at a time, not all at the end."""
+    persons, asked = lookups(tmp_path, monkeypatch, lambda i: 1 if i == 0 else 0)
+    assert persons == 1
+    assert asked[0] == 1 and max(asked) == 4 and sum(asked) == 12
