@@ -16,7 +16,7 @@ from . import activities, clusterings, labels
 from .blobs import fixed16, stack16, unf16
 from .errors import DbError
 from .schema import LABEL_OBJECT, Failure, Media, Person, PersonObject, Space, Track
-from .sql import CHUNK, chunks, dbapi, next_id, rows_in
+from .sql import CHUNK, chunks, dbapi, insert_rows, next_id, rows_in
 from .tracks import insert_tracks
 from .values import (
     N_OBJECTS,
@@ -105,17 +105,21 @@ def space_basis(space: Space) -> Basis | None:
 # ------------------------------------------------------------------ writing
 
 
-#: bulk inserts through the DBAPI (literal SQL, every value bound)
-_INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, frame_index, t_sec, x1, y1, x2, y2, score, pasta, "
-                  "verbs, parts, visual, visual_norm, track_id) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: bulk inserts through the DBAPI (literal SQL, every value bound), the nullable columns last: a person of an image
+#: (no frame, time or track) and a media row that is no duplicate and no video take the short form (``insert_rows``)
+_INSERT_PERSON = ("INSERT INTO persons (id, media_id, space_id, x1, y1, x2, y2, score, pasta, verbs, parts, visual, "
+                  "visual_norm, frame_index, t_sec, track_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_PERSON_SHORT = ("INSERT INTO persons (id, media_id, space_id, x1, y1, x2, y2, score, pasta, verbs, parts, "
+                        "visual, visual_norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
+                 "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_MEDIA_SHORT = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
+                       "ingested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _UPDATE_MEDIA = ("UPDATE media SET path = ?, content_hash = ?, size = ?, mtime = ?, width = ?, height = ?, kind = ?, "
                  "collection = ?, ingested_at = ?, duplicate_of = ?, frames = ?, duration = ? WHERE id = ?")
 _INSERT_OBJECT = "INSERT INTO objects (person_id, rank, cls, p, x1, y1, x2, y2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE_PERSONS_OF = "DELETE FROM persons WHERE media_id IN (SELECT value FROM json_each(?))"
 _DELETE_TRACKS_OF = "DELETE FROM tracks WHERE media_id IN (SELECT value FROM json_each(?))"
-_INSERT_MEDIA = ("INSERT INTO media (id, path, content_hash, size, mtime, width, height, kind, collection, "
-                 "ingested_at, duplicate_of, frames, duration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Linker,
@@ -148,9 +152,9 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     for m in items:
         media_ids.append(int(m.replaces) if m.replaces is not None else next_media)
         next_media += m.replaces is None
-    cursor.executemany(_INSERT_MEDIA, [(mid, m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind,
-                                        m.collection, now, m.duplicate_of, m.frames, m.duration)
-                                       for mid, m in zip(media_ids, items, strict=True) if m.replaces is None])
+    insert_rows(cursor, _INSERT_MEDIA, _INSERT_MEDIA_SHORT, [
+        (mid, m.path, m.content_hash, m.size, m.mtime, m.width, m.height, m.kind, m.collection, now, m.duplicate_of,
+         m.frames, m.duration) for mid, m in zip(media_ids, items, strict=True) if m.replaces is None], optional=3)
     persons = [p for m in items for p in m.persons]
     if not persons:
         activities.count_added(s, {}, uncounted)
@@ -168,11 +172,12 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     ids = np.arange(first, first + len(persons), dtype=np.int64)
     boxes, norms = arrays.boxes.tolist(), arrays.norms.tolist()
     pasta, verbs, parts, visual = (_row_blobs(x) for x in (arrays.pasta, arrays.verbs, arrays.parts, arrays.visual))
-    cursor.executemany(_INSERT_PERSON, [
-        (int(pid), mid, space_id, p.frame_index, p.t_sec, *box, float(p.score), pa, ve, pt, vi,
-         None if norm != norm else norm, tid)
+    insert_rows(cursor, _INSERT_PERSON, _INSERT_PERSON_SHORT, [
+        (pid, mid, space_id, *box, float(p.score), pa, ve, pt, vi, None if norm != norm else norm, p.frame_index,
+         p.t_sec, tid)
         for pid, mid, p, box, pa, ve, pt, vi, norm, tid in zip(
-            ids.tolist(), owner, persons, boxes, pasta, verbs, parts, visual, norms, track_ids, strict=True)])
+            ids.tolist(), owner, persons, boxes, pasta, verbs, parts, visual, norms, track_ids, strict=True)],
+        optional=3)
     objects = [(pid, rank, int(c), float(prob), *((None,) * 4 if box is None else (float(v) for v in box)))
                for pid, p in zip(ids.tolist(), persons, strict=True) for rank, (c, prob, box) in enumerate(p.objects)]
     if objects:
@@ -184,10 +189,9 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     return media_ids, ids, removed
 
 
-def _row_blobs(x: np.ndarray) -> list[bytes]:
-    """(n, d) -> n blobs of its rows."""
-    x = np.ascontiguousarray(x)
-    raw, width = x.tobytes(), x.shape[1] * x.itemsize
+def _row_blobs(x: np.ndarray) -> list[bytearray]:
+    """(n, d) -> n blobs of its rows (bytearrays: sqlite3 binds them without an adapter lookup, ``insert_rows``)."""
+    raw, width = bytearray(np.ascontiguousarray(x)), x.shape[1] * x.itemsize
     return [raw[i:i + width] for i in range(0, len(raw), width)]
 
 

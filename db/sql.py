@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from itertools import groupby
 
 from sqlalchemy.orm import Session
 
@@ -53,6 +54,19 @@ def next_id(s: Session, table: str) -> int:
     tracks) past every id SQLite ever handed out, so that a deleted row's id is never used again."""
     largest, seq = dbapi(s).execute(_LAST_IDS[table]).fetchone()
     return max(int(largest or 0), int(seq or 0)) + 1
+
+
+def insert_rows(cursor, sql: str, short_sql: str, rows: Sequence[tuple], optional: int) -> None:
+    """INSERT ``rows`` through the DBAPI ``cursor`` with the literal ``sql``; a row whose last ``optional`` values
+    are all None goes through ``short_sql``, the same statement without those columns (their default is NULL), in
+    runs that keep the rows' order. Python's sqlite3 binds int, float, str and bytearray as they are, but looks every
+    other value (None, bytes) up in its adapter registry first: ~0.3 us each, ~1/4 of a person's row with its blobs
+    as bytes and its three video fields as None."""
+    for short, run in groupby(rows, key=lambda r: r[-optional:] == (None,) * optional):
+        if short:
+            cursor.executemany(short_sql, [r[:-optional] for r in run])
+        else:
+            cursor.executemany(sql, run)
 
 
 def dbapi(s: Session):

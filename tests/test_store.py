@@ -53,6 +53,22 @@ def test_round_trip_of_a_batch(tmp_path):
     store.close()
 
 
+def test_bulk_rows_without_their_optional_values_keep_order_values_and_nulls():
+    """``sql.insert_rows`` sends a row whose trailing values are all None (a person of an image: no frame, time or
+    track) through the statement without those columns; a 0 there is a value, blobs come back as the bytes given, and
+    the rows' order is kept."""
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (name TEXT, blob BLOB, a INTEGER, b FLOAT, c INTEGER DEFAULT NULL)")
+    rows = [("e", bytearray(b"\x00\x01"), None, None, None), ("d", bytearray(b"v"), 0, 0.0, None),
+            ("c", b"w", None, None, None), ("b", bytearray(), None, None, 7), ("a", bytearray(b"z"), None, None, None)]
+    sql.insert_rows(con.cursor(), "INSERT INTO t (name, blob, a, b, c) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO t (name, blob) VALUES (?, ?)", rows, optional=3)
+    assert con.execute("SELECT * FROM t ORDER BY rowid").fetchall() == [
+        ("e", b"\x00\x01", None, None, None), ("d", b"v", 0, 0.0, None), ("c", b"w", None, None, None),
+        ("b", b"", None, None, 7), ("a", b"z", None, None, None)]
+    con.close()
+
+
 def test_path_and_hash_lookups_find_odd_names_with_and_without_sqlite_json(tmp_path, monkeypatch):
     """The lookups of ingest and import (which paths are stored, which content is) bind their values as one JSON
     list; names with quotes, backslashes and non-ASCII letters are found, and an SQLite without JSON agrees."""
