@@ -124,6 +124,8 @@ def drop_persons(s: Session, person_ids: Sequence[int] | np.ndarray, rows: Seque
     """Note persons about to be deleted (call it before deleting them) in the chunks that hold them: their ids
     join the chunk's dead and their level counts its dead counts; a chunk half dead is rewritten without them.
     ``rows``: their (id, pasta blob, verbs blob, ...) when the caller has read them (else they are read here)."""
+    if not len(person_ids):  # every write that replaces no file: no query
+        return
     gone = np.unique(np.asarray(person_ids, np.int64))
     known = None if rows is None else {r[0]: r[:3] for r in rows}
     gone = gone[gone <= boundary(s)]  # the tail needs nothing: it is read from the persons themselves
