@@ -1,5 +1,5 @@
 """What the modules that run SQL share: ``IN (...)`` lists in chunks, reads of the rows of a list of values bound
-as one JSON list, the session's DBAPI cursor and the next free id of a table (the write path's bulk inserts)."""
+as one JSON list, the session's DBAPI cursor, the next free id of a table and the bulk inserts of the write path."""
 
 from __future__ import annotations
 
