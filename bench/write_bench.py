@@ -21,7 +21,8 @@ at 2M persons):
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
   rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
   visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
-  per CPU second say what an idle one would do.
+  per CPU second say what an idle one would do. Each part also in CPU of the thread that ran it: a part's wall time
+  holds its waits (for a core, for the GIL the other thread holds), so an A/B of one part compares its CPU.
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
@@ -172,14 +173,16 @@ class Workload:
 
 @contextmanager
 def timed_parts():
-    """Time spent in the parts of ``Store.write`` (and the index save), by wrapping the functions it calls."""
+    """Time spent in the parts of ``Store.write`` (and the index save), by wrapping the functions it calls: wall
+    time under each part's name, and the CPU of the thread that ran it under ``("cpu", name)`` (on a shared machine,
+    or while the writer's two threads contend for the GIL, a part's wall time holds waits of its own)."""
     from a2v_search import store as store_mod
     from a2v_search.indexes import IndexSet
     from a2v_search.space import VectorSpace
     from db import labels, repo
     from index.faiss_index import VectorIndex
 
-    spent: dict[str, float] = defaultdict(float)
+    spent: dict = defaultdict(float)
     targets = [(store_mod, "as_arrays", "checks"), (VectorSpace, "vectors", "vectors"), (store_mod, "link", "tracks"),
                (repo, "add_media", "sqlite rows"), (labels, "close_chunks", "label chunks"),
                (VectorIndex, "add", "faiss add"), (IndexSet, "save", "save"),
@@ -190,11 +193,12 @@ def timed_parts():
         originals.append((owner, name, fn))
 
         def wrapped(*a, _fn=fn, _part=part, **kw):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return _fn(*a, **kw)
             finally:
                 spent[_part] += time.perf_counter() - t0
+                spent["cpu", _part] += time.thread_time() - c0
 
         setattr(owner, name, wrapped)
     try:
@@ -282,11 +286,15 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
         save_s = spent["save"]
         parts = {p: spent[p] for p in PARTS}
         parts["sqlite rows"] -= parts["tracks"]  # the tracker runs inside add_media
-        parts["commit + waits"] = write_s - sum(spent[p] for p in MAIN)
+        parts["commit + waits"] = write_s - sum(parts[p] for p in MAIN)
+        cpu = {p: spent["cpu", p] for p in PARTS}
+        cpu["sqlite rows"] -= cpu["tracks"]
+        cpu["commit + waits"] = spent["cpu", "total"] - sum(cpu[p] for p in MAIN)  # a wait holds no CPU
         return {"N": n0, "persons": added, "write_s": write_s, "rate": added / write_s, "save_s": save_s,
                 "cpu_rate": added / cpu_s,
                 "open_s": open_s, "parts": parts,
-                "us": {p: 1e6 * v / added for p, v in parts.items()}}
+                "us": {p: 1e6 * v / added for p, v in parts.items()},
+                "cpu_us": {p: 1e6 * v / added for p, v in cpu.items()}}
     finally:
         store.close()
 
@@ -408,7 +416,8 @@ def main() -> None:
                 log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
                     f"({row['write']['cpu_rate']:,.0f} per CPU second) "
                     + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
-                    f"save {row['write']['save_s']:.2f} s")
+                    f"save {row['write']['save_s']:.2f} s; thread CPU: "
+                    + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["cpu_us"].items()) + " us/person")
             if "driver" not in args.skip:
                 row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
                 log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s "
@@ -467,6 +476,12 @@ def report(results: list[dict], args) -> None:
             driver = f"{d['rate']:,.0f} | {d['cpu_rate']:,.0f}" if d else " | "
             print(f"| {w['N']:,} | {w['rate']:,.0f} | {w['cpu_rate']:,.0f} | "
                   + " | ".join(f"{w['us'].get(p, 0):.1f}" for p in PARTS) + f" | {w['save_s']:.2f} | {driver} |")
+    print("\nThe same parts in CPU of the thread that ran each (us per person; commit + waits: the calling thread's "
+          "CPU outside the parts before it, the commit and its bookkeeping: a wait holds none)\n")
+    print("| N | " + " | ".join(PARTS) + " |\n|---:|" + "---:|" * len(PARTS))
+    for r in results:
+        if r.get("write"):
+            print(f"| {r['write']['N']:,} | " + " | ".join(f"{r['write']['cpu_us'][p]:.1f}" for p in PARTS) + " |")
     print("\n| N | import | persons | persons/s | without the final save | read s | write s | save s | CPU us/person "
           "(this process + readers) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
