@@ -208,6 +208,16 @@ def timed_parts():
             setattr(owner, name, fn)
 
 
+def by_part(spent: dict, key) -> dict[str, float]:
+    """The parts of ``Store.write`` from ``timed_parts``' ``spent``, each read at ``key(part)`` (its wall time or its
+    CPU): the tracker out of the SQLite rows (it runs inside add_media), the rest of the calling thread's total as
+    commit + waits."""
+    parts = {p: spent[key(p)] for p in PARTS}
+    parts["sqlite rows"] -= parts["tracks"]
+    parts["commit + waits"] = spent[key("total")] - sum(parts[p] for p in MAIN)
+    return parts
+
+
 def open_store(path: Path, create: bool):
     from a2v_search.models.language import LanguageSpace
     from a2v_search.store import Store
@@ -284,12 +294,8 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
             write_s = spent["total"]
             store.indexes.save()
         save_s = spent["save"]
-        parts = {p: spent[p] for p in PARTS}
-        parts["sqlite rows"] -= parts["tracks"]  # the tracker runs inside add_media
-        parts["commit + waits"] = write_s - sum(parts[p] for p in MAIN)
-        cpu = {p: spent["cpu", p] for p in PARTS}
-        cpu["sqlite rows"] -= cpu["tracks"]
-        cpu["commit + waits"] = spent["cpu", "total"] - sum(cpu[p] for p in MAIN)  # a wait holds no CPU
+        parts = by_part(spent, lambda p: p)
+        cpu = by_part(spent, lambda p: ("cpu", p))  # its commit + waits: the commit's own (a wait holds no CPU)
         return {"N": n0, "persons": added, "write_s": write_s, "rate": added / write_s, "save_s": save_s,
                 "cpu_rate": added / cpu_s,
                 "open_s": open_s, "parts": parts,
