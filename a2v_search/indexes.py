@@ -38,6 +38,7 @@ from index import (
     VectorIndex,
     VectorIndexError,
     choose_spec,
+    one_thread_here,
     orphan_files,
     set_fault_hook,
 )
@@ -332,9 +333,11 @@ class IndexSet:
     # ------------------------------------------------------------------ the writer's second thread
 
     def in_second_thread(self, fn: Callable, *args) -> Future:
-        """Run ``fn(*args)`` in the writer's second thread (in order with the FAISS adds)."""
+        """Run ``fn(*args)`` in the writer's second thread (in order with the FAISS adds). Its FAISS calls run on one
+        OpenMP thread: they overlap the calling thread's work, which a second OpenMP thread would wait on."""
         if self._worker is None:
-            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-writer")
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-writer",
+                                              initializer=one_thread_here)
         return self._worker.submit(fn, *args)
 
     def add_committed(self, indexes: dict[str, VectorIndex], add_to: Sequence[str], ids: np.ndarray,

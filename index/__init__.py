@@ -15,7 +15,7 @@ from .errors import (
     UnknownIdError,
     VectorIndexError,
 )
-from .faiss_index import MANIFEST_KEYS, VectorIndex, gpu_available
+from .faiss_index import MANIFEST_KEYS, VectorIndex, gpu_available, one_thread_here
 from .files import orphan_files, saved_summary
 from .hooks import set_fault_hook
 from .spec import choose_nlist, choose_spec, default_nprobe, exact_scores
@@ -34,6 +34,7 @@ __all__ = [
     "default_nprobe",
     "exact_scores",
     "gpu_available",
+    "one_thread_here",
     "orphan_files",
     "saved_summary",
     "set_fault_hook",

@@ -158,6 +158,13 @@ def gpu_available() -> bool:
         return False
 
 
+def one_thread_here() -> None:
+    """Make the FAISS calls of the calling thread run on one OpenMP thread (OpenMP's setting is per thread; the
+    others keep theirs). For a thread whose FAISS work overlaps another busy thread of the process: OpenMP's second
+    thread then waits for a core, its peers spin at each barrier, and both threads slow down (docs/benchmarks.md)."""
+    faiss.omp_set_num_threads(1)
+
+
 _gpu_resources = None
 
 

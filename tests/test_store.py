@@ -6,6 +6,7 @@ import os
 import re
 import sqlite3
 
+import faiss
 import numpy as np
 import pytest
 from helpers import SPACE, downgrade, media, random_language, random_person, run_main, writable_store
@@ -51,6 +52,18 @@ def test_round_trip_of_a_batch(tmp_path):
         np.testing.assert_allclose(r.visual, p.visual, atol=1e-3)
         assert r.box == tuple(float(v) for v in p.box)
     store.close()
+
+
+def test_the_writers_second_thread_runs_faiss_on_one_openmp_thread_and_leaves_the_callers_alone(tmp_path):
+    """Its FAISS adds overlap the calling thread's SQLite work: a second OpenMP thread would wait for a core."""
+    before = faiss.omp_get_max_threads()
+    store, _, ids = filled(tmp_path)  # two writes' FAISS adds went through the second thread
+    try:
+        assert store.indexes.in_second_thread(faiss.omp_get_max_threads).result() == 1
+        assert faiss.omp_get_max_threads() == before
+        np.testing.assert_array_equal(store.indexes.get()["visual"].ids(), np.sort(ids))  # and added them
+    finally:
+        store.close()
 
 
 def test_bulk_rows_without_their_optional_values_keep_order_values_and_nulls():
