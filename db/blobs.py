@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
+
+# float32 arrays of at least this many values are cast to float16 by torch when it is loaded (to_float16)
+TORCH_CAST_MIN = 4096
 
 
 def f16(x: np.ndarray) -> bytes:
     """float array -> float16 blob."""
     return np.asarray(x, np.float16).tobytes()
+
+
+def to_float16(x: np.ndarray) -> np.ndarray:
+    """A float32 array as float16: the bits of ``x.astype(np.float16)`` (round to nearest even; tests/test_store.py
+    compares them). numpy casts one value at a time, ~4.6 ns a value here (3.5 us for a person's 768); torch's cast is
+    vectorised (F16C, AVX-512: ~0.1 us a person), so it does the large ones when this process has loaded torch (an
+    ingest's models): torch is never imported for it."""
+    torch = sys.modules.get("torch")
+    if torch is None or x.dtype != np.float32 or x.size < TORCH_CAST_MIN or not x.flags.writeable:
+        return x.astype(np.float16)
+    return torch.from_numpy(x).to(torch.float16).numpy()
 
 
 def unf16(b: bytes) -> np.ndarray:

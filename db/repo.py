@@ -165,9 +165,13 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
             raise DbError(f"a person cannot be stored ({problem}); check them with person_problem first")
     track_ids: list[int | None] = []
     owner: list[int] = []
+    start = 0
     for mid, m in zip(media_ids, items, strict=True):
-        track_ids += insert_tracks(s, mid, m.persons, link) if m.kind == "video" else [None] * len(m.persons)
-        owner += [mid] * len(m.persons)
+        n = len(m.persons)
+        track_ids += insert_tracks(s, mid, m.persons, link, arrays.visual[start:start + n]) if m.kind == "video" \
+            else [None] * n
+        owner += [mid] * n
+        start += n
     first = next_id(s, "persons")
     ids = np.arange(first, first + len(persons), dtype=np.int64)
     boxes, norms = arrays.boxes.tolist(), arrays.norms.tolist()

@@ -22,13 +22,16 @@ def _frame_time(t_sec: float | None, frame_index: int | None) -> float:
 _INSERT_TRACK = "INSERT INTO tracks (id, media_id, number, t_start, t_end, persons) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link: Linker) -> list[int]:
+def insert_tracks(s: Session, media_id: int, persons: Sequence[NewPerson], link: Linker,
+                  visual: np.ndarray | None = None) -> list[int]:
     """Link the persons of one video into tracks with ``link``, insert the track rows, and return each person's
-    track id. Part of the caller's transaction: a video is stored with its tracks or not at all."""
+    track id. ``visual``: their (n, P) visual vectors as stored (float16), where the caller has them. Part of the
+    caller's transaction: a video is stored with its tracks or not at all."""
     if not persons:
         return []
     times = [_frame_time(p.t_sec, p.frame_index) for p in persons]
-    numbers = link(times, [[float(v) for v in p.box] for p in persons], np.stack([p.visual for p in persons]))
+    numbers = link(times, [[float(v) for v in p.box] for p in persons],
+                   np.stack([p.visual for p in persons]) if visual is None else visual)
     rows: dict[int, list] = {}
     for number, t in zip(numbers, times, strict=True):
         r = rows.setdefault(number, [media_id, number, t, t, 0])

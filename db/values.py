@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .blobs import to_float16
+
 #: Track numbers (0, 1, ...) of one video's persons from their (n,) frame times, (n, 4) boxes and (n, P) visual
 #: vectors; the caller's tracker (a2v-search's Store passes its video tracker's ``link``).
 Linker = Callable[[Sequence[float], Sequence[Sequence[float]], np.ndarray], list[int]]
@@ -210,12 +212,12 @@ def checked_arrays(pasta: np.ndarray, verbs: np.ndarray, parts: np.ndarray, visu
     with np.errstate(over="ignore", invalid="ignore"):
         if not all(np.isfinite(x).all() for x in (pasta, verbs, parts, visual, boxes)):
             return None, "finite"
-        visual16 = visual.astype(np.float16)
+        visual16 = to_float16(visual)
     if not np.any(visual16, axis=1).all():
         return None, "zero"
     if any(objs and _objects_problem(objs) for objs in objects):
         return None, "objects"
-    return PersonArrays(pasta.astype(np.float16), verbs.astype(np.float16), parts.astype(np.float16), visual16,
+    return PersonArrays(to_float16(pasta), to_float16(verbs), to_float16(parts), visual16,
                         boxes, norms, object_probs(objects)), None
 
 

@@ -20,6 +20,7 @@ from a2v_search.space import space_fingerprint
 from a2v_search.store import Store
 from a2v_search.tracks import link
 from db import repo, sql
+from db.blobs import TORCH_CAST_MIN, to_float16
 from db.errors import DbError
 from db.schema import LABEL_PASTA
 from db.values import Filters
@@ -64,6 +65,28 @@ def test_the_writers_second_thread_runs_faiss_on_one_openmp_thread_and_leaves_th
         np.testing.assert_array_equal(store.indexes.get()["visual"].ids(), np.sort(ids))  # and added them
     finally:
         store.close()
+
+
+def test_float16_casts_through_torch_give_numpys_bits():
+    """to_float16 casts large float32 arrays with torch once it is loaded: the bits must be astype's (round to nearest
+    even) for every finite value, the halfway cases, the subnormals and the overflows; NaN stays NaN."""
+    import torch  # noqa: F401  (loaded: to_float16 takes its path)
+
+    rng = np.random.default_rng(0)
+    random_bits = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    lo = np.arange(0x0001, 0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float64)
+    hi = np.arange(0x0002, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    halfway = ((lo + hi) / 2).astype(np.float32)  # exactly between two float16 values: ties go to the even one
+    grid = np.linspace(-7e4, 7e4, 200_001, dtype=np.float32)  # beyond 65504: inf
+    for x in (random_bits.reshape(-1, 800), np.concatenate([halfway, -halfway]), grid, random_bits[::3]):
+        assert x.size >= TORCH_CAST_MIN
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = x.astype(np.float16)
+        got = to_float16(x)
+        assert got.dtype == np.float16 and got.shape == x.shape
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(got), nan)
+        np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
 
 
 def test_bulk_rows_without_their_optional_values_keep_order_values_and_nulls():
