@@ -19,6 +19,7 @@ from db.values import NewMedia, NewPerson, PersonArrays, checked_arrays
 
 from . import taxonomy as tx
 from .errors import InputError
+from .heap import frozen_heap
 from .objects import parse_objects
 
 if TYPE_CHECKING:  # the reader process imports this module: not SQLite or FAISS
@@ -47,10 +48,11 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     replaced. Bad records are reported and skipped, and so is a record whose path an earlier record of the call
     gave. ``WRITE_EVERY`` media a transaction; each is written in a second thread while the next ones are read and
     validated (SQLite, numpy and FAISS release the GIL); a large JSON-lines file is parsed by reader processes
-    (records_reader.py)."""
+    (records_reader.py). The objects alive when it starts (the caller's records, the modules) are frozen until it
+    ends (heap.py): the collector's full walks during the import do not go through them."""
     report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
+    with frozen_heap(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
         pending: Future | None = None
         for chunk, arrays in _media_chunks(records, visual_dim, collection, report):
             items = []

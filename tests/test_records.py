@@ -235,6 +235,30 @@ def test_an_import_stores_the_same_whatever_its_transactions(tmp_path, tiny_clip
     assert out[0] == out[1] and len(out[0]) == sum(len(r["persons"]) for r in recs)
 
 
+def test_an_import_freezes_the_callers_records_while_it_writes_and_only_then(tmp_path, tiny_clip_dir, tiny_bert_dir,
+                                                                             monkeypatch):
+    """A full collection walks every object the process holds, the caller's records too (~0.1-0.6 s each in an
+    import of 40,000 dicts): they are frozen while the import writes (heap.py), and nothing is once it is done."""
+    import gc
+
+    from a2v_search.api import A2VSearch
+    from a2v_search.store import Store
+
+    recs = records(np.random.default_rng(5), n=9)
+    frozen: list[int] = []
+    real = Store.write
+    monkeypatch.setattr(Store, "write", lambda self, *a: frozen.append(gc.get_freeze_count()) or real(self, *a))
+    gc.unfreeze()
+    api = A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu")
+    try:
+        alive = len(gc.get_objects())
+        report = api.import_records(recs)
+    finally:
+        api.close()
+    assert report.persons_added == 9 and frozen and min(frozen) >= alive // 2  # the heap of before, not a part
+    assert gc.get_freeze_count() == 0
+
+
 def test_a_path_given_twice_in_one_import_is_reported_not_a_crash(tmp_path, tiny_clip_dir, tiny_bert_dir):
     from a2v_search.api import A2VSearch
 
