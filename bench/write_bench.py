@@ -22,7 +22,9 @@ at 2M persons):
   rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
   visual copy) and the FAISS add. Then the index save apart. Wall and CPU time: on a shared machine the persons
   per CPU second say what an idle one would do. Each part also in CPU of the thread that ran it: a part's wall time
-  holds its waits (for a core, for the GIL the other thread holds), so an A/B of one part compares its CPU.
+  holds its waits (for a core, for the GIL the other thread holds), so an A/B of one part compares its CPU. The
+  batches are made before the row and frozen out of the collector's walks during it, as an ingest freezes its
+  models and an import its caller's records (heap.py).
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
 - ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
   (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
@@ -269,7 +271,11 @@ def seeded(folder: Path, n: int, batch: int, objects: bool = False) -> Path:
 
 
 def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> dict:
-    """persons/s of Store.write (workload of ``persons``) into the store at ``path``, split by part."""
+    """persons/s of Store.write (workload of ``persons``) into the store at ``path``, split by part. The batches are
+    made first and frozen out of the collector's walks while they are written (heap.py), as the callers of
+    ``Store.write`` do with what they hold (an ingest its models, an import its caller's records)."""
+    from a2v_search.heap import frozen_heap
+
     os.sync()  # the index files that the row before saved are on disk, not written back during this row
     store = open_store(path, create=True)
     try:
@@ -286,7 +292,7 @@ def write_row(path: Path, persons: int, batch: int, driver: bool, tag: str) -> d
             batches.append(work.batch(min(batch, persons - written)))
             written += sum(len(m.persons) for m in batches[-1])
         added = 0
-        with timed_parts() as spent:
+        with frozen_heap(), timed_parts() as spent:  # the batches made above: frozen, as an ingest and an import do
             cpu0 = time.process_time()
             for items in batches:
                 added += len(store.write(items))
