@@ -2,7 +2,10 @@
 and in the Ray driver's shape, into stores of 0, 100k and 1M persons, with realistic persons and the time split by
 part.
 
-    python bench/write_bench.py [--sizes 0 100000 1000000] [--persons 40000] [--data-dir DIR] [--quick]
+    python bench/write_bench.py [--sizes 0 100000 1000000] [--persons 40000] [--data-dir DIR] [--rounds 3] [--quick]
+
+With ``--rounds R`` the rate rows run R times, each round from the seeded store, and the tables show each row's
+median round: one row's persons/s moves by up to 2x between the phases of a shared machine.
 
 Persons are realistic: the clustered activity profiles of ``common.SyntheticPersons`` turned into sigmoid outputs
 over a background (logits N(-3.3, 1.1) off the profile), as trained heads give: about 94 of the 250 PaSta and verb
@@ -410,6 +413,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the seeded stores are kept between runs (default: a temporary folder)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["write", "driver", "jsonl", "dicts", "filters"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of the rate rows (Store.write, driver, imports), each from the seeded store: "
+                             "the tables show each row's median round, a last table every round")
     parser.add_argument("--quick", action="store_true", help="smoke: sizes 0 and 20k, 5,000 persons per row")
     args = parser.parse_args()
     if args.quick:
@@ -421,25 +427,11 @@ def main() -> None:
     try:
         results = []
         for n in args.sizes:
-            path = seeded(folder, n, args.batch)
-            row: dict = {"N": n}
-            if "write" not in args.skip:
-                row["write"] = write_row(path, args.persons, args.batch, driver=False, tag="write")
-                log(f"N={n:,}: Store.write {row['write']['rate']:,.0f} persons/s "
-                    f"({row['write']['cpu_rate']:,.0f} per CPU second) "
-                    + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["us"].items()) + " us/person; "
-                    f"save {row['write']['save_s']:.2f} s; thread CPU: "
-                    + ", ".join(f"{p} {u:.1f}" for p, u in row["write"]["cpu_us"].items()) + " us/person")
-            if "driver" not in args.skip:
-                row["driver"] = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
-                log(f"N={n:,}: driver shape {row['driver']['rate']:,.0f} persons/s "
-                    f"({row['driver']['cpu_rate']:,.0f} per CPU second)")
-            for kind in ("jsonl", "dicts"):
-                if kind not in args.skip:
-                    row[kind] = import_row(path, args.persons // 2, kind == "jsonl", tmp)
-                    log(f"N={n:,}: import {kind} {row[kind]['rate']:,.0f} persons/s "
-                        f"({row[kind]['rate_no_save']:,.0f} without the final save of {row[kind]['save_s']:.2f} s; "
-                        f"reading {row[kind]['read_s']:.2f} s)")
+            row: dict = {"N": n, "rounds": {kind: [] for kind in RATE_ROWS}}
+            for _ in range(args.rounds):
+                path = seeded(folder, n, args.batch)  # each round from the seeded store: the last one's rows removed
+                rate_rows(row["rounds"], path, n, args, tmp)
+            row.update({kind: median_round(got) for kind, got in row["rounds"].items() if got})
             if "filters" not in args.skip:
                 row["filters"] = filter_rows(path)
             row["bytes_per_person"] = _used_bytes(path / "a2v.sqlite") / max(1, _count(path))
@@ -449,6 +441,35 @@ def main() -> None:
         report(results, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+RATE_ROWS = ("write", "driver", "jsonl", "dicts")
+
+
+def rate_rows(rounds: dict[str, list], path: Path, n: int, args, tmp: Path) -> None:
+    """One round of the rate rows not skipped into the store of ``n`` persons at ``path``, each appended to
+    ``rounds[kind]``."""
+    if "write" not in args.skip:
+        w = write_row(path, args.persons, args.batch, driver=False, tag="write")
+        rounds["write"].append(w)
+        log(f"N={n:,}: Store.write {w['rate']:,.0f} persons/s ({w['cpu_rate']:,.0f} per CPU second) "
+            + ", ".join(f"{p} {u:.1f}" for p, u in w["us"].items()) + f" us/person; save {w['save_s']:.2f} s; "
+            "thread CPU: " + ", ".join(f"{p} {u:.1f}" for p, u in w["cpu_us"].items()) + " us/person")
+    if "driver" not in args.skip:
+        d = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
+        rounds["driver"].append(d)
+        log(f"N={n:,}: driver shape {d['rate']:,.0f} persons/s ({d['cpu_rate']:,.0f} per CPU second)")
+    for kind in ("jsonl", "dicts"):
+        if kind not in args.skip:
+            x = import_row(path, args.persons // 2, kind == "jsonl", tmp)
+            rounds[kind].append(x)
+            log(f"N={n:,}: import {kind} {x['rate']:,.0f} persons/s ({x['rate_no_save']:,.0f} without the final "
+                f"save of {x['save_s']:.2f} s; reading {x['read_s']:.2f} s)")
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round of median persons/s (the lower of the two middle ones for an even count)."""
+    return sorted(rounds, key=lambda r: r["rate"])[(len(rounds) - 1) // 2]
 
 
 def _used_bytes(db: Path) -> int:
@@ -508,6 +529,14 @@ def report(results: list[dict], args) -> None:
     for r in results:
         for label, n_ids, ms in r.get("filters", []):
             print(f"| {r['N']:,} | `{label}` | {n_ids:,} | {ms:.1f} |")
+    if args.rounds > 1:
+        print("\nEvery round, persons/s in the order run (the tables above: each row's median round)\n")
+        print("| N | row | rounds | median |\n|---:|---|---|---:|")
+        for r in results:
+            for kind, got in r["rounds"].items():
+                if got:
+                    print(f"| {r['N']:,} | {kind} | " + " / ".join(f"{x['rate']:,.0f}" for x in got)
+                          + f" | {r[kind]['rate']:,.0f} |")
     print("\n| N | SQLite bytes per person |\n|---:|---:|")
     for r in results:
         print(f"| {r['N']:,} | {r['bytes_per_person']:,.0f} |")
