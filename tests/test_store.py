@@ -78,11 +78,13 @@ def test_float16_casts_through_torch_give_numpys_bits():
     hi = np.arange(0x0002, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
     halfway = ((lo + hi) / 2).astype(np.float32)  # exactly between two float16 values: ties go to the even one
     grid = np.linspace(-7e4, 7e4, 200_001, dtype=np.float32)  # beyond 65504: inf
-    for x in (random_bits.reshape(-1, 800), np.concatenate([halfway, -halfway]), grid, random_bits[::3]):
+    read_only = grid.copy()
+    read_only.flags.writeable = False
+    for x in (random_bits.reshape(-1, 800), np.concatenate([halfway, -halfway]), grid, random_bits[::3],
+              random_bits[::-1], read_only):  # (numpy casts the last three: torch takes contiguous, writable arrays)
         assert x.size >= TORCH_CAST_MIN
         with np.errstate(over="ignore", invalid="ignore"):
-            want = x.astype(np.float16)
-        got = to_float16(x)
+            want, got = x.astype(np.float16), to_float16(x)
         assert got.dtype == np.float16 and got.shape == x.shape
         nan = np.isnan(want)
         np.testing.assert_array_equal(np.isnan(got), nan)
