@@ -418,6 +418,8 @@ def main() -> None:
                              "the tables show each row's median round, a last table every round")
     parser.add_argument("--quick", action="store_true", help="smoke: sizes 0 and 20k, 5,000 persons per row")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick:
         args.sizes, args.persons = [0, 20_000], 5_000
     header("write_bench")

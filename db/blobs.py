@@ -22,10 +22,10 @@ def to_float16(x: np.ndarray) -> np.ndarray:
     vectorised (F16C, AVX-512: ~0.1 us a person), so it does the large ones when this process has loaded torch (an
     ingest's models): torch is never imported for it."""
     torch = sys.modules.get("torch")
-    if torch is None or x.dtype != np.float32 or x.size < TORCH_CAST_MIN or not (x.flags.c_contiguous
-                                                                                and x.flags.writeable):
-        return x.astype(np.float16)
-    return torch.from_numpy(x).to(torch.float16).numpy()
+    if (torch is not None and x.dtype == np.float32 and x.size >= TORCH_CAST_MIN and x.flags.c_contiguous
+            and x.flags.writeable):  # torch.from_numpy refuses negative strides and warns on read-only arrays
+        return torch.from_numpy(x).to(torch.float16).numpy()
+    return x.astype(np.float16)
 
 
 def unf16(b: bytes) -> np.ndarray:
