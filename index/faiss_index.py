@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
+import select
+import signal
 import time
 import zipfile
 from contextlib import contextmanager
@@ -35,6 +38,8 @@ from .files import (
 )
 from .hooks import fault_point
 from .spec import PQ_MIN_TRAIN, TRAIN_MAX_POINTS_PER_LIST, TRAIN_POINTS_PER_LIST, choose_spec, default_nprobe
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 # Keys `save` writes into the manifest (they replace caller keys of the same name).
@@ -907,12 +912,19 @@ def _read_tail(path: Path, entry: dict, dim: int, verify_hash: bool) -> tuple[np
 
 #: what reading an index file may take beyond the file's own size (its structures are that size, give or take)
 READ_SLACK_BYTES = 256 << 20
+#: a bounded read's child that has not answered after this long, plus a second for each PROBE_BYTES_PER_S of the
+#: file, is killed and the file is read in this process as where there is no fork. A child forked from a process with
+#: other threads can hang: Python 3.11 clears their thread states in the child, so what their frames held is freed
+#: there (seen once in the tests: a PyAV frame converter whose destructor waited forever for its own threads).
+PROBE_TIMEOUT_S = 30.0
+PROBE_BYTES_PER_S = 20 << 20
 
 
 def _reads_beyond_bound(path: Path, size: int) -> str | None:
     """Why FAISS cannot read ``path`` within 4x its size + READ_SLACK_BYTES of memory, tried first in a forked child
-    whose address space is bounded (None: it can, or no fork here). A header that claims a huge length (a corrupt or
-    crafted file) would otherwise make this process allocate it before FAISS finds the file short."""
+    whose address space is bounded (None: it can, or no fork here, or the child hung: PROBE_TIMEOUT_S). A header that
+    claims a huge length (a corrupt or crafted file) would otherwise make this process allocate it before FAISS finds
+    the file short."""
     if not hasattr(os, "fork"):
         return None
     import resource
@@ -937,6 +949,11 @@ def _reads_beyond_bound(path: Path, size: int) -> str | None:
         os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as f:
+        if not select.select([f], [], [], PROBE_TIMEOUT_S + size / PROBE_BYTES_PER_S)[0]:  # no word, no exit: stuck
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            log.warning("reading %s in a bounded child process did not finish; reading it here", path.name)
+            return None
         reason = f.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) == 0:

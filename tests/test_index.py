@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import faiss
@@ -851,6 +853,7 @@ def test_saved_summary_reads_the_manifest(tmp_path) -> None:
 
 _LOAD_PEAK = """
 import sys
+import time
 from index import IndexCorruptError, VectorIndex
 try:
     VectorIndex.load(sys.argv[1], "v")
@@ -859,6 +862,30 @@ except IndexCorruptError as e:
     print("corrupt:", e)
 print([int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")][0] // 1024)
 """
+
+
+def test_a_bounded_read_whose_child_hangs_is_given_up_and_the_index_loads_here(tmp_path, monkeypatch, caplog):
+    """The bounded read's forked child can hang (a process with other threads: Python clears their states in the
+    child, and a destructor there once waited forever): it is killed after its time, and the file is read here."""
+    from index import faiss_index
+
+    vi = VectorIndex.create(8, "Flat")
+    x = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    vi.add(np.arange(10), x)
+    vi.save(tmp_path, "v", {})
+    parent, real = os.getpid(), faiss.read_index
+
+    def read_index(*a):
+        while os.getpid() != parent:  # the child hangs
+            time.sleep(1)
+        return real(*a)
+
+    monkeypatch.setattr(faiss, "read_index", read_index)
+    monkeypatch.setattr(faiss_index, "PROBE_TIMEOUT_S", 0.5)
+    with caplog.at_level(logging.WARNING):
+        loaded, _ = VectorIndex.load(tmp_path, "v")
+    np.testing.assert_array_equal(loaded.search(x[:3], 1)[1][:, 0], np.arange(3))
+    assert "did not finish" in caplog.text
 
 
 @pytest.mark.guarantee("G8")
