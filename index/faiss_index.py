@@ -5,12 +5,16 @@ Pure numpy + faiss. The caller keeps the truth (SQLite) and uses this to add/rem
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import json
 import logging
 import os
 import select
 import signal
+import subprocess
+import sys
+import threading
 import time
 import zipfile
 from contextlib import contextmanager
@@ -913,26 +917,52 @@ def _read_tail(path: Path, entry: dict, dim: int, verify_hash: bool) -> tuple[np
 #: what reading an index file may take beyond the file's own size (its structures are that size, give or take)
 READ_SLACK_BYTES = 256 << 20
 #: a bounded read's child that has not answered after this long, plus a second for each PROBE_BYTES_PER_S of the
-#: file, is killed and the file is read in this process as where there is no fork. A child forked from a process with
-#: other threads can hang: Python 3.11 clears their thread states in the child, so what their frames held is freed
-#: there (seen once in the tests: a PyAV frame converter whose destructor waited forever for its own threads).
+#: file, is killed and the file is read in this process as where there is no fork.
 PROBE_TIMEOUT_S = 30.0
 PROBE_BYTES_PER_S = 20 << 20
 
 
 def _reads_beyond_bound(path: Path, size: int) -> str | None:
-    """Why FAISS cannot read ``path`` within 4x its size + READ_SLACK_BYTES of memory, tried first in a forked child
+    """Why FAISS cannot read ``path`` within 4x its size + READ_SLACK_BYTES of memory, tried first in a child process
     whose address space is bounded (None: it can, or no fork here, or the child hung: PROBE_TIMEOUT_S). A header that
     claims a huge length (a corrupt or crafted file) would otherwise make this process allocate it before FAISS finds
-    the file short."""
+    the file short.
+
+    The child is forked from this process when it runs no other Python thread, else from :class:`_ProbeServer`.
+    Forking a process that has other threads can hang the child: Python 3.11 clears their thread states there, so
+    what their frames held is freed in the child (a PyAV 18.1.1 frame converter's destructor waited forever there for
+    threads of its own that the child does not have)."""
     if not hasattr(os, "fork"):
         return None
+    timeout = PROBE_TIMEOUT_S + size / PROBE_BYTES_PER_S
+    if _only_python_thread():
+        reason, hung = _forked_probe(str(path), size, timeout)
+    else:
+        reason, hung = _ProbeServer.probe(str(path), size, timeout)
+    if hung:
+        log.warning("reading %s in a bounded child process did not finish; reading it here", path.name)
+        return None
+    if reason is None:
+        return None
+    if "MemoryError" in reason or "bad_alloc" in reason or "memory" in reason.lower():
+        return f"it claims more memory than a file of {size} bytes can hold"
+    return reason
+
+
+def _only_python_thread() -> bool:
+    """Whether this thread is the process's only Python thread (a fork then frees nothing that another holds)."""
+    return threading.active_count() == 1 and len(sys._current_frames()) == 1
+
+
+def _forked_probe(path: str, size: int, timeout: float) -> tuple[str | None, bool]:
+    """(why FAISS cannot read ``path`` in a forked child bounded to what this process holds + 4x ``size`` +
+    READ_SLACK_BYTES of address space, or None; whether the child was killed after ``timeout`` s without a word)."""
     import resource
 
     with open("/proc/self/status") as f:
         vm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), None)
     if vm is None:
-        return None
+        return None, False
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: read the file under the bound and say how it went
@@ -941,7 +971,7 @@ def _reads_beyond_bound(path: Path, size: int) -> str | None:
         try:
             limit = vm + 4 * size + READ_SLACK_BYTES
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            faiss.read_index(str(path))
+            faiss.read_index(path)
         except BaseException as exc:  # noqa: BLE001 - MemoryError, RuntimeError: either way not readable here
             lines = str(exc).strip().splitlines()
             os.write(w, (f"{type(exc).__name__}: {lines[-1] if lines else ''}")[:500].encode())
@@ -949,18 +979,73 @@ def _reads_beyond_bound(path: Path, size: int) -> str | None:
         os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as f:
-        if not select.select([f], [], [], PROBE_TIMEOUT_S + size / PROBE_BYTES_PER_S)[0]:  # no word, no exit: stuck
+        if not select.select([f], [], [], timeout)[0]:  # no word, no exit: stuck
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            log.warning("reading %s in a bounded child process did not finish; reading it here", path.name)
-            return None
+            return None, True
         reason = f.read().decode(errors="replace")
     _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
-        return None
-    if "MemoryError" in reason or "bad_alloc" in reason or "memory" in reason.lower():
-        return f"it claims more memory than a file of {size} bytes can hold"
-    return reason or "the reader died"
+    return (None if os.waitstatus_to_exitcode(status) == 0 else reason or "the reader died"), False
+
+
+class _ProbeServer:
+    """A clean interpreter that forks the bounded reads' children for a process with other threads. Started at the
+    first such read (~0.2 s: Python, numpy and FAISS; by posix_spawn, which runs no Python code in the child, so it
+    is safe from a process with threads), it runs one thread, reads a request a JSON line on stdin and answers a line
+    on stdout, and ends when this process closes its stdin (at exit, or when it dies). One read at a time."""
+
+    _lock = threading.Lock()
+    _proc: subprocess.Popen | None = None
+
+    @classmethod
+    def probe(cls, path: str, size: int, timeout: float) -> tuple[str | None, bool]:
+        """What :func:`_forked_probe` of ``path`` says in the server; (None, True) when the server does not answer
+        (it is stopped, and started again for the next read)."""
+        with cls._lock:
+            try:
+                proc = cls._proc if cls._proc is not None and cls._proc.poll() is None else cls._start()
+                proc.stdin.write(json.dumps({"path": path, "size": size, "timeout": timeout}).encode() + b"\n")
+                proc.stdin.flush()
+                answer = (proc.stdout.readline() if select.select([proc.stdout], [], [], timeout + 60)[0]  # + start
+                          else b"")
+            except OSError:
+                answer = b""
+            if not answer:  # it died, or hangs itself
+                cls._stop()
+                return None, True
+            doc = json.loads(answer)
+            return doc["reason"], doc["hung"]
+
+    @classmethod
+    def _start(cls) -> subprocess.Popen:
+        cls._stop()
+        root = str(Path(__file__).resolve().parents[1])  # where the index package lies
+        code = f"import sys; sys.path.insert(0, {root!r}); from index.faiss_index import _ProbeServer; " \
+               "_ProbeServer.serve()"
+        cls._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     close_fds=True)
+        atexit.register(cls._stop)  # (once: unregistered by _stop)
+        return cls._proc
+
+    @classmethod
+    def _stop(cls) -> None:
+        atexit.unregister(cls._stop)
+        if cls._proc is not None:
+            cls._proc.kill()
+            cls._proc.wait()
+            for pipe in (cls._proc.stdin, cls._proc.stdout):
+                pipe.close()
+            cls._proc = None
+
+    @staticmethod
+    def serve() -> None:
+        """The server's loop (in its own interpreter)."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the process that uses it; its stdin's end ends it
+        for line in sys.stdin.buffer:
+            req = json.loads(line)
+            reason, hung = _forked_probe(req["path"], req["size"], req["timeout"])
+            sys.stdout.buffer.write(json.dumps({"reason": reason, "hung": hung}).encode() + b"\n")
+            sys.stdout.buffer.flush()
 
 
 def _selector(allowed: np.ndarray) -> faiss.IDSelector:

@@ -852,9 +852,14 @@ def test_saved_summary_reads_the_manifest(tmp_path) -> None:
 
 
 _LOAD_PEAK = """
+import os
 import sys
-import time
+import threading
 from index import IndexCorruptError, VectorIndex
+if sys.argv[2] == "threads":  # another Python thread runs: this process must not fork
+    done = threading.Event()
+    threading.Thread(target=done.wait, daemon=True).start()
+    os.fork = None
 try:
     VectorIndex.load(sys.argv[1], "v")
     print("loaded")
@@ -882,16 +887,45 @@ def test_a_bounded_read_whose_child_hangs_is_given_up_and_the_index_loads_here(t
 
     monkeypatch.setattr(faiss, "read_index", read_index)
     monkeypatch.setattr(faiss_index, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(faiss_index, "_only_python_thread", lambda: True)  # the child is forked from here
     with caplog.at_level(logging.WARNING):
         loaded, _ = VectorIndex.load(tmp_path, "v")
     np.testing.assert_array_equal(loaded.search(x[:3], 1)[1][:, 0], np.arange(3))
     assert "did not finish" in caplog.text
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bounded_read_that_hangs_is_killed_from_a_process_with_or_without_other_threads(tmp_path, monkeypatch,
+                                                                                         threads):
+    """A child that never finishes (here: FAISS opens a FIFO that nobody writes) is given up after its time, whether
+    it was forked from this process (one Python thread) or from the probe server (other threads: this process never
+    forks), and the next read works again."""
+    from index import faiss_index
+
+    fifo = tmp_path / "stuck.faiss"
+    os.mkfifo(fifo)
+    vi = VectorIndex.create(8, "Flat")
+    vi.add(np.arange(10), np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32))
+    vi.save(tmp_path, "v", {})
+    good = tmp_path / json.loads((tmp_path / "v.json").read_text())["file"]
+    monkeypatch.setattr(faiss_index, "PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(faiss_index, "_only_python_thread", lambda: threads == 1)
+    if threads > 1:
+        def no_fork():
+            raise AssertionError("forked a process with other threads")
+
+        monkeypatch.setattr(os, "fork", no_fork)
+    assert faiss_index._reads_beyond_bound(fifo, 0) is None  # hung: read here
+    assert faiss_index._reads_beyond_bound(good, good.stat().st_size) is None
+    assert "Error" in faiss_index._reads_beyond_bound(tmp_path / "v.json", 10)  # not a FAISS file
+
+
 @pytest.mark.guarantee("G8")
-def test_an_index_file_claiming_a_huge_length_is_corrupt_without_being_allocated(tmp_path):
+@pytest.mark.parametrize("threads", ["one thread", "threads"])
+def test_an_index_file_claiming_a_huge_length_is_corrupt_without_being_allocated(tmp_path, threads):
     """A crafted file (and a manifest that matches it) whose id list claims 3 GB: refused as corrupt, and the
-    reading process never holds more than a few hundred MB."""
+    reading process never holds more than a few hundred MB; also in a process with other threads, which does not
+    fork (the probe server does)."""
     import hashlib
     import struct
     import subprocess
@@ -909,7 +943,7 @@ def test_an_index_file_claiming_a_huge_length_is_corrupt_without_being_allocated
     path.write_bytes(bytes(data))
     (tmp_path / "v.json").write_text(json.dumps({**manifest, "sha256": hashlib.sha256(data).hexdigest()}))
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(tmp_path)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(tmp_path), threads], capture_output=True, text=True,
                           cwd=root, timeout=300)
     assert done.returncode == 0, done.stderr
     verdict, peak_mb = done.stdout.strip().splitlines()
