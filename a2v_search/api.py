@@ -30,7 +30,7 @@ from .detect import Detection, Detector, DetectorOptions, detector_kind, make_de
 from .errors import InputError, NotFoundError, QueryError
 from .media import DEFAULT_MAX_PIXELS, DecodeError, display_path, load_image
 from .objects import object_dicts
-from .records import ImportReport, import_records, read_records
+from .records import ImportProgress, ImportReport, import_records, read_records
 from .search import (
     Searcher,
     SearchOptions,
@@ -275,7 +275,8 @@ class A2VSearch:
         ray_opt = RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, models=actor_models)
         return partial(run_ray_ingest, ray_options=ray_opt)
 
-    def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default") -> ImportReport:
+    def import_records(self, source: str | os.PathLike | Iterable[dict], collection: str = "default",
+                       on_progress: Callable[[ImportProgress], None] | None = None) -> ImportReport:
         """Add persons computed elsewhere. ``source``: a JSON-lines file, a JSON list file, or dicts::
 
             {"path": "...", "collection": "...", "kind": "image", "width": W, "height": H,
@@ -292,13 +293,15 @@ class A2VSearch:
         already stored is replaced; a path that an earlier record of the same import gave is reported and skipped
         (one record a media, with all its persons). A JSON-lines file is read as the import goes, never whole (one of
         64 MiB or more by two reader processes, so that parsing overlaps writing); a line that is not JSON is a bad
-        record (but a file whose first record is not JSON is refused)."""
+        record (but a file whose first record is not JSON is refused). ``on_progress(ImportProgress)`` is called
+        after each transaction (256 records): records done, persons stored, and the share of the input done (a file's
+        bytes, a list's records; None for a pipe or a generator)."""
         records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)
             store.space.ensure(encoder.space, encoder.language)
             store.indexes.get()
-            return import_records(store, records, encoder.model.visual_dim, collection)
+            return import_records(store, records, encoder.model.visual_dim, collection, on_progress)
 
     # ------------------------------------------------------------------ predict
 

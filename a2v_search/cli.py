@@ -151,7 +151,21 @@ def import_(
     as_json: Json = False,
 ) -> None:
     """Add persons whose probabilities and visual vectors were computed elsewhere."""
-    report = _api(data_dir, models=models).import_records(file, collection)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    api = _api(data_dir, models=models)
+    counts = TextColumn("{task.fields[records]:,} records, {task.fields[persons]:,} persons, "
+                        "{task.fields[rate]:,.0f} persons/s")
+    columns = (TextColumn("import"), BarColumn(), counts, TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=as_json) as bar:
+        task = bar.add_task("import", total=None, records=0, persons=0, rate=0.0)
+        started = time.monotonic()
+
+        def on_progress(p) -> None:  # a file's share read (None: a pipe, the bar just pulses)
+            bar.update(task, total=None if p.fraction is None else 1.0, completed=p.fraction or 0.0,
+                       records=p.records, persons=p.persons, rate=p.persons / max(time.monotonic() - started, 1e-9))
+
+        report = api.import_records(file, collection, on_progress=on_progress)
     if as_json:
         _print_json(report.as_dict())
     else:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,19 +43,36 @@ class ImportReport:
         return asdict(self)
 
 
-def import_records(store: Store, records: Iterable, visual_dim: int, collection: str = "default") -> ImportReport:
+@dataclass
+class ImportProgress:
+    """Where an import stands, after each transaction it wrote (``on_progress`` of :func:`import_records`)."""
+
+    records: int  # records read and written (or reported as failures) so far
+    persons: int  # persons stored so far
+    fraction: float | None  # the share of the input done: a file's bytes, a list's records; None: not known (a pipe)
+
+
+def import_records(store: Store, records: Iterable, visual_dim: int, collection: str = "default",
+                   on_progress: Callable[[ImportProgress], None] | None = None) -> ImportReport:
     """Validate ``records`` (see :meth:`A2VSearch.import_records`; any iterable, e.g. :func:`read_records`, read as
     the import goes) and write the valid ones into ``store`` (write-locked, its space registered); a stored path is
     replaced. Bad records are reported and skipped, and so is a record whose path an earlier record of the call
     gave. ``WRITE_EVERY`` media a transaction; each is written in a second thread while the next ones are read and
     validated (SQLite, numpy and FAISS release the GIL); a large JSON-lines file is parsed by reader processes
     (records_reader.py). The objects alive when it starts (the caller's records, the modules) are frozen until it
-    ends (heap.py): the collector's full walks during the import do not go through them."""
+    ends (heap.py): the collector's full walks during the import do not go through them. ``on_progress`` is called
+    after each transaction is written."""
     report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
+
+    def written(future: Future, records_done: int, fraction: float | None) -> None:
+        report.persons_added += len(future.result())
+        if on_progress is not None:
+            on_progress(ImportProgress(records_done, report.persons_added, fraction))
+
     with frozen_heap(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
-        pending: Future | None = None
-        for chunk, arrays in _media_chunks(records, visual_dim, collection, report):
+        pending: tuple[Future, int, float | None] | None = None  # the write in flight, with where it leaves the input
+        for chunk, arrays, fraction in _media_chunks(records, visual_dim, collection, report):
             items = []
             for i, m in chunk:
                 first = first_of.setdefault(m.path, i)
@@ -71,35 +89,45 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
             if len(items) < len(chunk):  # its arrays hold the persons of the records skipped too
                 arrays = None
             if pending is not None:
-                report.persons_added += len(pending.result())
-            pending = writer.submit(store.write, items, arrays)
+                written(*pending)
+            pending = writer.submit(store.write, items, arrays), report.records, fraction
             report.media_added += len(items)
         if pending is not None:
-            report.persons_added += len(pending.result())
+            written(*pending)
     store.indexes.save()
     return report
 
 
-def _media_chunks(records: Iterable, visual_dim: int, collection: str,
-                  report: ImportReport) -> Iterator[tuple[list[tuple[int, NewMedia]], PersonArrays | None]]:
+def _media_chunks(records: Iterable, visual_dim: int, collection: str, report: ImportReport
+                  ) -> Iterator[tuple[list[tuple[int, NewMedia]], PersonArrays | None, float | None]]:
     """(record number, media) of the valid records, ``WRITE_EVERY`` records at a time (counted in
     ``report.records``), with their persons' stored arrays when the chunk's records were all plain (None: made by
-    ``Store.write``); the others go to ``report.failures``."""
+    ``Store.write``) and the share of the input read through the chunk (None: not known); the others go to
+    ``report.failures``."""
     from . import records_reader
 
     parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim) if isinstance(records, JsonLines) \
         else None
     if parsed is None:  # read here, and made arrays of here when plain
-        records = iter(records)
-        parsed = ((chunk, plain_arrays(chunk, visual_dim))
-                  for chunk in iter(lambda: list(itertools.islice(records, WRITE_EVERY)), []))
-    for chunk, arrays in parsed:
+        parsed = _chunks_here(records, visual_dim)
+    for chunk, arrays, fraction in parsed:
         start, report.records = report.records, report.records + len(chunk)
         if arrays is not None:
             media = plain_media(chunk, arrays, collection)
-            yield list(enumerate(media, start)), person_arrays(media, arrays)
+            yield list(enumerate(media, start)), person_arrays(media, arrays), fraction
         else:
-            yield _chunk_media(chunk, start, visual_dim, collection, report), None
+            yield _chunk_media(chunk, start, visual_dim, collection, report), None, fraction
+
+
+def _chunks_here(records: Iterable, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]]:
+    """The records read in this process, ``WRITE_EVERY`` at a time, each chunk with its arrays (None: not plain) and
+    the share of the input read through it: a JSON-lines file's bytes, a list's records (None: not known)."""
+    total = len(records) if isinstance(records, Sized) and not isinstance(records, JsonLines) else None
+    done, it = 0, iter(records)
+    while chunk := list(itertools.islice(it, WRITE_EVERY)):
+        done += len(chunk)
+        fraction = records.fraction() if isinstance(records, JsonLines) else done / total if total else None
+        yield chunk, plain_arrays(chunk, visual_dim), fraction
 
 
 def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
@@ -123,7 +151,7 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
     cannot be read or its first record is not JSON (not a records file); a later line that is not JSON is a bad
     record (reported and skipped by the import, like a record that is JSON but not valid)."""
     if not isinstance(source, (str, os.PathLike)):
-        return iter(source)
+        return source if isinstance(source, (list, tuple)) else iter(source)  # (a list's length: the progress)
     p = Path(source)
     try:
         f = p.open("rb")
@@ -138,10 +166,12 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
             data = text + f.read()
             f.close()
             try:
-                return iter(orjson.loads(data))
+                data = orjson.loads(data)
             except orjson.JSONDecodeError as e:
                 raise _not_records(p, e, e.lineno) from None
-        lines = _json_lines(f, head=head)
+            return data if isinstance(data, list) else iter(data)
+        where = [0]
+        lines = _json_lines(f, head=head, where=where)
         first = next(lines, None)
     except OSError as e:
         f.close()
@@ -149,7 +179,7 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
     if isinstance(first, _BadLine):
         lines.close()
         raise InputError(first.file_problem(p))
-    return JsonLines(p, os.fstat(f.fileno()), first, lines)
+    return JsonLines(p, os.fstat(f.fileno()), first, lines, where)
 
 
 class JsonLines:
@@ -157,28 +187,38 @@ class JsonLines:
     reading the file in this process; :func:`import_records` has a large regular file parsed by reader processes
     instead (records_reader.py), from its start, and closes this one."""
 
-    def __init__(self, path: Path, stat: os.stat_result, first, lines: Iterator):
+    def __init__(self, path: Path, stat: os.stat_result, first, lines: Iterator, where: list[int]):
         self.path, self.stat = path, stat
         self._records = itertools.chain([] if first is None else [first], lines)
         self._lines = lines
+        self._where = where  # the bytes read through the last record given
 
     def __iter__(self) -> Iterator:
         return self._records
+
+    def fraction(self, where: int | None = None) -> float | None:
+        """The share of the file read through the last record given (or through byte ``where``); None when its size
+        is not known (a pipe or FIFO)."""
+        if not stat.S_ISREG(self.stat.st_mode) or not self.stat.st_size:
+            return None
+        return min(1.0, (self._where[0] if where is None else where) / self.stat.st_size)
 
     def close(self) -> None:
         """Close the file (when the records are read elsewhere)."""
         self._lines.close()
 
 
-def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"") -> Iterator:
+def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"",
+                where: list[int] | None = None) -> Iterator:
     """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
     nested too deeply a _TooDeep). ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None
-    (a reader process parses its share of a file). ``head``: the file's first bytes, already read from it. Closes
-    the file when done; a read error is an InputError."""
+    (a reader process parses its share of a file). ``head``: the file's first bytes, already read from it.
+    ``where[0]``: set to the bytes read through each line given. Closes the file when done; a read error is an
+    InputError."""
     n = i = 0
     with f:
         try:
-            for n, line in enumerate(_lines(f, LINES_BLOCK, head), 1):
+            for n, line in enumerate(_lines(f, LINES_BLOCK, head, where), 1):
                 if n == 1 and line[:3] == BOM:
                     line = line[3:]
                 blank = not line or (line[0] in _SPACE and bytes(line).isspace())  # (copied only when it may be)
@@ -203,23 +243,28 @@ _SPACE = b" \t\n\r\x0b\x0c"  # what bytes.isspace calls blank
 LINES_BLOCK = 4 << 20  # bytes read at a time by _lines (a longer line grows the buffer)
 
 
-def _lines(f, block: int, head: bytes = b"") -> Iterator[memoryview]:
+def _lines(f, block: int, head: bytes = b"", where: list[int] | None = None) -> Iterator[memoryview]:
     """The lines of ``head`` and then of a binary file, without their newline, as views of one buffer that each stay
-    valid until the next is asked for. The file is read a large block at a time into that buffer and each line is
-    parsed where it lies: iterating the file copied every line (records of many persons are ~1 MB lines), and a
-    reader process that skips the other reader's lines no longer copies those at all."""
+    valid until the next is asked for; ``where[0]``: set to the bytes read through each line given, its newline
+    included. The file is read a large block at a time into that buffer and each line is parsed where it lies:
+    iterating the file copied every line (records of many persons are ~1 MB lines), and a reader process that skips
+    the other reader's lines no longer copies those at all."""
+    where = [0] if where is None else where
     buf = bytearray(max(block, len(head)))
     buf[:len(head)] = head
     start, end = 0, len(head)  # buf[start:end]: read, not yet a line
+    base = 0  # the offset in the input of buf[0]
     searched = 0  # buf[start:searched] holds no newline (a long line read in many small pieces is searched once)
     while True:
         nl = buf.find(b"\n", max(start, searched), end)
         if nl >= 0:
+            where[0] = base + nl + 1
             yield memoryview(buf)[start:nl]
             start = nl + 1
             continue
         if start:  # the unfinished line moves to the front (through a copy: the two places may overlap; same size,
             buf[:end - start] = buf[start:end]  # so a view handed out never sees a resize)
+            base += start
             end, start = end - start, 0
         searched = end
         if end == len(buf):  # one line fills the buffer: a new one twice as large
@@ -229,6 +274,7 @@ def _lines(f, block: int, head: bytes = b"") -> Iterator[memoryview]:
         got = f.readinto1(memoryview(buf)[end:])  # what one read gives: a pipe's lines come as they are written
         if not got:
             if end:
+                where[0] = base + end
                 yield memoryview(buf)[:end]
             return
         end += got

@@ -35,17 +35,20 @@ MIN_BYTES = 64 << 20
 READERS = 2  # reader processes; each parses every READERS-th chunk
 
 
-def parsed_chunks(lines: JsonLines, size: int, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None]] | None:
-    """The file's records ``size`` at a time, each chunk with its arrays (None: not plain), parsed by reader
-    processes; None when this process had better read the file itself (then ``lines`` is left as it is)."""
+def parsed_chunks(lines: JsonLines, size: int,
+                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]] | None:
+    """The file's records ``size`` at a time, each chunk with its arrays (None: not plain) and the share of the file
+    read through it, parsed by reader processes; None when this process had better read the file itself (then
+    ``lines`` is left as it is)."""
     if not stat.S_ISREG(lines.stat.st_mode) or lines.stat.st_size < MIN_BYTES or (os.cpu_count() or 1) < 2:
         return None
     lines.close()
-    return _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
+    chunks = _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
+    return ((chunk, arrays, lines.fraction(where)) for chunk, arrays, where in chunks)
 
 
 def _from_readers(path: str, ident: tuple[int, int], size: int,
-                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None]]:
+                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, int]]:
     ctx = CleanSpawnContext()
     readers, pipes = [], []
     try:
@@ -69,7 +72,7 @@ def _from_readers(path: str, ident: tuple[int, int], size: int,
                 return
             if message[0] == "error":
                 raise InputError(message[1])
-            yield message[1], message[2]
+            yield message[1], message[2], message[3]
     finally:
         for receive in pipes:
             receive.close()
@@ -81,8 +84,8 @@ def _from_readers(path: str, ident: tuple[int, int], size: int,
 
 def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_dim: int, k: int, readers: int,
           out: Connection) -> None:
-    """Reader ``k`` of ``readers``: ("chunk", records, arrays or None) messages for chunks k, k + readers, ...,
-    then ("end",) or ("error", message)."""
+    """Reader ``k`` of ``readers``: ("chunk", records, arrays or None, the bytes read through the chunk) messages for
+    chunks k, k + readers, ..., then ("end",) or ("error", message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     try:
@@ -94,7 +97,8 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
         if (st.st_dev, st.st_ino) != ident:
             f.close()
             raise InputError(f"{path} was replaced by another file during the import; import it again")
-        lines = _json_lines(f, wanted=lambda i: i // size % readers == k)
+        where = [0]
+        lines = _json_lines(f, wanted=lambda i: i // size % readers == k, where=where)
         for c in itertools.count():
             chunk = list(itertools.islice(lines, size))
             if not chunk:
@@ -108,7 +112,7 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
                     for person in rec.get("persons", []):
                         for name in HEAVY:
                             person.pop(name, None)
-            out.send(("chunk", chunk, arrays))
+            out.send(("chunk", chunk, arrays, where[0]))
         out.send(("end",))
     except InputError as e:
         out.send(("error", str(e)))

@@ -91,6 +91,9 @@ def test_import_command(tmp_path, models):
     assert len(report["failures"]) == 1 and "[0, 1]" in report["failures"][0]["error"]
     code, out, _ = run_main("search", "--text", "hand: hold", "--data-dir", tmp_path / "data", "--json")
     assert json.loads(out)["results"][0]["path"] == "/remote/a.jpg"
+    code, out, err = run_main("import", records, "--data-dir", tmp_path / "data")  # the same records again
+    assert code == 0 and "media added 1 | persons added 1 | failures 1" in out
+    assert "import" in err and "2 records, 1 persons" in err  # its progress
     (tmp_path / "broken.jsonl").write_text("{not json")
     code, _, err = run_main("import", tmp_path / "broken.jsonl", "--data-dir", tmp_path / "data")
     assert code == 1 and "not valid JSON" in err

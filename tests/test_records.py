@@ -151,6 +151,10 @@ def test_json_lines_are_read_whole_whatever_the_block(tmp_path, monkeypatch, blo
     lines = [json.dumps(r) for r in recs]
     text = ("\ufeff" + lines[0] + "\r\n\n  \t\r\n" + lines[1] + "\n" + lines[2][:-2] + "\n\n" + lines[3]).encode()
     assert [bytes(line) for line in records_module._lines(io.BytesIO(text), block)] == text.split(b"\n")
+    where, ends = [0], []
+    for _ in records_module._lines(io.BufferedReader(_Trickle(text[9:])), block, text[:9], where):
+        ends.append(where[0])  # the bytes read through each line (the head's included)
+    assert ends == [i + 1 for i, c in enumerate(text) if c == ord("\n")] + [len(text)]
     trickle = io.BufferedReader(_Trickle(text))  # a line in many pieces, as a pipe may give it
     assert [bytes(line) for line in records_module._lines(trickle, block)] == text.split(b"\n")
     raw = _Trickle(text)
@@ -330,6 +334,42 @@ def test_reader_processes_give_what_this_process_reads(tmp_path, tiny_clip_dir, 
     assert [f["error"].split(":")[0] for f in parsed.failures] == ["record 4"]
     assert parsed_rows == inline_rows
     assert len(parsed_rows) == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
+
+
+@pytest.mark.parametrize("how", ["here", "readers", "list", "generator"])
+def test_an_import_tells_its_progress_after_each_transaction(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch,
+                                                             how):
+    """``on_progress`` after each transaction: the records done and persons stored so far (the last call: the
+    report's), and the share of the input done, growing to 1 (a file's bytes, read here or by reader processes; a
+    list's records); None for a generator, whose length is not known."""
+    from a2v_search import records as records_module
+    from a2v_search import records_reader
+    from a2v_search.api import A2VSearch
+
+    path = tmp_path / "r.jsonl"
+    recs = mixed_jsonl(path, np.random.default_rng(8))
+    monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
+    monkeypatch.setattr(records_reader, "MIN_BYTES", 0 if how == "readers" else 1 << 40)
+    source = {"here": path, "readers": path, "list": recs, "generator": (r for r in recs)}[how]
+    seen = []
+    with A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
+                        device="cpu") as api:
+        report = api.import_records(source, on_progress=seen.append)
+    assert [p.records for p in seen] == [3, 6, 9, 12, 14]
+    cut = 4 if how in ("here", "readers") else None  # the file's record 4 is cut short
+    assert [p.persons for p in seen] == [sum(len(r["persons"]) for i, r in enumerate(recs[:n]) if i != cut)
+                                         for n in (3, 6, 9, 12, 14)]
+    assert seen[-1].persons == report.persons_added
+    fractions = [p.fraction for p in seen]
+    if how == "generator":
+        assert fractions == [None] * 5
+    elif how == "list":
+        assert fractions == [3 / 14, 6 / 14, 9 / 14, 12 / 14, 1.0]
+    else:  # the bytes through each chunk's last record
+        text = path.read_bytes()
+        starts = [i for i, line in enumerate(text.split(b"\n")) if line.strip()]
+        ends = [len(b"\n".join(text.split(b"\n")[:starts[k] + 1])) + 1 for k in (2, 5, 8, 11)]
+        assert fractions == [e / len(text) for e in ends] + [1.0]
 
 
 def test_a_file_replaced_after_it_was_opened_is_refused_by_the_reader(tmp_path, monkeypatch):
