@@ -1000,10 +1000,15 @@ class _ProbeServer:
     @classmethod
     def probe(cls, path: str, size: int, timeout: float) -> tuple[str | None, bool]:
         """What :func:`_forked_probe` of ``path`` says in the server; (None, True) when the server does not answer
-        (it is stopped, and started again for the next read)."""
+        (it is stopped, and started again for the next read); (None, False) when it cannot start (a warning)."""
         with cls._lock:
             try:
                 proc = cls._proc if cls._proc is not None and cls._proc.poll() is None else cls._start()
+            except OSError as e:  # no interpreter to start (an embedded Python): read as where there is no fork
+                log.warning("cannot start a process to read %s with bounded memory (%s); reading it here",
+                            Path(path).name, e)
+                return None, False
+            try:
                 proc.stdin.write(json.dumps({"path": path, "size": size, "timeout": timeout}).encode() + b"\n")
                 proc.stdin.flush()
                 answer = (proc.stdout.readline() if select.select([proc.stdout], [], [], timeout + 60)[0]  # + start

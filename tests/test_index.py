@@ -920,6 +920,24 @@ def test_a_bounded_read_that_hangs_is_killed_from_a_process_with_or_without_othe
     assert "Error" in faiss_index._reads_beyond_bound(tmp_path / "v.json", 10)  # not a FAISS file
 
 
+def test_a_probe_server_that_cannot_start_is_a_warning_and_the_file_is_read_here(tmp_path, monkeypatch, caplog):
+    """No interpreter to start for the probe server (an embedded Python): the index is read here, with a warning
+    that says so."""
+    from index import faiss_index
+
+    vi = VectorIndex.create(8, "Flat")
+    x = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    vi.add(np.arange(10), x)
+    vi.save(tmp_path, "v", {})
+    faiss_index._ProbeServer._stop()
+    monkeypatch.setattr(faiss_index, "_only_python_thread", lambda: False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with caplog.at_level(logging.WARNING):
+        loaded, _ = VectorIndex.load(tmp_path, "v")
+    np.testing.assert_array_equal(loaded.search(x[:3], 1)[1][:, 0], np.arange(3))
+    assert "cannot start a process to read" in caplog.text
+
+
 @pytest.mark.guarantee("G8")
 @pytest.mark.parametrize("threads", ["one thread", "threads"])
 def test_an_index_file_claiming_a_huge_length_is_corrupt_without_being_allocated(tmp_path, threads):
