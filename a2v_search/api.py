@@ -287,7 +287,9 @@ class A2VSearch:
                           optional; names: the 80 COCO classes, HICO's spellings too; at most 4)}]}
 
         ``visual`` is the image tower's output; give it unnormalised (or unit length with ``visual_norm``, the
-        tower output's norm), so that trained heads' input, and A2V's classifier feature, can be recomputed.
+        tower output's norm), so that trained heads' input, and A2V's classifier feature, can be recomputed. From
+        Python, the vectors and the box may be numpy arrays and the numbers numpy scalars: a model's float32 outputs
+        as they are, which import faster than lists (no Python float to read for each value).
 
         Records are validated like ingest results; bad ones are reported and skipped, the rest is stored. A path
         already stored is replaced; a path that an earlier record of the same import gave is reported and skipped

@@ -336,14 +336,28 @@ def _parts(pasta: np.ndarray) -> np.ndarray:
 
 
 def _plain_number_list(value, n: int) -> bool:
+    """A list of ``n`` values, or a 1-d numpy array of ``n`` numbers (a Python caller's model output)."""
+    if isinstance(value, np.ndarray):
+        return value.shape == (n,) and value.dtype.kind in "fiu"
     return isinstance(value, list) and len(value) == n
 
 
+def _number(value) -> bool:
+    """A real number, a numpy scalar included (not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive(value) -> bool:
-    return type(value) in (int, float) and math.isfinite(value) and value > 0
+    return _number(value) and math.isfinite(value) and value > 0
+
+
+def _box_list(box):
+    """A box given as a numpy array of 4 numbers, as the list of them; anything else as it is."""
+    return box.tolist() if isinstance(box, np.ndarray) and box.shape == (4,) and box.dtype.kind in "fiu" else box
 
 
 def _plain_box(box) -> bool:
+    box = _box_list(box)
     return (isinstance(box, list) and len(box) == 4 and all(type(v) in (int, float) and math.isfinite(v) for v in box)
             and box[2] > box[0] and box[3] > box[1])
 
@@ -417,7 +431,7 @@ def plain_media(records: list, arrays: PlainArrays, collection: str) -> list[New
         width, height = rec.get("width"), rec.get("height")
         people = []
         for p in rec.get("persons", []):
-            box = p.get("box", [0, 0, width or 1, height or 1])
+            box = _box_list(p.get("box", [0, 0, width or 1, height or 1]))
             people.append(NewPerson(box=[float(v) for v in box], pasta=arrays.pasta[i], verbs=arrays.verbs[i],
                                     parts=arrays.parts[i], visual=arrays.visual[i],
                                     visual_norm=float(p.get("visual_norm", arrays.norms[i])),
@@ -475,14 +489,13 @@ def record_to_media(rec, visual_dim: int, collection: str) -> NewMedia:
         if norm < 1e-6:
             raise InputError(f"persons[{j}].visual is a zero vector")
         tower_norm = p.get("visual_norm", norm)  # the tower output's norm when `visual` is already unit length
-        if isinstance(tower_norm, bool) or not isinstance(tower_norm, (int, float)) or not math.isfinite(tower_norm) \
-                or tower_norm <= 0:
+        if not _positive(tower_norm):
             raise InputError(f"persons[{j}].visual_norm must be a positive number")
         if "parts" in p:
             parts = _vector(p["parts"], tx.N_PARTS, f"persons[{j}].parts")
         else:  # the strongest interacting state of each part
             parts = _parts(pasta[None])[0]
-        box = p.get("box", [0, 0, width or 1, height or 1])
+        box = _box_list(p.get("box", [0, 0, width or 1, height or 1]))
         if (not isinstance(box, list) or len(box) != 4
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
                 or box[2] <= box[0] or box[3] <= box[1]):

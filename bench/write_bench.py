@@ -1,4 +1,4 @@
-"""Benchmark of the one writer: persons/s through ``Store.write``, through ``import`` (JSON lines and Python dicts)
+"""Benchmark of the one writer: persons/s through ``Store.write``, through ``import`` (JSON lines, Python dicts)
 and in the Ray driver's shape, into stores of 0, 100k and 1M persons, with realistic persons and the time split by
 part.
 
@@ -29,9 +29,10 @@ at 2M persons):
   batches are made before the row and frozen out of the collector's walks during it, as an ingest freezes its
   models and an import its caller's records (heap.py).
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
-- ``import jsonl`` / ``import dicts``: ``records.import_records`` of ``records.read_records`` of a JSON-lines file
-  (read as the import goes) or of the dicts, what ``manage.py import`` and ``A2VSearch.import_records`` do once the
-  models are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of
+- ``import jsonl`` / ``import dicts`` / ``import arrays``: ``records.import_records`` of ``records.read_records`` of
+  a JSON-lines file (read as the import goes), of the dicts (vectors as lists), or of the dicts with numpy float32
+  vectors (as a Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do
+  once the models are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of
   media (parsing and validating the records in this process, or waiting for the chunks of the reader processes that
   parse a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the
   readers: 2 cores cap persons/s at 2e6 / their sum.
@@ -325,15 +326,21 @@ def records_of(items: list) -> list[dict]:
     return out
 
 
-def import_row(path: Path, persons: int, jsonl: bool, tmp: Path) -> dict:
-    """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included."""
+def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
+    """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included; ``kind``:
+    jsonl (a file), dicts (the vectors as lists) or arrays (dicts whose vectors are numpy float32 arrays, as a
+    Python caller's model gives them)."""
     from a2v_search import records as records_module
     from a2v_search.records import import_records, read_records
 
     work = Workload(f"/import/{time.time_ns()}", seed=3)
     records = records_of(work.batch(persons))
     source: object = records
-    if jsonl:
+    if kind == "arrays":
+        for r in records:
+            for p in r["persons"]:
+                p.update({k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")})
+    if kind == "jsonl":
         source = tmp / "records.jsonl"
         source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     os.sync()  # as in write_row
@@ -412,7 +419,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="persons per Store.write transaction")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the seeded stores are kept between runs (default: a temporary folder)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["write", "driver", "jsonl", "dicts", "filters"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["write", "driver", "jsonl", "dicts", "arrays", "filters"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the rate rows (Store.write, driver, imports), each from the seeded store: "
                              "the tables show each row's median round, a last table every round")
@@ -445,7 +453,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-RATE_ROWS = ("write", "driver", "jsonl", "dicts")
+IMPORTS = ("jsonl", "dicts", "arrays")  # import rows: a JSON-lines file, dicts of lists, dicts of numpy arrays
+RATE_ROWS = ("write", "driver", *IMPORTS)
 
 
 def rate_rows(rounds: dict[str, list], path: Path, n: int, args, tmp: Path) -> None:
@@ -461,9 +470,9 @@ def rate_rows(rounds: dict[str, list], path: Path, n: int, args, tmp: Path) -> N
         d = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
         rounds["driver"].append(d)
         log(f"N={n:,}: driver shape {d['rate']:,.0f} persons/s ({d['cpu_rate']:,.0f} per CPU second)")
-    for kind in ("jsonl", "dicts"):
+    for kind in IMPORTS:
         if kind not in args.skip:
-            x = import_row(path, args.persons // 2, kind == "jsonl", tmp)
+            x = import_row(path, args.persons // 2, kind, tmp)
             rounds[kind].append(x)
             log(f"N={n:,}: import {kind} {x['rate']:,.0f} persons/s ({x['rate_no_save']:,.0f} without the final "
                 f"save of {x['save_s']:.2f} s; reading {x['read_s']:.2f} s)")
@@ -521,7 +530,7 @@ def report(results: list[dict], args) -> None:
           "(this process + readers) |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        for kind in ("jsonl", "dicts"):
+        for kind in IMPORTS:
             if kind in r:
                 x = r[kind]
                 print(f"| {x['N']:,} | {kind} | {x['persons']:,} | {x['rate']:,.0f} | {x['rate_no_save']:,.0f} | "

@@ -35,8 +35,19 @@ def records(rng, n=6, visual_dim=16):
     return out
 
 
-def test_the_batch_conversion_equals_the_one_by_one(tmp_path):
+@pytest.mark.parametrize("given", ["lists", "float32", "float64", "float16", "mixed"])
+def test_the_batch_conversion_equals_the_one_by_one(tmp_path, given):
+    """The batch conversion of plain records gives what the record-by-record one gives; a Python caller's numpy
+    arrays (vectors of any float dtype, boxes, norms as numpy scalars) are plain too."""
     recs = records(np.random.default_rng(0))
+    if given != "lists":
+        for i, p in enumerate(q for r in recs for q in r["persons"]):
+            dtype = {"mixed": (np.float32, np.float64, np.float16)[i % 3]}.get(given, given)
+            p.update({k: np.asarray(v, dtype) for k, v in p.items() if k in ("pasta", "verbs", "visual", "parts")})
+            if "box" in p:
+                p["box"] = np.asarray(p["box"], np.float64)
+            if "visual_norm" in p:
+                p["visual_norm"] = np.float32(p["visual_norm"])
     arrays = plain_arrays(recs, 16)
     fast = plain_media(recs, arrays, "default")
     slow = [record_to_media(r, 16, "default") for r in recs]
@@ -237,6 +248,37 @@ def test_an_import_stores_the_same_whatever_its_transactions(tmp_path, tiny_clip
         assert report.failures == [] and report.media_added == 12
         out.append(stored_persons(data))
     assert out[0] == out[1] and len(out[0]) == sum(len(r["persons"]) for r in recs)
+
+
+def test_numpy_records_are_stored_as_their_lists_are(tmp_path, tiny_clip_dir, tiny_bert_dir):
+    """A Python caller's records with numpy values (a model's float32 outputs, numpy scalars for the frame, time,
+    score and norm) store exactly what the same records as lists and Python numbers store."""
+    from a2v_search.api import A2VSearch
+
+    recs = records(np.random.default_rng(11), n=9)
+    as_numpy = []
+    for r in recs:
+        persons = []
+        for p in r["persons"]:
+            q = {k: np.asarray(v, np.float32) if k in ("pasta", "verbs", "visual", "parts") else v
+                 for k, v in p.items()}
+            q.update({k: np.float32(v) for k, v in p.items() if k in ("score", "visual_norm", "t_sec")})
+            if "frame_index" in p:
+                q["frame_index"] = np.int64(p["frame_index"])
+            if "box" in p:
+                q["box"] = np.asarray(p["box"], np.float32)
+            persons.append(q)
+        as_numpy.append({**r, "persons": persons})
+    as_lists = [{**r, "persons": [{k: v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic)
+                                   else v for k, v in p.items()} for p in r["persons"]]} for r in as_numpy]
+    stored = []
+    for name, given in (("lists", as_lists), ("numpy", as_numpy)):
+        with A2VSearch.open(tmp_path / name, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
+                            device="cpu") as api:
+            report = api.import_records(given)
+        assert report.failures == [] and report.media_added == 9
+        stored.append(stored_persons(tmp_path / name))
+    assert stored[0] == stored[1] and len(stored[0]) == sum(len(r["persons"]) for r in recs)
 
 
 def test_an_import_freezes_the_callers_records_while_it_writes_and_only_then(tmp_path, tiny_clip_dir, tiny_bert_dir,
