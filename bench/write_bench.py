@@ -29,9 +29,11 @@ at 2M persons):
   batches are made before the row and frozen out of the collector's walks during it, as an ingest freezes its
   models and an import its caller's records (heap.py).
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
-- ``import jsonl`` / ``import dicts`` / ``import arrays``: ``records.import_records`` of ``records.read_records`` of
-  a JSON-lines file (read as the import goes), of the dicts (vectors as lists), or of the dicts with numpy float32
-  vectors (as a Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do
+- ``import jsonl`` / ``jsonl32`` / ``dicts`` / ``arrays``: ``records.import_records`` of ``records.read_records`` of
+  a JSON-lines file (read as the import goes; ``jsonl``: numbers as Python writes floats, up to 17 digits;
+  ``jsonl32``: the vectors' float32 values in their shortest form, as ``orjson.dumps`` writes numpy float32 arrays
+  with ``OPT_SERIALIZE_NUMPY``), of the dicts (vectors as lists), or of the dicts with numpy float32 vectors (as a
+  Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do
   once the models are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of
   media (parsing and validating the records in this process, or waiting for the chunks of the reader processes that
   parse a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the
@@ -328,8 +330,9 @@ def records_of(items: list) -> list[dict]:
 
 def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
     """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included; ``kind``:
-    jsonl (a file), dicts (the vectors as lists) or arrays (dicts whose vectors are numpy float32 arrays, as a
-    Python caller's model gives them)."""
+    jsonl (a file, numbers as Python writes floats), jsonl32 (a file, the vectors' float32 values as orjson writes
+    numpy arrays), dicts (the vectors as lists) or arrays (dicts whose vectors are numpy float32 arrays, as a Python
+    caller's model gives them)."""
     from a2v_search import records as records_module
     from a2v_search.records import import_records, read_records
 
@@ -340,9 +343,18 @@ def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
         for r in records:
             for p in r["persons"]:
                 p.update({k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")})
-    if kind == "jsonl":
+    if kind == "jsonl":  # numbers as Python writes floats: a float32 value in up to 17 digits
         source = tmp / "records.jsonl"
         source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    elif kind == "jsonl32":  # the vectors as float32 arrays, written as orjson writes them: ~9 digits a number
+        import orjson
+
+        source = tmp / "records.jsonl"
+        with open(source, "wb") as f:
+            for r in records:
+                r = {**r, "persons": [{**p, **{k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")}}
+                                      for p in r["persons"]]}
+                f.write(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
     os.sync()  # as in write_row
     store = open_store(path, create=True)
     try:
@@ -420,7 +432,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the seeded stores are kept between runs (default: a temporary folder)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["write", "driver", "jsonl", "dicts", "arrays", "filters"])
+                        choices=["write", "driver", "jsonl", "jsonl32", "dicts", "arrays", "filters"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the rate rows (Store.write, driver, imports), each from the seeded store: "
                              "the tables show each row's median round, a last table every round")
@@ -453,7 +465,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-IMPORTS = ("jsonl", "dicts", "arrays")  # import rows: a JSON-lines file, dicts of lists, dicts of numpy arrays
+IMPORTS = ("jsonl", "jsonl32", "dicts", "arrays")  # import rows: JSON lines (Python's floats, float32's shortest
+#                                                     form), dicts of lists, dicts of numpy arrays
 RATE_ROWS = ("write", "driver", *IMPORTS)
 
 
