@@ -33,11 +33,11 @@ at 2M persons):
   a JSON-lines file (read as the import goes; ``jsonl``: numbers as Python writes floats, up to 17 digits;
   ``jsonl32``: the vectors' float32 values in their shortest form, as ``orjson.dumps`` writes numpy float32 arrays
   with ``OPT_SERIALIZE_NUMPY``), of the dicts (vectors as lists), or of the dicts with numpy float32 vectors (as a
-  Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do
-  once the models are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of
-  media (parsing and validating the records in this process, or waiting for the chunks of the reader processes that
-  parse a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the
-  readers: 2 cores cap persons/s at 2e6 / their sum.
+  Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do once the models
+  are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of media
+  (parsing and validating the records in this process, or waiting for the chunks of the reader processes that parse
+  a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the readers:
+  2 cores cap persons/s at 2e6 / their sum.
 Also: ``--where`` filter latency and the SQLite bytes per person of each store (its pages in use and its WAL).
 """
 
@@ -339,22 +339,18 @@ def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
     work = Workload(f"/import/{time.time_ns()}", seed=3)
     records = records_of(work.batch(persons))
     source: object = records
-    if kind == "arrays":
+    if kind in ("arrays", "jsonl32"):  # the vectors as a model gives them: float32 arrays
         for r in records:
             for p in r["persons"]:
                 p.update({k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")})
     if kind == "jsonl":  # numbers as Python writes floats: a float32 value in up to 17 digits
         source = tmp / "records.jsonl"
         source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    elif kind == "jsonl32":  # the vectors as float32 arrays, written as orjson writes them: ~9 digits a number
+    elif kind == "jsonl32":  # the arrays written as orjson writes them: ~9 digits a number
         import orjson
 
         source = tmp / "records.jsonl"
-        with open(source, "wb") as f:
-            for r in records:
-                r = {**r, "persons": [{**p, **{k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")}}
-                                      for p in r["persons"]]}
-                f.write(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        source.write_bytes(b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in records))
     os.sync()  # as in write_row
     store = open_store(path, create=True)
     try:
