@@ -296,8 +296,9 @@ class A2VSearch:
         (one record a media, with all its persons). A JSON-lines file is read as the import goes, never whole (one of
         64 MiB or more by two reader processes, so that parsing overlaps writing); a line that is not JSON is a bad
         record (but a file whose first record is not JSON is refused). ``on_progress(ImportProgress)`` is called
-        after each transaction (256 records): records done, persons stored, and the share of the input done (a file's
-        bytes, a list's records; None for a pipe or a generator)."""
+        after each transaction (256 records): records done, persons stored, the share of the input done (a file's
+        bytes, a list's records; None for a pipe or a generator) and the seconds since the import began (the models'
+        loading not counted)."""
         records = read_records(source)
         with self.writer("import") as store:
             encoder = self.encoder(store)

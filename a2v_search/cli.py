@@ -159,11 +159,10 @@ def import_(
     columns = (TextColumn("import"), BarColumn(), counts, TimeElapsedColumn())
     with Progress(*columns, console=_console(stderr=True), transient=as_json) as bar:
         task = bar.add_task("import", total=None, records=0, persons=0, rate=0.0)
-        started = time.monotonic()
 
         def on_progress(p) -> None:  # a file's share read (None: a pipe, the bar just pulses)
             bar.update(task, total=None if p.fraction is None else 1.0, completed=p.fraction or 0.0,
-                       records=p.records, persons=p.persons, rate=p.persons / max(time.monotonic() - started, 1e-9))
+                       records=p.records, persons=p.persons, rate=p.persons / max(p.seconds, 1e-9))
 
         report = api.import_records(file, collection, on_progress=on_progress)
     if as_json:

@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ class ImportProgress:
     records: int  # records read and written (or reported as failures) so far
     persons: int  # persons stored so far
     fraction: float | None  # the share of the input done: a file's bytes, a list's records; None: not known (a pipe)
+    seconds: float  # since the import started (the models loaded before it not counted)
 
 
 def import_records(store: Store, records: Iterable, visual_dim: int, collection: str = "default",
@@ -64,11 +66,12 @@ def import_records(store: Store, records: Iterable, visual_dim: int, collection:
     after each transaction is written."""
     report = ImportReport()
     first_of: dict[str, int] = {}  # path -> the record that gave it
+    started = time.perf_counter()
 
     def written(future: Future, records_done: int, fraction: float | None) -> None:
         report.persons_added += len(future.result())
         if on_progress is not None:
-            on_progress(ImportProgress(records_done, report.persons_added, fraction))
+            on_progress(ImportProgress(records_done, report.persons_added, fraction, time.perf_counter() - started))
 
     with frozen_heap(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-import") as writer:
         pending: tuple[Future, int, float | None] | None = None  # the write in flight, with where it leaves the input

@@ -4,6 +4,7 @@ with the line of an error named."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import sys
@@ -402,6 +403,7 @@ def test_an_import_tells_its_progress_after_each_transaction(tmp_path, tiny_clip
     assert [p.persons for p in seen] == [sum(len(r["persons"]) for i, r in enumerate(recs[:n]) if i != cut)
                                          for n in (3, 6, 9, 12, 14)]
     assert seen[-1].persons == report.persons_added
+    assert seen[0].seconds > 0 and all(a.seconds <= b.seconds for a, b in itertools.pairwise(seen))
     fractions = [p.fraction for p in seen]
     if how == "generator":
         assert fractions == [None] * 5
