@@ -212,12 +212,12 @@ class JsonLines:
 
 
 def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"",
-                where: list[int] | None = None) -> Iterator:
+                where: list[int] | None = None, loads: Callable = orjson.loads) -> Iterator:
     """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
     nested too deeply a _TooDeep). ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None
     (a reader process parses its share of a file). ``head``: the file's first bytes, already read from it.
-    ``where[0]``: set to the bytes read through each line given. Closes the file when done; a read error is an
-    InputError."""
+    ``where[0]``: set to the bytes read through each line given. ``loads``: parses a line (orjson's, or one that
+    gives the same records and raises the same errors). Closes the file when done; a read error is an InputError."""
     n = i = 0
     with f:
         try:
@@ -231,7 +231,7 @@ def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"
                         yield None
                     continue
                 try:
-                    record = orjson.loads(line)
+                    record = loads(line)
                 except orjson.JSONDecodeError as e:
                     if blank:
                         continue

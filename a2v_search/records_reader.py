@@ -9,7 +9,11 @@ record in the importing process, which names what is wrong with each. The import
 numbered the same, as when it reads the file itself; it reads small files (under :data:`MIN_BYTES`), pipes and
 FIFOs itself, and any file on a single core.
 
-Readers are spawned (they import numpy and orjson: not torch, SQLite or FAISS), die with the importing process
+A reader parses a line with simdjson, which reads a person's number lists straight into arrays (:func:`loads_vectors`:
+no Python float is made of each number, about half a reader's CPU a person); a line it cannot give exactly as orjson
+would is orjson's own.
+
+Readers are spawned (they import numpy, orjson and simdjson: not torch, SQLite or FAISS), die with the importing process
 (processes.py), ignore Ctrl-C (the importing process stops them), and each is at most one chunk ahead: it waits
 while the pipe holds its last one. A reader that dies stops the import with an error; the transactions before are
 stored.
@@ -23,6 +27,10 @@ import signal
 import stat
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+
+import numpy as np
+import orjson
+import simdjson
 
 from .errors import InputError, StoreError
 from .faults import fault_point
@@ -98,7 +106,7 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
             f.close()
             raise InputError(f"{path} was replaced by another file during the import; import it again")
         where = [0]
-        lines = _json_lines(f, wanted=lambda i: i // size % readers == k, where=where)
+        lines = _json_lines(f, wanted=lambda i: i // size % readers == k, where=where, loads=loads_vectors)
         for c in itertools.count():
             chunk = list(itertools.islice(lines, size))
             if not chunk:
@@ -120,3 +128,84 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
         pass
     finally:
         out.close()
+
+
+VECTORS = frozenset(("pasta", "verbs", "visual", "parts"))  # a person's number lists that loads_vectors reads as arrays
+_parser: list = []  # this process's simdjson parser, made at its first line
+
+
+def loads_vectors(line) -> object:
+    """``orjson.loads(line)``, but a person's :data:`VECTORS` lists of numbers come as float64 arrays, read by
+    simdjson (``records.plain_arrays`` takes them as it takes lists, with the same float32 values). A line that this
+    cannot give exactly as orjson does is parsed by orjson, so the records and the errors are orjson's: not an
+    object, a key given twice in a record or a person, a vector that holds anything but numbers, a number simdjson
+    refuses, or a ``[`` that is not a list (in a string: a list nested in a vector is found so, since simdjson reads
+    its numbers into the same array)."""
+    if not _parser:
+        _parser.append(simdjson.Parser())
+    try:
+        got = _record(_parser[0].parse(line))
+    except (ValueError, TypeError, RuntimeError):  # simdjson's errors: orjson's below are the ones reported
+        got = None
+    if got is None or got[1] != np.count_nonzero(np.frombuffer(line, np.uint8) == ord("[")):
+        return orjson.loads(line)
+    return got[0]
+
+
+def _record(doc) -> tuple[dict, int] | None:
+    """(the record, how many lists it holds) of a line simdjson parsed; None if it is not an object of distinct keys."""
+    if not isinstance(doc, simdjson.Object):
+        return None
+    keys = list(doc.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    record, lists = {}, 0
+    for key in keys:
+        value = doc[key]
+        if key == "persons" and isinstance(value, simdjson.Array):
+            record[key], lists = [], lists + 1
+            for person in value:
+                got = _person(person) if isinstance(person, simdjson.Object) else _python(person)
+                if got is None:
+                    return None
+                record[key].append(got[0])
+                lists += got[1]
+        else:
+            record[key], n = _python(value)
+            lists += n
+    return record, lists
+
+
+def _person(doc) -> tuple[dict, int] | None:
+    """(a person, how many lists it holds), its VECTORS as float64 arrays; None if a key is given twice."""
+    keys = list(doc.keys())
+    if len(set(keys)) != len(keys):
+        return None
+    person, lists = {}, 0
+    for key in keys:
+        value = doc[key]
+        if key in VECTORS and isinstance(value, simdjson.Array):  # TypeError unless every item is a number
+            person[key], lists = np.frombuffer(value.as_buffer(of_type="d"), np.float64), lists + 1
+        else:
+            person[key], n = _python(value)
+            lists += n
+    return person, lists
+
+
+def _python(value) -> tuple[object, int]:
+    """(a parsed value as orjson gives it, how many lists it holds)."""
+    if isinstance(value, simdjson.Array):
+        value = value.as_list()
+    elif isinstance(value, simdjson.Object):
+        value = value.as_dict()
+    else:
+        return value, 0
+    return value, _lists(value)
+
+
+def _lists(value) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_lists(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_lists(v) for v in value.values())
+    return 0

@@ -115,6 +115,69 @@ def test_json_lines_name_the_bad_line(tmp_path):
         read_records(tmp_path / "missing.jsonl")
 
 
+VECTORS = ("pasta", "verbs", "visual", "parts")
+
+
+def _vectors_of(record) -> list:
+    """The persons' vectors of a record, in order."""
+    persons = record.get("persons", []) if isinstance(record, dict) else []
+    return [p[k] for p in persons if isinstance(p, dict) for k in VECTORS if k in p] if isinstance(persons, list) \
+        else []
+
+
+def _without_vectors(record):
+    if not isinstance(record, dict) or not isinstance(record.get("persons"), list):
+        return record
+    return {**record, "persons": [{k: v for k, v in p.items() if k not in VECTORS} if isinstance(p, dict) else p
+                                  for p in record["persons"]]}
+
+
+def test_a_reader_gives_the_records_and_errors_that_orjson_gives():
+    """The reader processes' parser (simdjson, records_reader.loads_vectors) gives exactly orjson's records, its
+    vectors as float64 arrays of the same numbers; any line it cannot give so is orjson's own (lists, or orjson's
+    error): nested lists in a vector (simdjson would flatten them), a ``[`` in a string, a key given twice (orjson
+    keeps the last), names, anything but numbers in a vector, numbers simdjson refuses."""
+    import orjson
+
+    from a2v_search.records_reader import loads_vectors
+
+    rec = records(np.random.default_rng(3), n=3)[2]  # two persons, one with parts, a box, a time
+    fast = [rec,
+            {**rec, "persons": [{**rec["persons"][0], "visual": [1, -0, 2.5, -0.0, 1e-320, 9007199254740993]}]},
+            {"path": "/é\\\"\u00e9.jpg", "persons": [], "objects": [{"box": [1, 2, 3, 4]}]},
+            {"path": "/x.jpg", "persons": [{"pasta": [], "objects": [{"label": "cup", "box": [[1], 2]}]}]},
+            {**rec, "persons": [{**rec["persons"][0], "pasta": {"hand: hold": 0.5}}]}]
+    visual = rec["persons"][0]["visual"]
+    slow = [json.dumps({**rec, "path": "/a[1].jpg"}),
+            json.dumps({**rec, "persons": [{**rec["persons"][0], "visual": [[v] for v in visual]}]}),
+            json.dumps({**rec, "persons": [{**rec["persons"][0], "visual": [visual]}]}),
+            json.dumps({**rec, "persons": [{**rec["persons"][0], "verbs": [0.5, "x"]}]}),
+            json.dumps({**rec, "persons": [{**rec["persons"][0], "verbs": [0.5, True]}]}),
+            '{"path": "/a.jpg", "persons": [{"visual": [1, 18446744073709551616]}]}',
+            '{"path": "/a.jpg", "path": "/b.jpg", "persons": []}',
+            '{"path": "/a.jpg", "persons": [{"visual": [1, 2], "visual": [3, 4]}]}',
+            '[1, 2]', '7', '{"path": "/a.jpg", "persons": 5}', '{"path": "/a.jpg", "persons": [5, [1]]}']
+    for line in [json.dumps(r).encode() for r in fast] + [s.encode() for s in slow]:
+        got, want = loads_vectors(memoryview(bytearray(b"x" + line))[1:]), orjson.loads(line)
+        assert _without_vectors(got) == _without_vectors(want), line[:80]
+        arrays = [isinstance(v, np.ndarray) and v.dtype == np.float64
+                  for v, w in zip(_vectors_of(got), _vectors_of(want), strict=True) if isinstance(w, list)]
+        assert all(arrays) if line.decode() not in slow else not any(arrays), line[:80]
+        for v, w in zip(_vectors_of(got), _vectors_of(want), strict=True):  # the stored float32 values, or the same
+            if isinstance(v, np.ndarray):
+                assert np.array_equal(v.astype(np.float32), np.array(w, np.float32))
+            else:
+                assert v == w
+    assert isinstance(loads_vectors(json.dumps(rec).encode())["persons"][1]["parts"], np.ndarray)
+    for bad in (b'{"path": "/a.jpg", "persons": [{"visual": [NaN]}]}', b'{"a": 1} {"b": 2}', b'{"a": [1,]}',
+                b'{"a": "\xff"}', b'{"a": [1e400]}', b'{"a": "\\ud800"}', b"[" * 2000 + b"]" * 2000):
+        with pytest.raises(orjson.JSONDecodeError) as want:
+            orjson.loads(bad)
+        with pytest.raises(orjson.JSONDecodeError) as got:
+            loads_vectors(bad)
+        assert str(got.value) == str(want.value)
+
+
 @pytest.mark.parametrize("listed", [False, True])
 def test_records_are_read_from_a_fifo(tmp_path, listed):
     """A pipe or FIFO (``producer | manage.py import /dev/stdin``) gives its records as a file does: its first bytes
