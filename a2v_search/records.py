@@ -174,30 +174,46 @@ def read_records(source: str | os.PathLike | Iterable[dict]) -> Iterable:
                 raise _not_records(p, e, e.lineno) from None
             return data if isinstance(data, list) else iter(data)
         where = [0]
-        lines = _json_lines(f, head=head, where=where)
+        lines = _record_lines(f, head=head, where=where)
         first = next(lines, None)
+        first = None if first is None else (first[0], bytes(first[1]))  # (its view is valid until the next line)
     except OSError as e:
         f.close()
         raise InputError(f"cannot read {p}: {e.strerror or e}") from None
-    if isinstance(first, _BadLine):
+    if first is not None and isinstance(problem := parse_line(*first), _BadLine):
         lines.close()
-        raise InputError(first.file_problem(p))
+        raise InputError(problem.file_problem(p))
     return JsonLines(p, os.fstat(f.fileno()), first, lines, where)
 
 
 class JsonLines:
-    """The records of a JSON-lines file (:func:`read_records`), its first one already read: iterating goes on
+    """The records of a JSON-lines file (:func:`read_records`), its first line already read: iterating goes on
     reading the file in this process; :func:`import_records` has a large regular file parsed by reader processes
-    instead (records_reader.py), from its start, and closes this one."""
+    instead (records_reader.py), from its start, and closes this one, and a large stream's lines parsed by processes
+    it feeds them to (:meth:`lines`)."""
 
-    def __init__(self, path: Path, stat: os.stat_result, first, lines: Iterator, where: list[int]):
+    def __init__(self, path: Path, stat: os.stat_result, first: tuple[int, bytes] | None, lines: Iterator,
+                 where: list[int]):
         self.path, self.stat = path, stat
-        self._records = itertools.chain([] if first is None else [first], lines)
+        self._first = first  # (line number, line) of the first record, until it is given
         self._lines = lines
         self._where = where  # the bytes read through the last record given
 
     def __iter__(self) -> Iterator:
-        return self._records
+        for n, line in self.lines():
+            yield parse_line(n, line)
+
+    def lines(self) -> Iterator[tuple[int, bytes | memoryview]]:
+        """(line number, line) of the records not given yet, unparsed; each view is valid until the next is asked
+        for."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._lines
+
+    def bytes_read(self) -> int:
+        """The bytes read through the last record given."""
+        return self._where[0]
 
     def fraction(self, where: int | None = None) -> float | None:
         """The share of the file read through the last record given (or through byte ``where``); None when its size
@@ -211,33 +227,37 @@ class JsonLines:
         self._lines.close()
 
 
+def parse_line(n: int, line, loads: Callable = orjson.loads):
+    """The record of line ``n`` of a JSON-lines file; a _BadLine when it is not JSON (a _TooDeep when nested too
+    deeply to parse). ``loads``: orjson's, or one that gives the same records and raises the same errors."""
+    try:
+        return loads(line)
+    except orjson.JSONDecodeError as e:
+        return _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
+
+
 def _json_lines(f, wanted: Callable[[int], bool] | None = None, head: bytes = b"",
                 where: list[int] | None = None, loads: Callable = orjson.loads) -> Iterator:
-    """The records of an open JSON-lines file, blank lines skipped; a line that is not JSON gives a _BadLine (one
-    nested too deeply a _TooDeep). ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None
-    (a reader process parses its share of a file). ``head``: the file's first bytes, already read from it.
-    ``where[0]``: set to the bytes read through each line given. ``loads``: parses a line (orjson's, or one that
-    gives the same records and raises the same errors). Closes the file when done; a read error is an InputError."""
-    n = i = 0
+    """The records of an open JSON-lines file (:func:`parse_line` of each of :func:`_record_lines`).
+    ``wanted(i)``: whether record ``i`` (from 0) is parsed; the others give None (a reader process parses its share
+    of a file)."""
+    for i, (n, line) in enumerate(_record_lines(f, head, where)):
+        yield parse_line(n, line, loads) if wanted is None or wanted(i) else None
+
+
+def _record_lines(f, head: bytes = b"", where: list[int] | None = None) -> Iterator[tuple[int, memoryview]]:
+    """(line number, line) of the lines of an open JSON-lines file that are not blank, the first without a byte
+    order mark; each view is valid until the next is asked for. ``head``: the file's first bytes, already read
+    from it. ``where[0]``: set to the bytes read through each line given. Closes the file when done; a read error
+    is an InputError."""
+    n = 0
     with f:
         try:
             for n, line in enumerate(_lines(f, LINES_BLOCK, head, where), 1):
                 if n == 1 and line[:3] == BOM:
                     line = line[3:]
-                blank = not line or (line[0] in _SPACE and bytes(line).isspace())  # (copied only when it may be)
-                if wanted is not None and not wanted(i):
-                    if not blank:
-                        i += 1
-                        yield None
-                    continue
-                try:
-                    record = loads(line)
-                except orjson.JSONDecodeError as e:
-                    if blank:
-                        continue
-                    record = _TooDeep() if "depth" in e.msg else _BadLine(n, e.msg)
-                i += 1
-                yield record
+                if line and not (line[0] in _SPACE and bytes(line).isspace()):  # (copied only when it may be blank)
+                    yield n, line
         except OSError as e:
             raise InputError(f"cannot read {f.name} after line {n}: {e.strerror or e}") from None
 

@@ -1,26 +1,31 @@
-"""Large JSON-lines import files parsed in reader processes, so that the importing process only writes.
+"""Large JSON-lines imports parsed in other processes, so that the importing process only writes.
 
-A person's record holds ~770 numbers: parsing them (orjson) and making arrays of them holds the GIL for ~60-85 us
-a person, more than the writer's own Python needs. Each of :data:`READERS` reader processes reads the file from its
-start and parses its share of the chunks (chunk c is reader c % READERS's; a chunk is the importing process's
-transaction): it makes arrays of each plain chunk (``records.plain_arrays``) and sends them with the records' other
-fields; a chunk that is not plain (names instead of numbers, a bad record) goes as parsed, to be converted record by
-record in the importing process, which names what is wrong with each. The importing process gets the same records,
-numbered the same, as when it reads the file itself; it reads small files (under :data:`MIN_BYTES`), pipes and
-FIFOs itself, and any file on a single core.
+A person's record holds ~770 numbers: parsing them and making arrays of them holds the GIL for ~40-85 us a person,
+about as much as the writer's own Python needs. A chunk of records (the importing process's transaction) is parsed by
+one of :data:`READERS` processes, chunk c by process c % READERS, which makes arrays of it when it is plain
+(``records.plain_arrays``) and sends them with the records' other fields; a chunk that is not plain (names instead
+of numbers, a bad record) goes as parsed, to be converted record by record in the importing process, which names
+what is wrong with each. The importing process gets the same records, numbered the same, as when it parses them
+itself, which it does for small files (under :data:`MIN_BYTES`), the first MIN_BYTES of a stream, and on a single
+core.
+- **A regular file**: each reader process opens the file and reads it from its start, parsing only its chunks.
+- **A pipe or FIFO** (``producer | manage.py import /dev/stdin``) can be read once: the importing process reads its
+  lines and sends each chunk's lines to a parser process.
 
-A reader parses a line with simdjson, which reads a person's number lists straight into arrays (:func:`loads_vectors`:
-no Python float is made of each number, about half a reader's CPU a person); a line it cannot give exactly as orjson
+A line is parsed with simdjson, which reads a person's number lists straight into arrays (:func:`loads_vectors`: no
+Python float is made of each number, about half the parsing CPU a person); a line it cannot give exactly as orjson
 would is orjson's own.
 
-Readers are spawned (they import numpy, orjson and simdjson: not torch, SQLite or FAISS), die with the importing process
-(processes.py), ignore Ctrl-C (the importing process stops them), and each is at most one chunk ahead: it waits
-while the pipe holds its last one. A reader that dies stops the import with an error; the transactions before are
-stored.
+These processes are spawned (they import numpy, orjson and simdjson: not torch, SQLite or FAISS), die with the
+importing process (processes.py), ignore Ctrl-C (the importing process stops them), and each is at most one chunk
+ahead. One that dies stops the import with an error; the transactions before are stored.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import itertools
 import os
 import signal
@@ -35,59 +40,168 @@ import simdjson
 from .errors import InputError, StoreError
 from .faults import fault_point
 from .processes import CleanSpawnContext, die_with_parent
-from .records import HEAVY, JsonLines, PlainArrays, _json_lines, plain_arrays
+from .records import HEAVY, JsonLines, PlainArrays, _json_lines, parse_line, plain_arrays
 
-# Smaller files are parsed by the importing process: starting two readers (~0.3 s) costs as much as they save up to
+# Smaller inputs are parsed by the importing process: starting two readers (~0.3 s) costs as much as they save up to
 # ~3,000 persons of 512-d vectors (~47 MiB of bench/write_bench.py's records).
 MIN_BYTES = 64 << 20
-READERS = 2  # reader processes; each parses every READERS-th chunk
+READERS = 2  # reader (or parser) processes; each parses every READERS-th chunk
 
 
 def parsed_chunks(lines: JsonLines, size: int,
                   visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]] | None:
     """The file's records ``size`` at a time, each chunk with its arrays (None: not plain) and the share of the file
-    read through it, parsed by reader processes; None when this process had better read the file itself (then
-    ``lines`` is left as it is)."""
-    if not stat.S_ISREG(lines.stat.st_mode) or lines.stat.st_size < MIN_BYTES or (os.cpu_count() or 1) < 2:
+    read through it, parsed by other processes once the input is large; None when this process had better read the
+    file itself (then ``lines`` is left as it is)."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    if not stat.S_ISREG(lines.stat.st_mode):
+        return _streamed(lines, size, visual_dim)
+    if lines.stat.st_size < MIN_BYTES:
         return None
     lines.close()
     chunks = _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
     return ((chunk, arrays, lines.fraction(where)) for chunk, arrays, where in chunks)
 
 
+def _streamed(lines: JsonLines, size: int, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, None]]:
+    """A pipe's or FIFO's records: its first :data:`MIN_BYTES` parsed here (a small stream starts no process), the
+    rest by parser processes that this one sends the lines to."""
+    records = iter(lines)
+    while lines.bytes_read() < MIN_BYTES:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk, plain_arrays(chunk, visual_dim), None
+    for chunk, arrays in _from_parsers(lines.lines(), str(lines.path), size, visual_dim):
+        yield chunk, arrays, None
+
+
+def _from_parsers(lines: Iterator[tuple[int, bytes | memoryview]], path: str, size: int,
+                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None]]:
+    """The records of ``lines`` ``size`` at a time, parsed by :data:`READERS` processes: each is sent a chunk's lines
+    and sent its next chunk as soon as its result is here, before that result is given (it parses while the chunk is
+    written)."""
+    ctx = CleanSpawnContext()
+    parsers: list[tuple] = []  # (process, lines to it, results from it)
+    try:
+        for k in range(READERS):
+            lines_out, lines_in = ctx.Pipe(duplex=False)
+            results_in, results_out = ctx.Pipe(duplex=False)
+            process = ctx.Process(target=_parse_lines, args=(os.getpid(), lines_out, results_out, visual_dim),
+                                  daemon=True, name=f"a2v-import-parser-{k}")
+            process.start()
+            _wide(lines_in)
+            lines_out.close()  # the parser holds the only reading end of its lines and writing end of its results
+            results_out.close()
+            parsers.append((process, lines_in, results_in))
+        busy: collections.deque[int] = collections.deque()  # the parsers with a chunk, in the chunks' order
+
+        def send(k: int) -> None:  # the lines' numbers and ends, then the lines in one block (no pickling)
+            numbers, ends, block = [], [], bytearray()
+            for n, line in itertools.islice(lines, size):
+                block += line
+                numbers.append(n)
+                ends.append(len(block))
+            if numbers:
+                parsers[k][1].send((numbers, ends))
+                parsers[k][1].send_bytes(block)
+                busy.append(k)
+
+        for k in range(READERS):
+            send(k)
+        while busy:
+            k = busy.popleft()
+            chunk, arrays = _receive(parsers[k][2], parsers[k][0], path)[1:]
+            send(k)
+            yield chunk, arrays
+    finally:
+        _stop(parsers)
+
+
+def _wide(pipe: Connection) -> None:
+    """A pipe that holds 1 MiB (Linux; 64 KiB by default): a chunk's ~16 MiB of lines pass in fewer turns."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or over /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+
+
+def _parse_lines(parent_pid: int, lines: Connection, out: Connection, visual_dim: int) -> None:
+    """A parser process: ("chunk", records, arrays or None) for each chunk of (line number, line) it is sent, until
+    the importing process closes its end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    try:
+        while True:
+            try:
+                numbers, ends = lines.recv()
+                block = memoryview(lines.recv_bytes())
+            except EOFError:  # the end of the input (or of the import)
+                break
+            fault_point("import_reader")  # reliability tests kill a parser here (A2V_FAULT in its environment)
+            chunk = [parse_line(n, block[start:end], loads_vectors)
+                     for n, start, end in zip(numbers, [0, *ends], ends, strict=False)]
+            out.send(("chunk", *_with_arrays(chunk, visual_dim)))
+    except BrokenPipeError:  # the importing process stopped reading (an error there): nothing to tell
+        pass
+    finally:
+        out.close()
+
+
+def _with_arrays(chunk: list, visual_dim: int) -> tuple[list, PlainArrays | None]:
+    """A parsed chunk and its arrays (``records.plain_arrays``; None: not plain), the records without the fields that
+    the arrays hold (only the others travel as Python objects)."""
+    arrays = plain_arrays(chunk, visual_dim)
+    if arrays is not None:
+        for rec in chunk:
+            for person in rec.get("persons", []):
+                for name in HEAVY:
+                    person.pop(name, None)
+    return chunk, arrays
+
+
+def _receive(results: Connection, process, path: str) -> tuple:
+    """The next message of a reader or parser process; StoreError when it died."""
+    try:
+        return results.recv()
+    except EOFError:
+        process.join(5)
+        raise StoreError(f"the process reading {path} stopped before the end of the file (exit code "
+                         f"{process.exitcode}; out of memory?); the records before it are stored, import "
+                         "the file again to finish") from None
+
+
+def _stop(processes: list[tuple]) -> None:
+    """Close the pipes of (process, *pipes) and end the processes (they only parse: nothing is lost)."""
+    for _, *pipes in processes:
+        for pipe in pipes:
+            pipe.close()
+    for process, *_ in processes:
+        if process.is_alive():
+            process.kill()
+        process.join()
+
+
 def _from_readers(path: str, ident: tuple[int, int], size: int,
                   visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, int]]:
     ctx = CleanSpawnContext()
-    readers, pipes = [], []
+    readers: list[tuple] = []  # (process, results from it)
     try:
         for k in range(READERS):
             receive, send = ctx.Pipe(duplex=False)
-            pipes.append(receive)
-            readers.append(ctx.Process(target=_read, args=(os.getpid(), path, ident, size, visual_dim, k, READERS,
-                                                           send), daemon=True, name=f"a2v-import-reader-{k}"))
-            readers[-1].start()
+            process = ctx.Process(target=_read, args=(os.getpid(), path, ident, size, visual_dim, k, READERS, send),
+                                  daemon=True, name=f"a2v-import-reader-{k}")
+            process.start()
             send.close()  # the reader holds the only writing end: its exit is an EOF here
+            readers.append((process, receive))
         for c in itertools.count():  # chunk c comes from reader c % READERS
-            try:
-                message = pipes[c % READERS].recv()
-            except EOFError:
-                reader = readers[c % READERS]
-                reader.join(5)
-                raise StoreError(f"the process reading {path} stopped before the end of the file (exit code "
-                                 f"{reader.exitcode}; out of memory?); the records before it are stored, import "
-                                 "the file again to finish") from None
+            message = _receive(readers[c % READERS][1], readers[c % READERS][0], path)
             if message[0] == "end":
                 return
             if message[0] == "error":
                 raise InputError(message[1])
             yield message[1], message[2], message[3]
     finally:
-        for receive in pipes:
-            receive.close()
-        for reader in readers:
-            if reader.is_alive():
-                reader.kill()
-            reader.join()
+        _stop(readers)
 
 
 def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_dim: int, k: int, readers: int,
@@ -114,13 +228,7 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
             if c % readers != k:
                 continue
             fault_point("import_reader")  # reliability tests kill a reader here (A2V_FAULT in its environment)
-            arrays = plain_arrays(chunk, visual_dim)
-            if arrays is not None:  # only the other fields travel as Python objects
-                for rec in chunk:
-                    for person in rec.get("persons", []):
-                        for name in HEAVY:
-                            person.pop(name, None)
-            out.send(("chunk", chunk, arrays, where[0]))
+            out.send(("chunk", *_with_arrays(chunk, visual_dim), where[0]))
         out.send(("end",))
     except InputError as e:
         out.send(("error", str(e)))

@@ -257,14 +257,14 @@ def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_ber
     lines[4] = lines[4][:-5]  # cut short
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    read, real = [], records_module._json_lines
+    read, real = [], records_module._record_lines
 
     def watched(f, **kwargs):
-        for rec in real(f, **kwargs):
+        for line in real(f, **kwargs):
             read.append(len(read))
-            yield rec
+            yield line
 
-    monkeypatch.setattr(records_module, "_json_lines", watched)
+    monkeypatch.setattr(records_module, "_record_lines", watched)
     written, store_write = [], Store.write
 
     def write(self, items, arrays=None):
@@ -279,7 +279,7 @@ def test_an_import_reads_json_lines_as_it_goes(tmp_path, tiny_clip_dir, tiny_ber
     assert [f["error"].split(":")[0] for f in report.failures] == ["record 4"]
     assert "line 5 is not valid JSON" in report.failures[0]["error"]
     assert report.persons_added == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
-    assert written[0][0] < 9  # the first transaction went before the last line was read
+    assert len(read) == 9 and written[0][0] < 9  # the first transaction went before the last line was read
 
 
 def stored_persons(data_dir) -> list[tuple]:
@@ -412,11 +412,32 @@ def mixed_jsonl(path, rng, n=14, visual_dim=16):
     return recs
 
 
+def fifo_of(tmp_path: Path, data: bytes) -> Path:
+    """A FIFO that a thread writes ``data`` into (a producer piped into ``manage.py import /dev/stdin``); the thread
+    stops when the reading end is closed."""
+    import threading
+
+    fifo = tmp_path / f"fifo-{uuid.uuid4().hex}"
+    os.mkfifo(fifo)
+
+    def write():
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:  # the import stopped reading
+            pass
+
+    threading.Thread(target=write, daemon=True).start()
+    return fifo
+
+
 @pytest.mark.parametrize("readers", [1, 2])
+@pytest.mark.parametrize("source", ["file", "fifo"])
 def test_reader_processes_give_what_this_process_reads(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch,
-                                                       readers):
-    """A JSON-lines file parsed by reader processes (records_reader.py) is stored exactly as when the importing
-    process reads it: the same persons in the same order, the same failures naming the same records and lines."""
+                                                       readers, source):
+    """A JSON-lines file parsed by reader processes (records_reader.py), or a stream whose lines the importing process
+    sends to parser processes (from its start, or after its first lines), is stored exactly as when the importing
+    process parses it: the same persons in the same order, the same failures naming the same records and lines."""
     from a2v_search import records as records_module
     from a2v_search import records_reader
     from a2v_search.api import A2VSearch
@@ -425,29 +446,33 @@ def test_reader_processes_give_what_this_process_reads(tmp_path, tiny_clip_dir, 
     recs = mixed_jsonl(path, np.random.default_rng(7))
     monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
     monkeypatch.setattr(records_reader, "READERS", readers)
-    started, real = [], records_reader._from_readers
-    monkeypatch.setattr(records_reader, "_from_readers", lambda *a: started.append(a) or real(*a))
+    started, real = [], {name: getattr(records_reader, name) for name in ("_from_readers", "_from_parsers")}
+    for name, fn in real.items():
+        monkeypatch.setattr(records_reader, name, lambda *a, name=name, fn=fn: started.append(name) or fn(*a))
+    text = path.read_bytes()
+    after_two_chunks = len(b"\n".join(text.split(b"\n")[:8]))  # mixed_jsonl's first 6 records, 2 blank lines
     out = []
-    for min_bytes in (1 << 40, 0):  # this process, then the readers
+    for min_bytes in (1 << 40, 0) + ((after_two_chunks,) if source == "fifo" else ()):  # here first
         monkeypatch.setattr(records_reader, "MIN_BYTES", min_bytes)
         data = tmp_path / f"data-{min_bytes}"
         with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
-            report = api.import_records(path)
+            report = api.import_records(path if source == "file" else fifo_of(tmp_path, text))
         out.append((report, stored_persons(data)))
-    assert len(started) == 1  # the second import only
-    (inline, inline_rows), (parsed, parsed_rows) = out
-    assert parsed == inline and parsed.records == 14 and parsed.media_added == 13
-    assert [f["error"].split(":")[0] for f in parsed.failures] == ["record 4"]
-    assert parsed_rows == inline_rows
-    assert len(parsed_rows) == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
+    assert started == (["_from_readers"] if source == "file" else ["_from_parsers"] * 2)
+    (inline, inline_rows), *others = out
+    for parsed, parsed_rows in others:
+        assert parsed == inline and parsed.records == 14 and parsed.media_added == 13
+        assert [f["error"].split(":")[0] for f in parsed.failures] == ["record 4"]
+        assert parsed_rows == inline_rows
+        assert len(parsed_rows) == sum(len(r["persons"]) for i, r in enumerate(recs) if i != 4)
 
 
-@pytest.mark.parametrize("how", ["here", "readers", "list", "generator"])
+@pytest.mark.parametrize("how", ["here", "readers", "fifo", "list", "generator"])
 def test_an_import_tells_its_progress_after_each_transaction(tmp_path, tiny_clip_dir, tiny_bert_dir, monkeypatch,
                                                              how):
     """``on_progress`` after each transaction: the records done and persons stored so far (the last call: the
     report's), and the share of the input done, growing to 1 (a file's bytes, read here or by reader processes; a
-    list's records); None for a generator, whose length is not known."""
+    list's records); None for a generator or a FIFO, whose length is not known."""
     from a2v_search import records as records_module
     from a2v_search import records_reader
     from a2v_search.api import A2VSearch
@@ -455,20 +480,21 @@ def test_an_import_tells_its_progress_after_each_transaction(tmp_path, tiny_clip
     path = tmp_path / "r.jsonl"
     recs = mixed_jsonl(path, np.random.default_rng(8))
     monkeypatch.setattr(records_module, "WRITE_EVERY", 3)
-    monkeypatch.setattr(records_reader, "MIN_BYTES", 0 if how == "readers" else 1 << 40)
-    source = {"here": path, "readers": path, "list": recs, "generator": (r for r in recs)}[how]
+    monkeypatch.setattr(records_reader, "MIN_BYTES", 0 if how in ("readers", "fifo") else 1 << 40)
+    source = {"here": path, "readers": path, "list": recs, "generator": (r for r in recs),
+              "fifo": fifo_of(tmp_path, path.read_bytes()) if how == "fifo" else None}[how]
     seen = []
     with A2VSearch.open(tmp_path / "data", model=str(tiny_clip_dir), text_model=str(tiny_bert_dir),
                         device="cpu") as api:
         report = api.import_records(source, on_progress=seen.append)
     assert [p.records for p in seen] == [3, 6, 9, 12, 14]
-    cut = 4 if how in ("here", "readers") else None  # the file's record 4 is cut short
+    cut = 4 if how in ("here", "readers", "fifo") else None  # the file's record 4 is cut short
     assert [p.persons for p in seen] == [sum(len(r["persons"]) for i, r in enumerate(recs[:n]) if i != cut)
                                          for n in (3, 6, 9, 12, 14)]
     assert seen[-1].persons == report.persons_added
     assert seen[0].seconds > 0 and all(a.seconds <= b.seconds for a, b in itertools.pairwise(seen))
     fractions = [p.fraction for p in seen]
-    if how == "generator":
+    if how in ("generator", "fifo"):  # no length known
         assert fractions == [None] * 5
     elif how == "list":
         assert fractions == [3 / 14, 6 / 14, 9 / 14, 12 / 14, 1.0]
@@ -495,11 +521,13 @@ def test_a_file_replaced_after_it_was_opened_is_refused_by_the_reader(tmp_path, 
 
 
 @pytest.mark.guarantee("G46")
+@pytest.mark.parametrize("source", ["file", "fifo"])
 def test_a_reader_that_dies_stops_the_import_and_a_second_import_finishes_it(tmp_path, tiny_clip_dir,
-                                                                             tiny_bert_dir, monkeypatch, reliability):
-    """The reader processes are killed at their second chunk (A2V_FAULT reaches them through the environment): the
-    import stops with an error naming the file, the chunks before are stored whole, and importing the file again
-    stores every record once."""
+                                                                             tiny_bert_dir, monkeypatch, reliability,
+                                                                             source):
+    """The reader (or parser) processes are killed at their second chunk (A2V_FAULT reaches them through the
+    environment): the import stops with an error naming the file, the chunks before are stored whole, and importing
+    the file again stores every record once."""
     from a2v_search import records as records_module
     from a2v_search import records_reader
     from a2v_search.api import A2VSearch
@@ -511,16 +539,18 @@ def test_a_reader_that_dies_stops_the_import_and_a_second_import_finishes_it(tmp
     path = tmp_path / "r.jsonl"
     recs = mixed_jsonl(path, np.random.default_rng(10))
     data = tmp_path / "data"
+    opened = (lambda: path) if source == "file" else (lambda: fifo_of(tmp_path, path.read_bytes()))
     monkeypatch.setenv("A2V_FAULT", "import_reader:2")
     with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api, \
-            pytest.raises(StoreError, match=r"the process reading .*r.jsonl stopped before the end of the file \(exit "
-                                            r"code -9; out of memory\?\); the records before it are stored"):
-        api.import_records(path)
+            pytest.raises(StoreError, match=r"the process reading .*(r.jsonl|fifo-\w+) stopped before the end of "
+                                            r"the file \(exit code -9; out of memory\?\); the records before it are "
+                                            r"stored"):
+        api.import_records(opened())
     persons = lambda picked: sum(len(r["persons"]) for i, r in enumerate(recs) if i in picked)  # noqa: E731
     assert len(stored_persons(data)) == persons({0, 1, 2, 3, 5})  # chunks 0 and 1; record 4 is the bad line
     monkeypatch.delenv("A2V_FAULT")
     with A2VSearch.open(data, model=str(tiny_clip_dir), text_model=str(tiny_bert_dir), device="cpu") as api:
-        report = api.import_records(path)
+        report = api.import_records(opened())
     rows = stored_persons(data)
     assert report.media_added == 13 and len(rows) == persons(set(range(14)) - {4})
     assert len({(path, x1, score) for path, x1, score, _, _ in rows}) == len(rows)  # nothing twice
@@ -542,11 +572,12 @@ def _processes_with(marker: str) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.guarantee("G31")
+@pytest.mark.parametrize("source", ["file", "fifo"])
 def test_an_import_killed_mid_file_leaves_no_reader_and_a_rerun_stores_each_record_once(tmp_path, monkeypatch,
-                                                                                       reliability):
-    """The importing process SIGKILLed after its second commit, its readers at work: they die with it, and the
-    same import run again stores every valid record once. (A forked child never touches torch: the store's space
-    is the tests' stand-in, as in the reliability suite.)"""
+                                                                                       reliability, source):
+    """The importing process SIGKILLed after its second commit, its readers (or parsers) at work: they die with it,
+    and the same import run again stores every valid record once. (A forked child never touches torch: the store's
+    space is the tests' stand-in, as in the reliability suite.)"""
     from helpers import SPACE, VISUAL_DIM, in_child, random_language
 
     from a2v_search import records as records_module
@@ -564,7 +595,8 @@ def test_an_import_killed_mid_file_leaves_no_reader_and_a_rerun_stores_each_reco
         try:
             store.space.ensure(SPACE, random_language())
             store.indexes.get()
-            return records_module.import_records(store, read_records(path), VISUAL_DIM)
+            given = path if source == "file" else fifo_of(tmp_path, path.read_bytes())
+            return records_module.import_records(store, read_records(given), VISUAL_DIM)
         finally:
             store.close()
 
