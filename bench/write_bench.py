@@ -29,15 +29,17 @@ at 2M persons):
   batches are made before the row and frozen out of the collector's walks during it, as an ingest freezes its
   models and an import its caller's records (heap.py).
 - ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
-- ``import jsonl`` / ``jsonl32`` / ``dicts`` / ``arrays``: ``records.import_records`` of ``records.read_records`` of
-  a JSON-lines file (read as the import goes; ``jsonl``: numbers as Python writes floats, up to 17 digits;
-  ``jsonl32``: the vectors' float32 values in their shortest form, as ``orjson.dumps`` writes numpy float32 arrays
-  with ``OPT_SERIALIZE_NUMPY``), of the dicts (vectors as lists), or of the dicts with numpy float32 vectors (as a
-  Python caller's model gives them), what ``manage.py import`` and ``A2VSearch.import_records`` do once the models
-  are loaded; its final index save is counted; "read s": the time the import waits for its next chunk of media
-  (parsing and validating the records in this process, or waiting for the chunks of the reader processes that parse
-  a JSON-lines file of 64 MiB or more, records_reader.py); the CPU per person of this process and of the readers:
-  2 cores cap persons/s at 2e6 / their sum.
+- ``import jsonl`` / ``jsonl32`` / ``pipe`` / ``dicts`` / ``arrays``: ``records.import_records`` of
+  ``records.read_records`` of a JSON-lines file (read as the import goes; ``jsonl``: numbers as Python writes
+  floats, up to 17 digits; ``jsonl32``: the vectors' float32 values in their shortest form, as ``orjson.dumps``
+  writes numpy float32 arrays with ``OPT_SERIALIZE_NUMPY``; ``pipe``: the ``jsonl`` file through a FIFO that a
+  ``cat`` process writes, as ``producer | manage.py import /dev/stdin``), of the dicts (vectors as lists), or of the
+  dicts with numpy float32 vectors (as a Python caller's model gives them), what ``manage.py import`` and
+  ``A2VSearch.import_records`` do once the models are loaded; its final index save is counted; "read s": the time
+  the import waits for its next chunk of media (parsing and validating the records in this process, or waiting for
+  the chunks of the reader processes that parse a JSON-lines file of 64 MiB or more, or a stream past its first 64
+  MiB, records_reader.py); the CPU per person of this process and of the readers (``cat`` included): 2 cores cap
+  persons/s at 2e6 / their sum.
 Also: ``--where`` filter latency and the SQLite bytes per person of each store (its pages in use and its WAL).
 """
 
@@ -46,7 +48,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -343,7 +347,7 @@ def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
         for r in records:
             for p in r["persons"]:
                 p.update({k: np.asarray(p[k], np.float32) for k in ("pasta", "verbs", "visual")})
-    if kind == "jsonl":  # numbers as Python writes floats: a float32 value in up to 17 digits
+    if kind in ("jsonl", "pipe"):  # numbers as Python writes floats: a float32 value in up to 17 digits
         source = tmp / "records.jsonl"
         source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     elif kind == "jsonl32":  # the arrays written as orjson writes them: ~9 digits a number
@@ -372,10 +376,19 @@ def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
         with timed_parts() as spent:
             t0, cpu0, readers0 = time.perf_counter(), time.process_time(), children_cpu()
             records_module._media_chunks = timed_chunks
+            cat = None
+            if kind == "pipe":  # `producer | manage.py import /dev/stdin`, the producer a cat of the file
+                fifo = tmp / "records.fifo"
+                os.mkfifo(fifo)
+                cat = subprocess.Popen(f"exec cat {shlex.quote(str(source))} > {shlex.quote(str(fifo))}", shell=True)
+                source = fifo
             try:
                 report = import_records(store, read_records(source), VISUAL_DIM)
             finally:
                 records_module._media_chunks = media_chunks
+                if cat is not None:
+                    cat.wait()
+                    os.unlink(source)
             total = time.perf_counter() - t0
             cpu, readers_cpu = time.process_time() - cpu0, children_cpu() - readers0
         read_s = reading[0]
@@ -428,7 +441,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="where the seeded stores are kept between runs (default: a temporary folder)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["write", "driver", "jsonl", "jsonl32", "dicts", "arrays", "filters"])
+                        choices=["write", "driver", "jsonl", "jsonl32", "pipe", "dicts", "arrays", "filters"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the rate rows (Store.write, driver, imports), each from the seeded store: "
                              "the tables show each row's median round, a last table every round")
@@ -461,8 +474,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-IMPORTS = ("jsonl", "jsonl32", "dicts", "arrays")  # import rows: JSON lines (Python's floats, float32's shortest
-#                                                     form), dicts of lists, dicts of numpy arrays
+# import rows: JSON lines (Python's floats, float32's shortest form, the first through a FIFO), dicts of lists, dicts
+# of numpy arrays
+IMPORTS = ("jsonl", "jsonl32", "pipe", "dicts", "arrays")
 RATE_ROWS = ("write", "driver", *IMPORTS)
 
 
