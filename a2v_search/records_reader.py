@@ -261,43 +261,44 @@ def loads_vectors(line) -> object:
 
 
 def _record(doc) -> tuple[dict, int] | None:
-    """(the record, how many lists it holds) of a line simdjson parsed; None if it is not an object of distinct keys."""
-    if not isinstance(doc, simdjson.Object):
-        return None
+    """(the record, how many lists it holds) of a line simdjson parsed; None if it is not an object of distinct
+    keys, or a person in it is not."""
+    return _object(doc, _record_field) if isinstance(doc, simdjson.Object) else None
+
+
+def _object(doc, field) -> tuple[dict, int] | None:
+    """(a parsed object as a dict, how many lists it holds), ``field(key, value)`` giving each value as a pair like
+    that (None: give up); None if a key is given twice."""
     keys = list(doc.keys())
     if len(set(keys)) != len(keys):
         return None
-    record, lists = {}, 0
+    out, lists = {}, 0
     for key in keys:
-        value = doc[key]
-        if key == "persons" and isinstance(value, simdjson.Array):
-            record[key], lists = [], lists + 1
-            for person in value:
-                got = _person(person) if isinstance(person, simdjson.Object) else _python(person)
-                if got is None:
-                    return None
-                record[key].append(got[0])
-                lists += got[1]
-        else:
-            record[key], n = _python(value)
-            lists += n
-    return record, lists
+        got = field(key, doc[key])
+        if got is None:
+            return None
+        out[key], n = got
+        lists += n
+    return out, lists
 
 
-def _person(doc) -> tuple[dict, int] | None:
-    """(a person, how many lists it holds), its VECTORS as float64 arrays; None if a key is given twice."""
-    keys = list(doc.keys())
-    if len(set(keys)) != len(keys):
-        return None
-    person, lists = {}, 0
-    for key in keys:
-        value = doc[key]
-        if key in VECTORS and isinstance(value, simdjson.Array):  # TypeError unless every item is a number
-            person[key], lists = np.frombuffer(value.as_buffer(of_type="d"), np.float64), lists + 1
-        else:
-            person[key], n = _python(value)
-            lists += n
-    return person, lists
+def _record_field(key: str, value) -> tuple[object, int] | None:
+    if key != "persons" or not isinstance(value, simdjson.Array):
+        return _python(value)
+    persons, lists = [], 1
+    for person in value:
+        got = _object(person, _person_field) if isinstance(person, simdjson.Object) else _python(person)
+        if got is None:
+            return None
+        persons.append(got[0])
+        lists += got[1]
+    return persons, lists
+
+
+def _person_field(key: str, value) -> tuple[object, int]:
+    if key in VECTORS and isinstance(value, simdjson.Array):  # TypeError unless every item is a number
+        return np.frombuffer(value.as_buffer(of_type="d"), np.float64), 1
+    return _python(value)
 
 
 def _python(value) -> tuple[object, int]:
