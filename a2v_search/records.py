@@ -109,9 +109,9 @@ def _media_chunks(records: Iterable, visual_dim: int, collection: str, report: I
     ``report.failures``."""
     from . import records_reader
 
-    parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim) if isinstance(records, JsonLines) \
-        else None
-    if parsed is None:  # read here, and made arrays of here when plain
+    if isinstance(records, JsonLines):  # parsed by other processes, or here as they do
+        parsed = records_reader.parsed_chunks(records, WRITE_EVERY, visual_dim)
+    else:
         parsed = _chunks_here(records, visual_dim)
     for chunk, arrays, fraction in parsed:
         start, report.records = report.records, report.records + len(chunk)
@@ -123,14 +123,13 @@ def _media_chunks(records: Iterable, visual_dim: int, collection: str, report: I
 
 
 def _chunks_here(records: Iterable, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]]:
-    """The records read in this process, ``WRITE_EVERY`` at a time, each chunk with its arrays (None: not plain) and
-    the share of the input read through it: a JSON-lines file's bytes, a list's records (None: not known)."""
-    total = len(records) if isinstance(records, Sized) and not isinstance(records, JsonLines) else None
+    """A list's or an iterable's records, ``WRITE_EVERY`` at a time, each chunk with its arrays (None: not plain) and
+    the share of the input read through it: a list's records (None: not known)."""
+    total = len(records) if isinstance(records, Sized) else None
     done, it = 0, iter(records)
     while chunk := list(itertools.islice(it, WRITE_EVERY)):
         done += len(chunk)
-        fraction = records.fraction() if isinstance(records, JsonLines) else done / total if total else None
-        yield chunk, plain_arrays(chunk, visual_dim), fraction
+        yield chunk, plain_arrays(chunk, visual_dim), done / total if total else None
 
 
 def _chunk_media(chunk: list, start: int, visual_dim: int, collection: str,
@@ -209,7 +208,8 @@ class JsonLines:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
-        yield from self._lines
+        for line in self._lines:  # noqa: UP028 (`yield from` would close the file when this generator is dropped)
+            yield line
 
     def bytes_read(self) -> int:
         """The bytes read through the last record given."""

@@ -6,8 +6,8 @@ one of :data:`READERS` processes, chunk c by process c % READERS, which makes ar
 (``records.plain_arrays``) and sends them with the records' other fields; a chunk that is not plain (names instead
 of numbers, a bad record) goes as parsed, to be converted record by record in the importing process, which names
 what is wrong with each. The importing process gets the same records, numbered the same, as when it parses them
-itself, which it does for small files (under :data:`MIN_BYTES`), the first MIN_BYTES of a stream, and on a single
-core.
+itself (:func:`_here`, with the same parser), which it does for small files (under :data:`MIN_BYTES`), the first
+MIN_BYTES of a stream, and on a single core.
 - **A regular file**: each reader process opens the file and reads it from its start, parsing only its chunks.
 - **A pipe or FIFO** (``producer | manage.py import /dev/stdin``) can be read once: the importing process reads its
   lines and sends each chunk's lines to a parser process.
@@ -30,7 +30,7 @@ import itertools
 import os
 import signal
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -49,30 +49,38 @@ READERS = 2  # reader (or parser) processes; each parses every READERS-th chunk
 
 
 def parsed_chunks(lines: JsonLines, size: int,
-                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]] | None:
+                  visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]]:
     """The file's records ``size`` at a time, each chunk with its arrays (None: not plain) and the share of the file
-    read through it, parsed by other processes once the input is large; None when this process had better read the
-    file itself (then ``lines`` is left as it is)."""
+    read through it: parsed by other processes once the input is large and there are two cores, else here."""
     if (os.cpu_count() or 1) < 2:
-        return None
+        return _here(lines, size, visual_dim)
     if not stat.S_ISREG(lines.stat.st_mode):
         return _streamed(lines, size, visual_dim)
     if lines.stat.st_size < MIN_BYTES:
-        return None
+        return _here(lines, size, visual_dim)
     lines.close()
     chunks = _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
     return ((chunk, arrays, lines.fraction(where)) for chunk, arrays, where in chunks)
 
 
+def _here(lines: JsonLines, size: int, visual_dim: int,
+          until: int | None = None) -> Generator[tuple[list, PlainArrays | None, float | None], None, bool]:
+    """The records parsed in this process as a reader parses them (:func:`loads_vectors`), while fewer than
+    ``until`` bytes are read (None: to the end); returns whether the input ended."""
+    given = lines.lines()
+    while until is None or lines.bytes_read() < until:
+        chunk = [parse_line(n, line, loads_vectors) for n, line in itertools.islice(given, size)]
+        if not chunk:
+            return True
+        yield _with_arrays(chunk, visual_dim) + (lines.fraction(),)
+    return False
+
+
 def _streamed(lines: JsonLines, size: int, visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, None]]:
     """A pipe's or FIFO's records: its first :data:`MIN_BYTES` parsed here (a small stream starts no process), the
     rest by parser processes that this one sends the lines to."""
-    records = iter(lines)
-    while lines.bytes_read() < MIN_BYTES:
-        chunk = list(itertools.islice(records, size))
-        if not chunk:
-            return
-        yield chunk, plain_arrays(chunk, visual_dim), None
+    if (yield from _here(lines, size, visual_dim, until=MIN_BYTES)):
+        return
     for chunk, arrays in _from_parsers(lines.lines(), str(lines.path), size, visual_dim):
         yield chunk, arrays, None
 
