@@ -52,12 +52,11 @@ def parsed_chunks(lines: JsonLines, size: int,
                   visual_dim: int) -> Iterator[tuple[list, PlainArrays | None, float | None]]:
     """The file's records ``size`` at a time, each chunk with its arrays (None: not plain) and the share of the file
     read through it: parsed by other processes once the input is large and there are two cores, else here."""
-    if (os.cpu_count() or 1) < 2:
+    regular = stat.S_ISREG(lines.stat.st_mode)
+    if (os.cpu_count() or 1) < 2 or (regular and lines.stat.st_size < MIN_BYTES):
         return _here(lines, size, visual_dim)
-    if not stat.S_ISREG(lines.stat.st_mode):
+    if not regular:
         return _streamed(lines, size, visual_dim)
-    if lines.stat.st_size < MIN_BYTES:
-        return _here(lines, size, visual_dim)
     lines.close()
     chunks = _from_readers(os.path.abspath(lines.path), (lines.stat.st_dev, lines.stat.st_ino), size, visual_dim)
     return ((chunk, arrays, lines.fraction(where)) for chunk, arrays, where in chunks)
@@ -72,7 +71,7 @@ def _here(lines: JsonLines, size: int, visual_dim: int,
         chunk = [parse_line(n, line, loads_vectors) for n, line in itertools.islice(given, size)]
         if not chunk:
             return True
-        yield _with_arrays(chunk, visual_dim) + (lines.fraction(),)
+        yield chunk, plain_arrays(chunk, visual_dim), lines.fraction()
     return False
 
 
@@ -247,7 +246,7 @@ def _read(parent_pid: int, path: str, ident: tuple[int, int], size: int, visual_
 
 
 VECTORS = frozenset(("pasta", "verbs", "visual", "parts"))  # a person's number lists that loads_vectors reads as arrays
-_parser: list = []  # this process's simdjson parser, made at its first line
+_PARSER = simdjson.Parser()  # this process's (one line at a time: the values of a line are read before the next)
 
 
 def loads_vectors(line) -> object:
@@ -257,10 +256,8 @@ def loads_vectors(line) -> object:
     object, a key given twice in a record or a person, a vector that holds anything but numbers, a number simdjson
     refuses, or a ``[`` that is not a list (in a string: a list nested in a vector is found so, since simdjson reads
     its numbers into the same array)."""
-    if not _parser:
-        _parser.append(simdjson.Parser())
     try:
-        got = _record(_parser[0].parse(line))
+        got = _record(_PARSER.parse(line))
     except (ValueError, TypeError, RuntimeError):  # simdjson's errors: orjson's below are the ones reported
         got = None
     if got is None or got[1] != np.count_nonzero(np.frombuffer(line, np.uint8) == ord("[")):

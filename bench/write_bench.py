@@ -335,8 +335,8 @@ def records_of(items: list) -> list[dict]:
 def import_row(path: Path, persons: int, kind: str, tmp: Path) -> dict:
     """persons/s of an import of ``persons`` (one call) into the store at ``path``, final save included; ``kind``:
     jsonl (a file, numbers as Python writes floats), jsonl32 (a file, the vectors' float32 values as orjson writes
-    numpy arrays), dicts (the vectors as lists) or arrays (dicts whose vectors are numpy float32 arrays, as a Python
-    caller's model gives them)."""
+    numpy arrays), pipe (the jsonl file through a FIFO that ``cat`` writes), dicts (the vectors as lists) or arrays
+    (dicts whose vectors are numpy float32 arrays, as a Python caller's model gives them)."""
     from a2v_search import records as records_module
     from a2v_search.records import import_records, read_records
 
