@@ -228,7 +228,7 @@ class A2VSearch:
 
     def ingest(self, paths: Iterable[str | os.PathLike], *, collection: str = "default", detector: str | None = None,
                batch_size: int | None = None, workers: int | None = None, video_fps: float = 1.0, force: bool = False,
-               max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 256, jpeg_decoder: str = "auto",
+               max_pixels: int = DEFAULT_MAX_PIXELS, commit_every: int = 1024, jpeg_decoder: str = "auto",
                file_timeout: float | None = 300.0,
                on_progress: Callable[[IngestProgress], None] | None = None, engine: str = "local",
                ray_address: str | None = None, gpus_per_worker: float | None = None) -> IngestReport:

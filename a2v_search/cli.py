@@ -88,7 +88,7 @@ def ingest(
                                                           show_default=False)] = None,
     video_fps: Annotated[float, typer.Option(help="Video frames sampled per second.")] = 1.0,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression bombs).")] = 100_000_000,
-    commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 256,
+    commit_every: Annotated[int, typer.Option(help="Persons per SQLite transaction (whole media only).")] = 1024,
     file_timeout: Annotated[float, typer.Option(help="Seconds a decode worker may spend on one file (or 60-s "
                                                      "video segment) before it is a failure; 0 = no limit.")] = 300.0,
     detection: DetectorFlags = DetectorFlags(),

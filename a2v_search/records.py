@@ -27,7 +27,10 @@ from .objects import parse_objects
 if TYPE_CHECKING:  # the reader process imports this module: not SQLite or FAISS
     from .store import Store
 
-WRITE_EVERY = 256  # media per SQLite transaction
+# media per SQLite transaction: ~4,000 persons at 4 a record; against 256, a third more persons/s into a store of
+# a million (bench/write_bench.py, docs/benchmarks.md: each transaction's fixed costs, and the writer's second
+# thread handing back the GIL, a quarter as often)
+WRITE_EVERY = 1024
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark that Windows tools put first; skipped (orjson refuses it)
 
 

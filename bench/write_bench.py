@@ -19,7 +19,8 @@ Rows (each into a store of N persons; N > 0: a store seeded once under ``--data-
 its persons to it, and the next run removes them before its first row; each row starts after ``os.sync()``, so
 that it does not pay for the disk writing back the index files the row before saved: a whole-index save is ~1.7 GB
 at 2M persons):
-- ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 256, an import's 256 media);
+- ``Store.write``: transactions of ``--batch`` persons (ingest's ``commit_every`` is 1,024, an import's 1,024
+  media);
   the time split into the calling thread's parts: checks (``values.as_arrays``), SQLite rows (``repo.add_media``
   less the tracker), tracks (``tracks.link``), label chunks (``labels.close_chunks``), commit and waits (the
   rest); and the writer's second thread's, which overlap them: vectors (``VectorSpace.vectors``: language embedding,
@@ -28,7 +29,8 @@ at 2M persons):
   holds its waits (for a core, for the GIL the other thread holds), so an A/B of one part compares its CPU. The
   batches are made before the row and frozen out of the collector's walks during it, as an ingest freezes its
   models and an import its caller's records (heap.py).
-- ``driver``: the Ray driver's shape (one person per media, 256 per transaction), as ``bench/ray_bench.py``.
+- ``driver``: the Ray driver's shape (one person per media, ingest's ``commit_every`` a transaction), as
+  ``bench/ray_bench.py``.
 - ``import jsonl`` / ``jsonl32`` / ``pipe`` / ``dicts`` / ``arrays``: ``records.import_records`` of
   ``records.read_records`` of a JSON-lines file (read as the import goes; ``jsonl``: numbers as Python writes
   floats, up to 17 digits; ``jsonl32``: the vectors' float32 values in their shortest form, as ``orjson.dumps``
@@ -490,7 +492,9 @@ def rate_rows(rounds: dict[str, list], path: Path, n: int, args, tmp: Path) -> N
             + ", ".join(f"{p} {u:.1f}" for p, u in w["us"].items()) + f" us/person; save {w['save_s']:.2f} s; "
             "thread CPU: " + ", ".join(f"{p} {u:.1f}" for p, u in w["cpu_us"].items()) + " us/person")
     if "driver" not in args.skip:
-        d = write_row(path, args.persons // 2, 256, driver=True, tag="driver")
+        from a2v_search.ingest import IngestOptions
+
+        d = write_row(path, args.persons // 2, IngestOptions.commit_every, driver=True, tag="driver")
         rounds["driver"].append(d)
         log(f"N={n:,}: driver shape {d['rate']:,.0f} persons/s ({d['cpu_rate']:,.0f} per CPU second)")
     for kind in IMPORTS:

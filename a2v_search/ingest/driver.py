@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # importing the models means importing torch: a no-op run nev
 
 log = logging.getLogger("a2v_search")
 
+MEDIA_PER_WRITE = 1024  # at most this many media a transaction (images of one person: commit_every of them)
+
 
 @dataclass
 class IngestOptions:
@@ -55,7 +57,7 @@ class IngestOptions:
     segment_s: float = 60.0  # videos are decoded in segments of this many seconds
     file_timeout: float | None = 300.0  # seconds a decode worker may spend on one file (or video segment)
     chunk_files: int = 1024  # files found by the walk that are checked against SQLite at a time
-    commit_every: int = 256  # persons per SQLite transaction (whole media only)
+    commit_every: int = 1024  # persons per SQLite transaction (whole media only; docs/benchmarks.md)
     save_every_s: float = 60.0  # FAISS is saved at least this often during a run, and at the end
     jpeg_decoder: str = "auto"  # auto | gpu | cpu: where eligible JPEGs are decoded (see gpu_decode)
     inflight: int | None = None  # batches queued on the device before the oldest is collected; None: 1 CUDA, 0 CPU
@@ -362,12 +364,12 @@ class Ingestor:
 
     def _write_due(self, final: bool) -> bool:
         """Whether the queued media go to SQLite now: at the end, the first persons at once, else in batches of
-        ``commit_every`` persons (or 256 media)."""
+        ``commit_every`` persons (or MEDIA_PER_WRITE media)."""
         if not self._write_q:
             return False
         queued = self._write_q_persons
         first = self.report.persons_added == 0 and queued > 0
-        return final or first or queued >= self.opt.commit_every or len(self._write_q) >= 256
+        return final or first or queued >= self.opt.commit_every or len(self._write_q) >= MEDIA_PER_WRITE
 
     def _write(self) -> None:
         queued, self._write_q, self._write_q_persons = self._write_q, [], 0

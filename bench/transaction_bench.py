@@ -1,0 +1,80 @@
+"""Persons/s of ``Store.write`` by transaction size, interleaved in one process.
+
+On a shared 2-core machine one ``write_bench`` row can move by 2x between runs of the same code (docs/benchmarks.md),
+which hides differences of 10-30%. Here every size writes the same number of persons a group, in the same process
+and into the same store (``write_bench``'s realistic persons, seeded store reused), and the groups alternate the
+sizes' order, so the machine's phases hit every size alike. Each group is settled (the FAISS add of its last
+transaction awaited) before the next starts; the index is not saved.
+
+    python bench/transaction_bench.py --data-dir /work/bench-data/wb3 --transactions 256 1024 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header  # noqa: E402
+from write_bench import Workload, open_store, seeded  # noqa: E402
+
+
+def interleaved(path: Path, sizes: list[int], groups: int, persons: int, driver: bool) -> dict[int, list[float]]:
+    """persons/s of each transaction size in ``sizes``, one value a group of ``persons`` persons."""
+    from a2v_search.heap import frozen_heap
+
+    store = open_store(path, create=True)
+    try:
+        store.indexes.get()
+        work = Workload(f"/run/transactions/{time.time_ns()}", seed=int(time.time()) % 1000, driver=driver)
+        for _ in range(16):  # the files that later transactions replace and duplicate; the lists' first growth
+            store.write(work.batch(1024))
+            work.committed(store.media_states(work.pending))
+        rates: dict[int, list[float]] = {n: [] for n in sizes}
+        with frozen_heap():
+            for g in range(groups):
+                for n in sizes if g % 2 == 0 else sizes[::-1]:
+                    batches = [work.batch(n) for _ in range(max(1, persons // n))]
+                    store.indexes.settle()
+                    t0 = time.perf_counter()
+                    written = sum(len(store.write(items)) for items in batches)
+                    store.indexes.settle()
+                    rates[n].append(written / (time.perf_counter() - t0))
+                    work.committed(store.media_states(work.pending))
+        return rates
+    finally:
+        store.close(save=False)  # the next open catches the index up; the next write_bench run removes these media
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transactions", type=int, nargs="+", default=[256, 1024, 4096],
+                        help="persons per Store.write transaction, the sizes compared")
+    parser.add_argument("--size", type=int, default=1_000_000, help="persons in the seeded store")
+    parser.add_argument("--groups", type=int, default=6, help="groups; each writes every size once")
+    parser.add_argument("--persons", type=int, default=16_384, help="persons each size writes a group")
+    parser.add_argument("--driver", action="store_true", help="the Ray driver's shape: one person a media")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="where write_bench keeps its seeded stores (default: a temporary folder, seeded here)")
+    args = parser.parse_args()
+    if min(args.transactions) < 1 or args.groups < 1 or args.persons < 1:
+        parser.error("--transactions, --groups and --persons must be at least 1")
+    header("transaction_bench.py")
+    folder = args.data_dir or Path(tempfile.mkdtemp(prefix="a2v-transactions-"))
+    path = seeded(folder, args.size, 1024)
+    rates = interleaved(path, args.transactions, args.groups, args.persons, args.driver)
+    print(f"\nStore.write into {args.size:,} persons ({'one person a media' if args.driver else 'realistic media'}), "
+          f"{args.groups} groups of {args.persons:,} persons a size, interleaved\n")
+    print("| persons a transaction | median persons/s | mean | each group |\n|---:|---:|---:|---|")
+    for n, got in rates.items():
+        print(f"| {n:,} | {statistics.median(got):,.0f} | {statistics.mean(got):,.0f} | "
+              + " / ".join(f"{r:,.0f}" for r in got) + " |")
+
+
+if __name__ == "__main__":
+    main()
