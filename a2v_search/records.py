@@ -27,9 +27,9 @@ from .objects import parse_objects
 if TYPE_CHECKING:  # the reader process imports this module: not SQLite or FAISS
     from .store import Store
 
-# media per SQLite transaction: ~4,000 persons at 4 a record; against 256, a third more persons/s into a store of
-# a million (bench/write_bench.py, docs/benchmarks.md: each transaction's fixed costs, and the writer's second
-# thread handing back the GIL, a quarter as often)
+# media per SQLite transaction (~4,000 persons at 4 a record): a transaction has fixed costs (its commit, the pages
+# it rewrites whatever its size, the writer's second thread handing back the GIL), so against 256 an import into a
+# store of a million went JSON lines 8.6k -> 10.6k persons/s, dicts 10.4k -> 11.5k (docs/benchmarks.md, 15th pass)
 WRITE_EVERY = 1024
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark that Windows tools put first; skipped (orjson refuses it)
 
