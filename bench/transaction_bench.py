@@ -12,6 +12,7 @@ transaction awaited) before the next starts; the index is not saved.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,14 +61,19 @@ def main() -> None:
     parser.add_argument("--persons", type=int, default=16_384, help="persons each size writes a group")
     parser.add_argument("--driver", action="store_true", help="the Ray driver's shape: one person a media")
     parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where write_bench keeps its seeded stores (default: a temporary folder, seeded here)")
+                        help="where write_bench keeps its seeded stores (default: a temporary folder, seeded here and "
+                             "removed after)")
     args = parser.parse_args()
     if min(args.transactions) < 1 or args.groups < 1 or args.persons < 1:
         parser.error("--transactions, --groups and --persons must be at least 1")
     header("transaction_bench.py")
-    folder = args.data_dir or Path(tempfile.mkdtemp(prefix="a2v-transactions-"))
-    path = seeded(folder, args.size, 1024)
-    rates = interleaved(path, args.transactions, args.groups, args.persons, args.driver)
+    tmp = None if args.data_dir else Path(tempfile.mkdtemp(prefix="a2v-transactions-"))
+    try:
+        path = seeded(args.data_dir or tmp, args.size, 1024)
+        rates = interleaved(path, args.transactions, args.groups, args.persons, args.driver)
+    finally:
+        if tmp is not None:  # a store seeded for this run only (GBs at 1M)
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nStore.write into {args.size:,} persons ({'one person a media' if args.driver else 'realistic media'}), "
           f"{args.groups} groups of {args.persons:,} persons a size, interleaved\n")
     print("| persons a transaction | median persons/s | mean | each group |\n|---:|---:|---:|---|")
