@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from pathlib import Path
 
@@ -22,6 +24,13 @@ from .values import Linker
 
 log = logging.getLogger(__name__)
 
+#: WAL frames (8 KB pages) past which the next transaction waits for the running checkpoint, so that it restarts the
+#: WAL from its beginning: the file stays near 64 MB (a WAL that only grows makes every page read search a larger
+#: index, docs/benchmarks.md)
+WAL_RESTART_FRAMES = 8192
+#: write transactions between two checkpoints (each ends with an fsync of the database file)
+CHECKPOINT_EVERY = 4
+
 
 class Database:
     """A SQLite file in WAL mode with foreign keys on, checked for its schema version. ``read_only``: opened with
@@ -30,9 +39,11 @@ class Database:
 
     def __init__(self, path: Path, create: bool = True, read_only: bool = False, *, link: Linker | None = None,
                  translate: Callable[[DbError], Exception] | None = None,
-                 upgrade_lock: Callable[[], AbstractContextManager] | None = None):
+                 upgrade_lock: Callable[[], AbstractContextManager] | None = None,
+                 checkpoint_hook: Callable[[], None] | None = None):
         self.path = Path(path)
         self.read_only = read_only and not create
+        self._checkpoints = None if self.read_only else Checkpointer(self.path, checkpoint_hook)
         self._link = link  # the video tracker, for upgrading a store from before tracks
         self._upgrade_lock = upgrade_lock or nullcontext  # held while an older store is upgraded
         self._translate = translate or (lambda e: e)
@@ -45,6 +56,7 @@ class Database:
         else:
             self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
             event.listen(self.engine, "connect", _on_connect)
+            event.listen(self.engine, "commit", self._checkpoints.note_commit)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
             if self.read_only and self._older_schema():  # a reader may upgrade an older store once, where it can write
@@ -106,9 +118,13 @@ class Database:
         """A session in one transaction: committed on success, rolled back on error. A failing disk (full,
         read-only, locked) becomes one DbError that says nothing committed before was lost. DbErrors (this one, or
         a repository function's inside the block) leave through the ``translate`` hook."""
+        if self._checkpoints is not None:
+            self._checkpoints.before_transaction()
         try:
             with self._sessions() as s, s.begin():
                 yield s
+            if self._checkpoints is not None:
+                self._checkpoints.after_commit()  # when this transaction wrote
         except OperationalError as e:
             raise self._translate(DbError(
                 f"cannot write to {self.path}: {getattr(e, 'orig', e)}. Nothing stored before was lost; free disk "
@@ -128,7 +144,85 @@ class Database:
             yield s
 
     def close(self) -> None:
-        self.engine.dispose()
+        try:
+            if self._checkpoints is not None:
+                self._checkpoints.close()
+        finally:
+            self.engine.dispose()
+
+
+class Checkpointer:
+    """The WAL's checkpoints (its pages copied into the database file, then synced), in a thread of their own and a
+    connection of their own: one after each write transaction, while the writer goes on with the next (SQLite's own
+    checkpoint runs inside the commit that crosses its threshold: ~145 ms of the writer's time every ~17
+    transactions of 1,024 persons at 1M, two thirds of it waiting for the disk). The WAL restarts from its
+    beginning only in a transaction that begins after a checkpoint copied all of it, so once it holds
+    ``WAL_RESTART_FRAMES``, the next transaction first waits for the running checkpoint. A checkpoint that fails
+    (a full disk) is logged: the pages stay in the WAL, the data is safe, and the next one tries again."""
+
+    def __init__(self, path: Path, hook: Callable[[], None] | None = None):
+        self._path = path
+        self._hook = hook  # the reliability tests' kill point
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._running: Future | None = None
+        self._frames = 0  # the WAL's frames when the last checkpoint ran
+        self._commits = 0  # write transactions since the last checkpoint started
+        self._wrote = threading.local()  # a commit of this thread's session is about to write
+
+    def note_commit(self, conn) -> None:
+        """The engine's ``commit`` event (before the commit): whether the transaction wrote (pysqlite begins one at
+        the first write; a session that only read commits nothing)."""
+        if conn.connection.dbapi_connection.in_transaction:
+            self._wrote.value = True
+
+    def before_transaction(self) -> None:
+        """Wait for the running checkpoint when the WAL is long: the transaction that follows restarts it."""
+        running = self._running
+        if running is not None and self._frames >= WAL_RESTART_FRAMES:
+            running.exception()  # waits; its failure was logged
+
+    def after_commit(self) -> None:
+        """Start a checkpoint after a transaction that wrote, unless one is running (the next one copies this
+        commit's pages)."""
+        if not getattr(self._wrote, "value", False):
+            return
+        self._wrote.value = False
+        with self._lock:
+            self._commits += 1
+            if self._running is not None and not self._running.done():
+                return
+            if self._commits < CHECKPOINT_EVERY and self._frames < WAL_RESTART_FRAMES:
+                return
+            self._commits = 0
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2v-checkpoint")
+            self._running = self._pool.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        if self._hook is not None:
+            self._hook()
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(f"file:{self._path}?mode=rw", uri=True, check_same_thread=False)
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._frames = max(frames, 0)  # -1: not in WAL mode
+        except sqlite3.Error as e:
+            log.warning("checkpoint of %s failed (%s); its pages stay in the WAL and the next one tries again",
+                        self._path, e)
+
+    def close(self) -> None:
+        """Wait for the running checkpoint, then close its connection and thread."""
+        with self._lock:
+            pool, self._pool, self._running = self._pool, None, None
+        if pool is None:
+            return
+        pool.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
@@ -162,9 +256,9 @@ def _on_connect(dbapi_conn, _record) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
-    # the writer: checkpoint the WAL into the database every 8,192 pages (64 MB) instead of 1,000 (fewer, longer
-    # checkpoints, each with its fsync), and a 64 MB page cache; durability is unchanged (docs/guarantees.md)
-    cur.execute("PRAGMA wal_autocheckpoint=8192")
+    # the writer: no checkpoint inside a commit (``Checkpointer`` runs them beside the writer), and a 64 MB page
+    # cache; durability is unchanged (docs/guarantees.md)
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.execute("PRAGMA cache_size=-65536")
     cur.close()
 

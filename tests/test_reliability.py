@@ -30,7 +30,7 @@ from a2v_search.space import INDEX_NAMES
 from a2v_search.store import Store
 from a2v_search.testing.media import write_bad_files, write_images
 from a2v_search.tracks import link
-from db import labels, repo
+from db import engine, labels, repo
 from db.schema import LABEL_VERB
 from index import IndexMissingError, VectorIndex
 
@@ -57,13 +57,14 @@ def assert_exactly_once(data_dir: Path, n_files: int) -> None:
 # ------------------------------------------------------------------ crash matrix
 
 
-KILL_POINTS = ["decode", "encode", "label_chunk", "after_commit", "index_save", "manifest_write"]
+KILL_POINTS = ["decode", "encode", "label_chunk", "after_commit", "checkpoint", "index_save", "manifest_write"]
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 @pytest.mark.guarantee("G1")
 def test_crash_matrix(tmp_path, point, reliability, monkeypatch):
     monkeypatch.setattr(labels, "LABEL_CHUNK", 2)  # the labels' chunks close (label_chunk) several times a run
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 1)  # a checkpoint (checkpoint) after each write transaction
     inputs = write_images(tmp_path / "in", N_FILES)
     for hit in (1, 2, 4):  # repeated trials: early, middle, late in the run
         data = tmp_path / f"data-{hit}"

@@ -19,7 +19,7 @@ from a2v_search.search import Searcher, SearchOptions, make_filters
 from a2v_search.space import space_fingerprint
 from a2v_search.store import Store
 from a2v_search.tracks import link
-from db import repo, sql
+from db import engine, repo, sql
 from db.blobs import TORCH_CAST_MIN, to_float16
 from db.errors import DbError
 from db.schema import LABEL_PASTA
@@ -825,3 +825,33 @@ def test_a_reader_upgrades_an_older_store_only_under_the_write_lock(tmp_path):
     reader.close()
     with WriteLock(tmp_path / "data", "ingest"):  # an upgraded store's readers never need the lock
         Store(tmp_path / "data").close()
+
+
+def test_checkpoints_run_beside_the_writer_and_the_wal_stays_short(tmp_path, monkeypatch):
+    """The WAL is copied into the database by a thread of its own after each write (db.engine.Checkpointer), and
+    restarts from its beginning once it holds WAL_RESTART_FRAMES: it does not grow with the store."""
+    monkeypatch.setattr(engine, "WAL_RESTART_FRAMES", 40)
+    rng = np.random.default_rng(4)
+    store = writable_store(tmp_path / "data")
+    wal = tmp_path / "data" / "a2v.sqlite-wal"
+    sizes = []
+    for b in range(60):
+        store.write([media(f"/x/{b}.jpg", [random_person(rng) for _ in range(6)])])
+        sizes.append(wal.stat().st_size // 8192)
+    # a write adds ~28 pages: at most 40 pages, then those of the writes until a checkpoint copied them all (one
+    # every CHECKPOINT_EVERY writes); without the restart the file grows to ~550 pages in these 60 writes
+    assert sizes[0] > 0 and max(sizes) <= 40 + (engine.CHECKPOINT_EVERY + 2) * 30 + 30
+    store.close()
+    assert not wal.exists() or wal.stat().st_size == 0  # the last checkpoint, at close
+    with sqlite3.connect(tmp_path / "data" / "a2v.sqlite") as con:
+        assert con.execute("SELECT count(*) FROM persons").fetchone() == (360,)
+
+
+def test_a_failed_checkpoint_is_logged_and_leaves_the_pages_in_the_wal(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 1)
+    checkpoints = engine.Checkpointer(tmp_path / "missing" / "a2v.sqlite")  # nothing to open: the checkpoint fails
+    checkpoints._wrote.value = True
+    with caplog.at_level(logging.WARNING, logger="db.engine"):
+        checkpoints.after_commit()
+        checkpoints.close()
+    assert "checkpoint of" in caplog.text and "the next one tries again" in caplog.text
