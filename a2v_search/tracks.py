@@ -86,23 +86,26 @@ def link(times: Sequence[float], boxes: Sequence[Sequence[float]], visual: np.nd
             frames.append([i])
     out = [-1] * n
     last: list[int] = []  # per track: the index of its latest person
-    every = _iou_matrix(b, b).tolist() if n <= ALL_PAIRS_MAX else None  # (n, n): one numpy call for a short video
+    short = n <= ALL_PAIRS_MAX  # a short video: every overlap and similarity at once, two numpy calls
+    every, sims = (_iou_matrix(b, b).tolist(), (v @ v.T).tolist()) if short else (None, None)  # (n, n) each
     for frame in frames:
         now = tl[frame[0]]
         alive = [k for k, j in enumerate(last) if now - tl[j] <= reach]
         pairs = []
         if alive:
             prev = [last[k] for k in alive]
-            cos = (v[prev] @ v[frame].T).tolist()  # (alive, in frame)
-            if every is not None:
-                overlap = [[every[j][i] for i in frame] for j in prev]
-            elif len(prev) * len(frame) > 64:
-                overlap = _iou_matrix(b[prev], b[frame]).tolist()
-            else:  # a few pairs: the same arithmetic on Python floats, without numpy's per-call cost
-                overlap = [[_iou(bl[j], bl[i]) for i in frame] for j in prev]
+            if short:
+                cos, overlap = [sims[j] for j in prev], [every[j] for j in prev]  # rows (n,): read at the frame's i
+                cols = frame
+            else:
+                cos = (v[prev] @ v[frame].T).tolist()  # (alive, in frame)
+                overlap = _iou_matrix(b[prev], b[frame]).tolist() if len(prev) * len(frame) > 64 else \
+                    [[_iou(bl[j], bl[i]) for i in frame] for j in prev]  # a few pairs: Python floats, same arithmetic
+                cols = range(len(frame))
             for a, k in enumerate(alive):
-                for r, i in enumerate(frame):
-                    c, o = cos[a][r], overlap[a][r]
+                ca, oa = cos[a], overlap[a]
+                for r, (i, col) in enumerate(zip(frame, cols, strict=True)):
+                    c, o = ca[col], oa[col]
                     if c >= rule.cos_min and (o >= rule.iou_min or c >= rule.cos_strong):
                         pairs.append((-(c + o), k, r, i))
         pairs.sort()
