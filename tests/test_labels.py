@@ -12,7 +12,7 @@ from helpers import downgrade, media, random_person, writable_store
 from a2v_search.store import Store
 from db import labels, repo
 from db.engine import get_meta
-from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk
+from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk, LabelColumn
 from db.values import Filters
 
 WHERE = [(LABEL_PASTA, 37, ">=", 0.5), (LABEL_PASTA, 37, ">", 0.3), (LABEL_VERB, 12, "<", 0.02),
@@ -85,6 +85,54 @@ def test_filters_and_counts_answer_like_the_blobs(tmp_path, monkeypatch):
     store.close()
 
 
+def test_a_chunk_made_beside_its_write_is_the_chunk_its_persons_give(tmp_path, monkeypatch):
+    """The writer's second thread makes the chunk that a write fills (labels.prepare_chunk), from the persons
+    stored before the write and its new ones, while the transaction runs; the transaction takes out the persons it
+    replaced. The chunks are the ones read from the persons inside the transaction, replaced files and a write
+    that fills two chunks included."""
+    monkeypatch.setattr(labels, "LABEL_CHUNK", 8)
+    made, replaced_inside = [], []
+    rows = labels.ReadyChunk.rows
+
+    def spy(ready, removed):
+        made.append(ready.first)
+        replaced_inside.append(len(np.intersect1d(ready.ids, removed)))
+        return rows(ready, removed)
+
+    monkeypatch.setattr(labels.ReadyChunk, "rows", spy)
+    rng = np.random.default_rng(5)
+    store = writable_store(tmp_path / "data")
+    last = None
+    for b in range(10):
+        items = [media(f"/x/{b}-{j}.jpg", [noisy_person(rng) for _ in range(1 + (b + j) % 3)]) for j in range(3)]
+        if last is not None:  # the previous write's last file again: its persons lie in the chunk this one fills
+            again = media(last.path, [noisy_person(rng) for _ in range(2)])
+            with store.db.session() as s:
+                again.replaces = repo.media_by_path(s, [last.path])[last.path].id
+            items.append(again)
+        store.write(items)
+        last = items[-1]
+    store.write([media("/x/many.jpg", [noisy_person(rng) for _ in range(19)])])  # two chunks in one write
+    with store.db.session() as s:
+        firsts = s.execute(repo.select(LabelChunk.first_id).order_by(LabelChunk.first_id)).scalars().all()
+    assert firsts == list(range(1, firsts[-1] + 1, 8)) and len(firsts) >= 8
+    assert len(made) >= 7 and sum(n > 0 for n in replaced_inside) >= 3  # made ahead, replaced persons taken out
+    assert_labels_match_blobs(store)
+    with store.db.session() as s:  # the columns and counts as the persons' blobs give them
+        written = s.execute(repo.select(LabelColumn.kind, LabelColumn.cls, LabelColumn.chunk, LabelColumn.p,
+                                        LabelColumn.hist).order_by(LabelColumn.chunk, LabelColumn.kind,
+                                                                   LabelColumn.cls)).all()
+        chunks = s.execute(repo.select(LabelChunk.first_id, LabelChunk.ids, LabelChunk.dead)).all()
+        assert all(dead is None for *_, dead in chunks)  # no person was removed after its chunk closed
+        labels.rebuild(s)
+        rebuilt = s.execute(repo.select(LabelColumn.kind, LabelColumn.cls, LabelColumn.chunk, LabelColumn.p,
+                                        LabelColumn.hist).order_by(LabelColumn.chunk, LabelColumn.kind,
+                                                                   LabelColumn.cls)).all()
+        assert s.execute(repo.select(LabelChunk.first_id, LabelChunk.ids, LabelChunk.dead)).all() == chunks
+    assert written == rebuilt
+    store.close()
+
+
 @pytest.mark.guarantee("G27")
 def test_a_schema_4_store_gets_its_labels_by_class(tmp_path, monkeypatch):
     monkeypatch.setattr(labels, "LABEL_CHUNK", 5)
@@ -113,3 +161,13 @@ def test_new_stores_use_8_kb_pages(tmp_path):
     con = sqlite3.connect(tmp_path / "data" / "a2v.sqlite")
     assert con.execute("PRAGMA page_size").fetchone() == (8192,)
     con.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, labels.FEW_PERSONS, labels.FEW_PERSONS + 1, 50])
+def test_level_counts_count_the_persons_at_each_level(n):
+    """Both ways of counting (each person against each level for a few, bins for more) give the plain count."""
+    rng = np.random.default_rng(n)
+    p16 = rng.random((n, 250)).astype(np.float16)
+    p16[:, :5] = np.array([0.0, 0.01, 0.0099, 1.0, np.nan], np.float16)  # the edges of the levels, and a damaged blob
+    want = (p16.astype(np.float32)[:, :, None] >= labels.LEVELS).sum(0)
+    assert labels.level_counts(p16).tolist() == want.tolist()
