@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -79,7 +79,6 @@ class Store(StoreQueries):
         self.identity = (st.st_dev, st.st_ino, self.meta(STORE_ID)) if st is not None else None
         self.space = VectorSpace(self)
         self.indexes = IndexSet(self)
-        self._chunk_thread: ThreadPoolExecutor | None = None  # makes the labels' chunk a write fills (write)
 
     def _open_db(self, create: bool, read_only: bool) -> Database:
         """The store's SQLite database, its errors turned into StoreErrors with the CLI's fix."""
@@ -115,9 +114,6 @@ class Store(StoreQueries):
         try:
             self.indexes.close(save=save and self.writable)
         finally:
-            if self._chunk_thread is not None:
-                self._chunk_thread.shutdown(wait=True)
-                self._chunk_thread = None
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -191,26 +187,23 @@ class Store(StoreQueries):
                 self._raise_first_problem(items, row.visual_dim)
         elif len(arrays.pasta) != len(persons):
             raise ValueError(f"arrays of {len(arrays.pasta)} persons given for {len(persons)}")
-        add_to, vecs, chunk = tuple(indexes), None, None
+        add_to, vecs = tuple(indexes), None
         if arrays is not None:
             if np.isnan(arrays.norms).any() and ACTIVITY in indexes:  # no A2V feature: no activity space
                 self.space.persons_changed(without_norm=True)
                 add_to = tuple(n for n in indexes if n != ACTIVITY)
             self.space.language()  # loaded here, not in the second thread
             vecs = self.indexes.in_second_thread(self._vectors, arrays, add_to)
-            chunk = self._chunk_maker().submit(self._ready_chunk, arrays)
         try:
             with self.db.session() as s:
                 _, ids, removed = repo.add_media(s, row.id, items, link=link, arrays=arrays)
                 repo.clear_failures(s, [m.path for m in items])
-                ready = chunk.result() if chunk is not None else None  # an error here stores nothing
                 # reliability tests kill the process after a chunk is written, before the commit
-                labels.close_chunks(s, each=partial(fault_point, "label_chunk"), removed=removed,
-                                    ready=ready if ready is not None and ready.new_first == ids[0] else None)
-                vectors = vecs.result() if vecs is not None else None
+                labels.close_chunks(s, each=partial(fault_point, "label_chunk"))
+                vectors = vecs.result() if vecs is not None else None  # an error here stores nothing
         finally:
             if vecs is not None:
-                wait([vecs, chunk])
+                wait([vecs])
         fault_point("after_commit")
         self.indexes.add_committed(indexes, add_to, ids, removed, vectors)
         self.space.persons_changed(removed=len(removed))  # old persons replaced: count again
@@ -221,19 +214,6 @@ class Store(StoreQueries):
         are widened there too)."""
         return self.space.vectors(arrays.visual.astype(np.float32), arrays.pasta.astype(np.float32),
                                   arrays.verbs.astype(np.float32), arrays.norms, names, arrays.objects)
-
-    def _chunk_maker(self) -> ThreadPoolExecutor:
-        """The thread that makes the labels' chunk a write fills while its transaction runs (not the second thread:
-        that one is busy with the previous batch's FAISS add when a write starts)."""
-        if self._chunk_thread is None:
-            self._chunk_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="a2v-labels")
-        return self._chunk_thread
-
-    def _ready_chunk(self, arrays: PersonArrays) -> labels.ReadyChunk | None:
-        """The labels' chunk that checked new persons fill, made ahead, through a connection of its own that sees
-        the store as it was before their transaction (which waits for it)."""
-        with self.db.engine.connect() as conn:
-            return labels.prepare_chunk(conn.connection.driver_connection, arrays.pasta, arrays.verbs)
 
     @staticmethod
     def _raise_first_problem(items: list[NewMedia], visual_dim: int) -> None:

@@ -14,7 +14,6 @@ scan of the blobs would.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import delete, select, update
@@ -22,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .blobs import stack16
 from .schema import LABEL_PASTA, LABEL_VERB, LabelChunk, LabelColumn, Person
-from .sql import LAST_IDS, dbapi
+from .sql import dbapi
 
 #: persons per chunk: a one-class filter reads 16 KB per chunk, the tail is at most this many persons' blobs
 LABEL_CHUNK = 8192
@@ -81,39 +80,12 @@ def level_counts(p16: np.ndarray) -> np.ndarray:
 def _column_rows(first_id: int, probs: dict[int, np.ndarray]) -> list[tuple]:
     """The ``label_columns`` rows (kind, cls, chunk, p, hist) of a chunk from its (n, classes) float16
     probabilities of each kind."""
-    return _rows_of(first_id, {kind: np.ascontiguousarray(p.T) for kind, p in probs.items()},
-                    {kind: level_counts(p) for kind, p in probs.items()})
-
-
-def _rows_of(first_id: int, columns: dict[int, np.ndarray], hist: dict[int, np.ndarray]) -> list[tuple]:
-    """The ``label_columns`` rows of a chunk from each kind's (classes, n) float16 columns and (classes, 100)
-    level counts."""
-    return [(kind, c, first_id, columns[kind][c].tobytes(), hist[kind][c].tobytes())
-            for kind in columns for c in range(len(columns[kind]))]
-
-
-@dataclass
-class ReadyChunk:
-    """A chunk made ahead by :func:`prepare_chunk`, beside the write transaction whose persons fill it: its ids
-    (sorted) and each kind's (classes, n) float16 columns and (classes, 100) level counts, from the persons stored
-    before that transaction and its new ones (the first of them ``new_first``)."""
-
-    first: int
-    new_first: int
-    ids: np.ndarray
-    columns: dict[int, np.ndarray]
-    hist: dict[int, np.ndarray]
-
-    def rows(self, removed: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
-        """(ids, ``label_columns`` rows) of the chunk less the persons its transaction ``removed`` (a replaced
-        file's): what reading the chunk's persons inside that transaction gives."""
-        gone = np.isin(self.ids, removed)
-        if not gone.any():
-            return self.ids, _rows_of(self.first, self.columns, self.hist)
-        keep = ~gone
-        columns = {kind: np.ascontiguousarray(c[:, keep]) for kind, c in self.columns.items()}
-        hist = {kind: h - level_counts(self.columns[kind][:, gone].T) for kind, h in self.hist.items()}
-        return self.ids[keep], _rows_of(self.first, columns, hist)
+    rows = []
+    for kind, p in probs.items():
+        columns = np.ascontiguousarray(p.T)  # (classes, n)
+        hist = level_counts(p)
+        rows += [(kind, c, first_id, columns[c].tobytes(), hist[c].tobytes()) for c in range(p.shape[1])]
+    return rows
 
 
 _CHUNK_PERSONS = "SELECT id, pasta, verbs FROM persons WHERE id BETWEEN ? AND ? ORDER BY id"
@@ -121,33 +93,10 @@ _INSERT_CHUNK = "INSERT INTO label_chunks (first_id, last_id, ids) VALUES (?, ?,
 _INSERT_COLUMN = "INSERT INTO label_columns (kind, cls, chunk, p, hist) VALUES (?, ?, ?, ?, ?)"
 
 
-def prepare_chunk(conn, pasta: np.ndarray, verbs: np.ndarray) -> ReadyChunk | None:
-    """The chunk that a write transaction's new persons will fill, or None when they fill none: made through the
-    DBAPI connection ``conn``, which sees the store as it was before that transaction (the writer's second thread
-    reads it while the transaction runs) from the persons stored in the chunk's range and the new ones (their
-    float16 ``pasta`` (n, 93) and ``verbs`` (n, 157), in id order, ids after every stored one). The transaction
-    hands it to :func:`close_chunks`."""
-    after = int(conn.execute("SELECT max(last_id) FROM label_chunks").fetchone()[0] or 0)
-    largest, seq = conn.execute(LAST_IDS["persons"]).fetchone()
-    new_first = max(int(largest or 0), int(seq or 0)) + 1
-    new_probs, n_new = {LABEL_PASTA: pasta, LABEL_VERB: verbs}, len(pasta)
-    first, last = after + 1, after + LABEL_CHUNK
-    if new_first + n_new - 1 < last:
-        return None
-    ids, probs = _probs(conn.execute(_CHUNK_PERSONS, (first, min(last, new_first - 1))).fetchall())
-    take = max(0, last - new_first + 1)  # the new persons in the chunk
-    ids = np.concatenate([ids, np.arange(new_first, new_first + take, dtype=np.int64)])
-    probs = {kind: np.concatenate([p, new_probs[kind][:take]]) for kind, p in probs.items()}
-    return ReadyChunk(first, new_first, ids, {kind: np.ascontiguousarray(p.T) for kind, p in probs.items()},
-                      {kind: level_counts(p) for kind, p in probs.items()})
-
-
-def close_chunks(s: Session, each: Callable[[], None] | None = None, ready: ReadyChunk | None = None,
-                 removed: np.ndarray | None = None) -> int:
+def close_chunks(s: Session, each: Callable[[], None] | None = None) -> int:
     """Close a chunk for every ``LABEL_CHUNK`` ids after the last chunk (in the caller's transaction), calling
     ``each`` after each one; returns how many. A chunk holds the ids ``k * LABEL_CHUNK + 1`` to
-    ``(k + 1) * LABEL_CHUNK`` that exist when it closes. ``ready``: the first of them made ahead
-    (:func:`prepare_chunk`) for this transaction, which deleted the persons ``removed``; read here otherwise."""
+    ``(k + 1) * LABEL_CHUNK`` that exist when it closes."""
     assert LABEL_CHUNK < 2 ** 16  # counts are uint16
     closed = 0
     while True:
@@ -157,14 +106,10 @@ def close_chunks(s: Session, each: Callable[[], None] | None = None, ready: Read
             return closed
         first, last = after + 1, after + LABEL_CHUNK
         cursor = dbapi(s)  # the write path: the DBAPI cursor, without the ORM's per-row cost
-        if ready is not None and ready.first == first:
-            ids, rows = ready.rows(np.zeros(0, np.int64) if removed is None else removed)
-        else:
-            ids, probs = _probs(cursor.execute(_CHUNK_PERSONS, (first, last)).fetchall())
-            rows = _column_rows(first, probs)
+        ids, probs = _probs(cursor.execute(_CHUNK_PERSONS, (first, last)).fetchall())
         whole = len(ids) == LABEL_CHUNK  # every id of the range: the ids need not be stored
         cursor.execute(_INSERT_CHUNK, (first, last, None if whole else ids.tobytes()))
-        cursor.executemany(_INSERT_COLUMN, rows)
+        cursor.executemany(_INSERT_COLUMN, _column_rows(first, probs))
         closed += 1
         if each is not None:
             each()

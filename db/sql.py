@@ -44,7 +44,7 @@ def rows_in(s: Session, sql: str, values: Sequence, fallback: Callable[[Sequence
 
 
 #: (largest id, AUTOINCREMENT's counter) of each table, literal SQL run on the session's own DBAPI connection
-LAST_IDS = {"media": "SELECT max(id), NULL FROM media",
+_LAST_IDS = {"media": "SELECT max(id), NULL FROM media",
              "persons": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'persons') FROM persons",
              "tracks": "SELECT max(id), (SELECT seq FROM sqlite_sequence WHERE name = 'tracks') FROM tracks"}
 
@@ -52,7 +52,7 @@ LAST_IDS = {"media": "SELECT max(id), NULL FROM media",
 def next_id(s: Session, table: str) -> int:
     """The id the next row of ``table`` gets: past every id used, and for the AUTOINCREMENT tables (persons,
     tracks) past every id SQLite ever handed out, so that a deleted row's id is never used again."""
-    largest, seq = dbapi(s).execute(LAST_IDS[table]).fetchone()
+    largest, seq = dbapi(s).execute(_LAST_IDS[table]).fetchone()
     return max(int(largest or 0), int(seq or 0)) + 1
 
 

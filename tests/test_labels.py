@@ -12,7 +12,7 @@ from helpers import downgrade, media, random_person, writable_store
 from a2v_search.store import Store
 from db import labels, repo
 from db.engine import get_meta
-from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk, LabelColumn
+from db.schema import LABEL_PASTA, LABEL_VERB, SCHEMA_VERSION, LabelChunk
 from db.values import Filters
 
 WHERE = [(LABEL_PASTA, 37, ">=", 0.5), (LABEL_PASTA, 37, ">", 0.3), (LABEL_VERB, 12, "<", 0.02),
@@ -82,54 +82,6 @@ def test_filters_and_counts_answer_like_the_blobs(tmp_path, monkeypatch):
         assert repo.counts(s)["persons"] == 36 - 3 + 1 - 1 - 5 + 12
         assert labels.boundary(s) > 36  # the new persons fill chunks after the gaps
     assert_labels_match_blobs(store)
-    store.close()
-
-
-def test_a_chunk_made_beside_its_write_is_the_chunk_its_persons_give(tmp_path, monkeypatch):
-    """The writer's second thread makes the chunk that a write fills (labels.prepare_chunk), from the persons
-    stored before the write and its new ones, while the transaction runs; the transaction takes out the persons it
-    replaced. The chunks are the ones read from the persons inside the transaction, replaced files and a write
-    that fills two chunks included."""
-    monkeypatch.setattr(labels, "LABEL_CHUNK", 8)
-    made, replaced_inside = [], []
-    rows = labels.ReadyChunk.rows
-
-    def spy(ready, removed):
-        made.append(ready.first)
-        replaced_inside.append(len(np.intersect1d(ready.ids, removed)))
-        return rows(ready, removed)
-
-    monkeypatch.setattr(labels.ReadyChunk, "rows", spy)
-    rng = np.random.default_rng(5)
-    store = writable_store(tmp_path / "data")
-    last = None
-    for b in range(10):
-        items = [media(f"/x/{b}-{j}.jpg", [noisy_person(rng) for _ in range(1 + (b + j) % 3)]) for j in range(3)]
-        if last is not None:  # the previous write's last file again: its persons lie in the chunk this one fills
-            again = media(last.path, [noisy_person(rng) for _ in range(2)])
-            with store.db.session() as s:
-                again.replaces = repo.media_by_path(s, [last.path])[last.path].id
-            items.append(again)
-        store.write(items)
-        last = items[-1]
-    store.write([media("/x/many.jpg", [noisy_person(rng) for _ in range(19)])])  # two chunks in one write
-    with store.db.session() as s:
-        firsts = s.execute(repo.select(LabelChunk.first_id).order_by(LabelChunk.first_id)).scalars().all()
-    assert firsts == list(range(1, firsts[-1] + 1, 8)) and len(firsts) >= 8
-    assert len(made) >= 7 and sum(n > 0 for n in replaced_inside) >= 3  # made ahead, replaced persons taken out
-    assert_labels_match_blobs(store)
-    with store.db.session() as s:  # the columns and counts as the persons' blobs give them
-        written = s.execute(repo.select(LabelColumn.kind, LabelColumn.cls, LabelColumn.chunk, LabelColumn.p,
-                                        LabelColumn.hist).order_by(LabelColumn.chunk, LabelColumn.kind,
-                                                                   LabelColumn.cls)).all()
-        chunks = s.execute(repo.select(LabelChunk.first_id, LabelChunk.ids, LabelChunk.dead)).all()
-        assert all(dead is None for *_, dead in chunks)  # no person was removed after its chunk closed
-        labels.rebuild(s)
-        rebuilt = s.execute(repo.select(LabelColumn.kind, LabelColumn.cls, LabelColumn.chunk, LabelColumn.p,
-                                        LabelColumn.hist).order_by(LabelColumn.chunk, LabelColumn.kind,
-                                                                   LabelColumn.cls)).all()
-        assert s.execute(repo.select(LabelChunk.first_id, LabelChunk.ids, LabelChunk.dead)).all() == chunks
-    assert written == rebuilt
     store.close()
 
 
