@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 #: WAL from its beginning: the file stays near 64 MB (a WAL that only grows makes every page read search a larger
 #: index, docs/benchmarks.md)
 WAL_RESTART_FRAMES = 8192
-#: write transactions between two checkpoints (each ends with an fsync of the database file)
-CHECKPOINT_EVERY = 4
+#: write transactions between two checkpoints (each ends with an fsync of the database file): ~50 MB of WAL at
+#: 1,024 persons a transaction, as SQLite's own threshold of 8,192 pages was; every 4 cost ~10% more CPU
+CHECKPOINT_EVERY = 16
 
 
 class Database:
@@ -153,9 +154,10 @@ class Database:
 
 class Checkpointer:
     """The WAL's checkpoints (its pages copied into the database file, then synced), in a thread of their own and a
-    connection of their own: one after each write transaction, while the writer goes on with the next (SQLite's own
-    checkpoint runs inside the commit that crosses its threshold: ~145 ms of the writer's time every ~17
-    transactions of 1,024 persons at 1M, two thirds of it waiting for the disk). The WAL restarts from its
+    connection of their own: one after every ``CHECKPOINT_EVERY`` write transactions, while the writer goes on with
+    the next. SQLite's own checkpoint runs inside the commit that crosses its threshold: ~145 ms of the writer's
+    time every ~17 transactions of 1,024 persons at 1M, two thirds of it waiting for the disk (docs/benchmarks.md,
+    sixteenth pass: +7% persons/s, the same CPU, against SQLite's every 8,192 pages). The WAL restarts from its
     beginning only in a transaction that begins after a checkpoint copied all of it, so once it holds
     ``WAL_RESTART_FRAMES``, the next transaction first waits for the running checkpoint. A checkpoint that fails
     (a full disk) is logged: the pages stay in the WAL, the data is safe, and the next one tries again."""

@@ -831,6 +831,7 @@ def test_checkpoints_run_beside_the_writer_and_the_wal_stays_short(tmp_path, mon
     """The WAL is copied into the database by a thread of its own after each write (db.engine.Checkpointer), and
     restarts from its beginning once it holds WAL_RESTART_FRAMES: it does not grow with the store."""
     monkeypatch.setattr(engine, "WAL_RESTART_FRAMES", 40)
+    monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 4)
     rng = np.random.default_rng(4)
     store = writable_store(tmp_path / "data")
     wal = tmp_path / "data" / "a2v.sqlite-wal"
