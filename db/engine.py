@@ -55,7 +55,9 @@ class Database:
                                                 poolclass=QueuePool)
             event.listen(self.engine, "connect", _on_connect_read_only)
         else:
-            self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+            # the file named by a connect function, not a URL: a folder named "runs?1" or "100%" is a folder
+            self.engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(
+                self.path, timeout=60, check_same_thread=False), poolclass=QueuePool)
             event.listen(self.engine, "connect", _on_connect)
             event.listen(self.engine, "commit", self._checkpoints.note_commit)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -207,7 +209,8 @@ class Checkpointer:
             self._hook()
         try:
             if self._conn is None:
-                self._conn = sqlite3.connect(f"file:{self._path}?mode=rw", uri=True, check_same_thread=False)
+                self._conn = sqlite3.connect(f"{Path(self._path).resolve().as_uri()}?mode=rw", uri=True,
+                                             check_same_thread=False)
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self._frames = max(frames, 0)  # -1: not in WAL mode

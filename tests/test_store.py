@@ -856,3 +856,18 @@ def test_a_failed_checkpoint_is_logged_and_leaves_the_pages_in_the_wal(tmp_path,
         checkpoints.after_commit()
         checkpoints.close()
     assert "checkpoint of" in caplog.text and "the next one tries again" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["runs?1", "100%41", "a #1"])
+def test_a_data_dir_named_like_a_url_holds_its_store(tmp_path, name):
+    """The database is the file in the data directory whatever its name: SQLite's URL syntax (? starts a query, %41
+    is an escape, # a fragment) plays no part, for the writer, its checkpoints and readers."""
+    rng = np.random.default_rng(6)
+    store = writable_store(tmp_path / name)
+    store.write([media(f"/x/{j}.jpg", [random_person(rng) for _ in range(3)]) for j in range(4)])
+    store.close()
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # nothing beside it (a "runs" file, say)
+    assert (tmp_path / name / "a2v.sqlite").stat().st_size > 0
+    reader = Store(tmp_path / name)
+    assert reader.summary()[0]["persons"] == 12
+    reader.close()
