@@ -36,11 +36,12 @@ def checkpoints_in(store, how: str) -> None:
     checkpoints = store.db._checkpoints
     checkpoints.close()  # a running checkpoint finishes first
     with store.db.session() as s:
-        dbapi(s).execute(f"PRAGMA wal_autocheckpoint={0 if how == 'thread' else 8192}")
-    if how == "thread":
-        checkpoints.__dict__.pop("after_commit", None)  # the class's method again
-    else:
-        checkpoints.after_commit = lambda: None
+        if how == "thread":
+            dbapi(s).execute("PRAGMA wal_autocheckpoint=0")
+            checkpoints.__dict__.pop("after_commit", None)  # the class's method again
+        else:
+            dbapi(s).execute("PRAGMA wal_autocheckpoint=8192")
+            checkpoints.after_commit = lambda: None
 
 
 def interleaved(path: Path, variants: list[tuple[int, str]], groups: int, persons: int,
