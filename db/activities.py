@@ -19,6 +19,7 @@ both ways agree. Keys of labels and pairs: ``("pasta", c)``, ``("verbs", v)``, `
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -35,18 +36,40 @@ EXAMPLE_POOL = 20000  # the newest persons the kept counts' examples come from
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(A, B) int64 counts of rows where both columns hold, for bool (n, A) and (n, B)."""
     out = np.zeros((a.shape[1], b.shape[1]), np.int64)
+    if not b.any():  # persons with no object: no product to make
+        return out
     for i in range(0, len(a), 1 << 20):  # float32 sums are exact below 2^24 persons a block
         out += np.rint(a[i:i + (1 << 20)].astype(np.float32).T @ b[i:i + (1 << 20)].astype(np.float32)
                        ).astype(np.int64)
     return out
 
 
+@lru_cache(maxsize=8)
+def _first_float16_at_least(min_p: float) -> int:
+    """The bits of the smallest non-negative float16 that is >= ``min_p`` (as float32): non-negative float16 values
+    are in the order of their bits, 0x0000 (0.0) to 0x7C00 (infinity)."""
+    values = np.arange(0x7C01, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    return int(np.searchsorted(values, np.float32(min_p)))
+
+
+def at_least(p: np.ndarray, min_p: float) -> np.ndarray:
+    """``p >= min_p`` (bool, p's shape) with the value compared as float32; float16 ``p`` (stored probabilities)
+    through its bits, without widening each value (numpy casts float16 one value at a time): NaN and negative
+    values never pass, as in the float comparison."""
+    p = np.asarray(p)
+    if p.dtype != np.float16 or min_p <= 0:
+        return p >= np.float32(min_p)
+    bits = p.view(np.uint16)
+    return (bits >= _first_float16_at_least(float(min_p))) & (bits <= 0x7C00)
+
+
 def count_block(pasta: np.ndarray, verbs: np.ndarray, objects: np.ndarray | None = None,
                 min_p: float = COUNT_MIN_P) -> Counts:
-    """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values) and the
-    largest p of each object class (n, 80) as float32 (``values.object_probs``; None: no objects)."""
-    p = np.asarray(pasta) >= np.float32(min_p)  # (n, 93)
-    v = np.asarray(verbs) >= np.float32(min_p)  # (n, 157)
+    """Counts of persons given their stored probabilities: pasta (n, 93), verbs (n, 157) (float16 values, as
+    float16 or float32) and the largest p of each object class (n, 80) as float32 (``values.object_probs``; None: no
+    objects)."""
+    p = at_least(pasta, min_p)  # (n, 93)
+    v = at_least(verbs, min_p)  # (n, 157)
     o = np.zeros((len(p), N_OBJECTS), bool) if objects is None else np.asarray(objects) >= np.float32(min_p)  # (n, 80)
     return Counts(len(p), p.sum(0, dtype=np.int64), v.sum(0, dtype=np.int64), o.sum(0, dtype=np.int64),
                   _pairs(v, p), _pairs(v, o))

@@ -187,7 +187,7 @@ def add_media(s: Session, space_id: int, items: Sequence[NewMedia], *, link: Lin
     if objects:
         cursor.executemany(_INSERT_OBJECT, objects)
     keys = [(m.collection, m.kind) for m in items for _ in m.persons]
-    stored_pasta, stored_verbs = (np.asarray(x, np.float16).astype(np.float32) for x in (arrays.pasta, arrays.verbs))
+    stored_pasta, stored_verbs = (np.asarray(x, np.float16) for x in (arrays.pasta, arrays.verbs))  # compared as stored
     activities.count_added(s, {key: (stored_pasta[rows], stored_verbs[rows], arrays.objects[rows]) for key in set(keys)
                                for rows in [[i for i, k in enumerate(keys) if k == key]]}, uncounted)
     return media_ids, ids, removed

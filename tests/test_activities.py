@@ -17,7 +17,7 @@ from a2v_search.errors import InputError, QueryError
 from a2v_search.search import make_filters
 from a2v_search.store import Store
 from db import sql
-from db.activities import count_block
+from db.activities import at_least, count_block
 
 
 def names(entries, key="name"):
@@ -394,3 +394,24 @@ def test_doctor_finds_and_repairs_kept_counts_that_disagree_with_the_persons(kno
     assert code == 0 and "fixed: activity counts" in out
     with A2VSearch.open(data_dir) as api:
         assert api.activities()["persons"] == 20 and Store(data_dir).check().problems == []
+
+
+@pytest.mark.parametrize("min_p", [0.5, 0.05, 1.0, 0.0, 1e-7, 70000.0])
+def test_float16_probabilities_are_compared_as_their_values(min_p):
+    """activities.at_least reads float16 probabilities through their bits: every one of the 65,536 patterns
+    (NaN, infinities, negatives, subnormals included) compares as its float32 value does."""
+    p16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(-1, 16)
+    with np.errstate(invalid="ignore"):
+        want = p16.astype(np.float32) >= np.float32(min_p)
+    assert (at_least(p16, min_p) == want).all()
+
+
+def test_counts_of_float16_and_float32_probabilities_agree():
+    rng = np.random.default_rng(8)
+    pasta = rng.random((300, 93)).astype(np.float16)
+    verbs = rng.random((300, 157)).astype(np.float16)
+    objects = np.where(rng.random((300, 80)) < 0.05, rng.random((300, 80)), 0).astype(np.float32)
+    for objs in (objects, None, np.zeros((300, 80), np.float32)):
+        a = count_block(pasta, verbs, objs)
+        b = count_block(pasta.astype(np.float32), verbs.astype(np.float32), objs)
+        assert a.blobs() == b.blobs() and a.persons == 300
