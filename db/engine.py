@@ -209,8 +209,7 @@ class Checkpointer:
             self._hook()
         try:
             if self._conn is None:
-                self._conn = sqlite3.connect(f"{Path(self._path).resolve().as_uri()}?mode=rw", uri=True,
-                                             check_same_thread=False)
+                self._conn = sqlite3.connect(f"{_file_uri(self._path)}?mode=rw", uri=True, check_same_thread=False)
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             _busy, frames, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self._frames = max(frames, 0)  # -1: not in WAL mode
@@ -230,10 +229,15 @@ class Checkpointer:
             self._conn = None
 
 
+def _file_uri(path: Path) -> str:
+    """The ``file:`` URI of a path, escaped (a folder named "runs?1" or "100%" is a folder)."""
+    return Path(path).resolve().as_uri()
+
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection: ``mode=ro`` (sees the WAL), else ``immutable=1`` (a WAL database whose ``-shm``
     cannot be created: only what was checkpointed into the main file is visible)."""
-    uri = Path(path).resolve().as_uri()
+    uri = _file_uri(path)
     conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60, check_same_thread=False)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

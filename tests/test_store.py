@@ -828,8 +828,9 @@ def test_a_reader_upgrades_an_older_store_only_under_the_write_lock(tmp_path):
 
 
 def test_checkpoints_run_beside_the_writer_and_the_wal_stays_short(tmp_path, monkeypatch):
-    """The WAL is copied into the database by a thread of its own after each write (db.engine.Checkpointer), and
-    restarts from its beginning once it holds WAL_RESTART_FRAMES: it does not grow with the store."""
+    """The WAL is copied into the database by a thread of its own every CHECKPOINT_EVERY writes
+    (db.engine.Checkpointer), and restarts from its beginning once it holds WAL_RESTART_FRAMES: it does not grow
+    with the store."""
     monkeypatch.setattr(engine, "WAL_RESTART_FRAMES", 40)
     monkeypatch.setattr(engine, "CHECKPOINT_EVERY", 4)
     rng = np.random.default_rng(4)
